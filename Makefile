@@ -1,0 +1,45 @@
+# Every target creates .venv if missing and installs the project into it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := chromium fonts-liberation dataset-fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps demo test test-fast lab app bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Chromium (browser tests) and Fashion-MNIST (demo data) come from Debian; only root can install them.
+system-deps:
+	@if [ "$$(id -u)" = "0" ]; then \
+		missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
+	else echo "not root: skipping apt install of $(APT_PACKAGES)"; fi
+
+demo: $(STAMP)
+	$(VENV)/bin/prune-explorer demo
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow and not browser" $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+app: $(STAMP)
+	$(VENV)/bin/prune-explorer app
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,42 @@
+"""prune_explorer: see and steer iterative structured pruning of CNNs.
+
+The public names below import lazily, so `import prune_explorer` stays cheap and a notebook
+only pays for the parts it uses.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ChannelGraph": "graph",
+    "ChannelGroup": "graph",
+    "Tap": "graph",
+    "PrunePlan": "plan",
+    "prune": "surgery",
+    "count": "measure",
+    "latency": "measure",
+    "save": "store",
+    "load": "store",
+    "CaptureHook": "capture",
+    "open_trial": "trials",
+    "rank": "ranking",
+    "Tracker": "tracking",
+    "JobQueue": "jobs",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prune_explorer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,110 @@
+"""What a fine-tuning job is, independent of where it runs.
+
+A `Job` is plain data, saved as `WORKSPACE/jobs/<id>.json` (atomic write) so a queue survives a
+kernel or process restart. A `Backend` knows how to start, poll, cancel and fetch one job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+QUEUED, RUNNING, COMPLETED, FAILED, STOPPED = "queued", "running", "completed", "failed", "stopped"
+STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, STOPPED)
+FINAL = frozenset({COMPLETED, FAILED, STOPPED})
+
+
+def new_id(prefix: str = "job") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Job:
+    """One fine-tuning job: the model to train, how, where, and what came of it."""
+
+    id: str
+    backend: str                                # "local" | "sagemaker"
+    model: str                                  # torchvision arch name or a saved model directory
+    out_dir: str                                # WORKSPACE/iterations/<iteration>/ : results land here
+    parent: str | None = None                   # parent iteration id (None for the baseline)
+    iteration: str | None = None                # iteration id this job produces
+    plan: dict[str, Any] = field(default_factory=dict)         # PrunePlan.summary()
+    criterion: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # train.py arguments
+    status: str = QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    message: str | None = None                  # why it failed or was stopped
+    backend_id: str | None = None               # pid, SageMaker training job name, ...
+    result: dict[str, Any] = field(default_factory=dict)       # metrics.json once completed
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.out_dir) / "train.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Job":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `<directory>/<id>.json` atomically (temp file + rename)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{self.id}.json"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, indent=1, sort_keys=True)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Job":
+        path = Path(path)
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path}: not a job record ({exc})") from exc
+
+
+class Backend(Protocol):
+    """Where jobs run. Every call returns quickly; none blocks for the job's duration."""
+
+    name: str
+
+    def start(self, job: Job) -> None:
+        """Launch the job; set job.backend_id, job.status=RUNNING, job.started."""
+
+    def poll(self, job: Job) -> str:
+        """Refresh job.status (and exit_code/message/ended when final) and return it."""
+
+    def cancel(self, job: Job) -> None:
+        """Stop the job; its status becomes STOPPED."""
+
+    def fetch(self, job: Job) -> Path:
+        """Make the job's results (model.json, model.safetensors, metrics.json, trial/) present in job.out_dir."""

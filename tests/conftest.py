@@ -1,0 +1,79 @@
+"""Shared fixtures. In CI (CI=true) a missing browser, dataset or server fails; elsewhere it skips."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip locally, fail in CI, when something the test needs is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI but missing: {what}")
+    pytest.skip(f"missing: {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real moto server on 127.0.0.1 in this process; boto3/smdebug/sagemaker reach it via AWS_ENDPOINT_URL.
+
+    Yields the endpoint URL. The server runs in-process so tests can reach moto's backends
+    (e.g. to move a training job to InProgress/Failed, which moto cannot do on its own).
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ENDPOINT_URL_S3=url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SESSION_TOKEN="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_REGION="us-east-1",
+        SAGEMAKER_VALIDATE_ROLE="false",
+    )
+    try:
+        yield url
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_AWS_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "SAGEMAKER_VALIDATE_ROLE",
+)
