@@ -11,6 +11,8 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# sagemaker first: resolving it together with smdebug's boto3 sends pip into a long aiobotocore backtrack
+	$(PY) -m pip install -q "sagemaker>=3"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

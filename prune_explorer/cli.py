@@ -18,16 +18,157 @@ def _demo(args) -> int:
 
 # --- rank (capture/trials/ranking) -------------------------------------------------------------
 def _add_rank(sub) -> None:
-    pass
+    p = sub.add_parser("rank", help="rank filters from an smdebug trial (local dir or s3://)")
+    p.add_argument("trial", help="trial directory or s3:// prefix")
+    p.add_argument("--model", default=None,
+                   help="torchvision architecture name or a saved model directory (default: as recorded in the trial)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of --model ARCH")
+    p.add_argument("--input-size", default=None, help="C,H,W of one example, e.g. 3,64,64 (default: as recorded)")
+    p.add_argument("--criterion", default="taylor",
+                   help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
+    p.add_argument("--no-normalize", action="store_true", help="keep raw scores (no per-layer L2 normalisation)")
+    p.add_argument("--csv", default=None, help="write the RankTable here")
+    p.set_defaults(func=_rank)
+
+
+def _rank(args) -> int:
+    from .ranking import rank
+    from .trials import open_trial
+
+    model = _rank_model(args.model, args.num_classes)
+    example = _rank_example(args.input_size)
+    try:
+        trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
+        table = rank(trial.model, None, trial=trial, criterion=args.criterion, normalize=not args.no_normalize)
+    except ValueError as exc:
+        print(f"prune-explorer rank: {exc}", file=sys.stderr)
+        return 2
+    if not trial.complete:
+        print(f"note: {trial.message}", file=sys.stderr)
+    if trial.unused:
+        print(f"note: {len(trial.unused)} tensor names not used, e.g. {trial.unused[0]}", file=sys.stderr)
+    summary = table.groupby("group", sort=True).agg(
+        layer=("layer", "first"), channels=("filter", "size"),
+        min=("normalized", "min"), median=("normalized", "median"), max=("normalized", "max"))
+    print(f"criterion {args.criterion}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.csv:
+        _write_csv_atomic(table, args.csv)
+        print(f"wrote {len(table)} rows to {args.csv}")
+    return 0
+
+
+def _rank_model(spec: str | None, num_classes: int | None):
+    if spec is None:
+        return None
+    import os
+
+    if os.path.isdir(spec):
+        from .store import load
+
+        return load(spec)
+    from .models import build_model
+
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    return build_model(spec, **kwargs)
+
+
+def _rank_example(size: str | None):
+    if size is None:
+        return None
+    import torch
+
+    try:
+        dims = [int(v) for v in size.split(",")]
+    except ValueError:
+        raise SystemExit(f"prune-explorer rank: --input-size must look like 3,64,64, got {size!r}") from None
+    return torch.zeros(1, *dims)
+
+
+def _write_csv_atomic(table, path: str) -> None:
+    import os
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rank.", suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            table.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
 def _add_run(sub) -> None:
-    pass
+    from .loop import LoopConfig
+
+    d = LoopConfig()
+    p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
+    p.add_argument("--workspace", default=d.workspace, help="jobs, iterations and the MLflow store live here")
+    p.add_argument("--dataset", default=d.dataset, choices=("digits", "fashion-mnist", "imagefolder"))
+    p.add_argument("--data-dir", default=None, help="dataset directory (fashion-mnist idx files, an ImageFolder)")
+    p.add_argument("--model", default=d.model, help="torchvision architecture name or a saved model directory")
+    p.add_argument("--criterion", default=d.criterion,
+                   help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
+    p.add_argument("--per-iteration", type=int, default=d.per_iteration, help="filters removed per iteration")
+    p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
+    p.add_argument("--min-params", type=int, default=d.min_params, help="stop before going below this many params")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs per iteration")
+    p.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs)
+    p.add_argument("--subset", type=int, default=None, help="training examples (per-class stratified)")
+    p.add_argument("--val-subset", type=int, default=None, help="validation examples")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--scheme", default=d.scheme, choices=("all", "internal"),
+                   help="'internal': only block-internal channels (the AWS example); 'all': every prunable group")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help="stop when accuracy drops more than this (fraction) below the previous iteration")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workspace)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from .loop import LoopConfig, run_loop
+
+    fields = set(LoopConfig.__dataclass_fields__)
+    config = LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    try:
+        run_loop(config, progress=not args.quiet)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"prune-explorer run: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _add_history(sub) -> None:
-    pass
+    p = sub.add_parser("history", help="print the tracked iterations of a workspace")
+    p.add_argument("--workspace", default="prune-workspace")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workspace)")
+    p.add_argument("--experiment", default="prune-explorer")
+    p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV")
+    p.set_defaults(func=_history)
+
+
+def _history(args) -> int:
+    from pathlib import Path
+
+    from .loop import format_history
+    from .tracking import Tracker
+
+    if args.tracking_uri is None and not (Path(args.workspace) / "mlflow.db").exists():
+        print(f"prune-explorer history: no MLflow store at {Path(args.workspace) / 'mlflow.db'}", file=sys.stderr)
+        return 1
+    history = Tracker(args.workspace, tracking_uri=args.tracking_uri, experiment=args.experiment).history()
+    print(format_history(history))
+    if args.csv:
+        history.to_csv(args.csv, index=False)
+    return 0
 
 
 # --- app (Voila) -------------------------------------------------------------------------------

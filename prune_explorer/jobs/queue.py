@@ -1,0 +1,356 @@
+"""A queue of fine-tuning jobs that runs them in the background, one (or a few) at a time.
+
+State lives on disk (`WORKSPACE/jobs/<id>.json`, atomic writes), so a new `JobQueue` on the same
+workspace finds queued, running and finished jobs again after a kernel restart; how a local job
+whose process vanished meanwhile is settled is described in `jobs/local.py` (completed when its
+metrics.json landed, failed otherwise — never silently re-run). Finished jobs are recorded in the
+tracker: completed, failed, and stopped by train.py's own rule; cancelled ones are not iterations.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id
+
+log = logging.getLogger(__name__)
+
+JobCallback = Callable[[Job], None]
+
+
+def make_backend(backend: "str | Backend") -> Backend:
+    if not isinstance(backend, str):
+        return backend
+    if backend == "local":
+        from .local import LocalBackend
+
+        return LocalBackend()
+    if backend == "sagemaker":
+        from .sagemaker import SageMakerBackend  # written against base.Backend
+
+        return SageMakerBackend()
+    raise ValueError(f"backend: unknown name {backend!r} (use 'local', 'sagemaker' or a Backend instance)")
+
+
+def plan_summary(plan: Any) -> dict[str, Any]:
+    if plan is None:
+        return {}
+    if hasattr(plan, "summary"):
+        return dict(plan.summary())
+    return dict(plan)
+
+
+def filters_removed(summary: dict[str, Any]) -> int:
+    """Total channels a plan summary removes ({layer: n_removed} or a nested 'layers' mapping)."""
+    for key in ("filters_removed", "removed", "total"):
+        if isinstance(summary.get(key), int):
+            return int(summary[key])
+    layers = summary.get("layers", summary)
+    if not isinstance(layers, dict):
+        return 0
+    total = 0
+    for value in layers.values():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            total += value
+        elif isinstance(value, (list, tuple)):
+            total += len(value)
+    return total
+
+
+def read_metrics(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def iteration_record(job: Job) -> dict[str, Any]:
+    """Keyword arguments for `Tracker.record` describing one finished job."""
+    result = job.result or {}
+    epochs = result.get("epochs") or []
+    accuracies = [e.get("val_accuracy") for e in epochs if e.get("val_accuracy") is not None]
+    best = result.get("best_accuracy")
+    if best is None and accuracies:
+        best = max(accuracies)
+    trial = result.get("trial") or (str(Path(job.out_dir) / "trial") if result else None)
+    return dict(
+        iteration=job.iteration or Path(job.out_dir).name,
+        parent=job.parent,
+        plan_summary=job.plan,
+        criterion=job.criterion,
+        filters_removed=filters_removed(job.plan),
+        params=result.get("params"),
+        macs=result.get("macs"),
+        latency_ms=result.get("latency_ms"),
+        accuracies=accuracies,
+        best_accuracy=best,
+        status=job.status,
+        model_dir=str(job.out_dir),
+        trial_dir=trial,
+        job_id=job.id,
+        backend=job.backend,
+    )
+
+
+class JobQueue:
+    """Submit jobs without blocking; a worker thread starts, polls and finishes them.
+
+    `on_change` callbacks run with the changed Job, from the worker thread (or from the caller's
+    thread for submit/cancel). `tracker=None` records into `Tracker(workspace)`; `False` records nothing.
+    """
+
+    def __init__(self, workspace: str | Path, backend: "str | Backend" = "local", max_parallel: int = 1,
+                 tracker: Any = None, poll_interval: float = 0.5):
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+        self.workspace = Path(workspace)
+        self.jobs_dir = self.workspace / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = make_backend(backend)
+        self.max_parallel = max_parallel
+        self.poll_interval = poll_interval
+        self._tracker = tracker
+        self._jobs: dict[str, Job] = {}
+        self._callbacks: list[JobCallback] = []
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._load()
+        self._ensure_worker()
+
+    # --- public -----------------------------------------------------------------------------
+    def submit(self, model: str | Path, out_dir: str | Path | None = None, parent: str | None = None,
+               plan: Any = None, criterion: str | None = None,
+               hyperparameters: dict[str, Any] | None = None, iteration: str | None = None) -> Job:
+        """Queue a job and return at once; the worker starts it when a slot is free."""
+        if out_dir is None:
+            out_dir = self.workspace / "iterations" / (iteration or new_id("it"))
+        out_dir = Path(out_dir).resolve()
+        job = Job(
+            id=new_id("job"), backend=self.backend.name, model=str(model), out_dir=str(out_dir),
+            parent=parent, iteration=iteration or out_dir.name, plan=plan_summary(plan),
+            criterion=criterion, hyperparameters=dict(hyperparameters or {}),
+        )
+        with self._lock:
+            job.save(self.jobs_dir)
+            self._jobs[job.id] = job
+            self._ensure_worker()
+        self._notify([job])
+        self._wake.set()
+        return job
+
+    def jobs(self) -> list[Job]:
+        """Every job known in this workspace, oldest first."""
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: (j.created, j.id))
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            try:
+                return self._jobs[job_id]
+            except KeyError:
+                raise KeyError(f"no job {job_id!r} in {self.jobs_dir}") from None
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a queued or running job (its status becomes 'stopped'); finished jobs stay as they are."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.done:
+                return job
+            if job.status == RUNNING and job.backend == self.backend.name:
+                self.backend.cancel(job)
+            else:
+                job.message = "cancelled before it started" if job.status == QUEUED else "cancelled"
+                job.ended = time.time()
+            job.status = STOPPED
+            job.save(self.jobs_dir)
+            self._changed.notify_all()
+        self._notify([job])
+        self._wake.set()
+        return job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job is completed, failed or stopped; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            job = self.get(job_id)
+            while not job.done:
+                if self._worker is None and not self._closed:
+                    self._ensure_worker()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                self._changed.wait(timeout=min(1.0, remaining) if remaining is not None else 1.0)
+            return job
+
+    def refresh(self) -> list[Job]:
+        """Pick up jobs other processes wrote, poll running ones now, and return all jobs."""
+        self._load()
+        self._tick()
+        return self.jobs()
+
+    def on_change(self, callback: JobCallback) -> None:
+        self._callbacks.append(callback)
+
+    def close(self) -> None:
+        """Stop the worker thread; running jobs keep running and a later queue adopts them."""
+        self._closed = True
+        self._wake.set()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=10)
+
+    def __enter__(self) -> "JobQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def tracker(self):
+        """The tracker finished jobs are recorded in (created on first use), or None when disabled."""
+        if self._tracker is None:
+            from ..tracking import Tracker
+
+            self._tracker = Tracker(self.workspace)
+        return None if self._tracker is False else self._tracker
+
+    # --- internals --------------------------------------------------------------------------
+    def _load(self) -> None:
+        with self._lock:
+            for path in sorted(self.jobs_dir.glob("*.json")):
+                job_id = path.stem
+                if job_id in self._jobs:
+                    continue
+                try:
+                    self._jobs[job_id] = Job.load(path)
+                except ValueError as exc:
+                    log.warning("skipping %s", exc)
+
+    def _ours(self, job: Job) -> bool:
+        return job.backend == self.backend.name
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._closed or (self._worker is not None and self._worker.is_alive()):
+                return
+            if not any(self._ours(j) and j.status in (QUEUED, RUNNING) for j in self._jobs.values()):
+                return
+            self._worker = threading.Thread(target=self._run, name="prune-explorer-jobs", daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                self._tick()
+            except Exception:  # the worker must outlive one bad tick
+                log.exception("job queue tick failed")
+            with self._lock:
+                if not any(self._ours(j) and j.status in (QUEUED, RUNNING) for j in self._jobs.values()):
+                    self._worker = None
+                    return
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+        with self._lock:
+            self._worker = None
+
+    def _tick(self) -> None:
+        finished: list[Job] = []
+        changed: list[Job] = []
+        with self._lock:
+            for job in self.jobs():
+                if self._ours(job) and job.status == RUNNING:
+                    if self.backend.poll(job) != RUNNING:
+                        self._collect(job)
+                        job.save(self.jobs_dir)
+                        finished.append(job)
+            running = sum(1 for j in self._jobs.values() if self._ours(j) and j.status == RUNNING)
+            for job in self.jobs():
+                if running >= self.max_parallel:
+                    break
+                if self._ours(job) and job.status == QUEUED and self._claim(job):
+                    self._start(job)
+                    changed.append(job)
+                    running += job.status == RUNNING
+            for job in finished:
+                self._track(job)
+            if finished or changed:
+                self._changed.notify_all()
+        self._notify(changed + finished)
+
+    def _collect(self, job: Job) -> None:
+        """Fetch results of a job that produced a model (completed, or stopped by its own rule)."""
+        if job.status not in (COMPLETED, STOPPED):
+            return
+        try:
+            self.backend.fetch(job)
+            job.result = read_metrics(job.out_dir)
+        except Exception as exc:
+            job.status = FAILED
+            job.message = f"could not fetch results of {job.id}: {exc}"
+
+    def _start(self, job: Job) -> None:
+        try:
+            self.backend.start(job)
+        except Exception as exc:
+            job.status = FAILED
+            job.ended = time.time()
+            job.message = f"could not start on {self.backend.name}: {exc}"
+        job.save(self.jobs_dir)
+
+    def _claim(self, job: Job) -> bool:
+        """Re-read the job under a workspace lock so two queues on one workspace never both start it."""
+        with _file_lock(self.jobs_dir / ".claim.lock"):
+            try:
+                on_disk = Job.load(self.jobs_dir / f"{job.id}.json")
+            except (FileNotFoundError, ValueError):
+                return False
+            if on_disk.status != QUEUED:
+                self._jobs[job.id] = on_disk
+                return False
+            job.status = RUNNING  # provisional; backend.start sets the real fields
+            job.save(self.jobs_dir)
+            job.status = QUEUED
+            return True
+
+    def _track(self, job: Job) -> None:
+        if job.status == STOPPED and not job.result:
+            return  # cancelled: not an iteration
+        tracker = self.tracker
+        if tracker is None:
+            return
+        try:
+            tracker.record(**iteration_record(job))
+        except Exception as exc:
+            log.warning("could not record job %s in the tracker: %s", job.id, exc)
+
+    def _notify(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            for callback in list(self._callbacks):
+                try:
+                    callback(job)
+                except Exception:
+                    log.exception("on_change callback failed for job %s", job.id)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

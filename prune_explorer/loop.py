@@ -1,0 +1,284 @@
+"""The headless iterative pruning loop (the AWS example's automated loop, run locally).
+
+baseline job → repeat: rank the last model's filters → plan the lowest N → cut them out → save →
+fine-tune job → track → accuracy-drop rule. Ends after K iterations, at a parameter floor, or when
+the rule fires (that iteration is then tracked as "stopped"). Writes WORKSPACE/results.csv and
+WORKSPACE/params_vs_accuracy.png and returns the history of this run as a DataFrame.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .jobs.base import COMPLETED
+from .jobs.queue import JobQueue, read_metrics
+
+BASELINE = "baseline"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+WEIGHT_CRITERIA = ("l1", "l2")
+SCHEMES = ("all", "internal")
+NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}
+RESULTS_CSV = "results.csv"
+RESULTS_PNG = "params_vs_accuracy.png"
+
+
+@dataclass
+class LoopConfig:
+    """Everything one headless run needs; the CLI flags map one to one onto these fields."""
+
+    workspace: str = "prune-workspace"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "resnet18"
+    criterion: str = "taylor"
+    per_iteration: int = 200
+    iterations: int = 5
+    min_params: int = 0
+    epochs: int = 1
+    baseline_epochs: int = 3
+    subset: int | None = None
+    val_subset: int | None = None
+    image_size: int | None = None
+    scheme: str = "all"
+    threshold: float = 0.10
+    tracking_uri: str | None = None
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    capture: str = "compact"
+    train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
+
+    def validate(self) -> "LoopConfig":
+        if self.per_iteration < 1:
+            raise ValueError(f"per_iteration must be >= 1, got {self.per_iteration}")
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.epochs < 1 or self.baseline_epochs < 1:
+            raise ValueError(f"epochs and baseline_epochs must be >= 1, got {self.epochs}, {self.baseline_epochs}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
+        if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
+            raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
+        return self
+
+    def hyperparameters(self, epochs: int) -> dict[str, Any]:
+        """train.py arguments for one job."""
+        args = dict(dataset=self.dataset, data_dir=self.data_dir, epochs=epochs, batch_size=self.batch_size,
+                    lr=self.lr, subset=self.subset, val_subset=self.val_subset, seed=self.seed,
+                    capture=self.capture, image_size=self.image_size)
+        args.update(self.train_args)
+        return {k: v for k, v in args.items() if v is not None}
+
+
+def demo_config(workspace: str | os.PathLike = "prune-workspace") -> LoopConfig:
+    """The `make demo` setup: resnet18 on a Fashion-MNIST subset, ≈ 5 minutes on 2 CPU cores.
+
+    Falls back to scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
+    """
+    if FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("*idx*")):
+        dataset, data_dir, subset, val_subset, size = "fashion-mnist", str(FASHION_MNIST_DIR), 10_000, 2_000, 28
+    else:
+        print(f"demo: {FASHION_MNIST_DIR} not found (apt package dataset-fashion-mnist); using sklearn digits",
+              file=sys.stderr)
+        dataset, data_dir, subset, val_subset, size = "digits", None, None, None, 32
+    return LoopConfig(
+        workspace=str(workspace), dataset=dataset, data_dir=data_dir, model="resnet18", criterion="taylor",
+        per_iteration=200, iterations=5, epochs=1, baseline_epochs=4, subset=subset, val_subset=val_subset,
+        image_size=size, scheme="all", threshold=0.10, batch_size=64,
+    )
+
+
+@dataclass
+class _Step:
+    name: str
+    directory: Path
+    accuracy: float | None
+
+
+def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd.DataFrame:
+    """Run the loop; returns this run's iterations (history rows) with `attrs["stop_reason"]`.
+
+    `criterion_fn(group, model, trial) -> scores` (a ranking criterion callable) replaces the named
+    criterion, e.g. a random ranking in benchmarks; `config.criterion` is still the tracked name.
+    """
+    from tqdm.auto import tqdm
+
+    from .rules import AccuracyDropRule
+    from .tracking import Tracker
+
+    config.validate()
+    workspace = Path(config.workspace).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(workspace, tracking_uri=config.tracking_uri)
+    queue = JobQueue(workspace, backend="local", tracker=tracker)
+    rule = AccuracyDropRule(config.threshold)
+    _write_json(workspace / "loop_config.json", asdict(config))
+    try:
+        previous = _baseline(queue, config, workspace)
+        names = [previous.name]
+        reason = f"completed {config.iterations} iterations"
+        bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
+        for _ in bar:
+            name = _next_iteration_name(workspace)
+            out = workspace / "iterations" / name
+            pruned_dir, plan, params = _prune_step(previous, out, config, criterion_fn)
+            if plan is None:
+                reason = f"{name}: nothing left to prune in {previous.name} (every group at its minimum)"
+                break
+            if params < config.min_params:
+                reason = (f"{name}: pruning {previous.name} further would leave {params:,} params, "
+                          f"below the floor of {config.min_params:,}")
+                break
+            job = queue.submit(pruned_dir, out_dir=out, parent=previous.name, plan=plan,
+                               criterion=config.criterion, hyperparameters=config.hyperparameters(config.epochs),
+                               iteration=name)
+            job = queue.wait(job.id)
+            names.append(name)
+            if job.status != COMPLETED:
+                reason = f"{name}: fine-tuning job {job.id} {job.status}: {job.message}"
+                break
+            accuracies = [e["val_accuracy"] for e in job.result.get("epochs", [])]
+            verdict = rule.evaluate(previous.accuracy, accuracies)
+            bar.set_postfix(params=f"{params:,}", accuracy=f"{max(accuracies, default=float('nan')):.3f}")
+            if verdict.fired:
+                tracker.update_status(name, "stopped")
+                reason = f"{name}: accuracy rule fired: {verdict.reason}"
+                break
+            previous = _Step(name, out, job.result.get("best_accuracy", max(accuracies, default=None)))
+        bar.close()
+    finally:
+        queue.close()
+    history = tracker.history()
+    rows = history[history["iteration"].isin(names)].reset_index(drop=True)
+    rows.attrs["stop_reason"] = reason
+    _write_results(rows, workspace)
+    if progress:
+        print(format_history(rows))
+        print(f"stopped: {reason}")
+    return rows
+
+
+def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
+    """The baseline iteration: reused when its model and metrics are on disk, trained otherwise."""
+    out = workspace / "iterations" / BASELINE
+    if (out / "model.json").exists() and (out / "metrics.json").exists():
+        metrics = read_metrics(out)
+        return _Step(BASELINE, out, metrics.get("best_accuracy"))
+    job = queue.submit(config.model, out_dir=out, criterion=None, iteration=BASELINE,
+                       hyperparameters=config.hyperparameters(config.baseline_epochs))
+    job = queue.wait(job.id)
+    if job.status != COMPLETED:
+        raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}")
+    return _Step(BASELINE, out, job.result.get("best_accuracy"))
+
+
+def _prune_step(previous: _Step, out: Path, config: LoopConfig, criterion_fn):
+    """Rank, plan and cut the previous model; returns (saved dir, plan, params) or (None, None, 0)."""
+    from . import store
+    from .graph import ChannelGraph
+    from .measure import count
+    from .plan import PrunePlan
+    from .ranking import rank
+    from .surgery import prune
+    from .trials import open_trial
+
+    model = store.load(previous.directory)
+    model.eval()
+    x = example_inputs(previous.directory, model, config)
+    graph = ChannelGraph.trace(model, x)
+    trial = None
+    if config.capture != "none" and (criterion_fn is not None or config.criterion not in WEIGHT_CRITERIA):
+        trial = open_trial(previous.directory / "trial", model=model, example_inputs=x, graph=graph)
+    table = rank(model, x, trial=trial, criterion=criterion_fn or config.criterion, graph=graph)
+    plan = PrunePlan.lowest(table, graph, n=config.per_iteration, scheme=config.scheme)
+    if len(plan) == 0:
+        return None, None, 0
+    pruned = prune(model, plan, x, graph=graph)
+    pruned_dir = out / "pruned"
+    store.save(pruned, pruned_dir)
+    return pruned_dir, plan, int(count(pruned, x).params)
+
+
+def example_inputs(model_dir: Path, model, config: LoopConfig):
+    """A one-image batch shaped like the training data (metrics.json's input_shape when train.py wrote one)."""
+    import torch
+
+    metrics = read_metrics(model_dir)
+    shape = metrics.get("input_shape")
+    if shape:
+        return torch.zeros(1, *[int(s) for s in list(shape)[-3:]])
+    first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    channels = first_conv.in_channels if first_conv is not None else 1
+    size = config.image_size or NATIVE_SIZE.get(config.dataset, 224)
+    return torch.zeros(1, channels, size, size)
+
+
+def _next_iteration_name(workspace: Path) -> str:
+    taken = [int(m.group(1)) for p in (workspace / "iterations").glob("iter-*")
+             if (m := re.fullmatch(r"iter-(\d+)", p.name))]
+    return f"iter-{max(taken, default=0) + 1:03d}"
+
+
+def format_history(history: pd.DataFrame) -> str:
+    """The summary table printed at the end of a run and by `prune-explorer history`."""
+    if history.empty:
+        return "(no tracked iterations)"
+    view = history[["iteration", "parent", "status", "criterion", "filters_removed", "params", "macs",
+                    "latency_ms", "accuracy"]].copy()
+    view["accuracy"] = view["accuracy"].map(lambda a: "" if pd.isna(a) else f"{100 * a:.2f}%")
+    view["latency_ms"] = view["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    for column in ("params", "macs"):
+        view[column] = view[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
+    return view.fillna("").to_string(index=False)
+
+
+def _write_results(history: pd.DataFrame, workspace: Path) -> None:
+    _atomic_write(workspace / RESULTS_CSV, lambda path: history.to_csv(path, index=False))
+    _atomic_write(workspace / RESULTS_PNG, lambda path: plot_history(history, path))
+
+
+def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Params (log scale) vs best accuracy, one point per iteration, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.subplots()
+    done = history.dropna(subset=["params", "accuracy"])
+    axes.plot(done["params"].astype(float), 100 * done["accuracy"], "o-")
+    for _, row in done.iterrows():
+        axes.annotate(row["iteration"], (float(row["params"]), 100 * row["accuracy"]), fontsize=7,
+                      xytext=(3, 3), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("parameters")
+    axes.set_ylabel("validation accuracy (%)")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(target: Path, data: dict[str, Any]) -> None:
+    _atomic_write(target, lambda path: Path(path).write_text(json.dumps(data, indent=1, default=str)))

@@ -1,0 +1,133 @@
+"""What a model costs: parameters, multiply-accumulates and CPU latency.
+
+MACs come from torch's own `FlopCounterMode` (flops / 2), so every op torch knows how to count is
+counted the same way for the base and the pruned model; there is no hand-written counter here.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Size and compute of a model for one set of example inputs."""
+
+    params: int
+    macs: int
+    latency_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count(model: nn.Module, example_inputs: Any) -> ModelCost:
+    """Parameters (shared ones once) and MACs of one forward pass on `example_inputs` (whole batch).
+
+    Runs in eval mode under no_grad; the model's training flag is restored afterwards.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    with _eval_no_grad(model), FlopCounterMode(display=False) as counter:
+        _forward(model, example_inputs)
+    return ModelCost(params=params, macs=int(counter.get_total_flops() // 2))
+
+
+def median_latency_ms(model: nn.Module, example_inputs: Any, warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall-clock milliseconds of one forward pass (eval mode, no_grad).
+
+    The median, not the mean, so one slow run on a shared machine does not move the number.
+    Measured on whatever device the model and inputs are on (CPU in this project's reports).
+    """
+    return paired_latency_ms([model], example_inputs, warmup=warmup, repeats=repeats)[0]
+
+
+def paired_latency_ms(
+    models: Sequence[nn.Module], example_inputs: Any, warmup: int = 3, repeats: int = 10
+) -> list[float]:
+    """Median milliseconds per model, timing the models in turn within each repeat.
+
+    Interleaving makes a before/after comparison fair on a busy machine: a burst of load from
+    elsewhere slows both sides of the same round instead of only one model.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    sync = _synchronizer(example_inputs)
+    times: list[list[float]] = [[] for _ in models]
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(_eval_no_grad(model))
+        for _ in range(warmup):
+            for model in models:
+                _forward(model, example_inputs)
+        for _ in range(repeats):
+            for model, model_times in zip(models, times):
+                sync()
+                start = time.perf_counter()
+                _forward(model, example_inputs)
+                sync()
+                model_times.append((time.perf_counter() - start) * 1000.0)
+    return [float(statistics.median(t)) for t in times]
+
+
+latency = median_latency_ms
+
+
+def measure(
+    model: nn.Module,
+    example_inputs: Any,
+    latency: bool = True,
+    *,
+    latency_inputs: Any = None,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> ModelCost:
+    """`count` plus, when `latency` is true, the median latency (ms) on `latency_inputs`.
+
+    `latency_inputs` defaults to `example_inputs` (e.g. count MACs per image, time a batch of 8).
+    """
+    cost = count(model, example_inputs)
+    if not latency:
+        return cost
+    timed_inputs = example_inputs if latency_inputs is None else latency_inputs
+    ms = median_latency_ms(model, timed_inputs, warmup=warmup, repeats=repeats)
+    return ModelCost(params=cost.params, macs=cost.macs, latency_ms=ms)
+
+
+def _forward(model: nn.Module, example_inputs: Any) -> Any:
+    if isinstance(example_inputs, tuple):
+        return model(*example_inputs)
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    return model(example_inputs)
+
+
+@contextmanager
+def _eval_no_grad(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _synchronizer(example_inputs: Any):
+    tensors = [example_inputs] if isinstance(example_inputs, torch.Tensor) else [
+        t for t in (example_inputs.values() if isinstance(example_inputs, dict) else example_inputs)
+        if isinstance(t, torch.Tensor)
+    ]
+    if any(t.is_cuda for t in tensors):
+        return torch.cuda.synchronize
+    return lambda: None

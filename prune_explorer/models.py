@@ -1,0 +1,133 @@
+"""Build a model by name and remember how it was built, so a pruned copy can be rebuilt from disk.
+
+`build_model` tags every model it returns with `BASE_ATTR` ({"arch", "kwargs"}); `store.save`
+reads the tag to know which base to rebuild before narrowing layers again.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+BASE_ATTR = "prune_explorer_base"
+
+_STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def build_model(arch: str, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """A fresh model: a torchvision architecture by name, or a user class "package.module:ClassName".
+
+    `weights` is optional: a local state-dict file (.pth/.pt/.bin via `torch.load(weights_only=True)`,
+    or .safetensors), or a torchvision weights enum name such as "IMAGENET1K_V1" (downloaded by
+    torchvision; needs internet). Keyword arguments go to the constructor and are recorded, so they
+    must be JSON values.
+    """
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"arch must be a non-empty string, got {arch!r}")
+    _check_json_kwargs(arch, kwargs)
+    weights_path = _local_weights_path(weights)
+    enum_weights = None if weights is None or weights_path is not None else str(weights)
+    if ":" in arch:
+        if enum_weights is not None:
+            raise ValueError(
+                f"weights={weights!r} is neither an existing file nor usable with user model {arch!r}: "
+                "pass a local state-dict path (.pth/.pt/.bin/.safetensors)"
+            )
+        model = _build_user_model(arch, kwargs)
+    else:
+        model = _build_torchvision_model(arch, enum_weights, kwargs)
+    if weights_path is not None:
+        _load_local_weights(model, weights_path)
+    tag_base(model, arch, kwargs)
+    return model
+
+
+def tag_base(model: nn.Module, arch: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Record the spec `model` can be rebuilt from (a plain dict attribute: survives deepcopy)."""
+    setattr(model, BASE_ATTR, {"arch": arch, "kwargs": dict(kwargs or {})})
+    return model
+
+
+def base_spec(model: nn.Module) -> dict[str, Any] | None:
+    """The {"arch", "kwargs"} tag set by `build_model`, or None for an untagged model."""
+    spec = getattr(model, BASE_ATTR, None)
+    if spec is None:
+        return None
+    return {"arch": spec["arch"], "kwargs": dict(spec.get("kwargs") or {})}
+
+
+def _check_json_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
+    for key, value in kwargs.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"build_model({arch!r}): keyword {key!r}={value!r} is not a JSON value, "
+                "so the model could not be rebuilt from disk"
+            ) from exc
+
+
+def _build_torchvision_model(arch: str, weights: str | None, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    known = torchvision.models.list_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(
+            f"unknown architecture {arch!r}: not a torchvision model name and not "
+            f"'package.module:ClassName'{hint}"
+        )
+    return torchvision.models.get_model(arch, weights=weights, **kwargs)
+
+
+def _build_user_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    module_name, _, class_name = arch.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"user model {arch!r} must look like 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"user model {arch!r}: cannot import module {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in class_name.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"user model {arch!r}: module {module_name!r} has no attribute {class_name!r}")
+        target = getattr(target, part)
+    model = target(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"user model {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _local_weights_path(weights: str | Path | None) -> Path | None:
+    if weights is None:
+        return None
+    path = Path(weights)
+    if path.suffix in _STATE_DICT_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        return path
+    return None
+
+
+def _load_local_weights(model: nn.Module, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model: {exc}") from exc

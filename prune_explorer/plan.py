@@ -1,0 +1,155 @@
+"""PrunePlan: which channels of which channel group to remove, validated against a ChannelGraph."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # pandas is only needed by the builders
+    import pandas as pd
+
+    from .graph import ChannelGraph
+
+
+class PrunePlan:
+    """Channel indices to remove, keyed by any member layer name or group id.
+
+    The plan is only checked against a graph in `resolve`, so it can be built before tracing
+    and stored as JSON (`summary`, `channels`).
+    """
+
+    def __init__(self, channels: dict[str | int, Iterable[int]], layers: Iterable[str] = ()):
+        self.channels: dict[str | int, list[int]] = {key: list(ix) for key, ix in channels.items()}
+        self.layers: tuple[str, ...] = tuple(layers)
+
+    def __repr__(self) -> str:
+        return f"PrunePlan({self.summary()})"
+
+    def __len__(self) -> int:
+        return sum(len(ix) for ix in self.channels.values())
+
+    def resolve(self, graph: "ChannelGraph") -> dict[int, list[int]]:
+        """{group id: sorted unique indices}; ValueError naming the layer for any bad entry."""
+        resolved: dict[int, list[int]] = {}
+        named_by: dict[int, str | int] = {}
+        for key, indices in self.channels.items():
+            group = graph.group(key)
+            label = f"layer {key!r}" if isinstance(key, str) else f"group {key} ({group.name})"
+            if not indices:
+                continue
+            if not group.prunable:
+                raise ValueError(f"{label}: channel group {group.name!r} is not prunable: {group.reason}")
+            if any(isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__") for i in indices):
+                raise ValueError(f"{label}: channel indices must be integers, got {indices!r}")
+            ints = [int(i) for i in indices]
+            if len(set(ints)) != len(ints):
+                dup = sorted({i for i in ints if ints.count(i) > 1})
+                raise ValueError(f"{label}: duplicate channel indices {dup}")
+            bad = [i for i in ints if not 0 <= i < group.size]
+            if bad:
+                raise ValueError(f"{label}: channel indices {bad} out of range 0..{group.size - 1}")
+            if len(ints) >= group.size:
+                raise ValueError(f"{label}: removing all {group.size} channels would empty group {group.name!r}")
+            ints.sort()
+            if group.id in resolved and resolved[group.id] != ints:
+                raise ValueError(
+                    f"{label} and {named_by[group.id]!r} name the same channel group {group.name!r} "
+                    "with different channel indices"
+                )
+            resolved[group.id] = ints
+            named_by[group.id] = key
+        return dict(sorted(resolved.items()))
+
+    def summary(self) -> dict:
+        """JSON-able {layer: number of channels removed}."""
+        return {str(key): len(set(ix)) for key, ix in self.channels.items() if ix}
+
+    @classmethod
+    def lowest(cls, table: "pd.DataFrame", graph: "ChannelGraph", n: int = 200, scheme: str = "all",
+               min_keep: int = 1, round_to: int | None = None) -> "PrunePlan":
+        """Remove the `n` lowest-`normalized` channels over all eligible groups.
+
+        No group drops below `min_keep` channels; with `round_to` every touched group keeps a
+        multiple of it, so fewer than `n` may be removed.
+        """
+        if scheme not in ("all", "internal"):
+            raise ValueError(f"scheme must be 'all' or 'internal', got {scheme!r}")
+        if min_keep < 1:
+            raise ValueError(f"min_keep must be at least 1, got {min_keep}")
+        _check_round_to(round_to)
+        eligible = {g.id: g for g in graph.prunable("internal" if scheme == "internal" else None)}
+        rows = _ordered(table, graph)
+        rows = rows[rows["group"].isin(list(eligible))]
+        step = round_to or 1
+        pending: dict[int, list[int]] = {g: [] for g in eligible}
+        chosen: dict[int, list[int]] = {g: [] for g in eligible}
+        full: set[int] = set()
+        total = 0
+        for g, f in zip(rows["group"].tolist(), rows["filter"].tolist()):
+            if total >= n:
+                break
+            if g in full:
+                continue
+            group = eligible[g]
+            pending[g].append(int(f))
+            removed = len(chosen[g]) + len(pending[g])
+            remaining = group.size - removed
+            if remaining < max(min_keep, 1):
+                full.add(g)
+                continue
+            if remaining % step:
+                continue
+            if total + len(pending[g]) > n:
+                full.add(g)
+                continue
+            chosen[g].extend(pending[g])
+            total += len(pending[g])
+            pending[g] = []
+        channels = {eligible[g].name: sorted(ix) for g, ix in chosen.items() if ix}
+        return cls(channels, layers=channels)
+
+    @classmethod
+    def from_counts(cls, table: "pd.DataFrame", graph: "ChannelGraph", counts: dict[str, int],
+                    round_to: int | None = None) -> "PrunePlan":
+        """Remove the `k` lowest-`normalized` channels of each named layer's group."""
+        _check_round_to(round_to)
+        rows = _ordered(table, graph)
+        channels: dict[str, list[int]] = {}
+        for layer, k in counts.items():
+            group = graph.group(layer)
+            k = int(k)
+            if k < 0:
+                raise ValueError(f"layer {layer!r}: cannot remove a negative number of channels ({k})")
+            if round_to and k:
+                keep = max(round_to, round((group.size - k) / round_to) * round_to)
+                k = max(0, group.size - keep)
+            if k >= group.size:
+                raise ValueError(f"layer {layer!r}: removing {k} of {group.size} channels would empty group {group.name!r}")
+            if k == 0:
+                continue
+            ranked = rows[rows["group"] == group.id]["filter"].tolist()
+            if len(ranked) < k:
+                raise ValueError(f"layer {layer!r}: the rank table has {len(ranked)} rows for group {group.name!r}, need {k}")
+            channels[layer] = sorted(int(f) for f in ranked[:k])
+        return cls(channels, layers=counts)
+
+
+def _check_round_to(round_to: int | None) -> None:
+    if round_to is not None and round_to < 1:
+        raise ValueError(f"round_to must be a positive integer, got {round_to}")
+
+
+def _ordered(table: "pd.DataFrame", graph: "ChannelGraph") -> "pd.DataFrame":
+    """Rows lowest `normalized` first; ties keep group then filter order."""
+    missing = {"group", "filter", "normalized"} - set(table.columns)
+    if missing:
+        raise ValueError(f"rank table lacks columns {sorted(missing)}")
+    ids = set(table["group"].tolist())
+    unknown = sorted(g for g in ids if not 0 <= int(g) < len(graph.groups))
+    if unknown:
+        layer = table.loc[table["group"] == unknown[0], "layer"].iloc[0] if "layer" in table else unknown[0]
+        raise ValueError(f"rank table names group {unknown[0]} (layer {layer!r}) that the graph does not have")
+    for g in ids:
+        group = graph.groups[int(g)]
+        filters = table.loc[table["group"] == g, "filter"]
+        if len(filters) and (filters.min() < 0 or filters.max() >= group.size):
+            raise ValueError(f"rank table rows for layer {group.name!r} have filters outside 0..{group.size - 1}")
+    return table.sort_values(["normalized", "group", "filter"], kind="stable")

@@ -1,0 +1,136 @@
+"""What runs first inside the SageMaker training container.
+
+The job's entrypoint unpacks the source tarball into /opt/ml/code and runs
+`python -m prune_explorer.sagemaker_entry`. This module does what the SageMaker training
+toolkit would otherwise do, so any image with Python and torch serves: install the
+shipped requirements, export the `SM_*` variables train.py reads, and start train.py —
+through torchrun when the job has more than one instance or more than one GPU. On failure
+it writes /opt/ml/output/failure, which SageMaker shows as the job's FailureReason. A stop by
+the accuracy-drop rule is not a failure: the job completes so SageMaker uploads the model, and
+metrics.json says "stopped".
+
+Standard library only: it runs before the requirements are installed.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ML_ROOT = Path("/opt/ml")
+TRAIN_MODULE = "prune_explorer.train"
+MASTER_PORT = 29500
+FAILURE_TAIL_LINES = 20
+RULE_STOPPED_EXIT = 3  # train.py: stopped by the accuracy-drop rule; its model and metrics are valid
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def gpu_count() -> int:
+    """GPUs visible in the container (0 on CPU instances)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def sm_environment(root: Path, resource_config: Mapping[str, Any], gpus: int) -> dict[str, str]:
+    """The `SM_*` variables the SageMaker toolkit would set, for train.py to honour."""
+    hosts = list(resource_config.get("hosts") or ["algo-1"])
+    current = str(resource_config.get("current_host") or hosts[0])
+    env = {
+        "SM_MODEL_DIR": str(root / "model"),
+        "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
+        "SM_CHECKPOINT_DIR": str(root / "checkpoints"),
+        "SM_HOSTS": json.dumps(hosts),
+        "SM_CURRENT_HOST": current,
+        "SM_NUM_GPUS": str(gpus),
+    }
+    data = root / "input" / "data"
+    channels = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    env["SM_CHANNELS"] = json.dumps(channels)
+    for name in channels:
+        env[f"SM_CHANNEL_{name.upper()}"] = str(data / name)
+    return env
+
+
+def train_arguments(hyperparameters: Mapping[str, Any]) -> list[str]:
+    """`--key value` pairs for train.py, in key order so the command is reproducible."""
+    args: list[str] = []
+    for key in sorted(hyperparameters):
+        value = hyperparameters[key]
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+def train_command(
+    hyperparameters: Mapping[str, Any], resource_config: Mapping[str, Any], gpus: int,
+    python: str = sys.executable,
+) -> list[str]:
+    """One process per machine, or torchrun with one worker per GPU across all hosts."""
+    hosts = list(resource_config.get("hosts") or ["algo-1"])
+    current = resource_config.get("current_host") or hosts[0]
+    args = train_arguments(hyperparameters)
+    if len(hosts) == 1 and gpus <= 1:
+        return [python, "-m", TRAIN_MODULE, *args]
+    return [
+        python, "-m", "torch.distributed.run",
+        f"--nnodes={len(hosts)}",
+        f"--nproc_per_node={max(gpus, 1)}",
+        f"--node_rank={hosts.index(current)}",
+        f"--master_addr={hosts[0]}",
+        f"--master_port={MASTER_PORT}",
+        "-m", TRAIN_MODULE, *args,
+    ]
+
+
+def install_requirements(code_dir: Path) -> None:
+    requirements = code_dir / "requirements.txt"
+    if requirements.is_file() and requirements.read_text().strip():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)], check=True)
+
+
+def run(command: Sequence[str], env: Mapping[str, str], failure_file: Path) -> int:
+    """Stream the command's output; on a non-zero exit leave its last lines as the FailureReason."""
+    tail: collections.deque[str] = collections.deque(maxlen=FAILURE_TAIL_LINES)
+    with subprocess.Popen(list(command), env={**os.environ, **env}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            tail.append(line)
+    if proc.returncode == RULE_STOPPED_EXIT:
+        print("train.py stopped early by the accuracy-drop rule; see metrics.json", flush=True)
+        return 0
+    if proc.returncode != 0:
+        failure_file.parent.mkdir(parents=True, exist_ok=True)
+        failure_file.write_text(f"train.py exited with code {proc.returncode}:\n" + "".join(tail))
+    return proc.returncode
+
+
+def main(root: Path = ML_ROOT, code_dir: Path | None = None) -> int:
+    code_dir = code_dir or Path(__file__).resolve().parent.parent
+    config = root / "input" / "config"
+    hyperparameters = read_json(config / "hyperparameters.json", {})
+    resource_config = read_json(config / "resourceconfig.json", {})
+    gpus = gpu_count()
+    install_requirements(code_dir)
+    env = sm_environment(root, resource_config, gpus)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_dir), os.environ.get("PYTHONPATH")]))
+    return run(train_command(hyperparameters, resource_config, gpus), env, root / "output" / "failure")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

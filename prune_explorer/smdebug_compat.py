@@ -1,0 +1,95 @@
+"""Make smdebug 1.0.34 write (and read back) tensors under numpy 2.
+
+smdebug's upstream is dormant; its write path breaks on numpy >= 2 in exactly two places, and its
+reader maps two integer types wrongly. Everything is patched in place, once, on import:
+
+1. `smdebug.core.tfevent.util.make_tensor_proto` calls `ndarray.tostring()` (removed in numpy 2;
+   `tobytes()` is byte-identical). `smdebug.core.writer` imports the function by name, so the
+   replacement is installed in both modules.
+2. `smdebug.core.tfevent.summary.scalar_summary` does `float()` of a shape-(1,) array (TypeError
+   on numpy >= 2.4); reached only when a TensorBoard writer is active.
+3. Reader: `event_file_reader.as_dtype` returns uint8 for DT_INT8 (negative values come back
+   wrapped) and knows no DT_INT16/DT_UINT16/32/64, although the writer emits them. The table is
+   completed so every dtype the writer supports reads back unchanged. Files stay byte-identical.
+
+Never pin numpy<2 for smdebug: import this module instead.
+"""
+from __future__ import annotations
+
+import os
+from importlib.metadata import version as _version
+
+if int(_version("protobuf").split(".")[0]) >= 4:  # smdebug's generated code predates protobuf 4
+    os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
+import numpy as np  # noqa: E402
+import smdebug.core.tfevent.event_file_reader as _event_file_reader  # noqa: E402
+import smdebug.core.tfevent.proto.types_pb2 as _types_pb2  # noqa: E402
+import smdebug.core.tfevent.summary as _summary  # noqa: E402
+import smdebug.core.tfevent.util as _util  # noqa: E402
+import smdebug.core.writer as _writer  # noqa: E402
+from smdebug.core.tfevent.proto.summary_pb2 import Summary  # noqa: E402
+from smdebug.core.tfevent.proto.tensor_pb2 import TensorProto  # noqa: E402
+from smdebug.core.tfevent.proto.tensor_shape_pb2 import TensorShapeProto  # noqa: E402
+from smdebug.exceptions import SMDebugRuntimeError  # noqa: E402
+
+_PATCHED = "_prune_explorer_numpy2"
+
+_READ_DTYPES = {
+    _types_pb2.DT_HALF: np.float16,
+    _types_pb2.DT_FLOAT: np.float32,
+    _types_pb2.DT_DOUBLE: np.float64,
+    _types_pb2.DT_INT8: np.int8,
+    _types_pb2.DT_INT16: np.int16,
+    _types_pb2.DT_INT32: np.int32,
+    _types_pb2.DT_INT64: np.int64,
+    _types_pb2.DT_UINT8: np.uint8,
+    _types_pb2.DT_UINT16: np.uint16,
+    _types_pb2.DT_UINT32: np.uint32,
+    _types_pb2.DT_UINT64: np.uint64,
+    _types_pb2.DT_BOOL: bool,
+    _types_pb2.DT_STRING: str,
+    _types_pb2.DT_COMPLEX64: np.complex64,
+    _types_pb2.DT_COMPLEX128: np.complex128,
+}
+
+
+def make_tensor_proto(nparray_data: np.ndarray, tag: str) -> TensorProto:
+    """smdebug's make_tensor_proto with `tobytes()` in place of the removed `tostring()`."""
+    is_number, dtype = _util._get_proto_dtype(nparray_data.dtype)
+    dims = [TensorShapeProto.Dim(size=d, name=f"{tag}_{d}") for d in nparray_data.shape]
+    shape = TensorShapeProto(dim=dims)
+    if is_number:
+        return TensorProto(dtype=dtype, tensor_content=nparray_data.tobytes(), tensor_shape=shape)
+    proto = TensorProto(tensor_shape=shape)
+    for s in nparray_data:
+        proto.string_val.append(bytes(s, encoding="utf-8"))
+    return proto
+
+
+def scalar_summary(tag: str, scalar) -> Summary:
+    """smdebug's scalar_summary, taking the single element explicitly (numpy >= 2.4)."""
+    value = _summary.make_numpy_array(scalar)
+    if value.squeeze().ndim != 0:
+        raise SMDebugRuntimeError("scalar should be 0D")
+    return Summary(value=[Summary.Value(tag=_summary._clean_tag(tag), simple_value=float(value.item()))])
+
+
+def as_dtype(proto_dtype: int):
+    """The numpy dtype of a TensorProto dtype code (complete and sign-correct)."""
+    return _READ_DTYPES[proto_dtype]
+
+
+def install() -> None:
+    """Install the replacements (idempotent)."""
+    if getattr(_util, _PATCHED, False):
+        return
+    _util.make_tensor_proto = make_tensor_proto
+    _writer.make_tensor_proto = make_tensor_proto
+    _summary.scalar_summary = scalar_summary
+    _writer.scalar_summary = scalar_summary
+    _event_file_reader.as_dtype = as_dtype
+    setattr(_util, _PATCHED, True)
+
+
+install()

@@ -1,0 +1,464 @@
+"""Save and load a (pruned) model without pickle: `model.json` + `model.safetensors`.
+
+`model.json` names the base architecture (rebuilt with `models.build_model`) and the constructor
+attributes of every conv / norm / linear layer, so `load` can rebuild the narrowed layers before
+loading the weights strictly. Saves are atomic: files are written beside the target and moved in
+with renames, so a crash leaves either the previous model or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.conv import _ConvNd
+
+from . import __version__
+from .models import base_spec, build_model, tag_base
+
+FORMAT = "prune_explorer.model"
+FORMAT_VERSION = 1
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE)
+METADATA_ATTR = "prune_explorer_metadata"
+_SAVE_ID_KEY = "prune_explorer.save_id"
+
+_REBUILDABLE: dict[str, type[nn.Module]] = {
+    cls.__name__: cls
+    for cls in (
+        nn.Conv1d, nn.Conv2d, nn.Conv3d,
+        nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+        nn.GroupNorm, nn.LayerNorm, nn.Linear,
+    )
+}
+
+
+# --- module records ---------------------------------------------------------------------------
+def module_record(module: nn.Module) -> dict[str, Any] | None:
+    """JSON constructor attributes that rebuild `module` at its current width, or None if not a layer we rebuild."""
+    kind = _rebuildable_kind(module)
+    if kind is None:
+        return None
+    if isinstance(module, _ConvNd):
+        attrs: dict[str, Any] = {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": module.kernel_size,
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+            "bias": module.bias is not None,
+            "padding_mode": module.padding_mode,
+        }
+        if module.transposed:
+            attrs["output_padding"] = module.output_padding
+    elif isinstance(module, _NormBase):
+        attrs = {
+            "num_features": module.num_features,
+            "eps": module.eps,
+            "momentum": module.momentum,
+            "affine": module.affine,
+            "track_running_stats": module.track_running_stats,
+        }
+    elif isinstance(module, nn.GroupNorm):
+        attrs = {
+            "num_groups": module.num_groups,
+            "num_channels": module.num_channels,
+            "eps": module.eps,
+            "affine": module.affine,
+        }
+    elif isinstance(module, nn.LayerNorm):
+        attrs = {
+            "normalized_shape": module.normalized_shape,
+            "eps": module.eps,
+            "elementwise_affine": module.elementwise_affine,
+            "bias": getattr(module, "bias", None) is not None,
+        }
+    else:
+        attrs = {
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.bias is not None,
+        }
+    return json.loads(json.dumps({"type": kind.__name__, **attrs}))
+
+
+def _rebuildable_kind(module: nn.Module) -> type[nn.Module] | None:
+    for cls in type(module).__mro__:
+        if _REBUILDABLE.get(cls.__name__) is cls:
+            return cls
+    return None
+
+
+# --- save -------------------------------------------------------------------------------------
+def save(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` to `directory` (model.json + model.safetensors), replacing any model there.
+
+    The base architecture comes from `arch`/`arch_kwargs`, else from the tag `build_model` set.
+    `metadata` (JSON values: accuracy, plan summary, ...) is stored in model.json as is.
+    Other files in `directory` (a workspace iteration's trial/, logs) are left alone.
+    """
+    directory = Path(directory)
+    base = _resolve_base(model, arch, arch_kwargs)
+    records = {
+        name: record
+        for name, module in model.named_modules(remove_duplicate=False)
+        if (record := module_record(module)) is not None
+    }
+    _check_rest_matches_base(model, base, records)
+    tensors, tied = _flat_tensors(model.state_dict())
+    save_id = uuid.uuid4().hex
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "save_id": save_id,
+        "base": base,
+        "modules": records,
+        "tied": tied,
+        "params": sum(p.numel() for p in model.parameters()),
+        "metadata": dict(metadata or {}),
+        "saved_with": {"prune_explorer": __version__, "torch": torch.__version__},
+    }
+    try:
+        spec_text = json.dumps(spec, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot save to {directory}: metadata is not plain JSON ({exc})") from exc
+    _write_model(directory, spec_text, tensors, save_id)
+    return directory
+
+
+def _resolve_base(model: nn.Module, arch: str | None, arch_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    tagged = base_spec(model)
+    if arch is None:
+        if tagged is None:
+            raise ValueError(
+                "save() needs the base architecture: build the model with prune_explorer.models.build_model "
+                "or pass arch='resnet18' (a torchvision name or 'package.module:ClassName')"
+            )
+        arch = tagged["arch"]
+        kwargs = tagged["kwargs"] if arch_kwargs is None else arch_kwargs
+    else:
+        same = tagged is not None and tagged["arch"] == arch
+        kwargs = arch_kwargs if arch_kwargs is not None else (tagged["kwargs"] if same else {})
+    try:
+        kwargs = json.loads(json.dumps(dict(kwargs), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"arch_kwargs for {arch!r} must be JSON values: {exc}") from exc
+    return {"arch": arch, "kwargs": kwargs}
+
+
+def _check_rest_matches_base(model: nn.Module, base: dict[str, Any], records: dict[str, Any]) -> None:
+    """Fail at save time, not load time, when a layer we cannot rebuild differs from the base."""
+    try:
+        with torch.device("meta"):
+            reference = build_model(base["arch"], **base["kwargs"])
+    except Exception:  # a base that cannot be built on "meta": load() still checks every tensor
+        return
+    ref_modules = dict(reference.named_modules(remove_duplicate=False))
+    for name, module in model.named_modules(remove_duplicate=False):
+        ref = ref_modules.get(name)
+        if name in records:
+            if ref is None:
+                raise ValueError(f"cannot save: module {name!r} is not in base architecture {base['arch']!r}")
+            continue
+        own = {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
+        if not own:
+            continue
+        ref_own = {} if ref is None else {
+            **dict(ref.named_parameters(recurse=False)), **dict(ref.named_buffers(recurse=False))
+        }
+        for tensor_name, tensor in own.items():
+            ref_tensor = ref_own.get(tensor_name)
+            if ref_tensor is None or ref_tensor.shape != tensor.shape:
+                ref_shape = None if ref_tensor is None else tuple(ref_tensor.shape)
+                raise ValueError(
+                    f"cannot save {type(module).__name__} {name!r}: {tensor_name} has shape "
+                    f"{tuple(tensor.shape)} but base {base['arch']!r} has {ref_shape}; only "
+                    f"{', '.join(sorted(_REBUILDABLE))} layers can change shape"
+                )
+
+
+def _flat_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors safetensors accepts (own contiguous storage), plus {tied name: kept name} for shared ones."""
+    kept: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    first_of: dict[tuple, str] = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach()
+        if tensor.numel() > 0:
+            key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                   tuple(tensor.shape), tensor.stride(), tensor.dtype)
+            if key in first_of:
+                tied[name] = first_of[key]
+                continue
+            first_of[key] = name
+        kept[name] = tensor
+    storage_users: dict[tuple, int] = {}
+    for tensor in kept.values():
+        if tensor.numel() > 0:
+            skey = (tensor.device, tensor.untyped_storage().data_ptr())
+            storage_users[skey] = storage_users.get(skey, 0) + 1
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in kept.items():
+        shared = tensor.numel() > 0 and storage_users[(tensor.device, tensor.untyped_storage().data_ptr())] > 1
+        if shared or not tensor.is_contiguous():
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        out[name] = tensor.cpu()
+    return out, tied
+
+
+def _write_model(directory: Path, spec_text: str, tensors: dict[str, torch.Tensor], save_id: str) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"cannot save a model to {directory}: it is a file")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    has_other_files = directory.exists() and any(p.name not in MODEL_FILES for p in directory.iterdir())
+    if has_other_files:
+        _replace_files_in(directory, spec_text, tensors, save_id)
+    else:
+        _swap_directory(directory, spec_text, tensors, save_id)
+
+
+def _swap_directory(directory: Path, spec_text: str, tensors: dict[str, torch.Tensor], save_id: str) -> None:
+    """Write a sibling temp dir, then rename it into place (the old model moves aside, then goes)."""
+    parent = directory.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=parent))
+    try:
+        _write_weights(tmp / WEIGHTS_FILE, tensors, save_id)
+        _write_text(tmp / SPEC_FILE, spec_text)
+        if directory.exists():
+            old = parent / f".{directory.name}.old-{save_id}"
+            os.rename(directory, old)
+            try:
+                os.rename(tmp, directory)
+            except BaseException:
+                os.rename(old, directory)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+        _fsync_dir(parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_files_in(directory: Path, spec_text: str, tensors: dict[str, torch.Tensor], save_id: str) -> None:
+    """Directory holds other files too: replace the two model files; the save_id ties them together."""
+    weights_tmp = directory / f".{WEIGHTS_FILE}.{save_id}.tmp"
+    spec_tmp = directory / f".{SPEC_FILE}.{save_id}.tmp"
+    try:
+        _write_weights(weights_tmp, tensors, save_id)
+        _write_text(spec_tmp, spec_text)
+        os.replace(weights_tmp, directory / WEIGHTS_FILE)
+        os.replace(spec_tmp, directory / SPEC_FILE)
+        _fsync_dir(directory)
+    finally:
+        for leftover in (weights_tmp, spec_tmp):
+            leftover.unlink(missing_ok=True)
+
+
+def _write_weights(path: Path, tensors: dict[str, torch.Tensor], save_id: str) -> None:
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt", _SAVE_ID_KEY: save_id})
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- load -------------------------------------------------------------------------------------
+def load_spec(directory: str | os.PathLike) -> dict[str, Any]:
+    """The validated contents of model.json (cheap: the weights are not read)."""
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {directory} is not a saved prune_explorer model")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    _validate_spec(spec, path)
+    return spec
+
+
+def load(directory: str | os.PathLike) -> nn.Module:
+    """Rebuild the saved model (base architecture, narrowed layers, weights) in eval mode."""
+    directory = Path(directory)
+    spec = load_spec(directory)
+    spec_path = directory / SPEC_FILE
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: missing; model.json has no weights beside it")
+    arch, kwargs = spec["base"]["arch"], spec["base"]["kwargs"]
+    try:
+        model = build_model(arch, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{spec_path}: field 'base' ({arch!r}, {kwargs}) cannot be built: {exc}") from exc
+    model = _rebuild_layers(model, spec["modules"], spec_path)
+    state = _read_weights(weights_path, spec)
+    for tied_name, source in spec["tied"].items():
+        if source not in state:
+            raise ValueError(f"{spec_path}: field 'tied.{tied_name}' points to {source!r}, absent from {weights_path}")
+        state[tied_name] = state[source]
+    _check_tensors(model, state, weights_path)
+    _match_dtype(model, state)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    tag_base(model, arch, kwargs)
+    setattr(model, METADATA_ATTR, spec["metadata"])
+    return model
+
+
+def _validate_spec(spec: Any, path: Path) -> None:
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(spec).__name__}")
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{path}: field 'format' is {spec.get('format')!r}, expected {FORMAT!r}")
+    version = spec.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path}: field 'format_version' is {version!r}, expected an integer >= 1")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: field 'format_version' is {version}, newer than this prune_explorer reads "
+            f"({FORMAT_VERSION}); upgrade prune_explorer"
+        )
+    _expect(spec, "save_id", str, path)
+    base = _expect(spec, "base", dict, path)
+    _expect(base, "arch", str, path, "base.")
+    _expect(base, "kwargs", dict, path, "base.")
+    modules = _expect(spec, "modules", dict, path)
+    for name, record in modules.items():
+        field = f"modules.{name}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: field {field!r} must be an object")
+        kind = record.get("type")
+        if kind not in _REBUILDABLE:
+            raise ValueError(f"{path}: field '{field}.type' is {kind!r}, expected one of {sorted(_REBUILDABLE)}")
+    tied = _expect(spec, "tied", dict, path)
+    for name, source in tied.items():
+        if not isinstance(source, str):
+            raise ValueError(f"{path}: field 'tied.{name}' must be a tensor name (string)")
+    _expect(spec, "metadata", dict, path)
+
+
+def _expect(obj: dict, key: str, kind: type, path: Path, prefix: str = "") -> Any:
+    if key not in obj:
+        raise ValueError(f"{path}: field '{prefix}{key}' is missing")
+    value = obj[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: field '{prefix}{key}' must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _rebuild_layers(model: nn.Module, records: dict[str, dict], spec_path: Path) -> nn.Module:
+    modules = dict(model.named_modules(remove_duplicate=False))
+    rebuilt: dict[int, nn.Module] = {}
+    for name, record in records.items():
+        current = modules.get(name)
+        if current is None:
+            raise ValueError(f"{spec_path}: field 'modules.{name}': the base model has no module {name!r}")
+        kind = _REBUILDABLE[record["type"]]
+        if not isinstance(current, kind):
+            raise ValueError(
+                f"{spec_path}: field 'modules.{name}.type' is {record['type']!r} but the base model's "
+                f"{name!r} is {type(current).__name__}"
+            )
+        if module_record(current) == record:
+            continue
+        if id(current) not in rebuilt:
+            rebuilt[id(current)] = _construct(type(current), record, f"{spec_path}: field 'modules.{name}'")
+        replacement = rebuilt[id(current)]
+        if name == "":
+            model = replacement
+        else:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, replacement)
+    return model
+
+
+def _construct(cls: type[nn.Module], record: dict[str, Any], where: str) -> nn.Module:
+    kwargs = {k: v for k, v in record.items() if k != "type"}
+    for key in ("kernel_size", "stride", "padding", "dilation", "output_padding", "normalized_shape"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    try:
+        module = cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{where}: cannot build {cls.__name__}({kwargs}): {exc}") from exc
+    if module_record(module) != record:
+        raise ValueError(f"{where}: {cls.__name__} rebuilt from {record} does not match it")
+    return module
+
+
+def _read_weights(path: Path, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            file_id = (handle.metadata() or {}).get(_SAVE_ID_KEY)
+            if file_id != spec["save_id"]:
+                raise ValueError(
+                    f"{path}: save id {file_id!r} does not match model.json's 'save_id' {spec['save_id']!r}; "
+                    "the two files come from different saves (an interrupted save?)"
+                )
+            return {name: handle.get_tensor(name) for name in handle.keys()}
+    except (safetensors.SafetensorError, OSError, RuntimeError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _check_tensors(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    problems = [f"missing tensor {name!r} (model expects shape {shape})"
+                for name, shape in expected.items() if name not in state]
+    problems += [f"unexpected tensor {name!r} (shape {tuple(t.shape)})"
+                 for name, t in state.items() if name not in expected]
+    problems += [
+        f"tensor {name!r} has shape {tuple(t.shape)} in the file but the model from model.json expects {expected[name]}"
+        for name, t in state.items() if name in expected and tuple(t.shape) != expected[name]
+    ]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"{path}: {shown}")
+
+
+def _match_dtype(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Keep a half/bfloat16 model in its saved dtype (load_state_dict would cast it to float32)."""
+    float_dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(float_dtypes) == 1:
+        (dtype,) = float_dtypes
+        if dtype != torch.float32:
+            model.to(dtype)

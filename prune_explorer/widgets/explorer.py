@@ -1,0 +1,513 @@
+"""The Explorer panel: rank heatmap, per-layer editor, preview, apply/queue, jobs and history.
+
+A thin view over the library: the plan it shows is `PrunePlan.from_counts` / `PrunePlan.lowest`
+on the library's RankTable, Apply is `surgery.prune` + `store.save`, Queue is `JobQueue.submit`,
+the scatter is `Tracker.history()`. Everything a test needs to check lives in traitlets.
+Slow work (ranking, latency, sensitivity, re-basing) runs on background threads; failures land
+in the `error` trait and the panel's error line, never as a traceback.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import torch
+from torch import nn
+from traitlets import Bool, Dict, Int, Unicode, observe
+
+from .. import store
+from ..graph import ChannelGraph
+from ..jobs.queue import read_metrics
+from ..measure import latency
+from ..plan import PrunePlan
+from ..ranking import rank
+from ..surgery import prune
+from .background import Background
+from .costs import CostModel
+from .heatmap import RankHeatmap
+from .jobs_panel import JobsPanel
+from .layer_table import LayerTable
+from .preview import Preview
+from .scatter import HistoryScatter
+from .sensitivity import sensitivity_curve
+
+WEIGHT_CRITERIA = ("l1", "l2")
+VALIDATION_EXAMPLES = 256
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) else f"{type(exc).__name__}: {text}"
+
+
+class Explorer(W.VBox):
+    """Open with `Explorer(model, trial=..., example_inputs=..., workspace=...)` or `Explorer.from_iteration(...)`."""
+
+    counts = Dict(help="{layer: filters to cut} as the layer table shows it")
+    plan_channels = Dict(help="{layer: channel indices} of the current plan")
+    plan_summary = Dict(help="PrunePlan.summary() of the current plan")
+    base_iteration = Unicode(None, allow_none=True)
+    criterion = Unicode("taylor")
+    scheme = Unicode("internal")
+    n_lowest = Int(200)
+    preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
+    applied = Dict(help="what the last Apply changed")
+    sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
+    last_job = Unicode(None, allow_none=True)
+    history_size = Int(0, help="iterations on the scatter")
+    error = Unicode("")
+    status = Unicode("")
+    busy = Bool(False)
+
+    def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
+                 workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
+                 n_lowest: int = 200, validation: Any = None, backend: str = "local",
+                 base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
+                 hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0):
+        if example_inputs is None:
+            raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
+        self._bg = Background(self._background_failed)
+        self._lock = threading.RLock()
+        self.workspace = Path(workspace).resolve() if workspace is not None else None
+        self.train_args = dict(train_args or {})
+        self._validation_source = validation
+        self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pruned_model: nn.Module | None = None
+        self._pending: dict[str, Any] | None = None
+        self.queue = None
+        self.tracker = None
+        self._closed = threading.Event()
+
+        self.error_line = W.HTML()
+        self.error_line.add_class("pe-error")
+        self.status_line = W.HTML()
+        self.status_line.add_class("pe-status")
+        self.heatmap = RankHeatmap()
+        self.table_editor = LayerTable(criterion, scheme, n_lowest)
+        self.preview_box = Preview()
+        self.apply_button = W.Button(description="Apply", button_style="primary", icon="scissors")
+        self.apply_button.add_class("pe-apply")
+        self.queue_button = W.Button(description="Queue fine-tune", button_style="success", icon="play")
+        self.queue_button.add_class("pe-queue")
+        hp = {"epochs": 1, "lr": 1e-3, "batch_size": 64, **(hyperparameters or {})}
+        self.epochs = W.BoundedIntText(value=int(hp["epochs"]), min=1, max=1000, description="epochs",
+                                       layout=W.Layout(width="160px"))
+        self.lr = W.BoundedFloatText(value=float(hp["lr"]), min=1e-7, max=10.0, step=1e-4, description="lr",
+                                     layout=W.Layout(width="160px"))
+        self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
+                                           layout=W.Layout(width="160px"))
+        self.backend_choice = W.Dropdown(options=["local", "sagemaker"], value=backend, description="backend",
+                                         layout=W.Layout(width="200px"))
+        self.jobs_panel = JobsPanel(self.cancel)
+        self.scatter = HistoryScatter(self.rebase)
+        actions = W.VBox([
+            W.HTML("<b>Preview</b>"), self.preview_box,
+            W.HBox([self.apply_button, self.queue_button]),
+            W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
+        ], layout=W.Layout(width="40%", min_width="360px"))
+        super().__init__([
+            W.HTML("<h3 style='margin:4px 0'>prune_explorer</h3>"),
+            self.status_line, self.error_line,
+            W.HBox([W.VBox([W.HTML("<b>Filter ranks</b>"), self.heatmap], layout=W.Layout(width="60%")), actions]),
+            W.HTML("<b>Layers</b>"), self.table_editor,
+            W.HBox([W.VBox([W.HTML("<b>History</b>"), self.scatter], layout=W.Layout(width="55%")),
+                    W.VBox([W.HTML("<b>Jobs</b>"), self.jobs_panel], layout=W.Layout(width="45%"))]),
+        ])
+        self.add_class("pe-explorer")
+
+        self.criterion, self.scheme, self.n_lowest = criterion, scheme, n_lowest
+        self.base_iteration = base_iteration
+        self._wire()
+        self._load(model, trial, example_inputs)
+        if self.workspace is not None:
+            self._open_workspace(backend, poll_interval)
+
+    # --- opening -------------------------------------------------------------------------------
+    @classmethod
+    def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
+        """Open on a tracked iteration: its saved model, its trial, its training arguments."""
+        from ..tracking import Tracker
+
+        model, x, trial, args = _iteration_inputs(Tracker(workspace), Path(workspace), iteration)
+        kwargs.setdefault("train_args", args)
+        kwargs.setdefault("example_inputs", x)
+        return cls(model, trial=trial, workspace=workspace, base_iteration=iteration, **kwargs)
+
+    def _wire(self) -> None:
+        t = self.table_editor
+        t.on_counts(self._counts_from_table)
+        t.criterion.observe(lambda c: setattr(self, "criterion", c["new"]), "value")
+        t.scheme.observe(lambda c: setattr(self, "scheme", c["new"]), "value")
+        t.n_lowest.observe(lambda c: setattr(self, "n_lowest", int(c["new"])), "value")
+        t.fill.on_click(lambda _: self.fill_lowest())
+        t.clear.on_click(lambda _: self.set_counts({}))
+        t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
+        self.apply_button.on_click(lambda _: self._guarded(self.apply))
+        self.queue_button.on_click(lambda _: self._guarded(self.queue_finetune))
+
+    def _load(self, model: nn.Module, trial: Any, example_inputs: Any) -> None:
+        """Trace, open the trial and rank; a bad trial falls back to weight ranks with an error shown."""
+        model.eval()
+        graph = ChannelGraph.trace(model, example_inputs)
+        opened, problem = None, ""
+        if trial is not None:
+            try:
+                opened = trial if hasattr(trial, "group_stats") else _open(trial, model, graph)
+            except Exception as exc:  # any reader failure is a message in the panel
+                problem = f"trial {trial}: {_message(exc)}"
+        criterion = self.criterion
+        if opened is None and criterion not in WEIGHT_CRITERIA:
+            if not problem:
+                problem = f"criterion {criterion!r} needs a trial; none was given"
+            criterion = "l1"
+            problem += "; ranking by l1 weight norms instead"
+        table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph)
+        with self._lock:
+            self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
+            self.costs = CostModel(model, example_inputs, graph)
+            self.pruned_model, self._pending = None, None
+        self._showing_criterion(criterion)
+        self.error = problem
+        layers = [g.name for g in graph.prunable()]
+        self.heatmap.show(table, layers)
+        self.table_editor.show(graph.prunable(), self.costs.per_group(), self.compute_sensitivity)
+        self.sensitivity = {}
+        self.applied = {}
+        self.table_editor.set_counts({})
+        self._plan_changed()
+        self._bg.submit("latency", self._measure_base_latency, model, example_inputs)
+        self.status = f"{len(layers)} prunable groups, {len(table)} filters ranked by {criterion}"
+
+    def _showing_criterion(self, criterion: str) -> None:
+        self._quiet_criterion = True
+        try:
+            self.criterion = criterion
+            self.table_editor.criterion.value = criterion
+        finally:
+            self._quiet_criterion = False
+
+    def _open_workspace(self, backend: str, poll_interval: float) -> None:
+        from ..jobs import JobQueue
+        from ..tracking import Tracker
+
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.tracker = Tracker(self.workspace)
+        self.queue = self._make_queue(backend)
+        self.backend_choice.observe(self._backend_changed, "value")
+        self.refresh()
+        self._poller = threading.Thread(target=self._poll, args=(poll_interval,), name="explorer-poll", daemon=True)
+        self._poller.start()
+
+    def _make_queue(self, backend: str):
+        from ..jobs import JobQueue
+
+        queue = JobQueue(self.workspace, backend=backend, tracker=self.tracker)
+        queue.on_change(lambda job: self._bg.submit("refresh", self.refresh, latest_only=True))
+        return queue
+
+    def _backend_changed(self, change) -> None:
+        try:
+            old, self.queue = self.queue, self._make_queue(change["new"])
+            old.close()
+            self.error = ""
+        except Exception as exc:
+            self.error = f"backend {change['new']}: {_message(exc)}"
+
+    # --- plan ----------------------------------------------------------------------------------
+    def set_counts(self, counts: dict[str, int]) -> None:
+        """Set how many filters to cut per layer (the same as moving the sliders)."""
+        unknown = [k for k in counts if k not in self.table_editor.rows]
+        if unknown:
+            self.error = f"layer {unknown[0]!r} is not a prunable group of this model"
+            return
+        self.table_editor.set_counts(counts)
+
+    def fill_lowest(self, n: int | None = None, scheme: str | None = None) -> None:
+        """Counts from `PrunePlan.lowest(table, graph, n, scheme)`: the global lowest-N filters."""
+        if n is not None:
+            self.table_editor.n_lowest.value = n
+        if scheme is not None:
+            self.table_editor.scheme.value = scheme
+        try:
+            plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+        except ValueError as exc:
+            self.error = _message(exc)
+            return
+        self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def plan(self) -> PrunePlan:
+        return PrunePlan.from_counts(self.table, self.graph, self.counts)
+
+    def _counts_from_table(self, counts: dict[str, int]) -> None:
+        self.counts = dict(counts)
+
+    @observe("counts")
+    def _plan_changed(self, _change=None) -> None:
+        try:
+            plan = self.plan()
+            removed = {gid: len(ix) for gid, ix in plan.resolve(self.graph).items()}
+        except ValueError as exc:
+            self.error = f"plan refused: {_message(exc)}"
+            return
+        if self.error.startswith("plan refused"):
+            self.error = ""
+        cost = self.costs.cost(removed)
+        self.plan_channels = {k: list(v) for k, v in plan.channels.items()}
+        self.plan_summary = plan.summary()
+        numbers = dict(self.preview)
+        numbers.update(params_before=self.costs.before.params, params_after=cost.params,
+                       macs_before=self.costs.before.macs, macs_after=cost.macs,
+                       filters_removed=sum(removed.values()), latency_ms_after=None)
+        self.preview = numbers
+        self.heatmap.mark(self.plan_channels)
+        if not removed:
+            self.preview = {**self.preview, "latency_ms_after": self.preview.get("latency_ms_before")}
+            return
+        self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), latest_only=True)
+
+    @observe("preview")
+    def _show_preview(self, change) -> None:
+        self.preview_box.show(change["new"])
+
+    def _measure_base_latency(self, model, x) -> None:
+        ms = latency(model, x, warmup=5, repeats=7)
+        self.preview = {**self.preview, "latency_ms_before": ms,
+                        **({"latency_ms_after": ms} if not self.counts else {})}
+
+    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
+        pruned = prune(self.model, plan, self.x, graph=self.graph)
+        ms = latency(pruned, self.x, warmup=5, repeats=7)
+        if counts == self.counts:
+            self.preview = {**self.preview, "latency_ms_after": ms}
+
+    @observe("criterion")
+    def _criterion_changed(self, change) -> None:
+        if getattr(self, "_quiet_criterion", True) or not hasattr(self, "table"):
+            return
+        self._bg.submit("rank", self._rerank, change["new"], latest_only=True)
+
+    def _rerank(self, criterion: str) -> None:
+        if self.trial is None and criterion not in WEIGHT_CRITERIA:
+            self.error = f"criterion {criterion!r} needs a trial (captured activations and gradients); none is open"
+            return
+        self.busy, self.status = True, f"ranking by {criterion}…"
+        try:
+            table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph)
+            counts = dict(self.counts)
+            self.table = table
+            self.heatmap.show(table, [g.name for g in self.graph.prunable()])
+            self.counts = {}
+            self.counts = counts
+            self.error = ""
+            self.status = f"{len(table)} filters ranked by {criterion}"
+        finally:
+            self.busy = False
+
+    # --- sensitivity ---------------------------------------------------------------------------
+    def compute_sensitivity(self, layer: str | None = None) -> None:
+        """Accuracy vs fraction cut of one layer (or every layer) alone, on a small validation subset."""
+        layers = [layer] if layer else list(self.table_editor.rows)
+        for name in layers:
+            self._bg.submit("sensitivity", self._sensitivity_of, name, self.model, self.x, self.graph, self.table)
+
+    def _sensitivity_of(self, layer, model, x, graph, table) -> None:
+        images, labels = self._validation_set()
+        points = sensitivity_curve(model, x, graph, table, layer, images, labels)
+        if model is not self.model:
+            return
+        self.sensitivity = {**self.sensitivity, layer: points}
+        self.table_editor.set_sensitivity(layer, points)
+
+    def _validation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._validation is None:
+            self._validation = _validation_tensors(self._validation_source, self.train_args)
+        return self._validation
+
+    # --- apply / queue -------------------------------------------------------------------------
+    def apply(self) -> nn.Module:
+        """Run the surgery for the current plan and save the smaller model into the workspace."""
+        plan = self.plan()
+        removed = plan.resolve(self.graph)
+        if not removed:
+            raise ValueError("the plan cuts no filters: move a layer's slider or fill the lowest N first")
+        pruned = prune(self.model, plan, self.x, graph=self.graph)
+        iteration = self._next_iteration()
+        target = (self.workspace or Path.cwd() / "prune-workspace") / "iterations" / iteration
+        store.save(pruned, target / "pruned", metadata={"plan": plan.summary(), "criterion": self.criterion,
+                                                         "parent": self.base_iteration})
+        before = {g.name: g.size for g in self.graph.groups}
+        widths = {self.graph.groups[gid].name: (before[self.graph.groups[gid].name],
+                                                self.graph.groups[gid].size - len(ix)) for gid, ix in removed.items()}
+        self.pruned_model = pruned
+        self._pending = {"iteration": iteration, "out_dir": str(target), "model_dir": str(target / "pruned"),
+                         "plan": plan.summary()}
+        params_after = sum(p.numel() for p in pruned.parameters())
+        self.applied = {"iteration": iteration, "model_dir": str(target / "pruned"),
+                        "filters_removed": sum(len(ix) for ix in removed.values()), "widths": widths,
+                        "params_before": self.costs.before.params, "params_after": params_after}
+        self.status = f"applied: {iteration} saved, {self.applied['filters_removed']} filters removed"
+        return pruned
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**self.train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
+
+    def queue_finetune(self):
+        """Send the applied model to the chosen backend (applying the current plan first if needed)."""
+        if self.queue is None:
+            raise ValueError("no workspace: open the Explorer with workspace=... to queue fine-tuning jobs")
+        if self._pending is None:
+            self.apply()
+        pending = self._pending
+        job = self.queue.submit(pending["model_dir"], out_dir=pending["out_dir"], parent=self.base_iteration,
+                                plan=pending["plan"], criterion=self.criterion,
+                                hyperparameters=self.hyperparameters(), iteration=pending["iteration"])
+        self._pending = None
+        self.last_job = job.id
+        self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
+        self.refresh()
+        return job
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            self.queue.cancel(job_id)
+        except Exception as exc:
+            self.error = f"cancel {job_id}: {_message(exc)}"
+        self.refresh()
+
+    def _next_iteration(self) -> str:
+        root = (self.workspace or Path.cwd() / "prune-workspace") / "iterations"
+        taken = [int(m.group(1)) for p in root.glob("iter-*") if (m := re.fullmatch(r"iter-(\d+)", p.name))]
+        return f"iter-{max(taken, default=0) + 1:03d}"
+
+    # --- jobs and history ----------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read jobs and the tracked history into the jobs list and the scatter."""
+        if self.queue is None:
+            return
+        with self._lock:
+            jobs = self.queue.jobs()
+            self.jobs_panel.show(jobs)
+            history = self.tracker.history()
+            self.history = history
+            self.scatter.show(history, self.base_iteration)
+            self.history_size = len(self.scatter.rows)
+
+    def _poll(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                if self.queue is not None and any(not j.done for j in self.queue.jobs()):
+                    self.jobs_panel.show(self.queue.jobs())
+            except Exception as exc:
+                self.error = f"jobs: {_message(exc)}"
+
+    def rebase(self, iteration: str) -> None:
+        """Make a tracked iteration the base: load its model and trial and re-rank (in the background)."""
+        self._bg.submit("rank", self._rebase, iteration)
+
+    def _rebase(self, iteration: str) -> None:
+        self.busy, self.status = True, f"loading {iteration}…"
+        try:
+            model, x, trial, args = _iteration_inputs(self.tracker, self.workspace, iteration)
+            self.train_args = {**args, **{k: v for k, v in self.train_args.items() if k not in args}} if args else self.train_args
+            self.base_iteration = iteration
+            self._load(model, trial, x)
+            self.refresh()
+            self.status = f"based on {iteration}: " + self.status
+        finally:
+            self.busy = False
+
+    # --- housekeeping --------------------------------------------------------------------------
+    def wait(self, timeout: float | None = 120) -> "Explorer":
+        """Block until background work (ranking, latency, sensitivity, refresh) is done; for tests and scripts."""
+        self._bg.wait(timeout)
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        self._bg.shutdown()
+        if self.queue is not None:
+            self.queue.close()
+        super().close()
+
+    def _guarded(self, action) -> None:
+        try:
+            action()
+            self.error = ""
+        except Exception as exc:
+            self.error = _message(exc)
+
+    def _background_failed(self, kind: str, exc: BaseException) -> None:
+        self.error = f"{kind}: {_message(exc)}"
+
+    @observe("error")
+    def _show_error(self, change) -> None:
+        text = change["new"]
+        self.error_line.value = (f"<div style='color:#b00020;white-space:pre-wrap'>⚠ {html.escape(text)}</div>"
+                                 if text else "")
+
+    @observe("status", "busy")
+    def _show_status(self, _change) -> None:
+        spinner = "⏳ " if self.busy else ""
+        base = f" · base <code>{html.escape(self.base_iteration)}</code>" if self.base_iteration else ""
+        self.status_line.value = f"<span>{spinner}{html.escape(self.status)}</span>{base}"
+
+
+def _open(trial: Any, model: nn.Module, graph: ChannelGraph):
+    from ..trials import open_trial
+
+    path = str(trial)
+    if not path.startswith("s3://") and not Path(path).exists():
+        raise FileNotFoundError(f"no such trial directory: {path}")
+    return open_trial(path, model=model, graph=graph)
+
+
+def _iteration_inputs(tracker, workspace: Path, iteration: str):
+    """(model, example inputs, trial dir or None, train arguments) of a tracked iteration."""
+    history = tracker.history()
+    rows = history[history["iteration"] == iteration]
+    if rows.empty:
+        raise KeyError(f"iteration {iteration!r} is not tracked in {workspace}")
+    row = rows.iloc[-1]
+    model_dir = Path(row["model_dir"])
+    model = store.load(model_dir)
+    shape = read_metrics(model_dir).get("input_shape")
+    if not shape:
+        raise ValueError(f"{model_dir / 'metrics.json'}: no input_shape recorded; open Explorer(...) with example_inputs")
+    x = torch.zeros(1, *[int(s) for s in list(shape)[-3:]])
+    trial = row["trial_dir"] if isinstance(row["trial_dir"], str) and Path(row["trial_dir"]).exists() else None
+    return model, x, trial, _train_args_of(workspace, row.get("job_id"))
+
+
+def _train_args_of(workspace: Path, job_id: Any) -> dict[str, Any]:
+    if not isinstance(job_id, str):
+        return {}
+    path = workspace / "jobs" / f"{job_id}.json"
+    try:
+        hp = dict(json.loads(path.read_text()).get("hyperparameters") or {})
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    for key in ("epochs", "lr", "batch_size"):
+        hp.pop(key, None)
+    return hp
+
+
+def _validation_tensors(source: Any, train_args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(source, (tuple, list)) and len(source) == 2:
+        return source[0][:VALIDATION_EXAMPLES], source[1][:VALIDATION_EXAMPLES]
+    if source is None:
+        if not train_args.get("dataset"):
+            raise ValueError("sensitivity needs validation data: pass validation=(images, labels) or "
+                             "train_args={'dataset': ...}")
+        from ..data import load_dataset
+
+        _, source, _, _ = load_dataset(train_args["dataset"], train_args.get("data_dir"),
+                                       image_size=train_args.get("image_size"), val_subset=VALIDATION_EXAMPLES,
+                                       subset=VALIDATION_EXAMPLES, download=False)
+    n = min(len(source), VALIDATION_EXAMPLES)
+    pairs = [source[i] for i in range(n)]
+    return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])

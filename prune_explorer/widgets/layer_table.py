@@ -1,0 +1,136 @@
+"""Per-layer editor: one row per prunable channel group with a cut count and what it carries.
+
+Modelled on Sparsify's per-layer rows: name, kind, width, how many filters to cut, what is
+left, the params and MACs the group's modules carry, and a sensitivity sparkline computed on
+demand. Global controls (criterion, scheme, lowest-N fill) sit above the rows.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import bqplot as bq
+import ipywidgets as W
+
+from ..ranking import CRITERIA
+from .costs import Cost
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def sparkline(points: Sequence[tuple[float, float]]) -> bq.Figure:
+    """A tiny accuracy-vs-fraction-cut curve."""
+    x, y = bq.LinearScale(min=0, max=1), bq.LinearScale(min=0, max=1)
+    line = bq.Lines(x=[p[0] for p in points], y=[p[1] for p in points], scales={"x": x, "y": y},
+                    colors=["#1f77b4"], marker="circle", marker_size=8,
+                    tooltip=bq.Tooltip(fields=["x", "y"], labels=["cut", "accuracy"], formats=[".0%", ".3f"]))
+    fig = bq.Figure(marks=[line], axes=[], fig_margin=dict(top=2, bottom=2, left=2, right=2),
+                    min_aspect_ratio=0.01, max_aspect_ratio=100,
+                    layout=W.Layout(width="110px", height="28px"))
+    fig.add_class("pe-sparkline")
+    return fig
+
+
+class LayerRow(W.HBox):
+    def __init__(self, layer: str, kind: str, size: int, carried: Cost, on_sensitivity: Callable[[str], None]):
+        self.layer, self.size = layer, size
+        self.slider = W.IntSlider(value=0, min=0, max=max(size - 1, 0), continuous_update=False,
+                                  readout=False, layout=W.Layout(width="160px"))
+        self.slider.add_class("pe-count-slider")
+        self.count = W.BoundedIntText(value=0, min=0, max=max(size - 1, 0), layout=W.Layout(width="70px"))
+        self.count.add_class("pe-count")
+        W.link((self.slider, "value"), (self.count, "value"))
+        self.remaining = W.HTML(f"{size}", layout=W.Layout(width="60px"))
+        self.curve_box = W.Box(layout=W.Layout(width="116px", height="30px"))
+        probe = W.Button(icon="line-chart", tooltip=f"sensitivity of {layer}", layout=W.Layout(width="34px"))
+        probe.add_class("pe-sensitivity")
+        probe.on_click(lambda _: on_sensitivity(layer))
+        cells = [
+            W.HTML(f"<code>{layer}</code>", layout=W.Layout(width="210px")),
+            W.HTML(kind, layout=W.Layout(width="70px")),
+            W.HTML(str(size), layout=W.Layout(width="50px")),
+            self.slider, self.count, self.remaining,
+            W.HTML(_human(carried.params), layout=W.Layout(width="70px")),
+            W.HTML(_human(carried.macs), layout=W.Layout(width="70px")),
+            probe, self.curve_box,
+        ]
+        super().__init__(cells)
+        self.add_class("pe-layer-row")
+        self.count.observe(self._show_remaining, "value")
+
+    def _show_remaining(self, change) -> None:
+        self.remaining.value = str(self.size - change["new"])
+
+
+class LayerTable(W.VBox):
+    """Rows plus global controls. `on_counts(callback)` gets {layer: count} when any row changes."""
+
+    HEADER = ("layer", "kind", "width", "cut", "", "left", "params", "MACs", "", "sensitivity")
+
+    def __init__(self, criterion: str, scheme: str, n_lowest: int):
+        self.criterion = W.Dropdown(options=sorted(CRITERIA), value=criterion, description="criterion")
+        self.criterion.add_class("pe-criterion")
+        self.scheme = W.ToggleButtons(options=["internal", "all"], value=scheme,
+                                      tooltips=["block-internal groups only (the AWS example)", "every prunable group"])
+        self.scheme.add_class("pe-scheme")
+        self.n_lowest = W.BoundedIntText(value=n_lowest, min=0, max=10**7, description="lowest N",
+                                         layout=W.Layout(width="180px"))
+        self.n_lowest.add_class("pe-n-lowest")
+        self.fill = W.Button(description="fill lowest N", button_style="info")
+        self.fill.add_class("pe-fill")
+        self.clear = W.Button(description="clear")
+        self.clear.add_class("pe-clear")
+        self.sensitivity_all = W.Button(description="sensitivity (all)")
+        self.sensitivity_all.add_class("pe-sensitivity-all")
+        controls = W.HBox([self.criterion, self.scheme, self.n_lowest, self.fill, self.clear, self.sensitivity_all],
+                          layout=W.Layout(flex_flow="row wrap"))
+        widths = ("210px", "70px", "50px", "160px", "70px", "60px", "70px", "70px", "34px", "116px")
+        header = W.HBox([W.HTML(f"<b>{h}</b>", layout=W.Layout(width=w)) for h, w in zip(self.HEADER, widths)])
+        self.rows_box = W.VBox(layout=W.Layout(max_height="420px", overflow="auto"))
+        self.rows: dict[str, LayerRow] = {}
+        self._callbacks: list[Callable[[dict[str, int]], None]] = []
+        self._quiet = False
+        super().__init__([controls, header, self.rows_box])
+        self.add_class("pe-layer-table")
+
+    def show(self, groups, carried: dict[int, Cost], on_sensitivity: Callable[[str], None]) -> None:
+        self.rows = {g.name: LayerRow(g.name, g.kind, g.size, carried.get(g.id, Cost(0, 0)), on_sensitivity)
+                     for g in groups}
+        for row in self.rows.values():
+            row.count.observe(self._changed, "value")
+        self.rows_box.children = list(self.rows.values())
+
+    def on_counts(self, callback: Callable[[dict[str, int]], None]) -> None:
+        self._callbacks.append(callback)
+
+    def counts(self) -> dict[str, int]:
+        return {layer: row.count.value for layer, row in self.rows.items() if row.count.value}
+
+    def set_counts(self, counts: dict[str, int]) -> None:
+        """Move every row at once and notify once."""
+        self._quiet = True
+        try:
+            for layer, row in self.rows.items():
+                value = int(counts.get(layer, 0))
+                row.count.value = value
+        finally:
+            self._quiet = False
+        self._notify()
+
+    def set_sensitivity(self, layer: str, points) -> None:
+        row = self.rows.get(layer)
+        if row is not None:
+            row.curve_box.children = [sparkline(points)]
+
+    def _changed(self, _change) -> None:
+        if not self._quiet:
+            self._notify()
+
+    def _notify(self) -> None:
+        counts = self.counts()
+        for callback in self._callbacks:
+            callback(counts)

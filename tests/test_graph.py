@@ -1,0 +1,173 @@
+"""ChannelGraph: groups, kinds, taps and refusals on real torchvision models and tiny nets."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from prune_explorer.graph import ChannelGraph, Tap
+
+
+@pytest.fixture(scope="module")
+def resnet18_graph():
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    return model, ChannelGraph.trace(model, torch.randn(1, 3, 32, 32))
+
+
+def test_resnet18_block_internal_group(resnet18_graph):
+    _, graph = resnet18_graph
+    g = graph.group("layer1.0.conv1")
+    assert g.kind == "internal" and g.prunable and g.reason is None
+    assert g.producers == ("layer1.0.conv1", "layer1.0.bn1")
+    assert g.consumers == ("layer1.0.conv2",)
+    assert g.taps == (Tap("layer1.0.relu", 0),)
+    assert g.size == 64 and g.name == "layer1.0.conv1"
+    assert graph.group("layer1.0.bn1") is g
+
+
+def test_resnet18_residual_stream_merges_stem_and_blocks(resnet18_graph):
+    _, graph = resnet18_graph
+    stem = graph.group("conv1")
+    assert stem.kind == "residual" and stem.prunable
+    assert graph.group("layer1.0.conv2") is stem and graph.group("layer1.1.bn2") is stem
+    assert stem.taps == (Tap("relu", 0), Tap("layer1.0.relu", 1), Tap("layer1.1.relu", 1))
+    stage2 = graph.group("layer2.0.downsample.0")
+    assert stage2.name == "layer2.0.conv2"
+    assert set(stage2.consumers) == {"layer2.1.conv1", "layer3.0.conv1", "layer3.0.downsample.0"}
+    last = graph.group("layer4.1.conv2")
+    assert "fc" in last.consumers and Tap("layer4.1.relu", 1) in last.taps
+
+
+def test_resnet18_output_group_and_counts(resnet18_graph):
+    _, graph = resnet18_graph
+    out = graph.group("fc")
+    assert out.kind == "output" and not out.prunable and "output" in out.reason
+    assert len(graph.prunable()) == 12
+    assert len(graph.prunable("internal")) == 8
+    assert len(graph.prunable("residual")) == 4
+    assert [g.id for g in graph.groups] == list(range(len(graph.groups)))
+
+
+def test_taps_observe_the_groups_channels_at_runtime(resnet18_graph):
+    model, graph = resnet18_graph
+    modules = dict(model.named_modules())
+    seen: dict[tuple[str, int], int] = {}
+    calls: dict[str, int] = {}
+
+    def hook(name):
+        def record(_m, _args, out):
+            seen[(name, calls.get(name, 0))] = out.shape[1]
+            calls[name] = calls.get(name, 0) + 1
+        return record
+
+    wanted = {t.module for g in graph.groups for t in g.taps}
+    handles = [modules[n].register_forward_hook(hook(n)) for n in wanted]
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 32, 32))
+    for h in handles:
+        h.remove()
+    for g in graph.groups:
+        assert g.taps, g.name
+        for tap in g.taps:
+            assert seen[(tap.module, tap.call)] == g.size, (g.name, tap)
+
+
+def test_group_lookup_errors_name_the_layer(resnet18_graph):
+    _, graph = resnet18_graph
+    with pytest.raises(ValueError, match="layer9.conv"):
+        graph.group("layer9.conv")
+    with pytest.raises(ValueError, match="99"):
+        graph.group(99)
+
+
+class Shuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(self.b(x))
+
+
+def test_channel_shuffle_is_refused_with_the_node_named():
+    graph = ChannelGraph.trace(Shuffle(), torch.randn(1, 3, 8, 8))
+    g = graph.group("a")
+    assert not g.prunable and "view" in g.reason
+    assert graph.group("b").prunable
+
+
+class Mixed(nn.Module):
+    """Channel mean, a grouped conv, an unknown leaf module and a concat in one net."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.left = nn.Conv2d(8, 4, 1)
+        self.right = nn.Conv2d(8, 6, 1)
+        self.norm = nn.GroupNorm(2, 10)
+        self.meaned = nn.Conv2d(3, 5, 1)
+        self.head = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.grouped(s)
+        z = torch.cat([self.left(y), self.right(y)], dim=1)
+        m = self.meaned(x).mean(dim=1, keepdim=True)
+        return self.head(self.norm(z)) + m
+
+
+def test_refusal_reasons_name_module_or_node():
+    graph = ChannelGraph.trace(Mixed(), torch.randn(1, 3, 8, 8))
+    assert "grouped convolution" in graph.group("stem").reason and "grouped" in graph.group("stem").reason
+    assert not graph.group("grouped").prunable
+    assert "norm" in graph.group("left").reason and "GroupNorm" in graph.group("left").reason
+    assert "mean" in graph.group("meaned").reason
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.bn = nn.BatchNorm2d(10)
+        self.dw = nn.Conv2d(10, 10, 3, groups=10)
+        self.c = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        return self.c(self.dw(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+def test_concat_keeps_offsets_and_depthwise_ties():
+    graph = ChannelGraph.trace(Concat(), torch.randn(1, 3, 8, 8))
+    a, b = graph.group("a"), graph.group("b")
+    assert a.prunable and b.prunable and a.id != b.id
+    assert graph.slices["c"].inputs == ((a.id, 4), (b.id, 6))
+    assert graph.slices["dw"].out == ((a.id, 4), (b.id, 6))
+    assert "dw" in a.producers and "bn" in b.producers
+    with pytest.raises(ValueError, match="several channel groups"):
+        graph.group("bn")
+
+
+def test_se_multiply_merges_gate_and_features():
+    model = torchvision.models.mobilenet_v3_small(weights=None)
+    graph = ChannelGraph.trace(model, torch.randn(1, 3, 64, 64))
+    gate = graph.group("features.1.block.1.fc2")
+    assert gate is graph.group("features.1.block.0.0")
+    assert gate.kind == "internal" and gate.prunable
+    assert "features.1.block.1.fc1" in gate.consumers
+
+
+def test_unknown_model_structure_raises_clear_error():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(ValueError, match="DataDependent"):
+        ChannelGraph.trace(DataDependent(), torch.randn(1, 3, 4, 4))

@@ -1,0 +1,490 @@
+"""SageMakerBackend end to end against a moto server on 127.0.0.1, through the real SDK v3 and boto3.
+
+moto cannot run a job: it echoes the request and fixes the status at Completed. Tests move a
+job's status in moto's in-process backend, and play the container's part by putting its
+outputs (model.tar.gz, output.tar.gz, the checkpoint-synced trial) where SageMaker would.
+StopTrainingJob is a 500 in moto, so the stop path uses botocore's Stubber on the client.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prune_explorer.jobs.base import COMPLETED, FAILED, RUNNING, STOPPED, Job, new_id
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/prune-explorer-test"
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from prune_explorer.models import build_model
+    from prune_explorer.store import save
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", num_classes=3).eval()
+    directory = save(model, tmp_path_factory.mktemp("model") / "baseline")
+    return directory, model
+
+
+@pytest.fixture
+def aws(moto_server):
+    import boto3
+
+    session = boto3.Session(region_name=REGION)
+    bucket = f"pe-{uuid.uuid4().hex[:12]}"
+    session.client("s3").create_bucket(Bucket=bucket)
+    account = session.client("sts").get_caller_identity()["Account"]
+    return {"session": session, "bucket": bucket, "account": account,
+            "s3": session.client("s3"), "sagemaker": session.client("sagemaker")}
+
+
+def backend(aws, **options):
+    from prune_explorer.jobs.sagemaker import SageMakerBackend
+
+    return SageMakerBackend(ROLE, aws["bucket"], region=REGION, boto_session=aws["session"], **options)
+
+
+def make_job(workspace: Path, model: str, *, iteration: str = "it-1", parent: str | None = None, **hyper) -> Job:
+    return Job(id=new_id(), backend="sagemaker", model=model, out_dir=str(workspace / "iterations" / iteration),
+               iteration=iteration, parent=parent, hyperparameters=hyper or {"epochs": 2, "lr": 0.01})
+
+
+def moto_job(aws, name: str):
+    from moto.backends import get_backend
+
+    return get_backend("sagemaker")[aws["account"]][REGION].training_jobs[name]
+
+
+def s3_bytes(aws, uri: str) -> bytes:
+    bucket, _, key = uri[5:].partition("/")
+    return aws["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_path):
+    model_dir, _ = saved_model
+    sm = backend(aws, experiment_name=f"exp-{uuid.uuid4().hex[:8]}", instance_count=2)
+    job = make_job(tmp_path, str(model_dir))
+    sm.start(job)
+
+    assert job.status == RUNNING and job.started is not None
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    assert described["HyperParameters"] == {"epochs": "2", "lr": "0.01", "model": "/opt/ml/input/data/model"}
+    spec = described["AlgorithmSpecification"]
+    assert spec["TrainingImage"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313"
+    assert "prune_explorer.sagemaker_entry" in spec["ContainerEntrypoint"][-1]
+    assert described["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert described["ResourceConfig"]["InstanceCount"] == 2
+    assert described["RoleArn"] == ROLE
+
+    checkpoint = described["CheckpointConfig"]
+    assert checkpoint == {"S3Uri": f"s3://{aws['bucket']}/prune-explorer/{job.backend_id}/checkpoints",
+                          "LocalPath": "/opt/ml/checkpoints"}
+    hook = described["DebugHookConfig"]
+    assert hook["LocalPath"] == "/opt/ml/checkpoints/trial"
+    assert hook["S3OutputPath"].startswith(f"s3://{aws['bucket']}/prune-explorer/{job.backend_id}/")
+    (rule,) = described["DebugRuleConfigurations"]
+    assert rule["RuleConfigurationName"] == "accuracy-drop"
+    assert rule["RuleEvaluatorImage"].endswith("/sagemaker-debugger-rule-evaluator:latest")
+    assert rule["RuleParameters"]["rule_to_invoke"] == "AccuracyDropSmdebugRule"
+    assert rule["RuleParameters"]["threshold"] == "0.1"
+    assert "previous_accuracy" not in rule["RuleParameters"]  # a baseline has no parent to compare with
+    rules_source = Path(__import__("prune_explorer.rules").rules.__file__).read_bytes()
+    assert s3_bytes(aws, rule["RuleParameters"]["source_s3_uri"]) == rules_source
+
+    experiment = described["ExperimentConfig"]
+    assert experiment["ExperimentName"] == sm.experiment_name
+    assert experiment["TrialComponentDisplayName"] == job.id
+    trial = aws["sagemaker"].describe_trial(TrialName=experiment["TrialName"])
+    assert trial["ExperimentName"] == sm.experiment_name
+
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["InputDataConfig"]}
+    assert set(channels) == {"code", "model"}
+    with tarfile.open(fileobj=io.BytesIO(s3_bytes(aws, channels["code"]))) as tar:
+        names = set(tar.getnames())
+    assert {"prune_explorer/train.py", "prune_explorer/sagemaker_entry.py", "prune_explorer/rules.py",
+            "requirements.txt"} <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    for filename in ("model.json", "model.safetensors"):
+        assert s3_bytes(aws, channels["model"] + filename) == (model_dir / filename).read_bytes()
+
+
+def test_source_is_uploaded_once_per_content(aws, tmp_path):
+    sm = backend(aws, debugger=False)
+    first = sm.upload_source()
+    assert sm.upload_source() == first
+    keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket=aws["bucket"])["Contents"]]
+    assert [k for k in keys if k.endswith("sourcedir.tar.gz")] == [first.split("/", 3)[3]]
+
+
+def test_without_debugger_there_is_no_hook_but_still_a_checkpoint_and_the_rule_runs_in_the_job(aws, tmp_path):
+    workspace = tmp_path
+    parent_dir = workspace / "iterations" / "it-0"
+    parent_dir.mkdir(parents=True)
+    (parent_dir / "metrics.json").write_text(json.dumps({"best_accuracy": 0.9}))
+    sm = backend(aws, debugger=False, rule_threshold=0.05)
+    job = make_job(workspace, "resnet18", iteration="it-1", parent="it-0", epochs=1)
+    sm.start(job)
+
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    assert "DebugHookConfig" not in described
+    assert "DebugRuleConfigurations" not in described
+    assert "ExperimentConfig" not in described
+    assert described["CheckpointConfig"]["S3Uri"].endswith(f"/{job.backend_id}/checkpoints")
+    assert described["HyperParameters"] == {"epochs": "1", "model": "resnet18",
+                                            "stop_rule_threshold": "0.05", "baseline_accuracy": "0.9"}
+    channels = [c["ChannelName"] for c in described["InputDataConfig"]]
+    assert channels == ["code"]
+
+
+def test_the_debugger_rule_compares_with_the_parent_iteration(aws, saved_model, tmp_path):
+    parent_dir = tmp_path / "iterations" / "it-0"
+    parent_dir.mkdir(parents=True)
+    (parent_dir / "metrics.json").write_text(json.dumps({"epochs": [{"val_accuracy": 0.7}, {"val_accuracy": 0.8}]}))
+    sm = backend(aws)
+    job = make_job(tmp_path, str(saved_model[0]), parent="it-0")
+    sm.start(job)
+    (rule,) = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)["DebugRuleConfigurations"]
+    assert rule["RuleParameters"]["previous_accuracy"] == "0.8"
+    assert "baseline_accuracy" not in aws["sagemaker"].describe_training_job(
+        TrainingJobName=job.backend_id)["HyperParameters"]
+
+
+def test_poll_follows_the_sagemaker_status(aws, tmp_path):
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    fake = moto_job(aws, job.backend_id)
+
+    fake.training_job_status = "InProgress"
+    assert sm.poll(job) == RUNNING and not job.done
+    fake.training_job_status = "Stopping"
+    assert sm.poll(job) == RUNNING
+    fake.training_job_status = "Completed"
+    assert sm.poll(job) == COMPLETED
+    assert job.exit_code == 0 and job.ended is not None and job.message is None
+
+
+def test_a_failed_job_carries_the_failure_reason(aws, tmp_path):
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    fake = moto_job(aws, job.backend_id)
+    fake.training_job_status = "Failed"
+    fake.failure_reason = "AlgorithmError: train.py exited with code 1: CUDA out of memory"
+
+    assert sm.poll(job) == FAILED
+    assert job.message == "AlgorithmError: train.py exited with code 1: CUDA out of memory"
+    assert job.exit_code == 1
+
+
+def test_a_job_stopped_on_sagemaker_reads_stopped(aws, tmp_path):
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    moto_job(aws, job.backend_id).training_job_status = "Stopped"
+    assert sm.poll(job) == STOPPED and job.message == "stopped"
+
+
+def test_cancel_calls_stop_training_job(aws, tmp_path):
+    from botocore.stub import Stubber
+
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    with Stubber(sm.sagemaker_client) as stub:
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": job.backend_id})
+        sm.cancel(job)
+        stub.assert_no_pending_responses()
+    assert job.status == STOPPED and job.ended is not None
+    assert job.message == "stopped by user"
+
+
+def test_cancel_of_a_job_that_already_ended_is_not_an_error(aws, tmp_path):
+    from botocore.stub import Stubber
+
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    with Stubber(sm.sagemaker_client) as stub:
+        stub.add_client_error("stop_training_job", "ValidationException", "The job status is Completed",
+                              expected_params={"TrainingJobName": job.backend_id})
+        sm.cancel(job)
+    assert job.status == STOPPED
+
+
+def test_poll_stops_the_job_when_the_accuracy_rule_finds_issues(aws, saved_model, tmp_path):
+    from botocore.stub import Stubber
+
+    sm = backend(aws)
+    job = make_job(tmp_path, str(saved_model[0]))
+    sm.start(job)
+    fake = moto_job(aws, job.backend_id)
+    fake.training_job_status = "InProgress"
+    fake.debug_rule_evaluation_statuses = [{
+        "RuleConfigurationName": "accuracy-drop", "RuleEvaluationStatus": "IssuesFound",
+        "StatusDetails": "best accuracy 0.61 is 0.29 below 0.90"}]
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    described.pop("ResponseMetadata")
+    assert described["DebugRuleEvaluationStatuses"][0]["RuleEvaluationStatus"] == "IssuesFound"
+
+    with Stubber(sm.sagemaker_client) as stub:
+        stub.add_response("describe_training_job", described, {"TrainingJobName": job.backend_id})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": job.backend_id})
+        assert sm.poll(job) == RUNNING
+        stub.assert_no_pending_responses()
+    assert "accuracy-drop" in job.message and "0.29 below" in job.message
+
+    fake.training_job_status = "Stopped"
+    assert sm.poll(job) == STOPPED
+    assert "accuracy-drop" in job.message
+
+
+# --- fetch: play the container's part, then download -------------------------------------------
+def write_trial(directory: Path, steps: int = 2) -> dict[str, np.ndarray]:
+    """A real smdebug trial (smdebug's own writer), as train.py leaves under /opt/ml/checkpoints/trial."""
+    import prune_explorer.smdebug_compat  # noqa: F401
+    from smdebug.core.access_layer.utils import training_has_ended
+    from smdebug.core.collection import Collection
+    from smdebug.core.collection_manager import CollectionManager
+    from smdebug.core.writer import FileWriter
+
+    manager = CollectionManager()
+    manager.add(Collection("all", include_regex=[".*"]))
+    manager.export(str(directory), "worker_0_collections.json")
+    values = {}
+    for step in range(steps):
+        value = np.arange(4, dtype=np.float32) + step
+        writer = FileWriter(trial_dir=str(directory), step=step, worker="worker_0")
+        writer.write_tensor(tdata=value, tname="features.0_output_0")
+        writer.close()
+        values[step] = value
+    training_has_ended(str(directory))
+    return values
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def put_job_outputs(aws, sm, name: str, model_dir: Path, metrics: dict, trial_dir: Path | None) -> None:
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=name)
+    bucket, _, model_key = described["ModelArtifacts"]["S3ModelArtifacts"][5:].partition("/")
+    files = {f: (model_dir / f).read_bytes() for f in ("model.json", "model.safetensors")}
+    files["metrics.json"] = json.dumps(metrics).encode()
+    aws["s3"].put_object(Bucket=bucket, Key=model_key, Body=tar_gz(files))
+    aws["s3"].put_object(Bucket=bucket, Key=model_key.replace("model.tar.gz", "output.tar.gz"),
+                         Body=tar_gz({"metrics.json": json.dumps(metrics).encode()}))
+    if trial_dir is not None:
+        checkpoint_bucket, _, prefix = described["CheckpointConfig"]["S3Uri"][5:].partition("/")
+        for path in sorted(p for p in trial_dir.rglob("*") if p.is_file()):
+            key = f"{prefix}/trial/{path.relative_to(trial_dir).as_posix()}"
+            aws["s3"].put_object(Bucket=checkpoint_bucket, Key=key, Body=path.read_bytes())
+
+
+def test_fetch_brings_back_model_metrics_and_trial(aws, saved_model, tmp_path):
+    from smdebug.trials import create_trial
+
+    from prune_explorer.store import load
+
+    model_dir, model = saved_model
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, str(model_dir))
+    sm.start(job)
+    trial_values = write_trial(tmp_path / "container-trial")
+    metrics = {"status": "completed", "best_accuracy": 0.75, "epochs": [{"val_accuracy": 0.75}]}
+    put_job_outputs(aws, sm, job.backend_id, model_dir, metrics, tmp_path / "container-trial")
+
+    out = sm.fetch(job)
+    assert out == Path(job.out_dir)
+    assert job.result == metrics
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.json", "model.safetensors", "trial"]
+    fetched = load(out).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fetched(x), model(x), atol=1e-6)
+    trial = create_trial(str(out / "trial"))
+    assert trial.steps() == [0, 1]
+    for step, value in trial_values.items():
+        np.testing.assert_array_equal(trial.tensor("features.0_output_0").value(step), value)
+
+
+def test_fetch_marks_a_job_the_rule_stopped_as_stopped(aws, saved_model, tmp_path):
+    model_dir, _ = saved_model
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, str(model_dir))
+    sm.start(job)
+    metrics = {"status": "stopped", "reason": "best accuracy 0.50 is 0.40 below 0.90", "best_accuracy": 0.5}
+    put_job_outputs(aws, sm, job.backend_id, model_dir, metrics, None)
+    assert sm.poll(job) == COMPLETED
+    sm.fetch(job)
+    assert job.status == STOPPED and job.message == metrics["reason"]
+
+
+def test_fetch_with_nothing_uploaded_names_the_job(aws, tmp_path):
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    with pytest.raises(FileNotFoundError, match=job.id):
+        sm.fetch(job)
+    assert list(Path(job.out_dir).iterdir()) == []
+
+
+def test_fetch_refuses_an_archive_that_escapes_and_leaves_no_partial_files(aws, saved_model, tmp_path):
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18")
+    sm.start(job)
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    bucket, _, key = described["ModelArtifacts"]["S3ModelArtifacts"][5:].partition("/")
+    aws["s3"].put_object(Bucket=bucket, Key=key, Body=tar_gz({"model.json": b"{}", "../escaped.txt": b"x"}))
+    with pytest.raises(ValueError, match="model.tar.gz"):
+        sm.fetch(job)
+    assert list(Path(job.out_dir).iterdir()) == []
+    assert not (Path(job.out_dir).parent / "escaped.txt").exists()
+
+
+def test_bad_arguments_are_refused_with_the_field_named(aws, tmp_path):
+    with pytest.raises(ValueError, match="instance_count"):
+        backend(aws, instance_count=0)
+    with pytest.raises(ValueError, match="not an s3:// URI"):
+        backend(aws, inputs={"train": "/local/data"})
+    sm = backend(aws, debugger=False)
+    with pytest.raises(ValueError, match="hyperparameter 'note'"):
+        sm.start(make_job(tmp_path, "resnet18", note="x" * 300))
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        sm.start(make_job(tmp_path, str(broken)))
+
+
+def test_the_queue_can_build_the_backend_from_the_environment(aws, monkeypatch):
+    from prune_explorer.jobs.queue import make_backend
+    from prune_explorer.jobs.sagemaker import SageMakerBackend
+
+    monkeypatch.delenv("PRUNE_EXPLORER_SAGEMAKER_ROLE", raising=False)
+    monkeypatch.delenv("PRUNE_EXPLORER_SAGEMAKER_BUCKET", raising=False)
+    with pytest.raises(ValueError, match="PRUNE_EXPLORER_SAGEMAKER_ROLE"):
+        SageMakerBackend(bucket=aws["bucket"])
+    monkeypatch.setenv("PRUNE_EXPLORER_SAGEMAKER_ROLE", ROLE)
+    with pytest.raises(ValueError, match="PRUNE_EXPLORER_SAGEMAKER_BUCKET"):
+        SageMakerBackend()
+    monkeypatch.setenv("PRUNE_EXPLORER_SAGEMAKER_BUCKET", aws["bucket"])
+    built = make_backend("sagemaker")
+    assert isinstance(built, SageMakerBackend)
+    assert (built.role_arn, built.bucket, built.region) == (ROLE, aws["bucket"], REGION)
+
+
+def test_job_names_are_valid_for_sagemaker():
+    from prune_explorer.jobs.sagemaker import training_job_name
+
+    name = training_job_name("prune_explorer", "job 20260101/x" + "y" * 80)
+    assert len(name) <= 63
+    assert all(c.isalnum() or c == "-" for c in name)
+    assert name.startswith("prune-explorer-job-20260101-x")
+    assert training_job_name("p", "a" * 100) != training_job_name("p", "a" * 99)
+
+
+def test_local_moto_endpoint_serves_the_backend_without_aws_credentials(tmp_path):
+    import boto3
+
+    from prune_explorer.jobs.sagemaker import SageMakerBackend, local_moto_endpoint
+
+    before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID")}
+    with local_moto_endpoint() as aws:
+        assert aws["endpoint"].startswith("http://127.0.0.1:")
+        assert os.environ["AWS_ENDPOINT_URL"] == aws["endpoint"]
+        sm = SageMakerBackend(aws["role_arn"], aws["bucket"], region=aws["region"], debugger=False)
+        job = make_job(tmp_path, "resnet18")
+        sm.start(job)
+        described = boto3.client("sagemaker", region_name=aws["region"]).describe_training_job(
+            TrainingJobName=job.backend_id)
+        assert described["TrainingJobName"] == job.backend_id
+    assert {k: os.environ.get(k) for k in before} == before
+
+
+# --- what runs inside the container -------------------------------------------------------------
+def test_entry_runs_one_process_or_torchrun_across_hosts_and_gpus():
+    from prune_explorer.sagemaker_entry import train_command
+
+    hyper = {"lr": "0.01", "epochs": "2"}
+    single = train_command(hyper, {"hosts": ["algo-1"], "current_host": "algo-1"}, gpus=1, python="py")
+    assert single == ["py", "-m", "prune_explorer.train", "--epochs", "2", "--lr", "0.01"]
+
+    multi = train_command(hyper, {"hosts": ["algo-1", "algo-2"], "current_host": "algo-2"}, gpus=4, python="py")
+    assert multi[:3] == ["py", "-m", "torch.distributed.run"]
+    assert {"--nnodes=2", "--nproc_per_node=4", "--node_rank=1", "--master_addr=algo-1"} <= set(multi)
+    assert multi[-6:] == ["-m", "prune_explorer.train", "--epochs", "2", "--lr", "0.01"]
+
+    gpus = train_command(hyper, {}, gpus=2, python="py")
+    assert "--nnodes=1" in gpus and "--nproc_per_node=2" in gpus
+
+
+def test_entry_exports_sagemaker_locations(tmp_path):
+    from prune_explorer.sagemaker_entry import sm_environment
+
+    for channel in ("train", "test", "model"):
+        (tmp_path / "input" / "data" / channel).mkdir(parents=True)
+    env = sm_environment(tmp_path, {"hosts": ["algo-1", "algo-2"], "current_host": "algo-1"}, gpus=0)
+    assert env["SM_CHANNEL_TRAIN"] == str(tmp_path / "input" / "data" / "train")
+    assert env["SM_CHANNEL_TEST"] == str(tmp_path / "input" / "data" / "test")
+    assert env["SM_MODEL_DIR"] == str(tmp_path / "model")
+    assert env["SM_OUTPUT_DATA_DIR"] == str(tmp_path / "output" / "data")
+    assert env["SM_CHECKPOINT_DIR"] == str(tmp_path / "checkpoints")
+    assert json.loads(env["SM_HOSTS"]) == ["algo-1", "algo-2"]
+
+
+def test_entry_leaves_the_failure_reason_for_sagemaker(tmp_path):
+    from prune_explorer.sagemaker_entry import run
+
+    failure = tmp_path / "output" / "failure"
+    code = run([sys.executable, "-c", "print('loading'); raise SystemExit('bad layer conv1')"], {}, failure)
+    assert code == 1
+    assert "exited with code 1" in failure.read_text() and "bad layer conv1" in failure.read_text()
+
+    assert run([sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path / "other") == 0
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_entry_trains_in_a_container_layout_and_fetch_returns_its_outputs(aws, tmp_path):
+    """The container's whole path on CPU: entry → train.py → outputs SageMaker would upload → fetch."""
+    from smdebug.trials import create_trial
+
+    from prune_explorer.sagemaker_entry import main
+    from prune_explorer.store import load
+
+    root = tmp_path / "opt-ml"
+    (root / "input" / "config").mkdir(parents=True)
+    for folder in ("model", "output/data", "checkpoints"):
+        (root / folder).mkdir(parents=True)
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path / "ws", "mobilenet_v3_small", dataset="digits", epochs=1, subset=30,
+                   val_subset=20, batch_size=10, max_steps=2, device="cpu", workers=0)
+    sm.start(job)
+    hyper = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)["HyperParameters"]
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
+
+    assert main(root=root, code_dir=tmp_path / "no-requirements") == 0
+    metrics = json.loads((root / "model" / "metrics.json").read_text())
+    put_job_outputs(aws, sm, job.backend_id, root / "model", metrics, root / "checkpoints" / "trial")
+
+    out = sm.fetch(job)
+    assert job.result["status"] == "completed" and job.result["best_accuracy"] == metrics["best_accuracy"]
+    assert load(out)(torch.randn(1, 3, 8, 8)).shape == (1, 10)
+    assert create_trial(str(out / "trial")).tensor_names()

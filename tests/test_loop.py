@@ -1,0 +1,99 @@
+"""The headless loop end to end on sklearn digits: real train jobs, trials, ranks, surgery, MLflow."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from prune_explorer import store
+from prune_explorer.cli import main as cli_main
+from prune_explorer.jobs import JobQueue
+from prune_explorer.loop import LoopConfig, demo_config, run_loop
+from prune_explorer.tracking import Tracker
+
+
+def _config(workspace, **over) -> LoopConfig:
+    values = dict(workspace=str(workspace), dataset="digits", model="resnet18", criterion="taylor",
+                  per_iteration=48, iterations=1, epochs=1, baseline_epochs=1, subset=120, val_subset=60,
+                  batch_size=30, threshold=1.0, capture="compact", train_args={"measure_latency": False})
+    values.update(over)
+    return LoopConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def looped(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("loop")
+    rows = run_loop(_config(workspace), progress=False)
+    return workspace, rows
+
+
+def test_loop_trains_a_baseline_then_prunes_fine_tunes_and_tracks(looped):
+    workspace, rows = looped
+    assert rows["iteration"].tolist() == ["baseline", "iter-001"]
+    assert rows.attrs["stop_reason"] == "completed 1 iterations"
+    base, child = rows.iloc[0], rows.iloc[1]
+    assert child["parent"] == "baseline" and child["criterion"] == "taylor"
+    assert child["status"] == "completed" and child["filters_removed"] == 48
+    assert child["params"] < base["params"] and child["macs"] < base["macs"]
+    assert 0.0 <= child["accuracy"] <= 1.0
+
+    # the tracked numbers are those of the real fine-tuned model on disk
+    model = store.load(child["model_dir"])
+    assert sum(p.numel() for p in model.parameters()) == child["params"]
+    removed = json.loads((workspace / "iterations" / "iter-001" / "metrics.json").read_text())
+    assert removed["best_accuracy"] == pytest.approx(child["accuracy"])
+    assert (workspace / "iterations" / "baseline" / "trial" / "collections").is_dir()  # ranked from this
+    assert (workspace / "iterations" / "iter-001" / "pruned" / "model.json").is_file()
+
+    csv = pd.read_csv(workspace / "results.csv")
+    assert csv["iteration"].tolist() == ["baseline", "iter-001"]
+    assert (workspace / "params_vs_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    jobs = JobQueue(workspace, tracker=False).jobs()
+    assert [j.iteration for j in jobs] == ["baseline", "iter-001"]
+    assert jobs[1].plan and sum(jobs[1].plan.values()) == 48
+
+
+def test_rule_fires_against_a_better_previous_iteration_and_is_tracked_as_stopped(looped):
+    workspace, _ = looped
+    metrics_path = workspace / "iterations" / "baseline" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["best_accuracy"] = 1.0  # a perfect baseline: any fine-tuned model on digits falls > 0.1 below
+    metrics_path.write_text(json.dumps(metrics))
+
+    rows = run_loop(_config(workspace, threshold=0.10, iterations=3), progress=False)
+    assert rows["iteration"].tolist() == ["baseline", "iter-002"]  # baseline reused, not retrained
+    assert "accuracy rule fired" in rows.attrs["stop_reason"] and "iter-002" in rows.attrs["stop_reason"]
+    assert rows.iloc[1]["status"] == "stopped"
+    assert Tracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
+
+
+def test_parameter_floor_stops_before_any_job_and_cli_history_prints(looped, capsys, tmp_path):
+    workspace, _ = looped
+    jobs_before = len(JobQueue(workspace, tracker=False).jobs())
+    code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
+                     "--per-iteration", "48", "--min-params", "10000000000", "--subset", "120", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "below the floor" in out and "baseline" in out
+    assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
+
+    target = tmp_path / "history.csv"
+    assert cli_main(["history", "--workspace", str(workspace), "--csv", str(target)]) == 0
+    printed = capsys.readouterr().out
+    for iteration in ("baseline", "iter-001", "iter-002"):
+        assert iteration in printed
+    assert pd.read_csv(target)["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
+    assert cli_main(["history", "--workspace", str(tmp_path / "empty")]) == 1
+
+
+def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
+    with pytest.raises(ValueError, match="scheme"):
+        _config(tmp_path, scheme="everything").validate()
+    with pytest.raises(ValueError, match="per_iteration"):
+        _config(tmp_path, per_iteration=0).validate()
+    with pytest.raises(ValueError, match="needs a trial"):
+        _config(tmp_path, capture="none").validate()
+    demo = demo_config(tmp_path).validate()
+    assert demo.model == "resnet18" and demo.iterations >= 4 and demo.epochs == 1
+    assert demo.dataset in ("fashion-mnist", "digits")

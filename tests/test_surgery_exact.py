@@ -1,0 +1,188 @@
+"""Exactness contract: pruned(x) == original(x) with the removed channels zeroed at every consumer."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from prune_explorer.graph import ChannelGraph
+from prune_explorer.plan import PrunePlan
+from prune_explorer.surgery import prune
+
+TOLERANCE = 1e-4
+
+
+def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
+    """Random BN running stats and affine, so a wrong slice cannot hide behind identity norms."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                n = mod.num_features
+                mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if mod.affine:
+                    mod.weight.copy_(torch.randn(n, generator=gen))
+                    mod.bias.copy_(torch.randn(n, generator=gen))
+
+
+def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int]]:
+    """A random, never-empty subset of channels of every prunable group."""
+    plan = {}
+    for group in graph.prunable():
+        if group.size < 2:
+            continue
+        k = int(torch.randint(1, group.size, (1,), generator=gen))
+        plan[group.id] = sorted(torch.randperm(group.size, generator=gen)[:k].tolist())
+    return plan
+
+
+def consumer_zero_positions(graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, torch.Tensor]:
+    """Input positions of each consumer (conv/linear) that carry removed channels."""
+    positions = {}
+    for name, sl in graph.slices.items():
+        if not sl.inputs:
+            continue
+        found, offset = [], 0
+        for gid, size in sl.inputs:
+            found += [offset + i for i in removed.get(gid, ())]
+            offset += size
+        if found:
+            index = torch.tensor(found)
+            if sl.in_factor > 1:
+                index = (index[:, None] * sl.in_factor + torch.arange(sl.in_factor)).flatten()
+            positions[name] = index
+    return positions
+
+
+def reference_output(model: nn.Module, graph: ChannelGraph, removed, x: torch.Tensor) -> torch.Tensor:
+    """The original model with removed channels forced to zero at every consumer's input."""
+    modules = dict(model.named_modules())
+
+    def zeroing(index):
+        def hook(_module, args):
+            y = args[0].clone()
+            y[:, index] = 0
+            return (y, *args[1:])
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(zeroing(ix))
+               for name, ix in consumer_zero_positions(graph, removed).items()]
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_consistent_shapes(model: nn.Module) -> None:
+    """Module attributes agree with the (sliced) tensors they hold."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.conv._ConvNd):
+            assert mod.weight.shape[0] == mod.out_channels, name
+            assert mod.weight.shape[1] * mod.groups == mod.in_channels, name
+        elif isinstance(mod, nn.Linear):
+            assert tuple(mod.weight.shape) == (mod.out_features, mod.in_features), name
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            assert mod.running_mean.shape[0] == mod.num_features, name
+
+
+def check_exact(model: nn.Module, x: torch.Tensor, seed: int = 0, graph: ChannelGraph | None = None):
+    """Prune every prunable group at random and assert the exactness contract; returns the graph."""
+    gen = torch.Generator().manual_seed(seed)
+    randomize_norms(model, gen)
+    model.eval()
+    graph = graph or ChannelGraph.trace(model, x)
+    removed = random_plan(graph, gen)
+    assert removed, "no prunable group to test"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = prune(model, PrunePlan(removed), x, graph=graph)
+
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input model changed"
+    assert n_params(pruned) < n_params(model)
+    assert_consistent_shapes(pruned)
+    new_modules = dict(pruned.named_modules())
+    for gid, ix in removed.items():
+        group = graph.groups[gid]
+        first = next(p for p in group.producers if graph.slices[p].kind in ("conv", "linear"))
+        assert new_modules[first].weight.shape[0] == group.size - len(ix), first
+
+    expected = reference_output(model, graph, removed, x)
+    with torch.no_grad():
+        actual = pruned(x)
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= TOLERANCE
+    return graph
+
+
+ZOO = {
+    "resnet18": {},
+    "resnet50": {},
+    "vgg11_bn": {"num_classes": 10},
+    "mobilenet_v2": {},
+    "mobilenet_v3_small": {},
+    "densenet121": {},
+    "efficientnet_b0": {},
+    "squeezenet1_1": {},
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "regnet_y_400mf": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_torchvision_model_prunes_exactly(name):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, **ZOO[name])
+    x = torch.randn(1, 3, 64, 64)
+    graph = check_exact(model, x)
+    assert all(g.kind != "output" or not g.prunable for g in graph.groups)
+
+
+def test_shufflenet_shuffle_groups_refused_rest_exact():
+    torch.manual_seed(0)
+    model = torchvision.models.shufflenet_v2_x0_5(weights=None)
+    x = torch.randn(1, 3, 64, 64)
+    graph = ChannelGraph.trace(model, x)
+    refused = [g for g in graph.groups if not g.prunable and g.kind != "output"]
+    assert refused, "channel shuffle must make some groups not prunable"
+    assert all(g.reason for g in refused)
+    assert any("view" in g.reason for g in refused)
+    check_exact(model, x, graph=graph)
+    with pytest.raises(ValueError, match=refused[0].name):
+        prune(model, PrunePlan({refused[0].name: [0]}), x, graph=graph)
+
+
+def test_linear_after_flatten_sliced_by_spatial_blocks():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    x = torch.randn(2, 3, 6, 6)
+    graph = check_exact(model, x, seed=3)
+    assert graph.slices["4"].in_factor == 16
+
+
+def test_round_to_refuses_counts_that_are_not_multiples():
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = ChannelGraph.trace(model, x)
+    with pytest.raises(ValueError, match="layer1.0.conv1"):
+        prune(model, PrunePlan({"layer1.0.conv1": [0, 1, 2]}), x, graph=graph, round_to=8)
+    pruned = prune(model, PrunePlan({"layer1.0.conv1": list(range(8))}), x, graph=graph, round_to=8)
+    assert pruned.layer1[0].conv1.out_channels == 56
+
+
+def test_pruned_model_trains_and_keeps_requires_grad():
+    model = torchvision.models.resnet18(weights=None, num_classes=4)
+    model.conv1.weight.requires_grad_(False)
+    x = torch.randn(2, 3, 32, 32)
+    pruned = prune(model, PrunePlan({"conv1": [0, 5], "layer2.0.conv1": [1]}), x)
+    assert not pruned.conv1.weight.requires_grad
+    assert pruned.layer2[0].conv1.weight.requires_grad
+    pruned.train()
+    pruned(x).sum().backward()
+    assert pruned.fc.weight.grad is not None
+    assert pruned.layer1[0].conv1.weight.shape[1] == 62

@@ -1,0 +1,222 @@
+"""The Explorer panel without a browser: its traitlets, callbacks and the library calls behind them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prune_explorer import store
+from prune_explorer.capture import CaptureHook
+from prune_explorer.measure import count
+from prune_explorer.models import build_model
+from prune_explorer.plan import PrunePlan
+from prune_explorer.surgery import prune
+from prune_explorer.tracking import Tracker
+from prune_explorer.widgets import Explorer
+from prune_explorer.widgets.scatter import pareto_frontier
+from prune_explorer.widgets.sensitivity import accuracy
+
+SIZE = 16
+
+
+def _batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory):
+    """A resnet18 and a real compact trial captured over two training steps."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10)
+    x, y = _batch()
+    trial = tmp_path_factory.mktemp("trial") / "trial"
+    with CaptureHook(model, trial, mode="compact", save_every=1, example_inputs=x[:1]) as hook:
+        for _ in range(2):
+            hook.step()
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+    return model.eval(), trial, x, y
+
+
+@pytest.fixture
+def explorer(captured):
+    model, trial, x, y = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], validation=(x, y), n_lowest=120)
+    yield e.wait()
+    e.close()
+
+
+def test_opens_on_a_trial_and_ranks_every_prunable_group(explorer):
+    assert explorer.error == ""
+    assert explorer.criterion == "taylor"
+    assert set(explorer.table["criterion"]) == {"taylor"}
+    assert list(explorer.table_editor.rows) == [g.name for g in explorer.graph.prunable()]
+    colour = explorer.heatmap.map.color
+    assert colour.shape == (len(explorer.graph.prunable()), max(g.size for g in explorer.graph.prunable()))
+    assert np.isnan(colour).sum() == colour.size - len(explorer.table)
+
+
+def test_lowest_n_control_builds_the_library_plan(explorer):
+    explorer.fill_lowest(n=150, scheme="all")
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, n=150, scheme="all")
+    assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
+    assert explorer.plan_summary == expected.summary()
+    assert explorer.preview["filters_removed"] == 150
+    assert len(explorer.heatmap.cut.x) == 150
+
+    explorer.fill_lowest(n=40, scheme="internal")
+    internal = PrunePlan.lowest(explorer.table, explorer.graph, n=40, scheme="internal")
+    assert explorer.plan().resolve(explorer.graph) == internal.resolve(explorer.graph)
+    assert all(explorer.graph.group(layer).kind == "internal" for layer in explorer.counts)
+
+
+def test_moving_one_slider_updates_counts_plan_and_preview(explorer):
+    row = explorer.table_editor.rows["layer2.0.conv1"]
+    row.slider.value = 10
+    assert explorer.counts == {"layer2.0.conv1": 10}
+    assert row.remaining.value == str(row.size - 10)
+    expected = PrunePlan.from_counts(explorer.table, explorer.graph, {"layer2.0.conv1": 10})
+    assert explorer.plan_channels == expected.channels
+    real = count(prune(explorer.model, expected, explorer.x, graph=explorer.graph), explorer.x)
+    assert (explorer.preview["params_after"], explorer.preview["macs_after"]) == (real.params, real.macs)
+    assert explorer.preview["params_after"] < explorer.preview["params_before"]
+    explorer.wait()
+    assert explorer.preview["latency_ms_after"] > 0
+
+
+def test_preview_equals_surgery_and_count_for_a_global_plan(explorer):
+    explorer.fill_lowest(n=300, scheme="all")
+    pruned = prune(explorer.model, explorer.plan(), explorer.x, graph=explorer.graph)
+    real = count(pruned, explorer.x)
+    assert explorer.preview["params_after"] == real.params
+    assert explorer.preview["macs_after"] == real.macs
+
+
+def test_refused_plan_shows_an_error_naming_the_layer_and_keeps_the_old_plan(explorer):
+    explorer.set_counts({"layer1.0.conv1": 3})
+    kept = dict(explorer.plan_channels)
+    explorer.counts = {"layer1.0.conv1": 64}
+    assert "plan refused" in explorer.error and "layer1.0.conv1" in explorer.error
+    assert "layer1.0.conv1" in explorer.error_line.value
+    assert explorer.plan_channels == kept
+    explorer.set_counts({"layer1.0.conv1": 2})
+    assert explorer.error == ""
+
+
+def test_apply_without_cuts_is_an_error_in_the_panel_not_an_exception(explorer, tmp_path):
+    explorer.set_counts({})
+    explorer.apply_button.click()
+    assert "cuts no filters" in explorer.error
+    assert explorer.applied == {}
+
+
+def test_apply_prunes_and_saves_the_smaller_model(captured, tmp_path):
+    model, trial, x, y = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws")
+    try:
+        e.set_counts({"layer3.0.conv1": 100, "layer1.1.conv1": 5})
+        e.apply_button.click()
+        assert e.error == ""
+        assert e.applied["filters_removed"] == 105
+        assert e.applied["widths"] == {"layer1.1.conv1": (64, 59), "layer3.0.conv1": (256, 156)}
+        reloaded = store.load(e.applied["model_dir"])
+        assert count(reloaded, x[:1]).params == e.preview["params_after"] == e.applied["params_after"]
+        assert reloaded.layer3[0].conv1.out_channels == 156
+    finally:
+        e.close()
+
+
+def test_bad_trial_path_is_an_error_in_the_panel_and_ranks_fall_back_to_weights(captured, tmp_path):
+    model, _, x, _ = captured
+    missing = tmp_path / "no-such-trial"
+    e = Explorer(model, trial=missing, example_inputs=x[:1])
+    try:
+        assert str(missing) in e.error and "l1" in e.error
+        assert str(missing) in e.error_line.value
+        assert e.criterion == "l1" and set(e.table["criterion"]) == {"l1"}
+        e.table_editor.criterion.value = "taylor"
+        e.wait()
+        assert "needs a trial" in e.error
+    finally:
+        e.close()
+
+
+def test_criterion_dropdown_reranks_in_the_background(explorer):
+    explorer.set_counts({"layer4.0.conv1": 50})
+    explorer.table_editor.criterion.value = "l2"
+    explorer.wait()
+    assert set(explorer.table["criterion"]) == {"l2"}
+    assert explorer.counts == {"layer4.0.conv1": 50}
+    assert explorer.plan_channels == PrunePlan.from_counts(explorer.table, explorer.graph, explorer.counts).channels
+
+
+def test_sensitivity_curve_starts_at_the_unpruned_accuracy(explorer, captured):
+    model, _, x, y = captured
+    explorer.compute_sensitivity("layer2.1.conv1")
+    explorer.wait()
+    points = explorer.sensitivity["layer2.1.conv1"]
+    assert points[0] == (0.0, accuracy(model, x, y))
+    assert [p[0] for p in points] == sorted(p[0] for p in points) and points[-1][0] > 0.8
+    assert explorer.table_editor.rows["layer2.1.conv1"].curve_box.children
+
+
+def test_pareto_frontier_keeps_points_nothing_beats():
+    params = np.array([10.0, 8.0, 6.0, 6.0, 3.0])
+    acc = np.array([0.90, 0.92, 0.85, 0.80, 0.86])
+    assert pareto_frontier(params, acc).tolist() == [4, 1]
+
+
+def _tracked_workspace(tmp_path, model, x):
+    """A workspace whose tracker holds a baseline and a pruned iteration, both with saved models."""
+    ws = tmp_path / "ws"
+    tracker = Tracker(ws)
+    models = {"baseline": model, "iter-001": prune(model, PrunePlan({"layer4.0.conv1": list(range(200))}), x)}
+    for (name, m), acc in zip(models.items(), (0.9, 0.85)):
+        directory = ws / "iterations" / name
+        store.save(m, directory)
+        (directory / "metrics.json").write_text(json.dumps({"input_shape": list(x.shape[1:])}))
+        tracker.record(name, parent=None if name == "baseline" else "baseline", params=count(m, x).params,
+                       accuracies=[acc], model_dir=str(directory), status="completed")
+    tracker.record("iter-002", parent="iter-001", status="failed")
+    return ws, tracker
+
+
+def test_scatter_shows_the_real_tracker_history_and_a_click_rebases(captured, tmp_path):
+    model, _, x, _ = captured
+    ws, tracker = _tracked_workspace(tmp_path, model, x[:1])
+    e = Explorer.from_iteration(ws, "baseline")
+    try:
+        history = tracker.history().dropna(subset=["accuracy"])
+        assert e.history_size == 2
+        assert e.scatter.points.x.tolist() == history["params"].astype(float).tolist()
+        assert e.scatter.points.y.tolist() == history["accuracy"].tolist()
+        assert e.scatter.points.names.tolist() == ["baseline", "iter-001"]
+        assert e.scatter.base.x.tolist() == [float(history["params"].iloc[0])]
+
+        e.scatter.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 1}})
+        e.wait()
+        assert e.error == ""
+        assert e.base_iteration == "iter-001"
+        assert e.preview["params_before"] == int(history["params"].iloc[1])
+        assert e.table_editor.rows["layer4.0.conv1"].size == 312
+        assert e.scatter.base.x.tolist() == [float(history["params"].iloc[1])]
+    finally:
+        e.close()
+
+
+def test_tracker_rows_recorded_later_reach_the_scatter_on_refresh(captured, tmp_path):
+    model, _, x, _ = captured
+    ws, tracker = _tracked_workspace(tmp_path, model, x[:1])
+    e = Explorer(model, example_inputs=x[:1], criterion="l1", workspace=ws)
+    try:
+        assert e.history_size == 2
+        tracker.record("iter-003", parent="iter-001", params=1000, accuracies=[0.5], status="stopped")
+        e.refresh()
+        assert e.history_size == 3
+        assert e.scatter.points.color[-1] == "stopped"
+    finally:
+        e.close()
