@@ -50,7 +50,7 @@ def raw_read(path: str) -> int:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model = torchvision.models.resnet18(num_classes=10)
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/trial"

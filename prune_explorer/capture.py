@@ -63,7 +63,6 @@ META_FORMAT = 1
 MODES = ("compact", "full")
 COMPACT_STATS = ("taylor", "taylor_aws", "activation", "zeros")
 COMPACT_COUNTS = ("examples", "batches")
-WORKER = "worker_0"
 
 TapKey = tuple[str, int]
 
@@ -97,18 +96,16 @@ class _Accumulator:
     batches: int = 0
 
     def add(self, a: torch.Tensor, g: torch.Tensor) -> None:
-        dims = tuple(range(2, a.dim()))
         if a.dtype not in (torch.float32, torch.float64):
             a, g = a.float(), g.float()
-        per_example = (a * g).mean(dims) if dims else a * g
-        spatial = int(np.prod(a.shape[2:])) if dims else 1
-        nonzero = torch.count_nonzero(a, dim=dims) if dims else (a != 0)
-        batch = a.shape[0]
+        a3 = a.reshape(a.shape[0], a.shape[1], -1)
+        per_example = (a3 * g.reshape(a3.shape)).mean(-1)
+        nonzero = a3.sign().abs_().mean(-1)          # count_nonzero is several times slower on CPU
         update = {
             "taylor": per_example.abs().sum(0),
             "taylor_aws": per_example.mean(0),
-            "activation": (a.mean(dims) if dims else a).sum(0),
-            "zeros": batch - nonzero.sum(0).to(a.dtype) / spatial,
+            "activation": a3.mean(-1).sum(0),
+            "zeros": (1 - nonzero).sum(0),
         }
         for key, value in update.items():
             value = value.double()
@@ -116,7 +113,7 @@ class _Accumulator:
                 self.sums[key] += value
             else:
                 self.sums[key] = value
-        self.examples += batch
+        self.examples += a.shape[0]
         self.batches += 1
 
 
@@ -125,7 +122,8 @@ class CaptureHook:
 
     taps: None for every tap of every prunable group (`ChannelGraph`, traced from
     `example_inputs`, or from the first batch when none are given), or an explicit list of
-    (module, call) pairs / `Tap`s. out_dir: a local directory or an s3:// prefix.
+    (module, call) pairs / `Tap`s. out_dir: a local directory or an s3:// prefix. Under torchrun
+    each process writes its own worker's files (worker_<RANK>); the reader sums them.
     """
 
     def __init__(
@@ -139,6 +137,7 @@ class CaptureHook:
         example_inputs: Any = None,
         graph: Any = None,
         model_info: dict | None = None,
+        worker: str | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -149,6 +148,7 @@ class CaptureHook:
         self.mode = mode
         self.save_every = int(save_every)
         self.model_info = dict(model_info or {})
+        self.worker = worker or f"worker_{int(os.environ.get('RANK', 0))}"   # one per torchrun process
         self._check_out_dir()
         self._names = {m: n for n, m in model.named_modules()}
         self._model_cls = model._get_name()
@@ -309,7 +309,7 @@ class CaptureHook:
     def _step_writer(self) -> FileWriter:
         if self._writer is None:
             self._start_trial()
-            self._writer = FileWriter(trial_dir=self.out_dir, step=self._step, worker=WORKER)
+            self._writer = FileWriter(trial_dir=self.out_dir, step=self._step, worker=self.worker)
         return self._writer
 
     def _write_tensor(self, name: str, value: torch.Tensor | np.ndarray) -> None:
@@ -353,7 +353,9 @@ class CaptureHook:
         self._started = True
         manager = CollectionManager()
         manager.add(Collection("prune_explorer", include_regex=[".*"]))
-        manager.export(self.out_dir, f"{WORKER}_collections.json")
+        manager.export(self.out_dir, f"{self.worker}_collections.json")
+        if self.worker != "worker_0":
+            return
         meta = {
             "format": META_FORMAT,
             "mode": self.mode,

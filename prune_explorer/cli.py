@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def _add_demo(sub) -> None:
@@ -129,20 +131,23 @@ def _add_run(sub) -> None:
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="stop when accuracy drops more than this (fraction) below the previous iteration")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workspace)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from .loop import LoopConfig, run_loop
+    from .loop import LoopConfig, format_history, run_loop
 
     fields = set(LoopConfig.__dataclass_fields__)
     config = LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     try:
-        run_loop(config, progress=not args.quiet)
+        rows = run_loop(config, progress=not args.quiet)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"prune-explorer run: {exc}", file=sys.stderr)
         return 1
+    if args.quiet:  # run_loop prints the summary itself when it shows progress
+        print(format_history(rows))
+        print(f"stopped: {rows.attrs['stop_reason']}")
     return 0
 
 
@@ -172,8 +177,38 @@ def _history(args) -> int:
 
 
 # --- app (Voila) -------------------------------------------------------------------------------
+APP_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "app.ipynb"
+
+
 def _add_app(sub) -> None:
-    pass
+    p = sub.add_parser("app", help="the Explorer panel as a web app (Voila, one kernel per page)")
+    p.add_argument("--port", type=int, default=8866, help="port to listen on (default 8866)")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--workspace", default="prune-workspace", help="workspace folder the app opens (default ./prune-workspace)")
+    p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default notebooks/app.ipynb)")
+    p.add_argument("--fast", action="store_true", help="small digits setup (PRUNE_EXPLORER_FAST=1)")
+    p.set_defaults(func=_app)
+
+
+def app_command(args) -> tuple[list[str], dict[str, str]]:
+    """The Voila command line and environment `prune-explorer app` runs."""
+    notebook = Path(args.notebook)
+    if not notebook.is_file():
+        raise SystemExit(f"prune-explorer app: no app notebook at {notebook} (pass --notebook PATH)")
+    env = {**os.environ, "PRUNE_EXPLORER_WORKSPACE": str(Path(args.workspace).resolve())}
+    if args.fast:
+        env["PRUNE_EXPLORER_FAST"] = "1"
+    cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={args.port}", f"--Voila.ip={args.ip}",
+           "--no-browser", "--Voila.tornado_settings=disable_check_xsrf=True"]
+    return cmd, env
+
+
+def _app(args) -> int:
+    import subprocess
+
+    cmd, env = app_command(args)
+    print(f"prune-explorer app: http://{args.ip}:{args.port}/ (workspace {env['PRUNE_EXPLORER_WORKSPACE']})")
+    return subprocess.call(cmd, env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:

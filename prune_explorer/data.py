@@ -48,6 +48,10 @@ def load_dataset(
     `image_size` resizes (grey sets, default native) or sets the crop size (ImageFolder, default
     224). `val_dir` names a separate validation tree (SageMaker's test channel) for ImageFolder.
     `subset` / `val_subset` keep that many examples, drawn per class from `seed`.
+    Fashion-MNIST is looked for in `data_dir` (idx files, plain or .gz, or torchvision's
+    FashionMNIST/raw/ layout), then in /usr/share/datasets/fashion-mnist (Debian package
+    dataset-fashion-mnist), then downloaded by torchvision when `download` is true; its test
+    split is the validation set. Digits and single-folder ImageFolder trees are split by `seed`.
     """
     key = name.lower().replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist"):
@@ -165,7 +169,7 @@ def _fashion_mnist(data_dir, *, download: bool):
         f"t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz) in {', '.join(looked)}"
         f"{'; the torchvision download failed' if download else ''}. "
         "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass "
-        "--data-dir pointing at a folder holding those files."
+        "--data-dir pointing at a folder holding those files (or let torchvision download them: --download)."
     )
 
 

@@ -117,6 +117,11 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
     from .tracking import Tracker
 
     config.validate()
+    if criterion_fn is None:
+        from .ranking import CRITERIA
+
+        if config.criterion not in CRITERIA:
+            raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
     workspace = Path(config.workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(workspace, tracking_uri=config.tracking_uri)

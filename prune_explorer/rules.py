@@ -14,19 +14,20 @@ uploaded as a SageMaker Debugger custom rule: source `prune_explorer/rules.py`, 
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 ACCURACY_SCALAR = "val_accuracy"
 MODES = ("best", "latest")
 
 
-@dataclass(frozen=True)
-class RuleResult:
-    """Whether the rule fired, and a sentence saying why (or why not)."""
+class RuleResult(NamedTuple):
+    """Whether the rule fired, and a sentence saying why (or why not). Test `.fired`, not the tuple.
+
+    A NamedTuple, not a dataclass: Debugger's rule container may load this file without
+    registering it in sys.modules, which dataclasses need.
+    """
 
     fired: bool
     reason: str
@@ -39,7 +40,7 @@ class AccuracyDropRule:
 
     def __init__(self, threshold: float = 0.10, mode: str = "best"):
         threshold = float(threshold)
-        if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
+        if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be an accuracy drop between 0 and 1, got {threshold}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -139,8 +139,11 @@ class Tracker:
                params: float | None = None, macs: float | None = None, latency_ms: float | None = None,
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
-               job_id: str | None = None, backend: str | None = None) -> str:
-        """Log one iteration as a run (replacing an earlier run of the same iteration); returns the run id."""
+               job_id: str | None = None, backend: str | None = None, started: float | None = None) -> str:
+        """Log one iteration as a run (replacing an earlier run of the same iteration); returns the run id.
+
+        `started` (epoch seconds, e.g. when its job started) becomes the run's start time; default now.
+        """
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.utils.time import get_current_time_millis
 
@@ -165,7 +168,8 @@ class Tracker:
         with self._lock:
             for old in self._runs(iteration):
                 self._client.delete_run(old.info.run_id)
-            run = self._client.create_run(self.experiment_id, run_name=iteration)
+            start_ms = int(started * 1000) if started is not None else None
+            run = self._client.create_run(self.experiment_id, start_time=start_ms, run_name=iteration)
             run_id = run.info.run_id
             self._client.log_batch(run_id, metrics=metrics, params=run_params, tags=tags)
             if plan_summary:

@@ -32,6 +32,7 @@ from .data import labels_of, load_dataset
 EXIT_STOPPED = 3
 SAGEMAKER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
 CAPTURE_MODES = ("compact", "full", "none")
+LOG_EVERY_S = 30.0
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     baseline_accuracy: float | None = None
     device: str | None = None
     measure_latency: bool = True
+    download: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"capture must be one of {CAPTURE_MODES}, got {self.capture!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.stop_rule_mode not in ("best", "latest"):
+            raise ValueError(f"stop_rule_mode must be 'best' or 'latest', got {self.stop_rule_mode!r}")
         if self.stop_rule_threshold is not None and self.baseline_accuracy is None:
             raise ValueError("--stop-rule-threshold needs --baseline-accuracy (the previous iteration's accuracy)")
         return self
@@ -99,6 +103,22 @@ def _optional(kind):
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _kwargs(text: str) -> dict[str, Any]:
+    """A JSON object (or a Python dict literal, as `str(dict)` gives)."""
+    import ast
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _flag(text: str) -> bool:
@@ -116,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, kind, help: str) -> None:
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        parser.add_argument(*flags, dest=name, type=kind, default=getattr(defaults, name), help=help)
+        switch = dict(nargs="?", const=True) if kind is _flag else {}
+        parser.add_argument(*flags, dest=name, type=kind, default=getattr(defaults, name), help=help, **switch)
 
     add("model", str, "saved model directory (model.json) or architecture name (torchvision, or 'pkg.mod:Class')")
     add("dataset", _optional(str), "imagefolder | fashion-mnist | digits (default: imagefolder with SM_CHANNEL_TRAIN, else fashion-mnist)")
@@ -136,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("val_subset", _optional(int), "evaluate on this many examples (per-class draw)")
     add("image_size", _optional(int), "input size (crop size for imagefolder)")
     add("weights", _optional(str), "initial weights for an architecture name: local state dict or torchvision enum")
-    add("model_kwargs", json.loads, "JSON keyword arguments for the architecture constructor")
+    add("model_kwargs", _kwargs, "JSON keyword arguments for the architecture constructor")
     add("capture", str, "trial capture mode: compact | full | none")
     add("capture_every", int, "capture every N training steps")
     add("max_steps", _optional(int), "stop training after this many steps in total")
@@ -144,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("stop_rule_mode", str, "compare the best (default) or latest epoch accuracy")
     add("baseline_accuracy", _optional(float), "the previous iteration's accuracy, for the stop rule")
     add("device", _optional(str), "cpu | cuda (default: cuda when available)")
-    add("measure_latency", _flag, "measure CPU latency of the final model")
+    add("measure_latency", _flag, "measure CPU latency of the final model (true/false)")
+    add("download", _flag, "let torchvision download Fashion-MNIST when it is not on disk (needs internet)")
     return parser
 
 
@@ -265,8 +287,21 @@ def load_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     from .models import build_model
 
     kwargs = dict(config.model_kwargs)
-    kwargs.setdefault("num_classes", num_classes)
+    if config.weights is None:
+        kwargs.setdefault("num_classes", num_classes)
     return build_model(config.model, weights=config.weights, **kwargs), "built"
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the last Linear layer for a fresh one with `num_classes` outputs (pretrained weights, new task)."""
+    name = next((n for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), None)
+    if name is None:
+        raise ValueError("the model has no Linear layer to replace as its classification head")
+    old = model.get_submodule(name)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return name
 
 
 def _with_channels(dataset: Dataset, channels: int, model: str, name: str) -> Dataset:
@@ -333,10 +368,22 @@ def _log(dist: Dist, message: str) -> None:
         print(f"[train] {message}", flush=True)
 
 
-def _progress(iterable, dist: Dist, **kwargs):
-    from tqdm.auto import tqdm
+def _progress(iterable, dist: Dist, desc: str):
+    """A tqdm bar on a terminal; in a job log (no terminal), a plain line every LOG_EVERY_S seconds."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
 
-    return tqdm(iterable, disable=not dist.main, leave=False, mininterval=1.0 if sys.stderr.isatty() else 30.0, **kwargs)
+        return tqdm(iterable, desc=desc, disable=not dist.main, leave=False)
+    return _logged(iterable, dist, desc)
+
+
+def _logged(iterable, dist: Dist, desc: str):
+    total, last = len(iterable), time.monotonic()
+    for done, item in enumerate(iterable, 1):
+        yield item
+        if time.monotonic() - last >= LOG_EVERY_S:
+            _log(dist, f"{desc}: {done}/{total} batches")
+            last = time.monotonic()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, dist: Dist, device: torch.device) -> tuple[float, float]:
@@ -364,24 +411,36 @@ def train(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     config = resolve_locations(config.validate())
     dist, device = _init_distributed(config.device)
     try:
-        return _train(config, dist, device)
+        metrics = _train(config, dist, device)
+        if dist.enabled:
+            torch.distributed.barrier()  # every rank leaves after rank 0 has written its files
+        return metrics
     except Exception as exc:
         if dist.main:
             failed = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "config": asdict(config)}
-            write_json_atomic(Path(config.out_dir) / "metrics.json", failed)
+            write_metrics(config, failed)
         raise
     finally:
         if dist.enabled and torch.distributed.is_initialized():
-            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, Any]:
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    out_dir = Path(config.out_dir)
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _Prepared:
+    model: nn.Module
+    origin: str
+    train_ds: Dataset
+    val_ds: Dataset
+    num_classes: int
+    in_channels: int
+    example: torch.Tensor
+
+
+def _prepare(config: TrainConfig, dist: Dist) -> _Prepared:
+    """Load the data and the model, and make them fit each other (channels, classes)."""
+    download_first = config.download and dist.enabled
+    if download_first and not dist.main:
+        torch.distributed.barrier()  # rank 0 downloads alone
     train_ds, val_ds, num_classes, in_channels = load_dataset(
         config.dataset,
         config.data_dir,
@@ -390,8 +449,10 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
         val_subset=config.val_subset,
         seed=config.seed,
         val_dir=config.val_dir,
-        download=dist.main,
+        download=config.download and dist.main,
     )
+    if download_first and dist.main:
+        torch.distributed.barrier()
     model, origin = load_model(config, num_classes)
     wanted = first_conv_in_channels(model)
     if wanted is not None and wanted != in_channels:
@@ -400,21 +461,34 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
         in_channels = wanted
     example = val_ds[0][0].unsqueeze(0)
     outputs = output_size(model, example)
+    if outputs != num_classes and origin == "built" and config.weights is not None:
+        head = replace_head(model, num_classes)
+        _log(dist, f"new {num_classes}-class head {head!r} on weights {config.weights} ({outputs} outputs)")
+        outputs = output_size(model, example)
     if outputs != num_classes:
         raise ValueError(
             f"--model {config.model}: the model has {outputs} outputs but dataset {config.dataset!r} has "
             f"{num_classes} classes"
         )
-    model.to(device)
-    _log(dist, f"{origin} model {config.model} on {device} x{dist.world_size}; dataset {config.dataset}: "
-               f"{len(train_ds)} train / {len(val_ds)} val, {num_classes} classes, input {tuple(example.shape[1:])}")
+    return _Prepared(model, origin, train_ds, val_ds, num_classes, in_channels, example)
 
-    train_loader, val_loader = _loaders(config, train_ds, val_ds, dist, device)
+
+def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    if dist.main:
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    prepared = _prepare(config, dist)
+    model = prepared.model.to(device)
+    _log(dist, f"{prepared.origin} model {config.model} on {device} x{dist.world_size}; dataset {config.dataset}: "
+               f"{len(prepared.train_ds)} train / {len(prepared.val_ds)} val, {prepared.num_classes} classes, "
+               f"input {tuple(prepared.example.shape[1:])}")
+    train_loader, val_loader = _loaders(config, prepared.train_ds, prepared.val_ds, dist, device)
     net: nn.Module = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
     rule = _stop_rule(config)
     capture = _start_capture(config, model, dist)
 
@@ -424,37 +498,14 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
     try:
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
-            if hasattr(train_loader.sampler, "set_epoch"):
-                train_loader.sampler.set_epoch(epoch)
-            net.train()
-            loss_sum = seen = 0.0
-            for x, y in _progress(train_loader, dist, desc=f"epoch {epoch}/{config.epochs}"):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                capture.step()
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(net(x), y)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                seen += len(y)
-                step += 1
-                if config.max_steps is not None and step >= config.max_steps:
-                    break
-            loss_sum, seen = _all_sum([loss_sum, seen], dist, device)
+            train_loss, step = _train_epoch(net, train_loader, optimizer, capture, config, dist, device, epoch, step)
             val_loss, val_accuracy = evaluate(net, val_loader, dist, device)
-            record = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1.0),
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
-                "seconds": time.perf_counter() - started,
-                "steps": step,
-            }
+            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                      "seconds": time.perf_counter() - started, "steps": step}
             epochs.append(record)
-            capture.scalar("val_accuracy", val_accuracy)
-            capture.scalar("val_loss", val_loss)
-            capture.scalar("train_loss", record["train_loss"])
-            _log(dist, f"epoch {epoch}/{config.epochs} train_loss={record['train_loss']:.4f} "
+            for name in ("val_accuracy", "val_loss", "train_loss"):
+                capture.scalar(name, record[name])
+            _log(dist, f"epoch {epoch}/{config.epochs} train_loss={train_loss:.4f} "
                        f"val_loss={val_loss:.4f} val_accuracy={val_accuracy:.4f} ({record['seconds']:.1f}s)")
             if val_accuracy > best_accuracy:
                 best_accuracy = val_accuracy
@@ -470,13 +521,38 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
     finally:
         capture.close()
 
-    metrics: dict[str, Any] = {"status": status, "reason": reason, "rank": dist.rank}
-    if dist.main:
-        model.load_state_dict(best_state)
-        model.to("cpu").eval()
-        metrics = _finish(config, model, example, epochs, best_accuracy, status, reason, capture.path, dist, train_ds, val_ds, num_classes, in_channels)
-        _log(dist, f"{status}: best_accuracy={best_accuracy:.4f} params={metrics['params']} macs={metrics['macs']} -> {out_dir}")
+    if not dist.main:
+        return {"status": status, "reason": reason, "rank": dist.rank}
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    metrics = _finish(config, prepared, model, epochs, best_accuracy, status, reason, capture.path, dist)
+    _log(dist, f"{status}: best_accuracy={best_accuracy:.4f} params={metrics['params']} macs={metrics['macs']} "
+               f"-> {config.out_dir}")
     return metrics
+
+
+def _train_epoch(net, loader, optimizer, capture, config: TrainConfig, dist: Dist, device, epoch: int,
+                 step: int) -> tuple[float, int]:
+    """One pass over the training data (or up to --max-steps); returns (mean loss, global step)."""
+    criterion = nn.CrossEntropyLoss()
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    net.train()
+    loss_sum = seen = 0.0
+    for x, y in _progress(loader, dist, desc=f"epoch {epoch}/{config.epochs}"):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        capture.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(net(x), y)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+        step += 1
+        if config.max_steps is not None and step >= config.max_steps:
+            break
+    loss_sum, seen = _all_sum([loss_sum, seen], dist, device)
+    return loss_sum / max(seen, 1.0), step
 
 
 def _loaders(config, train_ds, val_ds, dist: Dist, device: torch.device):
@@ -502,11 +578,13 @@ def _stop_rule(config: TrainConfig):
     return AccuracyDropRule(config.stop_rule_threshold, config.stop_rule_mode)
 
 
-def _finish(config, model, example, epochs, best_accuracy, status, reason, trial_path, dist, train_ds, val_ds,
-            num_classes, in_channels) -> dict[str, Any]:
+def _finish(config: TrainConfig, prepared: _Prepared, model: nn.Module, epochs: list[dict[str, Any]],
+            best_accuracy: float, status: str, reason: str | None, trial_path: Path | None, dist: Dist) -> dict[str, Any]:
+    """Measure the kept model, save it and write metrics.json (rank 0 only)."""
     from .measure import count, latency
     from .store import save
 
+    example = prepared.example
     cost = count(model, example)
     latency_ms = latency(model, example) if config.measure_latency else None
     out_dir = Path(config.out_dir)
@@ -522,21 +600,29 @@ def _finish(config, model, example, epochs, best_accuracy, status, reason, trial
         "trial": str(trial_path) if trial_path is not None else None,
         "model": str(out_dir),
         "dataset": config.dataset,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
+        "num_classes": prepared.num_classes,
+        "in_channels": prepared.in_channels,
         "input_shape": list(example.shape[1:]),
-        "train_size": len(train_ds),
-        "val_size": len(val_ds),
-        "class_counts": np.bincount(labels_of(train_ds), minlength=num_classes).tolist(),
+        "train_size": len(prepared.train_ds),
+        "val_size": len(prepared.val_ds),
+        "class_counts": np.bincount(labels_of(prepared.train_ds), minlength=prepared.num_classes).tolist(),
         "world_size": dist.world_size,
         "baseline_accuracy": config.baseline_accuracy,
         "config": asdict(config),
     }
     save(model, out_dir, metadata={"accuracy": best_accuracy, "dataset": config.dataset, "source": config.model})
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    if config.metrics_dir and Path(config.metrics_dir).resolve() != out_dir.resolve():
-        write_json_atomic(Path(config.metrics_dir) / "metrics.json", metrics)
+    write_metrics(config, metrics)
     return metrics
+
+
+def write_metrics(config: TrainConfig, metrics: dict[str, Any]) -> None:
+    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set."""
+    targets: list[Path] = []
+    for directory in (config.out_dir, config.metrics_dir, config.checkpoint_dir):
+        if directory and Path(directory).resolve() not in targets:
+            targets.append(Path(directory).resolve())
+    for directory in targets:
+        write_json_atomic(directory / "metrics.json", metrics)
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:

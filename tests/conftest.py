@@ -28,7 +28,8 @@ def free_port() -> int:
 def _torch_threads():
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One thread: tests start subprocesses (jobs, kernels) that need the other core.
+    torch.set_num_threads(1)
     yield
 
 

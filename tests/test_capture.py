@@ -140,7 +140,7 @@ def test_full_trial_names_each_call_uniquely_and_holds_exact_tensors(tmp_path):
                                   running_mean_at_step0.numpy())
 
 
-def test_compact_writes_under_one_percent_of_full_bytes(tmp_path):
+def test_compact_writes_a_small_fraction_of_full_bytes(tmp_path):
     model, (x, y) = _model(), _batch(2, n=8)
     sizes = {}
     for mode in ("compact", "full"):

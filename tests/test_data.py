@@ -163,3 +163,14 @@ def test_imagefolder_separate_val_dir_must_have_same_classes(tmp_path):
 def test_imagefolder_missing_folder_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_dataset("imagefolder", tmp_path / "nowhere")
+
+
+def test_sets_too_big_for_memory_resize_per_item_with_the_same_values(tmp_path, monkeypatch):
+    fake_fashion_dir(tmp_path)
+    eager, _, _, _ = load_dataset("fashion-mnist", tmp_path, image_size=40, channels=3, download=False)
+    monkeypatch.setattr(data, "IN_MEMORY_LIMIT_BYTES", 0)
+    lazy, _, _, _ = load_dataset("fashion-mnist", tmp_path, image_size=40, channels=3, download=False)
+    assert not isinstance(lazy, TensorDataset) and len(lazy) == len(eager)
+    for i in (0, 17, 39):
+        assert torch.allclose(lazy[i][0], eager[i][0], atol=1e-6) and int(lazy[i][1]) == int(eager[i][1])
+    assert labels_of(lazy).tolist() == labels_of(eager).tolist()

@@ -46,7 +46,8 @@ def test_crashing_job_fails_with_its_log_tail_the_next_job_runs_and_all_survive_
     good = queue.wait(good.id, timeout=300)
     bad = queue.get(bad.id)
     assert bad.status == FAILED and bad.exit_code not in (None, 0)
-    assert "no-such-model" in bad.message and "Traceback" in bad.message  # the log's tail
+    assert "no-such-model" in bad.message and "train.log" in bad.message
+    assert bad.log_tail(3) in bad.message and "File " in bad.log_tail(3)  # the log's tail: traceback frames
     assert good.status == COMPLETED and good.exit_code == 0
     assert len(good.result["epochs"]) == 1 and good.result["params"] > 1_000_000
     assert (tmp_path / "iterations" / "baseline" / "model.safetensors").is_file()
@@ -131,3 +132,15 @@ def test_bad_arguments_are_refused(tmp_path):
         queue.get("job-missing")
     (tmp_path / "jobs" / "job-broken.json").write_text("{not json")
     assert queue.refresh() == []  # a corrupt record is skipped (with a warning), not fatal
+
+
+def test_hyperparameters_become_arguments_that_train_py_parses(tmp_path):
+    from prune_explorer.jobs.local import train_arguments
+    from prune_explorer.train import parse_args
+
+    job = Job(id="job-x", backend="local", model="resnet18", out_dir=str(tmp_path / "out"),
+              hyperparameters=dict(QUICK, model_kwargs={"num_classes": 10}, lr=0.05, data_dir=None))
+    config = parse_args(train_arguments(job))
+    assert config.measure_latency is False and config.model_kwargs == {"num_classes": 10}
+    assert (config.dataset, config.subset, config.val_subset, config.lr) == ("digits", 60, 40, 0.05)
+    assert config.out_dir == str(tmp_path / "out") and config.data_dir is None

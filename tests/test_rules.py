@@ -108,3 +108,17 @@ def test_smdebug_rule_stays_quiet_when_accuracy_holds(tmp_path):
     rule = run_smdebug_rule(trial, previous_accuracy=0.9, threshold=0.1)
     assert rule.accuracies == pytest.approx({2: 0.85, 5: 0.62, 8: 0.88})
     assert not rule.last_result.fired
+
+
+def test_rules_file_stands_alone_as_a_sagemaker_custom_rule():
+    """Debugger's rule container loads the uploaded file by itself, without this package."""
+    import importlib.util
+
+    import prune_explorer.rules as packaged
+
+    spec = importlib.util.spec_from_file_location("uploaded_rule", packaged.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from smdebug.rules.rule import Rule
+
+    assert issubclass(module.AccuracyDropSmdebugRule, Rule)

@@ -14,12 +14,13 @@ def _record_two(tracker: Tracker) -> tuple[str, str]:
     base = tracker.record(
         "baseline", params=11_000_000, macs=500_000, latency_ms=3.5, accuracies=[0.61, 0.83, 0.79],
         status="completed", model_dir="/ws/iterations/baseline", trial_dir="/ws/iterations/baseline/trial",
-        job_id="job-a", backend="local",
+        job_id="job-a", backend="local", started=1_699_999_000.0,
     )
     child = tracker.record(
         "iter-001", parent="baseline", plan_summary={"layer1.0.conv1": 7, "conv1": 3}, criterion="taylor",
         filters_removed=10, params=9_000_000, macs=400_000, latency_ms=2.5, accuracies=[0.8],
         status="completed", model_dir="/ws/iterations/iter-001", job_id="job-b", backend="local",
+        started=1_700_000_000.5,
     )
     return base, child
 
@@ -40,7 +41,7 @@ def test_history_rows_and_columns_come_from_the_sqlite_store(tmp_path):
     assert child["params"] == 9_000_000 and child["macs"] == 400_000 and child["filters_removed"] == 10
     assert child["criterion"] == "taylor" and child["backend"] == "local" and child["job_id"] == "job-b"
     assert base["trial_dir"] == "/ws/iterations/baseline/trial"
-    assert history["started"].is_monotonic_increasing
+    assert child["started"] == pd.Timestamp(1_700_000_000_500, unit="ms")  # the job's start, not the record's
 
     # what MLflow itself holds: params, per-epoch metric with steps, tags, the plan artifact
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

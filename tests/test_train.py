@@ -48,8 +48,17 @@ def accuracy_of(model: nn.Module, dataset) -> float:
         return int((model(x).argmax(1) == y).sum()) / len(y)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from a second thread; on a busy machine they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(one_thread, tmp_path_factory):
     out = tmp_path_factory.mktemp("baseline")
     metrics = train(dict(FAST, epochs=3, out_dir=str(out)))
     return out, metrics
@@ -94,6 +103,20 @@ def test_resume_from_saved_model_starts_where_it_left_off(trained, tmp_path):
     assert fresh["epochs"][0]["val_accuracy"] < metrics["best_accuracy"] - 0.2
 
 
+def test_pretrained_weights_keep_their_features_and_get_a_new_head(tmp_path):
+    from prune_explorer.store import load
+
+    torch.manual_seed(1)
+    pretrained = SmallCNN(num_classes=5)
+    torch.save(pretrained.state_dict(), tmp_path / "five.pth")
+    metrics = train(dict(FAST, model_kwargs={"num_classes": 5}, weights=str(tmp_path / "five.pth"), epochs=1,
+                         max_steps=1, lr=1e-12, capture="none", out_dir=str(tmp_path / "out")))
+    assert metrics["num_classes"] == 10
+    tuned = load(tmp_path / "out")
+    assert tuned.fc.out_features == 10
+    assert torch.allclose(tuned.conv2.weight, pretrained.conv2.weight, atol=1e-6)
+
+
 def test_stop_rule_ends_the_job_with_exit_code_3(tmp_path):
     code = main(["--dataset", "digits", "--model", SMALL_CNN, "--epochs", "4", "--max-steps", "2",
                  "--capture", "none", "--measure-latency", "false",
@@ -114,13 +137,16 @@ def test_arguments_accept_both_spellings_and_null():
                          "--measure_latency", "false", "--sagemaker_program", "x.py"])
     assert (config.batch_size, config.weight_decay, config.subset, config.max_steps) == (8, 0.01, None, 5)
     assert config.measure_latency is False
-    assert parse_args(["--batch-size", "16"]).batch_size == 16
+    switched = parse_args(["--batch-size", "16", "--download", "--model-kwargs", "{'width': 4}"])
+    assert switched.batch_size == 16 and switched.download is True and switched.model_kwargs == {"width": 4}
+    assert parse_args([]).download is False
 
 
 @pytest.mark.parametrize("argv, field", [
     (["--epochs", "0"], "epochs"),
     (["--capture", "everything"], "capture"),
     (["--stop-rule-threshold", "0.1"], "baseline-accuracy"),
+    (["--stop_rule_mode", "mean"], "stop_rule_mode"),
 ])
 def test_bad_arguments_name_the_field(argv, field):
     with pytest.raises(ValueError, match=field):
@@ -180,6 +206,7 @@ def test_sagemaker_environment_is_honoured(tmp_path, monkeypatch):
     assert metrics["dataset"] == "imagefolder" and metrics["num_classes"] == 2
     assert (metrics["train_size"], metrics["val_size"]) == (16, 8)
     assert metrics["trial"] == str(tmp_path / "checkpoints" / "trial")
+    assert json.loads((tmp_path / "checkpoints" / "metrics.json").read_text()) == metrics
     assert (tmp_path / "checkpoints" / "trial" / "training_job_end.ts").is_file()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -218,5 +219,32 @@ def test_tracker_rows_recorded_later_reach_the_scatter_on_refresh(captured, tmp_
         e.refresh()
         assert e.history_size == 3
         assert e.scatter.points.color[-1] == "stopped"
+    finally:
+        e.close()
+
+
+@pytest.mark.slow
+def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(captured, tmp_path):
+    """A real local fine-tuning job (digits, tiny): the queue's on_change callback updates the panel."""
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", poll_interval=0.2,
+                 train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32, capture="none"),
+                 hyperparameters=dict(epochs=1, batch_size=32))
+    try:
+        assert e.history_size == 0
+        landed = threading.Event()
+        e.observe(lambda change: landed.set(), "history_size")
+        e.fill_lowest(n=100, scheme="internal")
+        e.queue_button.click()
+        assert e.error == "" and e.last_job
+        job = e.queue.wait(e.last_job, timeout=600)
+        assert job.status == "completed", job.message
+        assert landed.wait(60), "the finished job never reached the scatter"
+        e.wait()
+        row = e.jobs_panel.rows[job.id]
+        assert "data-status='completed'" in row.head.value
+        assert e.history_size == 1
+        assert e.scatter.points.names.tolist() == [job.iteration]
+        assert e.scatter.points.x.tolist() == [float(e.preview["params_after"])]
     finally:
         e.close()

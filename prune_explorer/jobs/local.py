@@ -27,16 +27,22 @@ LOG_TAIL_LINES = 20
 
 
 def train_arguments(job: Job) -> list[str]:
-    """`--key value` pairs for train.py from the job's model, out_dir and hyperparameters."""
+    """`--key value` pairs for train.py from the job's model, out_dir and hyperparameters.
+
+    Every train.py option takes a value (as SageMaker hyperparameters do): booleans become
+    true/false, dicts and lists JSON, None is left out.
+    """
     args = ["--model", str(job.model), "--out-dir", str(job.out_dir)]
     for key, value in job.hyperparameters.items():
-        if value is None or value is False:
+        if value is None:
             continue
-        flag = "--" + str(key).replace("_", "-")
-        if value is True:
-            args.append(flag)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (dict, list)):
+            text = json.dumps(value)
         else:
-            args += [flag, str(value)]
+            text = str(value)
+        args += ["--" + str(key).replace("_", "-"), text]
     return args
 
 

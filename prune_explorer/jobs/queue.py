@@ -100,6 +100,7 @@ def iteration_record(job: Job) -> dict[str, Any]:
         trial_dir=trial,
         job_id=job.id,
         backend=job.backend,
+        started=job.started,
     )
 
 

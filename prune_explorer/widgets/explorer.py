@@ -66,7 +66,7 @@ class Explorer(W.VBox):
 
     def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
                  workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
-                 n_lowest: int = 200, validation: Any = None, backend: str = "local",
+                 n_lowest: int = 200, validation: Any = None, backend: Any = "local",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0):
         if example_inputs is None:
@@ -101,7 +101,9 @@ class Explorer(W.VBox):
                                      layout=W.Layout(width="160px"))
         self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
                                            layout=W.Layout(width="160px"))
-        self.backend_choice = W.Dropdown(options=["local", "sagemaker"], value=backend, description="backend",
+        backend_name = backend if isinstance(backend, str) else backend.name
+        self.backend_choice = W.Dropdown(options=sorted({"local", "sagemaker", backend_name}), value=backend_name,
+                                         description="backend",
                                          layout=W.Layout(width="200px"))
         self.jobs_panel = JobsPanel(self.cancel)
         self.scatter = HistoryScatter(self.rebase)
@@ -203,7 +205,7 @@ class Explorer(W.VBox):
         self._poller = threading.Thread(target=self._poll, args=(poll_interval,), name="explorer-poll", daemon=True)
         self._poller.start()
 
-    def _make_queue(self, backend: str):
+    def _make_queue(self, backend: Any):
         from ..jobs import JobQueue
 
         queue = JobQueue(self.workspace, backend=backend, tracker=self.tracker)
@@ -273,6 +275,10 @@ class Explorer(W.VBox):
     @observe("preview")
     def _show_preview(self, change) -> None:
         self.preview_box.show(change["new"])
+
+    @observe("applied")
+    def _show_applied(self, change) -> None:
+        self.preview_box.show_applied(change["new"])
 
     def _measure_base_latency(self, model, x) -> None:
         ms = latency(model, x, warmup=5, repeats=7)

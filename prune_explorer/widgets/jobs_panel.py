@@ -16,9 +16,9 @@ class JobRow(W.VBox):
         self.cancel = W.Button(description="cancel", button_style="warning", layout=W.Layout(width="80px"))
         self.cancel.add_class("pe-job-cancel")
         self.cancel.on_click(lambda _: on_cancel(job_id))
-        self.log = W.HTML()
-        self.log.add_class("pe-job-log")
-        super().__init__([W.HBox([self.head, self.cancel]), self.log])
+        self.log_view = W.HTML()
+        self.log_view.add_class("pe-job-log")
+        super().__init__([W.HBox([self.head, self.cancel]), self.log_view])
         self.add_class("pe-job")
 
     def show(self, job) -> None:
@@ -31,7 +31,7 @@ class JobRow(W.VBox):
                            f" on {html.escape(job.backend)}{acc}{message}")
         self.cancel.disabled = job.done
         tail = job.log_tail(6)
-        self.log.value = f"<pre style='font-size:11px;margin:0;max-height:7em;overflow:auto'>{html.escape(tail)}</pre>" if tail else ""
+        self.log_view.value = f"<pre style='font-size:11px;margin:0;max-height:7em;overflow:auto'>{html.escape(tail)}</pre>" if tail else ""
 
 
 class JobsPanel(W.VBox):

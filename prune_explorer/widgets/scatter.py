@@ -57,7 +57,9 @@ class HistoryScatter(W.VBox):
                                 title="iterations (click one to base the next decision on it)",
                                 layout=W.Layout(width="100%", height="320px"))
         self.figure.add_class("pe-scatter")
-        super().__init__([self.figure])
+        self.summary = W.HTML()
+        self.summary.add_class("pe-history-count")
+        super().__init__([self.figure, self.summary])
 
     def show(self, history: pd.DataFrame, base: str | None) -> None:
         rows = plotted(history)
@@ -71,6 +73,8 @@ class HistoryScatter(W.VBox):
             self.points.names = rows["iteration"].astype(str).tolist()
         with self.frontier.hold_sync():
             self.frontier.x, self.frontier.y = x[front], y[front]
+        self.summary.value = (f"<span data-count='{len(rows)}'>{len(rows)} iterations plotted, "
+                              f"{len(front)} on the Pareto frontier</span>")
         chosen = rows[rows["iteration"] == base]
         with self.base.hold_sync():
             self.base.x = chosen["params"].to_numpy(dtype=float)

@@ -1,0 +1,141 @@
+"""Quality: params-vs-accuracy curves at one per-iteration budget, for four ways of choosing filters.
+
+taylor, l1 and random go through `run_loop` (same baseline, same fine-tuning jobs); Torch-Pruning's
+MagnitudePruner (global L2 group magnitude) removes the same number of channels per iteration and
+its models are fine-tuned by the same train.py jobs. The accuracy rule is off (threshold 1.0) so
+every curve reaches the same budgets. Default: the `make demo` setup (Fashion-MNIST 10k/2k,
+resnet18, 5 x 200 filters); `--quick` runs a small digits version.
+
+Last line: `quality: baseline A%, taylor B% at P params (1/K of baseline), drop D points`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prune_explorer.loop import LoopConfig, demo_config, run_loop
+
+METHODS = ("taylor", "l1", "random", "tp-magnitude")
+
+
+def random_scores(seed: int = 0):
+    rng = np.random.default_rng(seed)
+
+    def random(group, model, trial) -> np.ndarray:
+        return rng.random(group.size)
+
+    return random
+
+
+def _with_baseline(config: LoopConfig, workspace: Path, baseline: Path) -> LoopConfig:
+    target = workspace / "iterations" / "baseline"
+    if not target.exists():
+        shutil.copytree(baseline, target)
+    return dataclasses.replace(config, workspace=str(workspace))
+
+
+def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
+    """Same budgets as the loop, channels chosen by torch_pruning.pruner.MagnitudePruner."""
+    import torch
+    import torch_pruning as tp
+
+    from prune_explorer import store
+    from prune_explorer.graph import ChannelGraph
+    from prune_explorer.jobs import COMPLETED, JobQueue
+    from prune_explorer.loop import example_inputs
+    from prune_explorer.tracking import Tracker
+
+    tracker = Tracker(workspace)
+    queue = JobQueue(workspace, tracker=tracker)
+    previous, names = workspace / "iterations" / "baseline", ["baseline"]
+    tracker.record("baseline", params=_metrics(previous)["params"],
+                   best_accuracy=_metrics(previous)["best_accuracy"], model_dir=str(previous))
+    for k in range(1, config.iterations + 1):
+        model = store.load(previous).eval()
+        x = example_inputs(previous, model, config)
+        before = sum(g.size for g in ChannelGraph.trace(model, x).prunable())
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+        pruner = tp.pruner.MagnitudePruner(
+            model, x, importance=tp.importance.MagnitudeImportance(p=2), global_pruning=True,
+            pruning_ratio=min(0.9, config.per_iteration / before), ignored_layers=last)
+        pruner.step()
+        removed = before - sum(g.size for g in ChannelGraph.trace(model, x).prunable())
+        name = f"iter-{k:03d}"
+        out = workspace / "iterations" / name
+        store.save(model, out / "pruned")
+        job = queue.wait(queue.submit(out / "pruned", out_dir=out, parent=names[-1], plan={"torch_pruning": removed},
+                                      criterion="tp-magnitude", iteration=name,
+                                      hyperparameters=config.hyperparameters(config.epochs)).id)
+        if job.status != COMPLETED:
+            print(f"tp-magnitude {name}: {job.status}: {job.message}", file=sys.stderr)
+            break
+        previous = out
+        names.append(name)
+    queue.close()
+    history = tracker.history()
+    return history[history["iteration"].isin(names)].reset_index(drop=True)
+
+
+def _metrics(directory: Path) -> dict:
+    from prune_explorer.jobs.queue import read_metrics
+
+    return read_metrics(directory)
+
+
+def quick_config(workspace: Path) -> LoopConfig:
+    """Digits at their native 8x8: minutes on a busy 2-core machine, the same loop as the demo."""
+    return LoopConfig(workspace=str(workspace), dataset="digits", model="resnet18", per_iteration=200,
+                      iterations=3, epochs=2, baseline_epochs=8, batch_size=32, lr=0.01)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default=None, help="keep results here (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="digits instead of the demo's Fashion-MNIST subset")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args(argv)
+    root = Path(args.workspace or tempfile.mkdtemp(prefix="prune-quality-")).resolve()
+    base = quick_config(root / "taylor") if args.quick else demo_config(root / "taylor")
+    base = dataclasses.replace(base, threshold=1.0)
+    methods = [m for m in args.methods.split(",") if m]
+
+    curves: dict[str, pd.DataFrame] = {}
+    curves["taylor"] = run_loop(base, progress=True)
+    baseline = root / "taylor" / "iterations" / "baseline"
+    for method in methods:
+        if method == "taylor":
+            continue
+        workspace = root / method
+        config = _with_baseline(dataclasses.replace(base, criterion=method), workspace, baseline)
+        if method == "random":
+            curves[method] = run_loop(config, progress=True, criterion_fn=random_scores(base.seed))
+        elif method == "tp-magnitude":
+            curves[method] = torch_pruning_curve(config, workspace)
+        else:
+            curves[method] = run_loop(config, progress=True)
+
+    table = pd.concat(
+        [c.assign(method=m)[["method", "iteration", "filters_removed", "params", "accuracy"]] for m, c in curves.items()],
+        ignore_index=True)
+    print(table.to_string(index=False))
+    taylor = curves["taylor"]
+    first, last = taylor.iloc[0], taylor.iloc[-1]
+    smallest = {m: c.iloc[-1] for m, c in curves.items()}
+    print("at the smallest model: " + ", ".join(
+        f"{m} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params)" for m, r in smallest.items()))
+    ratio = float(first["params"]) / float(last["params"])
+    drop = 100 * (float(first["accuracy"]) - float(last["accuracy"]))
+    print(f"quality: baseline {100 * first['accuracy']:.2f}%, taylor {100 * last['accuracy']:.2f}% at "
+          f"{int(last['params']):,} params (1/{ratio:.1f} of baseline), drop {drop:.2f} points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""What the notebooks and the Voila app share: sizes from the environment and a tracked baseline.
+
+`PRUNE_EXPLORER_FAST=1` (CI, Binder) trains on a small scikit-learn digits subset at 16 px so a
+notebook runs top to bottom in about a minute on 2 CPU cores; otherwise a Fashion-MNIST subset
+(the `make demo` setup) is used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..jobs import COMPLETED, JobQueue
+from ..loop import demo_config
+
+BASELINE = "baseline"
+WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
+
+
+def fast() -> bool:
+    return os.environ.get("PRUNE_EXPLORER_FAST", "").lower() in {"1", "true", "yes"}
+
+
+def train_args() -> dict[str, Any]:
+    """train.py arguments (dataset, sizes, batch) for every job the notebooks start."""
+    if fast():
+        return dict(dataset="digits", image_size=16, subset=256, val_subset=128, batch_size=32, capture="compact")
+    config = demo_config()
+    return {k: v for k, v in dict(dataset=config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                                  subset=config.subset, val_subset=config.val_subset, batch_size=config.batch_size,
+                                  capture="compact").items() if v is not None}
+
+
+def workspace(default: str = "prune-workspace") -> Path:
+    return Path(os.environ.get(WORKSPACE_ENV, default)).resolve()
+
+
+def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> str:
+    """Train and track the baseline iteration once (reused when already in the workspace)."""
+    root = Path(root)
+    out = root / "iterations" / BASELINE
+    with JobQueue(root, backend="local") as queue:
+        done = [j for j in queue.jobs() if j.iteration == BASELINE and j.status == COMPLETED]
+        if done and (out / "model.json").exists():
+            return BASELINE
+        hp = {**train_args(), "epochs": epochs or (1 if fast() else 4)}
+        job = queue.submit(model, out_dir=out, iteration=BASELINE, hyperparameters=hp)
+        job = queue.wait(job.id)
+    if job.status != COMPLETED:
+        raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}\n{job.log_tail()}")
+    return BASELINE

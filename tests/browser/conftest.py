@@ -1,0 +1,147 @@
+"""Real JupyterLab and Voila servers on 127.0.0.1, driven by pytest-playwright with Debian's Chromium.
+
+Each server gets fresh config/data/runtime dirs and a copy of the notebooks (Lab autosaves
+outputs into the copy). The baseline iteration is trained once per session before any page
+opens, so run-all only pays for opening the Explorer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, require
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SERVER_START_S = 90
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    require(CHROMIUM.exists(), f"Chromium at {CHROMIUM} (apt-get install chromium)")
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1500, "height": 1100}}
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> dict:
+    """A folder with the notebooks, a workspace holding a tracked baseline, and the env the servers get."""
+    root = tmp_path_factory.mktemp("served")
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy(nb, root / nb.name)
+    env = {**os.environ, "PRUNE_EXPLORER_FAST": "1", "PRUNE_EXPLORER_WORKSPACE": str(root / "workspace"),
+           "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTER_DATA_DIR": str(root / ".data"),
+           "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "IPYTHONDIR": str(root / ".ipython"),
+           "JUPYTER_PLATFORM_DIRS": "1"}
+    env["JUPYTER_PATH"] = str(Path(sys.prefix) / "share" / "jupyter")
+    subprocess.run([sys.executable, "-c", "from prune_explorer.widgets.setup import ensure_baseline, workspace;"
+                    "ensure_baseline(workspace())"], env=env, check=True, timeout=600)
+    return {"root": root, "env": env}
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def lab(served) -> dict:
+    root, env = served["root"], served["env"]
+    settings = root / ".lab-settings"
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text(json.dumps({"checkForUpdates": False, "fetchNews": "false"}))
+    port, token = free_port(), secrets.token_hex(16)
+    log = root / "lab.log"
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--ServerApp.ip=127.0.0.1",
+           f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--LabApp.expose_app_in_browser=True", f"--LabApp.workspaces_dir={root / '.lab-workspaces'}",
+           f"--LabApp.user_settings_dir={settings}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/api/status?token={token}", proc, log)
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "root": root}
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def voila(served) -> dict:
+    """`prune-explorer app` (the CLI's own Voila command line) on the served workspace."""
+    from argparse import Namespace
+
+    from prune_explorer.cli import app_command
+
+    root, env = served["root"], served["env"]
+    port = free_port()
+    cmd, app_env = app_command(Namespace(notebook=str(root / "app.ipynb"), port=port, ip="127.0.0.1",
+                                         workspace=env["PRUNE_EXPLORER_WORKSPACE"], fast=True))
+    log = root / "voila.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env={**env, **{k: v for k, v in app_env.items() if k.startswith("PRUNE_")}},
+                                stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/api/kernelspecs", proc, log)
+        yield {"url": f"http://127.0.0.1:{port}/", "log": log}
+    finally:
+        _stop(proc)
+
+
+RUN_ALL = """async () => {
+  const app = window.jupyterapp;
+  await app.started; await app.restored;
+  const panel = app.shell.currentWidget;
+  await panel.context.ready;
+  await panel.sessionContext.ready;
+  await app.commands.execute('notebook:run-all-cells');
+}"""
+
+
+def open_and_run(page, lab: dict, notebook: str) -> None:
+    """Open a notebook in Lab (fresh workspace), wait for its kernel, run all cells."""
+    url = f"{lab['url']}/lab/workspaces/{secrets.token_hex(4)}/tree/{notebook}?reset&token={lab['token']}"
+    page.goto(url)
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=120_000)
+    page.evaluate(RUN_ALL)
