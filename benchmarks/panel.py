@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,12 +48,13 @@ Explorer(model.eval(), trial={trial!r}, example_inputs=x[:1])"""
 PREVIEW_JS = """async ([row, value]) => {
   const shown = document.querySelector('.pe-preview .pe-removed');
   const input = document.querySelectorAll('.pe-layer-row')[row].querySelector('.pe-count input');
-  const done = new Promise(resolve => {
+  const done = new Promise((resolve, reject) => {
     const obs = new MutationObserver(() => {
       const el = document.querySelector('.pe-preview .pe-removed');
       if (el && el.textContent === String(value)) { obs.disconnect(); requestAnimationFrame(() => resolve(performance.now())); }
     });
     obs.observe(document.querySelector('.pe-preview'), {subtree: true, childList: true, characterData: true});
+    setTimeout(() => reject(new Error('preview never showed ' + value)), 30000);
   });
   const t0 = performance.now();
   input.value = String(value);
@@ -63,7 +65,8 @@ PREVIEW_JS = """async ([row, value]) => {
 HEATMAP_JS = """async (label) => {
   const image = document.querySelector('.pe-heatmap image.heatmap');
   const before = image.getAttribute('href');
-  const done = new Promise(resolve => {
+  const done = new Promise((resolve, reject) => {
+    setTimeout(() => reject(new Error('heatmap never redrew')), 30000);
     const obs = new MutationObserver(() => {
       if (image.getAttribute('href') !== before) { obs.disconnect(); requestAnimationFrame(() => resolve(performance.now())); }
     });
@@ -99,7 +102,9 @@ def _start_voila(root: Path, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs", timeout=2)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/voila/static/", timeout=2)
+            return proc
+        except urllib.error.HTTPError:
             return proc
         except OSError:
             if proc.poll() is not None:
@@ -114,8 +119,8 @@ def _measure(page, url: str, arch: str) -> dict[str, float]:
     page.wait_for_function("() => document.querySelector('.pe-preview .pe-removed')", timeout=60_000)
     ready_ms = page.evaluate("() => performance.now()")
     rows = page.locator(".pe-layer-row").count()
-    preview = [page.evaluate(PREVIEW_JS, [i % min(rows, 4), 1 + i % 5 + 5 * (i % 2)]) for i in range(REPEATS)]
-    # alternate values so every step is a real change: 1,7,3,9,5,1,...
+    # one row, a new value each time (the preview shows the plan's total, so other rows stay at 0)
+    preview = [page.evaluate(PREVIEW_JS, [0, value]) for value in (1, 7, 3, 9, 5, 2, 8, 4, 10, 6, 11)[:REPEATS]]
     heatmap = [page.evaluate(HEATMAP_JS, label) for label in ("natural", "sorted", "natural", "sorted", "natural")]
     result = {"ready_ms": ready_ms, "preview_ms": statistics.median(preview), "heatmap_ms": statistics.median(heatmap),
               "rows": rows}

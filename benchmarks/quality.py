@@ -55,8 +55,9 @@ def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
     tracker = Tracker(workspace)
     queue = JobQueue(workspace, tracker=tracker)
     previous, names = workspace / "iterations" / "baseline", ["baseline"]
-    tracker.record("baseline", params=_metrics(previous)["params"],
-                   best_accuracy=_metrics(previous)["best_accuracy"], model_dir=str(previous))
+    if tracker.run_id("baseline") is None:
+        tracker.record("baseline", params=_metrics(previous)["params"],
+                       best_accuracy=_metrics(previous)["best_accuracy"], model_dir=str(previous))
     for k in range(1, config.iterations + 1):
         model = store.load(previous).eval()
         x = example_inputs(previous, model, config)

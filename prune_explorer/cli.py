@@ -8,14 +8,31 @@ from pathlib import Path
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job on an embedded default")
+    p = sub.add_parser(
+        "demo",
+        help="the main job on an embedded default: one measured surgery step, then the pruning loop "
+        "(resnet18 on a Fashion-MNIST subset, digits when it is absent)",
+    )
+    p.add_argument("--workspace", default="workspace", help="where models, trials, jobs and MLflow runs go")
+    p.add_argument("--surgery-only", action="store_true", help="only the surgery before/after table (~30 s)")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
-    from .demo import main as demo_main
+    from .demo import main as surgery_demo
 
-    return demo_main()
+    status = surgery_demo()
+    if status or args.surgery_only:
+        return status
+    from .loop import demo_config, run_loop
+
+    config = demo_config(args.workspace)
+    print(f"\n- pruning loop: {config.model} on {config.dataset}, {config.iterations} iterations of "
+          f"{config.per_iteration} filters ({config.criterion}), workspace {args.workspace}/")
+    run_loop(config)
+    print(f"results: {args.workspace}/results.csv, plot: {args.workspace}/params_vs_accuracy.png; "
+          f"open the panel with `make lab` (notebooks/01_explore.ipynb) or `prune-explorer app --workspace {args.workspace}`")
+    return 0
 
 
 # --- rank (capture/trials/ranking) -------------------------------------------------------------

@@ -178,6 +178,12 @@ def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
     out = workspace / "iterations" / BASELINE
     if (out / "model.json").exists() and (out / "metrics.json").exists():
         metrics = read_metrics(out)
+        if queue.tracker is not None and queue.tracker.run_id(BASELINE) is None:  # copied in, never tracked
+            queue.tracker.record(
+                BASELINE, params=metrics.get("params"), macs=metrics.get("macs"), latency_ms=metrics.get("latency_ms"),
+                accuracies=[e["val_accuracy"] for e in metrics.get("epochs", [])],
+                best_accuracy=metrics.get("best_accuracy"), status="completed", model_dir=str(out),
+                trial_dir=metrics.get("trial"), backend="local")
         return _Step(BASELINE, out, metrics.get("best_accuracy"))
     job = queue.submit(config.model, out_dir=out, criterion=None, iteration=BASELINE,
                        hyperparameters=config.hyperparameters(config.baseline_epochs))
@@ -242,9 +248,9 @@ def format_history(history: pd.DataFrame) -> str:
                     "latency_ms", "accuracy"]].copy()
     view["accuracy"] = view["accuracy"].map(lambda a: "" if pd.isna(a) else f"{100 * a:.2f}%")
     view["latency_ms"] = view["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    for column in ("params", "macs"):
-        view[column] = view[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
-    return view.fillna("").to_string(index=False)
+    for column in ("filters_removed", "params", "macs"):
+        view[column] = view[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}").astype(object)
+    return view.astype(object).fillna("").to_string(index=False)
 
 
 def _write_results(history: pd.DataFrame, workspace: Path) -> None:

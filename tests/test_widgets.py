@@ -198,12 +198,14 @@ def test_scatter_shows_the_real_tracker_history_and_a_click_rebases(captured, tm
         assert e.scatter.points.names.tolist() == ["baseline", "iter-001"]
         assert e.scatter.base.x.tolist() == [float(history["params"].iloc[0])]
 
+        e.set_counts({"layer4.0.conv1": 400})
         e.scatter.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 1}})
         e.wait()
         assert e.error == ""
         assert e.base_iteration == "iter-001"
         assert e.preview["params_before"] == int(history["params"].iloc[1])
         assert e.table_editor.rows["layer4.0.conv1"].size == 312
+        assert e.counts == {} and len(e.heatmap.cut.x) == 0
         assert e.scatter.base.x.tolist() == [float(history["params"].iloc[1])]
     finally:
         e.close()

@@ -5,9 +5,13 @@ newer request of a kind supersedes older queued ones (the user only wants the la
 """
 from __future__ import annotations
 
+import logging
 import threading
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 
 class Background:
@@ -33,6 +37,7 @@ class Background:
             try:
                 return fn(*args)
             except BaseException as exc:
+                log.error("%s failed:\n%s", kind, traceback.format_exc())
                 self._on_error(kind, exc)
                 raise
 

@@ -41,8 +41,10 @@ VALIDATION_EXAMPLES = 256
 
 
 def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
     text = str(exc).strip() or type(exc).__name__
-    return text if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {text}"
 
 
 class Explorer(W.VBox):
@@ -115,7 +117,7 @@ class Explorer(W.VBox):
         super().__init__([
             W.HTML("<h3 style='margin:4px 0'>prune_explorer</h3>"),
             self.status_line, self.error_line,
-            W.HBox([W.VBox([W.HTML("<b>Filter ranks</b>"), self.heatmap], layout=W.Layout(width="60%")), actions]),
+            W.HBox([W.VBox([W.HTML("<b>Filter ranks</b> <small>colour: normalised rank (higher = keep), red: cut</small>"), self.heatmap], layout=W.Layout(width="60%")), actions]),
             W.HTML("<b>Layers</b>"), self.table_editor,
             W.HBox([W.VBox([W.HTML("<b>History</b>"), self.scatter], layout=W.Layout(width="55%")),
                     W.VBox([W.HTML("<b>Jobs</b>"), self.jobs_panel], layout=W.Layout(width="45%"))]),
@@ -193,8 +195,7 @@ class Explorer(W.VBox):
         finally:
             self._quiet_criterion = False
 
-    def _open_workspace(self, backend: str, poll_interval: float) -> None:
-        from ..jobs import JobQueue
+    def _open_workspace(self, backend: Any, poll_interval: float) -> None:
         from ..tracking import Tracker
 
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -286,10 +287,12 @@ class Explorer(W.VBox):
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
     def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
+        """Time the base model again next to the pruned one, so both numbers see the same machine load."""
         pruned = prune(self.model, plan, self.x, graph=self.graph)
-        ms = latency(pruned, self.x, warmup=5, repeats=7)
+        before = latency(self.model, self.x, warmup=3, repeats=7)
+        after = latency(pruned, self.x, warmup=3, repeats=7)
         if counts == self.counts:
-            self.preview = {**self.preview, "latency_ms_after": ms}
+            self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
 
     @observe("criterion")
     def _criterion_changed(self, change) -> None:

@@ -46,20 +46,22 @@ class RankHeatmap(W.VBox):
                               colors=["#e4002b"], default_size=16, stroke="white",
                               tooltip=bq.Tooltip(fields=["name"], labels=["cut"]))
         axes = [bq.Axis(scale=self._x, label="filter (sorted by rank)"),
-                bq.Axis(scale=self._y, side="left", label="group"),
-                bq.ColorAxis(scale=self._c, label="normalised rank", side="right")]
+                bq.Axis(scale=self._y, side="left", label="group")]
         self.figure = bq.Figure(marks=[self.map, self.cut], axes=axes, padding_y=0, padding_x=0,
-                                fig_margin=dict(top=10, bottom=40, left=50, right=70),
+                                fig_margin=dict(top=10, bottom=40, left=50, right=10),
                                 layout=W.Layout(width="100%", height="300px"))
         self.figure.add_class("pe-heatmap")
         self._filters = np.full((1, 1), -1)
         self._layers: list[str] = []
+        self._channels: dict[str, list[int]] = {}
+        self._scores: dict[tuple[str, int], float] = {}
         self._table: pd.DataFrame | None = None
         super().__init__([self.order, self.figure])
         self.order.observe(lambda _: self._draw(), "value")
 
     def show(self, table: pd.DataFrame, layers: list[str]) -> None:
-        self._table, self._layers = table, list(layers)
+        """Draw a new RankTable; the cut overlay is cleared until the next `mark`."""
+        self._table, self._layers, self._channels = table, list(layers), {}
         self._draw()
 
     def _draw(self) -> None:
@@ -73,7 +75,7 @@ class RankHeatmap(W.VBox):
             self.map.y = np.arange(colour.shape[0])
             self.map.color = colour
         self._scores = {}
-        self._mark_cut(getattr(self, "_channels", {}))
+        self._mark_cut(self._channels)
 
     def mark(self, channels: dict[str, list[int]]) -> None:
         """Overlay the filters a plan removes ({layer: indices})."""
@@ -100,7 +102,7 @@ class RankHeatmap(W.VBox):
         self.cut.default_size = max(4, min(16, int(2400 / max(self._filters.shape[1], 1))))
 
     def _score_lookup(self) -> dict[tuple[str, int], float]:
-        if not getattr(self, "_scores", None) and self._table is not None:
+        if not self._scores and self._table is not None:
             t = self._table
             self._scores = dict(zip(zip(t["layer"].tolist(), t["filter"].astype(int).tolist()), t["score"].tolist()))
         return self._scores

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def served(tmp_path_factory) -> dict:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    """Poll until `url` answers (any HTTP status counts: the server is up)."""
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -70,6 +72,8 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"server not ready after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
@@ -122,7 +126,7 @@ def voila(served) -> dict:
         proc = subprocess.Popen(cmd, env={**env, **{k: v for k, v in app_env.items() if k.startswith("PRUNE_")}},
                                 stdout=out, stderr=subprocess.STDOUT, cwd=root)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/api/kernelspecs", proc, log)
+        _wait_ready(f"http://127.0.0.1:{port}/voila/static/", proc, log)
         yield {"url": f"http://127.0.0.1:{port}/", "log": log}
     finally:
         _stop(proc)

@@ -50,9 +50,6 @@ def test_app_notebook_renders_heatmap_and_layer_table(lab_page, served, artifact
     expect(page.locator(".pe-layer-row")).to_have_count(_prunable_groups(served["root"] / "workspace"))
     expect(page.locator(".pe-history-count span")).to_have_attribute("data-count", "1")
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-panel.png"))
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copy(artifacts / "lab-panel.png", docs / "panel.png")
 
 
 def test_moving_a_layer_control_updates_the_preview(lab_page):
@@ -119,5 +116,8 @@ def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
     count.fill("3")
     count.press("Enter")
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("3")
-    page.screenshot(path=str(artifacts / "voila-panel.png"), full_page=True)
+    page.locator(".pe-explorer").screenshot(path=str(artifacts / "voila-panel.png"))
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    shutil.copy(artifacts / "voila-panel.png", docs / "panel.png")
     context.close()
