@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.workspace or tempfile.mkdtemp(prefix="prune-quality-")).resolve()
     base = quick_config(root / "taylor") if args.quick else demo_config(root / "taylor")
-    base = dataclasses.replace(base, threshold=1.0)
+    # One more iteration than the demo so the curve passes 1/3 of the baseline's parameters.
+    base = dataclasses.replace(base, threshold=1.0, iterations=base.iterations + 1)
     methods = [m for m in args.methods.split(",") if m]
 
     curves: dict[str, pd.DataFrame] = {}

@@ -20,6 +20,8 @@ import json
 import os
 import re
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -345,14 +347,21 @@ class _Reducer:
         self.schemes: set[str] = set()
         self.steps: set[int] = set()
         self.compact_steps = 0
+        self._weights_lock = threading.Lock()
 
     def run(self) -> Trial:
         files, complete, message = self._event_files()
         self.index_of = {os.path.basename(f)[: -len(".json")]: f for f in self.source.files
                          if f.startswith("index/") and f.endswith(".json")}
         self.last_file = max(files, key=lambda f: int(_EVENT_FILE.search(f)[1]))
-        for rel in tqdm(files, desc="reading trial", unit="file", disable=not self.progress):
-            self._read_file(rel)
+        # Event files are read and reduced in parallel (file I/O and numpy release the GIL);
+        # per-file results are merged in file order, so sums do not depend on thread timing.
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(files))) as pool:
+            for steps, reduced in tqdm(pool.map(self._read_file, files), total=len(files),
+                                       desc="reading trial", unit="file", disable=not self.progress):
+                self.compact_steps += steps
+                for key, stats in reduced:
+                    self._add(key, stats)
         if not self.taps and not self.weights and not self.deferred and not self.norms:
             shown = sorted(self.unused)[:8]
             raise ValueError(f"{self.source.path}: no tensor matches a known naming scheme or the model's "
@@ -387,8 +396,10 @@ class _Reducer:
                    f"event files" + (f", skipped {len(waiting)} in progress ({waiting[0]})" if waiting else ""))
         return done, False, message
 
-    def _read_file(self, rel: str) -> None:
+    def _read_file(self, rel: str) -> tuple[int, list[tuple[TapKey, TapStats]]]:
+        """(compact steps, per-tap statistics) of one event file; merged by the caller."""
         filename = self.source.name(rel)
+        compact_steps = 0
         acts: dict[TapKey, tuple[str, np.ndarray]] = {}
         grads: dict[TapKey, tuple[str, np.ndarray]] = {}
         nocall: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -400,7 +411,7 @@ class _Reducer:
                 continue
             self.steps.add(step)
             if kind[0] == "steps":
-                self.compact_steps += int(value.sum())
+                compact_steps += int(value.sum())
             elif kind[0] == "compact":
                 compact.setdefault(kind[1], {})[kind[2]] = (tag, value)
                 self.schemes.add("compact")
@@ -422,10 +433,9 @@ class _Reducer:
         for module, written in nocall.items():
             for k, item in enumerate(written):
                 grads.setdefault((module, len(written) - 1 - k), item)
-        for key, (tag, a) in acts.items():
-            self._reduce_full(key, tag, a, grads.get(key))
-        for key, stats in compact.items():
-            self._reduce_compact(key, stats)
+        reduced = [(key, self._reduce_full(key, tag, a, grads.get(key))) for key, (tag, a) in acts.items()]
+        reduced += [(key, self._reduce_compact(key, parts)) for key, parts in compact.items()]
+        return compact_steps, [(key, stats) for key, stats in reduced if stats is not None]
 
     def _tensors(self, rel: str, filename: str) -> Iterator[tuple[str, int, np.ndarray]]:
         """Every tensor of one event file; with its index, read and parse only the records ranking uses."""
@@ -468,7 +478,8 @@ class _Reducer:
             self.unused[tag] = "not a channel-group tap of this model"
         return size
 
-    def _reduce_full(self, key: TapKey, tag: str, a: np.ndarray, grad: tuple[str, np.ndarray] | None) -> None:
+    def _reduce_full(self, key: TapKey, tag: str, a: np.ndarray,
+                     grad: tuple[str, np.ndarray] | None) -> TapStats | None:
         size = self._size(key, tag)
         if size is None:
             return
@@ -481,9 +492,9 @@ class _Reducer:
             if g.shape != a.shape:
                 raise ValueError(f"tensor {gtag!r} has shape {list(g.shape)}, its activation {tag!r} {list(a.shape)}")
             taylor_stats(a, g, stats)
-        self._add(key, stats)
+        return stats
 
-    def _reduce_compact(self, key: TapKey, parts: dict[str, tuple[str, np.ndarray]]) -> None:
+    def _reduce_compact(self, key: TapKey, parts: dict[str, tuple[str, np.ndarray]]) -> TapStats | None:
         tag = next(iter(parts.values()))[0]
         size = self._size(key, tag)
         if size is None:
@@ -498,9 +509,9 @@ class _Reducer:
                                  f"(call {key[1]}) carries {size} channels: the trial does not match the model")
         get = lambda s: parts[s][1].astype(np.float64)  # noqa: E731
         examples, batches = int(parts["examples"][1].sum()), int(parts["batches"][1].sum())
-        self._add(key, TapStats(source=tag, activation=get("activation"), zeros=get("zeros"), examples=examples,
-                                taylor=get("taylor"), taylor_aws=get("taylor_aws"),
-                                grad_examples=examples, grad_batches=batches))
+        return TapStats(source=tag, activation=get("activation"), zeros=get("zeros"), examples=examples,
+                        taylor=get("taylor"), taylor_aws=get("taylor_aws"),
+                        grad_examples=examples, grad_batches=batches)
 
     def _add(self, key: TapKey, stats: TapStats) -> None:
         if key in self.taps:
@@ -513,9 +524,10 @@ class _Reducer:
         if expected is not None and tuple(value.shape) != expected:
             raise ValueError(f"tensor {tag!r} has shape {list(value.shape)} but the model's {name} is "
                              f"{list(expected)}: the trial does not match the model")
-        if step >= self.weight_steps.get(name, -1):
-            self.weights[name] = value
-            self.weight_steps[name] = step
+        with self._weights_lock:  # files are read on several threads; keep the latest step's value
+            if step >= self.weight_steps.get(name, -1):
+                self.weights[name] = value
+                self.weight_steps[name] = step
         self.schemes.add("weights")
 
     def load_deferred(self) -> dict[str, np.ndarray]:

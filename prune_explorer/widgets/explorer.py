@@ -27,7 +27,7 @@ from ..measure import latency
 from ..plan import PrunePlan
 from ..ranking import rank
 from ..surgery import prune
-from .background import Background
+from .background import MODEL_LOCK, Background
 from .costs import CostModel
 from .heatmap import RankHeatmap
 from .jobs_panel import JobsPanel
@@ -157,23 +157,25 @@ class Explorer(W.VBox):
     def _load(self, model: nn.Module, trial: Any, example_inputs: Any) -> None:
         """Trace, open the trial and rank; a bad trial falls back to weight ranks with an error shown."""
         model.eval()
-        graph = ChannelGraph.trace(model, example_inputs)
-        opened, problem = None, ""
-        if trial is not None:
-            try:
-                opened = trial if hasattr(trial, "group_stats") else _open(trial, model, graph)
-            except Exception as exc:  # any reader failure is a message in the panel
-                problem = f"trial {trial}: {_message(exc)}"
-        criterion = self.criterion
-        if opened is None and criterion not in WEIGHT_CRITERIA:
-            if not problem:
-                problem = f"criterion {criterion!r} needs a trial; none was given"
-            criterion = "l1"
-            problem += "; ranking by l1 weight norms instead"
-        table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph)
+        with MODEL_LOCK:
+            graph = ChannelGraph.trace(model, example_inputs)
+            opened, problem = None, ""
+            if trial is not None:
+                try:
+                    opened = trial if hasattr(trial, "group_stats") else _open(trial, model, graph)
+                except Exception as exc:  # any reader failure is a message in the panel
+                    problem = f"trial {trial}: {_message(exc)}"
+            criterion = self.criterion
+            if opened is None and criterion not in WEIGHT_CRITERIA:
+                if not problem:
+                    problem = f"criterion {criterion!r} needs a trial; none was given"
+                criterion = "l1"
+                problem += "; ranking by l1 weight norms instead"
+            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph)
+            costs = CostModel(model, example_inputs, graph)
         with self._lock:
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
-            self.costs = CostModel(model, example_inputs, graph)
+            self.costs = costs
             self.pruned_model, self._pending = None, None
         self._showing_criterion(criterion)
         self.error = problem
@@ -282,15 +284,17 @@ class Explorer(W.VBox):
         self.preview_box.show_applied(change["new"])
 
     def _measure_base_latency(self, model, x) -> None:
-        ms = latency(model, x, warmup=5, repeats=7)
+        with MODEL_LOCK:
+            ms = latency(model, x, warmup=5, repeats=7)
         self.preview = {**self.preview, "latency_ms_before": ms,
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
     def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
         """Time the base model again next to the pruned one, so both numbers see the same machine load."""
-        pruned = prune(self.model, plan, self.x, graph=self.graph)
-        before = latency(self.model, self.x, warmup=3, repeats=7)
-        after = latency(pruned, self.x, warmup=3, repeats=7)
+        with MODEL_LOCK:
+            pruned = prune(self.model, plan, self.x, graph=self.graph)
+            before = latency(self.model, self.x, warmup=3, repeats=7)
+            after = latency(pruned, self.x, warmup=3, repeats=7)
         if counts == self.counts:
             self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
 
@@ -306,7 +310,8 @@ class Explorer(W.VBox):
             return
         self.busy, self.status = True, f"ranking by {criterion}…"
         try:
-            table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph)
+            with MODEL_LOCK:
+                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph)
             counts = dict(self.counts)
             self.table = table
             self.heatmap.show(table, [g.name for g in self.graph.prunable()])
@@ -326,7 +331,8 @@ class Explorer(W.VBox):
 
     def _sensitivity_of(self, layer, model, x, graph, table) -> None:
         images, labels = self._validation_set()
-        points = sensitivity_curve(model, x, graph, table, layer, images, labels)
+        with MODEL_LOCK:
+            points = sensitivity_curve(model, x, graph, table, layer, images, labels)
         if model is not self.model:
             return
         self.sensitivity = {**self.sensitivity, layer: points}
@@ -344,7 +350,8 @@ class Explorer(W.VBox):
         removed = plan.resolve(self.graph)
         if not removed:
             raise ValueError("the plan cuts no filters: move a layer's slider or fill the lowest N first")
-        pruned = prune(self.model, plan, self.x, graph=self.graph)
+        with MODEL_LOCK:
+            pruned = prune(self.model, plan, self.x, graph=self.graph)
         iteration = self._next_iteration()
         target = (self.workspace or Path.cwd() / "prune-workspace") / "iterations" / iteration
         store.save(pruned, target / "pruned", metadata={"plan": plan.summary(), "criterion": self.criterion,
