@@ -5,6 +5,8 @@ weight criteria sum per-filter norms over the group's producer convs/linears.
 """
 from __future__ import annotations
 
+import os
+
 from typing import Any, Callable
 
 import numpy as np
@@ -88,7 +90,16 @@ CRITERIA: dict[str, Criterion] = {
 
 def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Criterion = "taylor",
          normalize: bool = True, graph=None) -> pd.DataFrame:
-    """RankTable: one row per (prunable group, channel), ordered by group then filter."""
+    """RankTable: one row per (prunable group, channel), ordered by group then filter.
+
+    `trial` is an opened Trial, or a path / s3:// URI that is opened here against `model`.
+    """
+    if isinstance(trial, (str, os.PathLike)):
+        from .trials import open_trial
+
+        if graph is None:
+            graph = _trace(model, example_inputs)
+        trial = open_trial(trial, model=model, example_inputs=example_inputs, graph=graph)
     if graph is None:
         graph = trial.graph if trial is not None and trial.graph is not None else _trace(model, example_inputs)
     if isinstance(criterion, str):

@@ -80,6 +80,8 @@ def test_taylor_from_a_compact_trial_matches_direct_computation(tmp_path):
     apoz = rank(model, x[:1], trial=trial, criterion="apoz")
     zero_fraction = (acts["a"] == 0).double().mean((2, 3)).mean(0).numpy()
     np.testing.assert_allclose(apoz[apoz.layer == "layer1.0.conv1"].score, 1 - zero_fraction)
+    from_path = rank(model, x[:1], trial=str(tmp_path), criterion="taylor")
+    np.testing.assert_allclose(from_path.score, table.score)
 
 
 def test_taylor_and_taylor_aws_order_the_aws_trial_as_the_example_did(tmp_path):

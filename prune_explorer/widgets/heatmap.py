@@ -43,7 +43,7 @@ class RankHeatmap(W.VBox):
         self.map = bq.HeatMap(x=np.arange(2), y=np.arange(2), color=np.full((2, 2), np.nan),
                               scales={"x": self._x, "y": self._y, "color": self._c}, null_color="#f3f3f3")
         self.cut = bq.Scatter(x=[], y=[], scales={"x": self._x, "y": self._y}, marker="square",
-                              colors=["#e4002b"], default_size=16, stroke="white",
+                              colors=["#e4002b"], default_size=16, stroke=None, display_names=False,
                               tooltip=bq.Tooltip(fields=["name"], labels=["cut"]))
         axes = [bq.Axis(scale=self._x, label="filter (sorted by rank)"),
                 bq.Axis(scale=self._y, side="left", label="group")]
