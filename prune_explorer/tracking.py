@@ -27,6 +27,17 @@ HISTORY_COLUMNS = [
     "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id",
 ]
 
+def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The history DataFrame every tracker returns: HISTORY_COLUMNS with stable dtypes."""
+    frame = pd.DataFrame(list(rows), columns=HISTORY_COLUMNS)
+    for column in ("filters_removed", "params", "macs"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("latency_ms", "accuracy"):
+        frame[column] = frame[column].astype("float64")
+    frame["started"] = pd.to_datetime(frame["started"])
+    return frame.reset_index(drop=True)
+
+
 _RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 _STRING_PARAMS = ("parent", "criterion", "model_dir", "trial_dir", "job_id", "backend")
 
@@ -229,13 +240,7 @@ class Tracker:
                 "started": pd.Timestamp(run.info.start_time, unit="ms"),
                 "run_id": run.info.run_id,
             }
-        frame = pd.DataFrame(list(rows.values()), columns=HISTORY_COLUMNS)
-        for column in ("filters_removed", "params", "macs"):
-            frame[column] = frame[column].astype("Int64")
-        for column in ("latency_ms", "accuracy"):
-            frame[column] = frame[column].astype("float64")
-        frame["started"] = pd.to_datetime(frame["started"])
-        return frame.reset_index(drop=True)
+        return history_frame(rows.values())
 
     def accuracies(self, iteration: str) -> list[float]:
         """Accuracy per epoch of one iteration, in step order."""

@@ -18,10 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-HISTORY_COLUMNS = [
-    "iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
-    "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id",
-]
+from .tracking import HISTORY_COLUMNS, history_frame
+
 MAX_NAME = 120
 MAX_STRING_PARAMETER = 2500
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}$")
@@ -201,13 +199,7 @@ class SageMakerExperimentsTracker:
             row = _row(component)
             rows.pop(row["iteration"], None)
             rows[row["iteration"]] = row
-        frame = pd.DataFrame(list(rows.values()), columns=HISTORY_COLUMNS)
-        for column in ("filters_removed", "params", "macs"):
-            frame[column] = frame[column].astype("Int64")
-        for column in ("latency_ms", "accuracy"):
-            frame[column] = frame[column].astype("float64")
-        frame["started"] = pd.to_datetime(frame["started"])
-        return frame.reset_index(drop=True)
+        return history_frame(rows.values())
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change the status of the iteration's latest job (e.g. 'stopped' when the rule fired)."""
