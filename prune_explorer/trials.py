@@ -275,6 +275,8 @@ class _Names:
         mods = self.modules
         if name == "compact/steps":
             return ("steps",)
+        if name.startswith("scalar/"):
+            return ("unused", name, "a training scalar, not a ranking input")
         if m := _COMPACT_TAP.match(name):
             if m[1] in mods:
                 return ("compact", (m[1], int(m[2])), m[3])
@@ -579,6 +581,13 @@ class _LazyWeights(Mapping):
 
 # --- the model a trial was captured from ----------------------------------------------------------
 def _model_from_meta(meta: dict, path: str) -> nn.Module:
+    """The model a trial was captured on: the saved model beside it (train.py writes OUT/trial next
+    to OUT/model.json, with the pruned widths), else the recorded model directory or base arch."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "model.json")
+    if not is_s3(path)[0] and os.path.exists(beside):
+        from .store import load
+
+        return load(os.path.dirname(beside))
     spec = meta.get("model") or {}
     if spec.get("model_dir"):
         from .store import load

@@ -144,3 +144,23 @@ def test_cli_rank_writes_the_table_and_prints_a_summary(tmp_path, capsys):
 
     assert main(["rank", str(tmp_path / "trial"), "--model", "resnet18", "--num-classes", "5"]) == 2
     assert "does not match the model" in capsys.readouterr().err
+
+
+def test_cli_rank_finds_the_pruned_model_saved_beside_its_trial(tmp_path, capsys):
+    """train.py writes OUT/trial next to OUT/model.json; the trial's base arch alone has the wrong widths."""
+    from prune_explorer.models import build_model
+    from prune_explorer.plan import PrunePlan
+    from prune_explorer.store import save
+    from prune_explorer.surgery import prune
+
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    base = build_model("resnet18", num_classes=3).eval()
+    small = prune(base, PrunePlan({"layer3.0.conv1": list(range(13))}), x[:1])
+    save(small, tmp_path)
+    with CaptureHook(small, tmp_path / "trial", save_every=1) as hook:
+        hook.step()
+        nn.functional.cross_entropy(small(x), y).backward()
+    out = tmp_path / "rank.csv"
+    assert main(["rank", str(tmp_path / "trial"), "--csv", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert (table.layer == "layer3.0.conv1").sum() == 256 - 13
