@@ -170,7 +170,7 @@ def _run(args) -> int:
 
 def _add_history(sub) -> None:
     p = sub.add_parser("history", help="print the tracked iterations of a workspace")
-    p.add_argument("--workspace", default="prune-workspace")
+    p.add_argument("--workspace", default="workspace", help="the workspace to read (default ./workspace)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workspace)")
     p.add_argument("--experiment", default="prune-explorer")
     p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV")
@@ -201,7 +201,7 @@ def _add_app(sub) -> None:
     p = sub.add_parser("app", help="the Explorer panel as a web app (Voila, one kernel per page)")
     p.add_argument("--port", type=int, default=8866, help="port to listen on (default 8866)")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--workspace", default="prune-workspace", help="workspace folder the app opens (default ./prune-workspace)")
+    p.add_argument("--workspace", default="workspace", help="workspace folder the app opens (default ./workspace, where `make demo` writes)")
     p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default notebooks/app.ipynb)")
     p.add_argument("--fast", action="store_true", help="small digits setup (PRUNE_EXPLORER_FAST=1)")
     p.set_defaults(func=_app)

@@ -34,7 +34,7 @@ RESULTS_PNG = "params_vs_accuracy.png"
 class LoopConfig:
     """Everything one headless run needs; the CLI flags map one to one onto these fields."""
 
-    workspace: str = "prune-workspace"
+    workspace: str = "workspace"
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "resnet18"
@@ -80,7 +80,7 @@ class LoopConfig:
         return {k: v for k, v in args.items() if v is not None}
 
 
-def demo_config(workspace: str | os.PathLike = "prune-workspace") -> LoopConfig:
+def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
     """The `make demo` setup: resnet18 on a Fashion-MNIST subset, ≈ 5 minutes on 2 CPU cores.
 
     Falls back to scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.

@@ -353,7 +353,7 @@ class Explorer(W.VBox):
         with MODEL_LOCK:
             pruned = prune(self.model, plan, self.x, graph=self.graph)
         iteration = self._next_iteration()
-        target = (self.workspace or Path.cwd() / "prune-workspace") / "iterations" / iteration
+        target = (self.workspace or Path.cwd() / "workspace") / "iterations" / iteration
         store.save(pruned, target / "pruned", metadata={"plan": plan.summary(), "criterion": self.criterion,
                                                          "parent": self.base_iteration})
         before = {g.name: g.size for g in self.graph.groups}
@@ -396,7 +396,7 @@ class Explorer(W.VBox):
         self.refresh()
 
     def _next_iteration(self) -> str:
-        root = (self.workspace or Path.cwd() / "prune-workspace") / "iterations"
+        root = (self.workspace or Path.cwd() / "workspace") / "iterations"
         taken = [int(m.group(1)) for p in root.glob("iter-*") if (m := re.fullmatch(r"iter-(\d+)", p.name))]
         return f"iter-{max(taken, default=0) + 1:03d}"
 

@@ -30,6 +30,7 @@ class JobRow(W.VBox):
                            f"<b class='pe-job-status' data-status='{job.status}' style='color:{colour}'>{job.status}</b>"
                            f" on {html.escape(job.backend)}{acc}{message}")
         self.cancel.disabled = job.done
+        self.cancel.layout.display = "none" if job.done else None
         tail = job.log_tail(6)
         self.log_view.value = f"<pre style='font-size:11px;margin:0;max-height:7em;overflow:auto'>{html.escape(tail)}</pre>" if tail else ""
 

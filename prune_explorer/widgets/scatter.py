@@ -52,7 +52,7 @@ class HistoryScatter(W.VBox):
         self.base = bq.Scatter(x=[], y=[], scales={"x": self._x, "y": self._y}, marker="circle",
                                colors=["#e4002b"], fill=False, stroke="#e4002b", stroke_width=3, default_size=260)
         axes = [bq.Axis(scale=self._x, label="params", tick_format=".2s"),
-                bq.Axis(scale=self._y, label="accuracy", side="left", tick_format=".2f")]
+                bq.Axis(scale=self._y, label="accuracy", side="left", tick_format=".1%", label_offset="50px")]
         self.figure = bq.Figure(marks=[self.frontier, self.points, self.base], axes=axes,
                                 title="iterations (click one to base the next decision on it)",
                                 layout=W.Layout(width="100%", height="320px"))

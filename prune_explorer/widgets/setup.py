@@ -31,7 +31,7 @@ def train_args() -> dict[str, Any]:
                                   capture="compact").items() if v is not None}
 
 
-def workspace(default: str = "prune-workspace") -> Path:
+def workspace(default: str = "workspace") -> Path:
     return Path(os.environ.get(WORKSPACE_ENV, default)).resolve()
 
 
