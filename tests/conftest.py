@@ -39,42 +39,9 @@ def moto_server():
 
     Yields the endpoint URL. The server runs in-process so tests can reach moto's backends
     (e.g. to move a training job to InProgress/Failed, which moto cannot do on its own).
+    The library's own `local_moto_endpoint` (what notebook 02 uses) sets it up.
     """
-    from moto.server import ThreadedMotoServer
+    from prune_explorer.jobs.sagemaker import local_moto_endpoint
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in _AWS_ENV}
-    os.environ.update(
-        AWS_ENDPOINT_URL=url,
-        AWS_ENDPOINT_URL_S3=url,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_SESSION_TOKEN="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_REGION="us-east-1",
-        SAGEMAKER_VALIDATE_ROLE="false",
-    )
-    try:
-        yield url
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-_AWS_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-    "SAGEMAKER_VALIDATE_ROLE",
-)
+    with local_moto_endpoint(bucket=None) as endpoint:
+        yield endpoint["endpoint"]

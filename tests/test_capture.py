@@ -19,7 +19,7 @@ from smdebug.core.tfevent.summary import scalar_summary
 from smdebug.core.writer import FileWriter
 from smdebug.trials import create_trial
 
-from aws_naming import TinyResNet
+from aws_naming import TinyResNet, relu_outputs_and_grads
 
 DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
 CALLS_OF = {("relu", 0), ("layer1.0.relu", 0), ("layer1.0.relu", 1), ("layer1.1.relu", 0), ("layer1.1.relu", 1)}
@@ -40,26 +40,6 @@ def _train(model, hook, batches):
         hook.step()
         model.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
-
-
-def _direct(model, x, y):
-    """Activations and output gradients of every ReLU call, computed without the hook."""
-    calls, found = {}, {}
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(module, inputs, output):
-        name = names[module]
-        key = (name, calls.get(name, 0))
-        calls[name] = key[1] + 1
-        found[key] = [output.detach().clone(), None]
-        output.register_hook(lambda g: found[key].__setitem__(1, g.detach().clone()))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    for h in handles:
-        h.remove()
-    return found
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -96,7 +76,7 @@ def test_compatibility_layer_is_installed_where_smdebug_writes():
 
 def test_compact_trial_opens_in_smdebug_and_equals_direct_statistics(tmp_path):
     model, (x, y) = _model(), _batch()
-    direct = _direct(model, x, y)
+    direct = relu_outputs_and_grads(model, x, y)
     with CaptureHook(model, tmp_path, mode="compact", save_every=2, example_inputs=x[:1]) as hook:
         assert set(hook.taps) == CALLS_OF
         _train(model, hook, [(x, y)] * 3)          # no optimizer step: every step sees the same numbers
@@ -125,7 +105,7 @@ def test_compact_trial_opens_in_smdebug_and_equals_direct_statistics(tmp_path):
 
 def test_full_trial_names_each_call_uniquely_and_holds_exact_tensors(tmp_path):
     model, (x, y) = _model(), _batch(1)
-    direct = _direct(model, x, y)
+    direct = relu_outputs_and_grads(model, x, y)
     running_mean_at_step0 = model.layer1[0].bn1.running_mean.clone()
     with CaptureHook(model, tmp_path, mode="full", save_every=2, example_inputs=x[:1]) as hook:
         _train(model, hook, [(x, y)] * 3)

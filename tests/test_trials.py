@@ -14,7 +14,7 @@ from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.writer import FileWriter
 from smdebug.trials import create_trial
 
-from aws_naming import TinyResNet, write_aws_trial
+from aws_naming import TinyResNet, write_aws_trial, relu_outputs_and_grads
 
 RELU_TAPS = [("relu", 0), ("layer1.0.relu", 0), ("layer1.0.relu", 1), ("layer1.1.relu", 0), ("layer1.1.relu", 1)]
 
@@ -24,24 +24,6 @@ def _setup(seed=0):
     model = TinyResNet()
     g = torch.Generator().manual_seed(seed)
     return model, torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 3, (4,), generator=g)
-
-
-def _direct(model, x, y):
-    names = {m: n for n, m in model.named_modules()}
-    calls, found = {}, {}
-
-    def hook(module, inputs, output):
-        key = (names[module], calls.get(names[module], 0))
-        calls[key[0]] = key[1] + 1
-        found[key] = [output.detach().clone(), None]
-        output.register_hook(lambda g: found[key].__setitem__(1, g.detach().clone()))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    for h in handles:
-        h.remove()
-    return found
 
 
 def _close(actual, expected):
@@ -60,7 +42,7 @@ def _capture(model, x, y, path, steps=2, **kw):
 @pytest.mark.parametrize("mode", ["compact", "full"])
 def test_our_trials_reduce_to_the_direct_per_channel_sums(tmp_path, mode):
     model, x, y = _setup()
-    direct = _direct(model, x, y)
+    direct = relu_outputs_and_grads(model, x, y)
     _capture(model, x, y, tmp_path, steps=3, mode=mode, save_every=1)
     trial = open_trial(tmp_path, model, x[:1])
     assert trial.complete and trial.unused == [] and trial.steps_used == 3
@@ -76,7 +58,7 @@ def test_our_trials_reduce_to_the_direct_per_channel_sums(tmp_path, mode):
 
 def test_aws_example_trial_recovers_each_call_of_the_duplicate_gradient_name(tmp_path):
     model, x, y = _setup(1)
-    direct = _direct(model, x, y)
+    direct = relu_outputs_and_grads(model, x, y)
     write_aws_trial(model, str(tmp_path), [(x, y)] * 2)
 
     name = "gradient/layer1.0.relu_ReLU_output"
@@ -98,7 +80,7 @@ def test_stock_smdebug_trial_reads_activations_and_says_gradients_are_missing(tm
     from smdebug.core.save_config import SaveConfig
 
     model, x, y = _setup(2)
-    direct = _direct(model, x, y)
+    direct = relu_outputs_and_grads(model, x, y)
     hook = smd.Hook(out_dir=str(tmp_path / "t"), include_regex=[r".*relu_(input|output).*", r".*conv.*weight"],
                     save_config=SaveConfig(save_interval=1))
     hook.register_module(model)
