@@ -3,8 +3,11 @@
 taylor, l1 and random go through `run_loop` (same baseline, same fine-tuning jobs); Torch-Pruning's
 MagnitudePruner (global L2 group magnitude) removes the same number of channels per iteration and
 its models are fine-tuned by the same train.py jobs. The accuracy rule is off (threshold 1.0) so
-every curve reaches the same budgets. Default: the `make demo` setup (Fashion-MNIST 10k/2k,
-resnet18, 5 x 200 filters); `--quick` runs a small digits version.
+every curve reaches the same budgets. Default: the `make demo` setup (resnet18, Fashion-MNIST 10k
+train images, the 10k test images for validation, 200 filters per iteration) with one iteration
+more than the demo; `--quick` runs a small digits version; `--report` re-prints a finished run.
+The smallest models are re-evaluated on the same images to give each pairwise difference a
+standard error, so an ordering can be told from noise.
 
 Last line: `quality: baseline A%, taylor B% at P params (1/K of baseline), drop D points`.
 """
@@ -90,6 +93,49 @@ def _metrics(directory: Path) -> dict:
     return read_metrics(directory)
 
 
+def correct_per_example(model_dir: str | Path, config: LoopConfig) -> np.ndarray:
+    """1/0 per validation image for a saved model: the same images every method is scored on."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from prune_explorer import store
+    from prune_explorer.data import load_dataset
+    from prune_explorer.train import first_conv_in_channels
+
+    model = store.load(model_dir).eval()
+    _, val, _, _ = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, subset=config.subset,
+                                val_subset=config.val_subset, seed=config.seed,
+                                channels=first_conv_in_channels(model), download=False)
+    hits = []
+    with torch.no_grad():
+        for x, y in DataLoader(val, batch_size=500):
+            hits.append((model(x).argmax(1) == y).numpy())
+    return np.concatenate(hits).astype(np.float64)
+
+
+def paired_differences(smallest: dict[str, pd.Series], config: LoopConfig) -> list[str]:
+    """Accuracy differences between methods' smallest models on the same images, with one standard
+    error of the paired difference: whether an ordering is more than noise."""
+    hits = {m: correct_per_example(r["model_dir"], config) for m, r in smallest.items()}
+    for m, r in smallest.items():  # the re-evaluation must reproduce the tracked accuracy
+        assert abs(hits[m].mean() - float(r["accuracy"])) < 1e-9, (m, hits[m].mean(), r["accuracy"])
+    lines = []
+    names = list(hits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = hits[a] - hits[b]
+            se = d.std(ddof=1) / np.sqrt(len(d))
+            lines.append(f"{a} - {b} {100 * d.mean():+.2f} ± {100 * se:.2f} points")
+    return lines
+
+
+def tracked_curve(workspace: Path) -> pd.DataFrame:
+    from prune_explorer.tracking import Tracker
+
+    history = Tracker(workspace).history()
+    return history[history["status"] == "completed"].sort_values("iteration").reset_index(drop=True)
+
+
 def quick_config(workspace: Path) -> LoopConfig:
     """Digits at their native 8x8: minutes on a busy 2-core machine, the same loop as the demo."""
     return LoopConfig(workspace=str(workspace), dataset="digits", model="resnet18", per_iteration=200,
@@ -101,37 +147,45 @@ def main(argv=None) -> int:
     parser.add_argument("--workspace", default=None, help="keep results here (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="digits instead of the demo's Fashion-MNIST subset")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: print the curves already tracked in --workspace")
     args = parser.parse_args(argv)
+    if args.report and not args.workspace:
+        parser.error("--report needs --workspace")
     root = Path(args.workspace or tempfile.mkdtemp(prefix="prune-quality-")).resolve()
     base = quick_config(root / "taylor") if args.quick else demo_config(root / "taylor")
     # One more iteration than the demo so the curve passes 1/3 of the baseline's parameters.
     base = dataclasses.replace(base, threshold=1.0, iterations=base.iterations + 1)
     methods = [m for m in args.methods.split(",") if m]
 
-    curves: dict[str, pd.DataFrame] = {}
-    curves["taylor"] = run_loop(base, progress=True)
-    baseline = root / "taylor" / "iterations" / "baseline"
-    for method in methods:
-        if method == "taylor":
-            continue
-        workspace = root / method
-        config = _with_baseline(dataclasses.replace(base, criterion=method), workspace, baseline)
-        if method == "random":
-            curves[method] = run_loop(config, progress=True, criterion_fn=random_scores(base.seed))
-        elif method == "tp-magnitude":
-            curves[method] = torch_pruning_curve(config, workspace)
-        else:
-            curves[method] = run_loop(config, progress=True)
+    if not args.report:
+        run_loop(base, progress=True)
+        baseline = root / "taylor" / "iterations" / "baseline"
+        for method in methods:
+            if method == "taylor":
+                continue
+            workspace = root / method
+            config = _with_baseline(dataclasses.replace(base, criterion=method), workspace, baseline)
+            if method == "random":
+                run_loop(config, progress=True, criterion_fn=random_scores(base.seed))
+            elif method == "tp-magnitude":
+                torch_pruning_curve(config, workspace)
+            else:
+                run_loop(config, progress=True)
+    curves = {m: tracked_curve(root / m) for m in ["taylor"] + [m for m in methods if m != "taylor"]}
 
     table = pd.concat(
-        [c.assign(method=m)[["method", "iteration", "filters_removed", "params", "accuracy"]] for m, c in curves.items()],
-        ignore_index=True)
+        [c.assign(method=m)[["method", "iteration", "filters_removed", "params", "accuracy"]]
+         for m, c in curves.items()], ignore_index=True)
+    table = table[(table["method"] == "taylor") | (table["iteration"] != "baseline")]
     print(table.to_string(index=False))
     taylor = curves["taylor"]
     first, last = taylor.iloc[0], taylor.iloc[-1]
     smallest = {m: c.iloc[-1] for m, c in curves.items()}
     print("at the smallest model: " + ", ".join(
         f"{m} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params)" for m, r in smallest.items()))
+    print(f"paired on the same {base.val_subset or 'validation'} images (± 1 SE): "
+          + ", ".join(paired_differences(smallest, base)))
     ratio = float(first["params"]) / float(last["params"])
     drop = 100 * (float(first["accuracy"]) - float(last["accuracy"]))
     print(f"quality: baseline {100 * first['accuracy']:.2f}%, taylor {100 * last['accuracy']:.2f}% at "

@@ -141,7 +141,11 @@ def _add_run(sub) -> None:
     p.add_argument("--val-subset", type=int, default=None, help="validation examples")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (train.py's default 1e-3)")
+    p.add_argument("--baseline-lr", type=float, default=None, help="learning rate of the baseline job (default: --lr)")
+    p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
+                   help="per job: constant (default) or cosine decay over the job's steps")
+    p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--scheme", default=d.scheme, choices=("all", "internal"),
                    help="'internal': only block-internal channels (the AWS example); 'all': every prunable group")

@@ -32,6 +32,7 @@ from .data import labels_of, load_dataset
 EXIT_STOPPED = 3
 SAGEMAKER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
 CAPTURE_MODES = ("compact", "full", "none")
+LR_SCHEDULES = ("constant", "cosine")
 LOG_EVERY_S = 30.0
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 0.0
     workers: int = 0
@@ -89,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"capture must be one of {CAPTURE_MODES}, got {self.capture!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.stop_rule_mode not in ("best", "latest"):
             raise ValueError(f"stop_rule_mode must be 'best' or 'latest', got {self.stop_rule_mode!r}")
         if self.stop_rule_threshold is not None and self.baseline_accuracy is None:
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("epochs", int, "fine-tuning epochs")
     add("batch_size", int, "batch size per process")
     add("lr", float, "SGD learning rate")
+    add("lr_schedule", str, "constant (the AWS example) | cosine (decays to 0 over the job's steps)")
     add("momentum", float, "SGD momentum")
     add("weight_decay", float, "SGD weight decay")
     add("workers", int, "data loader worker processes")
@@ -489,6 +494,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
+    scheduler = _scheduler(config, optimizer, len(train_loader))
     rule = _stop_rule(config)
     capture = _start_capture(config, model, dist)
 
@@ -498,10 +504,11 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
     try:
         for epoch in range(1, config.epochs + 1):
             started = time.perf_counter()
-            train_loss, step = _train_epoch(net, train_loader, optimizer, capture, config, dist, device, epoch, step)
+            train_loss, step = _train_epoch(net, train_loader, optimizer, scheduler, capture, config, dist, device,
+                                            epoch, step)
             val_loss, val_accuracy = evaluate(net, val_loader, dist, device)
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
-                      "seconds": time.perf_counter() - started, "steps": step}
+                      "seconds": time.perf_counter() - started, "steps": step, "lr": optimizer.param_groups[0]["lr"]}
             epochs.append(record)
             for name in ("val_accuracy", "val_loss", "train_loss"):
                 capture.scalar(name, record[name])
@@ -531,7 +538,7 @@ def _train(config: TrainConfig, dist: Dist, device: torch.device) -> dict[str, A
     return metrics
 
 
-def _train_epoch(net, loader, optimizer, capture, config: TrainConfig, dist: Dist, device, epoch: int,
+def _train_epoch(net, loader, optimizer, scheduler, capture, config: TrainConfig, dist: Dist, device, epoch: int,
                  step: int) -> tuple[float, int]:
     """One pass over the training data (or up to --max-steps); returns (mean loss, global step)."""
     criterion = nn.CrossEntropyLoss()
@@ -546,6 +553,8 @@ def _train_epoch(net, loader, optimizer, capture, config: TrainConfig, dist: Dis
         loss = criterion(net(x), y)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         loss_sum += float(loss.detach()) * len(y)
         seen += len(y)
         step += 1
@@ -568,6 +577,16 @@ def _loaders(config, train_ds, val_ds, dist: Dist, device: torch.device):
     train_loader = DataLoader(train_ds, sampler=train_sampler, **common)
     val_loader = DataLoader(val_ds, sampler=ShardSampler(len(val_ds), dist.rank, dist.world_size), **common)
     return train_loader, val_loader
+
+
+def _scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
+    """Per-step cosine decay over the whole job (or --max-steps); None for a constant rate."""
+    if config.lr_schedule == "constant":
+        return None
+    total = config.epochs * max(steps_per_epoch, 1)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
 
 
 def _stop_rule(config: TrainConfig):

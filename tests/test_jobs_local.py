@@ -121,6 +121,17 @@ def test_a_running_job_is_adopted_or_failed_after_a_restart(tmp_path):
     _wait_for(lambda: not _pid_alive(pid), timeout=10, what="adopted process to end")
     second.close()
 
+    # the first queue (a panel still open) learns of the other process's cancel on refresh, in place
+    held = first.get(live.id)
+    assert held.status == RUNNING
+    seen: list[tuple[str, str]] = []
+    first.on_change(lambda job: seen.append((job.id, job.status)))
+    first.refresh()
+    assert held.status == STOPPED and held.message == "cancelled" and first.get(live.id) is held
+    assert (live.id, STOPPED) in seen and ("job-orphan", FAILED) in seen
+    first.refresh()  # nothing changed since: no callbacks
+    assert len(seen) == 2
+
 
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="backend"):

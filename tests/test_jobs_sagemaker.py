@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from prune_explorer.jobs.base import COMPLETED, FAILED, RUNNING, STOPPED, Job, new_id
+from prune_explorer.jobs.base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Job, new_id
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/prune-explorer-test"
@@ -488,3 +489,50 @@ def test_entry_trains_in_a_container_layout_and_fetch_returns_its_outputs(aws, t
     assert job.result["status"] == "completed" and job.result["best_accuracy"] == metrics["best_accuracy"]
     assert load(out)(torch.randn(1, 3, 8, 8)).shape == (1, 10)
     assert create_trial(str(out / "trial")).tensor_names()
+
+
+def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_model, tmp_path):
+    """JobQueue + SageMakerBackend: submit returns at once, the worker creates the job, polls it
+    while it runs, downloads its outputs when it completes and records the iteration in MLflow."""
+    from prune_explorer.jobs import JobQueue
+    from prune_explorer.store import load
+    from prune_explorer.tracking import Tracker
+
+    model_dir, model = saved_model
+    sm = backend(aws, debugger=False)
+    seen: list[str] = []
+
+    def on_change(job: Job) -> None:
+        seen.append(job.status)
+        if job.status == RUNNING and job.backend_id and len(seen) == 2:
+            moto_job(aws, job.backend_id).training_job_status = "InProgress"  # moto says Completed at once
+
+    queue = JobQueue(tmp_path, backend=sm, tracker=Tracker(tmp_path), poll_interval=0.1)
+    queue.on_change(on_change)
+    job = queue.submit(model_dir, parent="baseline", iteration="iter-001", plan={"features.0": [0, 1]},
+                       criterion="taylor", hyperparameters={"epochs": 1, "lr": 0.01})
+    assert job.status == QUEUED
+    deadline = time.monotonic() + 60
+    while queue.get(job.id).status == QUEUED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # several polls while SageMaker says InProgress
+    assert queue.get(job.id).status == RUNNING
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    assert described["TrainingJobStatus"] == "InProgress"
+    assert described["HyperParameters"]["lr"] == "0.01"
+
+    metrics = {"status": "completed", "best_accuracy": 0.75, "params": 1234, "macs": 5678,
+               "epochs": [{"epoch": 1, "val_accuracy": 0.75}]}
+    put_job_outputs(aws, sm, job.backend_id, model_dir, metrics, None)
+    moto_job(aws, job.backend_id).training_job_status = "Completed"
+    done = queue.wait(job.id, timeout=60)
+    queue.close()
+
+    assert done.status == COMPLETED and done.result == metrics and seen == [QUEUED, RUNNING, COMPLETED]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load(done.out_dir).eval()(x), model(x), atol=1e-6)
+    row = Tracker(tmp_path).history().set_index("iteration").loc["iter-001"]
+    assert row["status"] == "completed" and row["accuracy"] == pytest.approx(0.75)
+    assert row["parent"] == "baseline" and row["params"] == 1234 and row["filters_removed"] == 2
+    assert Job.load(tmp_path / "jobs" / f"{job.id}.json").status == COMPLETED  # on disk for a restart

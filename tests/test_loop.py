@@ -66,6 +66,11 @@ def test_rule_fires_against_a_better_previous_iteration_and_is_tracked_as_stoppe
     assert "accuracy rule fired" in rows.attrs["stop_reason"] and "iter-002" in rows.attrs["stop_reason"]
     assert rows.iloc[1]["status"] == "stopped"
     assert Tracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
+    # the rule ran inside the fine-tuning job (as the Debugger rule does on SageMaker), which stopped itself
+    (job,) = [j for j in JobQueue(workspace, tracker=False).jobs() if j.iteration == "iter-002"]
+    assert job.status == "stopped" and "in job " + job.id in rows.attrs["stop_reason"]
+    assert job.hyperparameters["baseline_accuracy"] == 1.0 and job.hyperparameters["stop_rule_threshold"] == 0.10
+    assert job.result["status"] == "stopped" and "below" in job.result["reason"]
 
 
 def test_parameter_floor_stops_before_any_job_and_cli_history_prints(looped, capsys, tmp_path):
@@ -94,6 +99,11 @@ def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
         _config(tmp_path, per_iteration=0).validate()
     with pytest.raises(ValueError, match="needs a trial"):
         _config(tmp_path, capture="none").validate()
+    config = _config(tmp_path, lr=0.003, baseline_lr=0.01, lr_schedule="cosine", weight_decay=5e-4)
+    assert config.hyperparameters(6, baseline=True)["lr"] == 0.01
+    tuning = config.hyperparameters(1)
+    assert (tuning["lr"], tuning["lr_schedule"], tuning["weight_decay"], tuning["epochs"]) == (0.003, "cosine", 5e-4, 1)
+    assert "lr" not in _config(tmp_path).hyperparameters(1)  # unset: train.py's own default
     demo = demo_config(tmp_path).validate()
     assert demo.model == "resnet18" and demo.iterations >= 4 and demo.epochs == 1
     assert demo.dataset in ("fashion-mnist", "digits")

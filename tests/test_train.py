@@ -132,6 +132,17 @@ def test_max_steps_limits_training(tmp_path):
     assert len(metrics["epochs"]) == 1 and metrics["epochs"][-1]["steps"] == 3
 
 
+def test_cosine_schedule_decays_the_rate_to_zero_over_the_job(tmp_path):
+    import math
+
+    metrics = train(dict(FAST, epochs=2, lr=0.1, lr_schedule="cosine", capture="none", out_dir=str(tmp_path)))
+    first, last = metrics["epochs"]
+    assert first["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * first["steps"] / last["steps"])))
+    assert last["lr"] == pytest.approx(0.0, abs=1e-8)
+    constant = train(dict(FAST, epochs=2, lr=0.1, capture="none", out_dir=str(tmp_path / "c")))
+    assert [e["lr"] for e in constant["epochs"]] == [0.1, 0.1]
+
+
 def test_arguments_accept_both_spellings_and_null():
     config = parse_args(["--batch_size", "8", "--weight-decay", "0.01", "--subset", "null", "--max_steps", "5",
                          "--measure_latency", "false", "--sagemaker_program", "x.py"])
@@ -147,6 +158,7 @@ def test_arguments_accept_both_spellings_and_null():
     (["--capture", "everything"], "capture"),
     (["--stop-rule-threshold", "0.1"], "baseline-accuracy"),
     (["--stop_rule_mode", "mean"], "stop_rule_mode"),
+    (["--lr-schedule", "step"], "lr_schedule"),
 ])
 def test_bad_arguments_name_the_field(argv, field):
     with pytest.raises(ValueError, match=field):

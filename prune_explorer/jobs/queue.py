@@ -123,6 +123,7 @@ class JobQueue:
         self.poll_interval = poll_interval
         self._tracker = tracker
         self._jobs: dict[str, Job] = {}
+        self._stamps: dict[str, int] = {}  # job id -> mtime_ns of the record as this queue last saw it
         self._callbacks: list[JobCallback] = []
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -146,7 +147,7 @@ class JobQueue:
             criterion=criterion, hyperparameters=dict(hyperparameters or {}),
         )
         with self._lock:
-            job.save(self.jobs_dir)
+            self._save(job)
             self._jobs[job.id] = job
             self._ensure_worker()
         self._notify([job])
@@ -177,7 +178,7 @@ class JobQueue:
                 job.message = "cancelled before it started" if job.status == QUEUED else "cancelled"
                 job.ended = time.time()
             job.status = STOPPED
-            job.save(self.jobs_dir)
+            self._save(job)
             self._changed.notify_all()
         self._notify([job])
         self._wake.set()
@@ -198,8 +199,12 @@ class JobQueue:
             return job
 
     def refresh(self) -> list[Job]:
-        """Pick up jobs other processes wrote, poll running ones now, and return all jobs."""
-        self._load()
+        """Pick up jobs other processes wrote or changed, poll running ones now, and return all jobs.
+
+        Changed records update the Job objects in place (callers' references stay live) and reach
+        the `on_change` callbacks.
+        """
+        self._notify(self._load())
         self._tick()
         return self.jobs()
 
@@ -230,16 +235,35 @@ class JobQueue:
         return None if self._tracker is False else self._tracker
 
     # --- internals --------------------------------------------------------------------------
-    def _load(self) -> None:
+    def _load(self) -> list[Job]:
+        """Read new job records and those changed on disk since this queue last wrote or read them; returns them."""
+        changed: list[Job] = []
         with self._lock:
             for path in sorted(self.jobs_dir.glob("*.json")):
                 job_id = path.stem
-                if job_id in self._jobs:
-                    continue
                 try:
-                    self._jobs[job_id] = Job.load(path)
+                    stamp = path.stat().st_mtime_ns
+                    if self._stamps.get(job_id) == stamp:
+                        continue
+                    loaded = Job.load(path)
+                except FileNotFoundError:
+                    continue
                 except ValueError as exc:
                     log.warning("skipping %s", exc)
+                    continue
+                self._stamps[job_id] = stamp
+                if job_id in self._jobs:
+                    vars(self._jobs[job_id]).update(vars(loaded))
+                else:
+                    self._jobs[job_id] = loaded
+                changed.append(self._jobs[job_id])
+            if changed:
+                self._changed.notify_all()
+        return changed
+
+    def _save(self, job: Job) -> None:
+        path = job.save(self.jobs_dir)
+        self._stamps[job.id] = path.stat().st_mtime_ns
 
     def _ours(self, job: Job) -> bool:
         return job.backend == self.backend.name
@@ -276,7 +300,7 @@ class JobQueue:
                 if self._ours(job) and job.status == RUNNING:
                     if self.backend.poll(job) != RUNNING:
                         self._collect(job)
-                        job.save(self.jobs_dir)
+                        self._save(job)
                         finished.append(job)
             running = sum(1 for j in self._jobs.values() if self._ours(j) and j.status == RUNNING)
             for job in self.jobs():
@@ -310,7 +334,7 @@ class JobQueue:
             job.status = FAILED
             job.ended = time.time()
             job.message = f"could not start on {self.backend.name}: {exc}"
-        job.save(self.jobs_dir)
+        self._save(job)
 
     def _claim(self, job: Job) -> bool:
         """Re-read the job under a workspace lock so two queues on one workspace never both start it."""
@@ -320,10 +344,10 @@ class JobQueue:
             except (FileNotFoundError, ValueError):
                 return False
             if on_disk.status != QUEUED:
-                self._jobs[job.id] = on_disk
+                vars(job).update(vars(on_disk))
                 return False
             job.status = RUNNING  # provisional; backend.start sets the real fields
-            job.save(self.jobs_dir)
+            self._save(job)
             job.status = QUEUED
             return True
 
