@@ -200,6 +200,7 @@ def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
     out = workspace / "iterations" / BASELINE
     if (out / "model.json").exists() and (out / "metrics.json").exists():
         metrics = read_metrics(out)
+        _check_baseline(out, metrics, config)
         if queue.tracker is not None and queue.tracker.run_id(BASELINE) is None:  # copied in, never tracked
             queue.tracker.record(
                 BASELINE, params=metrics.get("params"), macs=metrics.get("macs"), latency_ms=metrics.get("latency_ms"),
@@ -213,6 +214,21 @@ def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
     if job.status != COMPLETED:
         raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}")
     return _Step(BASELINE, out, job.result.get("best_accuracy"))
+
+
+BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
+                     "lr_schedule", "weight_decay")
+
+
+def _check_baseline(out: Path, metrics: dict[str, Any], config: LoopConfig) -> None:
+    """Refuse to build on a baseline trained with other data or recipe than this run asks for."""
+    trained = metrics.get("config") or {}
+    wanted = dict(config.hyperparameters(config.baseline_epochs, baseline=True), model=config.model)
+    differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in BASELINE_SETTINGS
+              if k in wanted and k in trained and trained[k] != wanted[k]]
+    if differ:
+        raise ValueError(f"{out} was trained with other settings: {', '.join(differ)}. "
+                         "Use another --workspace, or delete that baseline to train a new one.")
 
 
 def _prune_step(previous: _Step, out: Path, config: LoopConfig, criterion_fn):

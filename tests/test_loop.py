@@ -77,7 +77,8 @@ def test_parameter_floor_stops_before_any_job_and_cli_history_prints(looped, cap
     workspace, _ = looped
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
-                     "--per-iteration", "48", "--min-params", "10000000000", "--subset", "120", "--quiet"])
+                     "--per-iteration", "48", "--min-params", "10000000000", "--subset", "120", "--quiet",
+                     "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30"])
     assert code == 0
     out = capsys.readouterr().out
     assert "below the floor" in out and "baseline" in out
@@ -107,3 +108,14 @@ def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
     demo = demo_config(tmp_path).validate()
     assert demo.model == "resnet18" and demo.iterations >= 4 and demo.epochs == 1
     assert demo.dataset in ("fashion-mnist", "digits")
+
+
+def test_a_baseline_trained_with_other_settings_is_refused_not_reused(looped, tmp_path):
+    workspace, _ = looped
+    jobs_before = len(JobQueue(workspace, tracker=False).jobs())
+    with pytest.raises(ValueError, match=r"baseline was trained with other settings: .*epochs=1 \(this run: 2\)"):
+        run_loop(_config(workspace, baseline_epochs=2), progress=False)
+    code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "500", "--quiet"])
+    assert code == 1
+    assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
+
