@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workspace", default=None, help="keep results here (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="digits instead of the demo's Fashion-MNIST subset")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seed", type=int, default=None, help="another seed: subset draw, initialisation, order")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: print the curves already tracked in --workspace")
     args = parser.parse_args(argv)
@@ -156,6 +157,8 @@ def main(argv=None) -> int:
     base = quick_config(root / "taylor") if args.quick else demo_config(root / "taylor")
     # One more iteration than the demo so the curve passes 1/3 of the baseline's parameters.
     base = dataclasses.replace(base, threshold=1.0, iterations=base.iterations + 1)
+    if args.seed is not None:
+        base = dataclasses.replace(base, seed=args.seed)
     methods = [m for m in args.methods.split(",") if m]
 
     if not args.report:

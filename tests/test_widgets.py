@@ -211,6 +211,38 @@ def test_scatter_shows_the_real_tracker_history_and_a_click_rebases(captured, tm
         e.close()
 
 
+def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(captured, tmp_path):
+    from prune_explorer.jobs import Job
+
+    model, _, x, _ = captured
+    ws = tmp_path / "ws"
+    tracker = Tracker(ws)
+    recipe = {"dataset": "digits", "lr_schedule": "cosine", "weight_decay": 5e-4}
+    jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64}),
+            "iter-001": ("baseline", {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32,
+                                      "stop_rule_threshold": 0.1, "baseline_accuracy": 0.9})}
+    for name, (parent, hp) in jobs.items():
+        directory = ws / "iterations" / name
+        store.save(model, directory)
+        (directory / "metrics.json").write_text(json.dumps({"input_shape": list(x.shape[1:])}))
+        job = Job(id=f"job-{name}", backend="local", model="resnet18", out_dir=str(directory), parent=parent,
+                  iteration=name, hyperparameters=hp, status="completed")
+        job.save(ws / "jobs")
+        tracker.record(name, parent=parent, params=1, accuracies=[0.9], model_dir=str(directory),
+                       status="completed", job_id=job.id)
+
+    tuned = Explorer.from_iteration(ws, "iter-001", criterion="l1")
+    base = Explorer.from_iteration(ws, "baseline", criterion="l1")
+    try:
+        assert (tuned.epochs.value, tuned.lr.value, tuned.batch_size.value) == (2, 0.003, 32)
+        assert tuned.hyperparameters() == {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32}  # no stale rule
+        assert (base.epochs.value, base.lr.value, base.batch_size.value) == (1, 1e-3, 64)  # not the baseline's 6 x 0.01
+        assert base.hyperparameters()["lr_schedule"] == "cosine"
+    finally:
+        tuned.close()
+        base.close()
+
+
 def test_tracker_rows_recorded_later_reach_the_scatter_on_refresh(captured, tmp_path):
     model, _, x, _ = captured
     ws, tracker = _tracked_workspace(tmp_path, model, x[:1])

@@ -38,6 +38,7 @@ from .sensitivity import sensitivity_curve
 
 WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
+TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
 
 
 def _message(exc: BaseException) -> str:
@@ -96,7 +97,8 @@ class Explorer(W.VBox):
         self.apply_button.add_class("pe-apply")
         self.queue_button = W.Button(description="Queue fine-tune", button_style="success", icon="play")
         self.queue_button.add_class("pe-queue")
-        hp = {"epochs": 1, "lr": 1e-3, "batch_size": 64, **(hyperparameters or {})}
+        hp = {"epochs": 1, "lr": 1e-3, "batch_size": 64,
+              **{k: v for k, v in self.train_args.items() if k in TUNED}, **(hyperparameters or {})}
         self.epochs = W.BoundedIntText(value=int(hp["epochs"]), min=1, max=1000, description="epochs",
                                        layout=W.Layout(width="160px"))
         self.lr = W.BoundedFloatText(value=float(hp["lr"]), min=1e-7, max=10.0, step=1e-4, description="lr",
@@ -500,15 +502,20 @@ def _iteration_inputs(tracker, workspace: Path, iteration: str):
 
 
 def _train_args_of(workspace: Path, job_id: Any) -> dict[str, Any]:
+    """The training arguments of the job that made an iteration, as defaults for the next fine-tune."""
     if not isinstance(job_id, str):
         return {}
     path = workspace / "jobs" / f"{job_id}.json"
     try:
-        hp = dict(json.loads(path.read_text()).get("hyperparameters") or {})
+        job = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    for key in ("epochs", "lr", "batch_size"):
-        hp.pop(key, None)
+    hp = dict(job.get("hyperparameters") or {})
+    hp.pop("baseline_accuracy", None)  # the loop's in-job rule: set per job from its parent
+    hp.pop("stop_rule_threshold", None)
+    if job.get("parent") is None:  # a baseline's recipe is not a fine-tune's
+        for key in TUNED:
+            hp.pop(key, None)
     return hp
 
 

@@ -22,13 +22,11 @@ def fast() -> bool:
 
 
 def train_args() -> dict[str, Any]:
-    """train.py arguments (dataset, sizes, batch) for every job the notebooks start."""
+    """train.py arguments (dataset, sizes, batch, the demo's fine-tuning recipe) for the notebooks' jobs."""
     if fast():
         return dict(dataset="digits", image_size=16, subset=256, val_subset=128, batch_size=32, capture="compact")
     config = demo_config()
-    return {k: v for k, v in dict(dataset=config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                                  subset=config.subset, val_subset=config.val_subset, batch_size=config.batch_size,
-                                  capture="compact").items() if v is not None}
+    return {k: v for k, v in config.hyperparameters(config.epochs).items() if k != "epochs"}
 
 
 def workspace(default: str = "workspace") -> Path:
@@ -43,7 +41,11 @@ def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: in
         done = [j for j in queue.jobs() if j.iteration == BASELINE and j.status == COMPLETED]
         if done and (out / "model.json").exists():
             return BASELINE
-        hp = {**train_args(), "epochs": epochs or (1 if fast() else 4)}
+        if fast():
+            hp = {**train_args(), "epochs": epochs or 1}
+        else:  # the demo's baseline recipe (its own learning rate)
+            config = demo_config()
+            hp = config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
         job = queue.submit(model, out_dir=out, iteration=BASELINE, hyperparameters=hp)
         job = queue.wait(job.id)
     if job.status != COMPLETED:
