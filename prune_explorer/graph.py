@@ -171,7 +171,8 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def _symbolic_trace(model: nn.Module, leaf_types: tuple[type, ...]) -> torch.fx.GraphModule:
+def _symbolic_trace(model: nn.Module, leaf_types: tuple[type, ...]) -> torch.fx.Graph:
+    """The fx graph only: no GraphModule, whose Python code generation we would never run."""
     tracer = _Tracer(leaf_types)
     try:
         graph = tracer.trace(model)
@@ -180,7 +181,7 @@ def _symbolic_trace(model: nn.Module, leaf_types: tuple[type, ...]) -> torch.fx.
             f"torch.fx cannot trace {type(model).__name__}: {exc}. "
             "Pass the offending module types as leaf_modules=(...)"
         ) from exc
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return graph
 
 
 # --- the analysis ---------------------------------------------------------------------------------
@@ -197,8 +198,8 @@ class _Atom:
 class _Analysis(torch.fx.Interpreter):
     """Walks the fx graph once, propagating meta tensors and channel layouts side by side."""
 
-    def __init__(self, gm: torch.fx.GraphModule, model: nn.Module):
-        super().__init__(gm, garbage_collect_values=False)
+    def __init__(self, graph: torch.fx.Graph, model: nn.Module):
+        super().__init__(model, garbage_collect_values=False, graph=graph)
         self.modules = dict(model.named_modules())
         self.atoms: list[_Atom] = []
         self.parent: list[int] = []
@@ -501,10 +502,10 @@ class ChannelGraph:
     @classmethod
     def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> "ChannelGraph":
         """Trace `model` once (fx + meta shapes) and find its channel groups."""
-        gm = _symbolic_trace(model, tuple(leaf_modules))
+        graph = _symbolic_trace(model, tuple(leaf_modules))
         inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
         meta_inputs = [_meta(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-        analysis = _Analysis(gm, model)
+        analysis = _Analysis(graph, model)
         with torch.no_grad():
             analysis.run(*meta_inputs)
         return _build(analysis, model)
@@ -645,7 +646,7 @@ def _taps(an: _Analysis, gid: dict[int, int]) -> dict[int, tuple[Tap, ...]]:
             node = node.args[0] if node.args else None
         return last_module
 
-    nodes = list(an.module.graph.nodes)
+    nodes = list(an.graph.nodes)
     found: dict[int, dict[torch.fx.Node, None]] = {}
     last_output: dict[int, torch.fx.Node] = {}
     for node in nodes:
