@@ -171,9 +171,15 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def _symbolic_trace(model: nn.Module, leaf_types: tuple[type, ...]) -> torch.fx.Graph:
-    """The fx graph only: no GraphModule, whose Python code generation we would never run."""
+def _symbolic_trace(model: nn.Module, leaf_types: tuple[type, ...]) -> tuple[torch.fx.Graph, dict[str, Any]]:
+    """The fx graph and the tensor constants it refers to by name.
+
+    No GraphModule: its code generation would never run. fx stores tensors created in `forward`
+    (`torch.tensor(2.0)`) as `_tensor_constant*` attributes of the traced module; they are taken
+    back off `model` here, so tracing leaves the user's model as it was.
+    """
     tracer = _Tracer(leaf_types)
+    before = set(vars(model))
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the message is what the user needs
@@ -181,7 +187,9 @@ def _symbolic_trace(model: nn.Module, leaf_types: tuple[type, ...]) -> torch.fx.
             f"torch.fx cannot trace {type(model).__name__}: {exc}. "
             "Pass the offending module types as leaf_modules=(...)"
         ) from exc
-    return graph
+    finally:
+        constants = {k: vars(model).pop(k) for k in set(vars(model)) - before}
+    return graph, constants
 
 
 # --- the analysis ---------------------------------------------------------------------------------
@@ -198,8 +206,9 @@ class _Atom:
 class _Analysis(torch.fx.Interpreter):
     """Walks the fx graph once, propagating meta tensors and channel layouts side by side."""
 
-    def __init__(self, graph: torch.fx.Graph, model: nn.Module):
+    def __init__(self, graph: torch.fx.Graph, model: nn.Module, constants: dict[str, Any]):
         super().__init__(model, garbage_collect_values=False, graph=graph)
+        self.constants = constants
         self.modules = dict(model.named_modules())
         self.atoms: list[_Atom] = []
         self.parent: list[int] = []
@@ -259,7 +268,7 @@ class _Analysis(torch.fx.Interpreter):
         return _meta_call(self.fetch_attr(target), args, kwargs)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:
-        value = super().get_attr(target, args, kwargs)
+        value = self.constants[target] if target in self.constants else super().get_attr(target, args, kwargs)
         return _meta(value) if isinstance(value, torch.Tensor) else value
 
     # helpers ---------------------------------------------------------------------------------
@@ -502,10 +511,10 @@ class ChannelGraph:
     @classmethod
     def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> "ChannelGraph":
         """Trace `model` once (fx + meta shapes) and find its channel groups."""
-        graph = _symbolic_trace(model, tuple(leaf_modules))
+        graph, constants = _symbolic_trace(model, tuple(leaf_modules))
         inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
         meta_inputs = [_meta(x) if isinstance(x, torch.Tensor) else x for x in inputs]
-        analysis = _Analysis(graph, model)
+        analysis = _Analysis(graph, model, constants)
         with torch.no_grad():
             analysis.run(*meta_inputs)
         return _build(analysis, model)

@@ -171,3 +171,30 @@ def test_unknown_model_structure_raises_clear_error():
 
     with pytest.raises(ValueError, match="DataDependent"):
         ChannelGraph.trace(DataDependent(), torch.randn(1, 3, 4, 4))
+
+
+def test_tracing_leaves_the_model_as_it_was_even_with_tensor_constants():
+    from prune_explorer import PrunePlan, prune
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x) * torch.tensor(2.0))  # fx keeps this as `_tensor_constant0`
+
+    model = Scaled().eval()
+    before = dict(vars(model))
+    x = torch.randn(2, 3, 8, 8)
+    graph = ChannelGraph.trace(model, x)
+    assert vars(model).keys() == before.keys()
+    assert graph.group("conv").prunable and graph.group("conv").size == 8
+    small = prune(model, PrunePlan({"conv": [1, 5]}), x, graph=graph)
+    with torch.no_grad():
+        keep = [c for c in range(8) if c not in (1, 5)]
+        expected = model.head.bias[None, :, None, None] + torch.einsum(
+            "oc,bchw->bohw", model.head.weight[:, keep, 0, 0], 2.0 * model.conv(x)[:, keep])
+        assert torch.allclose(small(x), expected, atol=1e-5)
+    assert not any(k.startswith("_tensor_constant") for k in vars(small))
