@@ -28,6 +28,8 @@ SCHEMES = ("all", "internal")
 NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "params_vs_accuracy.png"
+BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
+                     "lr_schedule", "weight_decay")  # a reused baseline must have been trained with these
 
 
 @dataclass
@@ -86,7 +88,7 @@ class LoopConfig:
 
 def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
     """The `make demo` setup: resnet18 on a Fashion-MNIST subset (10k train, the 10k test images for
-    validation), ≈ 7 minutes on 2 idle CPU cores.
+    validation), ≈ 6 minutes on 2 idle CPU cores.
 
     Falls back to scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
     """
@@ -214,10 +216,6 @@ def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
     if job.status != COMPLETED:
         raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}")
     return _Step(BASELINE, out, job.result.get("best_accuracy"))
-
-
-BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
-                     "lr_schedule", "weight_decay")
 
 
 def _check_baseline(out: Path, metrics: dict[str, Any], config: LoopConfig) -> None:
