@@ -24,12 +24,17 @@ def _demo(args) -> int:
     status = surgery_demo()
     if status or args.surgery_only:
         return status
-    from .loop import demo_config, run_loop
+    import dataclasses
+
+    from .loop import completed_iterations, demo_config, run_loop
 
     config = demo_config(args.workspace)
     print(f"\n- pruning loop: {config.model} on {config.dataset}, {config.iterations} iterations of "
           f"{config.per_iteration} filters ({config.criterion}), workspace {args.workspace}/")
-    run_loop(config)
+    done = len(completed_iterations(args.workspace))
+    if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
+        print(f"  {done} of them already in {args.workspace}/ (delete it to start over)")
+    run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
     print(f"results: {args.workspace}/results.csv, plot: {args.workspace}/params_vs_accuracy.png; "
           f"open the panel with `make lab` (notebooks/01_explore.ipynb) or `prune-explorer app --workspace {args.workspace}`")
     return 0
@@ -134,6 +139,9 @@ def _add_run(sub) -> None:
                    help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
     p.add_argument("--per-iteration", type=int, default=d.per_iteration, help="filters removed per iteration")
     p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
+    p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
+                   help="where to continue in an existing workspace: latest (default: the newest completed "
+                        "iteration), baseline, or an iteration name such as iter-003")
     p.add_argument("--min-params", type=int, default=d.min_params, help="stop before going below this many params")
     p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs per iteration")
     p.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs)

@@ -2,8 +2,10 @@
 
 baseline job → repeat: rank the last model's filters → plan the lowest N → cut them out → save →
 fine-tune job → track → accuracy-drop rule. Ends after K iterations, at a parameter floor, or when
-the rule fires (that iteration is then tracked as "stopped"). Writes WORKSPACE/results.csv and
-WORKSPACE/params_vs_accuracy.png and returns the history of this run as a DataFrame.
+the rule fires (that iteration is then tracked as "stopped"). A second run on the same workspace
+continues from its newest completed iteration (`start_from`), so "K more iterations" is one
+command. Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (the whole lineage of
+the last model) and returns that lineage's history as a DataFrame.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class LoopConfig:
     weight_decay: float | None = None
     seed: int = 0
     capture: str = "compact"
+    start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
 
     def validate(self) -> "LoopConfig":
@@ -125,6 +128,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
     """
     from tqdm.auto import tqdm
 
+    from . import store
     from .rules import AccuracyDropRule
     from .tracking import Tracker
 
@@ -141,14 +145,17 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
     rule = AccuracyDropRule(config.threshold)
     _write_json(workspace / "loop_config.json", asdict(config))
     try:
-        previous = _baseline(queue, config, workspace)
-        names = [previous.name]
+        previous = _start(_baseline(queue, config, workspace), config, workspace)
+        names = _lineage(tracker, previous.name)
+        if progress and previous.name != BASELINE:
+            print(f"continuing from {previous.name}, the newest completed iteration of {workspace} "
+                  "(--from baseline branches from the baseline instead)", file=sys.stderr)
         reason = f"completed {config.iterations} iterations"
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
         for _ in bar:
             name = _next_iteration_name(workspace)
             out = workspace / "iterations" / name
-            pruned_dir, plan, params = _prune_step(previous, out, config, criterion_fn)
+            pruned, plan, params = _prune_step(previous, config, criterion_fn)
             if plan is None:
                 reason = f"{name}: nothing left to prune in {previous.name} (every group at its minimum)"
                 break
@@ -156,6 +163,8 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
                 reason = (f"{name}: pruning {previous.name} further would leave {params:,} params, "
                           f"below the floor of {config.min_params:,}")
                 break
+            pruned_dir = out / "pruned"
+            store.save(pruned, pruned_dir)
             job = queue.submit(pruned_dir, out_dir=out, parent=previous.name, plan=plan,
                                criterion=config.criterion, hyperparameters=_job_hyperparameters(config, previous),
                                iteration=name)
@@ -218,6 +227,45 @@ def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
     return _Step(BASELINE, out, job.result.get("best_accuracy"))
 
 
+def _start(baseline: _Step, config: LoopConfig, workspace: Path) -> _Step:
+    """The iteration this run prunes first: the newest completed one, the baseline, or a named one."""
+    if config.start_from == BASELINE:
+        return baseline
+    done = {name: workspace / "iterations" / name for name in completed_iterations(workspace)}
+    if config.start_from == "latest":
+        if not done:
+            return baseline
+        name = list(done)[-1]
+    elif config.start_from in done:
+        name = config.start_from
+    else:
+        raise ValueError(f"start_from: {config.start_from!r} is not a completed iteration of {workspace} "
+                         f"(completed: {', '.join(sorted(done)) or 'none'}; or 'latest', 'baseline')")
+    return _Step(name, done[name], read_metrics(done[name]).get("best_accuracy"))
+
+
+def completed_iterations(workspace: str | os.PathLike) -> list[str]:
+    """Names of the workspace's iter-NNN iterations whose fine-tuning job completed, oldest first."""
+    found = []
+    for metrics in Path(workspace).glob("iterations/iter-*/metrics.json"):
+        match = re.fullmatch(r"iter-(\d+)", metrics.parent.name)
+        if match and (metrics.parent / "model.json").exists() and read_metrics(metrics.parent).get("status") == COMPLETED:
+            found.append((int(match.group(1)), metrics.parent.name))
+    return [name for _, name in sorted(found)]
+
+
+def _lineage(tracker, name: str) -> list[str]:
+    """`name` and its tracked ancestors, baseline first."""
+    if name == BASELINE:
+        return [name]
+    history = tracker.history()
+    parents = dict(zip(history["iteration"], history["parent"]))
+    chain = [name]
+    while isinstance(parents.get(chain[-1]), str) and parents[chain[-1]] not in chain:
+        chain.append(parents[chain[-1]])
+    return chain[::-1]
+
+
 def _check_baseline(out: Path, metrics: dict[str, Any], config: LoopConfig) -> None:
     """Refuse to build on a baseline trained with other data or recipe than this run asks for."""
     trained = metrics.get("config") or {}
@@ -229,8 +277,8 @@ def _check_baseline(out: Path, metrics: dict[str, Any], config: LoopConfig) -> N
                          "Use another --workspace, or delete that baseline to train a new one.")
 
 
-def _prune_step(previous: _Step, out: Path, config: LoopConfig, criterion_fn):
-    """Rank, plan and cut the previous model; returns (saved dir, plan, params) or (None, None, 0)."""
+def _prune_step(previous: _Step, config: LoopConfig, criterion_fn):
+    """Rank, plan and cut the previous model; returns (pruned model, plan, params) or (None, None, 0)."""
     from . import store
     from .graph import ChannelGraph
     from .measure import count
@@ -251,9 +299,7 @@ def _prune_step(previous: _Step, out: Path, config: LoopConfig, criterion_fn):
     if len(plan) == 0:
         return None, None, 0
     pruned = prune(model, plan, x, graph=graph)
-    pruned_dir = out / "pruned"
-    store.save(pruned, pruned_dir)
-    return pruned_dir, plan, int(count(pruned, x).params)
+    return pruned, plan, int(count(pruned, x).params)
 
 
 def example_inputs(model_dir: Path, model, config: LoopConfig):

@@ -54,17 +54,20 @@ def test_loop_trains_a_baseline_then_prunes_fine_tunes_and_tracks(looped):
     assert jobs[1].plan and sum(jobs[1].plan.values()) == 48
 
 
-def test_rule_fires_against_a_better_previous_iteration_and_is_tracked_as_stopped(looped):
+def test_a_second_run_continues_from_the_newest_iteration_and_the_rule_fires_against_it(looped):
     workspace, _ = looped
-    metrics_path = workspace / "iterations" / "baseline" / "metrics.json"
+    metrics_path = workspace / "iterations" / "iter-001" / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
-    metrics["best_accuracy"] = 1.0  # a perfect baseline: any fine-tuned model on digits falls > 0.1 below
+    metrics["best_accuracy"] = 1.0  # a perfect parent: any fine-tuned model on digits falls > 0.1 below
     metrics_path.write_text(json.dumps(metrics))
 
     rows = run_loop(_config(workspace, threshold=0.10, iterations=3), progress=False)
-    assert rows["iteration"].tolist() == ["baseline", "iter-002"]  # baseline reused, not retrained
+    # baseline reused, not retrained; iter-002 prunes iter-001 further; the lineage is reported
+    assert rows["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
+    assert rows.iloc[2]["parent"] == "iter-001" and rows.iloc[2]["params"] < rows.iloc[1]["params"]
+    assert pd.read_csv(workspace / "results.csv")["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
     assert "accuracy rule fired" in rows.attrs["stop_reason"] and "iter-002" in rows.attrs["stop_reason"]
-    assert rows.iloc[1]["status"] == "stopped"
+    assert rows.iloc[2]["status"] == "stopped"
     assert Tracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
     # the rule ran inside the fine-tuning job (as the Debugger rule does on SageMaker), which stopped itself
     (job,) = [j for j in JobQueue(workspace, tracker=False).jobs() if j.iteration == "iter-002"]
@@ -83,6 +86,8 @@ def test_parameter_floor_stops_before_any_job_and_cli_history_prints(looped, cap
     out = capsys.readouterr().out
     assert "below the floor" in out and "baseline" in out
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
+    assert not (workspace / "iterations" / "iter-003").exists()  # nothing half-made is left behind
+    assert "pruning iter-001 further" in out  # iter-002 was stopped by the rule: iter-001 is the newest completed
 
     target = tmp_path / "history.csv"
     assert cli_main(["history", "--workspace", str(workspace), "--csv", str(target)]) == 0
@@ -91,6 +96,20 @@ def test_parameter_floor_stops_before_any_job_and_cli_history_prints(looped, cap
         assert iteration in printed
     assert pd.read_csv(target)["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
     assert cli_main(["history", "--workspace", str(tmp_path / "empty")]) == 1
+
+
+def test_from_names_where_to_continue_and_an_unknown_start_is_refused(looped):
+    workspace, _ = looped
+    rows = run_loop(_config(workspace, per_iteration=16, start_from="baseline"), progress=False)
+    assert rows["iteration"].tolist() == ["baseline", "iter-003"] and rows.iloc[1]["parent"] == "baseline"
+    assert rows.iloc[1]["filters_removed"] == 16
+    jobs_before = len(JobQueue(workspace, tracker=False).jobs())
+    with pytest.raises(ValueError, match=r"'iter-002' is not a completed iteration .*completed: iter-001, iter-003"):
+        run_loop(_config(workspace, start_from="iter-002"), progress=False)
+    assert cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "120", "--quiet",
+                     "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30",
+                     "--from", "nowhere"]) == 1
+    assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
 
 
 def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
