@@ -127,6 +127,21 @@ def test_source_is_uploaded_once_per_content(aws, tmp_path):
     assert [k for k in keys if k.endswith("sourcedir.tar.gz")] == [first.split("/", 3)[3]]
 
 
+def test_source_tarball_bytes_depend_on_the_content_only(tmp_path, monkeypatch):
+    import time
+
+    from prune_explorer.jobs.sagemaker import source_tarball
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("x = 1\n")
+    first = source_tarball(package, ["torch"])
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # a later second: gzip would stamp it
+    assert source_tarball(package, ["torch"]) == first
+    (package / "__init__.py").write_text("x = 2\n")
+    assert source_tarball(package, ["torch"]) != first
+
+
 def test_without_debugger_there_is_no_hook_but_still_a_checkpoint_and_the_rule_runs_in_the_job(aws, tmp_path):
     workspace = tmp_path
     parent_dir = workspace / "iterations" / "it-0"

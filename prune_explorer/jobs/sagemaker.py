@@ -19,6 +19,7 @@ The trial always travels through the checkpoint sync, so it reaches S3 without D
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -108,7 +109,9 @@ def source_tarball(source_dir: Path, requirements: Sequence[str]) -> bytes:
     if not (source_dir / "__init__.py").is_file():
         raise ValueError(f"{source_dir}: not a Python package (no __init__.py)")
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    # gzip stamps the time into its header unless told otherwise: mtime=0 keeps equal content equal bytes
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(source_dir.rglob("*")):
             if not path.is_file() or "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
                 continue
