@@ -40,8 +40,12 @@ lab: $(STAMP)
 app: $(STAMP)
 	$(VENV)/bin/prune-explorer app
 
+BENCH_WORKSPACE ?= bench-workspace
+
 bench: $(STAMP)
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in surgery ranking capture criterion panel; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
+	@echo "== quality"; $(PY) benchmarks/quality.py --workspace $(BENCH_WORKSPACE)/quality
+	@echo "== allocation"; $(PY) benchmarks/allocation.py --workspace $(BENCH_WORKSPACE)/quality
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
