@@ -109,6 +109,9 @@ def test_from_names_where_to_continue_and_an_unknown_start_is_refused(looped):
     assert cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "120", "--quiet",
                      "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30",
                      "--from", "nowhere"]) == 1
+    rows = run_loop(_config(workspace, iterations=0, start_from="iter-001"), progress=False)
+    assert rows["iteration"].tolist() == ["baseline", "iter-001"]
+    assert rows.attrs["stop_reason"] == "no new iterations asked for; the lineage ends at iter-001"
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
 
 
