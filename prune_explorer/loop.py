@@ -148,8 +148,9 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
         previous = _start(_baseline(queue, config, workspace), config, workspace)
         names = _lineage(tracker, previous.name)
         if progress and previous.name != BASELINE and config.iterations:
-            print(f"continuing from {previous.name}, the newest completed iteration of {workspace} "
-                  "(--from baseline branches from the baseline instead)", file=sys.stderr)
+            how = (" (the newest completed iteration; --from baseline branches from the baseline instead)"
+                   if config.start_from == "latest" else "")
+            print(f"continuing from {previous.name} in {workspace}{how}", file=sys.stderr)
         reason = (f"completed {config.iterations} iterations" if config.iterations
                   else f"no new iterations asked for; the lineage ends at {previous.name}")
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
