@@ -40,11 +40,10 @@ def random_scores(seed: int = 0):
     return random
 
 
-def _with_baseline(config: LoopConfig, workspace: Path, baseline: Path) -> LoopConfig:
+def _share_baseline(workspace: Path, baseline: Path) -> None:
     target = workspace / "iterations" / "baseline"
     if not target.exists():
         shutil.copytree(baseline, target)
-    return dataclasses.replace(config, workspace=str(workspace))
 
 
 def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
@@ -172,16 +171,17 @@ def main(argv=None) -> int:
     base = dataclasses.replace(base, threshold=1.0, iterations=iterations)
     if args.seed is not None:
         base = dataclasses.replace(base, seed=args.seed)
-    methods = [m for m in args.methods.split(",") if m]
+    requested = [m for m in args.methods.split(",") if m]
+    methods = ["taylor"] + [m for m in requested if m != "taylor"]  # taylor's run trains the shared baseline
 
     if not args.report:
         baseline = root / "taylor" / "iterations" / "baseline"  # trained by the taylor run, shared by all
-        for method in ["taylor"] + [m for m in methods if m != "taylor"]:
+        for method in methods:
             workspace = root / method
-            config = dataclasses.replace(base, criterion=method, workspace=str(workspace))
             if method != "taylor":
-                config = _with_baseline(config, workspace, baseline)
-            config = dataclasses.replace(config, iterations=iterations - len(completed_iterations(workspace)))
+                _share_baseline(workspace, baseline)
+            config = dataclasses.replace(base, criterion=method, workspace=str(workspace),
+                                         iterations=iterations - len(completed_iterations(workspace)))
             if config.iterations <= 0:
                 continue
             if method == "random":
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                 torch_pruning_curve(config, workspace)
             else:
                 run_loop(config, progress=True)
-    curves = {m: tracked_curve(root / m) for m in ["taylor"] + [m for m in methods if m != "taylor"]}
+    curves = {m: tracked_curve(root / m) for m in methods}
 
     table = pd.concat(
         [c.assign(method=m)[["method", "iteration", "filters_removed", "params", "accuracy"]]
@@ -201,16 +201,16 @@ def main(argv=None) -> int:
     first = taylor.iloc[0]
     # The goal's point, fixed before looking at accuracies: the first Taylor model at <= 1/3 of the baseline.
     third = taylor[taylor["params"] <= float(first["params"]) / 3]
-    last = third.iloc[0] if len(third) else taylor.iloc[-1]
+    goal = third.iloc[0] if len(third) else taylor.iloc[-1]
     smallest = {m: c.iloc[-1] for m, c in curves.items()}
     print("at the smallest model: " + ", ".join(
         f"{m} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params)" for m, r in smallest.items()))
     print(f"paired on the same {base.val_subset or 'validation'} images (± 1 SE): "
           + ", ".join(paired_differences(smallest, base)))
-    ratio = float(first["params"]) / float(last["params"])
-    drop = 100 * (float(first["accuracy"]) - float(last["accuracy"]))
-    print(f"quality: baseline {100 * first['accuracy']:.2f}%, taylor {100 * last['accuracy']:.2f}% at "
-          f"{int(last['params']):,} params (1/{ratio:.1f} of baseline), drop {drop:.2f} points")
+    ratio = float(first["params"]) / float(goal["params"])
+    drop = 100 * (float(first["accuracy"]) - float(goal["accuracy"]))
+    print(f"quality: baseline {100 * first['accuracy']:.2f}%, taylor {100 * goal['accuracy']:.2f}% at "
+          f"{int(goal['params']):,} params (1/{ratio:.1f} of baseline), drop {drop:.2f} points")
     return 0
 
 
