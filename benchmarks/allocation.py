@@ -25,8 +25,8 @@ ALLOCATIONS = ("taylor", "l1")
 
 
 def internal_widths(model_dir: Path, x) -> dict[str, int]:
-    from prune_explorer import store
-    from prune_explorer.graph import ChannelGraph
+    from prune_explorer.model import store
+    from prune_explorer.model.graph import ChannelGraph
 
     graph = ChannelGraph.trace(store.load(model_dir).eval(), x)
     return {g.name: g.size for g in graph.prunable("internal")}
@@ -42,11 +42,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from prune_explorer import store
-    from prune_explorer.graph import ChannelGraph
-    from prune_explorer.plan import PrunePlan
-    from prune_explorer.ranking import rank
-    from prune_explorer.surgery import prune
+    from prune_explorer.model import store
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.signals.ranking import rank
+    from prune_explorer.model.surgery import prune
     from prune_explorer.train import train
 
     sys.path.insert(0, str(Path(__file__).parent))

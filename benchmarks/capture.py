@@ -17,15 +17,15 @@ import torch
 import torchvision
 from torch import nn
 
-from prune_explorer import capture
-from prune_explorer.capture import CaptureHook
+from prune_explorer.signals import capture
+from prune_explorer.signals.capture import CaptureHook
 
 BATCH, SIZE, ROUNDS, WARMUP, SAVE_EVERY = 32, 64, 20, 1, 5
 STOCK_REGEX = [r".*relu_output", r".*bn.*running_(mean|var)", r".*weight", r".*bias"]
 
 
 def stock_hook(model: nn.Module, out_dir: str):
-    import prune_explorer.smdebug_compat  # noqa: F401
+    import prune_explorer.signals.smdebug_compat  # noqa: F401
     import smdebug.pytorch as smd
     from smdebug.core.save_config import SaveConfig
 

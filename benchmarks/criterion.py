@@ -14,9 +14,9 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from torch import nn
 
-from prune_explorer.capture import CaptureHook
-from prune_explorer.ranking import rank
-from prune_explorer.trials import open_trial
+from prune_explorer.signals.capture import CaptureHook
+from prune_explorer.signals.ranking import rank
+from prune_explorer.signals.trials import open_trial
 
 CRITERIA = ["taylor", "taylor_aws", "l1", "mean_activation", "random"]
 EPOCHS, BATCH = 6, 32

@@ -32,8 +32,8 @@ PREVIEW_GOAL_MS, HEATMAP_GOAL_MS = 200.0, 1000.0
 
 NOTEBOOK = """import torch
 from torch import nn
-from prune_explorer.capture import CaptureHook
-from prune_explorer.models import build_model
+from prune_explorer.signals.capture import CaptureHook
+from prune_explorer.model.zoo import build_model
 from prune_explorer.widgets import Explorer
 
 torch.set_num_threads(1)

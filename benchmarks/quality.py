@@ -51,8 +51,8 @@ def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
     import torch
     import torch_pruning as tp
 
-    from prune_explorer import store
-    from prune_explorer.graph import ChannelGraph
+    from prune_explorer.model import store
+    from prune_explorer.model.graph import ChannelGraph
     from prune_explorer.jobs import COMPLETED, JobQueue
     from prune_explorer.loop import example_inputs
     from prune_explorer.tracking import Tracker
@@ -104,7 +104,7 @@ def correct_per_example(model_dir: str | Path, config: LoopConfig) -> np.ndarray
     import torch
     from torch.utils.data import DataLoader
 
-    from prune_explorer import store
+    from prune_explorer.model import store
     from prune_explorer.data import load_dataset
     from prune_explorer.train import first_conv_in_channels
 

@@ -12,9 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from prune_explorer.capture import CaptureHook
-from prune_explorer.ranking import rank
-from prune_explorer.trials import open_trial
+from prune_explorer.signals.capture import CaptureHook
+from prune_explorer.signals.ranking import rank
+from prune_explorer.signals.trials import open_trial
 
 STEPS, BATCH, SIZE = 6, 16, 64
 

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 import torchvision
 
-from prune_explorer.graph import ChannelGraph
-from prune_explorer.plan import PrunePlan
-from prune_explorer.surgery import prune
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.surgery import prune
 
 RUNS = 7
 N_REMOVE = 200
@@ -56,7 +56,7 @@ def torch_pruning(model, x, removed: dict[str, list[int]]) -> float:
 
 def latency_ms(model, x, repeats=5) -> float:
     try:
-        from prune_explorer.measure import latency
+        from prune_explorer.model.measure import latency
         return latency(model, x, repeats=repeats)
     except ImportError:
         model.eval()
@@ -72,7 +72,7 @@ def latency_ms(model, x, repeats=5) -> float:
 
 def macs(model, x) -> int:
     try:
-        from prune_explorer.measure import count
+        from prune_explorer.model.measure import count
         return count(model, x).macs
     except ImportError:
         from torch.utils.flop_counter import FlopCounterMode

@@ -56,8 +56,8 @@ def _add_rank(sub) -> None:
 
 
 def _rank(args) -> int:
-    from .ranking import rank
-    from .trials import open_trial
+    from .signals.ranking import rank
+    from .signals.trials import open_trial
 
     model = _rank_model(args.model, args.num_classes)
     example = _rank_example(args.input_size)
@@ -88,10 +88,10 @@ def _rank_model(spec: str | None, num_classes: int | None):
     import os
 
     if os.path.isdir(spec):
-        from .store import load
+        from .model.store import load
 
         return load(spec)
-    from .models import build_model
+    from .model.zoo import build_model
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return build_model(spec, **kwargs)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .measure import ModelCost, count, paired_latency_ms
-from .models import build_model
+from .model.measure import ModelCost, count, paired_latency_ms
+from .model.zoo import build_model
 
 ARCH = "resnet18"
 NUM_CLASSES = 10
@@ -33,11 +33,11 @@ def main() -> int:
 
 
 def _run() -> int:
-    from .graph import ChannelGraph
-    from .plan import PrunePlan
-    from .ranking import rank
-    from .store import load, save
-    from .surgery import prune
+    from .model.graph import ChannelGraph
+    from .model.plan import PrunePlan
+    from .signals.ranking import rank
+    from .model.store import load, save
+    from .model.surgery import prune
 
     torch.manual_seed(0)
     one = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)

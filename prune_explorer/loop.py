@@ -128,13 +128,13 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
     """
     from tqdm.auto import tqdm
 
-    from . import store
+    from .model import store
     from .rules import AccuracyDropRule
     from .tracking import Tracker
 
     config.validate()
     if criterion_fn is None:
-        from .ranking import CRITERIA
+        from .signals.ranking import CRITERIA
 
         if config.criterion not in CRITERIA:
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
@@ -281,13 +281,13 @@ def _check_baseline(out: Path, metrics: dict[str, Any], config: LoopConfig) -> N
 
 def _prune_step(previous: _Step, config: LoopConfig, criterion_fn):
     """Rank, plan and cut the previous model; returns (pruned model, plan, params) or (None, None, 0)."""
-    from . import store
-    from .graph import ChannelGraph
-    from .measure import count
-    from .plan import PrunePlan
-    from .ranking import rank
-    from .surgery import prune
-    from .trials import open_trial
+    from .model import store
+    from .model.graph import ChannelGraph
+    from .model.measure import count
+    from .model.plan import PrunePlan
+    from .signals.ranking import rank
+    from .model.surgery import prune
+    from .signals.trials import open_trial
 
     model = store.load(previous.directory)
     model.eval()

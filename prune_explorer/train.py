@@ -284,12 +284,12 @@ def load_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     """The model to fine-tune and where it came from ("saved" or "built")."""
     source = Path(config.model)
     if (source / "model.json").is_file():
-        from .store import load
+        from .model.store import load
 
         return load(source), "saved"
     if source.exists() or os.sep in config.model:
         raise FileNotFoundError(f"--model {config.model}: not a saved model directory (no model.json in it)")
-    from .models import build_model
+    from .model.zoo import build_model
 
     kwargs = dict(config.model_kwargs)
     if config.weights is None:
@@ -341,7 +341,7 @@ class _Capture:
     """The CaptureHook plus the per-epoch accuracy scalars the stop rule reads."""
 
     def __init__(self, model: nn.Module, path: Path, mode: str, every: int):
-        from .capture import CaptureHook
+        from .signals.capture import CaptureHook
 
         self.path = path
         self.hook = CaptureHook(model, str(path), mode=mode, save_every=every)
@@ -600,8 +600,8 @@ def _stop_rule(config: TrainConfig):
 def _finish(config: TrainConfig, prepared: _Prepared, model: nn.Module, epochs: list[dict[str, Any]],
             best_accuracy: float, status: str, reason: str | None, trial_path: Path | None, dist: Dist) -> dict[str, Any]:
     """Measure the kept model, save it and write metrics.json (rank 0 only)."""
-    from .measure import count, latency
-    from .store import save
+    from .model.measure import count, latency
+    from .model.store import save
 
     example = prepared.example
     cost = count(model, example)

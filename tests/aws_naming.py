@@ -12,7 +12,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-import prune_explorer.smdebug_compat  # noqa: F401
+import prune_explorer.signals.smdebug_compat  # noqa: F401
 from smdebug.core.access_layer.utils import training_has_ended
 from smdebug.core.collection_manager import CollectionManager
 from smdebug.core.writer import FileWriter

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer import smdebug_compat
-from prune_explorer.capture import CaptureHook
-from prune_explorer.trials import _CheckedReader
+from prune_explorer.signals import smdebug_compat
+from prune_explorer.signals.capture import CaptureHook
+from prune_explorer.signals.trials import _CheckedReader
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.collection_manager import CollectionManager
 from smdebug.core.tfevent.summary import scalar_summary

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from prune_explorer.graph import ChannelGraph, Tap
+from prune_explorer.model.graph import ChannelGraph, Tap
 
 
 @pytest.fixture(scope="module")

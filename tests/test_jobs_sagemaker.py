@@ -28,8 +28,8 @@ ROLE = "arn:aws:iam::123456789012:role/prune-explorer-test"
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    from prune_explorer.models import build_model
-    from prune_explorer.store import save
+    from prune_explorer.model.zoo import build_model
+    from prune_explorer.model.store import save
 
     torch.manual_seed(0)
     model = build_model("mobilenet_v3_small", num_classes=3).eval()
@@ -82,7 +82,7 @@ def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_pa
     assert described["HyperParameters"] == {"epochs": "2", "lr": "0.01", "model": "/opt/ml/input/data/model"}
     spec = described["AlgorithmSpecification"]
     assert spec["TrainingImage"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313"
-    assert "prune_explorer.sagemaker_entry" in spec["ContainerEntrypoint"][-1]
+    assert "prune_explorer.jobs.sagemaker_entry" in spec["ContainerEntrypoint"][-1]
     assert described["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     assert described["ResourceConfig"]["InstanceCount"] == 2
     assert described["RoleArn"] == ROLE
@@ -112,7 +112,7 @@ def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_pa
     assert set(channels) == {"code", "model"}
     with tarfile.open(fileobj=io.BytesIO(s3_bytes(aws, channels["code"]))) as tar:
         names = set(tar.getnames())
-    assert {"prune_explorer/train.py", "prune_explorer/sagemaker_entry.py", "prune_explorer/rules.py",
+    assert {"prune_explorer/train.py", "prune_explorer/jobs/sagemaker_entry.py", "prune_explorer/rules.py",
             "requirements.txt"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     for filename in ("model.json", "model.safetensors"):
@@ -268,7 +268,7 @@ def test_poll_stops_the_job_when_the_accuracy_rule_finds_issues(aws, saved_model
 # --- fetch: play the container's part, then download -------------------------------------------
 def write_trial(directory: Path, steps: int = 2) -> dict[str, np.ndarray]:
     """A real smdebug trial (smdebug's own writer), as train.py leaves under /opt/ml/checkpoints/trial."""
-    import prune_explorer.smdebug_compat  # noqa: F401
+    import prune_explorer.signals.smdebug_compat  # noqa: F401
     from smdebug.core.access_layer.utils import training_has_ended
     from smdebug.core.collection import Collection
     from smdebug.core.collection_manager import CollectionManager
@@ -316,7 +316,7 @@ def put_job_outputs(aws, sm, name: str, model_dir: Path, metrics: dict, trial_di
 def test_fetch_brings_back_model_metrics_and_trial(aws, saved_model, tmp_path):
     from smdebug.trials import create_trial
 
-    from prune_explorer.store import load
+    from prune_explorer.model.store import load
 
     model_dir, model = saved_model
     sm = backend(aws, debugger=False)
@@ -436,7 +436,7 @@ def test_local_moto_endpoint_serves_the_backend_without_aws_credentials(tmp_path
 
 # --- what runs inside the container -------------------------------------------------------------
 def test_entry_runs_one_process_or_torchrun_across_hosts_and_gpus():
-    from prune_explorer.sagemaker_entry import train_command
+    from prune_explorer.jobs.sagemaker_entry import train_command
 
     hyper = {"lr": "0.01", "epochs": "2"}
     single = train_command(hyper, {"hosts": ["algo-1"], "current_host": "algo-1"}, gpus=1, python="py")
@@ -452,7 +452,7 @@ def test_entry_runs_one_process_or_torchrun_across_hosts_and_gpus():
 
 
 def test_entry_exports_sagemaker_locations(tmp_path):
-    from prune_explorer.sagemaker_entry import sm_environment
+    from prune_explorer.jobs.sagemaker_entry import sm_environment
 
     for channel in ("train", "test", "model"):
         (tmp_path / "input" / "data" / channel).mkdir(parents=True)
@@ -466,7 +466,7 @@ def test_entry_exports_sagemaker_locations(tmp_path):
 
 
 def test_entry_leaves_the_failure_reason_for_sagemaker(tmp_path):
-    from prune_explorer.sagemaker_entry import run
+    from prune_explorer.jobs.sagemaker_entry import run
 
     failure = tmp_path / "output" / "failure"
     code = run([sys.executable, "-c", "print('loading'); raise SystemExit('bad layer conv1')"], {}, failure)
@@ -482,8 +482,8 @@ def test_entry_trains_in_a_container_layout_and_fetch_returns_its_outputs(aws, t
     """The container's whole path on CPU: entry → train.py → outputs SageMaker would upload → fetch."""
     from smdebug.trials import create_trial
 
-    from prune_explorer.sagemaker_entry import main
-    from prune_explorer.store import load
+    from prune_explorer.jobs.sagemaker_entry import main
+    from prune_explorer.model.store import load
 
     root = tmp_path / "opt-ml"
     (root / "input" / "config").mkdir(parents=True)
@@ -510,7 +510,7 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
     """JobQueue + SageMakerBackend: submit returns at once, the worker creates the job, polls it
     while it runs, downloads its outputs when it completes and records the iteration in MLflow."""
     from prune_explorer.jobs import JobQueue
-    from prune_explorer.store import load
+    from prune_explorer.model.store import load
     from prune_explorer.tracking import Tracker
 
     model_dir, model = saved_model

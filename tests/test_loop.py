@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from prune_explorer import store
+from prune_explorer.model import store
 from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import JobQueue
 from prune_explorer.loop import LoopConfig, demo_config, run_loop

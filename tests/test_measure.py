@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer.measure import ModelCost, count, latency, measure, paired_latency_ms
-from prune_explorer.models import build_model
+from prune_explorer.model.measure import ModelCost, count, latency, measure, paired_latency_ms
+from prune_explorer.model.zoo import build_model
 
 
 def tiny_net() -> nn.Module:

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from prune_explorer.graph import ChannelGraph
-from prune_explorer.plan import PrunePlan
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.model.plan import PrunePlan
 
 
 @pytest.fixture(scope="module")

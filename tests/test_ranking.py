@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer.capture import CaptureHook
+from prune_explorer.signals.capture import CaptureHook
 from prune_explorer.cli import main
-from prune_explorer.graph import ChannelGraph
-from prune_explorer.ranking import COLUMNS, rank
-from prune_explorer.trials import open_trial
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.signals.ranking import COLUMNS, rank
+from prune_explorer.signals.trials import open_trial
 
 from aws_naming import TinyResNet, write_aws_trial
 
@@ -128,7 +128,7 @@ def test_stock_trial_ranks_by_weights_and_activations_but_refuses_taylor(tmp_pat
 
 
 def test_cli_rank_writes_the_table_and_prints_a_summary(tmp_path, capsys):
-    from prune_explorer.models import build_model
+    from prune_explorer.model.zoo import build_model
 
     model = build_model("resnet18", num_classes=3)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
@@ -148,10 +148,10 @@ def test_cli_rank_writes_the_table_and_prints_a_summary(tmp_path, capsys):
 
 def test_cli_rank_finds_the_pruned_model_saved_beside_its_trial(tmp_path, capsys):
     """train.py writes OUT/trial next to OUT/model.json; the trial's base arch alone has the wrong widths."""
-    from prune_explorer.models import build_model
-    from prune_explorer.plan import PrunePlan
-    from prune_explorer.store import save
-    from prune_explorer.surgery import prune
+    from prune_explorer.model.zoo import build_model
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.model.store import save
+    from prune_explorer.model.surgery import prune
 
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     base = build_model("resnet18", num_classes=3).eval()

@@ -59,7 +59,7 @@ def test_evaluate_trial_without_records_is_clear(tmp_path):
 # --- real smdebug trials ---------------------------------------------------------------------
 def write_trial(path, accuracies: list[float], steps_per_epoch: int = 3):
     """A real trial written by CaptureHook: training steps plus one accuracy scalar per epoch."""
-    from prune_explorer.capture import CaptureHook
+    from prune_explorer.signals.capture import CaptureHook
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))

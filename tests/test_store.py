@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from conftest import require
-from prune_explorer.models import BASE_ATTR, build_model
-from prune_explorer.store import load, load_spec, save
+from prune_explorer.model.zoo import BASE_ATTR, build_model
+from prune_explorer.model.store import load, load_spec, save
 
 X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -150,10 +150,10 @@ def test_round_trip_restores_narrowed_layer_shapes(tmp_path):
 
 
 def test_round_trip_real_prune_output(tmp_path):
-    require(importlib.util.find_spec("prune_explorer.surgery") is not None, "prune_explorer.surgery")
-    from prune_explorer.graph import ChannelGraph
-    from prune_explorer.plan import PrunePlan
-    from prune_explorer.surgery import prune
+    require(importlib.util.find_spec("prune_explorer.model.surgery") is not None, "prune_explorer.model.surgery")
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.model.surgery import prune
 
     model = build_model("resnet18", num_classes=10).eval()
     randomize_bn_stats(model)

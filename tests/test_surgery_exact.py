@@ -6,9 +6,9 @@ import torch
 import torchvision
 from torch import nn
 
-from prune_explorer.graph import ChannelGraph
-from prune_explorer.plan import PrunePlan
-from prune_explorer.surgery import prune
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.surgery import prune
 
 TOLERANCE = 1e-4
 

@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from prune_explorer.graph import ChannelGraph
-from prune_explorer.plan import PrunePlan
-from prune_explorer.surgery import prune
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.surgery import prune
 from test_surgery_exact import TOLERANCE, randomize_norms, reference_output
 
 BLOCKS = ("conv", "bn", "relu", "residual", "concat", "depthwise", "se", "grouped")

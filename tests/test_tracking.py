@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prune_explorer.tracking import HISTORY_COLUMNS, Tracker
+from prune_explorer.tracking.mlflow_tracker import HISTORY_COLUMNS, Tracker
 
 
 def _record_two(tracker: Tracker) -> tuple[str, str]:

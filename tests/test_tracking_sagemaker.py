@@ -13,7 +13,7 @@ REGION = "us-east-1"
 def tracker(moto_server):
     import boto3
 
-    from prune_explorer.tracking_sagemaker import SageMakerExperimentsTracker
+    from prune_explorer.tracking.sagemaker_experiments import SageMakerExperimentsTracker
 
     return SageMakerExperimentsTracker(f"prune-{uuid.uuid4().hex[:8]}",
                                        boto_session=boto3.Session(region_name=REGION))
@@ -33,7 +33,7 @@ def record_two_iterations(tracker):
 
 
 def test_two_iterations_come_back_as_history(tracker):
-    from prune_explorer.tracking import HISTORY_COLUMNS
+    from prune_explorer.tracking.mlflow_tracker import HISTORY_COLUMNS
 
     first, second = record_two_iterations(tracker)
     history = tracker.history()
@@ -62,7 +62,7 @@ def test_two_iterations_come_back_as_history(tracker):
 def test_records_are_experiments_trials_and_components_in_sagemaker(tracker):
     import boto3
 
-    from prune_explorer.tracking_sagemaker import trial_name
+    from prune_explorer.tracking.sagemaker_experiments import trial_name
 
     _, component = record_two_iterations(tracker)
     client = boto3.client("sagemaker", region_name=REGION)
@@ -85,7 +85,7 @@ def test_records_are_experiments_trials_and_components_in_sagemaker(tracker):
 def test_components_sagemaker_adds_to_the_trial_are_not_iterations(tracker):
     import boto3
 
-    from prune_explorer.tracking_sagemaker import trial_name
+    from prune_explorer.tracking.sagemaker_experiments import trial_name
 
     record_two_iterations(tracker)
     client = boto3.client("sagemaker", region_name=REGION)
@@ -121,7 +121,7 @@ def test_a_later_job_of_the_same_iteration_is_the_one_history_shows(tracker):
 
 
 def test_empty_history_has_the_columns(tracker):
-    from prune_explorer.tracking import HISTORY_COLUMNS
+    from prune_explorer.tracking.mlflow_tracker import HISTORY_COLUMNS
 
     history = tracker.history()
     assert history.empty and list(history.columns) == list(HISTORY_COLUMNS)
@@ -130,7 +130,7 @@ def test_empty_history_has_the_columns(tracker):
 
 
 def test_bad_input_is_refused_with_the_field_named(tracker, moto_server):
-    from prune_explorer.tracking_sagemaker import SageMakerExperimentsTracker
+    from prune_explorer.tracking.sagemaker_experiments import SageMakerExperimentsTracker
 
     with pytest.raises(ValueError, match="experiment_name"):
         SageMakerExperimentsTracker("no spaces_allowed", region=REGION)
@@ -142,7 +142,7 @@ def test_bad_input_is_refused_with_the_field_named(tracker, moto_server):
 
 
 def test_names_stay_valid_and_distinct():
-    from prune_explorer.tracking_sagemaker import resource_name, trial_name
+    from prune_explorer.tracking.sagemaker_experiments import resource_name, trial_name
 
     long = trial_name("project", "iteration_" + "x" * 200)
     assert len(long) <= 120 and long.replace("-", "").isalnum()

@@ -79,7 +79,7 @@ def test_train_writes_model_metrics_and_trial(trained):
 
 
 def test_saved_model_is_the_best_epoch(trained):
-    from prune_explorer.store import load
+    from prune_explorer.model.store import load
 
     out, metrics = trained
     model = load(out)
@@ -104,7 +104,7 @@ def test_resume_from_saved_model_starts_where_it_left_off(trained, tmp_path):
 
 
 def test_pretrained_weights_keep_their_features_and_get_a_new_head(tmp_path):
-    from prune_explorer.store import load
+    from prune_explorer.model.store import load
 
     torch.manual_seed(1)
     pretrained = SmallCNN(num_classes=5)
@@ -243,7 +243,7 @@ def test_torchrun_two_processes_write_one_model_and_one_record(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.json", "model.safetensors", "trial"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["val_size"] == 359
-    from prune_explorer.store import load
+    from prune_explorer.model.store import load
 
     _, val, _, _ = data.load_dataset("digits")
     # each validation example is counted once across the two processes

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer.capture import CaptureHook
-from prune_explorer.trials import open_trial
+from prune_explorer.signals.capture import CaptureHook
+from prune_explorer.signals.trials import open_trial
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.writer import FileWriter
 from smdebug.trials import create_trial
@@ -184,7 +184,7 @@ def test_unknown_names_are_reported_and_a_trial_of_only_unknown_names_is_refused
 
 
 def test_model_is_rebuilt_from_the_trial_record(tmp_path):
-    from prune_explorer.models import build_model
+    from prune_explorer.model.zoo import build_model
 
     model = build_model("resnet18", num_classes=3)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer import store
-from prune_explorer.capture import CaptureHook
-from prune_explorer.measure import count
-from prune_explorer.models import build_model
-from prune_explorer.plan import PrunePlan
-from prune_explorer.surgery import prune
+from prune_explorer.model import store
+from prune_explorer.signals.capture import CaptureHook
+from prune_explorer.model.measure import count
+from prune_explorer.model.zoo import build_model
+from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.surgery import prune
 from prune_explorer.tracking import Tracker
 from prune_explorer.widgets import Explorer
 from prune_explorer.widgets.scatter import pareto_frontier

@@ -2,7 +2,7 @@
 
 v3's `ModelTrainer` has no Debugger hook, rules or experiment options, so this backend
 creates the TrainingJob resource itself and ships its own source: a tarball of the
-prune_explorer package whose entry (`prune_explorer.sagemaker_entry`) runs train.py, via
+prune_explorer package whose entry (`prune_explorer.jobs.sagemaker_entry`) runs train.py, via
 torchrun when the job spans several instances or GPUs.
 
 S3 layout under `s3://<bucket>/<prefix>/`:
@@ -127,11 +127,11 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def entrypoint(code_channel: str = "code") -> list[str]:
-    """Container command: unpack the source, then hand over to prune_explorer.sagemaker_entry."""
+    """Container command: unpack the source, then hand over to prune_explorer.jobs.sagemaker_entry."""
     return [
         "/bin/sh", "-c",
         f"mkdir -p {CODE_DIR} && tar -xzf /opt/ml/input/data/{code_channel}/sourcedir.tar.gz -C {CODE_DIR}"
-        f" && cd {CODE_DIR} && exec python3 -m prune_explorer.sagemaker_entry",
+        f" && cd {CODE_DIR} && exec python3 -m prune_explorer.jobs.sagemaker_entry",
     ]
 
 
@@ -231,7 +231,7 @@ class SageMakerBackend:
         name = training_job_name(self.prefix, job.id)
         spec = self.training_job_spec(job, name)
         if self.experiment_name:
-            from ..tracking_sagemaker import ensure_trial
+            from ..tracking.sagemaker_experiments import ensure_trial
 
             trial = spec["experiment_config"].trial_name
             ensure_trial(self.experiment_name, trial, session=self.boto_session, region=self.region)
@@ -279,7 +279,7 @@ class SageMakerBackend:
                 local_path=f"{CHECKPOINT_DIR}/{TRIAL_SUBDIR}", s3_output_path=self.s3_uri(name, "debug-output"))
             spec["debug_rule_configurations"] = [self.rule_configuration(previous, shapes)]
         if self.experiment_name:
-            from ..tracking_sagemaker import trial_name
+            from ..tracking.sagemaker_experiments import trial_name
 
             spec["experiment_config"] = shapes.ExperimentConfig(
                 experiment_name=self.experiment_name,

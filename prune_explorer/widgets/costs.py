@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph import ChannelGraph
-from ..measure import _forward, count
+from ..model.graph import ChannelGraph
+from ..model.measure import _forward, count
 
 
 @dataclass(frozen=True)

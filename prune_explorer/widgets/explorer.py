@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Int, Unicode, observe
 
-from .. import store
-from ..graph import ChannelGraph
+from ..model import store
+from ..model.graph import ChannelGraph
 from ..jobs.queue import read_metrics
-from ..measure import latency
-from ..plan import PrunePlan
-from ..ranking import rank
-from ..surgery import prune
+from ..model.measure import latency
+from ..model.plan import PrunePlan
+from ..signals.ranking import rank
+from ..model.surgery import prune
 from .background import MODEL_LOCK, Background
 from .costs import CostModel
 from .heatmap import RankHeatmap
@@ -476,7 +476,7 @@ class Explorer(W.VBox):
 
 
 def _open(trial: Any, model: nn.Module, graph: ChannelGraph):
-    from ..trials import open_trial
+    from ..signals.trials import open_trial
 
     path = str(trial)
     if not path.startswith("s3://") and not Path(path).exists():

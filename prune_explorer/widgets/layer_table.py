@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import bqplot as bq
 import ipywidgets as W
 
-from ..ranking import CRITERIA
+from ..signals.ranking import CRITERIA
 from .costs import Cost
 
 

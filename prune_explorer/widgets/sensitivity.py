@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..graph import ChannelGraph
-from ..plan import PrunePlan
-from ..surgery import prune
+from ..model.graph import ChannelGraph
+from ..model.plan import PrunePlan
+from ..model.surgery import prune
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 0.9)
 

@@ -19,8 +19,8 @@ JOB_S = 420_000
 def _prunable_groups(workspace) -> int:
     import torch
 
-    from prune_explorer import store
-    from prune_explorer.graph import ChannelGraph
+    from prune_explorer.model import store
+    from prune_explorer.model.graph import ChannelGraph
     from prune_explorer.jobs.queue import read_metrics
 
     directory = workspace / "iterations" / "baseline"
@@ -91,7 +91,7 @@ def test_clicking_a_point_rebases_on_that_iteration(lab_page, artifacts):
 def test_a_bad_trial_path_is_an_error_in_the_panel(browser, lab, artifacts):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import torch\n"
-        "from prune_explorer.models import build_model\n"
+        "from prune_explorer.model.zoo import build_model\n"
         "from prune_explorer.widgets import Explorer\n"
         "Explorer(build_model('resnet18', num_classes=10), trial='/no/such/trial', example_inputs=torch.zeros(1, 3, 16, 16))"
     )], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})

@@ -585,16 +585,16 @@ def _model_from_meta(meta: dict, path: str) -> nn.Module:
     to OUT/model.json, with the pruned widths), else the recorded model directory or base arch."""
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), "model.json")
     if not is_s3(path)[0] and os.path.exists(beside):
-        from .store import load
+        from ..model.store import load
 
         return load(os.path.dirname(beside))
     spec = meta.get("model") or {}
     if spec.get("model_dir"):
-        from .store import load
+        from ..model.store import load
 
         return load(spec["model_dir"])
     if spec.get("arch"):
-        from .models import build_model
+        from ..model.zoo import build_model
 
         return build_model(spec["arch"], **spec.get("kwargs", {}))
     raise ValueError(f"{path}: the trial does not record its model ({META_FILE} missing or without 'model'); "
@@ -612,6 +612,6 @@ def _example_inputs(example_inputs: Any, meta: dict, path: str) -> Any:
 
 
 def _trace(model: nn.Module, example_inputs: Any):
-    from .graph import ChannelGraph
+    from ..model.graph import ChannelGraph
 
     return ChannelGraph.trace(model, example_inputs)

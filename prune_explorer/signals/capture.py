@@ -390,7 +390,7 @@ def _input_size(inputs: Any) -> list[int] | None:
 
 
 def _trace(model: nn.Module, example_inputs: Any):
-    from .graph import ChannelGraph
+    from ..model.graph import ChannelGraph
 
     was_training = model.training
     model.eval()
@@ -414,7 +414,7 @@ def _weight_modules(model: nn.Module, graph: Any) -> list[str]:
 
 def _base_spec(model: nn.Module) -> dict | None:
     try:
-        from .models import base_spec
+        from ..model.zoo import base_spec
     except ImportError:
         return None
     return base_spec(model)

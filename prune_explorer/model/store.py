@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-from . import __version__
-from .models import base_spec, build_model, tag_base
+from .. import __version__
+from .zoo import base_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
 FORMAT_VERSION = 1
@@ -152,7 +152,7 @@ def _resolve_base(model: nn.Module, arch: str | None, arch_kwargs: dict[str, Any
     if arch is None:
         if tagged is None:
             raise ValueError(
-                "save() needs the base architecture: build the model with prune_explorer.models.build_model "
+                "save() needs the base architecture: build the model with prune_explorer.model.zoo.build_model "
                 "or pass arch='resnet18' (a torchvision name or 'package.module:ClassName')"
             )
         arch = tagged["arch"]

@@ -135,7 +135,7 @@ def _l2_normalize(scores: np.ndarray) -> np.ndarray:
 
 
 def _trace(model: nn.Module, example_inputs: Any):
-    from .graph import ChannelGraph
+    from ..model.graph import ChannelGraph
 
     with torch.no_grad():
         return ChannelGraph.trace(model, example_inputs)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .tracking import HISTORY_COLUMNS, history_frame
+from .mlflow_tracker import HISTORY_COLUMNS, history_frame
 
 MAX_NAME = 120
 MAX_STRING_PARAMETER = 2500

@@ -1,7 +1,7 @@
 """What runs first inside the SageMaker training container.
 
 The job's entrypoint unpacks the source tarball into /opt/ml/code and runs
-`python -m prune_explorer.sagemaker_entry`. This module does what the SageMaker training
+`python -m prune_explorer.jobs.sagemaker_entry`. This module does what the SageMaker training
 toolkit would otherwise do, so any image with Python and torch serves: install the
 shipped requirements, export the `SM_*` variables train.py reads, and start train.py —
 through torchrun when the job has more than one instance or more than one GPU. On failure
@@ -121,7 +121,7 @@ def run(command: Sequence[str], env: Mapping[str, str], failure_file: Path) -> i
 
 
 def main(root: Path = ML_ROOT, code_dir: Path | None = None) -> int:
-    code_dir = code_dir or Path(__file__).resolve().parent.parent
+    code_dir = code_dir or Path(__file__).resolve().parents[2]  # /opt/ml/code: above prune_explorer/jobs/
     config = root / "input" / "config"
     hyperparameters = read_json(config / "hyperparameters.json", {})
     resource_config = read_json(config / "resourceconfig.json", {})

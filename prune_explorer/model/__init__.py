@@ -1,0 +1,1 @@
+"""The model stage: channel graph, prune plans, surgery, cost, and saving without pickle."""
