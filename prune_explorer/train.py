@@ -19,9 +19,9 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from .data import labels_of, load_dataset
+from .data import NORMALIZATIONS, labels_of, load_dataset, with_channels
 from .job import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, build_parser, flag, optional,
                   resolve_locations as contract_locations)
 from .model.zoo import output_size  # noqa: F401  (re-exported: benchmarks and notebooks use train's names)
@@ -42,6 +42,8 @@ class TrainConfig(JobSpec):
     weight_decay: float = 0.0
     subset: int | None = None
     val_subset: int | None = None
+    normalize: str | None = None  # None: "imagenet" with --weights (and always for image folders), else the data's
+    augment: bool | None = None   # None: on with --weights and for image folders, off for grey sets from scratch
     download: bool = False
 
     def validate(self) -> "TrainConfig":
@@ -52,7 +54,17 @@ class TrainConfig(JobSpec):
                 raise ValueError(f"{name} must be >= 1 when given, got {value}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         return self
+
+    def data_recipe(self, in_channels: int | None = None) -> tuple[str | None, bool | None]:
+        """(normalize, augment) for load_dataset: a pretrained start (--weights) takes light augmentation
+        and, when its first convolution takes RGB (`in_channels` 3), ImageNet's normalisation, unless told otherwise."""
+        pretrained = self.weights is not None
+        normalize = self.normalize or ("imagenet" if pretrained and in_channels == 3 else None)
+        augment = self.augment if self.augment is not None else (True if pretrained else None)
+        return normalize, augment
 
     def resolved(self) -> "TrainConfig":
         """The contract's locations, then this script's dataset default (an image folder on SageMaker)."""
@@ -69,9 +81,15 @@ class TrainConfig(JobSpec):
 TRAIN_TYPES = {
     "dataset": optional(str), "lr_schedule": str, "momentum": float, "weight_decay": float,
     "subset": optional(int), "val_subset": optional(int), "download": flag,
+    "normalize": optional(str), "augment": optional(flag),
 }
 TRAIN_HELP = {
-    "dataset": "imagefolder | fashion-mnist | digits (default: imagefolder with SM_CHANNEL_TRAIN, else fashion-mnist)",
+    "dataset": "imagefolder | caltech101 | fashion-mnist | digits (default: imagefolder with SM_CHANNEL_TRAIN, "
+               "else fashion-mnist)",
+    "weights": "pretrained start for an architecture name: torchvision enum (IMAGENET1K_V1, downloaded) or local "
+               "state-dict file (weights_only); the head is replaced for the data's classes",
+    "normalize": "dataset | imagenet (default: imagenet with --weights; image folders always imagenet)",
+    "augment": "light training augmentation true/false (default: on with --weights and for image folders)",
     "model": "saved model directory (model.json) or architecture name (torchvision, or 'pkg.mod:Class'); "
              "default: the SageMaker model channel, else resnet18",
     "lr": "SGD learning rate",
@@ -80,7 +98,7 @@ TRAIN_HELP = {
     "weight_decay": "SGD weight decay",
     "subset": "train on this many examples (per-class draw)",
     "val_subset": "evaluate on this many examples (per-class draw)",
-    "download": "let torchvision download Fashion-MNIST when it is not on disk (needs internet)",
+    "download": "let torchvision download Fashion-MNIST or Caltech101 when not on disk (needs internet)",
 }
 
 
@@ -107,9 +125,8 @@ def _with_channels(dataset: Dataset, channels: int, model: str, name: str) -> Da
     have = int(dataset[0][0].shape[0])
     if have == channels:
         return dataset
-    if isinstance(dataset, TensorDataset) and have == 1:
-        images, labels = dataset.tensors
-        return TensorDataset(images.expand(-1, channels, -1, -1).contiguous(), labels)
+    if have == 1:
+        return with_channels(dataset, channels)
     raise ValueError(
         f"--model {model}: its first convolution expects {channels} input channel(s) but dataset "
         f"{name!r} gives {have}"
@@ -133,6 +150,8 @@ def _prepare(run: JobContext) -> _Prepared:
     download_first = config.download and dist.enabled
     if download_first and not dist.main:
         torch.distributed.barrier()  # rank 0 downloads alone
+    pretrained = run.load_model(fit_head=False) if config.weights is not None else None  # its input decides
+    normalize, augment = config.data_recipe(first_conv_in_channels(pretrained) if pretrained is not None else None)
     train_ds, val_ds, num_classes, in_channels = load_dataset(
         config.dataset,
         config.data_dir,
@@ -142,10 +161,12 @@ def _prepare(run: JobContext) -> _Prepared:
         seed=config.seed,
         val_dir=config.val_dir,
         download=config.download and dist.main,
+        normalize=normalize,
+        augment=augment,
     )
     if download_first and dist.main:
         torch.distributed.barrier()
-    model = run.load_model(num_classes, fit_head=False)
+    model = pretrained if pretrained is not None else run.load_model(num_classes, fit_head=False)
     origin = "built" if run.built else "saved"
     wanted = first_conv_in_channels(model)
     if wanted is not None and wanted != in_channels:
@@ -198,6 +219,7 @@ def _train(run: JobContext) -> dict[str, Any]:
         "train_size": len(prepared.train_ds),
         "val_size": len(prepared.val_ds),
         "class_counts": np.bincount(labels_of(prepared.train_ds), minlength=prepared.num_classes).tolist(),
+        "data_recipe": dict(zip(("normalize", "augment"), config.data_recipe(first_conv_in_channels(model)))),
     }
     return run.finish(example_inputs=prepared.example, metrics=data)
 
