@@ -12,11 +12,13 @@ import io
 import json
 import tarfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 REGION = "us-east-1"
+TRANSFER_THREADS = 8
 ROLE = "arn:aws:iam::123456789012:role/prune-explorer-test"
 
 
@@ -52,15 +54,19 @@ def s3_bytes(aws, uri: str) -> bytes:
 def upload_folder(aws, folder: Path, uri: str) -> str:
     """Every file under `folder` to the s3:// prefix `uri` (as `aws s3 sync` would); returns `uri`."""
     bucket, _, prefix = uri[5:].partition("/")
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        aws["s3"].put_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}",
-                             Body=path.read_bytes())
+
+    def put(path: Path) -> None:
+        key = f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}"
+        aws["s3"].put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
+        list(pool.map(put, sorted(p for p in folder.rglob("*") if p.is_file())))
     return uri
 
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -86,11 +92,15 @@ def _download_channel(aws, uri: str, target: Path) -> None:
     pages = aws["s3"].get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
     assert keys, f"channel {uri} is empty"
-    for key in keys:
+
+    def get(key: str) -> None:
         rest = key[len(prefix):].lstrip("/") or key.rsplit("/", 1)[-1]  # S3Prefix naming one object: its name
         local = target / rest
         local.parent.mkdir(parents=True, exist_ok=True)
         aws["s3"].download_file(bucket, key, str(local))
+
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
+        list(pool.map(get, keys))
 
 
 def play_container(aws, name: str, root: Path, monkeypatch) -> dict:
