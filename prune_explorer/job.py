@@ -6,7 +6,8 @@ iteration's job, locally, under torchrun or in a SageMaker container.
 A job RECEIVES (as `--key value` arguments; locations also from SageMaker's `SM_*` variables):
   the model to fine-tune   `--model` a saved model directory (model.json + model.safetensors), or an
                            architecture name with `--weights` (torchvision enum or local file) and
-                           `--model-kwargs`; in a container the `model` channel (SM_CHANNEL_MODEL)
+                           `--model-kwargs`; in a container the `model` channel (SM_CHANNEL_MODEL),
+                           a weights file by name from the `weights` channel (SM_CHANNEL_WEIGHTS)
   hyperparameters          `--epochs`, `--batch-size`, `--lr`, `--seed`, `--image-size`, ... and any
                            others the script reads with `run.hyperparameter(name, default)`
   data                     `--data-dir` / `--val-dir` (SM_CHANNEL_TRAIN / SM_CHANNEL_TEST)
@@ -253,6 +254,10 @@ def resolve_locations(spec):
     if resolved.model is None:
         channel = env.get("SM_CHANNEL_MODEL")
         resolved.model = channel if channel and (Path(channel) / "model.json").is_file() else spec.default_model
+    weights_channel = env.get("SM_CHANNEL_WEIGHTS")
+    if resolved.weights and weights_channel and not Path(resolved.weights).exists() \
+            and (Path(weights_channel) / resolved.weights).is_file():
+        resolved.weights = str(Path(weights_channel) / resolved.weights)  # a local file shipped as a channel
     if resolved.data_dir is None:
         resolved.data_dir = env.get("SM_CHANNEL_TRAIN")
     if resolved.val_dir is None and resolved.data_dir == env.get("SM_CHANNEL_TRAIN"):
@@ -731,7 +736,7 @@ class JobContext:
             "first_batch": self._first_batch,
             "world_size": self.dist.world_size,
             "baseline_accuracy": self.spec.baseline_accuracy,
-            "script": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None,
+            "script": _program(),
             "unused_hyperparameters": unused,
             **extra,
             "config": asdict(self.spec),
@@ -742,6 +747,14 @@ class JobContext:
         save(model, self.spec.out_dir, metadata=metadata)
         write_metrics(self.spec, metrics)
         return metrics
+
+
+def _program() -> str | None:
+    """What runs this job: the module for `python -m` ("prune_explorer.train"), else the script's file name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name not in ("__main__", None):
+        return spec.name
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
 
 
 def start(argv: Sequence[str] | None = None, *, log_prefix: str = "job") -> JobContext:

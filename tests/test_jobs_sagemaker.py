@@ -151,6 +151,31 @@ def test_the_entry_point_is_found_inside_its_source_dir_or_refused_naming_it(tmp
         training_script(None, "src")
 
 
+def test_a_local_weights_file_travels_as_the_weights_channel(aws, tmp_path, monkeypatch):
+    from prune_explorer.job import JobSpec, resolve_locations
+
+    weights = tmp_path / "resnet18-imagenet.pth"
+    weights.write_bytes(b"state dict bytes")
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18", weights=str(weights), epochs=1)
+    sm.start(job)
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    assert described["HyperParameters"] == {"weights": "resnet18-imagenet.pth", "epochs": "1", "model": "resnet18"}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["InputDataConfig"]}
+    assert s3_bytes(aws, channels["weights"] + "resnet18-imagenet.pth") == b"state dict bytes"
+    # in the container: the job contract finds the file by name in the channel
+    channel = tmp_path / "opt-ml" / "input" / "data" / "weights"
+    channel.mkdir(parents=True)
+    (channel / "resnet18-imagenet.pth").write_bytes(b"state dict bytes")
+    monkeypatch.setenv("SM_CHANNEL_WEIGHTS", str(channel))
+    monkeypatch.chdir(tmp_path / "opt-ml")
+    spec = resolve_locations(JobSpec(model="resnet18", weights="resnet18-imagenet.pth"))
+    assert spec.weights == str(channel / "resnet18-imagenet.pth")
+    assert resolve_locations(JobSpec(model="resnet18", weights="IMAGENET1K_V1")).weights == "IMAGENET1K_V1"
+    with pytest.raises(ValueError, match="'weights' is reserved"):
+        backend(aws, inputs={"weights": "s3://bucket/w/"})
+
+
 def test_source_is_uploaded_once_per_content(aws, tmp_path):
     sm = backend(aws, debugger=False)
     first = sm.upload_source()

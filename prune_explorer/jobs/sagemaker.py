@@ -15,6 +15,7 @@ S3 layout under `s3://<bucket>/<prefix>/`:
     source/<sha256>/rules.py           the accuracy-drop rule source (Debugger only)
     <job>/input/model/                 model.json + model.safetensors of the model to tune (the
                                        `model` channel: the job finds it as SM_CHANNEL_MODEL)
+    <job>/input/weights/               a local --weights file (the `weights` channel, SM_CHANNEL_WEIGHTS)
     <job>/output/                      SageMaker's model.tar.gz / output.tar.gz
     <job>/checkpoints/                 synced /opt/ml/checkpoints: trial/ and metrics.json
 
@@ -224,7 +225,7 @@ class SageMakerBackend:
             raise ValueError(f"instance_count: must be at least 1, got {instance_count}")
         for channel, uri in (inputs or {}).items():
             _split_s3(uri)
-            if channel in {"code", "model"}:
+            if channel in {"code", "model", "weights"}:
                 raise ValueError(f"inputs: channel name {channel!r} is reserved")
         self.boto_session = boto_session or boto3.Session(region_name=region)
         self.region = region or self.boto_session.region_name
@@ -285,6 +286,9 @@ class SageMakerBackend:
             channels["model"] = model_uri  # the job reads it from SM_CHANNEL_MODEL (prune_explorer.job)
         else:
             hyperparameters.setdefault("model", job.model)
+        weights = self.upload_weights(hyperparameters.get("weights"), name)
+        if weights:  # a local pretrained-weights file: the `weights` channel, named by its file name
+            channels["weights"], hyperparameters["weights"] = weights
         if job.entry_point:  # what an SDK estimator sends; the container entry reads and strips them
             hyperparameters.update(sagemaker_program=job.entry_point, sagemaker_submit_directory=code_uri)
         previous = parent_accuracy(job)
@@ -365,6 +369,15 @@ class SageMakerBackend:
             self.s3.upload_file(str(directory / filename), self.bucket,
                                 f"{self.prefix}/{job_name}/input/model/{filename}")
         return self.s3_uri(job_name, "input", "model") + "/"
+
+    def upload_weights(self, weights: Any, job_name: str) -> tuple[str, str] | None:
+        """A local weights file goes to S3 as the `weights` channel: (channel URI, file name), else None
+        (a torchvision enum name, which the container downloads, or no weights)."""
+        if not isinstance(weights, str) or not Path(weights).is_file():
+            return None
+        path = Path(weights)
+        self.s3.upload_file(str(path), self.bucket, f"{self.prefix}/{job_name}/input/weights/{path.name}")
+        return self.s3_uri(job_name, "input", "weights") + "/", path.name
 
     def poll(self, job: Job) -> str:
         from sagemaker.core.resources import TrainingJob
