@@ -12,6 +12,7 @@ Exit codes: 0 completed, 3 stopped by the accuracy-drop rule, anything else fail
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -22,9 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import NORMALIZATIONS, labels_of, load_dataset, with_channels
-from .job import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, build_parser, flag, optional,
-                  resolve_locations as contract_locations)
-from .model.zoo import output_size  # noqa: F401  (re-exported: benchmarks and notebooks use train's names)
+from .job import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, flag, optional,
+                  build_parser as contract_parser, resolve_locations as contract_locations)
 
 LR_SCHEDULES = ("constant", "cosine")
 __all__ = ["EXIT_STOPPED", "TrainConfig", "build_parser", "first_conv_in_channels", "main", "parse_args", "train"]
@@ -102,11 +102,15 @@ TRAIN_HELP = {
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The contract's options and this script's recipe, one `--name` each."""
+    return contract_parser(TrainConfig, TRAIN_TYPES, TRAIN_HELP, prog="python -m prune_explorer.train",
+                           description=__doc__.split("\n\n")[0])
+
+
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse `--key value` arguments; unknown ones (extra SageMaker hyperparameters) are reported, not fatal."""
-    parser = build_parser(TrainConfig, TRAIN_TYPES, TRAIN_HELP, prog="python -m prune_explorer.train",
-                          description=__doc__.split("\n\n")[0])
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         print(f"[train] ignoring unknown arguments: {' '.join(unknown)}", file=sys.stderr, flush=True)
     return TrainConfig(**vars(args)).validate()
