@@ -62,7 +62,7 @@ def prune_from_trial(parent: Path, out: Path):
     return pruned_dir, plan
 
 
-def check_iterations(workspace: Path, baseline, child) -> None:
+def check_iterations(tracker: Tracker, baseline, child) -> None:
     """What both backends must leave: two tracked iterations made by the user's script."""
     from prune_explorer.rules import read_accuracies
 
@@ -78,7 +78,7 @@ def check_iterations(workspace: Path, baseline, child) -> None:
         assert sum(p.numel() for p in store.load(out).parameters()) == result["params"]
     assert baseline.result["best_accuracy"] > 0.2  # 10 classes, 50 validation images: chance is 0.1
 
-    history = Tracker(workspace).history().set_index("iteration")
+    history = tracker.history().set_index("iteration")
     assert list(history.index) == ["baseline", "iter-001"]
     base, pruned = history.loc["baseline"], history.loc["iter-001"]
     assert (base["status"], pruned["status"]) == ("completed", "completed")
@@ -106,7 +106,7 @@ def test_the_users_script_runs_the_iteration_on_the_local_backend(digits, tmp_pa
                                               baseline_accuracy=baseline.result["best_accuracy"]))
     child = queue.wait(child.id, timeout=300)
     queue.close()
-    check_iterations(workspace, baseline, child)
+    check_iterations(queue.tracker, baseline, child)
     assert "[job] epoch 1/1" in child.log_tail(20)
 
 
@@ -154,4 +154,4 @@ def test_the_users_script_runs_the_iteration_on_sagemaker(aws, digits, tmp_path,
     # without Debugger the rule runs inside the user's script, against the parent's accuracy
     assert float(described["HyperParameters"]["baseline_accuracy"]) == baseline.result["best_accuracy"]
     assert child.result["baseline_accuracy"] == baseline.result["best_accuracy"]
-    check_iterations(workspace, baseline, child)
+    check_iterations(queue.tracker, baseline, child)
