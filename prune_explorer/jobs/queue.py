@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id
+from .base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id, training_script
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,21 @@ class JobQueue:
     # --- public -----------------------------------------------------------------------------
     def submit(self, model: str | Path, out_dir: str | Path | None = None, parent: str | None = None,
                plan: Any = None, criterion: str | None = None,
-               hyperparameters: dict[str, Any] | None = None, iteration: str | None = None) -> Job:
-        """Queue a job and return at once; the worker starts it when a slot is free."""
+               hyperparameters: dict[str, Any] | None = None, iteration: str | None = None,
+               entry_point: str | Path | None = None, source_dir: str | Path | None = None) -> Job:
+        """Queue a job and return at once; the worker starts it when a slot is free.
+
+        `entry_point` / `source_dir`: the user's own training script (honouring `prune_explorer.job`)
+        instead of `prune_explorer.train`, e.g. `entry_point="train.py", source_dir="src/"`.
+        """
+        script = training_script(entry_point, source_dir)
         if out_dir is None:
             out_dir = self.workspace / "iterations" / (iteration or new_id("it"))
         out_dir = Path(out_dir).resolve()
         job = Job(
             id=new_id("job"), backend=self.backend.name, model=str(model), out_dir=str(out_dir),
             parent=parent, iteration=iteration or out_dir.name, plan=plan_summary(plan),
-            criterion=criterion, hyperparameters=dict(hyperparameters or {}),
+            criterion=criterion, hyperparameters=dict(hyperparameters or {}), **script,
         )
         with self._lock:
             self._save(job)
