@@ -55,9 +55,9 @@ def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
     from prune_explorer.model.graph import ChannelGraph
     from prune_explorer.jobs import COMPLETED, JobQueue
     from prune_explorer.loop import example_inputs
-    from prune_explorer.tracking import Tracker
+    from prune_explorer.tracking import MlflowTracker
 
-    tracker = Tracker(workspace)
+    tracker = MlflowTracker(workspace)
     queue = JobQueue(workspace, tracker=tracker)
     previous, names = workspace / "iterations" / "baseline", ["baseline"]
     if tracker.run_id("baseline") is None:
@@ -136,9 +136,9 @@ def paired_differences(smallest: dict[str, pd.Series], config: LoopConfig) -> li
 
 
 def tracked_curve(workspace: Path) -> pd.DataFrame:
-    from prune_explorer.tracking import Tracker
+    from prune_explorer.tracking import MlflowTracker
 
-    history = Tracker(workspace).history()
+    history = MlflowTracker(workspace).history()
     return history[history["status"] == "completed"].sort_values("iteration").reset_index(drop=True)
 
 

@@ -30,6 +30,8 @@ _EXPORTS = {  # public name -> "module" (same attribute name) or ("module", "att
     "open_trial": "signals.trials",
     "rank": "signals.ranking",
     "Tracker": "tracking",
+    "MlflowTracker": "tracking",
+    "make_tracker": "tracking",
     "JobQueue": "jobs",
 }
 

@@ -193,12 +193,12 @@ def _history(args) -> int:
     from pathlib import Path
 
     from .loop import format_history
-    from .tracking import Tracker
+    from .tracking import MlflowTracker
 
     if args.tracking_uri is None and not (Path(args.workspace) / "mlflow.db").exists():
         print(f"prune-explorer history: no MLflow store at {Path(args.workspace) / 'mlflow.db'}", file=sys.stderr)
         return 1
-    history = Tracker(args.workspace, tracking_uri=args.tracking_uri, experiment=args.experiment).history()
+    history = MlflowTracker(args.workspace, tracking_uri=args.tracking_uri, experiment=args.experiment).history()
     print(format_history(history))
     if args.csv:
         history.to_csv(args.csv, index=False)

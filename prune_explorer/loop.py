@@ -130,7 +130,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
 
     from .model import store
     from .rules import AccuracyDropRule
-    from .tracking import Tracker
+    from .tracking import MlflowTracker
 
     config.validate()
     if criterion_fn is None:
@@ -140,7 +140,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
     workspace = Path(config.workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(workspace, tracking_uri=config.tracking_uri)
+    tracker = MlflowTracker(workspace, tracking_uri=config.tracking_uri)
     queue = JobQueue(workspace, backend="local", tracker=tracker)
     rule = AccuracyDropRule(config.threshold)
     _write_json(workspace / "loop_config.json", asdict(config))

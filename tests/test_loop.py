@@ -10,7 +10,7 @@ from prune_explorer.model import store
 from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import JobQueue
 from prune_explorer.loop import LoopConfig, demo_config, run_loop
-from prune_explorer.tracking import Tracker
+from prune_explorer.tracking import MlflowTracker
 
 
 def _config(workspace, **over) -> LoopConfig:
@@ -68,7 +68,7 @@ def test_a_second_run_continues_from_the_newest_iteration_and_the_rule_fires_aga
     assert pd.read_csv(workspace / "results.csv")["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
     assert "accuracy rule fired" in rows.attrs["stop_reason"] and "iter-002" in rows.attrs["stop_reason"]
     assert rows.iloc[2]["status"] == "stopped"
-    assert Tracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
+    assert MlflowTracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
     # the rule ran inside the fine-tuning job (as the Debugger rule does on SageMaker), which stopped itself
     (job,) = [j for j in JobQueue(workspace, tracker=False).jobs() if j.iteration == "iter-002"]
     assert job.status == "stopped" and "in job " + job.id in rows.attrs["stop_reason"]

@@ -15,7 +15,7 @@ from prune_explorer.model.measure import count
 from prune_explorer.model.zoo import build_model
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from prune_explorer.tracking import Tracker
+from prune_explorer.tracking import MlflowTracker
 from prune_explorer.widgets import Explorer
 from prune_explorer.widgets.scatter import pareto_frontier
 from prune_explorer.widgets.sensitivity import accuracy
@@ -174,7 +174,7 @@ def test_pareto_frontier_keeps_points_nothing_beats():
 def _tracked_workspace(tmp_path, model, x):
     """A workspace whose tracker holds a baseline and a pruned iteration, both with saved models."""
     ws = tmp_path / "ws"
-    tracker = Tracker(ws)
+    tracker = MlflowTracker(ws)
     models = {"baseline": model, "iter-001": prune(model, PrunePlan({"layer4.0.conv1": list(range(200))}), x)}
     for (name, m), acc in zip(models.items(), (0.9, 0.85)):
         directory = ws / "iterations" / name
@@ -216,7 +216,7 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
 
     model, _, x, _ = captured
     ws = tmp_path / "ws"
-    tracker = Tracker(ws)
+    tracker = MlflowTracker(ws)
     recipe = {"dataset": "digits", "lr_schedule": "cosine", "weight_decay": 5e-4}
     jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64}),
             "iter-001": ("baseline", {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32,

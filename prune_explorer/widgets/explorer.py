@@ -137,9 +137,9 @@ class Explorer(W.VBox):
     @classmethod
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
         """Open on a tracked iteration: its saved model, its trial, its training arguments."""
-        from ..tracking import Tracker
+        from ..tracking import MlflowTracker
 
-        model, x, trial, args = _iteration_inputs(Tracker(workspace), Path(workspace), iteration)
+        model, x, trial, args = _iteration_inputs(MlflowTracker(workspace), Path(workspace), iteration)
         kwargs.setdefault("train_args", args)
         kwargs.setdefault("example_inputs", x)
         return cls(model, trial=trial, workspace=workspace, base_iteration=iteration, **kwargs)
@@ -200,10 +200,10 @@ class Explorer(W.VBox):
             self._quiet_criterion = False
 
     def _open_workspace(self, backend: Any, poll_interval: float) -> None:
-        from ..tracking import Tracker
+        from ..tracking import MlflowTracker
 
         self.workspace.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self.workspace)
+        self.tracker = MlflowTracker(self.workspace)
         self.queue = self._make_queue(backend)
         self.backend_choice.observe(self._backend_changed, "value")
         self.refresh()
