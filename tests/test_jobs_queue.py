@@ -2,6 +2,8 @@
 job's own backend, and two queues on one workspace finish and track a job once."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -75,12 +77,16 @@ def test_a_running_local_job_is_cancelled_through_its_own_backend_from_another_b
     local.close()
     pid = int(local.get(job.id).backend_id)
 
-    other = JobQueue(tmp_path, backend=BlockingBackend(), tracker=False)
-    assert other.get(job.id).status == RUNNING
-    other.cancel(job.id)
-    assert other.get(job.id).status == STOPPED
-    _wait_for(lambda: not _pid_alive(pid), timeout=15, what="the local process to end")
-    assert Job.load(tmp_path / "jobs" / f"{job.id}.json").status == STOPPED
+    try:
+        other = JobQueue(tmp_path, backend=BlockingBackend(), tracker=False)
+        assert other.get(job.id).status == RUNNING
+        other.cancel(job.id)
+        assert other.get(job.id).status == STOPPED
+        _wait_for(lambda: not _pid_alive(pid), timeout=15, what="the local process to end")
+        assert Job.load(tmp_path / "jobs" / f"{job.id}.json").status == STOPPED
+    finally:  # never leave a 100000-epoch job behind, whatever failed
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def test_cancel_is_refused_when_the_jobs_backend_cannot_be_made_and_the_record_stays_running(tmp_path, monkeypatch):

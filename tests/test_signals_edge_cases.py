@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,21 @@ def test_no_public_name_of_the_package_shadows_one_of_its_modules():
 
     modules = {m.name for m in pkgutil.iter_modules(prune_explorer.__path__)}
     assert not modules & set(prune_explorer.__all__), modules & set(prune_explorer.__all__)
+
+
+def test_a_jobs_log_has_no_smdebug_info_line_unless_asked(tmp_path):
+    from prune_explorer.jobs import JobQueue, LocalBackend
+
+    hp = dict(dataset="digits", epochs=1, subset=60, val_subset=40, batch_size=30, image_size=8, capture="compact",
+              measure_latency=False)
+    quiet = JobQueue(tmp_path / "quiet", tracker=False)
+    asked = JobQueue(tmp_path / "asked", tracker=False,
+                     backend=LocalBackend(env={**os.environ, "PRUNE_EXPLORER_SMDEBUG_LOG": "INFO"}))
+    jobs = [q.submit("resnet18", hyperparameters=hp) for q in (quiet, asked)]
+    done = [q.wait(j.id, timeout=300) for q, j in zip((quiet, asked), jobs)]
+    assert [j.status for j in done] == ["completed", "completed"]
+    assert (Path(done[0].out_dir) / "trial").is_dir()  # captured with smdebug's writer
+    assert "RULE_JOB_STOP_SIGNAL_FILENAME" not in done[0].log_path.read_text()
+    assert "RULE_JOB_STOP_SIGNAL_FILENAME" in done[1].log_path.read_text()  # kept in the job's log when asked
+    quiet.close()
+    asked.close()

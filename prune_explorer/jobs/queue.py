@@ -204,16 +204,19 @@ class JobQueue:
         """Block until the job is completed, failed or stopped (and recorded in the tracker);
         TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            job = self.get(job_id)
-            while not job.done or job.id in self._finishing:
+        while True:
+            with self._changed:
+                job = self.get(job_id)
+                if job.done and job.id not in self._finishing:
+                    return job
                 if self._worker is None and not self._closed:
                     self._ensure_worker()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
                 self._changed.wait(timeout=min(1.0, remaining) if remaining is not None else 1.0)
-            return job
+            if not self._ours(job):
+                self._load()  # a queue of its own backend settles it: read its record
 
     def refresh(self) -> list[Job]:
         """Pick up jobs other processes wrote or changed, poll running ones now, and return all jobs.
@@ -320,7 +323,7 @@ class JobQueue:
         """This job's lock, across threads and processes: held through a start, a finish or a cancel."""
         locks = self.jobs_dir / ".locks"
         locks.mkdir(exist_ok=True)
-        with _file_lock(locks / job_id):
+        with file_lock(locks / job_id):
             yield
 
     def _ours(self, job: Job) -> bool:
@@ -469,7 +472,8 @@ class JobQueue:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing): excludes other processes and other threads alike."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
