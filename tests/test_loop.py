@@ -6,6 +6,7 @@ Each test owns its workspace: it starts from a copy of one baseline trained once
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -192,3 +193,20 @@ def test_a_baseline_trained_with_other_settings_is_refused_not_reused(workspace)
     assert code == 1
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
 
+
+
+@pytest.mark.slow
+def test_the_run_commands_screen_output_has_its_progress_bar_and_no_smdebug_info_line(workspace):
+    """What `make demo` shows after its surgery table: a `prune-explorer run` with progress on screen."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PRUNE_EXPLORER_SMDEBUG_LOG": ""}
+    done = subprocess.run([sys.executable, "-m", "prune_explorer.cli", "run", f"--workspace={workspace}",
+                           "--dataset=digits", "--subset=120", "--val-subset=60", "--batch-size=30",
+                           "--baseline-epochs=1", "--iterations=1", "--per-iteration=48", "--threshold=1.0"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "prune iterations" in done.stderr and "stopped: completed 1 iterations" in done.stdout
+    screen = done.stdout + done.stderr
+    assert "RULE_JOB_STOP_SIGNAL_FILENAME" not in screen and " INFO " not in screen
