@@ -21,6 +21,7 @@ class BlockingBackend:
 
     def __init__(self):
         self.polling = threading.Event()
+        self.cancelling = threading.Event()
         self.release = threading.Event()
         self.polls = 0
 
@@ -36,6 +37,9 @@ class BlockingBackend:
         return job.status
 
     def cancel(self, job: Job) -> None:
+        self.cancelling.set()
+        if not self.release.wait(timeout=120):  # a grace period, a slow StopTrainingJob
+            raise TimeoutError("the test never released the cancel")
         job.status = STOPPED
 
     def fetch(self, job: Job):
@@ -67,6 +71,36 @@ def test_submit_and_jobs_answer_while_a_backend_poll_blocks(tmp_path):
         backend.release.set()
     assert queue.wait(first.id, timeout=30).status == COMPLETED
     assert queue.wait(second.id, timeout=30).status == COMPLETED
+    queue.close()
+
+
+class SlowStop(BlockingBackend):
+    """Polls answer at once (still running); only the cancel blocks."""
+
+    name = "slow-stop"
+
+    def poll(self, job: Job) -> str:
+        self.polls += 1
+        self.polling.set()
+        return job.status
+
+
+def test_submit_and_jobs_answer_while_a_cancel_waits_on_the_backend(tmp_path):
+    backend = SlowStop()
+    queue = JobQueue(tmp_path, backend=backend, tracker=False, poll_interval=0.01)
+    try:
+        running = queue.submit("resnet18", iteration="iter-001")
+        assert backend.polling.wait(timeout=30)
+        cancel, _ = _in_thread(lambda: queue.cancel(running.id))
+        assert backend.cancelling.wait(timeout=30), "the cancel never reached the backend"
+        thread, box = _in_thread(lambda: (queue.submit("resnet18", iteration="iter-002"), queue.jobs()))
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "submit()/jobs() waited for the backend's cancel"
+        assert queue.get(running.id).status == RUNNING  # not stopped before the backend stopped it
+    finally:
+        backend.release.set()
+    cancel.join(timeout=30)
+    assert queue.get(running.id).status == STOPPED
     queue.close()
 
 
