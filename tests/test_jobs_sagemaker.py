@@ -562,7 +562,7 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
     while it runs, downloads its outputs when it completes and records the iteration in MLflow."""
     from prune_explorer.jobs import JobQueue
     from prune_explorer.model.store import load
-    from prune_explorer.tracking import Tracker
+    from prune_explorer.tracking import MlflowTracker
 
     model_dir, model = saved_model
     sm = backend(aws, debugger=False)
@@ -573,15 +573,18 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
         if job.status == RUNNING and job.backend_id and len(seen) == 2:
             moto_job(aws, job.backend_id).training_job_status = "InProgress"  # moto says Completed at once
 
-    queue = JobQueue(tmp_path, backend=sm, tracker=Tracker(tmp_path), poll_interval=0.1)
+    polls: list[str] = []
+    poll = sm.poll
+    sm.poll = lambda job: polls.append(poll(job)) or polls[-1]  # count the worker's polls
+    queue = JobQueue(tmp_path, backend=sm, tracker=MlflowTracker(tmp_path), poll_interval=0.1)
     queue.on_change(on_change)
     job = queue.submit(model_dir, parent="baseline", iteration="iter-001", plan={"features.0": [0, 1]},
                        criterion="taylor", hyperparameters={"epochs": 1, "lr": 0.01})
     assert job.status == QUEUED
     deadline = time.monotonic() + 60
-    while queue.get(job.id).status == QUEUED and time.monotonic() < deadline:
+    while len(polls) < 3 and time.monotonic() < deadline:  # several polls while SageMaker says InProgress
         time.sleep(0.05)
-    time.sleep(0.5)  # several polls while SageMaker says InProgress
+    assert polls[:3] == [RUNNING] * 3
     assert queue.get(job.id).status == RUNNING
     described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
     assert described["TrainingJobStatus"] == "InProgress"
@@ -598,7 +601,7 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(load(done.out_dir).eval()(x), model(x), atol=1e-6)
-    row = Tracker(tmp_path).history().set_index("iteration").loc["iter-001"]
+    row = MlflowTracker(tmp_path).history().set_index("iteration").loc["iter-001"]
     assert row["status"] == "completed" and row["accuracy"] == pytest.approx(0.75)
     assert row["parent"] == "baseline" and row["params"] == 1234 and row["filters_removed"] == 2
     assert Job.load(tmp_path / "jobs" / f"{job.id}.json").status == COMPLETED  # on disk for a restart

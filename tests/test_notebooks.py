@@ -10,12 +10,17 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+APP = Path(__file__).resolve().parent.parent / "prune_explorer" / "widgets" / "app.ipynb"  # package data
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 FAST_ENV = {"PRUNE_EXPLORER_FAST": "1"}
 
 
+def notebook_path(name: str) -> Path:
+    return APP if name == APP.name else NOTEBOOKS / name
+
+
 def run_notebook(name: str, tmp_path: Path) -> nbformat.NotebookNode:
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb = nbformat.read(notebook_path(name), as_version=4)
     env = {**FAST_ENV, "PRUNE_EXPLORER_WORKSPACE": str(tmp_path / "workspace"), "MPLBACKEND": "Agg"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -36,11 +41,12 @@ def outputs(nb, kind: str | None = None):
 
 def test_every_notebook_is_covered():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(
-        ["01_explore.ipynb", "02_sagemaker.ipynb", "03_taylor_criterion.ipynb", "app.ipynb"])
+        ["01_explore.ipynb", "02_sagemaker.ipynb", "03_taylor_criterion.ipynb"])
+    assert APP.is_file()
 
 
 def test_notebooks_are_stored_without_outputs():
-    for path in NOTEBOOKS.glob("*.ipynb"):
+    for path in [*NOTEBOOKS.glob("*.ipynb"), APP]:
         nb = json.loads(path.read_text())
         assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), path.name
 
