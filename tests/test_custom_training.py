@@ -18,7 +18,7 @@ import torch
 
 from prune_explorer.jobs import COMPLETED, RUNNING, JobQueue
 from prune_explorer.model import store
-from prune_explorer.tracking import Tracker
+from prune_explorer.tracking import MlflowTracker
 from sagemaker_fakes import aws, backend, moto_job, play_container, upload_folder  # noqa: F401
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_training"
@@ -62,7 +62,7 @@ def prune_from_trial(parent: Path, out: Path):
     return pruned_dir, plan
 
 
-def check_iterations(tracker: Tracker, baseline, child) -> None:
+def check_iterations(tracker: MlflowTracker, baseline, child) -> None:
     """What both backends must leave: two tracked iterations made by the user's script."""
     from prune_explorer.rules import read_accuracies
 
@@ -91,7 +91,7 @@ def check_iterations(tracker: Tracker, baseline, child) -> None:
 @pytest.mark.slow
 def test_the_users_script_runs_the_iteration_on_the_local_backend(digits, tmp_path):
     workspace = tmp_path / "ws"
-    queue = JobQueue(workspace, backend="local", tracker=Tracker(workspace), poll_interval=0.1)
+    queue = JobQueue(workspace, backend="local", tracker=MlflowTracker(workspace), poll_interval=0.1)
     hyper = dict(HYPER, data_dir=str(digits))
     baseline = queue.submit("resnet18", iteration="baseline", hyperparameters=hyper,
                             entry_point="train.py", source_dir=EXAMPLE)
@@ -122,7 +122,7 @@ def test_the_users_script_runs_the_iteration_on_sagemaker(aws, digits, tmp_path,
             moto_job(aws, job.backend_id).training_job_status = "InProgress"  # moto says Completed at once
             started.set()
 
-    queue = JobQueue(workspace, backend=sm, tracker=Tracker(workspace), poll_interval=0.1)
+    queue = JobQueue(workspace, backend=sm, tracker=MlflowTracker(workspace), poll_interval=0.1)
     queue.on_change(on_change)
 
     def run_on_sagemaker(model, **submit):

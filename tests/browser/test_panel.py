@@ -108,7 +108,8 @@ def test_a_bad_trial_path_is_an_error_in_the_panel(browser, lab, artifacts):
 def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
     page = context.new_page()
-    page.goto(voila["url"])
+    # Voila runs the whole app notebook before it sends the page: wait for the panel, not for "load"
+    page.goto(voila["url"], wait_until="commit")
     expect(page.locator(".pe-explorer")).to_be_visible(timeout=RENDER_S)
     _no_widget_failures(page)
     expect(page.locator(".pe-heatmap image.heatmap")).to_have_count(1)
