@@ -205,6 +205,74 @@ def _history(args) -> int:
     return 0
 
 
+# --- export (model/export) ---------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write an iteration's model as ONNX or .pt2: a file that runs without prune_explorer")
+    p.add_argument("iteration", metavar="ITERATION",
+                   help="an iteration name in the workspace (WORKSPACE/iterations/NAME) or a saved model directory")
+    p.add_argument("--format", default="onnx", choices=("onnx", "pt2"), help="onnx (ONNX Runtime, default) or pt2 (torch.export)")
+    p.add_argument("--workspace", default="workspace", help="the workspace ITERATION is in (default ./workspace)")
+    p.add_argument("--output", default=None, metavar="PATH", help="the file to write (default ./NAME.onnx or ./NAME.pt2)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="one example's shape (default: the input_shape the model's metrics.json records)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 (default: any batch size)")
+    p.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                   help="ONNX exporter: dynamo (default) or the deprecated TorchScript one")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from .model.export import export_model
+
+    try:
+        model_dir = _export_source(args.iteration, Path(args.workspace))
+        example = _export_example(args.input_shape)
+        output = Path(args.output or f"{model_dir.name if Path(args.iteration).is_dir() else args.iteration}.{args.format}")
+        onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
+        result = export_model(model_dir, output, format=args.format, example_inputs=example,
+                              dynamic_batch=not args.static_batch, **onnx_only)
+    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+        print(f"prune-explorer export: {exc}", file=sys.stderr)
+        return 1
+    opset = f", opset {result.opset}" if result.opset else ""
+    batch = "any batch size" if result.dynamic_batch else "fixed batch"
+    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format} via {result.exporter}{opset}) "
+          f"from {model_dir}: input {result.input_shape[0]} ({batch}), "
+          f"max abs diff vs PyTorch {result.max_abs_diff:.2g}, {result.seconds:.1f} s")
+    return 0
+
+
+def _export_example(shape: str | None):
+    """--input-shape C,H,W as a one-example zero batch, or None (the model's metrics.json then says)."""
+    if shape is None:
+        return None
+    import torch
+
+    try:
+        dims = [int(v) for v in shape.split(",")]
+    except ValueError:
+        raise ValueError(f"--input-shape must look like 3,64,64, got {shape!r}") from None
+    return torch.zeros(1, *dims)
+
+
+def _export_source(iteration: str, workspace: Path) -> Path:
+    """The model directory ITERATION names: a directory as given, else WORKSPACE/iterations/ITERATION."""
+    given = Path(iteration)
+    if given.is_dir():
+        return given
+    root = workspace / "iterations"
+    directory = root / iteration
+    if not directory.is_dir():
+        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        known = f"; iterations there: {', '.join(names)}" if names else f"; {root} has no iterations"
+        raise FileNotFoundError(f"no iteration {iteration!r} in {workspace} and no directory {iteration!r}{known}")
+    if not (directory / "model.json").is_file() and (directory / "pruned" / "model.json").is_file():
+        raise FileNotFoundError(f"{directory / 'model.json'}: missing (its fine-tuning has not finished?); "
+                                f"the model before fine-tuning is {directory / 'pruned'}")
+    return directory
+
+
 # --- app (Voila) -------------------------------------------------------------------------------
 APP_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "app.ipynb"
 
@@ -243,7 +311,7 @@ def _app(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-explorer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app):
+    for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app, _add_export):
         add(sub)
     return parser
 

@@ -1,0 +1,68 @@
+"""Does a pruned model's MAC cut turn into ONNX Runtime CPU speed? (issue 14, goal: speed-up >= MAC ratio)
+
+resnet18(num_classes=101) at 3x224x224, 30% of every prunable group removed by L1 (as
+benchmarks/surgery.py cuts it), and the same cut with widths kept at multiples of 8 (fixed before
+measuring: vectorised conv kernels favour such widths). Each model is exported to ONNX in memory
+with the library's exporter and timed with `onnxruntime_latency_ms` (before and after interleaved in
+one run, medians) at batch 1 (one image on an edge device) and batch 32; PyTorch eager latency of
+the same pair in the same process for comparison. Last line:
+`export: onnxruntime batch-1 speed-up S x, MAC ratio M x, speed-up / MAC ratio R (goal >= 1)`.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torchvision
+
+from prune_explorer.model.export import onnxruntime_latency_ms
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.model.measure import count, paired_latency_ms
+from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.surgery import prune
+from surgery import l1_table
+
+FRACTION = 0.3
+SHAPE = (3, 224, 224)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = torchvision.models.resnet18(weights=None, num_classes=101).eval()
+    x = torch.zeros(1, *SHAPE)
+    graph = ChannelGraph.trace(base, x)
+    table = l1_table(base, graph)
+    counts = {g.name: int(round(FRACTION * g.size)) for g in graph.prunable()}
+    cuts = {
+        "30% of every prunable group": prune(base, PrunePlan.from_counts(table, graph, counts), x, graph=graph),
+        "30%, widths multiples of 8": prune(base, PrunePlan.from_counts(table, graph, counts, round_to=8), x,
+                                            graph=graph),
+    }
+    base_macs = count(base, x).macs
+    last = None
+    for label, pruned in cuts.items():
+        mac_ratio = base_macs / count(pruned, x).macs
+        print(f"{label}: params {count(base, x).params / 1e6:.2f}M -> {count(pruned, x).params / 1e6:.2f}M, "
+              f"MACs {mac_ratio:.2f}x fewer")
+        for batch, repeats in ((1, args.repeats), (32, max(3, args.repeats // 4))):
+            xb = torch.randn(batch, *SHAPE)
+            ort_before, ort_after = onnxruntime_latency_ms([base, pruned], xb, repeats=repeats, threads=args.threads)
+            pt_before, pt_after = paired_latency_ms([base, pruned], xb, repeats=repeats)
+            speedup = ort_before / ort_after
+            print(f"  batch {batch:2d}: onnxruntime {ort_before:.1f} -> {ort_after:.1f} ms ({speedup:.2f}x, "
+                  f"/ MAC ratio {speedup / mac_ratio:.2f}); pytorch {pt_before:.1f} -> {pt_after:.1f} ms "
+                  f"({pt_before / pt_after:.2f}x); onnxruntime / pytorch after {ort_after / pt_after:.2f}")
+            if last is None and batch == 1:
+                last = (speedup, mac_ratio)
+    speedup, mac_ratio = last
+    print(f"export: onnxruntime batch-1 speed-up {speedup:.2f} x, MAC ratio {mac_ratio:.2f} x, "
+          f"speed-up / MAC ratio {speedup / mac_ratio:.2f} (goal >= 1)")
+
+
+if __name__ == "__main__":
+    main()
