@@ -5,17 +5,22 @@ benchmarks/surgery.py cuts it), and the same cut with widths kept at multiples o
 measuring: vectorised conv kernels favour such widths). Each model is exported to ONNX in memory
 with the library's exporter and timed with `onnxruntime_latency_ms` (before and after interleaved in
 one run, medians) at batch 1 (one image on an edge device) and batch 32; PyTorch eager latency of
-the same pair in the same process for comparison. Last line:
+the same pair in the same process for comparison; ONNX Runtime's profiler splits batch-1 time into
+conv kernels and the rest. Last line:
 `export: onnxruntime batch-1 speed-up S x, MAC ratio M x, speed-up / MAC ratio R (goal >= 1)`.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
 
 import torch
 import torchvision
 
-from prune_explorer.model.export import onnxruntime_latency_ms
+from prune_explorer.model.export import export_model, onnxruntime_latency_ms
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.measure import count, paired_latency_ms
 from prune_explorer.model.plan import PrunePlan
@@ -24,6 +29,45 @@ from surgery import l1_table
 
 FRACTION = 0.3
 SHAPE = (3, 224, 224)
+
+
+CONV_OPS = {"Conv", "FusedConv"}  # ORT fuses Conv+BN+ReLU(+Add) into these on CPU
+
+
+def op_ms(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
+    """ONNX Runtime's own per-op-type kernel time (ms per run), from its profiler."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, {"input": x.numpy()})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = collections.defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+    return totals
+
+
+def where_time_goes(base, pruned, x, threads: int, runs: int) -> str:
+    """Conv time against the rest, before and after: conv time follows MACs, the rest follows widths."""
+    with tempfile.TemporaryDirectory() as tmp:
+        times = []
+        for name, model in (("base", base), ("pruned", pruned)):
+            path = Path(tmp) / f"{name}.onnx"
+            export_model(model, path, example_inputs=x, dynamic_batch=False)
+            times.append(op_ms(path, x, threads, runs))
+    conv = [sum(v for k, v in t.items() if k in CONV_OPS) for t in times]
+    rest = [sum(v for k, v in t.items() if k not in CONV_OPS) for t in times]
+    top = sorted(times[1].items(), key=lambda kv: -kv[1])[:4]
+    return (f"conv kernels {conv[0]:.1f} -> {conv[1]:.1f} ms ({conv[0] / conv[1]:.2f}x), other ops "
+            f"{rest[0]:.1f} -> {rest[1]:.1f} ms ({rest[0] / max(rest[1], 1e-9):.2f}x), conv share after "
+            f"{conv[1] / (conv[1] + rest[1]):.0%}; top ops after: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in top))
 
 
 def main() -> None:
@@ -59,6 +103,7 @@ def main() -> None:
                   f"({pt_before / pt_after:.2f}x); onnxruntime / pytorch after {ort_after / pt_after:.2f}")
             if last is None and batch == 1:
                 last = (speedup, mac_ratio)
+        print("  batch  1 profile: " + where_time_goes(base, pruned, torch.randn(1, *SHAPE), args.threads, args.repeats))
     speedup, mac_ratio = last
     print(f"export: onnxruntime batch-1 speed-up {speedup:.2f} x, MAC ratio {mac_ratio:.2f} x, "
           f"speed-up / MAC ratio {speedup / mac_ratio:.2f} (goal >= 1)")
