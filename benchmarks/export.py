@@ -6,7 +6,8 @@ measuring: vectorised conv kernels favour such widths). Each model is exported t
 with the library's exporter and timed with `onnxruntime_latency_ms` (before and after interleaved in
 one run, medians) at batch 1 (one image on an edge device) and batch 32; PyTorch eager latency of
 the same pair in the same process for comparison; ONNX Runtime's profiler splits batch-1 time into
-conv kernels and the rest. Last line:
+conv kernels and the rest, and the optimized graph tells how many convs ORT runs in its blocked
+NCHWc layout (channel counts that are multiples of its block). Last line:
 `export: onnxruntime batch-1 speed-up S x, MAC ratio M x, speed-up / MAC ratio R (goal >= 1)`.
 """
 from __future__ import annotations
@@ -34,45 +35,66 @@ SHAPE = (3, 224, 224)
 CONV_OPS = {"Conv", "FusedConv"}  # ORT fuses Conv+BN+ReLU(+Add) into these on CPU
 
 
-def op_ms(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
-    """ONNX Runtime's own per-op-type kernel time (ms per run), from its profiler."""
+def op_ms(paths: list[Path], x: torch.Tensor, threads: int, runs: int) -> list[dict[str, float]]:
+    """ONNX Runtime's own kernel time per op type (ms per run) for each model, runs interleaved."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.enable_profiling = True
-    options.profile_file_prefix = str(path.with_suffix(""))
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    sessions = []
+    for path in paths:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(path.with_suffix(""))
+        sessions.append(ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"]))
     for _ in range(runs):
-        session.run(None, {"input": x.numpy()})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    totals: dict[str, float] = collections.defaultdict(float)
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
-    return totals
+        for session in sessions:
+            session.run(None, {"input": x.numpy()})
+    out = []
+    for session in sessions:
+        totals: dict[str, float] = collections.defaultdict(float)
+        for event in json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+        out.append(totals)
+    return out
 
 
 def where_time_goes(base, pruned, x, threads: int, runs: int) -> str:
-    """Conv time against the rest, before and after: conv time follows MACs, the rest follows widths."""
+    """Conv kernel time against the rest, before and after (ORT's profiler, the models' runs interleaved)."""
     with tempfile.TemporaryDirectory() as tmp:
-        times = []
-        for name, model in (("base", base), ("pruned", pruned)):
-            path = Path(tmp) / f"{name}.onnx"
+        paths = [Path(tmp) / "base.onnx", Path(tmp) / "pruned.onnx"]
+        for model, path in zip((base, pruned), paths):
             export_model(model, path, example_inputs=x, dynamic_batch=False)
-            times.append(op_ms(path, x, threads, runs))
+        times = op_ms(paths, x, threads, runs)
+        blocked = [nchwc_convs(path) for path in paths]
     conv = [sum(v for k, v in t.items() if k in CONV_OPS) for t in times]
     rest = [sum(v for k, v in t.items() if k not in CONV_OPS) for t in times]
     top = sorted(times[1].items(), key=lambda kv: -kv[1])[:4]
     return (f"conv kernels {conv[0]:.1f} -> {conv[1]:.1f} ms ({conv[0] / conv[1]:.2f}x), other ops "
-            f"{rest[0]:.1f} -> {rest[1]:.1f} ms ({rest[0] / max(rest[1], 1e-9):.2f}x), conv share after "
-            f"{conv[1] / (conv[1] + rest[1]):.0%}; top ops after: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in top))
+            f"{rest[0]:.1f} -> {rest[1]:.1f} ms, conv share after {conv[1] / (conv[1] + rest[1]):.0%}; "
+            "top ops after: " + ", ".join(f"{k} {v:.1f}" for k, v in top)
+            + f"; convs in ORT's blocked NCHWc layout: {blocked[0][0]}/{blocked[0][1]} before, "
+              f"{blocked[1][0]}/{blocked[1][1]} after")
+
+
+def nchwc_convs(path: Path) -> tuple[int, int]:
+    """(convs ORT runs in its blocked NCHWc layout, all convs) in the graph ORT optimizes `path` to."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    convs = [n for n in nodes if n.op_type in CONV_OPS]
+    return sum(n.domain == "com.microsoft.nchwc" for n in convs), len(convs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and ONNX Runtime intra-op threads (1: steadier on a shared machine)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per batch size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
