@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,9 +40,9 @@ def random_scores(seed: int = 0):
 
 
 def _share_baseline(workspace: Path, baseline: Path) -> None:
-    target = workspace / "iterations" / "baseline"
-    if not target.exists():
-        shutil.copytree(baseline, target)
+    from prune_explorer.workspace import Workspace
+
+    Workspace(workspace).copy_baseline(baseline)
 
 
 def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
@@ -53,12 +52,13 @@ def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
 
     from prune_explorer.model import store
     from prune_explorer.model.graph import ChannelGraph
-    from prune_explorer.jobs import COMPLETED, JobQueue
-    from prune_explorer.loop import example_inputs
-    from prune_explorer.tracking import Tracker
+    from prune_explorer.jobs import COMPLETED
+    from prune_explorer.tracking import MlflowTracker
+    from prune_explorer.workspace import Workspace
 
-    tracker = Tracker(workspace)
-    queue = JobQueue(workspace, tracker=tracker)
+    space = Workspace(workspace)
+    tracker = MlflowTracker(workspace)
+    queue = space.queue(tracker=tracker)
     previous, names = workspace / "iterations" / "baseline", ["baseline"]
     if tracker.run_id("baseline") is None:
         tracker.record("baseline", params=_metrics(previous)["params"],
@@ -67,9 +67,9 @@ def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
     if done:  # continue an earlier run's curve
         names += done
         previous = workspace / "iterations" / done[-1]
-    for k in range(len(done) + 1, len(done) + config.iterations + 1):
+    for _ in range(config.iterations):
         model = store.load(previous).eval()
-        x = example_inputs(previous, model, config)
+        x = space.example_inputs(previous.name, model, image_size=config.image_size, dataset=config.dataset)
         before = sum(g.size for g in ChannelGraph.trace(model, x).prunable())
         last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
         pruner = tp.pruner.MagnitudePruner(
@@ -77,16 +77,14 @@ def torch_pruning_curve(config: LoopConfig, workspace: Path) -> pd.DataFrame:
             pruning_ratio=min(0.9, config.per_iteration / before), ignored_layers=last)
         pruner.step()
         removed = before - sum(g.size for g in ChannelGraph.trace(model, x).prunable())
-        name = f"iter-{k:03d}"
-        out = workspace / "iterations" / name
-        store.save(model, out / "pruned")
-        job = queue.wait(queue.submit(out / "pruned", out_dir=out, parent=names[-1], plan={"torch_pruning": removed},
-                                      criterion="tp-magnitude", iteration=name,
-                                      hyperparameters=config.hyperparameters(config.epochs)).id)
+        name = space.reserve_iteration()
+        space.save_pruned(name, model, {"torch_pruning": removed}, parent=names[-1], criterion="tp-magnitude")
+        job = queue.wait(space.submit(queue, name, parent=names[-1], plan={"torch_pruning": removed},
+                                      criterion="tp-magnitude", hyperparameters=config.hyperparameters(config.epochs)).id)
         if job.status != COMPLETED:
             print(f"tp-magnitude {name}: {job.status}: {job.message}", file=sys.stderr)
             break
-        previous = out
+        previous = space.iteration_dir(name)
         names.append(name)
     queue.close()
     history = tracker.history()
@@ -136,9 +134,9 @@ def paired_differences(smallest: dict[str, pd.Series], config: LoopConfig) -> li
 
 
 def tracked_curve(workspace: Path) -> pd.DataFrame:
-    from prune_explorer.tracking import Tracker
+    from prune_explorer.tracking import MlflowTracker
 
-    history = Tracker(workspace).history()
+    history = MlflowTracker(workspace).history()
     return history[history["status"] == "completed"].sort_values("iteration").reset_index(drop=True)
 
 

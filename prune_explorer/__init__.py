@@ -1,7 +1,8 @@
 """prune_explorer: see and steer iterative structured pruning of CNNs.
 
 The public names below import lazily, so `import prune_explorer` stays cheap and a notebook
-only pays for the parts it uses.
+only pays for the parts it uses. No public name is also a submodule's name (`prune_explorer.train`
+is always the module; its entry function is `fine_tune`).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+_EXPORTS = {  # public name -> "module" (same attribute name) or ("module", "attribute")
     "ChannelGraph": "model.graph",
     "ChannelGroup": "model.graph",
     "Tap": "model.graph",
@@ -23,12 +24,14 @@ _EXPORTS = {
     "build_model": "model.zoo",
     "ModelCost": "model.measure",
     "load_dataset": "data",
-    "train": "train",
+    "fine_tune": ("train", "train"),
     "AccuracyDropRule": "rules",
     "CaptureHook": "signals.capture",
     "open_trial": "signals.trials",
     "rank": "signals.ranking",
     "Tracker": "tracking",
+    "MlflowTracker": "tracking",
+    "make_tracker": "tracking",
     "JobQueue": "jobs",
 }
 
@@ -36,10 +39,11 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    where = _EXPORTS.get(name)
+    if where is None:
         raise AttributeError(f"module 'prune_explorer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    module, attribute = (where, name) if isinstance(where, str) else where
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
     globals()[name] = value
     return value
 

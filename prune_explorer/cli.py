@@ -159,9 +159,33 @@ def _add_run(sub) -> None:
                    help="'internal': only block-internal channels (the AWS example); 'all': every prunable group")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="stop when accuracy drops more than this (fraction) below the previous iteration")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workspace)")
+    p.add_argument("--backend", default=d.backend, choices=("local", "sagemaker"),
+                   help="where fine-tuning jobs run: local processes (default) or SageMaker training jobs")
+    p.add_argument("--tracker", default=d.tracker, choices=("mlflow", "sagemaker-experiments"),
+                   help="where iterations are tracked: MLflow (default) or SageMaker Experiments")
+    _add_tracker_options(p)
+    sm = p.add_argument_group("SageMaker (--backend sagemaker)")
+    sm.add_argument("--role", default=None,
+                    help="execution role ARN (default $PRUNE_EXPLORER_SAGEMAKER_ROLE, else the SageMaker session's role)")
+    sm.add_argument("--bucket", default=None,
+                    help="S3 bucket for code and results (default $PRUNE_EXPLORER_SAGEMAKER_BUCKET, else the "
+                         "SageMaker session's default bucket)")
+    sm.add_argument("--instance-type", default=None, help="training instance type (default ml.g4dn.xlarge)")
+    sm.add_argument("--instance-count", type=int, default=d.instance_count,
+                    help="instances per job (more than one: torchrun across them)")
+    sm.add_argument("--debugger", default=None, action=argparse.BooleanOptionalAction,
+                    help="also run the accuracy rule as a SageMaker Debugger rule (default on; the rule always "
+                         "runs inside the job too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
     p.set_defaults(func=_run)
+
+
+def _add_tracker_options(p) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI: any MLflow server, SageMaker's managed MLflow (ARN, with the "
+                        "sagemaker-mlflow plugin) (default: sqlite in the workspace)")
+    p.add_argument("--experiment", default=None, help="experiment name (default prune-explorer)")
+    p.add_argument("--region", default=None, help="AWS region for SageMaker (default: the boto3 session's)")
 
 
 def _run(args) -> int:
@@ -183,8 +207,9 @@ def _run(args) -> int:
 def _add_history(sub) -> None:
     p = sub.add_parser("history", help="print the tracked iterations of a workspace")
     p.add_argument("--workspace", default="workspace", help="the workspace to read (default ./workspace)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in the workspace)")
-    p.add_argument("--experiment", default="prune-explorer")
+    p.add_argument("--tracker", default="mlflow", choices=("mlflow", "sagemaker-experiments"),
+                   help="where the iterations were tracked (default mlflow)")
+    _add_tracker_options(p)
     p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV")
     p.set_defaults(func=_history)
 
@@ -192,13 +217,18 @@ def _add_history(sub) -> None:
 def _history(args) -> int:
     from pathlib import Path
 
-    from .loop import format_history
-    from .tracking import Tracker
+    from .loop import LoopConfig, format_history, loop_tracker
 
-    if args.tracking_uri is None and not (Path(args.workspace) / "mlflow.db").exists():
+    if args.tracker == "mlflow" and args.tracking_uri is None and not (Path(args.workspace) / "mlflow.db").exists():
         print(f"prune-explorer history: no MLflow store at {Path(args.workspace) / 'mlflow.db'}", file=sys.stderr)
         return 1
-    history = Tracker(args.workspace, tracking_uri=args.tracking_uri, experiment=args.experiment).history()
+    config = LoopConfig(workspace=args.workspace, tracker=args.tracker, tracking_uri=args.tracking_uri,
+                        experiment=args.experiment, region=args.region)
+    try:
+        history = loop_tracker(config.validate()).history()
+    except ValueError as exc:
+        print(f"prune-explorer history: {exc}", file=sys.stderr)
+        return 1
     print(format_history(history))
     if args.csv:
         history.to_csv(args.csv, index=False)
@@ -274,7 +304,7 @@ def _export_source(iteration: str, workspace: Path) -> Path:
 
 
 # --- app (Voila) -------------------------------------------------------------------------------
-APP_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "app.ipynb"
+APP_NOTEBOOK = Path(__file__).resolve().parent / "widgets" / "app.ipynb"  # package data: ships in the wheel
 
 
 def _add_app(sub) -> None:
@@ -282,7 +312,7 @@ def _add_app(sub) -> None:
     p.add_argument("--port", type=int, default=8866, help="port to listen on (default 8866)")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--workspace", default="workspace", help="workspace folder the app opens (default ./workspace, where `make demo` writes)")
-    p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default notebooks/app.ipynb)")
+    p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default: the one shipped in prune_explorer/widgets/)")
     p.add_argument("--fast", action="store_true", help="small digits setup (PRUNE_EXPLORER_FAST=1)")
     p.set_defaults(func=_app)
 

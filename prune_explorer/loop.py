@@ -1,37 +1,33 @@
-"""The headless iterative pruning loop (the AWS example's automated loop, run locally).
+"""The headless iterative pruning loop (the AWS example's automated loop), on any backend and tracker.
 
 baseline job → repeat: rank the last model's filters → plan the lowest N → cut them out → save →
 fine-tune job → track → accuracy-drop rule. Ends after K iterations, at a parameter floor, or when
-the rule fires (that iteration is then tracked as "stopped"). A second run on the same workspace
-continues from its newest completed iteration (`start_from`), so "K more iterations" is one
-command. Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (the whole lineage of
-the last model) and returns that lineage's history as a DataFrame.
+the rule fires (that iteration is then "stopped" in the tracker and in its metrics.json, so no later
+run continues from it). A second run on the same workspace continues from its newest completed
+iteration (`start_from`), so "K more iterations" is one command. Jobs run where `backend` says
+(local processes, or SageMaker training jobs) and are tracked where `tracker` says (MLflow, or
+SageMaker Experiments), as in the panel; the workspace on disk is `workspace.Workspace`'s.
+Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (the whole lineage of the last
+model) and returns that lineage's history as a DataFrame.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
 from .jobs.base import COMPLETED, STOPPED
-from .jobs.queue import JobQueue, read_metrics
+from .workspace import BASELINE, WEIGHT_CRITERIA, Iteration, Workspace
 
-BASELINE = "baseline"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-WEIGHT_CRITERIA = ("l1", "l2")
 SCHEMES = ("all", "internal")
-NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "params_vs_accuracy.png"
-BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
-                     "lr_schedule", "weight_decay")  # a reused baseline must have been trained with these
+LOOP_CONFIG = "loop_config.json"
 
 
 @dataclass
@@ -53,7 +49,16 @@ class LoopConfig:
     image_size: int | None = None
     scheme: str = "internal"
     threshold: float = 0.10
-    tracking_uri: str | None = None
+    backend: str = "local"  # where jobs run: local | sagemaker (LOOP_BACKENDS)
+    tracker: str = "mlflow"  # where iterations are tracked: mlflow | sagemaker-experiments (tracking.TRACKERS)
+    tracking_uri: str | None = None  # MLflow: any tracking URI (default: sqlite in the workspace)
+    experiment: str | None = None  # MLflow or Experiments experiment name (default "prune-explorer")
+    role: str | None = None  # SageMaker: execution role ARN (default $PRUNE_EXPLORER_SAGEMAKER_ROLE or the session's)
+    bucket: str | None = None  # SageMaker: S3 bucket (default $PRUNE_EXPLORER_SAGEMAKER_BUCKET or the session's default)
+    region: str | None = None  # SageMaker: AWS region (default the boto3 session's)
+    instance_type: str | None = None  # SageMaker: default the backend's (ml.g4dn.xlarge)
+    instance_count: int = 1
+    debugger: bool | None = None  # SageMaker: the rule as a Debugger rule too (default the backend's: on)
     batch_size: int = 64
     lr: float | None = None
     baseline_lr: float | None = None  # None: the same as lr
@@ -77,6 +82,16 @@ class LoopConfig:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
+        if self.backend not in LOOP_BACKENDS:
+            raise ValueError(f"backend must be one of {tuple(LOOP_BACKENDS)}, got {self.backend!r}")
+        from .tracking import TRACKERS
+
+        if self.tracker not in TRACKERS:
+            raise ValueError(f"tracker must be one of {tuple(TRACKERS)}, got {self.tracker!r}")
+        if self.tracking_uri is not None and self.tracker != "mlflow":
+            raise ValueError(f"tracking_uri is an MLflow setting; tracker {self.tracker!r} does not take one")
+        if self.instance_count < 1:
+            raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
         return self
 
     def hyperparameters(self, epochs: int, baseline: bool = False) -> dict[str, Any]:
@@ -113,24 +128,62 @@ def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
     )
 
 
-@dataclass
-class _Step:
-    name: str
-    directory: Path
-    accuracy: float | None
+def sagemaker_backend(config: LoopConfig):
+    """A SageMakerBackend from the loop's settings: role and bucket from the flags, the environment, or
+    the SageMaker session's defaults (its execution role, its default bucket)."""
+    import boto3
+
+    from .jobs.sagemaker import BUCKET_ENV, ROLE_ENV, SageMakerBackend
+
+    session = boto3.Session(region_name=config.region) if config.region else boto3.Session()
+    role = config.role or os.environ.get(ROLE_ENV) or _session_default("role", session)
+    bucket = config.bucket or os.environ.get(BUCKET_ENV) or _session_default("bucket", session)
+    options = {k: v for k, v in dict(instance_type=config.instance_type, debugger=config.debugger).items()
+               if v is not None}
+    experiment = (config.experiment or "prune-explorer") if config.tracker == "sagemaker-experiments" else None
+    return SageMakerBackend(role, bucket, region=session.region_name, boto_session=session,
+                            instance_count=config.instance_count, rule_threshold=config.threshold,
+                            experiment_name=experiment, **options)
 
 
-def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd.DataFrame:
+def _session_default(what: str, boto_session: Any) -> str:
+    from sagemaker.core.helper.session_helper import Session, get_execution_role
+
+    session = Session(boto_session=boto_session)
+    try:
+        return get_execution_role(session) if what == "role" else session.default_bucket()
+    except Exception as exc:
+        flag = "--role (or $PRUNE_EXPLORER_SAGEMAKER_ROLE)" if what == "role" else "--bucket (or $PRUNE_EXPLORER_SAGEMAKER_BUCKET)"
+        raise ValueError(f"{what}: none given and the SageMaker session has no default {what} ({exc}); "
+                         f"pass {flag}") from exc
+
+
+LOOP_BACKENDS: dict[str, Callable[[LoopConfig], Any]] = {
+    "local": lambda config: "local",
+    "sagemaker": sagemaker_backend,
+}
+
+
+def loop_tracker(config: LoopConfig):
+    """The tracker the loop records into (config.tracker, with its URI / experiment / region)."""
+    from .tracking import make_tracker
+
+    if config.tracker == "mlflow":
+        return make_tracker("mlflow", config.workspace, tracking_uri=config.tracking_uri, experiment=config.experiment)
+    return make_tracker(config.tracker, config.workspace, experiment=config.experiment, region=config.region)
+
+
+def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backend: Any = None,
+             tracker: Any = None) -> pd.DataFrame:
     """Run the loop; returns this run's iterations (history rows) with `attrs["stop_reason"]`.
 
+    `backend` (a name or a Backend) and `tracker` (a Tracker) default to what `config` names.
     `criterion_fn(group, model, trial) -> scores` (a ranking criterion callable) replaces the named
     criterion, e.g. a random ranking in benchmarks; `config.criterion` is still the tracked name.
     """
     from tqdm.auto import tqdm
 
-    from .model import store
     from .rules import AccuracyDropRule
-    from .tracking import Tracker
 
     config.validate()
     if criterion_fn is None:
@@ -138,39 +191,33 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
 
         if config.criterion not in CRITERIA:
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
-    workspace = Path(config.workspace).resolve()
-    workspace.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(workspace, tracking_uri=config.tracking_uri)
-    queue = JobQueue(workspace, backend="local", tracker=tracker)
+    workspace = Workspace(config.workspace)
+    tracker = tracker if tracker is not None else loop_tracker(config)
+    queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
-    _write_json(workspace / "loop_config.json", asdict(config))
+    workspace.write_json(LOOP_CONFIG, asdict(config))
     try:
-        previous = _start(_baseline(queue, config, workspace), config, workspace)
-        names = _lineage(tracker, previous.name)
+        workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True))
+        previous = workspace.start_point(config.start_from)
+        names = workspace.lineage(previous.name)
         if progress and previous.name != BASELINE and config.iterations:
             how = (" (the newest completed iteration; --from baseline branches from the baseline instead)"
                    if config.start_from == "latest" else "")
-            print(f"continuing from {previous.name} in {workspace}{how}", file=sys.stderr)
+            print(f"continuing from {previous.name} in {workspace.root}{how}", file=sys.stderr)
         reason = (f"completed {config.iterations} iterations" if config.iterations
                   else f"no new iterations asked for; the lineage ends at {previous.name}")
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
         for _ in bar:
-            name = _next_iteration_name(workspace)
-            out = workspace / "iterations" / name
-            pruned, plan, params = _prune_step(previous, config, criterion_fn)
-            if plan is None:
-                reason = f"{name}: nothing left to prune in {previous.name} (every group at its minimum)"
+            step = workspace.prune_step(
+                queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
+                scheme=config.scheme, hyperparameters=_job_hyperparameters(config, previous),
+                min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
+                image_size=config.image_size, dataset=config.dataset)
+            if step.job is None:
+                reason = f"next iteration: {step.reason}"
                 break
-            if params < config.min_params:
-                reason = (f"{name}: pruning {previous.name} further would leave {params:,} params, "
-                          f"below the floor of {config.min_params:,}")
-                break
-            pruned_dir = out / "pruned"
-            store.save(pruned, pruned_dir)
-            job = queue.submit(pruned_dir, out_dir=out, parent=previous.name, plan=plan,
-                               criterion=config.criterion, hyperparameters=_job_hyperparameters(config, previous),
-                               iteration=name)
-            job = queue.wait(job.id)
+            name = step.name
+            job = queue.wait(step.job.id)
             names.append(name)
             if job.status == STOPPED and (job.result or {}).get("reason"):
                 reason = f"{name}: accuracy rule fired in job {job.id}: {job.result['reason']}"
@@ -180,26 +227,29 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None) -> pd
                 break
             accuracies = [e["val_accuracy"] for e in job.result.get("epochs", [])]
             verdict = rule.evaluate(previous.accuracy, accuracies)
-            bar.set_postfix(params=f"{params:,}", accuracy=f"{max(accuracies, default=float('nan')):.3f}")
+            bar.set_postfix(params=f"{step.params:,}", accuracy=f"{max(accuracies, default=float('nan')):.3f}")
             if verdict.fired:
-                tracker.update_status(name, "stopped")
+                workspace.mark_stopped(name, verdict.reason)  # where completed_iterations() reads it back
+                tracker.update_status(name, STOPPED)
                 reason = f"{name}: accuracy rule fired: {verdict.reason}"
                 break
-            previous = _Step(name, out, job.result.get("best_accuracy", max(accuracies, default=None)))
+            previous = Iteration(name, workspace.iteration_dir(name),
+                                 job.result.get("best_accuracy", max(accuracies, default=None)))
         bar.close()
     finally:
         queue.close()
     history = tracker.history()
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs["stop_reason"] = reason
-    _write_results(rows, workspace)
+    workspace.write_file(RESULTS_CSV, lambda path: rows.to_csv(path, index=False))
+    workspace.write_file(RESULTS_PNG, lambda path: plot_history(rows, path))
     if progress:
         print(format_history(rows))
         print(f"stopped: {reason}")
     return rows
 
 
-def _job_hyperparameters(config: LoopConfig, previous: _Step) -> dict[str, Any]:
+def _job_hyperparameters(config: LoopConfig, previous: Iteration) -> dict[str, Any]:
     """A fine-tuning job's arguments, with the rule inside the job so a falling job stops early
     (what the Debugger rule does on SageMaker); the loop checks the rule again on the result."""
     args = config.hyperparameters(config.epochs)
@@ -208,120 +258,9 @@ def _job_hyperparameters(config: LoopConfig, previous: _Step) -> dict[str, Any]:
     return args
 
 
-def _baseline(queue: JobQueue, config: LoopConfig, workspace: Path) -> _Step:
-    """The baseline iteration: reused when its model and metrics are on disk, trained otherwise."""
-    out = workspace / "iterations" / BASELINE
-    if (out / "model.json").exists() and (out / "metrics.json").exists():
-        metrics = read_metrics(out)
-        _check_baseline(out, metrics, config)
-        if queue.tracker is not None and queue.tracker.run_id(BASELINE) is None:  # copied in, never tracked
-            queue.tracker.record(
-                BASELINE, params=metrics.get("params"), macs=metrics.get("macs"), latency_ms=metrics.get("latency_ms"),
-                accuracies=[e["val_accuracy"] for e in metrics.get("epochs", [])],
-                best_accuracy=metrics.get("best_accuracy"), status="completed", model_dir=str(out),
-                trial_dir=metrics.get("trial"), backend="local")
-        return _Step(BASELINE, out, metrics.get("best_accuracy"))
-    job = queue.submit(config.model, out_dir=out, criterion=None, iteration=BASELINE,
-                       hyperparameters=config.hyperparameters(config.baseline_epochs, baseline=True))
-    job = queue.wait(job.id)
-    if job.status != COMPLETED:
-        raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}")
-    return _Step(BASELINE, out, job.result.get("best_accuracy"))
-
-
-def _start(baseline: _Step, config: LoopConfig, workspace: Path) -> _Step:
-    """The iteration this run prunes first: the newest completed one, the baseline, or a named one."""
-    if config.start_from == BASELINE:
-        return baseline
-    done = {name: workspace / "iterations" / name for name in completed_iterations(workspace)}
-    if config.start_from == "latest":
-        if not done:
-            return baseline
-        name = list(done)[-1]
-    elif config.start_from in done:
-        name = config.start_from
-    else:
-        raise ValueError(f"start_from: {config.start_from!r} is not a completed iteration of {workspace} "
-                         f"(completed: {', '.join(sorted(done)) or 'none'}; or 'latest', 'baseline')")
-    return _Step(name, done[name], read_metrics(done[name]).get("best_accuracy"))
-
-
 def completed_iterations(workspace: str | os.PathLike) -> list[str]:
-    """Names of the workspace's iter-NNN iterations whose fine-tuning job completed, oldest first."""
-    found = []
-    for metrics in Path(workspace).glob("iterations/iter-*/metrics.json"):
-        match = re.fullmatch(r"iter-(\d+)", metrics.parent.name)
-        if match and (metrics.parent / "model.json").exists() and read_metrics(metrics.parent).get("status") == COMPLETED:
-            found.append((int(match.group(1)), metrics.parent.name))
-    return [name for _, name in sorted(found)]
-
-
-def _lineage(tracker, name: str) -> list[str]:
-    """`name` and its tracked ancestors, baseline first."""
-    if name == BASELINE:
-        return [name]
-    history = tracker.history()
-    parents = dict(zip(history["iteration"], history["parent"]))
-    chain = [name]
-    while isinstance(parents.get(chain[-1]), str) and parents[chain[-1]] not in chain:
-        chain.append(parents[chain[-1]])
-    return chain[::-1]
-
-
-def _check_baseline(out: Path, metrics: dict[str, Any], config: LoopConfig) -> None:
-    """Refuse to build on a baseline trained with other data or recipe than this run asks for."""
-    trained = metrics.get("config") or {}
-    wanted = dict(config.hyperparameters(config.baseline_epochs, baseline=True), model=config.model)
-    differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in BASELINE_SETTINGS
-              if k in wanted and k in trained and trained[k] != wanted[k]]
-    if differ:
-        raise ValueError(f"{out} was trained with other settings: {', '.join(differ)}. "
-                         "Use another --workspace, or delete that baseline to train a new one.")
-
-
-def _prune_step(previous: _Step, config: LoopConfig, criterion_fn):
-    """Rank, plan and cut the previous model; returns (pruned model, plan, params) or (None, None, 0)."""
-    from .model import store
-    from .model.graph import ChannelGraph
-    from .model.measure import count
-    from .model.plan import PrunePlan
-    from .signals.ranking import rank
-    from .model.surgery import prune
-    from .signals.trials import open_trial
-
-    model = store.load(previous.directory)
-    model.eval()
-    x = example_inputs(previous.directory, model, config)
-    graph = ChannelGraph.trace(model, x)
-    trial = None
-    if config.capture != "none" and (criterion_fn is not None or config.criterion not in WEIGHT_CRITERIA):
-        trial = open_trial(previous.directory / "trial", model=model, example_inputs=x, graph=graph)
-    table = rank(model, x, trial=trial, criterion=criterion_fn or config.criterion, graph=graph)
-    plan = PrunePlan.lowest(table, graph, n=config.per_iteration, scheme=config.scheme)
-    if len(plan) == 0:
-        return None, None, 0
-    pruned = prune(model, plan, x, graph=graph)
-    return pruned, plan, int(count(pruned, x).params)
-
-
-def example_inputs(model_dir: Path, model, config: LoopConfig):
-    """A one-image batch shaped like the training data (metrics.json's input_shape when train.py wrote one)."""
-    import torch
-
-    metrics = read_metrics(model_dir)
-    shape = metrics.get("input_shape")
-    if shape:
-        return torch.zeros(1, *[int(s) for s in list(shape)[-3:]])
-    first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    channels = first_conv.in_channels if first_conv is not None else 1
-    size = config.image_size or NATIVE_SIZE.get(config.dataset, 224)
-    return torch.zeros(1, channels, size, size)
-
-
-def _next_iteration_name(workspace: Path) -> str:
-    taken = [int(m.group(1)) for p in (workspace / "iterations").glob("iter-*")
-             if (m := re.fullmatch(r"iter-(\d+)", p.name))]
-    return f"iter-{max(taken, default=0) + 1:03d}"
+    """Names of the workspace's iter-NNN iterations whose fine-tuning completed, oldest first."""
+    return Workspace(workspace).completed_iterations()
 
 
 def format_history(history: pd.DataFrame) -> str:
@@ -335,11 +274,6 @@ def format_history(history: pd.DataFrame) -> str:
     for column in ("filters_removed", "params", "macs"):
         view[column] = view[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}").astype(object)
     return view.astype(object).fillna("").to_string(index=False)
-
-
-def _write_results(history: pd.DataFrame, workspace: Path) -> None:
-    _atomic_write(workspace / RESULTS_CSV, lambda path: history.to_csv(path, index=False))
-    _atomic_write(workspace / RESULTS_PNG, lambda path: plot_history(history, path))
 
 
 def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -362,18 +296,3 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, format="png")
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(target: Path, data: dict[str, Any]) -> None:
-    _atomic_write(target, lambda path: Path(path).write_text(json.dumps(data, indent=1, default=str)))

@@ -132,6 +132,13 @@ def _scalar(value) -> float:
     return float(np.asarray(value).reshape(-1)[0])
 
 
+try:  # in the package: smdebug's INFO lines go to the project's logger (not in Debugger's rule container)
+    from .signals.smdebug_compat import route_logging as _route_smdebug_logging
+except ImportError:
+    pass
+else:
+    _route_smdebug_logging()
+
 try:
     from smdebug.rules.rule import Rule as _SmdebugRule
 except ImportError:  # smdebug is optional for the plain rule

@@ -13,7 +13,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from test_notebooks import BINDER_MEMORY_BYTES, FAST_ENV, NOTEBOOKS, KernelMemory
+from test_notebooks import APP, BINDER_MEMORY_BYTES, FAST_ENV, NOTEBOOKS, KernelMemory
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"
@@ -129,7 +129,7 @@ def test_binder_readme_states_each_notebooks_measured_peak_memory_and_time():
     """The numbers come from tests/test_notebooks.py (artifacts/notebook_memory.json); each is under the limit."""
     readme = (BINDER / "README.md").read_text()
     assert f"{BINDER_MEMORY_BYTES / 2**30:.0f} GiB" in readme
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+    for path in [*sorted(NOTEBOOKS.glob("*.ipynb")), APP]:
         row = re.search(rf"^\| `{re.escape(path.name)}` \|(.+)$", readme, re.M)
         assert row, f"binder/README.md has no row for {path.name}"
         peak = re.search(r"(\d+) MiB", row.group(1))

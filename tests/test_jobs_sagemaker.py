@@ -21,9 +21,8 @@ import pytest
 import torch
 
 from prune_explorer.jobs.base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Job, new_id
-
-REGION = "us-east-1"
-ROLE = "arn:aws:iam::123456789012:role/prune-explorer-test"
+from sagemaker_fakes import (REGION, ROLE, aws, backend, moto_job, put_job_outputs, s3_bytes,  # noqa: F401
+                             tar_gz)
 
 
 @pytest.fixture(scope="module")
@@ -37,38 +36,9 @@ def saved_model(tmp_path_factory):
     return directory, model
 
 
-@pytest.fixture
-def aws(moto_server):
-    import boto3
-
-    session = boto3.Session(region_name=REGION)
-    bucket = f"pe-{uuid.uuid4().hex[:12]}"
-    session.client("s3").create_bucket(Bucket=bucket)
-    account = session.client("sts").get_caller_identity()["Account"]
-    return {"session": session, "bucket": bucket, "account": account,
-            "s3": session.client("s3"), "sagemaker": session.client("sagemaker")}
-
-
-def backend(aws, **options):
-    from prune_explorer.jobs.sagemaker import SageMakerBackend
-
-    return SageMakerBackend(ROLE, aws["bucket"], region=REGION, boto_session=aws["session"], **options)
-
-
 def make_job(workspace: Path, model: str, *, iteration: str = "it-1", parent: str | None = None, **hyper) -> Job:
     return Job(id=new_id(), backend="sagemaker", model=model, out_dir=str(workspace / "iterations" / iteration),
                iteration=iteration, parent=parent, hyperparameters=hyper or {"epochs": 2, "lr": 0.01})
-
-
-def moto_job(aws, name: str):
-    from moto.backends import get_backend
-
-    return get_backend("sagemaker")[aws["account"]][REGION].training_jobs[name]
-
-
-def s3_bytes(aws, uri: str) -> bytes:
-    bucket, _, key = uri[5:].partition("/")
-    return aws["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_path):
@@ -79,7 +49,7 @@ def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_pa
 
     assert job.status == RUNNING and job.started is not None
     described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
-    assert described["HyperParameters"] == {"epochs": "2", "lr": "0.01", "model": "/opt/ml/input/data/model"}
+    assert described["HyperParameters"] == {"epochs": "2", "lr": "0.01"}  # the model comes as a channel
     spec = described["AlgorithmSpecification"]
     assert spec["TrainingImage"] == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313"
     assert "prune_explorer.jobs.sagemaker_entry" in spec["ContainerEntrypoint"][-1]
@@ -117,6 +87,93 @@ def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_pa
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     for filename in ("model.json", "model.safetensors"):
         assert s3_bytes(aws, channels["model"] + filename) == (model_dir / filename).read_bytes()
+
+
+def test_a_job_with_its_own_script_ships_its_source_dir_and_names_its_entry_point(aws, saved_model, tmp_path):
+    from prune_explorer.jobs.base import training_script
+
+    source = tmp_path / "src"
+    (source / "helpers").mkdir(parents=True)
+    (source / "train.py").write_text("import helpers.util\n")
+    (source / "helpers" / "util.py").write_text("X = 1\n")
+    (source / "requirements.txt").write_text("timm>=1.0\n\n")
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0")
+    (source / ".git").mkdir()
+    (source / ".git" / "HEAD").write_text("ref: main\n")
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, str(saved_model[0]))
+    vars(job).update(training_script("train.py", source))
+    sm.start(job)
+
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    code = next(c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["InputDataConfig"]
+                if c["ChannelName"] == "code")
+    assert described["HyperParameters"] == {"epochs": "2", "lr": "0.01", "sagemaker_program": "train.py",
+                                            "sagemaker_submit_directory": code}  # as an SDK estimator sends
+    with tarfile.open(fileobj=io.BytesIO(s3_bytes(aws, code))) as tar:
+        names = set(tar.getnames())
+        requirements = tar.extractfile("requirements.txt").read().decode().splitlines()
+    assert {"train.py", "helpers/util.py", "prune_explorer/job.py", "prune_explorer/train.py"} <= names
+    assert not any(".git" in n or "__pycache__" in n for n in names)
+    assert requirements[-1] == "timm>=1.0" and "smdebug>=1.0.34" in requirements  # ours, then the script's
+    assert code != sm.upload_source()  # the package alone is another tarball
+
+    (source / "prune_explorer").mkdir()
+    shadowing = make_job(tmp_path, "resnet18")
+    shadowing.entry_point, shadowing.source_dir = "train.py", str(source)
+    with pytest.raises(ValueError, match="holds a folder 'prune_explorer'"):
+        sm.start(shadowing)
+
+
+def test_the_entry_point_is_found_inside_its_source_dir_or_refused_naming_it(tmp_path, monkeypatch):
+    from prune_explorer.jobs.base import training_script
+
+    source = tmp_path / "src"
+    (source / "scripts").mkdir(parents=True)
+    (source / "scripts" / "train.py").write_text("")
+    (tmp_path / "elsewhere.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    expected = {"entry_point": "scripts/train.py", "source_dir": str(source)}
+    assert training_script("scripts/train.py", "src") == expected
+    assert training_script("src/scripts/train.py", "src") == expected  # the CLI's spelling: a path into it
+    assert training_script(source / "scripts" / "train.py", source) == expected
+    assert training_script("src/scripts/train.py", None) == {"entry_point": "train.py",
+                                                              "source_dir": str(source / "scripts")}
+    assert training_script(None, None) == {"entry_point": None, "source_dir": None}
+    with pytest.raises(ValueError, match="not inside source_dir"):
+        training_script(tmp_path / "elsewhere.py", "src")
+    with pytest.raises(FileNotFoundError, match="no file missing.py in source_dir"):
+        training_script("missing.py", "src")
+    with pytest.raises(FileNotFoundError, match="source_dir 'nowhere'"):
+        training_script("train.py", "nowhere")
+    with pytest.raises(ValueError, match="needs entry_point"):
+        training_script(None, "src")
+
+
+def test_a_local_weights_file_travels_as_the_weights_channel(aws, tmp_path, monkeypatch):
+    from prune_explorer.job import JobSpec, resolve_locations
+
+    weights = tmp_path / "resnet18-imagenet.pth"
+    weights.write_bytes(b"state dict bytes")
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path, "resnet18", weights=str(weights), epochs=1)
+    sm.start(job)
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    assert described["HyperParameters"] == {"weights": "resnet18-imagenet.pth", "epochs": "1", "model": "resnet18"}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["InputDataConfig"]}
+    assert s3_bytes(aws, channels["weights"] + "resnet18-imagenet.pth") == b"state dict bytes"
+    # in the container: the job contract finds the file by name in the channel
+    channel = tmp_path / "opt-ml" / "input" / "data" / "weights"
+    channel.mkdir(parents=True)
+    (channel / "resnet18-imagenet.pth").write_bytes(b"state dict bytes")
+    monkeypatch.setenv("SM_CHANNEL_WEIGHTS", str(channel))
+    monkeypatch.chdir(tmp_path / "opt-ml")
+    spec = resolve_locations(JobSpec(model="resnet18", weights="resnet18-imagenet.pth"))
+    assert spec.weights == str(channel / "resnet18-imagenet.pth")
+    assert resolve_locations(JobSpec(model="resnet18", weights="IMAGENET1K_V1")).weights == "IMAGENET1K_V1"
+    with pytest.raises(ValueError, match="'weights' is reserved"):
+        backend(aws, inputs={"weights": "s3://bucket/w/"})
 
 
 def test_source_is_uploaded_once_per_content(aws, tmp_path):
@@ -288,31 +345,6 @@ def write_trial(directory: Path, steps: int = 2) -> dict[str, np.ndarray]:
     return values
 
 
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def put_job_outputs(aws, sm, name: str, model_dir: Path, metrics: dict, trial_dir: Path | None) -> None:
-    described = aws["sagemaker"].describe_training_job(TrainingJobName=name)
-    bucket, _, model_key = described["ModelArtifacts"]["S3ModelArtifacts"][5:].partition("/")
-    files = {f: (model_dir / f).read_bytes() for f in ("model.json", "model.safetensors")}
-    files["metrics.json"] = json.dumps(metrics).encode()
-    aws["s3"].put_object(Bucket=bucket, Key=model_key, Body=tar_gz(files))
-    aws["s3"].put_object(Bucket=bucket, Key=model_key.replace("model.tar.gz", "output.tar.gz"),
-                         Body=tar_gz({"metrics.json": json.dumps(metrics).encode()}))
-    if trial_dir is not None:
-        checkpoint_bucket, _, prefix = described["CheckpointConfig"]["S3Uri"][5:].partition("/")
-        for path in sorted(p for p in trial_dir.rglob("*") if p.is_file()):
-            key = f"{prefix}/trial/{path.relative_to(trial_dir).as_posix()}"
-            aws["s3"].put_object(Bucket=checkpoint_bucket, Key=key, Body=path.read_bytes())
-
-
 def test_fetch_brings_back_model_metrics_and_trial(aws, saved_model, tmp_path):
     from smdebug.trials import create_trial
 
@@ -450,6 +482,14 @@ def test_entry_runs_one_process_or_torchrun_across_hosts_and_gpus():
     gpus = train_command(hyper, {}, gpus=2, python="py")
     assert "--nnodes=1" in gpus and "--nproc_per_node=2" in gpus
 
+    # the user's script (SAGEMAKER_PROGRAM), run from /opt/ml/code, alone or under torchrun
+    own = train_command(hyper, {}, gpus=0, python="py", program="scripts/train.py")
+    assert own == ["py", "scripts/train.py", "--epochs", "2", "--lr", "0.01"]
+    own_multi = train_command(hyper, {"hosts": ["algo-1", "algo-2"], "current_host": "algo-1"}, gpus=2,
+                              python="py", program="train.py")
+    assert own_multi[:3] == ["py", "-m", "torch.distributed.run"] and "--nnodes=2" in own_multi
+    assert own_multi[-5:] == ["train.py", "--epochs", "2", "--lr", "0.01"]
+
 
 def test_entry_exports_sagemaker_locations(tmp_path):
     from prune_explorer.jobs.sagemaker_entry import sm_environment
@@ -477,6 +517,16 @@ def test_entry_leaves_the_failure_reason_for_sagemaker(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_entry_refuses_a_program_that_is_not_in_the_code(tmp_path):
+    from prune_explorer.jobs.sagemaker_entry import main
+
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"sagemaker_program": "trian.py"}))
+    assert main(root=tmp_path, code_dir=tmp_path / "code") == 2
+    assert "entry point trian.py: no such file in" in (tmp_path / "output" / "failure").read_text()
+
+
 @pytest.mark.slow
 def test_entry_trains_in_a_container_layout_and_fetch_returns_its_outputs(aws, tmp_path):
     """The container's whole path on CPU: entry → train.py → outputs SageMaker would upload → fetch."""
@@ -496,6 +546,7 @@ def test_entry_trains_in_a_container_layout_and_fetch_returns_its_outputs(aws, t
     hyper = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)["HyperParameters"]
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyper))
 
+    (tmp_path / "no-requirements").mkdir()
     assert main(root=root, code_dir=tmp_path / "no-requirements") == 0
     metrics = json.loads((root / "model" / "metrics.json").read_text())
     put_job_outputs(aws, sm, job.backend_id, root / "model", metrics, root / "checkpoints" / "trial")
@@ -511,7 +562,7 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
     while it runs, downloads its outputs when it completes and records the iteration in MLflow."""
     from prune_explorer.jobs import JobQueue
     from prune_explorer.model.store import load
-    from prune_explorer.tracking import Tracker
+    from prune_explorer.tracking import MlflowTracker
 
     model_dir, model = saved_model
     sm = backend(aws, debugger=False)
@@ -522,15 +573,18 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
         if job.status == RUNNING and job.backend_id and len(seen) == 2:
             moto_job(aws, job.backend_id).training_job_status = "InProgress"  # moto says Completed at once
 
-    queue = JobQueue(tmp_path, backend=sm, tracker=Tracker(tmp_path), poll_interval=0.1)
+    polls: list[str] = []
+    poll = sm.poll
+    sm.poll = lambda job: polls.append(poll(job)) or polls[-1]  # count the worker's polls
+    queue = JobQueue(tmp_path, backend=sm, tracker=MlflowTracker(tmp_path), poll_interval=0.1)
     queue.on_change(on_change)
     job = queue.submit(model_dir, parent="baseline", iteration="iter-001", plan={"features.0": [0, 1]},
                        criterion="taylor", hyperparameters={"epochs": 1, "lr": 0.01})
     assert job.status == QUEUED
     deadline = time.monotonic() + 60
-    while queue.get(job.id).status == QUEUED and time.monotonic() < deadline:
+    while len(polls) < 3 and time.monotonic() < deadline:  # several polls while SageMaker says InProgress
         time.sleep(0.05)
-    time.sleep(0.5)  # several polls while SageMaker says InProgress
+    assert polls[:3] == [RUNNING] * 3
     assert queue.get(job.id).status == RUNNING
     described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
     assert described["TrainingJobStatus"] == "InProgress"
@@ -547,7 +601,7 @@ def test_the_job_queue_runs_a_sagemaker_job_from_queued_to_tracked(aws, saved_mo
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(load(done.out_dir).eval()(x), model(x), atol=1e-6)
-    row = Tracker(tmp_path).history().set_index("iteration").loc["iter-001"]
+    row = MlflowTracker(tmp_path).history().set_index("iteration").loc["iter-001"]
     assert row["status"] == "completed" and row["accuracy"] == pytest.approx(0.75)
     assert row["parent"] == "baseline" and row["params"] == 1234 and row["filters_removed"] == 2
     assert Job.load(tmp_path / "jobs" / f"{job.id}.json").status == COMPLETED  # on disk for a restart

@@ -1,16 +1,22 @@
-"""The headless loop end to end on sklearn digits: real train jobs, trials, ranks, surgery, MLflow."""
+"""The headless loop end to end on sklearn digits: real train jobs, trials, ranks, surgery, MLflow.
+
+Each test owns its workspace: it starts from a copy of one baseline trained once for the module
+(as the quality benchmark shares one), so every test passes alone and in any order.
+"""
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
 
-from prune_explorer.model import store
 from prune_explorer.cli import main as cli_main
-from prune_explorer.jobs import JobQueue
+from prune_explorer.jobs import JobQueue, LocalBackend
 from prune_explorer.loop import LoopConfig, demo_config, run_loop
-from prune_explorer.tracking import Tracker
+from prune_explorer.model import store
+from prune_explorer.tracking import MlflowTracker
+from prune_explorer.workspace import Workspace
 
 
 def _config(workspace, **over) -> LoopConfig:
@@ -22,14 +28,47 @@ def _config(workspace, **over) -> LoopConfig:
 
 
 @pytest.fixture(scope="module")
-def looped(tmp_path_factory):
-    workspace = tmp_path_factory.mktemp("loop")
-    rows = run_loop(_config(workspace), progress=False)
-    return workspace, rows
+def trained_baseline(tmp_path_factory):
+    """One baseline iteration folder, trained by the loop with `_config`'s settings."""
+    template = tmp_path_factory.mktemp("baseline-template")
+    rows = run_loop(_config(template, iterations=0), progress=False)
+    assert rows["iteration"].tolist() == ["baseline"]
+    return template / "iterations" / "baseline"
 
 
-def test_loop_trains_a_baseline_then_prunes_fine_tunes_and_tracks(looped):
-    workspace, rows = looped
+@pytest.fixture
+def workspace(tmp_path, trained_baseline):
+    """This test's own workspace, holding a copy of the trained baseline (tracked on first use)."""
+    root = tmp_path / "ws"
+    assert Workspace(root).copy_baseline(trained_baseline)
+    return root
+
+
+def _one_iteration(workspace, **over):
+    return run_loop(_config(workspace, **over), progress=False)
+
+
+def _perfect_parent(workspace, name):
+    """Make `name` look perfect: any fine-tuned child on digits falls more than 0.1 below it."""
+    path = workspace / "iterations" / name / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["best_accuracy"] = 1.0
+    path.write_text(json.dumps(metrics))
+
+
+class RuleIgnoringBackend(LocalBackend):
+    """Runs train.py without the per-job rule, as a user's own training script would: only the loop judges."""
+
+    def command(self, job):
+        keep = {k: v for k, v in job.hyperparameters.items() if k not in ("stop_rule_threshold", "baseline_accuracy")}
+        from prune_explorer.jobs.local import train_arguments
+
+        return [self.python, "-m", "prune_explorer.train",
+                *train_arguments(type(job)(**{**vars(job), "hyperparameters": keep}))]
+
+
+def test_loop_prunes_fine_tunes_and_tracks_from_the_baseline(workspace):
+    rows = _one_iteration(workspace)
     assert rows["iteration"].tolist() == ["baseline", "iter-001"]
     assert rows.attrs["stop_reason"] == "completed 1 iterations"
     base, child = rows.iloc[0], rows.iloc[1]
@@ -50,17 +89,14 @@ def test_loop_trains_a_baseline_then_prunes_fine_tunes_and_tracks(looped):
     assert csv["iteration"].tolist() == ["baseline", "iter-001"]
     assert (workspace / "params_vs_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     jobs = JobQueue(workspace, tracker=False).jobs()
-    assert [j.iteration for j in jobs] == ["baseline", "iter-001"]
-    assert jobs[1].plan and sum(jobs[1].plan.values()) == 48
+    assert [j.iteration for j in jobs] == ["iter-001"]  # the copied baseline is reused, not retrained
+    assert jobs[0].plan and sum(jobs[0].plan.values()) == 48
 
 
-def test_a_second_run_continues_from_the_newest_iteration_and_the_rule_fires_against_it(looped):
-    workspace, _ = looped
-    metrics_path = workspace / "iterations" / "iter-001" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    metrics["best_accuracy"] = 1.0  # a perfect parent: any fine-tuned model on digits falls > 0.1 below
-    metrics_path.write_text(json.dumps(metrics))
-
+@pytest.mark.slow
+def test_a_second_run_continues_from_the_newest_iteration_and_the_rule_fires_in_the_job(workspace):
+    _one_iteration(workspace)
+    _perfect_parent(workspace, "iter-001")
     rows = run_loop(_config(workspace, threshold=0.10, iterations=3), progress=False)
     # baseline reused, not retrained; iter-002 prunes iter-001 further; the lineage is reported
     assert rows["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
@@ -68,44 +104,61 @@ def test_a_second_run_continues_from_the_newest_iteration_and_the_rule_fires_aga
     assert pd.read_csv(workspace / "results.csv")["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
     assert "accuracy rule fired" in rows.attrs["stop_reason"] and "iter-002" in rows.attrs["stop_reason"]
     assert rows.iloc[2]["status"] == "stopped"
-    assert Tracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
+    assert MlflowTracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
     # the rule ran inside the fine-tuning job (as the Debugger rule does on SageMaker), which stopped itself
     (job,) = [j for j in JobQueue(workspace, tracker=False).jobs() if j.iteration == "iter-002"]
     assert job.status == "stopped" and "in job " + job.id in rows.attrs["stop_reason"]
     assert job.hyperparameters["baseline_accuracy"] == 1.0 and job.hyperparameters["stop_rule_threshold"] == 0.10
     assert job.result["status"] == "stopped" and "below" in job.result["reason"]
+    assert Workspace(workspace).completed_iterations() == ["iter-001"]
 
 
-def test_parameter_floor_stops_before_any_job_and_cli_history_prints(looped, capsys, tmp_path):
-    workspace, _ = looped
+@pytest.mark.slow
+def test_the_loops_own_rule_verdict_is_written_where_a_later_run_reads_it(workspace):
+    _one_iteration(workspace)
+    _perfect_parent(workspace, "iter-001")
+    rows = run_loop(_config(workspace, threshold=0.10, iterations=2), progress=False, backend=RuleIgnoringBackend())
+    assert rows.attrs["stop_reason"].startswith("iter-002: accuracy rule fired: ")
+    (job,) = [j for j in JobQueue(workspace, tracker=False).jobs() if j.iteration == "iter-002"]
+    assert job.status == "completed"  # the job did not judge itself: the loop did, after it
+    metrics = json.loads((workspace / "iterations" / "iter-002" / "metrics.json").read_text())
+    assert metrics["status"] == "stopped" and "below the previous iteration" in metrics["reason"]
+    assert MlflowTracker(workspace).history().set_index("iteration").loc["iter-002", "status"] == "stopped"
+    assert Workspace(workspace).completed_iterations() == ["iter-001"]
+    again = run_loop(_config(workspace, iterations=0), progress=False)  # continues from iter-001, not iter-002
+    assert again.attrs["stop_reason"] == "no new iterations asked for; the lineage ends at iter-001"
+
+
+def test_parameter_floor_stops_before_any_job_and_cli_history_prints(workspace, capsys, tmp_path):
+    _one_iteration(workspace)
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
                      "--per-iteration", "48", "--min-params", "10000000000", "--subset", "120", "--quiet",
                      "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "below the floor" in out and "baseline" in out
+    assert "below the floor" in out and "baseline" in out and "pruning iter-001 further" in out
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
-    assert not (workspace / "iterations" / "iter-003").exists()  # nothing half-made is left behind
-    assert "pruning iter-001 further" in out  # iter-002 was stopped by the rule: iter-001 is the newest completed
+    assert not (workspace / "iterations" / "iter-002").exists()  # nothing half-made is left behind
 
     target = tmp_path / "history.csv"
     assert cli_main(["history", "--workspace", str(workspace), "--csv", str(target)]) == 0
     printed = capsys.readouterr().out
-    for iteration in ("baseline", "iter-001", "iter-002"):
+    for iteration in ("baseline", "iter-001"):
         assert iteration in printed
-    assert pd.read_csv(target)["iteration"].tolist() == ["baseline", "iter-001", "iter-002"]
+    assert pd.read_csv(target)["iteration"].tolist() == ["baseline", "iter-001"]
     assert cli_main(["history", "--workspace", str(tmp_path / "empty")]) == 1
 
 
-def test_from_names_where_to_continue_and_an_unknown_start_is_refused(looped):
-    workspace, _ = looped
+@pytest.mark.slow
+def test_from_names_where_to_continue_and_an_unknown_start_is_refused(workspace):
+    _one_iteration(workspace)
     rows = run_loop(_config(workspace, per_iteration=16, start_from="baseline"), progress=False)
-    assert rows["iteration"].tolist() == ["baseline", "iter-003"] and rows.iloc[1]["parent"] == "baseline"
+    assert rows["iteration"].tolist() == ["baseline", "iter-002"] and rows.iloc[1]["parent"] == "baseline"
     assert rows.iloc[1]["filters_removed"] == 16
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
-    with pytest.raises(ValueError, match=r"'iter-002' is not a completed iteration .*completed: iter-001, iter-003"):
-        run_loop(_config(workspace, start_from="iter-002"), progress=False)
+    with pytest.raises(ValueError, match=r"'iter-009' is not a completed iteration .*completed: iter-001, iter-002"):
+        run_loop(_config(workspace, start_from="iter-009"), progress=False)
     assert cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "120", "--quiet",
                      "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30",
                      "--from", "nowhere"]) == 1
@@ -132,8 +185,7 @@ def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
     assert demo.dataset in ("fashion-mnist", "digits")
 
 
-def test_a_baseline_trained_with_other_settings_is_refused_not_reused(looped, tmp_path):
-    workspace, _ = looped
+def test_a_baseline_trained_with_other_settings_is_refused_not_reused(workspace):
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
     with pytest.raises(ValueError, match=r"baseline was trained with other settings: .*epochs=1 \(this run: 2\)"):
         run_loop(_config(workspace, baseline_epochs=2), progress=False)
@@ -141,3 +193,20 @@ def test_a_baseline_trained_with_other_settings_is_refused_not_reused(looped, tm
     assert code == 1
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
 
+
+
+@pytest.mark.slow
+def test_the_run_commands_screen_output_has_its_progress_bar_and_no_smdebug_info_line(workspace):
+    """What `make demo` shows after its surgery table: a `prune-explorer run` with progress on screen."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PRUNE_EXPLORER_SMDEBUG_LOG": ""}
+    done = subprocess.run([sys.executable, "-m", "prune_explorer.cli", "run", f"--workspace={workspace}",
+                           "--dataset=digits", "--subset=120", "--val-subset=60", "--batch-size=30",
+                           "--baseline-epochs=1", "--iterations=1", "--per-iteration=48", "--threshold=1.0"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "prune iterations" in done.stderr and "stopped: completed 1 iterations" in done.stdout
+    screen = done.stdout + done.stderr
+    assert "RULE_JOB_STOP_SIGNAL_FILENAME" not in screen and " INFO " not in screen

@@ -1,4 +1,5 @@
-"""Tracker against a real MLflow sqlite store in a temp workspace."""
+"""MlflowTracker against a real MLflow sqlite store: what MLflow itself holds (the shared contract is
+tests/test_tracker_contract.py)."""
 from __future__ import annotations
 
 import sqlite3
@@ -7,10 +8,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prune_explorer.tracking.mlflow_tracker import HISTORY_COLUMNS, Tracker
+from prune_explorer.tracking import HISTORY_COLUMNS, MlflowTracker
 
 
-def _record_two(tracker: Tracker) -> tuple[str, str]:
+def _record_two(tracker: MlflowTracker) -> tuple[str, str]:
     base = tracker.record(
         "baseline", params=11_000_000, macs=500_000, latency_ms=3.5, accuracies=[0.61, 0.83, 0.79],
         status="completed", model_dir="/ws/iterations/baseline", trial_dir="/ws/iterations/baseline/trial",
@@ -26,7 +27,7 @@ def _record_two(tracker: Tracker) -> tuple[str, str]:
 
 
 def test_history_rows_and_columns_come_from_the_sqlite_store(tmp_path):
-    tracker = Tracker(tmp_path)
+    tracker = MlflowTracker(tmp_path)
     base_run, child_run = _record_two(tracker)
     assert (tmp_path / "mlflow.db").is_file()
 
@@ -56,51 +57,30 @@ def test_history_rows_and_columns_come_from_the_sqlite_store(tmp_path):
 
 
 def test_history_survives_a_new_tracker_and_update_status(tmp_path):
-    _record_two(Tracker(tmp_path))
-    again = Tracker(tmp_path)
+    _record_two(MlflowTracker(tmp_path))
+    again = MlflowTracker(tmp_path)
     again.update_status("iter-001", "stopped")
-    history = Tracker(tmp_path).history()
+    history = MlflowTracker(tmp_path).history()
     assert history.set_index("iteration")["status"].to_dict() == {"baseline": "completed", "iter-001": "stopped"}
     with pytest.raises(KeyError, match="iter-999"):
         again.update_status("iter-999", "stopped")
 
 
-def test_recording_an_iteration_again_replaces_it(tmp_path):
-    tracker = Tracker(tmp_path)
-    _record_two(tracker)
-    tracker.record("iter-001", parent="baseline", params=8_000_000, accuracies=[0.5, 0.7], status="failed")
-    history = tracker.history()
-    assert history["iteration"].tolist() == ["baseline", "iter-001"]
-    row = history.iloc[1]
-    assert row["params"] == 8_000_000 and row["status"] == "failed" and row["accuracy"] == pytest.approx(0.7)
-
-
 def test_experiments_are_separate_and_an_explicit_uri_is_used(tmp_path):
     seeded = tmp_path / "seed"
-    Tracker(seeded)  # a store with the schema already in place (creating one from scratch is slow)
+    MlflowTracker(seeded)  # a store with the schema already in place (creating one from scratch is slow)
     store = tmp_path / "elsewhere.db"
     (seeded / "mlflow.db").rename(store)
     uri = f"sqlite:///{store}"
-    Tracker(tracking_uri=uri, experiment="a").record("baseline", params=10)
-    Tracker(tracking_uri=uri, experiment="b").record("other", params=20)
-    assert Tracker(tracking_uri=uri, experiment="a").history()["iteration"].tolist() == ["baseline"]
+    MlflowTracker(tracking_uri=uri, experiment="a").record("baseline", params=10)
+    MlflowTracker(tracking_uri=uri, experiment="b").record("other", params=20)
+    assert MlflowTracker(tracking_uri=uri, experiment="a").history()["iteration"].tolist() == ["baseline"]
     assert not (seeded / "mlflow.db").exists()
     with sqlite3.connect(store) as db:
         names = {name for (name,) in db.execute("select name from experiments")}
     assert {"a", "b"} <= names
 
 
-def test_empty_history_has_the_columns(tmp_path):
-    history = Tracker(tmp_path).history()
-    assert history.empty and list(history.columns) == HISTORY_COLUMNS
-
-
-def test_bad_input_is_refused_naming_the_field(tmp_path):
+def test_a_tracker_needs_a_workspace_or_a_uri():
     with pytest.raises(ValueError, match="workspace"):
-        Tracker()
-    tracker = Tracker(tmp_path)
-    with pytest.raises(ValueError, match="latency_ms"):
-        tracker.record("iter-001", latency_ms="fast")
-    with pytest.raises(ValueError, match="iteration"):
-        tracker.record("", params=1)
-    assert tracker.history().empty  # nothing half-recorded
+        MlflowTracker()

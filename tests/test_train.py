@@ -151,6 +151,10 @@ def test_arguments_accept_both_spellings_and_null():
     switched = parse_args(["--batch-size", "16", "--download", "--model-kwargs", "{'width': 4}"])
     assert switched.batch_size == 16 and switched.download is True and switched.model_kwargs == {"width": 4}
     assert parse_args([]).download is False
+    recipe = parse_args(["--weights", "IMAGENET1K_V1", "--normalize", "imagenet", "--augment", "false"])
+    assert (recipe.weights, recipe.normalize, recipe.augment) == ("IMAGENET1K_V1", "imagenet", False)
+    assert recipe.data_recipe(3) == ("imagenet", False) and parse_args(["--weights", "w.pth"]).data_recipe(1) == (
+        None, True)  # a one-channel pretrained model keeps the data's own normalisation
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -159,6 +163,7 @@ def test_arguments_accept_both_spellings_and_null():
     (["--stop-rule-threshold", "0.1"], "baseline-accuracy"),
     (["--stop_rule_mode", "mean"], "stop_rule_mode"),
     (["--lr-schedule", "step"], "lr_schedule"),
+    (["--normalize", "cifar"], "normalize"),
 ])
 def test_bad_arguments_name_the_field(argv, field):
     with pytest.raises(ValueError, match=field):

@@ -15,7 +15,7 @@ from prune_explorer.model.measure import count
 from prune_explorer.model.zoo import build_model
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from prune_explorer.tracking import Tracker
+from prune_explorer.tracking import MlflowTracker
 from prune_explorer.widgets import Explorer
 from prune_explorer.widgets.scatter import pareto_frontier
 from prune_explorer.widgets.sensitivity import accuracy
@@ -174,7 +174,7 @@ def test_pareto_frontier_keeps_points_nothing_beats():
 def _tracked_workspace(tmp_path, model, x):
     """A workspace whose tracker holds a baseline and a pruned iteration, both with saved models."""
     ws = tmp_path / "ws"
-    tracker = Tracker(ws)
+    tracker = MlflowTracker(ws)
     models = {"baseline": model, "iter-001": prune(model, PrunePlan({"layer4.0.conv1": list(range(200))}), x)}
     for (name, m), acc in zip(models.items(), (0.9, 0.85)):
         directory = ws / "iterations" / name
@@ -216,7 +216,7 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
 
     model, _, x, _ = captured
     ws = tmp_path / "ws"
-    tracker = Tracker(ws)
+    tracker = MlflowTracker(ws)
     recipe = {"dataset": "digits", "lr_schedule": "cosine", "weight_decay": 5e-4}
     jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64}),
             "iter-001": ("baseline", {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32,
@@ -262,7 +262,7 @@ def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(cap
     """A real local fine-tuning job (digits, tiny): the queue's on_change callback updates the panel."""
     model, trial, x, _ = captured
     e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", poll_interval=0.2,
-                 train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32, capture="none"),
+                 train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32, capture="compact"),
                  hyperparameters=dict(epochs=1, batch_size=32))
     try:
         assert e.history_size == 0
@@ -277,8 +277,49 @@ def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(cap
         e.wait()
         row = e.jobs_panel.rows[job.id]
         assert "data-status='completed'" in row.head.value
+        assert "epoch 1/1" in row.log_view.value  # the log tail the panel shows: the job's own lines,
+        assert "RULE_JOB_STOP_SIGNAL_FILENAME" not in job.log_path.read_text()  # not smdebug's
         assert e.history_size == 1
         assert e.scatter.points.names.tolist() == [job.iteration]
         assert e.scatter.points.x.tolist() == [float(e.preview["params_after"])]
+    finally:
+        e.close()
+
+
+def test_preview_latency_times_before_and_after_in_alternation(explorer, monkeypatch):
+    import prune_explorer.widgets.explorer as explorer_module
+
+    calls = []
+    real = explorer_module.paired_latency_ms
+
+    def paired(models, *args, **kwargs):
+        calls.append([sum(p.numel() for p in m.parameters()) for m in models])
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(explorer_module, "paired_latency_ms", paired)
+    explorer.set_counts({"layer3.0.conv1": 64})
+    explorer.wait()
+    (sizes,) = calls  # one paired measurement: the base model and the pruned one, timed in turn
+    assert sizes[0] == explorer.preview["params_before"] and sizes[1] == explorer.preview["params_after"]
+    assert explorer.preview["latency_ms_before"] > 0 and explorer.preview["latency_ms_after"] > 0
+
+
+def test_apply_reserves_an_iteration_in_the_workspace_and_applying_again_replaces_it(captured, tmp_path):
+    from prune_explorer.workspace import Workspace
+
+    model, trial, x, _ = captured
+    ws = Workspace(tmp_path / "ws")
+    taken = ws.reserve_iteration()  # e.g. a `prune-explorer run` on the same workspace got there first
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=ws.root, tracker="mlflow")
+    try:
+        e.set_counts({"layer1.1.conv1": 5})
+        e.apply()
+        first = e.applied["iteration"]
+        assert first != taken and first == "iter-002"
+        e.set_counts({"layer1.1.conv1": 7})
+        e.apply()
+        assert e.applied["iteration"] == first and e.applied["filters_removed"] == 7
+        assert store.load(ws.iteration_dir(first) / "pruned").layer1[1].conv1.out_channels == 57
+        assert sorted(p.name for p in ws.iterations_dir.iterdir()) == [taken, first]
     finally:
         e.close()

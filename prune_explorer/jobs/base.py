@@ -44,6 +44,8 @@ class Job:
     message: str | None = None                  # why it failed or was stopped
     backend_id: str | None = None               # pid, SageMaker training job name, ...
     result: dict[str, Any] = field(default_factory=dict)       # metrics.json once completed
+    entry_point: str | None = None              # the user's training script, relative to source_dir (None: train.py)
+    source_dir: str | None = None               # folder shipped with it (absolute); SageMaker runs it from /opt/ml/code
 
     @property
     def done(self) -> bool:
@@ -90,6 +92,38 @@ class Job:
             return cls.from_json(json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"{path}: not a job record ({exc})") from exc
+
+
+def training_script(entry_point: str | os.PathLike | None,
+                    source_dir: str | os.PathLike | None) -> dict[str, str | None]:
+    """Job fields for a user's training script: `{"entry_point": path inside source_dir, "source_dir": absolute}`.
+
+    As the SageMaker SDK's estimators take them: `entry_point="train.py", source_dir="src/"`; an
+    entry point given as a path into the source dir ("src/train.py") or alone (its folder is then
+    the source dir) works too. The script must honour the job contract (`prune_explorer.job`).
+    """
+    if entry_point is None:
+        if source_dir is not None:
+            raise ValueError(f"source_dir={str(source_dir)!r} needs entry_point= (the script to run in it)")
+        return {"entry_point": None, "source_dir": None}
+    script = Path(entry_point)
+    if source_dir is None:
+        if not script.is_file():
+            raise FileNotFoundError(f"entry_point {str(entry_point)!r}: no such file (and no source_dir given)")
+        root, script = script.resolve().parent, Path(script.name)
+    else:
+        root = Path(source_dir).resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"source_dir {str(source_dir)!r}: no such folder")
+        if script.is_absolute() or (not (root / script).is_file() and script.is_file()):
+            if not script.resolve().is_relative_to(root):  # "src/train.py" with source_dir "src" is inside
+                raise ValueError(f"entry_point {str(entry_point)!r} is not inside source_dir {str(root)!r}")
+            script = script.resolve().relative_to(root)
+    if not (root / script).is_file():
+        raise FileNotFoundError(f"entry_point {str(entry_point)!r}: no file {script} in source_dir {root}")
+    if script.suffix != ".py":
+        raise ValueError(f"entry_point {str(entry_point)!r}: expected a Python script (.py)")
+    return {"entry_point": script.as_posix(), "source_dir": str(root)}
 
 
 class Backend(Protocol):

@@ -1,7 +1,9 @@
 """Run a fine-tuning job as a separate Python process on this machine.
 
-Each job is `python -m prune_explorer.train ... --out-dir OUT` in its own session (process group),
-so cancelling kills the whole tree and a crash never takes the caller down. Output goes to
+Each job is `python -m prune_explorer.train ... --out-dir OUT` — or, for a job with an
+`entry_point`, `python SOURCE_DIR/ENTRY_POINT ...` (the user's script, with SOURCE_DIR on the
+import path and run from the queue's working directory) — in its own session (process group), so
+cancelling kills the whole tree and a crash never takes the caller down. Output goes to
 OUT/train.log.
 
 After a kernel/process restart the new queue *adopts* jobs still marked running: while their pid
@@ -22,7 +24,7 @@ from pathlib import Path
 from .base import COMPLETED, FAILED, RUNNING, STOPPED, Job
 
 TRAIN_MODULE = "prune_explorer.train"
-EXIT_STOPPED = 3  # train.py: its own stop rule fired
+EXIT_STOPPED = 3  # prune_explorer.job: the job's own stop rule fired
 LOG_TAIL_LINES = 20
 
 
@@ -78,12 +80,15 @@ class LocalBackend:
         self._procs: dict[str, subprocess.Popen] = {}
 
     def command(self, job: Job) -> list[str]:
+        if job.entry_point:
+            return [self.python, str(Path(job.source_dir or ".") / job.entry_point), *train_arguments(job)]
         return [self.python, "-m", TRAIN_MODULE, *train_arguments(job)]
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, job: Job) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
         package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        paths = (package_root, job.source_dir if job.entry_point else None, env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -93,7 +98,7 @@ class LocalBackend:
         with open(job.log_path, "wb") as log:
             proc = subprocess.Popen(
                 self.command(job), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._environment(), start_new_session=True,
+                env=self._environment(job), start_new_session=True,
             )
         self._procs[job.id] = proc
         job.backend_id = str(proc.pid)
@@ -138,7 +143,7 @@ class LocalBackend:
         self._settle(job, code, _read_status(Path(job.out_dir) / "metrics.json", since=job.started or 0))
 
     def _settle(self, job: Job, code: int | None, metrics: dict | None) -> None:
-        """Job status from the exit code and what train.py wrote in metrics.json ("status", "reason")."""
+        """Job status from the exit code and what the job wrote in metrics.json ("status", "reason")."""
         job.ended = time.time()
         state = (metrics or {}).get("status")
         if state == "completed" and code in (0, None):

@@ -3,13 +3,19 @@
 v3's `ModelTrainer` has no Debugger hook, rules or experiment options, so this backend
 creates the TrainingJob resource itself and ships its own source: a tarball of the
 prune_explorer package whose entry (`prune_explorer.jobs.sagemaker_entry`) runs train.py, via
-torchrun when the job spans several instances or GPUs.
+torchrun when the job spans several instances or GPUs. A job with an `entry_point` brings its
+own script, as the SDK's estimators do: the job's `source_dir` goes into the same tarball (its
+files at the top, beside `prune_explorer/`; its requirements.txt merged with ours), the entry
+point travels as the `sagemaker_program` hyperparameter (with `sagemaker_submit_directory`, as the
+estimator in the AWS example sent them), and the container runs it from /opt/ml/code.
 
 S3 layout under `s3://<bucket>/<prefix>/`:
 
-    source/<sha256>/sourcedir.tar.gz   the package, uploaded once per content
+    source/<sha256>/sourcedir.tar.gz   the package (and the job's source dir), uploaded once per content
     source/<sha256>/rules.py           the accuracy-drop rule source (Debugger only)
-    <job>/input/model/                 model.json + model.safetensors of the model to tune
+    <job>/input/model/                 model.json + model.safetensors of the model to tune (the
+                                       `model` channel: the job finds it as SM_CHANNEL_MODEL)
+    <job>/input/weights/               a local --weights file (the `weights` channel, SM_CHANNEL_WEIGHTS)
     <job>/output/                      SageMaker's model.tar.gz / output.tar.gz
     <job>/checkpoints/                 synced /opt/ml/checkpoints: trial/ and metrics.json
 
@@ -104,20 +110,47 @@ def hyperparameter_strings(hyperparameters: Mapping[str, Any]) -> dict[str, str]
     return out
 
 
-def source_tarball(source_dir: Path, requirements: Sequence[str]) -> bytes:
-    """gzip tar of the package (no caches) plus requirements.txt, reproducible for equal content."""
-    if not (source_dir / "__init__.py").is_file():
-        raise ValueError(f"{source_dir}: not a Python package (no __init__.py)")
+def source_tarball(package_dir: Path, requirements: Sequence[str], user_dir: Path | None = None) -> bytes:
+    """gzip tar of the package (no caches) plus requirements.txt, reproducible for equal content.
+
+    `user_dir` (a job's source dir) adds its files at the top level, as /opt/ml/code holds them for
+    an SDK estimator; its requirements.txt lines follow ours in the one requirements.txt.
+    """
+    if not (package_dir / "__init__.py").is_file():
+        raise ValueError(f"{package_dir}: not a Python package (no __init__.py)")
+    requirements = list(requirements)
+    user_files: list[tuple[str, Path]] = []
+    if user_dir is not None:
+        user_dir = Path(user_dir)
+        if (user_dir / package_dir.name).exists():
+            raise ValueError(f"source_dir {user_dir}: holds a folder {package_dir.name!r}, which would hide the "
+                             "installed package in the container; move it out of the source dir")
+        for path in _source_files(user_dir):
+            relative = path.relative_to(user_dir).as_posix()
+            if relative == "requirements.txt":
+                requirements += [line for line in path.read_text().splitlines() if line.strip()]
+            else:
+                user_files.append((relative, path))
     buffer = io.BytesIO()
     # gzip stamps the time into its header unless told otherwise: mtime=0 keeps equal content equal bytes
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(source_dir.rglob("*")):
-            if not path.is_file() or "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
-                continue
-            _add_bytes(tar, f"{source_dir.name}/{path.relative_to(source_dir).as_posix()}", path.read_bytes())
+        for path in _source_files(package_dir):
+            _add_bytes(tar, f"{package_dir.name}/{path.relative_to(package_dir).as_posix()}", path.read_bytes())
+        for relative, path in user_files:
+            _add_bytes(tar, relative, path.read_bytes())
         _add_bytes(tar, "requirements.txt", "".join(f"{r}\n" for r in requirements).encode())
     return buffer.getvalue()
+
+
+_SKIPPED_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache"}
+
+
+def _source_files(root: Path) -> list[Path]:
+    """Files to ship from `root`, sorted: no caches, compiled files or VCS folders."""
+    return [path for path in sorted(root.rglob("*"))
+            if path.is_file() and not _SKIPPED_DIRS.intersection(path.relative_to(root).parts)
+            and path.suffix not in {".pyc", ".pyo"}]
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -168,7 +201,7 @@ class SageMakerBackend:
         debugger: bool = True,
         rule_threshold: float = 0.10,
         experiment_name: str | None = None,
-        source_dir: str | os.PathLike = PACKAGE_DIR,
+        package_dir: str | os.PathLike = PACKAGE_DIR,
         inputs: Mapping[str, str] | None = None,
         requirements: Sequence[str] = DEFAULT_REQUIREMENTS,
         volume_size_gb: int = 30,
@@ -192,7 +225,7 @@ class SageMakerBackend:
             raise ValueError(f"instance_count: must be at least 1, got {instance_count}")
         for channel, uri in (inputs or {}).items():
             _split_s3(uri)
-            if channel in {"code", "model"}:
+            if channel in {"code", "model", "weights"}:
                 raise ValueError(f"inputs: channel name {channel!r} is reserved")
         self.boto_session = boto_session or boto3.Session(region_name=region)
         self.region = region or self.boto_session.region_name
@@ -203,7 +236,7 @@ class SageMakerBackend:
         self.image_uri = image_uri or pytorch_training_image(self.region, instance_type)
         self.debugger, self.rule_threshold = debugger, rule_threshold
         self.experiment_name = experiment_name
-        self.source_dir = Path(source_dir)
+        self.package_dir = Path(package_dir)
         self.inputs = dict(inputs or {})
         self.requirements = tuple(requirements)
         self.volume_size_gb, self.max_runtime_s = volume_size_gb, max_runtime_s
@@ -245,15 +278,19 @@ class SageMakerBackend:
         """Upload what the job needs and return the TrainingJob.create arguments (all but the name)."""
         from sagemaker.core import shapes
 
-        code_uri = self.upload_source()
+        code_uri = self.upload_source(job.source_dir if job.entry_point else None)
         hyperparameters = dict(job.hyperparameters)
         channels = {"code": code_uri, **self.inputs}
         model_uri = self.upload_model(job.model, name)
         if model_uri:
-            channels["model"] = model_uri
-            hyperparameters["model"] = "/opt/ml/input/data/model"
+            channels["model"] = model_uri  # the job reads it from SM_CHANNEL_MODEL (prune_explorer.job)
         else:
             hyperparameters.setdefault("model", job.model)
+        weights = self.upload_weights(hyperparameters.get("weights"), name)
+        if weights:  # a local pretrained-weights file: the `weights` channel, named by its file name
+            channels["weights"], hyperparameters["weights"] = weights
+        if job.entry_point:  # what an SDK estimator sends; the container entry reads and strips them
+            hyperparameters.update(sagemaker_program=job.entry_point, sagemaker_submit_directory=code_uri)
         previous = parent_accuracy(job)
         if not self.debugger and previous is not None:
             hyperparameters.setdefault("stop_rule_threshold", self.rule_threshold)
@@ -289,7 +326,7 @@ class SageMakerBackend:
 
     def rule_configuration(self, previous_accuracy: float | None, shapes: Any) -> Any:
         """The accuracy-drop rule as a Debugger custom rule (rules.py, class AccuracyDropSmdebugRule)."""
-        rules_py = self.source_dir / "rules.py"
+        rules_py = self.package_dir / "rules.py"
         if not rules_py.is_file():
             raise FileNotFoundError(f"{rules_py}: the accuracy-drop rule source is missing (needed with debugger=True)")
         data = rules_py.read_bytes()
@@ -309,9 +346,9 @@ class SageMakerBackend:
             volume_size_in_gb=10,
             rule_parameters=parameters)
 
-    def upload_source(self) -> str:
-        """Upload the package tarball once per content; return its URI (the `code` channel)."""
-        data = source_tarball(self.source_dir, self.requirements)
+    def upload_source(self, user_dir: str | os.PathLike | None = None) -> str:
+        """Upload the package tarball (with a job's source dir) once per content; return the `code` channel URI."""
+        data = source_tarball(self.package_dir, self.requirements, Path(user_dir) if user_dir else None)
         prefix = f"{self.prefix}/source/{hashlib.sha256(data).hexdigest()[:16]}"
         key = f"{prefix}/sourcedir.tar.gz"
         if not _exists(self.s3, self.bucket, key):
@@ -332,6 +369,15 @@ class SageMakerBackend:
             self.s3.upload_file(str(directory / filename), self.bucket,
                                 f"{self.prefix}/{job_name}/input/model/{filename}")
         return self.s3_uri(job_name, "input", "model") + "/"
+
+    def upload_weights(self, weights: Any, job_name: str) -> tuple[str, str] | None:
+        """A local weights file goes to S3 as the `weights` channel: (channel URI, file name), else None
+        (a torchvision enum name, which the container downloads, or no weights)."""
+        if not isinstance(weights, str) or not Path(weights).is_file():
+            return None
+        path = Path(weights)
+        self.s3.upload_file(str(path), self.bucket, f"{self.prefix}/{job_name}/input/weights/{path.name}")
+        return self.s3_uri(job_name, "input", "weights") + "/", path.name
 
     def poll(self, job: Job) -> str:
         from sagemaker.core.resources import TrainingJob

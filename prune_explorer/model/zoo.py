@@ -131,3 +131,41 @@ def _load_local_weights(model: nn.Module, path: Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the model: {exc}") from exc
+
+
+# --- the classification head (a pretrained start on a new task) -----------------------------
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The last Linear layer (in module order) and its name: the head a new task replaces."""
+    found = next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), None)
+    return found
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the last Linear layer for a fresh one with `num_classes` outputs (pretrained weights, new task).
+
+    The features keep their weights; the new head starts from PyTorch's default initialisation.
+    Returns the replaced layer's name.
+    """
+    found = classifier_head(model)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to replace as its classification head")
+    name, old = found
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    return name
+
+
+def output_size(model: nn.Module, example_inputs: torch.Tensor | None = None) -> int | None:
+    """Number of outputs: from one eval-mode forward pass on `example_inputs`, else the head's out_features."""
+    if example_inputs is None:
+        found = classifier_head(model)
+        return None if found is None else found[1].out_features
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example_inputs)
+    finally:
+        model.train(was_training)
+    return int(out.shape[-1])

@@ -326,10 +326,10 @@ class CaptureHook:
         modules = dict(self.model.named_modules())
         with torch.no_grad():
             for name in self._weight_modules:
-                weight = modules[name].weight.detach()
+                # norms of filters only: a norm layer (possibly affine=False, weight None) has none
                 if not isinstance(modules[name], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                     continue
-                flat = weight.reshape(weight.shape[0], -1).double()
+                flat = modules[name].weight.detach().reshape(modules[name].weight.shape[0], -1).double()
                 self._write_tensor(weight_norm_name(name, "l1"), flat.abs().sum(1))
                 self._write_tensor(weight_norm_name(name, "l2"), flat.pow(2).sum(1).sqrt())
         self._write_tensor("compact/steps", np.array([self._pending_steps], np.int64))

@@ -42,12 +42,15 @@ def _trial_criterion(stat: Callable[[Any], np.ndarray | None], needs_gradients: 
 def _weight_criterion(norm: Callable[[np.ndarray], np.ndarray], key: str) -> Criterion:
     def score(group, model, trial) -> np.ndarray:
         modules = dict(model.named_modules())
+        # a job keeps its best epoch's weights while the trial saw the last step's: the trial's
+        # norms stand in only for a model it rebuilt from an architecture name (fresh weights)
+        trained = trial if trial is not None and trial.untrained_model and trial.model is model else None
         total = np.zeros(group.size)
         used = 0
         for name in group.producers:
             if not isinstance(modules.get(name), _WEIGHTED):
                 continue
-            total += _filter_norm(name, modules[name], trial, norm, key)
+            total += _filter_norm(name, modules[name], trained, norm, key)
             used += 1
         if not used:
             raise ValueError(f"layer {group.name}: no conv/linear producer to take a weight norm of")
@@ -56,12 +59,12 @@ def _weight_criterion(norm: Callable[[np.ndarray], np.ndarray], key: str) -> Cri
     return score
 
 
-def _filter_norm(name: str, module: nn.Module, trial, norm, key: str) -> np.ndarray:
-    """Prefer the weights saved in the trial (the trained ones) over the model's."""
-    if trial is not None and name in trial.weight_norms and key in trial.weight_norms[name]:
-        return trial.weight_norms[name][key]
-    if trial is not None and f"{name}.weight" in trial.weights:
-        weight = np.asarray(trial.weights[f"{name}.weight"], dtype=np.float64)
+def _filter_norm(name: str, module: nn.Module, trained, norm, key: str) -> np.ndarray:
+    """Per-filter norms of the model's weights, or of the trial's (`trained`) when given and saved."""
+    if trained is not None and name in trained.weight_norms and key in trained.weight_norms[name]:
+        return trained.weight_norms[name][key]
+    if trained is not None and f"{name}.weight" in trained.weights:
+        weight = np.asarray(trained.weights[f"{name}.weight"], dtype=np.float64)
     else:
         weight = module.weight.detach().cpu().double().numpy()
     return norm(weight.reshape(weight.shape[0], -1))

@@ -13,14 +13,58 @@ reader maps two integer types wrongly. Everything is patched in place, once, on 
    completed so every dtype the writer supports reads back unchanged. Files stay byte-identical.
 
 Never pin numpy<2 for smdebug: import this module instead.
+
+4. Logging: smdebug's logger prints INFO lines straight to stdout (`RULE_JOB_STOP_SIGNAL_FILENAME:
+   None` on import), which breaks progress bars and fills every job's log. `route_logging()`
+   (run here before any other smdebug import) hands its records to the `prune_explorer.smdebug`
+   logger: WARNING and above by default; `PRUNE_EXPLORER_SMDEBUG_LOG=INFO` (or DEBUG) keeps them,
+   on stderr, which in a job is its train.log.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from importlib.metadata import version as _version
 
 if int(_version("protobuf").split(".")[0]) >= 4:  # smdebug's generated code predates protobuf 4
     os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
+LOGGER = "prune_explorer.smdebug"
+LOG_LEVEL_ENV = "PRUNE_EXPLORER_SMDEBUG_LOG"
+
+
+class _ToProjectLogger(logging.Handler):
+    """Hands smdebug's records to the project's logger, which decides what shows."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger(LOGGER)
+        if target.isEnabledFor(record.levelno):
+            target.handle(record)
+
+
+def route_logging() -> logging.Logger:
+    """Take over smdebug's logger (idempotent); returns the project logger its records go to."""
+    import smdebug.core.logger as smdebug_logger  # imports nothing that logs
+
+    source = smdebug_logger.get_logger()  # smdebug's one-time setup runs now, so it cannot undo ours later
+    ours = logging.getLogger(LOGGER)
+    if not any(isinstance(h, _ToProjectLogger) for h in source.handlers):
+        source.handlers = [_ToProjectLogger()]
+        source.propagate = False
+        asked = os.environ.get(LOG_LEVEL_ENV, "").strip().upper()
+        if asked in logging.getLevelNamesMapping():
+            ours.setLevel(asked)
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("[smdebug %(levelname)s %(filename)s:%(lineno)d] %(message)s"))
+            ours.addHandler(handler)
+            ours.propagate = False
+        elif ours.level == logging.NOTSET:
+            ours.setLevel(logging.WARNING)
+    return ours
+
+
+route_logging()
 
 import numpy as np  # noqa: E402
 import smdebug.core.tfevent.event_file_reader as _event_file_reader  # noqa: E402

@@ -89,6 +89,7 @@ class Trial:
     meta: dict = field(default_factory=dict)
     model: nn.Module | None = None
     graph: Any = None
+    untrained_model: bool = False  # `model` was built from the recorded architecture: its weights are not the trained ones
 
     @property
     def has_gradients(self) -> bool:
@@ -107,12 +108,15 @@ def open_trial(path_or_s3_uri: str | os.PathLike, model: nn.Module | None = None
     """
     source = _Source(str(path_or_s3_uri))
     meta = source.meta()
+    untrained = False
     if model is None:
-        model = _model_from_meta(meta, source.path)
+        model, untrained = _model_from_meta(meta, source.path)
     if graph is None:
         example_inputs = _example_inputs(example_inputs, meta, source.path)
         graph = _trace(model, example_inputs)
-    return _Reducer(source, model, graph, meta, progress).run()
+    trial = _Reducer(source, model, graph, meta, progress).run()
+    trial.untrained_model = untrained
+    return trial
 
 
 # --- where the files are --------------------------------------------------------------------------
@@ -345,6 +349,7 @@ class _Reducer:
         self.deferred: dict[str, tuple[str, str, str, int, int]] = {}
         self.weight_steps: dict[str, int] = {}
         self.norms: dict[str, dict[str, np.ndarray]] = {}
+        self.norm_steps: dict[tuple[str, str], int] = {}  # (producer, l1|l2) -> step its norm is from
         self.unused: dict[str, str] = {}
         self.schemes: set[str] = set()
         self.steps: set[int] = set()
@@ -359,11 +364,13 @@ class _Reducer:
         # Event files are read and reduced in parallel (file I/O and numpy release the GIL);
         # per-file results are merged in file order, so sums do not depend on thread timing.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(files))) as pool:
-            for steps, reduced in tqdm(pool.map(self._read_file, files), total=len(files),
-                                       desc="reading trial", unit="file", disable=not self.progress):
+            for steps, reduced, norms in tqdm(pool.map(self._read_file, files), total=len(files),
+                                              desc="reading trial", unit="file", disable=not self.progress):
                 self.compact_steps += steps
                 for key, stats in reduced:
                     self._add(key, stats)
+                for (producer, norm), (step, value) in norms.items():
+                    self._keep_norm(producer, norm, step, value)
         if not self.taps and not self.weights and not self.deferred and not self.norms:
             shown = sorted(self.unused)[:8]
             raise ValueError(f"{self.source.path}: no tensor matches a known naming scheme or the model's "
@@ -398,10 +405,11 @@ class _Reducer:
                    f"event files" + (f", skipped {len(waiting)} in progress ({waiting[0]})" if waiting else ""))
         return done, False, message
 
-    def _read_file(self, rel: str) -> tuple[int, list[tuple[TapKey, TapStats]]]:
-        """(compact steps, per-tap statistics) of one event file; merged by the caller."""
+    def _read_file(self, rel: str) -> tuple[int, list[tuple[TapKey, TapStats]], dict[tuple[str, str], tuple[int, np.ndarray]]]:
+        """(compact steps, per-tap statistics, weight norms with their step) of one event file; merged by the caller."""
         filename = self.source.name(rel)
         compact_steps = 0
+        norms: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
         acts: dict[TapKey, tuple[str, np.ndarray]] = {}
         grads: dict[TapKey, tuple[str, np.ndarray]] = {}
         nocall: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -419,7 +427,8 @@ class _Reducer:
                 self.schemes.add("compact")
             elif kind[0] == "norm":
                 self._check_norm(tag, kind[1], value)
-                self.norms.setdefault(kind[1], {})[kind[2]] = value.astype(np.float64)
+                if step >= norms.get((kind[1], kind[2]), (-1, None))[0]:
+                    norms[(kind[1], kind[2])] = (step, value.astype(np.float64))
                 self.schemes.add("compact")
             elif kind[0] == "param":
                 self._keep_weight(tag, kind[1], step, value)
@@ -437,7 +446,7 @@ class _Reducer:
                 grads.setdefault((module, len(written) - 1 - k), item)
         reduced = [(key, self._reduce_full(key, tag, a, grads.get(key))) for key, (tag, a) in acts.items()]
         reduced += [(key, self._reduce_compact(key, parts)) for key, parts in compact.items()]
-        return compact_steps, [(key, stats) for key, stats in reduced if stats is not None]
+        return compact_steps, [(key, stats) for key, stats in reduced if stats is not None], norms
 
     def _tensors(self, rel: str, filename: str) -> Iterator[tuple[str, int, np.ndarray]]:
         """Every tensor of one event file; with its index, read and parse only the records ranking uses."""
@@ -521,6 +530,12 @@ class _Reducer:
         else:
             self.taps[key] = stats
 
+    def _keep_norm(self, producer: str, norm: str, step: int, value: np.ndarray) -> None:
+        """Keep the norm of the latest step, whatever order the event files are merged in."""
+        if step >= self.norm_steps.get((producer, norm), -1):
+            self.norms.setdefault(producer, {})[norm] = value
+            self.norm_steps[(producer, norm)] = step
+
     def _keep_weight(self, tag: str, name: str, step: int, value: np.ndarray) -> None:
         expected = self.names.params.get(name)
         if expected is not None and tuple(value.shape) != expected:
@@ -580,23 +595,24 @@ class _LazyWeights(Mapping):
 
 
 # --- the model a trial was captured from ----------------------------------------------------------
-def _model_from_meta(meta: dict, path: str) -> nn.Module:
-    """The model a trial was captured on: the saved model beside it (train.py writes OUT/trial next
-    to OUT/model.json, with the pruned widths), else the recorded model directory or base arch."""
+def _model_from_meta(meta: dict, path: str) -> tuple[nn.Module, bool]:
+    """The model a trial was captured on, and whether it was built untrained: the saved model beside
+    it (train.py writes OUT/trial next to OUT/model.json, with the pruned widths), else the recorded
+    model directory, else the base arch (fresh weights: True)."""
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), "model.json")
     if not is_s3(path)[0] and os.path.exists(beside):
         from ..model.store import load
 
-        return load(os.path.dirname(beside))
+        return load(os.path.dirname(beside)), False
     spec = meta.get("model") or {}
     if spec.get("model_dir"):
         from ..model.store import load
 
-        return load(spec["model_dir"])
+        return load(spec["model_dir"]), False
     if spec.get("arch"):
         from ..model.zoo import build_model
 
-        return build_model(spec["arch"], **spec.get("kwargs", {}))
+        return build_model(spec["arch"], **spec.get("kwargs", {})), True
     raise ValueError(f"{path}: the trial does not record its model ({META_FILE} missing or without 'model'); "
                      "pass model= (CLI: --model ARCH|SPEC_DIR)")
 

@@ -2,13 +2,12 @@
 
 Default store: `sqlite:///WORKSPACE/mlflow.db` with artifacts under WORKSPACE/mlartifacts, no
 server. Any MLflow tracking URI works too (an `http://` server, a SageMaker managed MLflow ARN
-with the `sagemaker-mlflow` plugin installed). The client is created once per Tracker because
-opening a sqlite store runs schema checks.
+with the `sagemaker-mlflow` plugin installed). The client is created once per tracker because
+opening a sqlite store runs schema checks. Implements the `tracking.base.Tracker` protocol.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -18,30 +17,13 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from .base import history_frame, number
+
 ITERATION_TAG = "prune_explorer.iteration"
 STATUS_TAG = "prune_explorer.status"
 PARENT_TAG = "prune_explorer.parent"
 
-HISTORY_COLUMNS = [
-    "iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
-    "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id",
-]
-
-def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """The history DataFrame every tracker returns: HISTORY_COLUMNS with stable dtypes."""
-    frame = pd.DataFrame(list(rows), columns=HISTORY_COLUMNS)
-    for column in ("filters_removed", "params", "macs"):
-        frame[column] = frame[column].astype("Int64")
-    for column in ("latency_ms", "accuracy"):
-        frame[column] = frame[column].astype("float64")
-    frame["started"] = pd.to_datetime(frame["started"])
-    return frame.reset_index(drop=True)
-
-
 _RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
-_STRING_PARAMS = ("parent", "criterion", "model_dir", "trial_dir", "job_id", "backend")
-
-
 def _quiet_mlflow() -> None:
     """No telemetry, no progress bars, no INFO lines about creating tables."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -52,16 +34,6 @@ def _quiet_mlflow() -> None:
 
     for name in ("mlflow", "mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _number(value: Any, field: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"record: {field} must be a number, got {value!r}") from None
-    return None if math.isnan(number) else number
 
 
 def _schema_template() -> Path | None:
@@ -107,13 +79,13 @@ def _seed_sqlite_store(target: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-class Tracker:
+class MlflowTracker:
     """Records each pruning iteration as an MLflow run and returns the history as a DataFrame."""
 
     def __init__(self, workspace: str | Path | None = None, tracking_uri: str | None = None,
                  experiment: str = "prune-explorer"):
         if workspace is None and tracking_uri is None:
-            raise ValueError("Tracker needs a workspace (for the default sqlite store) or a tracking_uri")
+            raise ValueError("MlflowTracker needs a workspace (for the default sqlite store) or a tracking_uri")
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
@@ -161,12 +133,12 @@ class Tracker:
         iteration = str(iteration)
         if not iteration:
             raise ValueError("record: iteration must be a non-empty id")
-        accuracies = [_number(a, 'accuracies') for a in accuracies]
+        accuracies = [number(a, 'accuracies') for a in accuracies]
         if best_accuracy is None and any(a is not None for a in accuracies):
             best_accuracy = max(a for a in accuracies if a is not None)
         values = {"params": params, "macs": macs, "latency_ms": latency_ms, "best_accuracy": best_accuracy,
                   "filters_removed": filters_removed}
-        numbers = {key: _number(value, key) for key, value in values.items()}
+        numbers = {key: number(value, key) for key, value in values.items()}
         strings = dict(parent=parent, criterion=criterion, model_dir=model_dir, trial_dir=trial_dir,
                        job_id=job_id, backend=backend)
         now = get_current_time_millis()

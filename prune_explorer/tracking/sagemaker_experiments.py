@@ -1,10 +1,10 @@
 """Iteration history in SageMaker Experiments, for SageMaker Studio users.
 
 Mapping: experiment = project, trial = iteration, one trial component per job (or per
-record without a job). What `tracking.Tracker.record` takes becomes trial-component
+record without a job). What `Tracker.record` (tracking/base.py) takes becomes trial-component
 parameters, per-epoch accuracy becomes the `accuracy` metric (BatchPutMetrics, one step
 per epoch), model and trial locations become output artifacts. `history()` reads it all
-back into the same DataFrame as `Tracker.history()`. MLflow stays the default tracker;
+back into the same DataFrame as `MlflowTracker.history()`. MLflow stays the default tracker;
 AWS now points experiment tracking to its managed MLflow, this adapter is for Studio's
 Experiments pages.
 """
@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .mlflow_tracker import HISTORY_COLUMNS, history_frame
+from .base import history_frame, number
 
 MAX_NAME = 120
 MAX_STRING_PARAMETER = 2500
@@ -96,7 +96,7 @@ def _given(value: Any) -> Any:
 
 
 class SageMakerExperimentsTracker:
-    """Records iterations as SageMaker Experiments trials; same record/history as tracking.Tracker."""
+    """Records iterations as SageMaker Experiments trials; implements the `tracking.base.Tracker` protocol."""
 
     def __init__(self, experiment_name: str, *, boto_session: Any = None, region: str | None = None):
         import boto3
@@ -129,8 +129,12 @@ class SageMakerExperimentsTracker:
         trial_dir: str | None = None,
         job_id: str | None = None,
         backend: str | None = None,
+        started: float | None = None,
     ) -> str:
-        """Create or update the trial component of this iteration's job; return its name (the run id)."""
+        """Create or update the trial component of this iteration's job; return its name (the run id).
+
+        `started` (epoch seconds, e.g. when its job started) becomes the component's start time; default now.
+        """
         from botocore.exceptions import ClientError
         from sagemaker.core import shapes
         from sagemaker.core.resources import TrialComponent
@@ -138,12 +142,13 @@ class SageMakerExperimentsTracker:
         iteration = str(iteration)
         if not iteration:
             raise ValueError("record: iteration must be a non-empty id")
-        accuracies = [float(a) for a in accuracies or [] if a is not None]
+        accuracies = [a for a in (number(a, "accuracies") for a in accuracies or []) if a is not None]
         if best_accuracy is None and accuracies:
             best_accuracy = max(accuracies)
+        numbers = {f: number(v, f) for f, v in dict(filters_removed=filters_removed, params=params, macs=macs,
+                                                     latency_ms=latency_ms, best_accuracy=best_accuracy).items()}
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
-                      backend=backend, filters_removed=filters_removed, params=params, macs=macs,
-                      latency_ms=latency_ms, best_accuracy=best_accuracy)
+                      backend=backend, **numbers)
         parameters = _parameters(values, plan_summary, accuracies, shapes)
         artifacts = {f: shapes.TrialComponentArtifact(value=str(v))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
@@ -153,6 +158,7 @@ class SageMakerExperimentsTracker:
         name = resource_name(trial, job_id or "record")
         state = shapes.TrialComponentStatus(primary_status=_PRIMARY_STATUS.get(status, "InProgress"), message=status)
         now = datetime.datetime.now(datetime.timezone.utc)
+        start = now if started is None else datetime.datetime.fromtimestamp(float(started), datetime.timezone.utc)
         try:
             component = TrialComponent.get(trial_component_name=name, **self._where())
         except ClientError as exc:
@@ -160,10 +166,11 @@ class SageMakerExperimentsTracker:
                 raise
             component = TrialComponent.create(
                 trial_component_name=name, display_name=f"{iteration} {job_id or ''}".strip(), status=state,
-                start_time=now, parameters=parameters, **optional, **self._where())
+                start_time=start, parameters=parameters, **optional, **self._where())
             component.associate_trail(trial_name=trial, **self._where())
         else:
-            component.update(status=state, parameters=parameters, **optional)
+            component.update(status=state, parameters=parameters, **optional,
+                             **({"start_time": start} if started is not None else {}))
         if status in {"completed", "failed", "stopped", "cancelled"}:
             component.update(end_time=now)
         if accuracies:
@@ -178,17 +185,23 @@ class SageMakerExperimentsTracker:
         Components without our `iteration` parameter, such as the `<job>-aws-training-job`
         component SageMaker adds to a job's trial, are left out.
         """
+        from botocore.exceptions import ClientError
         from sagemaker.core.resources import Trial, TrialComponent
 
-        if iteration is None:
-            trials = [t.trial_name for t in Trial.get_all(experiment_name=self.experiment_name, **self._where())]
-        else:
-            trials = [trial_name(self.experiment_name, str(iteration))]
-        components = [
-            TrialComponent.get(trial_component_name=summary.trial_component_name, **self._where())
-            for trial in trials
-            for summary in TrialComponent.get_all(trial_name=trial, **self._where())
-        ]
+        try:
+            if iteration is None:
+                trials = [t.trial_name for t in Trial.get_all(experiment_name=self.experiment_name, **self._where())]
+            else:
+                trials = [trial_name(self.experiment_name, str(iteration))]
+            components = [
+                TrialComponent.get(trial_component_name=summary.trial_component_name, **self._where())
+                for trial in trials
+                for summary in TrialComponent.get_all(trial_name=trial, **self._where())
+            ]
+        except ClientError as exc:
+            if not _missing(exc):  # no experiment or trial yet: nothing recorded
+                raise
+            return []
         ours = [c for c in components if "iteration" in (_given(c.parameters) or {})]
         return sorted(ours, key=_started)
 
@@ -200,6 +213,11 @@ class SageMakerExperimentsTracker:
             rows.pop(row["iteration"], None)
             rows[row["iteration"]] = row
         return history_frame(rows.values())
+
+    def run_id(self, iteration: str) -> str | None:
+        """The trial component history shows for the iteration (its latest job), None when not recorded."""
+        components = self._components(iteration)
+        return _given(components[-1].trial_component_name) if components else None
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change the status of the iteration's latest job (e.g. 'stopped' when the rule fired)."""

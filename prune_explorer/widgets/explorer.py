@@ -1,16 +1,15 @@
 """The Explorer panel: rank heatmap, per-layer editor, preview, apply/queue, jobs and history.
 
 A thin view over the library: the plan it shows is `PrunePlan.from_counts` / `PrunePlan.lowest`
-on the library's RankTable, Apply is `surgery.prune` + `store.save`, Queue is `JobQueue.submit`,
-the scatter is `Tracker.history()`. Everything a test needs to check lives in traitlets.
+on the library's RankTable, Apply is `surgery.prune` + `Workspace.save_pruned` (into an iteration
+the workspace reserved), Queue is `Workspace.submit` onto a `JobQueue`, the scatter is the
+tracker's `history()`. Everything a test needs to check lives in traitlets.
 Slow work (ranking, latency, sensitivity, re-basing) runs on background threads; failures land
 in the `error` trait and the panel's error line, never as a traceback.
 """
 from __future__ import annotations
 
 import html
-import json
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,12 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Int, Unicode, observe
 
-from ..model import store
 from ..model.graph import ChannelGraph
-from ..jobs.queue import read_metrics
-from ..model.measure import latency
+from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
-from ..signals.ranking import rank
 from ..model.surgery import prune
+from ..signals.ranking import rank
+from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
 from .costs import CostModel
 from .heatmap import RankHeatmap
@@ -69,14 +67,14 @@ class Explorer(W.VBox):
 
     def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
                  workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
-                 n_lowest: int = 200, validation: Any = None, backend: Any = "local",
+                 n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self._bg = Background(self._background_failed)
         self._lock = threading.RLock()
-        self.workspace = Path(workspace).resolve() if workspace is not None else None
+        self.workspace = Workspace(workspace) if workspace is not None else None
         self.train_args = dict(train_args or {})
         self._validation_source = validation
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -131,15 +129,13 @@ class Explorer(W.VBox):
         self._wire()
         self._load(model, trial, example_inputs)
         if self.workspace is not None:
-            self._open_workspace(backend, poll_interval)
+            self._open_workspace(backend, tracker, poll_interval)
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
-        """Open on a tracked iteration: its saved model, its trial, its training arguments."""
-        from ..tracking import Tracker
-
-        model, x, trial, args = _iteration_inputs(Tracker(workspace), Path(workspace), iteration)
+        """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe."""
+        model, x, trial, args = Workspace(workspace).open_iteration(iteration)
         kwargs.setdefault("train_args", args)
         kwargs.setdefault("example_inputs", x)
         return cls(model, trial=trial, workspace=workspace, base_iteration=iteration, **kwargs)
@@ -199,11 +195,10 @@ class Explorer(W.VBox):
         finally:
             self._quiet_criterion = False
 
-    def _open_workspace(self, backend: Any, poll_interval: float) -> None:
-        from ..tracking import Tracker
+    def _open_workspace(self, backend: Any, tracker: Any, poll_interval: float) -> None:
+        from ..tracking import make_tracker
 
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self.workspace)
+        self.tracker = make_tracker(tracker, self.workspace.root)
         self.queue = self._make_queue(backend)
         self.backend_choice.observe(self._backend_changed, "value")
         self.refresh()
@@ -211,9 +206,7 @@ class Explorer(W.VBox):
         self._poller.start()
 
     def _make_queue(self, backend: Any):
-        from ..jobs import JobQueue
-
-        queue = JobQueue(self.workspace, backend=backend, tracker=self.tracker)
+        queue = self.workspace.queue(backend, self.tracker)
         queue.on_change(lambda job: self._bg.submit("refresh", self.refresh, latest_only=True))
         return queue
 
@@ -292,11 +285,10 @@ class Explorer(W.VBox):
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
     def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
-        """Time the base model again next to the pruned one, so both numbers see the same machine load."""
+        """Time the base model and the pruned one in alternation, so both numbers see the same machine load."""
         with MODEL_LOCK:
             pruned = prune(self.model, plan, self.x, graph=self.graph)
-            before = latency(self.model, self.x, warmup=3, repeats=7)
-            after = latency(pruned, self.x, warmup=3, repeats=7)
+            before, after = paired_latency_ms([self.model, pruned], self.x, warmup=3, repeats=7)
         if counts == self.counts:
             self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
 
@@ -347,25 +339,24 @@ class Explorer(W.VBox):
 
     # --- apply / queue -------------------------------------------------------------------------
     def apply(self) -> nn.Module:
-        """Run the surgery for the current plan and save the smaller model into the workspace."""
+        """Run the surgery for the current plan and save the smaller model as a workspace iteration
+        (reserved by the workspace; applying again before queueing replaces it)."""
         plan = self.plan()
         removed = plan.resolve(self.graph)
         if not removed:
             raise ValueError("the plan cuts no filters: move a layer's slider or fill the lowest N first")
         with MODEL_LOCK:
             pruned = prune(self.model, plan, self.x, graph=self.graph)
-        iteration = self._next_iteration()
-        target = (self.workspace or Path.cwd() / "workspace") / "iterations" / iteration
-        store.save(pruned, target / "pruned", metadata={"plan": plan.summary(), "criterion": self.criterion,
-                                                         "parent": self.base_iteration})
+        workspace = self.workspace or Workspace(Path.cwd() / "workspace")
+        iteration = self._pending["iteration"] if self._pending else workspace.reserve_iteration()
+        model_dir = workspace.save_pruned(iteration, pruned, plan, parent=self.base_iteration, criterion=self.criterion)
         before = {g.name: g.size for g in self.graph.groups}
         widths = {self.graph.groups[gid].name: (before[self.graph.groups[gid].name],
                                                 self.graph.groups[gid].size - len(ix)) for gid, ix in removed.items()}
         self.pruned_model = pruned
-        self._pending = {"iteration": iteration, "out_dir": str(target), "model_dir": str(target / "pruned"),
-                         "plan": plan.summary()}
+        self._pending = {"iteration": iteration, "plan": plan.summary()}
         params_after = sum(p.numel() for p in pruned.parameters())
-        self.applied = {"iteration": iteration, "model_dir": str(target / "pruned"),
+        self.applied = {"iteration": iteration, "model_dir": str(model_dir),
                         "filters_removed": sum(len(ix) for ix in removed.values()), "widths": widths,
                         "params_before": self.costs.before.params, "params_after": params_after}
         self.status = f"applied: {iteration} saved, {self.applied['filters_removed']} filters removed"
@@ -381,9 +372,8 @@ class Explorer(W.VBox):
         if self._pending is None:
             self.apply()
         pending = self._pending
-        job = self.queue.submit(pending["model_dir"], out_dir=pending["out_dir"], parent=self.base_iteration,
-                                plan=pending["plan"], criterion=self.criterion,
-                                hyperparameters=self.hyperparameters(), iteration=pending["iteration"])
+        job = self.workspace.submit(self.queue, pending["iteration"], parent=self.base_iteration, plan=pending["plan"],
+                                    criterion=self.criterion, hyperparameters=self.hyperparameters())
         self._pending = None
         self.last_job = job.id
         self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
@@ -396,11 +386,6 @@ class Explorer(W.VBox):
         except Exception as exc:
             self.error = f"cancel {job_id}: {_message(exc)}"
         self.refresh()
-
-    def _next_iteration(self) -> str:
-        root = (self.workspace or Path.cwd() / "workspace") / "iterations"
-        taken = [int(m.group(1)) for p in root.glob("iter-*") if (m := re.fullmatch(r"iter-(\d+)", p.name))]
-        return f"iter-{max(taken, default=0) + 1:03d}"
 
     # --- jobs and history ----------------------------------------------------------------------
     def refresh(self) -> None:
@@ -430,7 +415,7 @@ class Explorer(W.VBox):
     def _rebase(self, iteration: str) -> None:
         self.busy, self.status = True, f"loading {iteration}…"
         try:
-            model, x, trial, args = _iteration_inputs(self.tracker, self.workspace, iteration)
+            model, x, trial, args = self.workspace.open_iteration(iteration)
             self.train_args = {**args, **{k: v for k, v in self.train_args.items() if k not in args}} if args else self.train_args
             self.base_iteration = iteration
             self._load(model, trial, x)
@@ -482,41 +467,6 @@ def _open(trial: Any, model: nn.Module, graph: ChannelGraph):
     if not path.startswith("s3://") and not Path(path).exists():
         raise FileNotFoundError(f"no such trial directory: {path}")
     return open_trial(path, model=model, graph=graph)
-
-
-def _iteration_inputs(tracker, workspace: Path, iteration: str):
-    """(model, example inputs, trial dir or None, train arguments) of a tracked iteration."""
-    history = tracker.history()
-    rows = history[history["iteration"] == iteration]
-    if rows.empty:
-        raise KeyError(f"iteration {iteration!r} is not tracked in {workspace}")
-    row = rows.iloc[-1]
-    model_dir = Path(row["model_dir"])
-    model = store.load(model_dir)
-    shape = read_metrics(model_dir).get("input_shape")
-    if not shape:
-        raise ValueError(f"{model_dir / 'metrics.json'}: no input_shape recorded; open Explorer(...) with example_inputs")
-    x = torch.zeros(1, *[int(s) for s in list(shape)[-3:]])
-    trial = row["trial_dir"] if isinstance(row["trial_dir"], str) and Path(row["trial_dir"]).exists() else None
-    return model, x, trial, _train_args_of(workspace, row.get("job_id"))
-
-
-def _train_args_of(workspace: Path, job_id: Any) -> dict[str, Any]:
-    """The training arguments of the job that made an iteration, as defaults for the next fine-tune."""
-    if not isinstance(job_id, str):
-        return {}
-    path = workspace / "jobs" / f"{job_id}.json"
-    try:
-        job = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    hp = dict(job.get("hyperparameters") or {})
-    hp.pop("baseline_accuracy", None)  # the loop's in-job rule: set per job from its parent
-    hp.pop("stop_rule_threshold", None)
-    if job.get("parent") is None:  # a baseline's recipe is not a fine-tune's
-        for key in TUNED:
-            hp.pop(key, None)
-    return hp
 
 
 def _validation_tensors(source: Any, train_args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..jobs import COMPLETED, JobQueue
 from ..loop import demo_config
+from ..workspace import BASELINE, Workspace
 
-BASELINE = "baseline"
 WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
 
 
@@ -34,20 +33,14 @@ def workspace(default: str = "workspace") -> Path:
 
 
 def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> str:
-    """Train and track the baseline iteration once (reused when already in the workspace)."""
-    root = Path(root)
-    out = root / "iterations" / BASELINE
-    with JobQueue(root, backend="local") as queue:
-        done = [j for j in queue.jobs() if j.iteration == BASELINE and j.status == COMPLETED]
-        if done and (out / "model.json").exists():
-            return BASELINE
-        if fast():
-            hp = {**train_args(), "epochs": epochs or 1}
-        else:  # the demo's baseline recipe (its own learning rate)
-            config = demo_config()
-            hp = config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
-        job = queue.submit(model, out_dir=out, iteration=BASELINE, hyperparameters=hp)
-        job = queue.wait(job.id)
-    if job.status != COMPLETED:
-        raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}\n{job.log_tail()}")
+    """Train and track the baseline iteration once (reused when already in the workspace and trained
+    with these settings — the loop's check — refused with the differences named otherwise)."""
+    if fast():
+        hp = {**train_args(), "epochs": epochs or 1}
+    else:  # the demo's baseline recipe (its own learning rate)
+        config = demo_config()
+        hp = config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
+    space = Workspace(root)
+    with space.queue() as queue:
+        space.ensure_baseline(queue, model, hp)
     return BASELINE

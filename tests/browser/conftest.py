@@ -51,7 +51,7 @@ def artifacts() -> Path:
 def served(tmp_path_factory) -> dict:
     """A folder with the notebooks, a workspace holding a tracked baseline, and the env the servers get."""
     root = tmp_path_factory.mktemp("served")
-    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+    for nb in [*(ROOT / "notebooks").glob("*.ipynb"), ROOT / "prune_explorer" / "widgets" / "app.ipynb"]:
         shutil.copy(nb, root / nb.name)
     env = {**os.environ, "PRUNE_EXPLORER_FAST": "1", "PRUNE_EXPLORER_WORKSPACE": str(root / "workspace"),
            "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTER_DATA_DIR": str(root / ".data"),

@@ -1,0 +1,374 @@
+"""The workspace on disk: the one owner of WORKSPACE/, used by the loop, the panel, the notebooks and the CLI.
+
+    WORKSPACE/
+      iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
+      iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
+      jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks
+      mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
+      results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
+
+It decides names (the baseline, then `iter-NNN`, each reserved with an exclusive mkdir, so a panel
+and `prune-explorer run` on one workspace never take the same one), lineage (each iteration's
+parent, from the job that made it), the baseline (trained once, and refused when it was trained
+with other settings), an iteration's example inputs and fine-tuning recipe, and the step
+rank → plan → prune → save → submit. Jobs write only into the folder it gives them.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .jobs.base import COMPLETED, STOPPED, Job
+from .jobs.queue import JobQueue, file_lock, read_metrics
+
+BASELINE = "baseline"
+PRUNED = "pruned"
+WEIGHT_CRITERIA = ("l1", "l2")
+NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}  # image side when a model's metrics record no input shape
+BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
+                     "lr_schedule", "weight_decay")  # a reused baseline must have been trained with these
+PER_JOB_RULE = ("baseline_accuracy", "stop_rule_threshold")  # set for each job from its parent, never inherited
+BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule is not a fine-tune's
+_ITERATION = re.compile(r"iter-(\d+)")
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """A model in the workspace: its name, folder and best validation accuracy (None when unknown)."""
+
+    name: str
+    directory: Path
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """An iteration's model ranked for the next cut."""
+
+    model: Any
+    example_inputs: Any
+    graph: Any
+    table: Any
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one rank → plan → prune → save → submit step did; `job` is None when it stopped first (`reason`)."""
+
+    name: str | None
+    job: Job | None
+    plan: Any
+    params: int
+    reason: str | None = None
+
+
+class Workspace:
+    """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    @property
+    def iterations_dir(self) -> Path:
+        return self.root / "iterations"
+
+    def iteration_dir(self, name: str) -> Path:
+        return self.iterations_dir / name
+
+    def queue(self, backend: Any = "local", tracker: Any = None, **options: Any) -> JobQueue:
+        """The JobQueue over this workspace's job records."""
+        return JobQueue(self.root, backend=backend, tracker=tracker, **options)
+
+    # --- names and lineage -----------------------------------------------------------------
+    def reserve_iteration(self) -> str:
+        """The next free `iter-NNN`, taken with an exclusive mkdir (safe across threads and processes)."""
+        self.iterations_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            taken = [int(m.group(1)) for p in self.iterations_dir.iterdir() if (m := _ITERATION.fullmatch(p.name))]
+            name = f"iter-{max(taken, default=0) + 1:03d}"
+            try:
+                self.iteration_dir(name).mkdir()
+            except FileExistsError:
+                continue  # another process took it between the listing and the mkdir
+            return name
+
+    def has_model(self, name: str) -> bool:
+        return (self.iteration_dir(name) / "model.json").is_file()
+
+    def iteration(self, name: str) -> Iteration:
+        directory = self.iteration_dir(name)
+        return Iteration(name, directory, read_metrics(directory).get("best_accuracy"))
+
+    def completed_iterations(self) -> list[str]:
+        """Names of the iter-NNN iterations whose fine-tuning completed (not stopped by a rule), oldest first."""
+        found = []
+        for metrics in self.iterations_dir.glob("iter-*/metrics.json"):
+            match = _ITERATION.fullmatch(metrics.parent.name)
+            if match and self.has_model(metrics.parent.name) and read_metrics(metrics.parent).get("status") == COMPLETED:
+                found.append((int(match.group(1)), metrics.parent.name))
+        return [name for _, name in sorted(found)]
+
+    def start_point(self, start_from: str = "latest") -> Iteration:
+        """The iteration to prune next: "latest" completed (the baseline when none), "baseline", or a named one."""
+        if start_from == BASELINE:
+            return self.iteration(BASELINE)
+        done = self.completed_iterations()
+        if start_from == "latest":
+            return self.iteration(done[-1] if done else BASELINE)
+        if start_from in done:
+            return self.iteration(start_from)
+        raise ValueError(f"start_from: {start_from!r} is not a completed iteration of {self.root} "
+                         f"(completed: {', '.join(done) or 'none'}; or 'latest', 'baseline')")
+
+    def jobs_of(self, name: str) -> list[Job]:
+        """The job records that produce iteration `name`, oldest first."""
+        found = []
+        for path in (self.root / "jobs").glob("*.json"):
+            try:
+                job = Job.load(path)
+            except (FileNotFoundError, ValueError):
+                continue
+            if job.iteration == name:
+                found.append(job)
+        return sorted(found, key=lambda j: (j.created, j.id))
+
+    def made_by(self, name: str) -> Job | None:
+        """The job that made iteration `name`: its latest completed one, else its latest one."""
+        jobs = self.jobs_of(name)
+        completed = [j for j in jobs if j.status == COMPLETED]
+        return (completed or jobs or [None])[-1]
+
+    def lineage(self, name: str) -> list[str]:
+        """`name` and its ancestors (each one's parent is that of the job that made it), baseline first."""
+        parents: dict[str, str | None] = {}
+        for path in sorted((self.root / "jobs").glob("*.json")):
+            try:
+                job = Job.load(path)
+            except (FileNotFoundError, ValueError):
+                continue
+            if job.iteration:
+                parents[job.iteration] = job.parent
+        chain = [name]
+        while isinstance(parents.get(chain[-1]), str) and parents[chain[-1]] not in chain:
+            chain.append(parents[chain[-1]])
+        return chain[::-1]
+
+    # --- the baseline ----------------------------------------------------------------------
+    def ensure_baseline(self, queue: JobQueue, model: str, hyperparameters: dict[str, Any],
+                        settings: tuple[str, ...] = BASELINE_SETTINGS, timeout: float | None = None) -> Iteration:
+        """The baseline iteration: reused when on disk (after checking it was trained with these
+        `settings`), else trained once — a baseline job another process already runs is waited for."""
+        wanted = {**hyperparameters, "model": model}
+        with self._lock("baseline"):
+            if self.has_model(BASELINE) and (self.iteration_dir(BASELINE) / "metrics.json").is_file():
+                metrics = self._checked_baseline(wanted, settings)
+                _track_copied_baseline(queue.tracker, self.iteration_dir(BASELINE), metrics, queue.backend.name)
+                return self.iteration(BASELINE)
+            queue.refresh()
+            running = [j for j in queue.jobs() if j.iteration == BASELINE and not j.done]
+            job = running[-1] if running else queue.submit(
+                model, out_dir=self.iteration_dir(BASELINE), criterion=None, iteration=BASELINE,
+                hyperparameters=hyperparameters)
+        job = queue.wait(job.id, timeout=timeout)
+        if job.status != COMPLETED:
+            raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}")
+        self._checked_baseline(wanted, settings)  # another process's job may have had other settings
+        return self.iteration(BASELINE)
+
+    def copy_baseline(self, source: str | os.PathLike) -> bool:
+        """Start from another workspace's trained baseline folder (so methods compare against one model);
+        copied whole, then renamed into place. False when this workspace has a baseline already."""
+        target = self.iteration_dir(BASELINE)
+        if target.exists():
+            return False
+        self.iterations_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.iterations_dir, prefix=".baseline-"))
+        try:
+            shutil.copytree(source, staging / BASELINE)
+            os.rename(staging / BASELINE, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            return False  # another process put one there meanwhile
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return True
+
+    def _checked_baseline(self, wanted: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
+        directory = self.iteration_dir(BASELINE)
+        metrics = read_metrics(directory)
+        trained = metrics.get("config") or {}
+        differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in settings
+                  if k in wanted and k in trained and trained[k] != wanted[k]]
+        if differ:
+            raise ValueError(f"{directory} was trained with other settings: {', '.join(differ)}. "
+                             "Use another --workspace, or delete that baseline to train a new one.")
+        return metrics
+
+    # --- an iteration's inputs -------------------------------------------------------------
+    def example_inputs(self, name: str, model: Any = None, image_size: int | None = None,
+                       dataset: str | None = None):
+        """A one-image batch shaped like the iteration's training data (its metrics.json `input_shape`).
+
+        Without a recorded shape, `model`'s first conv gives the channels and `image_size` (or the
+        dataset's native size) the side; with no model either, ValueError names the file.
+        """
+        import torch
+
+        metrics_path = self.iteration_dir(name) / "metrics.json"
+        shape = read_metrics(metrics_path.parent).get("input_shape")
+        if shape:
+            return torch.zeros(1, *[int(s) for s in list(shape)[-3:]])
+        if model is None:
+            raise ValueError(f"{metrics_path}: no input_shape recorded; give example inputs explicitly")
+        first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        channels = first_conv.in_channels if first_conv is not None else 1
+        size = image_size or NATIVE_SIZE.get(dataset or "", 224)
+        return torch.zeros(1, channels, size, size)
+
+    def trial_dir(self, name: str) -> Path | None:
+        trial = self.iteration_dir(name) / "trial"
+        return trial if trial.is_dir() else None
+
+    def fine_tune_recipe(self, name: str) -> dict[str, Any]:
+        """Training arguments for fine-tuning a child of `name`: those of the job that made it, less
+        the per-job rule and, for the baseline, less its own schedule."""
+        job = self.made_by(name)
+        if job is None:
+            return {}
+        recipe = {k: v for k, v in job.hyperparameters.items() if k not in PER_JOB_RULE}
+        if job.parent is None:
+            recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
+        return recipe
+
+    def open_iteration(self, name: str):
+        """(model, example inputs, trial dir or None, fine-tuning recipe) of an iteration with a saved model."""
+        from .model import store
+
+        if not self.has_model(name):
+            raise KeyError(f"iteration {name!r} has no saved model in {self.iteration_dir(name)} "
+                           "(not in this workspace, or its job has not finished)")
+        model = store.load(self.iteration_dir(name))
+        return model, self.example_inputs(name), self.trial_dir(name), self.fine_tune_recipe(name)
+
+    # --- the step --------------------------------------------------------------------------
+    def rank_iteration(self, name: str, criterion: str = "taylor", criterion_fn: Callable | None = None,
+                       capture: str = "compact", image_size: int | None = None,
+                       dataset: str | None = None) -> Ranked:
+        """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2)."""
+        from .model import store
+        from .model.graph import ChannelGraph
+        from .signals.ranking import rank
+        from .signals.trials import open_trial
+
+        directory = self.iteration_dir(name)
+        model = store.load(directory).eval()
+        x = self.example_inputs(name, model, image_size=image_size, dataset=dataset)
+        graph = ChannelGraph.trace(model, x)
+        trial = None
+        if capture != "none" and (criterion_fn is not None or criterion not in WEIGHT_CRITERIA):
+            trial = open_trial(directory / "trial", model=model, example_inputs=x, graph=graph)
+        table = rank(model, x, trial=trial, criterion=criterion_fn or criterion, graph=graph)
+        return Ranked(model, x, graph, table)
+
+    def save_pruned(self, name: str, pruned: Any, plan: Any, parent: str | None, criterion: str | None) -> Path:
+        """Save a pruned model as iteration `name`'s job input (iterations/<name>/pruned/)."""
+        from .model import store
+
+        summary = plan.summary() if hasattr(plan, "summary") else dict(plan or {})
+        return store.save(pruned, self.iteration_dir(name) / PRUNED,
+                          metadata={"plan": summary, "criterion": criterion, "parent": parent})
+
+    def submit(self, queue: JobQueue, name: str, *, parent: str | None, plan: Any, criterion: str | None,
+               hyperparameters: dict[str, Any], **submit_options: Any) -> Job:
+        """Queue the fine-tuning of iteration `name`'s pruned model; its outputs land in iterations/<name>/.
+        Further keyword arguments go to `JobQueue.submit` as they are."""
+        pruned = self.iteration_dir(name) / PRUNED
+        if not (pruned / "model.json").is_file():
+            raise FileNotFoundError(f"{pruned}: no pruned model saved for {name} (apply a plan first)")
+        return queue.submit(pruned, out_dir=self.iteration_dir(name), parent=parent, plan=plan, criterion=criterion,
+                            hyperparameters=hyperparameters, iteration=name, **submit_options)
+
+    def prune_step(self, queue: JobQueue, parent: Iteration, *, criterion: str, per_iteration: int,
+                   scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
+                   criterion_fn: Callable | None = None, capture: str = "compact",
+                   image_size: int | None = None, dataset: str | None = None, **submit_options: Any) -> Step:
+        """Rank `parent`, plan its lowest `per_iteration` filters, prune, and — unless nothing is left to
+        cut or the result falls below `min_params` (then nothing is written) — save and submit."""
+        from .model.measure import count
+        from .model.plan import PrunePlan
+        from .model.surgery import prune
+
+        ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset)
+        plan = PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
+        if len(plan) == 0:
+            return Step(None, None, None, 0, f"nothing left to prune in {parent.name} (every group at its minimum)")
+        pruned = prune(ranked.model, plan, ranked.example_inputs, graph=ranked.graph)
+        params = int(count(pruned, ranked.example_inputs).params)
+        if params < min_params:
+            return Step(None, None, plan, params, f"pruning {parent.name} further would leave {params:,} params, "
+                                                  f"below the floor of {min_params:,}")
+        name = self.reserve_iteration()
+        self.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+        job = self.submit(queue, name, parent=parent.name, plan=plan, criterion=criterion,
+                          hyperparameters=hyperparameters, **submit_options)
+        return Step(name, job, plan, params)
+
+    # --- verdicts and run outputs ----------------------------------------------------------
+    def mark_stopped(self, name: str, reason: str) -> None:
+        """Record a rule's verdict in the iteration's metrics.json, where a later run reads it back."""
+        directory = self.iteration_dir(name)
+        metrics = read_metrics(directory)
+        if not metrics:
+            raise FileNotFoundError(f"{directory / 'metrics.json'}: no metrics to mark stopped")
+        metrics.update(status=STOPPED, reason=reason)
+        self.write_file(f"iterations/{name}/metrics.json",
+                        lambda path: Path(path).write_text(json.dumps(metrics, indent=1, default=str)))
+
+    def write_file(self, relative: str, write: Callable[[str], Any]) -> Path:
+        """Write WORKSPACE/<relative> through `write(temp_path)` and one rename: never half a file."""
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def write_json(self, relative: str, data: Any) -> Path:
+        return self.write_file(relative, lambda path: Path(path).write_text(json.dumps(data, indent=1, default=str)))
+
+    @contextmanager
+    def _lock(self, what: str) -> Iterator[None]:
+        """A workspace-wide lock on one decision (e.g. whether to train the baseline), across processes."""
+        locks = self.root / "jobs" / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with file_lock(locks / f"workspace-{what}"):
+            yield
+
+
+def _track_copied_baseline(tracker: Any, directory: Path, metrics: dict[str, Any], backend: str) -> None:
+    """A baseline copied into the workspace (never run by a queue here) is tracked once, as completed."""
+    if tracker is None or tracker.run_id(BASELINE) is not None:
+        return
+    tracker.record(BASELINE, params=metrics.get("params"), macs=metrics.get("macs"),
+                   latency_ms=metrics.get("latency_ms"),
+                   accuracies=[e["val_accuracy"] for e in metrics.get("epochs", [])],
+                   best_accuracy=metrics.get("best_accuracy"), status=COMPLETED, model_dir=str(directory),
+                   trial_dir=metrics.get("trial"), backend=backend)
