@@ -256,9 +256,12 @@ def _export(args) -> int:
     from .model.export import export_model
 
     try:
-        model_dir = _export_source(args.iteration, Path(args.workspace))
-        example = _export_example(args.input_shape)
-        output = Path(args.output or f"{model_dir.name if Path(args.iteration).is_dir() else args.iteration}.{args.format}")
+        model_dir, workspace = _export_source(args.iteration, Path(args.workspace))
+        if args.input_shape:
+            example = _export_example(args.input_shape)
+        else:  # a workspace iteration: the workspace knows its inputs; a bare directory: its metrics.json
+            example = workspace.example_inputs(model_dir.name) if workspace is not None else None
+        output = Path(args.output or f"{model_dir.name}.{args.format}")
         onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
         result = export_model(model_dir, output, format=args.format, example_inputs=example,
                               dynamic_batch=not args.static_batch, **onnx_only)
@@ -273,10 +276,8 @@ def _export(args) -> int:
     return 0
 
 
-def _export_example(shape: str | None):
-    """--input-shape C,H,W as a one-example zero batch, or None (the model's metrics.json then says)."""
-    if shape is None:
-        return None
+def _export_example(shape: str):
+    """--input-shape C,H,W as a one-example zero batch."""
     import torch
 
     try:
@@ -286,21 +287,25 @@ def _export_example(shape: str | None):
     return torch.zeros(1, *dims)
 
 
-def _export_source(iteration: str, workspace: Path) -> Path:
-    """The model directory ITERATION names: a directory as given, else WORKSPACE/iterations/ITERATION."""
+def _export_source(iteration: str, root: Path):
+    """(model directory, its Workspace or None): ITERATION as a directory, else an iteration of the workspace."""
     given = Path(iteration)
     if given.is_dir():
-        return given
-    root = workspace / "iterations"
-    directory = root / iteration
+        return given, None
+    from .workspace import PRUNED, Workspace
+
+    if not (root / "iterations").is_dir():
+        raise FileNotFoundError(f"no directory {iteration!r}, and {root} is not a workspace (no iterations/ in it)")
+    workspace = Workspace(root)
+    directory = workspace.iteration_dir(iteration)
     if not directory.is_dir():
-        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        known = f"; iterations there: {', '.join(names)}" if names else f"; {root} has no iterations"
-        raise FileNotFoundError(f"no iteration {iteration!r} in {workspace} and no directory {iteration!r}{known}")
-    if not (directory / "model.json").is_file() and (directory / "pruned" / "model.json").is_file():
-        raise FileNotFoundError(f"{directory / 'model.json'}: missing (its fine-tuning has not finished?); "
-                                f"the model before fine-tuning is {directory / 'pruned'}")
-    return directory
+        names = sorted(p.name for p in workspace.iterations_dir.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"no iteration {iteration!r} in {root} and no directory {iteration!r}; "
+                                f"iterations there: {', '.join(names) or 'none'}")
+    if not workspace.has_model(iteration):
+        hint = f"; the model before fine-tuning is {directory / PRUNED}" if (directory / PRUNED / "model.json").is_file() else ""
+        raise FileNotFoundError(f"{directory / 'model.json'}: missing (its fine-tuning has not finished?){hint}")
+    return directory, workspace
 
 
 # --- app (Voila) -------------------------------------------------------------------------------

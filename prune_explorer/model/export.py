@@ -111,28 +111,18 @@ def export_model(
 
 
 def recorded_example_inputs(model_dir: Any) -> tuple[torch.Tensor, ...]:
-    """One zero image shaped like the data a saved model was trained on (its metrics.json `input_shape`)."""
+    """One zero image shaped like the data a saved model was trained on (its metrics.json `input_shape`;
+    for a workspace iteration's `pruned/` model, the job's metrics.json one level up)."""
+    from ..jobs.queue import read_metrics
+
     if isinstance(model_dir, nn.Module):
         raise ValueError("example_inputs is required when exporting a module (only a model directory records its input shape)")
     model_dir = Path(model_dir)
-    # a workspace iteration's pruned/ model is its job's input: the job's metrics.json is one level up
     candidates = [model_dir] + ([model_dir.parent] if model_dir.name == "pruned" else [])
-    shape, metrics_path = None, model_dir / "metrics.json"
-    for directory in candidates:
-        path = directory / "metrics.json"
-        try:
-            shape = json.loads(path.read_text()).get("input_shape")
-        except FileNotFoundError:
-            continue
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        if shape:
-            break
+    shape = next((s for d in candidates if (s := read_metrics(d).get("input_shape"))), None)
     if not shape:
-        raise ValueError(
-            f"{metrics_path}: no input_shape recorded for {model_dir}; pass example_inputs "
-            "(CLI: --input-shape C,H,W)"
-        )
+        raise ValueError(f"{model_dir / 'metrics.json'}: no input_shape recorded for {model_dir}; "
+                         "pass example_inputs (CLI: --input-shape C,H,W)")
     return (torch.zeros(1, *[int(s) for s in list(shape)[-3:]]),)
 
 
