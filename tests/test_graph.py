@@ -7,6 +7,7 @@ import torchvision
 from torch import nn
 
 from prune_explorer.model.graph import ChannelGraph, Tap
+from prune_explorer.model.plan import PrunePlan
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +96,25 @@ class Shuffle(nn.Module):
         return self.head(self.b(x))
 
 
-def test_channel_shuffle_is_refused_with_the_node_named():
+def test_channel_shuffle_couples_the_channels_it_interleaves():
     graph = ChannelGraph.trace(Shuffle(), torch.randn(1, 3, 8, 8))
     g = graph.group("a")
-    assert not g.prunable and "view" in g.reason
+    assert g.prunable and g.size == 4            # view(n, 2, c/2) -> transpose: channel i goes with i + 4
+    assert graph.slices["b"].in_channel.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert graph.group("b").prunable
+
+
+class FixedShuffle(Shuffle):
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, 4, h, w).transpose(1, 2).reshape(n, c, h, w)   # widths written as numbers
+        return self.head(self.b(x))
+
+
+def test_channel_shuffle_with_written_widths_is_refused_with_the_node_named():
+    g = ChannelGraph.trace(FixedShuffle(), torch.randn(1, 3, 8, 8)).group("a")
+    assert not g.prunable and "view" in g.reason and "would not follow" in g.reason
 
 
 class Mixed(nn.Module):
@@ -125,8 +140,11 @@ class Mixed(nn.Module):
 
 def test_refusal_reasons_name_module_or_node():
     graph = ChannelGraph.trace(Mixed(), torch.randn(1, 3, 8, 8))
-    assert "grouped convolution" in graph.group("stem").reason and "grouped" in graph.group("stem").reason
-    assert not graph.group("grouped").prunable
+    stem = graph.group("stem")                      # feeds a grouped conv: the same count out of each half
+    assert stem.prunable and stem.blocks == ((0, 1, 2, 3), (4, 5, 6, 7)) and "'grouped'" in stem.rule
+    with pytest.raises(ValueError, match=r"layer 'stem': grouped convolution 'grouped' \(groups=2\) needs the same"):
+        PrunePlan({"stem": [0, 1, 4]}).resolve(graph)
+    assert PrunePlan({"stem": [0, 5]}).resolve(graph) == {stem.id: [0, 5]}
     assert "norm" in graph.group("left").reason and "GroupNorm" in graph.group("left").reason
     assert "mean" in graph.group("meaned").reason
 

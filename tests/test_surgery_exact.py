@@ -30,6 +30,14 @@ def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int
     """A random, never-empty subset of channels of every prunable group."""
     plan = {}
     for group in graph.prunable():
+        if group.blocks:  # a grouped conv's group: the same number out of each conv group
+            smallest = min(len(b) for b in group.blocks)
+            if smallest < 2:
+                continue
+            k = int(torch.randint(1, smallest, (1,), generator=gen))
+            plan[group.id] = sorted(b[i] for b in group.blocks
+                                    for i in torch.randperm(len(b), generator=gen)[:k].tolist())
+            continue
         if group.size < 2:
             continue
         k = int(torch.randint(1, group.size, (1,), generator=gen))
@@ -37,21 +45,15 @@ def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int
     return plan
 
 
-def consumer_zero_positions(graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, torch.Tensor]:
-    """Input positions of each consumer (conv/linear) that carry removed channels."""
+def consumer_zero_positions(graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, tuple[int, torch.Tensor]]:
+    """Input axis and positions of each consumer (conv/linear) that carry removed channels."""
     positions = {}
-    for name, sl in graph.slices.items():
-        if not sl.inputs:
+    for sl in graph.slices.values():
+        if sl.in_group is None:
             continue
-        found, offset = [], 0
-        for gid, size in sl.inputs:
-            found += [offset + i for i in removed.get(gid, ())]
-            offset += size
-        if found:
-            index = torch.tensor(found)
-            if sl.in_factor > 1:
-                index = (index[:, None] * sl.in_factor + torch.arange(sl.in_factor)).flatten()
-            positions[name] = index
+        index = sl.positions("in", removed)
+        if index.size:
+            positions[sl.module] = (sl.in_axis, torch.from_numpy(index))
     return positions
 
 
@@ -59,15 +61,15 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed, x: torch.Te
     """The original model with removed channels forced to zero at every consumer's input."""
     modules = dict(model.named_modules())
 
-    def zeroing(index):
+    def zeroing(axis, index):
         def hook(_module, args):
             y = args[0].clone()
-            y[:, index] = 0
+            y.index_fill_(axis, index, 0)
             return (y, *args[1:])
         return hook
 
-    handles = [modules[name].register_forward_pre_hook(zeroing(ix))
-               for name, ix in consumer_zero_positions(graph, removed).items()]
+    handles = [modules[name].register_forward_pre_hook(zeroing(axis, ix))
+               for name, (axis, ix) in consumer_zero_positions(graph, removed).items()]
     try:
         with torch.no_grad():
             return model(x)
@@ -110,8 +112,10 @@ def check_exact(model: nn.Module, x: torch.Tensor, seed: int = 0, graph: Channel
     new_modules = dict(pruned.named_modules())
     for gid, ix in removed.items():
         group = graph.groups[gid]
-        first = next(p for p in group.producers if graph.slices[p].kind in ("conv", "linear"))
-        assert new_modules[first].weight.shape[0] == group.size - len(ix), first
+        first = next((s for s in graph.slices.values() if gid in s.out_touches and s.kind in ("conv", "linear")
+                      and s.out_group.size == group.size), None)
+        if first is not None:
+            assert getattr(new_modules[first.module], first.params["weight"]).shape[0] == group.size - len(ix), first
 
     expected = reference_output(model, graph, removed, x)
     with torch.no_grad():
@@ -144,18 +148,16 @@ def test_torchvision_model_prunes_exactly(name):
     assert all(g.kind != "output" or not g.prunable for g in graph.groups)
 
 
-def test_shufflenet_shuffle_groups_refused_rest_exact():
+def test_shufflenet_shuffles_and_chunks_prune_exactly():
     torch.manual_seed(0)
-    model = torchvision.models.shufflenet_v2_x0_5(weights=None)
+    model = torchvision.models.shufflenet_v2_x1_0(weights=None)
     x = torch.randn(1, 3, 64, 64)
-    graph = ChannelGraph.trace(model, x)
-    refused = [g for g in graph.groups if not g.prunable and g.kind != "output"]
-    assert refused, "channel shuffle must make some groups not prunable"
-    assert all(g.reason for g in refused)
-    assert any("view" in g.reason for g in refused)
-    check_exact(model, x, graph=graph)
-    with pytest.raises(ValueError, match=refused[0].name):
-        prune(model, PrunePlan({refused[0].name: [0]}), x, graph=graph)
+    graph = check_exact(model, x)
+    stage = graph.group("stage4.0.branch1.2")     # both branches of a stride-2 block, tied by the shuffle
+    assert stage is graph.group("stage4.0.branch2.5") and stage.prunable
+    assert stage.size == 29 and graph.group("stage4.0.branch2.0").size == 232
+    tied = graph.group("stage2.0.branch1.2")
+    assert not tied.prunable and "tie all its 290 channels into one" in tied.reason
 
 
 def test_linear_after_flatten_sliced_by_spatial_blocks():
