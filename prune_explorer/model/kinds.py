@@ -53,6 +53,10 @@ class LayerKind:
     def cost_shape(self, module: nn.Module, member, positions: int) -> CostShape:
         raise NotImplementedError
 
+    def expected_shapes(self, module: nn.Module) -> dict[str, tuple[int, ...]]:
+        """Tensor shapes the module's width attributes imply (store checks a file against them)."""
+        return {}
+
 
 def _attr(module: nn.Module, name: str, value) -> None:
     if value is not None and hasattr(module, name):
@@ -77,6 +81,14 @@ class Conv(LayerKind):
         if isinstance(module, _ConvNd):
             _attr(module, "out_channels", n_out)
             _attr(module, "in_channels", n_in)
+
+    def expected_shapes(self, module):
+        kernel = tuple(module.kernel_size)
+        if module.transposed:
+            weight = (module.in_channels, module.out_channels // module.groups) + kernel
+        else:
+            weight = (module.out_channels, module.in_channels // module.groups) + kernel
+        return {"weight": weight, "bias": (module.out_channels,)}
 
     def cost_shape(self, module, member, positions):
         weight = getattr(module, member.params["weight"])
@@ -141,6 +153,9 @@ class Linear(LayerKind):
             _attr(module, "out_features", n_out)
             _attr(module, "in_features", n_in)
 
+    def expected_shapes(self, module):
+        return {"weight": (module.out_features, module.in_features), "bias": (module.out_features,)}
+
     def cost_shape(self, module, member, positions):
         weight = getattr(module, member.params["weight"])
         bias = member.params.get("bias")
@@ -162,6 +177,9 @@ class BatchNorm(LayerKind):
     def set_widths(self, module, member, n_out, n_in):
         _attr(module, "num_features", n_out)
 
+    def expected_shapes(self, module):
+        return {k: (module.num_features,) for k in self.sliced_roles}
+
     def cost_shape(self, module, member, positions):
         affine = sum(1 for r in ("weight", "bias") if member.params.get(r) and
                      isinstance(getattr(module, member.params[r], None), nn.Parameter))
@@ -181,6 +199,9 @@ class GroupNorm(BatchNorm):
     def set_widths(self, module, member, n_out, n_in):
         _attr(module, "num_channels", n_out)
         _attr(module, "num_groups", n_out)
+
+    def expected_shapes(self, module):
+        return {"weight": (module.num_channels,), "bias": (module.num_channels,)}
 
 
 class ChannelParam(LayerKind):
@@ -207,6 +228,9 @@ class LayerNorm(LayerKind):
     name = "layer_norm"
     module_types = (nn.LayerNorm,)
     width_attrs = ("normalized_shape",)
+
+    def expected_shapes(self, module):
+        return {"weight": tuple(module.normalized_shape), "bias": tuple(module.normalized_shape)}
 
 
 def _width(module: nn.Module, member) -> int:

@@ -70,6 +70,8 @@ def _same(an, call, x, what: str | None = None):
 
 def _key(an, owner: str, attr: str, kind: str) -> str:
     """Slice name: the module's name, or module.attr when the module holds more than one member."""
+    if kind == "channel_param":
+        return f"{owner}.{attr}" if owner else attr
     existing = an.members.get(owner)
     if existing is None or (existing.kind == kind and existing.params.get("weight", attr) == attr):
         return owner
