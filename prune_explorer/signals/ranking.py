@@ -6,6 +6,7 @@ weight criteria sum per-filter norms over the group's producer convs/linears.
 from __future__ import annotations
 
 import os
+import warnings
 
 from typing import Any, Callable
 
@@ -111,6 +112,10 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
     steps = trial.steps_used if trial is not None and name not in ("l1", "l2") else 0
     frames = []
     for group in sorted(graph.prunable(), key=lambda g: g.id):
+        if not _addressable(group, model):
+            warnings.warn(f"layer {group.name}: its {group.size} channels are tied across several filters of each "
+                          "producer (channel shuffles), so no filter score names them; not ranked", stacklevel=2)
+            continue
         scores = np.asarray(score_fn(group, model, trial), dtype=np.float64)
         if scores.shape != (group.size,):
             raise ValueError(f"criterion {name} gave {scores.shape} scores for layer {group.name} "
@@ -127,6 +132,13 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
     if not frames:
         return pd.DataFrame({c: [] for c in COLUMNS})
     return pd.concat(frames, ignore_index=True)[COLUMNS]
+
+
+def _addressable(group, model: nn.Module) -> bool:
+    """Some producer conv/linear has exactly one filter per channel of the group."""
+    modules = dict(model.named_modules())
+    return any(isinstance(modules.get(p), _WEIGHTED) and modules[p].weight.shape[0] == group.size
+               for p in group.producers)
 
 
 def _l2_normalize(scores: np.ndarray) -> np.ndarray:
