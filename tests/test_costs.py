@@ -10,7 +10,7 @@ from prune_explorer.model.measure import count
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
 from prune_explorer.widgets.costs import CostModel
-from test_surgery_exact import random_plan
+from prune_explorer.model.exactness import random_plan
 
 MODELS = {
     "resnet18": ({"num_classes": 10}, 32),

@@ -8,74 +8,9 @@ from torch import nn
 
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.exactness import TOLERANCE, check as exactness_check, randomize_norms
 from prune_explorer.model.surgery import prune
 
-TOLERANCE = 1e-4
-
-
-def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
-    """Random BN running stats and affine, so a wrong slice cannot hide behind identity norms."""
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                n = mod.num_features
-                mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if mod.affine:
-                    mod.weight.copy_(torch.randn(n, generator=gen))
-                    mod.bias.copy_(torch.randn(n, generator=gen))
-
-
-def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int]]:
-    """A random, never-empty subset of channels of every prunable group."""
-    plan = {}
-    for group in graph.prunable():
-        if group.blocks:  # a grouped conv's group: the same number out of each conv group
-            smallest = min(len(b) for b in group.blocks)
-            if smallest < 2:
-                continue
-            k = int(torch.randint(1, smallest, (1,), generator=gen))
-            plan[group.id] = sorted(b[i] for b in group.blocks
-                                    for i in torch.randperm(len(b), generator=gen)[:k].tolist())
-            continue
-        if group.size < 2:
-            continue
-        k = int(torch.randint(1, group.size, (1,), generator=gen))
-        plan[group.id] = sorted(torch.randperm(group.size, generator=gen)[:k].tolist())
-    return plan
-
-
-def consumer_zero_positions(graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, tuple[int, torch.Tensor]]:
-    """Input axis and positions of each consumer (conv/linear) that carry removed channels."""
-    positions = {}
-    for sl in graph.slices.values():
-        if sl.in_group is None:
-            continue
-        index = sl.positions("in", removed)
-        if index.size:
-            positions[sl.module] = (sl.in_axis, torch.from_numpy(index))
-    return positions
-
-
-def reference_output(model: nn.Module, graph: ChannelGraph, removed, x: torch.Tensor) -> torch.Tensor:
-    """The original model with removed channels forced to zero at every consumer's input."""
-    modules = dict(model.named_modules())
-
-    def zeroing(axis, index):
-        def hook(_module, args):
-            y = args[0].clone()
-            y.index_fill_(axis, index, 0)
-            return (y, *args[1:])
-        return hook
-
-    handles = [modules[name].register_forward_pre_hook(zeroing(axis, ix))
-               for name, (axis, ix) in consumer_zero_positions(graph, removed).items()]
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def n_params(model: nn.Module) -> int:
@@ -96,17 +31,10 @@ def assert_consistent_shapes(model: nn.Module) -> None:
 
 def check_exact(model: nn.Module, x: torch.Tensor, seed: int = 0, graph: ChannelGraph | None = None):
     """Prune every prunable group at random and assert the exactness contract; returns the graph."""
-    gen = torch.Generator().manual_seed(seed)
-    randomize_norms(model, gen)
-    model.eval()
-    graph = graph or ChannelGraph.trace(model, x)
-    removed = random_plan(graph, gen)
-    assert removed, "no prunable group to test"
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned = prune(model, PrunePlan(removed), x, graph=graph)
-
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input model changed"
+    result = exactness_check(model, x, seed=seed, graph=graph)
+    assert result.removed, "no prunable group to test"
+    graph, pruned, removed = result.graph, result.pruned, result.removed
+    assert result.input_unchanged, "input model changed"
     assert n_params(pruned) < n_params(model)
     assert_consistent_shapes(pruned)
     new_modules = dict(pruned.named_modules())
@@ -116,12 +44,7 @@ def check_exact(model: nn.Module, x: torch.Tensor, seed: int = 0, graph: Channel
                       and s.out_group.size == group.size), None)
         if first is not None:
             assert getattr(new_modules[first.module], first.params["weight"]).shape[0] == group.size - len(ix), first
-
-    expected = reference_output(model, graph, removed, x)
-    with torch.no_grad():
-        actual = pruned(x)
-    assert actual.shape == expected.shape
-    assert (actual - expected).abs().max().item() <= TOLERANCE
+    assert result.max_diff <= TOLERANCE, result.max_diff
     return graph
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from test_surgery_exact import TOLERANCE, randomize_norms, reference_output
+from prune_explorer.model.exactness import TOLERANCE, randomize_norms, reference_output
 
 BLOCKS = ("conv", "bn", "relu", "residual", "concat", "depthwise", "se", "grouped", "channels_last", "shuffle",
           "chunk", "subclass", "shape_branch")
