@@ -28,6 +28,8 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     if name.startswith("vit_"):
         kwargs["image_size"] = 32
         size = 32
+    if name == "maxvit_t":   # its block partitions need 224
+        size = 224
     if name in ("inception_v3", "googlenet"):
         kwargs.update(aux_logits=False, init_weights=False)
         size = 80 if name == "inception_v3" else 64

@@ -111,3 +111,34 @@ def test_pruned_model_trains_and_keeps_requires_grad():
     pruned(x).sum().backward()
     assert pruned.fc.weight.grad is not None
     assert pruned.layer1[0].conv1.weight.shape[1] == 62
+
+
+def test_resnext_grouped_convs_prune_exactly_keeping_groups():
+    model = torchvision.models.resnext50_32x4d(weights=None, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = check_exact(model, x)
+    inner = graph.group("layer1.0.conv1")                 # feeds conv2, groups=32
+    assert inner.prunable and len(inner.blocks) == 32 and "layer1.0.conv2" in inner.rule
+    with pytest.raises(ValueError, match=r"layer 'layer1\.0\.conv1': grouped convolution 'layer1\.0\.conv2'"):
+        PrunePlan({"layer1.0.conv1": [0]}).resolve(graph)
+
+
+def test_convnext_hidden_widths_prune_exactly_and_layer_norm_streams_are_refused():
+    model = torchvision.models.convnext_tiny(weights=None, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = check_exact(model, x)
+    hidden = graph.group("features.1.0.block.3")          # Linear(C, 4C) on the last axis -> GELU -> Linear
+    assert hidden.prunable and hidden.size == 384 and hidden.consumers == ("features.1.0.block.5",)
+    stream = graph.group("features.1.0.block.0")
+    assert not stream.prunable and "normalises across the channels" in stream.reason
+    assert "features.1.0.layer_scale" in graph.slices and graph.slices["features.1.0.layer_scale"].kind == "channel_param"
+
+
+def test_vit_mlp_widths_prune_exactly_and_attention_is_refused():
+    model = torchvision.models.vit_b_16(weights=None, image_size=32, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = check_exact(model, x)
+    mlp = graph.group("encoder.layers.encoder_layer_0.mlp.0")
+    assert mlp.prunable and mlp.size == 3072 and len(graph.prunable()) == 12
+    attention = graph.group("encoder.layers.encoder_layer_0.self_attention")
+    assert not attention.prunable and "attention heads are out of scope" in attention.reason

@@ -144,6 +144,10 @@ class Analysis:
         return found
 
     def touch(self, module: str | None, layout: Any) -> None:
+        if isinstance(layout, tuple):
+            for part in layout:
+                self.touch(module, part)
+            return
         if module is not None and isinstance(layout, Layout):
             self.touched.setdefault(module, []).append(layout.ids.reshape(-1))
 

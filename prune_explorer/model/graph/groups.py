@@ -259,7 +259,8 @@ def build(an: Analysis) -> Built:
         kind = "output" if output[g] else "residual" if residual[g] else "internal"
         producer_names = sorted(producers[g], key=lambda n: order.get(n, len(order)))
         filters = [s.module for s in slices.values() if g in s.out_touches and KINDS[s.kind].has_filters]
-        named = sorted(set(filters), key=lambda n: order.get(n, len(order))) or producer_names
+        named = sorted(set(filters), key=lambda n: order.get(n, len(order))) or producer_names or [
+            ch.atoms[a].producer for a in by_comp[with_producer[g]] if ch.atoms[a].producer]
         groups.append(ChannelGroup(
             id=g,
             layers=tuple(sorted(members[g] | producers[g] | consumers[g], key=lambda n: order.get(n, len(order)))),

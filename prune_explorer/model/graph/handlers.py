@@ -120,8 +120,15 @@ def softmax(an, call):
 
 @handler("attention")
 def attention(an, call):
-    return an.not_understood(call, f"{call.what} is attention: its widths are not prunable "
-                                   "(attention heads are out of scope)")
+    """Its inputs are refused, and its output is a group of its own, refused with the reason."""
+    reason = f"{call.what} is attention: its widths are not prunable (attention heads are out of scope)"
+    an.not_understood(call, reason)
+    result = _result(call)
+    if not isinstance(result, torch.Tensor) or result.dim() < 2:
+        return an.opaque_like(call.result)
+    out = Layout((result.dim() - 1,), an.channels.new(result.shape[-1], producer=call.module or call.what,
+                                                      reason=reason))
+    return _wrap(call, out)
 
 
 # --- convolution, linear, norms ----------------------------------------------------------------
