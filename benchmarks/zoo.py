@@ -15,31 +15,11 @@ import time
 import torch
 import torchvision
 
-from prune_explorer.model.exactness import TOLERANCE, check, conv_filters
-
-# over ~1 GB of float32 weights: skipped in CI (tests/test_zoo.py) and by default here
-LARGE = ("regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32")
-
-
-def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model at a small input (ViTs built for 32x32 images, Inception at its minimum 80)."""
-    kwargs: dict = {"weights": None}
-    size = 64
-    if name.startswith("vit_"):
-        kwargs["image_size"] = 32
-        size = 32
-    if name == "maxvit_t":   # its block partitions need 224
-        size = 224
-    if name in ("inception_v3", "googlenet"):
-        kwargs.update(aux_logits=False, init_weights=False)
-        size = 80 if name == "inception_v3" else 64
-    torch.manual_seed(0)
-    return torchvision.models.get_model(name, **kwargs), torch.randn(1, 3, size, size)
-
+from prune_explorer.model.exactness import LARGE_TORCHVISION, TOLERANCE, check, conv_filters, torchvision_example
 
 def sweep(name: str) -> dict:
     start = time.perf_counter()
-    model, x = build(name)
+    model, x = torchvision_example(name)
     try:
         result = check(model, x)
     except Exception as exc:  # a row per model, whatever happens
@@ -66,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     if not args.all:
-        names = [n for n in names if n not in LARGE]
+        names = [n for n in names if n not in LARGE_TORCHVISION]
     print(f"{'model':24} {'conv filters prunable':>22} {'filters':>8} {'groups':>9} {'route':>6} {'s':>5}  status")
     exact = 0
     for name in names:

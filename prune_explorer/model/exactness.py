@@ -26,6 +26,27 @@ class Checked:
     input_unchanged: bool
 
 
+# torchvision models over ~1 GB of float32 weights: left out of the zoo sweep in CI
+LARGE_TORCHVISION = ("regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32")
+
+
+def torchvision_example(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """A torchvision classification model (random init, seed 0) and a small input it accepts."""
+    import torchvision
+
+    kwargs: dict = {"weights": None}
+    size = 64
+    if name.startswith("vit_"):
+        kwargs["image_size"] = size = 32
+    elif name == "maxvit_t":      # its block partitions need 224
+        size = 224
+    elif name in ("inception_v3", "googlenet"):
+        kwargs.update(aux_logits=False, init_weights=False)
+        size = 80 if name == "inception_v3" else 64
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, **kwargs), torch.randn(1, 3, size, size)
+
+
 def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
     """Random BN running stats and affine, so a wrong slice cannot hide behind identity norms."""
     with torch.no_grad():
