@@ -111,8 +111,9 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
         name, score_fn = getattr(criterion, "__name__", "custom"), criterion
     steps = trial.steps_used if trial is not None and name not in ("l1", "l2") else 0
     frames = []
+    modules = dict(model.named_modules())
     for group in sorted(graph.prunable(), key=lambda g: g.id):
-        if not _addressable(group, model):
+        if not _addressable(group, modules):
             warnings.warn(f"layer {group.name}: its {group.size} channels are tied across several filters of each "
                           "producer (channel shuffles), so no filter score names them; not ranked", stacklevel=2)
             continue
@@ -134,9 +135,8 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
     return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
-def _addressable(group, model: nn.Module) -> bool:
+def _addressable(group, modules: dict[str, nn.Module]) -> bool:
     """Some producer conv/linear has exactly one filter per channel of the group."""
-    modules = dict(model.named_modules())
     return any(isinstance(modules.get(p), _WEIGHTED) and modules[p].weight.shape[0] == group.size
                for p in group.producers)
 
