@@ -231,9 +231,15 @@ def batch_norm(an, call):
         first = next(iter(refs.values())).attr
         name = _key(an, owner, first, "batch_norm")
         an.member(name, owner, "batch_norm", {r: ref.attr for r, ref in refs.items()}, out=layout.ids, what=call.what)
+    return _passed_on(an, call, x, layout)
+
+
+def _passed_on(an, call, x, layout):
+    """A norm whose output carries its input's channels where they were."""
     if isinstance(layout, Layout):
         an.link[call.node] = x
-    return _wrap(call, layout if isinstance(layout, Layout) else an.opaque_like(_result(call)))
+        return _wrap(call, layout)
+    return _wrap(call, an.opaque_like(_result(call)))
 
 
 @handler("layer_norm")
@@ -248,8 +254,7 @@ def layer_norm(an, call):
             an.refuse(layout, f"{call.what} normalises across the channels: removing one changes every other "
                               "channel's output, so no cut is exact")
             return _wrap(call, layout)
-        an.link[call.node] = x
-    return _wrap(call, layout if isinstance(layout, Layout) else an.opaque_like(_result(call)))
+    return _passed_on(an, call, x, layout)
 
 
 @handler("group_norm")
@@ -492,48 +497,40 @@ def _permuted(layout: Layout, order: list[int]) -> Layout:
     return Layout(tuple(new), ids, layout.factor)
 
 
-@handler("permute")
-def permute(an, call):
-    x = call.arg("input")
-    layout = an.layout_of(x)
-    if not isinstance(layout, Layout):
-        return an.opaque_like(call.result)
-    nd = len(an.shape(x))
-    dims = [int(d) % nd for d in call.arg("dims")]
-    an.link[call.node] = x
-    return _permuted(layout, dims)
+def _permute_order(call, nd: int) -> list[int]:
+    return [int(d) % nd for d in call.arg("dims")]
 
 
-@handler("transpose")
-def transpose(an, call):
-    x = call.arg("input")
-    layout = an.layout_of(x)
-    if not isinstance(layout, Layout):
-        return an.opaque_like(call.result)
-    nd = len(an.shape(x))
+def _transpose_order(call, nd: int) -> list[int]:
     a, b = int(call.arg("dim0")) % nd, int(call.arg("dim1")) % nd
     order = list(range(nd))
     order[a], order[b] = order[b], order[a]
-    an.link[call.node] = x
-    return _permuted(layout, order)
+    return order
 
 
-@handler("movedim")
-def movedim(an, call):
+def _movedim_order(call, nd: int) -> list[int]:
+    src, dst = call.arg("source"), call.arg("destination")
+    src = [s % nd for s in ([src] if isinstance(src, int) else src)]
+    dst = [d % nd for d in ([dst] if isinstance(dst, int) else dst)]
+    order: list[int | None] = [None] * nd
+    for s, d in zip(src, dst):
+        order[d] = s
+    rest = iter(a for a in range(nd) if a not in src)
+    return [o if o is not None else next(rest) for o in order]
+
+
+_ORDERS = {"permute": _permute_order, "transpose": _transpose_order, "movedim": _movedim_order}
+
+
+@handler(*_ORDERS)
+def move_axes(an, call):
+    """permute / transpose / movedim: the channel axis goes where the op sends it."""
     x = call.arg("input")
     layout = an.layout_of(x)
     if not isinstance(layout, Layout):
         return an.opaque_like(call.result)
-    nd = len(an.shape(x))
-    src, dst = call.arg("source"), call.arg("destination")
-    src = [src] if isinstance(src, int) else list(src)
-    dst = [dst] if isinstance(dst, int) else list(dst)
-    order = [None] * nd
-    for s, d in zip(src, dst):
-        order[d % nd] = s % nd
-    rest = iter(a for a in range(nd) if a not in {s % nd for s in src})
-    order = [o if o is not None else next(rest) for o in order]
-    return _permuted(layout, order)
+    an.link[call.node] = x
+    return _permuted(layout, _ORDERS[call.handler](call, len(an.shape(x))))
 
 
 @handler("expand")
