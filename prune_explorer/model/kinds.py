@@ -38,10 +38,11 @@ class LayerKind:
     sliced_roles: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
     def slice(self, role: str, tensor: torch.Tensor, out_ix, in_ix, member) -> torch.Tensor:
-        t = tensor if out_ix is None else tensor.index_select(0, out_ix)
         if role == "weight" and in_ix is not None and tensor.dim() > 1:
-            t = t.index_select(1, in_ix)
-        return t
+            if out_ix is None:
+                return tensor.index_select(1, in_ix)
+            return tensor[out_ix[:, None], in_ix]          # one copy, not two
+        return tensor if out_ix is None else tensor.index_select(0, out_ix)
 
     def set_widths(self, module: nn.Module, member, n_out: int | None, n_in: int | None) -> None:
         """Module attributes that must follow the new tensor sizes."""
