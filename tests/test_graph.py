@@ -251,3 +251,29 @@ def test_layer_norm_over_channels_is_refused_because_no_slice_of_it_is_exact():
         cut.head.weight.copy_(model.head.weight[:, keep]), cut.head.bias.copy_(model.head.bias)
         diff = (cut(x) - reference_output(model, graph, {group.id: [0]}, x)).abs().max().item()
     assert diff > 1e-2
+
+
+class Opaque(nn.Module):
+    def forward(self, x):
+        return x.flip(1)
+
+
+class WithOpaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.odd = Opaque()
+        self.b = nn.Conv2d(4, 4, 1)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.c(self.b(self.odd(self.a(x))))
+
+
+def test_nothing_silent_every_op_not_understood_refuses_naming_op_or_module():
+    graph = ChannelGraph.trace(WithOpaque(), torch.randn(1, 3, 4, 4))
+    assert "node flip (flip) in module odd (Opaque) is not understood" in graph.group("a").reason
+    assert graph.group("b").prunable
+    leaf = ChannelGraph.trace(WithOpaque(), torch.randn(1, 3, 4, 4), leaf_modules=(Opaque,))
+    assert "module odd (Opaque) is not understood" in leaf.group("a").reason
+    assert all(g.prunable or g.reason for g in graph.groups + leaf.groups)

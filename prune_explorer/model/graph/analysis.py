@@ -174,8 +174,11 @@ class Analysis:
             return None
         call = self._call(n, result)
         if call is None:
-            label = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-            what = self._describe(n, str(label))
+            if n.op == "call_module":
+                what = f"module {n.target} ({type(self.modules[n.target]).__name__})"
+            else:
+                label = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+                what = self._describe(n, str(label))
             return self.not_understood(Call(n, "", {}, result, what))
         if self._param_view(call):
             return OPAQUE
