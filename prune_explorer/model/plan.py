@@ -150,8 +150,10 @@ def _check_blocks(group, ints: list[int], label: str) -> None:
 def _units(rows: "pd.DataFrame", eligible: dict) -> list[tuple[int, list[int]]]:
     """Removal steps, lowest first: one channel, or for a grouped conv's group the k-th lowest
     channel of every conv group at once (scored by their mean)."""
-    items: list[tuple[float, int, int, list[int]]] = []
     blocked = {g for g, group in eligible.items() if group.blocks}
+    if not blocked:  # rows are sorted already
+        return [(int(g), [int(f)]) for g, f in zip(rows["group"].tolist(), rows["filter"].tolist())]
+    items: list[tuple[float, int, int, list[int]]] = []
     plain = rows[~rows["group"].isin(list(blocked))]
     for g, f, v in zip(plain["group"].tolist(), plain["filter"].tolist(), plain["normalized"].tolist()):
         items.append((float(v), int(g), int(f), [int(f)]))
