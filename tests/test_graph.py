@@ -277,3 +277,42 @@ def test_nothing_silent_every_op_not_understood_refuses_naming_op_or_module():
     leaf = ChannelGraph.trace(WithOpaque(), torch.randn(1, 3, 4, 4), leaf_modules=(Opaque,))
     assert "module odd (Opaque) is not understood" in leaf.group("a").reason
     assert all(g.prunable or g.reason for g in graph.groups + leaf.groups)
+
+
+class GRN(nn.Module):
+    """ConvNeXt V2's global response normalisation (channels last)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, c))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, c))
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    def __init__(self, c=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.up = nn.Linear(c, 4 * c)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * c)
+        self.down = nn.Linear(4 * c, c)
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.down(self.grn(self.act(self.up(self.dw(x).permute(0, 2, 3, 1)))))
+        return self.head(x + y.permute(0, 3, 1, 2))
+
+
+def test_grn_mixes_the_hidden_channels_and_is_refused_naming_the_reduction():
+    graph = ChannelGraph.trace(ConvNeXtV2Block(), torch.randn(1, 3, 4, 4))
+    hidden = graph.group("up")
+    assert not hidden.prunable and "reduces over the channel axis" in hidden.reason and "grn" in hidden.reason
+    stream = graph.group("stem")             # no LayerNorm here: the residual stream itself prunes
+    assert stream.prunable and "dw" in stream.producers and "up" in stream.consumers

@@ -142,3 +142,10 @@ def test_vit_mlp_widths_prune_exactly_and_attention_is_refused():
     assert mlp.prunable and mlp.size == 3072 and len(graph.prunable()) == 12
     attention = graph.group("encoder.layers.encoder_layer_0.self_attention")
     assert not attention.prunable and "attention heads are out of scope" in attention.reason
+
+
+def test_channels_last_stream_without_layer_norm_prunes_exactly():
+    from test_graph import ConvNeXtV2Block
+
+    graph = check_exact(ConvNeXtV2Block(c=6), torch.randn(2, 3, 5, 5))
+    assert graph.group("stem").prunable and not graph.group("up").prunable
