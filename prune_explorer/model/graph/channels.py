@@ -72,6 +72,7 @@ class Channels:
     output: list[np.ndarray] = field(default_factory=list)
     residual: list[np.ndarray] = field(default_factory=list)
     balanced: list[tuple[np.ndarray, int, str]] = field(default_factory=list)
+    equal_parts: list[list[np.ndarray]] = field(default_factory=list)
 
     def new(self, size: int, producer: str | None = None, reason: str | None = None) -> np.ndarray:
         ids = np.arange(self.total, self.total + size, dtype=np.int64)
@@ -103,11 +104,80 @@ class Channels:
         starts = np.fromiter((a.start for a in self.atoms), dtype=np.int64, count=len(self.atoms))
         return np.searchsorted(starts, ids, side="right") - 1
 
+    def split_evenly(self, pieces: list[np.ndarray]) -> None:
+        """A tensor chunked into equal parts: a pruned model chunks its pruned width equally again,
+        so every part must lose as many positions as the others."""
+        self.equal_parts.append([np.asarray(p).reshape(-1) for p in pieces])
+
     def components(self) -> np.ndarray:
-        """Component label per channel id: channels with one label are removed together."""
+        """Component label per channel id: channels with one label are removed together.
+
+        Equal parts: a channel class may sit more often in one part than in another (after a
+        shuffle); classes are merged until each class removes as many positions from every part
+        (equal weights first, then what is left over), repeated until all parts balance.
+        """
+        while True:
+            labels = self._connected()
+            if not self._balance_parts(labels):
+                return labels
+
+    def _connected(self) -> np.ndarray:
         if not self._left:
             return np.arange(self.total, dtype=np.int64)
         left, right = np.concatenate(self._left), np.concatenate(self._right)
         matrix = coo_matrix((np.ones(left.size, dtype=np.int8), (left, right)), shape=(self.total, self.total))
         _, labels = connected_components(matrix, directed=False)
         return labels.astype(np.int64)
+
+    def _balance_parts(self, labels: np.ndarray) -> bool:
+        """Couple classes so that each removes the same number of positions from every part; True
+        if anything was coupled."""
+        if not self.equal_parts:
+            return False
+        first_id = np.full(labels.max() + 1, -1, dtype=np.int64)
+        first_id[labels[::-1]] = np.arange(labels.size - 1, -1, -1)
+        coupled = False
+        for pieces in self.equal_parts:
+            base = np.bincount(labels[pieces[0]], minlength=first_id.size)
+            for other in pieces[1:]:
+                weight = base - np.bincount(labels[other], minlength=first_id.size)
+                classes = np.flatnonzero(weight)
+                if not classes.size:
+                    continue
+                coupled = True
+                positive = sorted(((int(weight[c]), int(c)) for c in classes if weight[c] > 0), reverse=True)
+                negative = sorted(((int(weight[c]), int(c)) for c in classes if weight[c] < 0))
+                for members in _zero_sum_sets(positive, negative):
+                    for c in members[1:]:
+                        self.couple(first_id[[members[0]]], first_id[[c]])
+        return coupled
+
+
+def _zero_sum_sets(positive: list[tuple[int, int]], negative: list[tuple[int, int]]) -> list[list[int]]:
+    """Split classes with weights (summing to zero) into small zero-sum sets: equal and opposite
+    weights pair up; the rest accumulate, largest first, until their sum is zero again."""
+    by_weight: dict[int, list[int]] = {}
+    for w, c in negative:
+        by_weight.setdefault(-w, []).append(c)
+    sets, rest_pos = [], []
+    for w, c in positive:
+        if by_weight.get(w):
+            sets.append([c, by_weight[w].pop()])
+        else:
+            rest_pos.append((w, c))
+    rest_neg = sorted(((-w, c) for w, cs in by_weight.items() for c in cs), reverse=True)
+    current, total = [], 0
+    while rest_pos or rest_neg:
+        if (total <= 0 and rest_pos) or not rest_neg:
+            w, c = rest_pos.pop(0)
+            total += w
+        else:
+            w, c = rest_neg.pop(0)
+            total -= w
+        current.append(c)
+        if total == 0:
+            sets.append(current)
+            current = []
+    if current:
+        sets.append(current)
+    return sets

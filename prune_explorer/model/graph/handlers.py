@@ -413,8 +413,7 @@ def chunk(an, call):
         return an.not_understood(call, f"{call.what} splits the channels at fixed sizes (a pruned model "
                                        "would split them at the same sizes)")
     pieces = np.split(layout.ids, len(sizes))
-    for piece in pieces[1:]:  # the pruned model chunks into equal parts again
-        an.channels.couple(pieces[0], piece)
+    an.channels.split_evenly(pieces)
     return tuple(Layout(layout.axes, p) for p in pieces)
 
 
