@@ -45,10 +45,16 @@ class Call:
     handler: str
     args: dict[str, Any]
     result: Any
-    what: str
+    describe: Any                        # str, or a callable giving it (only refusals need the text)
     module: str | None = None            # call_module target (leaf torch.nn module)
     params: dict[str, ParamRef | None] = field(default_factory=dict)   # a leaf module's own tensors
     constants: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def what(self) -> str:
+        if callable(self.describe):
+            self.describe = self.describe()
+        return self.describe
 
     def arg(self, name: str, default: Any = None) -> Any:
         if name in self.constants:
@@ -65,9 +71,10 @@ class Analysis:
         self.values: dict[torch.fx.Node, Any] = {}
         self.layout: dict[torch.fx.Node, Any] = {}
         self.members: dict[str, Member] = {}
-        self.touched: dict[str, list[np.ndarray]] = {}     # module -> channel ids its input/output carry
+        self.touched: dict[str, dict[int, np.ndarray]] = {}  # module -> channel ids its input/output carry
         self.link: dict[torch.fx.Node, torch.fx.Node] = {}  # node -> the input whose channels it passes on
         self.consumer_inputs: list[torch.fx.Node] = []      # inputs of convs/linears, in graph order
+        self._tensor_args: dict[torch.fx.Node, list[torch.fx.Node]] = {}
         # parameters and their views (unsqueeze, view, [:, None]): result dim -> parameter dim (or None)
         self.param_views: dict[torch.fx.Node, tuple[ParamRef, tuple[int | None, ...]]] = {
             node: (ref, tuple(range(ref.tensor.dim()))) for node, ref in traced.params.items()}
@@ -91,10 +98,12 @@ class Analysis:
         return self.traced.params.get(x) if isinstance(x, torch.fx.Node) else None
 
     def tensor_args(self, call: Call) -> list[torch.fx.Node]:
-        found: list[torch.fx.Node] = []
-        map_aggregate((call.node.args, call.node.kwargs),
-                      lambda a: found.append(a) if isinstance(a, torch.fx.Node) else None)
-        return [a for a in found if self.is_tensor(a)]
+        node = call.node
+        if node not in self._tensor_args:
+            found: list[torch.fx.Node] = []
+            map_aggregate((node.args, node.kwargs), lambda a: found.append(a) if isinstance(a, torch.fx.Node) else None)
+            self._tensor_args[node] = [a for a in found if self.is_tensor(a)]
+        return self._tensor_args[node]
 
     # --- what handlers call ---------------------------------------------------------------------
     def refuse(self, layout: Any, reason: str) -> None:
@@ -149,7 +158,8 @@ class Analysis:
                 self.touch(module, part)
             return
         if module is not None and isinstance(layout, Layout):
-            self.touched.setdefault(module, []).append(layout.ids.reshape(-1))
+            seen = self.touched.setdefault(module, {})
+            seen.setdefault(id(layout.ids), layout.ids if layout.ids.ndim == 1 else layout.ids.reshape(-1))
 
     # --- the walk ---------------------------------------------------------------------------------
     def visit(self, n: torch.fx.Node, result: Any) -> None:
@@ -231,7 +241,7 @@ class Analysis:
         if found is None:
             return None
         handler, names = found
-        return Call(n, handler, bind(names, n.args, n.kwargs), result, self._describe(n, label))
+        return Call(n, handler, bind(names, n.args, n.kwargs), result, lambda: self._describe(n, label))
 
     @staticmethod
     def _method(name: str):

@@ -175,25 +175,42 @@ def build(an: Analysis) -> Built:
     def gid_of(ids: np.ndarray) -> np.ndarray:
         return label_gid[labels[ids]]
 
+    seen_ids: dict[int, tuple[np.ndarray, list[int]]] = {}
+
+    def groups_in(ids: np.ndarray) -> list[int]:
+        """The groups (>= 0) some of `ids` belong to (cached per array: layouts share them)."""
+        hit = seen_ids.get(id(ids))
+        if hit is not None and hit[0] is ids:
+            return hit[1]
+        found = _groups_in(ids)
+        seen_ids[id(ids)] = (ids, found)
+        return found
+
+    def _groups_in(ids: np.ndarray) -> list[int]:
+        gids = gid_of(ids)
+        if not gids.size:
+            return []
+        if (gids == gids[0]).all():
+            return [int(gids[0])] if gids[0] >= 0 else []
+        return [g for g in np.unique(gids).tolist() if g >= 0]
+
     def cls_of(ids: np.ndarray) -> np.ndarray:
         return label_cls[labels[ids]]
 
     n_groups = len(with_producer)
     reasons: list[list[str]] = [[] for _ in range(n_groups)]
     for ids, reason in ch.reasons:
-        for g in np.unique(gid_of(ids)).tolist():
-            if g >= 0 and reason not in reasons[g]:
+        for g in groups_in(ids):
+            if reason not in reasons[g]:
                 reasons[g].append(reason)
     output = [False] * n_groups
     for ids in ch.output:
-        for g in np.unique(gid_of(ids)).tolist():
-            if g >= 0:
-                output[g] = True
+        for g in groups_in(ids):
+            output[g] = True
     residual = [False] * n_groups
     for ids in ch.residual:
-        for g in np.unique(gid_of(ids)).tolist():
-            if g >= 0:
-                residual[g] = True
+        for g in groups_in(ids):
+            residual[g] = True
     blocks, rules = _balance(ch, gid_of, cls_of, reasons, n_groups)
 
     slices: dict[str, ModuleSlices] = {}
@@ -206,8 +223,8 @@ def build(an: Analysis) -> Built:
         sl = ModuleSlices(
             name, m.module, m.kind, dict(m.params), og, cls_of(m.out) if m.out is not None else None,
             ig, cls_of(m.inp) if m.inp is not None else None, m.in_factor, m.out_factor, m.in_axis, m.groups,
-            m.param_dim, frozenset(int(g) for g in np.unique(og) if g >= 0) if og is not None else frozenset(),
-            frozenset(int(g) for g in np.unique(ig) if g >= 0) if ig is not None else frozenset())
+            m.param_dim, frozenset(groups_in(m.out)) if og is not None else frozenset(),
+            frozenset(groups_in(m.inp)) if ig is not None else frozenset())
         slices[name] = sl
         for g in sl.out_touches:
             producers[g].add(m.module)
@@ -216,10 +233,9 @@ def build(an: Analysis) -> Built:
             consumers[g].add(m.module)
             members[g].add(m.module)
     for module, id_lists in an.touched.items():
-        for ids in id_lists:
-            for g in np.unique(gid_of(ids)).tolist():
-                if g >= 0:
-                    members[g].add(module)
+        for ids in id_lists.values():
+            for g in groups_in(ids):
+                members[g].add(module)
 
     by_layer: dict[str, int] = {}
     ambiguous: dict[str, tuple[int, ...]] = {}
@@ -237,28 +253,35 @@ def build(an: Analysis) -> Built:
                 by_layer[key] = out_groups[0]
             elif out_groups:
                 ambiguous[key] = tuple(out_groups)
+    groups_of: dict[str, list[int]] = {}
     for g, names in enumerate(members):
         for name in names:
-            if name not in by_layer and name not in ambiguous:
-                found = sorted(h for h in range(n_groups) if name in members[h])
-                if len(found) == 1:
-                    by_layer[name] = found[0]
-                else:
-                    ambiguous[name] = tuple(found)
+            groups_of.setdefault(name, []).append(g)
+    for name, found in groups_of.items():
+        if name not in by_layer and name not in ambiguous:
+            if len(found) == 1:
+                by_layer[name] = found[0]
+            else:
+                ambiguous[name] = tuple(sorted(found))
 
     taps = _taps(an, gid_of, cls_of, sizes)
+    filters_of: list[list[ModuleSlices]] = [[] for _ in range(n_groups)]
+    for sl in slices.values():
+        if KINDS[sl.kind].has_filters:
+            for g in sl.out_touches:
+                filters_of[g].append(sl)
     groups: list[ChannelGroup] = []
     for g in range(n_groups):
         why = list(reasons[g])
-        channels = sum(int((sl.out_group == g).sum()) for sl in slices.values()
-                       if g in sl.out_touches and KINDS[sl.kind].has_filters)
-        if sizes[g] == 1 and channels > 1:
-            why.append(f"channel shuffles and equal chunks tie all its {channels} channels into one")
+        if sizes[g] == 1:
+            channels = sum(int((sl.out_group == g).sum()) for sl in filters_of[g])
+            if channels > 1:
+                why.append(f"channel shuffles and equal chunks tie all its {channels} channels into one")
         if output[g]:
             why.insert(0, "carries the model output")
         kind = "output" if output[g] else "residual" if residual[g] else "internal"
         producer_names = sorted(producers[g], key=lambda n: order.get(n, len(order)))
-        filters = [s.module for s in slices.values() if g in s.out_touches and KINDS[s.kind].has_filters]
+        filters = [sl.module for sl in filters_of[g]]
         named = sorted(set(filters), key=lambda n: order.get(n, len(order))) or producer_names or [
             ch.atoms[a].producer for a in by_comp[with_producer[g]] if ch.atoms[a].producer]
         groups.append(ChannelGroup(
@@ -310,7 +333,14 @@ def _taps(an: Analysis, gid_of, cls_of, sizes: list[int]) -> dict[int, tuple[Tap
     carries exactly one group, channel i at position i."""
     outputs = an.traced.module_outputs
 
+    cache: dict = {}
+
     def clean(node) -> tuple[int, int] | None:
+        if node not in cache:
+            cache[node] = _clean(node)
+        return cache[node]
+
+    def _clean(node) -> tuple[int, int] | None:
         layout = an.layout.get(node)
         if not isinstance(layout, Layout) or len(layout.axes) != 1 or layout.factor != 1:
             return None
