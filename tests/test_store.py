@@ -504,3 +504,21 @@ def test_local_weights_never_unpickle_objects(tmp_path):
         build_model(f"{USER}:ScaledNet", weights=path)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         build_model(f"{USER}:ScaledNet", weights=tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "size"), [
+    ("convnext_tiny", {"num_classes": 10}, 32),            # channels-last Linear widths, LayerNorm2d
+    ("resnext50_32x4d", {"num_classes": 10}, 32),          # grouped convs
+    ("shufflenet_v2_x0_5", {"num_classes": 10}, 64),       # shuffles and chunks
+    ("vit_b_16", {"num_classes": 10, "image_size": 32}, 32),  # MLP widths
+])
+def test_every_newly_prunable_architecture_round_trips(tmp_path, arch, kwargs, size):
+    from prune_explorer.model.exactness import check
+
+    model = build_model(arch, **kwargs)
+    x = torch.randn(1, 3, size, size)
+    pruned = check(model, x).pruned
+    save(pruned, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
+    assert outputs_equal(pruned, loaded, x)
