@@ -8,7 +8,7 @@ from torch import nn
 
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
-from prune_explorer.model.exactness import TOLERANCE, check as exactness_check, randomize_norms
+from prune_explorer.model.exactness import TOLERANCE, check as exactness_check
 from prune_explorer.model.surgery import prune
 
 

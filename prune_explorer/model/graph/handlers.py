@@ -7,7 +7,7 @@ refuses the channels it touches with a reason naming the op and its module; it n
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch

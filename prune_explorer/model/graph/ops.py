@@ -122,12 +122,8 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def _reduce_arg_fixups(handler: str, function: Any) -> tuple[str, ...] | None:
-    if function is torch.norm:
-        return ("input", "p", "dim", "keepdim")
-    if function is torch.linalg.vector_norm:
-        return ("input", "ord", "dim", "keepdim")
-    return None
+# functions of a family whose arguments are named otherwise than the family's
+_OWN_NAMES = {torch.norm: ("input", "p", "dim", "keepdim"), torch.linalg.vector_norm: ("input", "ord", "dim", "keepdim")}
 
 
 FUNCTIONS: dict[Any, tuple[str, tuple[str, ...]]] = {}
@@ -135,7 +131,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {}
 ATEN: dict[str, str] = {}
 for _fam in FAMILIES:
     for _fn in _fam.functions:
-        FUNCTIONS[_fn] = (_fam.handler, _reduce_arg_fixups(_fam.handler, _fn) or _fam.names)
+        FUNCTIONS[_fn] = (_fam.handler, _OWN_NAMES.get(_fn, _fam.names))
     for _m in _fam.methods:
         METHODS[_m] = (_fam.handler, ("input",) + _fam.method_names)
     for _a in _fam.aten:
