@@ -125,18 +125,21 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
         if scores.shape != (group.size,):
             raise ValueError(f"criterion {name} gave {scores.shape} scores for layer {group.name} "
                              f"with {group.size} channels")
-        frames.append(pd.DataFrame({
-            "layer": group.name,
-            "filter": np.arange(group.size),
-            "score": scores,
-            "normalized": _l2_normalize(scores) if normalize else scores,
-            "group": group.id,
-            "criterion": name,
-            "steps": steps,
-        }))
+        frames.append((group, scores))
     if not frames:
         return pd.DataFrame({c: [] for c in COLUMNS})
-    return pd.concat(frames, ignore_index=True)[COLUMNS]
+    # one DataFrame from whole columns: building one per group and concatenating costs more than scoring
+    sizes = [g.size for g, _ in frames]
+    scores = np.concatenate([s for _, s in frames])
+    return pd.DataFrame({
+        "layer": np.repeat(np.array([g.name for g, _ in frames], dtype=object), sizes),
+        "filter": np.concatenate([np.arange(n) for n in sizes]),
+        "score": scores,
+        "normalized": np.concatenate([_l2_normalize(s) if normalize else s for _, s in frames]),
+        "group": np.repeat(np.array([g.id for g, _ in frames], dtype=np.int64), sizes),
+        "criterion": name,
+        "steps": steps,
+    })[COLUMNS]
 
 
 def _addressable(group, modules: dict[str, nn.Module]) -> bool:
