@@ -56,11 +56,20 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
                 if role in kind.sliced_roles and isinstance(tensor, torch.Tensor):
                     memo[id(tensor)] = _as_kind(tensor, kind.slice(role, tensor, out_ix, in_ix, sl))
             resized.append((sl, None if out_ix is None else len(out_ix), None if in_ix is None else len(in_ix)))
+        for tensor in _tensors(model):   # plain clones: cheaper than Tensor.__deepcopy__ per tensor
+            if id(tensor) not in memo and type(tensor) in (torch.Tensor, nn.Parameter):
+                memo[id(tensor)] = _as_kind(tensor, tensor.detach().clone())
         pruned = copy.deepcopy(model, memo)
     new_modules = dict(pruned.named_modules())
     for sl, n_out, n_in in resized:
         KINDS[sl.kind].set_widths(new_modules[sl.module], sl, n_out, n_in)
     return pruned
+
+
+def _tensors(model: nn.Module):
+    for module in model.modules():
+        yield from (t for t in module._parameters.values() if t is not None)
+        yield from (t for t in module._buffers.values() if t is not None)
 
 
 def _mask(size: int, removed: list[int]) -> np.ndarray:
