@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph
-from .kinds import KINDS
+from .kinds import KINDS, replace_module
 from .plan import PrunePlan
 
 
@@ -55,14 +55,18 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
                 tensor = getattr(module, attr, None) if attr else None
                 if role in kind.sliced_roles and isinstance(tensor, torch.Tensor):
                     memo[id(tensor)] = _as_kind(tensor, kind.slice(role, tensor, out_ix, in_ix, sl))
-            resized.append((sl, None if out_ix is None else len(out_ix), None if in_ix is None else len(in_ix)))
+            resized.append((sl, out_ix, in_ix))
         for tensor in _tensors(model):   # plain clones: cheaper than Tensor.__deepcopy__ per tensor
             if id(tensor) not in memo and type(tensor) in (torch.Tensor, nn.Parameter):
                 memo[id(tensor)] = _as_kind(tensor, tensor.detach().clone())
         pruned = copy.deepcopy(model, memo)
     new_modules = dict(pruned.named_modules())
-    for sl, n_out, n_in in resized:
-        KINDS[sl.kind].set_widths(new_modules[sl.module], sl, n_out, n_in)
+    for sl, out_ix, in_ix in resized:
+        module = new_modules[sl.module]
+        new = KINDS[sl.kind].resize(module, sl, out_ix, in_ix)
+        if new is not module:
+            replace_module(pruned, sl.module, new)
+            new_modules[sl.module] = new
     return pruned
 
 
