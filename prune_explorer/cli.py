@@ -132,9 +132,27 @@ def _add_run(sub) -> None:
     d = LoopConfig()
     p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
     p.add_argument("--workspace", default=d.workspace, help="jobs, iterations and the MLflow store live here")
-    p.add_argument("--dataset", default=d.dataset, choices=("digits", "fashion-mnist", "imagefolder"))
-    p.add_argument("--data-dir", default=None, help="dataset directory (fashion-mnist idx files, an ImageFolder)")
-    p.add_argument("--model", default=d.model, help="torchvision architecture name or a saved model directory")
+    p.add_argument("--dataset", default=d.dataset, help="digits (default), fashion-mnist, imagefolder, caltech101")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 "
+                        "layout); with --backend sagemaker an s3:// URI becomes the jobs' train channel")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
+    p.add_argument("--model", default=d.model,
+                   help="torchvision architecture name, 'pkg.module:Class', or a saved model directory")
+    p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="constructor arguments of the baseline architecture, e.g. '{\"image_size\": 64}'")
+    p.add_argument("--weights", default=None,
+                   help="pretrained start of the baseline: a torchvision weights enum (IMAGENET1K_V1, downloaded) "
+                        "or a local state-dict file; the head is replaced for the data's classes")
+    p.add_argument("--normalize", default=None,
+                   help="input normalisation: dataset | imagenet (default: imagenet with --weights, else the data's own)")
+    p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
+                   help="light training augmentation (default: on with --weights and for image folders)")
+    p.add_argument("--entry-point", default=None, metavar="SCRIPT",
+                   help="your own training script (honouring prune_explorer.job) for every job, e.g. src/train.py")
+    p.add_argument("--source-dir", default=None, metavar="DIR",
+                   help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
     p.add_argument("--criterion", default=d.criterion,
                    help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
     p.add_argument("--per-iteration", type=int, default=d.per_iteration, help="filters removed per iteration")
@@ -188,13 +206,25 @@ def _add_tracker_options(p) -> None:
     p.add_argument("--region", default=None, help="AWS region for SageMaker (default: the boto3 session's)")
 
 
-def _run(args) -> int:
-    from .loop import LoopConfig, format_history, run_loop
+def _json_object(text: str) -> dict:
+    from .job import json_object  # imported when used: building the parser stays torch-free
+
+    return json_object(text)
+
+
+def loop_config(args: argparse.Namespace):
+    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
+    from .loop import LoopConfig
 
     fields = set(LoopConfig.__dataclass_fields__)
-    config = LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    return LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+
+
+def _run(args) -> int:
+    from .loop import format_history, run_loop
+
     try:
-        rows = run_loop(config, progress=not args.quiet)
+        rows = run_loop(loop_config(args), progress=not args.quiet)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"prune-explorer run: {exc}", file=sys.stderr)
         return 1

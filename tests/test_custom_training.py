@@ -86,6 +86,7 @@ def check_iterations(tracker: Tracker, baseline, child) -> None:
     assert pruned["filters_removed"] == PRUNE
     assert pruned["params"] == child.result["params"] < base["params"] == baseline.result["params"]
     assert pruned["accuracy"] == pytest.approx(child.result["best_accuracy"])
+    assert history["script"].tolist() == ["train.py", "train.py"]  # the user's script, tracked per iteration
 
 
 @pytest.mark.slow
