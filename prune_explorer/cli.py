@@ -11,32 +11,48 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job on an embedded default: one measured surgery step, then the pruning loop "
-        "(resnet18 on a Fashion-MNIST subset, digits when it is absent)",
+        "(resnet18 on a Fashion-MNIST subset, digits when it is absent; --pretrained: EfficientNet-Lite0 "
+        "with its ImageNet weights on Fashion-MNIST at 64x64)",
     )
-    p.add_argument("--workspace", default="workspace", help="where models, trials, jobs and MLflow runs go")
+    p.add_argument("--workspace", default=None,
+                   help="where models, trials, jobs and MLflow runs go (default ./workspace, --pretrained "
+                        "./workspace-pretrained)")
     p.add_argument("--surgery-only", action="store_true", help="only the surgery before/after table (~30 s)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the transfer demo: a pretrained network fine-tuned on a new task, pruned to below 1/3 "
+                        "of its parameters (~10 min on 2 cores; needs the 'pretrained' extra)")
+    p.add_argument("--fast", action="store_true", help="a tiny version of the loop (a minute): for tests and a first look")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
-    from .demo import main as surgery_demo
-
-    status = surgery_demo()
-    if status or args.surgery_only:
-        return status
     import dataclasses
 
-    from .loop import completed_iterations, demo_config, run_loop
+    from . import demo
+    from .loop import completed_iterations, demo_config, pretrained_demo_config, run_loop
 
-    config = demo_config(args.workspace)
-    print(f"\n- pruning loop: {config.model} on {config.dataset}, {config.iterations} iterations of "
-          f"{config.per_iteration} filters ({config.criterion}), workspace {args.workspace}/")
-    done = len(completed_iterations(args.workspace))
+    try:
+        status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
+    except RuntimeError as exc:  # the pretrained extra missing
+        print(f"prune-explorer demo: {exc}", file=sys.stderr)
+        return 1
+    if status or args.surgery_only:
+        return status
+    workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
+    config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
+    name = demo.PRETRAINED_NAME if args.pretrained else config.model
+    print(f"\n- pruning loop: {name} on {config.dataset}, {config.iterations} iterations of "
+          f"{config.per_iteration} filters ({config.criterion}), workspace {workspace}/")
+    done = len(completed_iterations(workspace))
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
-        print(f"  {done} of them already in {args.workspace}/ (delete it to start over)")
-    run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
-    print(f"results: {args.workspace}/results.csv, plot: {args.workspace}/params_vs_accuracy.png; "
-          f"open the panel with `make lab` (notebooks/01_explore.ipynb) or `prune-explorer app --workspace {args.workspace}`")
+        print(f"  {done} of them already in {workspace}/ (delete it to start over)")
+    try:
+        run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"prune-explorer demo: {exc}", file=sys.stderr)
+        return 1
+    print(f"results: {workspace}/results.csv, plot: {workspace}/params_vs_accuracy.png; "
+          f"open the panel with `make lab` (notebooks/) or `prune-explorer app --workspace {workspace}`")
     return 0
 
 

