@@ -178,7 +178,7 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
     size = 32 if fast else 64
     dataset, data_dir = _demo_data("demo --pretrained")
     sizes = dict(subset=256, val_subset=128, iterations=1, baseline_epochs=1) if fast else \
-        dict(subset=3000, val_subset=2000, iterations=7, baseline_epochs=3)
+        dict(subset=2500, val_subset=2000, iterations=7, baseline_epochs=4)
     if dataset == "digits":
         sizes.update(subset=None, val_subset=None)
     return LoopConfig(
