@@ -18,7 +18,7 @@ import torch
 
 from prune_explorer.jobs import COMPLETED, RUNNING, JobQueue
 from prune_explorer.model import store
-from prune_explorer.tracking import Tracker
+from prune_explorer.tracking import MlflowTracker, Tracker
 from sagemaker_fakes import aws, backend, moto_job, play_container, upload_folder  # noqa: F401
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_training"
@@ -92,7 +92,7 @@ def check_iterations(tracker: Tracker, baseline, child) -> None:
 @pytest.mark.slow
 def test_the_users_script_runs_the_iteration_on_the_local_backend(digits, tmp_path):
     workspace = tmp_path / "ws"
-    queue = JobQueue(workspace, backend="local", tracker=Tracker(workspace), poll_interval=0.1)
+    queue = JobQueue(workspace, backend="local", tracker=MlflowTracker(workspace), poll_interval=0.1)
     hyper = dict(HYPER, data_dir=str(digits))
     baseline = queue.submit("resnet18", iteration="baseline", hyperparameters=hyper,
                             entry_point="train.py", source_dir=EXAMPLE)
@@ -123,7 +123,7 @@ def test_the_users_script_runs_the_iteration_on_sagemaker(aws, digits, tmp_path,
             moto_job(aws, job.backend_id).training_job_status = "InProgress"  # moto says Completed at once
             started.set()
 
-    queue = JobQueue(workspace, backend=sm, tracker=Tracker(workspace), poll_interval=0.1)
+    queue = JobQueue(workspace, backend=sm, tracker=MlflowTracker(workspace), poll_interval=0.1)
     queue.on_change(on_change)
 
     def run_on_sagemaker(model, **submit):
