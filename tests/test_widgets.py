@@ -542,3 +542,14 @@ def test_open_panel_shows_a_frame_at_once_then_becomes_the_explorer(captured, tm
         assert "iter-009" in missing.line.value
     finally:
         panel.close()
+
+
+def test_the_panel_plans_layer_by_layer_exactly_as_from_counts_plans_the_model(explorer):
+    rng = np.random.default_rng(0)
+    groups = explorer.graph.prunable()
+    for _ in range(5):
+        counts = {g.name: int(rng.integers(0, g.size)) for g in groups if rng.random() < 0.6}
+        explorer.set_counts(counts)
+        expected = PrunePlan.from_counts(explorer.table, explorer.graph, counts)
+        assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
+        assert explorer.plan_summary == expected.summary()

@@ -83,6 +83,19 @@ def describe(group: Any, found: list[Member], after: dict | None, removed: int) 
             "prunable": group.prunable, "reason": group.reason, "members": rows}
 
 
+def _same_shapes(shapes: dict[str, list[int]]) -> list[tuple[list[str], list[int]]]:
+    """Tensors of one shape on one line (a norm's weight/bias)."""
+    lines: list[tuple[list[str], list[int]]] = []
+    for name, shape in shapes.items():
+        for names, seen in lines:
+            if seen == shape:
+                names.append(name)
+                break
+        else:
+            lines.append(([name], shape))
+    return lines
+
+
 def _shape(shape: list[int]) -> str:
     return "×".join(str(s) for s in shape) if shape else "scalar"
 
@@ -109,19 +122,20 @@ class CouplingView(W.VBox):
         body = []
         for row in coupling["members"]:
             cells = []
-            for tensor, before in row["before"].items():
-                after = (row["after"] or {}).get(tensor)
+            for tensors, before in _same_shapes(row["before"]):
+                after = (row["after"] or {}).get(tensors[0])
                 if row["after"] is None and removed:
                     change = "<span class='pe-coupling-pending'>…</span>"
                 elif after is None or after == before:
-                    change = "unchanged"
+                    change = "="
                 else:
                     change = f"<b>{_shape(after)}</b>"
-                cells.append(f"{html.escape(tensor)} {_shape(before)} → {change}")
+                cells.append(f"{html.escape('/'.join(tensors))} {_shape(before)} → {change}")
             changed = row["after"] is not None and row["after"] != row["before"]
             body.append(f"<tr class='pe-coupling-member{' pe-coupling-changed' if changed else ''}' "
                         f"data-module='{html.escape(row['module'])}'>"
                         f"<td>{html.escape(' + '.join(row['roles']))}</td><td><code>{html.escape(row['module'])}</code></td>"
-                        f"<td>{html.escape(row['type'])}</td><td>{'<br>'.join(cells)}</td></tr>")
-        self.table.value = ("<table style='font-size:12px'><tr><th>role</th><th>module</th><th>type</th>"
-                            f"<th>shape before → after</th></tr>{''.join(body)}</table>")
+                        f"<td>{html.escape(row['type'])}</td><td>{'; '.join(cells)}</td></tr>")
+        self.table.value = ("<div style='max-height:240px;overflow:auto'><table style='font-size:11px;line-height:1.3;"
+                            "white-space:nowrap'><tr><th>role</th><th>module</th><th>type</th>"
+                            f"<th>shape before → after</th></tr>{''.join(body)}</table></div>")

@@ -86,6 +86,7 @@ class Explorer(W.VBox):
         self.pruned_model: nn.Module | None = None
         self._pending: dict[str, Any] | None = None
         self._previewed: tuple[dict[str, int], nn.Module] | None = None  # (counts, the pruned model they give)
+        self._cuts_of, self._cuts, self._rows_of = None, {}, {}  # per-layer plans of one RankTable
         self.history = None
         self.queue = None
         self.tracker = None
@@ -261,7 +262,25 @@ class Explorer(W.VBox):
         self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
 
     def plan(self) -> PrunePlan:
-        return PrunePlan.from_counts(self.table, self.graph, self.counts)
+        """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
+        layer's cut depends only on its own rows, so a slider move re-plans one layer, not the model."""
+        channels = {}
+        for layer, k in self.counts.items():
+            cut = self._layer_cut(layer, int(k))
+            if cut:
+                channels[layer] = cut
+        return PrunePlan(channels, layers=self.counts)
+
+    def _layer_cut(self, layer: str, k: int) -> list[int]:
+        table = self.table
+        if self._cuts_of is not table:
+            self._cuts_of, self._cuts = table, {}
+            self._rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
+        key = (layer, k)
+        if key not in self._cuts:
+            rows = self._rows_of.get(self.graph.group(layer).id, table.iloc[:0])
+            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
+        return self._cuts[key]
 
     def _counts_from_table(self, counts: dict[str, int]) -> None:
         self.counts = dict(counts)

@@ -129,6 +129,7 @@ function render({ model, el }) {
       ctx.strokeRect(1, sel * ROW + 1, width - 2, ROW - 2);
     }
     draws += 1;
+    el.dataset.columns = String(cols);
     el.dataset.draws = String(draws);
   }
 

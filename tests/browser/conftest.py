@@ -19,8 +19,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest import free_port, require
+
+# A page update waits on a kernel that shares 2 cores with the panel's background work (latency
+# timing, the tracker loading); expectations poll for up to this long before failing.
+expect.set_options(timeout=20_000)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
