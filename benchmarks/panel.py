@@ -152,6 +152,8 @@ def _start_lab(root: Path, port: int, token: str) -> subprocess.Popen:
     settings = root / ".lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"checkForUpdates": False, "fetchNews": "false"}))
+    # widget messages over the main shell, as tests/browser/conftest.py does (a JupyterLab 4.6 subshell bug)
+    (settings.parent / "kernels-settings.jupyterlab-settings").write_text(json.dumps({"commsOverSubshells": "disabled"}))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".config"), "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
            "JUPYTER_DATA_DIR": str(root / ".data"), "IPYTHONDIR": str(root / ".ipython"), "JUPYTER_PLATFORM_DIRS": "1",
            "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter")}

@@ -132,10 +132,13 @@ class LayerTable(W.VBox):
 
     def select(self, layer: str | None) -> None:
         """Highlight one row (the layer the heatmap or the table picked); None clears it."""
-        for name, row in self.rows.items():
-            chosen = name == layer
-            (row.add_class if chosen else row.remove_class)("pe-selected")
-            row.name.button_style = "warning" if chosen else ""
+        for name, row in self.rows.items():  # unmark first: the page never shows two selected rows
+            if name != layer:
+                row.remove_class("pe-selected")
+                row.name.button_style = ""
+        if layer in self.rows:
+            self.rows[layer].add_class("pe-selected")
+            self.rows[layer].name.button_style = "warning"
         self.selected = layer if layer in self.rows else None
 
     def set_sensitivity(self, layer: str, points) -> None:
