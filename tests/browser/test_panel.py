@@ -209,6 +209,7 @@ def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
     count.fill("3")
     count.press("Enter")
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("3")
+    expect(page.locator(".pe-coupling-changed").first).to_be_visible(timeout=60_000)  # the shapes after, from surgery
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "voila-panel.png"))
     if os.environ.get("PRUNE_EXPLORER_UPDATE_DOCS"):  # refresh the README's screenshot on request only
         shutil.copy(artifacts / "voila-panel.png", ROOT / "docs" / "panel.png")
