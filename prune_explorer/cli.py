@@ -281,6 +281,79 @@ def _history(args) -> int:
     return 0
 
 
+# --- export (model/export) ---------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write an iteration's model as ONNX or .pt2: a file that runs without prune_explorer")
+    p.add_argument("iteration", metavar="ITERATION",
+                   help="an iteration name in the workspace (WORKSPACE/iterations/NAME) or a saved model directory")
+    p.add_argument("--format", default="onnx", choices=("onnx", "pt2"), help="onnx (ONNX Runtime, default) or pt2 (torch.export)")
+    p.add_argument("--workspace", default="workspace", help="the workspace ITERATION is in (default ./workspace)")
+    p.add_argument("--output", default=None, metavar="PATH", help="the file to write (default ./NAME.onnx or ./NAME.pt2)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="one example's shape (default: the input_shape the model's metrics.json records)")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 (default: any batch size)")
+    p.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
+                   help="ONNX exporter: dynamo (default) or the deprecated TorchScript one")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    from .model.export import export_model
+
+    try:
+        model_dir, workspace = _export_source(args.iteration, Path(args.workspace))
+        if args.input_shape:
+            example = _export_example(args.input_shape)
+        else:  # a workspace iteration: the workspace knows its inputs; a bare directory: its metrics.json
+            example = workspace.example_inputs(model_dir.name) if workspace is not None else None
+        output = Path(args.output or f"{model_dir.name}.{args.format}")
+        onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
+        result = export_model(model_dir, output, format=args.format, example_inputs=example,
+                              dynamic_batch=not args.static_batch, **onnx_only)
+    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+        print(f"prune-explorer export: {exc}", file=sys.stderr)
+        return 1
+    opset = f", opset {result.opset}" if result.opset else ""
+    batch = "any batch size" if result.dynamic_batch else "fixed batch"
+    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, {result.format} via {result.exporter}{opset}) "
+          f"from {model_dir}: input {result.input_shape[0]} ({batch}), "
+          f"max abs diff vs PyTorch {result.max_abs_diff:.2g}, {result.seconds:.1f} s")
+    return 0
+
+
+def _export_example(shape: str):
+    """--input-shape C,H,W as a one-example zero batch."""
+    import torch
+
+    try:
+        dims = [int(v) for v in shape.split(",")]
+    except ValueError:
+        raise ValueError(f"--input-shape must look like 3,64,64, got {shape!r}") from None
+    return torch.zeros(1, *dims)
+
+
+def _export_source(iteration: str, root: Path):
+    """(model directory, its Workspace or None): ITERATION as a directory, else an iteration of the workspace."""
+    given = Path(iteration)
+    if given.is_dir():
+        return given, None
+    from .workspace import PRUNED, Workspace
+
+    if not (root / "iterations").is_dir():
+        raise FileNotFoundError(f"no directory {iteration!r}, and {root} is not a workspace (no iterations/ in it)")
+    workspace = Workspace(root)
+    directory = workspace.iteration_dir(iteration)
+    if not directory.is_dir():
+        names = sorted(p.name for p in workspace.iterations_dir.iterdir() if p.is_dir())
+        raise FileNotFoundError(f"no iteration {iteration!r} in {root} and no directory {iteration!r}; "
+                                f"iterations there: {', '.join(names) or 'none'}")
+    if not workspace.has_model(iteration):
+        hint = f"; the model before fine-tuning is {directory / PRUNED}" if (directory / PRUNED / "model.json").is_file() else ""
+        raise FileNotFoundError(f"{directory / 'model.json'}: missing (its fine-tuning has not finished?){hint}")
+    return directory, workspace
+
+
 # --- app (Voila) -------------------------------------------------------------------------------
 APP_NOTEBOOK = Path(__file__).resolve().parent / "widgets" / "app.ipynb"  # package data: ships in the wheel
 
@@ -319,7 +392,7 @@ def _app(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-explorer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app):
+    for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app, _add_export):
         add(sub)
     return parser
 

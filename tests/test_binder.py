@@ -1,17 +1,19 @@
-"""binder/ gives Binder every runtime dependency of pyproject.toml, and runs the notebooks like CI does."""
+"""binder/ gives Binder every runtime dependency of pyproject.toml, runs the notebooks like CI does, and
+says what they cost there; the meter the notebook tests hold to Binder's memory measures real processes."""
 from __future__ import annotations
 
 import os
 import re
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from test_notebooks import FAST_ENV
+from test_notebooks import APP, BINDER_MEMORY_BYTES, FAST_ENV, NOTEBOOKS, KernelMemory
 
 ROOT = Path(__file__).resolve().parent.parent
 BINDER = ROOT / "binder"
@@ -86,3 +88,51 @@ def test_start_runs_notebooks_with_the_ci_settings():
     env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     for key, value in FAST_ENV.items():
         assert env.get(key) == value
+
+
+# A process holding `parent` MiB that starts a child holding `child` MiB; both print "ready" and wait on stdin.
+_HOLDER = r"""
+import subprocess, sys
+held = bytearray(int(sys.argv[1]) * 2**20)
+child = None
+if len(sys.argv) > 2:
+    child = subprocess.Popen([sys.executable, __file__, sys.argv[2]], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+print("ready", flush=True)
+sys.stdin.readline()
+if child:
+    child.communicate("")
+"""
+
+
+def test_kernel_memory_counts_the_kernel_and_the_processes_it_starts(tmp_path):
+    script = tmp_path / "holder.py"
+    script.write_text(_HOLDER)
+    proc = subprocess.Popen([sys.executable, str(script), "300", "200"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"  # both processes hold their memory now
+        meter = KernelMemory()
+        meter.attach(proc.pid)
+        meter.stop()
+        assert meter.kernel_peak >= 300 * 2**20
+        assert 500 * 2**20 <= meter.anon_peak < 700 * 2**20  # both processes' buffers, each counted once
+        assert meter.anon_peak < meter.resident_peak <= meter.rss_sum_peak
+        assert [entry.split()[0] for entry in meter.at_peak] == ["python", "python", "files"]
+    finally:
+        proc.communicate("\n", timeout=60)
+    assert proc.returncode == 0
+
+
+def test_binder_readme_states_each_notebooks_measured_peak_memory_and_time():
+    """The numbers come from tests/test_notebooks.py (artifacts/notebook_memory.json); each is under the limit."""
+    readme = (BINDER / "README.md").read_text()
+    assert f"{BINDER_MEMORY_BYTES / 2**30:.0f} GiB" in readme
+    for path in [*sorted(NOTEBOOKS.glob("*.ipynb")), APP]:
+        row = re.search(rf"^\| `{re.escape(path.name)}` \|(.+)$", readme, re.M)
+        assert row, f"binder/README.md has no row for {path.name}"
+        peak = re.search(r"(\d+) MiB", row.group(1))
+        minutes = re.search(r"(\d+(?:\.\d+)?) (?:s|min)\b", row.group(1))
+        assert peak and minutes, f"{path.name}: the row must give the peak memory (MiB) and the time"
+        assert int(peak.group(1)) * 2**20 < BINDER_MEMORY_BYTES

@@ -7,6 +7,7 @@ import torchvision
 from torch import nn
 
 from prune_explorer.model.graph import ChannelGraph, Tap
+from prune_explorer.model.plan import PrunePlan
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +96,25 @@ class Shuffle(nn.Module):
         return self.head(self.b(x))
 
 
-def test_channel_shuffle_is_refused_with_the_node_named():
+def test_channel_shuffle_couples_the_channels_it_interleaves():
     graph = ChannelGraph.trace(Shuffle(), torch.randn(1, 3, 8, 8))
     g = graph.group("a")
-    assert not g.prunable and "view" in g.reason
+    assert g.prunable and g.size == 4            # view(n, 2, c/2) -> transpose: channel i goes with i + 4
+    assert graph.slices["b"].in_channel.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert graph.group("b").prunable
+
+
+class FixedShuffle(Shuffle):
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, 4, h, w).transpose(1, 2).reshape(n, c, h, w)   # widths written as numbers
+        return self.head(self.b(x))
+
+
+def test_channel_shuffle_with_written_widths_is_refused_with_the_node_named():
+    g = ChannelGraph.trace(FixedShuffle(), torch.randn(1, 3, 8, 8)).group("a")
+    assert not g.prunable and "view" in g.reason and "would not follow" in g.reason
 
 
 class Mixed(nn.Module):
@@ -125,8 +140,11 @@ class Mixed(nn.Module):
 
 def test_refusal_reasons_name_module_or_node():
     graph = ChannelGraph.trace(Mixed(), torch.randn(1, 3, 8, 8))
-    assert "grouped convolution" in graph.group("stem").reason and "grouped" in graph.group("stem").reason
-    assert not graph.group("grouped").prunable
+    stem = graph.group("stem")                      # feeds a grouped conv: the same count out of each half
+    assert stem.prunable and stem.blocks == ((0, 1, 2, 3), (4, 5, 6, 7)) and "'grouped'" in stem.rule
+    with pytest.raises(ValueError, match=r"layer 'stem': grouped convolution 'grouped' \(groups=2\) needs the same"):
+        PrunePlan({"stem": [0, 1, 4]}).resolve(graph)
+    assert PrunePlan({"stem": [0, 5]}).resolve(graph) == {stem.id: [0, 5]}
     assert "norm" in graph.group("left").reason and "GroupNorm" in graph.group("left").reason
     assert "mean" in graph.group("meaned").reason
 
@@ -198,3 +216,103 @@ def test_tracing_leaves_the_model_as_it_was_even_with_tensor_constants():
             "oc,bchw->bohw", model.head.weight[:, keep, 0, 0], 2.0 * model.conv(x)[:, keep])
         assert torch.allclose(small(x), expected, atol=1e-5)
     assert not any(k.startswith("_tensor_constant") for k in vars(small))
+
+
+class LayerNormOverChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)))
+
+
+def test_layer_norm_over_channels_is_refused_because_no_slice_of_it_is_exact():
+    """Why ConvNeXt's residual streams (and so its conv filters) stay unprunable: cutting channel 0
+    out of the conv, the LayerNorm and the head by hand differs from the contract's reference."""
+    from prune_explorer.model.exactness import reference_output
+
+    torch.manual_seed(0)
+    model = LayerNormOverChannels().eval()
+    x = torch.randn(2, 3, 4, 4)
+    graph = ChannelGraph.trace(model, x)
+    group = graph.group("conv")
+    assert not group.prunable and "normalises across the channels" in group.reason and "norm" in group.reason
+    keep = list(range(1, 8))
+    cut = LayerNormOverChannels().eval()
+    with torch.no_grad():
+        cut.conv = nn.Conv2d(3, 7, 1)
+        cut.conv.weight.copy_(model.conv.weight[keep]), cut.conv.bias.copy_(model.conv.bias[keep])
+        cut.norm = nn.LayerNorm(7)
+        cut.norm.weight.copy_(model.norm.weight[keep]), cut.norm.bias.copy_(model.norm.bias[keep])
+        cut.head = nn.Linear(7, 2)
+        cut.head.weight.copy_(model.head.weight[:, keep]), cut.head.bias.copy_(model.head.bias)
+        diff = (cut(x) - reference_output(model, graph, {group.id: [0]}, x)).abs().max().item()
+    assert diff > 1e-2
+
+
+class Opaque(nn.Module):
+    def forward(self, x):
+        return x.flip(1)
+
+
+class WithOpaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.odd = Opaque()
+        self.b = nn.Conv2d(4, 4, 1)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.c(self.b(self.odd(self.a(x))))
+
+
+def test_nothing_silent_every_op_not_understood_refuses_naming_op_or_module():
+    graph = ChannelGraph.trace(WithOpaque(), torch.randn(1, 3, 4, 4))
+    assert "node flip (flip) in module odd (Opaque) is not understood" in graph.group("a").reason
+    assert graph.group("b").prunable
+    leaf = ChannelGraph.trace(WithOpaque(), torch.randn(1, 3, 4, 4), leaf_modules=(Opaque,))
+    assert "module odd (Opaque) is not understood" in leaf.group("a").reason
+    assert all(g.prunable or g.reason for g in graph.groups + leaf.groups)
+
+
+class GRN(nn.Module):
+    """ConvNeXt V2's global response normalisation (channels last)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, c))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, c))
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    def __init__(self, c=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.up = nn.Linear(c, 4 * c)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * c)
+        self.down = nn.Linear(4 * c, c)
+        self.head = nn.Conv2d(c, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.down(self.grn(self.act(self.up(self.dw(x).permute(0, 2, 3, 1)))))
+        return self.head(x + y.permute(0, 3, 1, 2))
+
+
+def test_grn_mixes_the_hidden_channels_and_is_refused_naming_the_reduction():
+    graph = ChannelGraph.trace(ConvNeXtV2Block(), torch.randn(1, 3, 4, 4))
+    hidden = graph.group("up")
+    assert not hidden.prunable and "reduces over the channel axis" in hidden.reason and "grn" in hidden.reason
+    stream = graph.group("stem")             # no LayerNorm here: the residual stream itself prunes
+    assert stream.prunable and "dw" in stream.producers and "up" in stream.consumers

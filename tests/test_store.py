@@ -118,6 +118,15 @@ class ScaledNet(nn.Module):
         return self.scale(self.conv(x))
 
 
+class ScaledHeadNet(ScaledNet):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.scale(self.conv(x)))
+
+
 USER = __name__
 
 
@@ -281,7 +290,7 @@ def test_files_are_json_and_safetensors_and_load_never_unpickles(tmp_path, monke
     model = narrowed_resnet18()
     save(model, tmp_path / "m")
     spec = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert spec["format"] == "prune_explorer.model" and spec["format_version"] == 1
+    assert spec["format"] == "prune_explorer.model" and spec["format_version"] == 2
     with safetensors.safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(model.state_dict())
 
@@ -348,10 +357,11 @@ def test_corrupt_json_is_named(tmp_path, saved_resnet):
         (lambda s: s.update(format="something.else"), r"'format'"),
         (lambda s: s.pop("base"), r"'base' is missing"),
         (lambda s: s["base"].update(arch="resnet81"), r"'base'.*resnet81.*close matches: resnet18"),
-        (lambda s: s["modules"]["layer1.0.conv1"].update(type="Conv9d"), r"'modules\.layer1\.0\.conv1\.type'"),
+        (lambda s: s["modules"]["layer1.0.conv1"].update(kind="conv9d"), r"'modules\.layer1\.0\.conv1\.kind'"),
         (lambda s: s["modules"].update({"layer9.conv": s["modules"]["conv1"]}), r"'modules\.layer9\.conv'"),
-        (lambda s: s["modules"]["layer1.0.conv1"].update(out_channels="many"), r"'modules\.layer1\.0\.conv1'"),
-        (lambda s: s["modules"]["layer1.0.bn1"].update(type="Linear"), r"'modules\.layer1\.0\.bn1\.type'"),
+        (lambda s: s["modules"]["layer1.0.conv1"].update(out_channels="many"),
+         r"'modules\.layer1\.0\.conv1\.out_channels' is 'many'"),
+        (lambda s: s["modules"]["layer1.0.bn1"].update(kind="linear"), r"'modules\.layer1\.0\.bn1\.kind'"),
     ],
 )
 def test_bad_model_json_fields_are_named(tmp_path, saved_resnet, edit, field):
@@ -404,12 +414,43 @@ def test_save_without_known_base_asks_for_arch(tmp_path):
     assert outputs_equal(plain, load(tmp_path / "m"), X32)
 
 
-def test_save_refuses_reshaped_layer_it_cannot_rebuild(tmp_path):
+def test_format_1_model_json_still_loads(tmp_path, saved_resnet):
+    d = _copy_model(saved_resnet, tmp_path / "d")
+
+    def to_v1(spec):
+        spec["format_version"] = 1
+        spec.pop("resized")
+        names = dict(build_model("resnet18", num_classes=10).named_modules())
+        for name, record in spec["modules"].items():
+            record["type"] = type(names[name]).__name__
+            record.pop("kind")
+    _edit_json(d, to_v1)
+    assert outputs_equal(load(saved_resnet), load(d), X32)
+
+
+def test_save_refuses_a_tensor_the_base_cannot_hold(tmp_path):
     model = build_model(f"{USER}:ScaledNet")
-    model.scale = Scale(5)
-    with pytest.raises(ValueError, match=r"Scale 'scale': weight has shape \(5,\) but base .* has \(8,\)"):
+    model.scale.weight = nn.Parameter(torch.ones(8, 1))
+    with pytest.raises(ValueError, match=r"Scale 'scale': weight has shape \(8, 1\) but base .* has \(8,\)"):
         save(model, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_resized_per_channel_parameter_round_trips(tmp_path):
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.model.surgery import prune
+
+    model = build_model(f"{USER}:ScaledHeadNet").eval()
+    with torch.no_grad():
+        model.scale.weight.copy_(torch.randn(8))
+    graph = ChannelGraph.trace(model, X32)
+    assert graph.slices["scale.weight"].kind == "channel_param"
+    pruned = prune(model, PrunePlan({"conv": [1, 6]}), X32, graph=graph)
+    save(pruned, tmp_path / "m")
+    assert load_spec(tmp_path / "m")["resized"] == {"scale.weight": [6]}
+    loaded = load(tmp_path / "m")
+    assert loaded.scale.weight.shape == (6,) and outputs_equal(pruned, loaded, X32)
 
 
 def test_save_refuses_non_json_metadata(tmp_path):
@@ -463,3 +504,21 @@ def test_local_weights_never_unpickle_objects(tmp_path):
         build_model(f"{USER}:ScaledNet", weights=path)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         build_model(f"{USER}:ScaledNet", weights=tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "size"), [
+    ("convnext_tiny", {"num_classes": 10}, 32),            # channels-last Linear widths, LayerNorm2d
+    ("resnext50_32x4d", {"num_classes": 10}, 32),          # grouped convs
+    ("shufflenet_v2_x0_5", {"num_classes": 10}, 64),       # shuffles and chunks
+    ("vit_b_16", {"num_classes": 10, "image_size": 32}, 32),  # MLP widths
+])
+def test_every_newly_prunable_architecture_round_trips(tmp_path, arch, kwargs, size):
+    from prune_explorer.model.exactness import check
+
+    model = build_model(arch, **kwargs)
+    x = torch.randn(1, 3, size, size)
+    pruned = check(model, x).pruned
+    save(pruned, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
+    assert outputs_equal(pruned, loaded, x)

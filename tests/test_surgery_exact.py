@@ -8,72 +8,9 @@ from torch import nn
 
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.exactness import TOLERANCE, check as exactness_check
 from prune_explorer.model.surgery import prune
 
-TOLERANCE = 1e-4
-
-
-def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
-    """Random BN running stats and affine, so a wrong slice cannot hide behind identity norms."""
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                n = mod.num_features
-                mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if mod.affine:
-                    mod.weight.copy_(torch.randn(n, generator=gen))
-                    mod.bias.copy_(torch.randn(n, generator=gen))
-
-
-def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int]]:
-    """A random, never-empty subset of channels of every prunable group."""
-    plan = {}
-    for group in graph.prunable():
-        if group.size < 2:
-            continue
-        k = int(torch.randint(1, group.size, (1,), generator=gen))
-        plan[group.id] = sorted(torch.randperm(group.size, generator=gen)[:k].tolist())
-    return plan
-
-
-def consumer_zero_positions(graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, torch.Tensor]:
-    """Input positions of each consumer (conv/linear) that carry removed channels."""
-    positions = {}
-    for name, sl in graph.slices.items():
-        if not sl.inputs:
-            continue
-        found, offset = [], 0
-        for gid, size in sl.inputs:
-            found += [offset + i for i in removed.get(gid, ())]
-            offset += size
-        if found:
-            index = torch.tensor(found)
-            if sl.in_factor > 1:
-                index = (index[:, None] * sl.in_factor + torch.arange(sl.in_factor)).flatten()
-            positions[name] = index
-    return positions
-
-
-def reference_output(model: nn.Module, graph: ChannelGraph, removed, x: torch.Tensor) -> torch.Tensor:
-    """The original model with removed channels forced to zero at every consumer's input."""
-    modules = dict(model.named_modules())
-
-    def zeroing(index):
-        def hook(_module, args):
-            y = args[0].clone()
-            y[:, index] = 0
-            return (y, *args[1:])
-        return hook
-
-    handles = [modules[name].register_forward_pre_hook(zeroing(ix))
-               for name, ix in consumer_zero_positions(graph, removed).items()]
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def n_params(model: nn.Module) -> int:
@@ -94,30 +31,20 @@ def assert_consistent_shapes(model: nn.Module) -> None:
 
 def check_exact(model: nn.Module, x: torch.Tensor, seed: int = 0, graph: ChannelGraph | None = None):
     """Prune every prunable group at random and assert the exactness contract; returns the graph."""
-    gen = torch.Generator().manual_seed(seed)
-    randomize_norms(model, gen)
-    model.eval()
-    graph = graph or ChannelGraph.trace(model, x)
-    removed = random_plan(graph, gen)
-    assert removed, "no prunable group to test"
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned = prune(model, PrunePlan(removed), x, graph=graph)
-
-    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in before.items()}
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input model changed"
+    result = exactness_check(model, x, seed=seed, graph=graph)
+    assert result.removed, "no prunable group to test"
+    graph, pruned, removed = result.graph, result.pruned, result.removed
+    assert result.input_unchanged, "input model changed"
     assert n_params(pruned) < n_params(model)
     assert_consistent_shapes(pruned)
     new_modules = dict(pruned.named_modules())
     for gid, ix in removed.items():
         group = graph.groups[gid]
-        first = next(p for p in group.producers if graph.slices[p].kind in ("conv", "linear"))
-        assert new_modules[first].weight.shape[0] == group.size - len(ix), first
-
-    expected = reference_output(model, graph, removed, x)
-    with torch.no_grad():
-        actual = pruned(x)
-    assert actual.shape == expected.shape
-    assert (actual - expected).abs().max().item() <= TOLERANCE
+        first = next((s for s in graph.slices.values() if gid in s.out_touches and s.kind in ("conv", "linear")
+                      and s.out_group.size == group.size), None)
+        if first is not None:
+            assert getattr(new_modules[first.module], first.params["weight"]).shape[0] == group.size - len(ix), first
+    assert result.max_diff <= TOLERANCE, result.max_diff
     return graph
 
 
@@ -144,18 +71,19 @@ def test_torchvision_model_prunes_exactly(name):
     assert all(g.kind != "output" or not g.prunable for g in graph.groups)
 
 
-def test_shufflenet_shuffle_groups_refused_rest_exact():
+def test_shufflenet_shuffles_and_chunks_prune_exactly():
     torch.manual_seed(0)
-    model = torchvision.models.shufflenet_v2_x0_5(weights=None)
+    model = torchvision.models.shufflenet_v2_x1_0(weights=None)
     x = torch.randn(1, 3, 64, 64)
-    graph = ChannelGraph.trace(model, x)
-    refused = [g for g in graph.groups if not g.prunable and g.kind != "output"]
-    assert refused, "channel shuffle must make some groups not prunable"
-    assert all(g.reason for g in refused)
-    assert any("view" in g.reason for g in refused)
-    check_exact(model, x, graph=graph)
-    with pytest.raises(ValueError, match=refused[0].name):
-        prune(model, PrunePlan({refused[0].name: [0]}), x, graph=graph)
+    graph = check_exact(model, x)
+    stage = graph.group("stage4.0.branch1.2")     # both branches of a stride-2 block, tied by the shuffle
+    assert stage is graph.group("stage4.0.branch2.5") and stage.prunable
+    assert stage.size == 29 and graph.group("stage4.0.branch2.0").size == 232
+    assert graph.group("stage2.0.branch1.2").size == 7   # chunks balanced by merging channel classes
+    # each stride-1 block ties the passed-on half to the new branch (the shuffle), doubling how often
+    # a channel recurs; after stage 3's eight blocks one channel is all that is left
+    tied = graph.group("stage3.0.branch1.2")
+    assert not tied.prunable and "tie all its 1276 channels into one" in tied.reason
 
 
 def test_linear_after_flatten_sliced_by_spatial_blocks():
@@ -186,3 +114,41 @@ def test_pruned_model_trains_and_keeps_requires_grad():
     pruned(x).sum().backward()
     assert pruned.fc.weight.grad is not None
     assert pruned.layer1[0].conv1.weight.shape[1] == 62
+
+
+def test_resnext_grouped_convs_prune_exactly_keeping_groups():
+    model = torchvision.models.resnext50_32x4d(weights=None, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = check_exact(model, x)
+    inner = graph.group("layer1.0.conv1")                 # feeds conv2, groups=32
+    assert inner.prunable and len(inner.blocks) == 32 and "layer1.0.conv2" in inner.rule
+    with pytest.raises(ValueError, match=r"layer 'layer1\.0\.conv1': grouped convolution 'layer1\.0\.conv2'"):
+        PrunePlan({"layer1.0.conv1": [0]}).resolve(graph)
+
+
+def test_convnext_hidden_widths_prune_exactly_and_layer_norm_streams_are_refused():
+    model = torchvision.models.convnext_tiny(weights=None, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = check_exact(model, x)
+    hidden = graph.group("features.1.0.block.3")          # Linear(C, 4C) on the last axis -> GELU -> Linear
+    assert hidden.prunable and hidden.size == 384 and hidden.consumers == ("features.1.0.block.5",)
+    stream = graph.group("features.1.0.block.0")
+    assert not stream.prunable and "normalises across the channels" in stream.reason
+    assert "features.1.0.layer_scale" in graph.slices and graph.slices["features.1.0.layer_scale"].kind == "channel_param"
+
+
+def test_vit_mlp_widths_prune_exactly_and_attention_is_refused():
+    model = torchvision.models.vit_b_16(weights=None, image_size=32, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    graph = check_exact(model, x)
+    mlp = graph.group("encoder.layers.encoder_layer_0.mlp.0")
+    assert mlp.prunable and mlp.size == 3072 and len(graph.prunable()) == 12
+    attention = graph.group("encoder.layers.encoder_layer_0.self_attention")
+    assert not attention.prunable and "attention heads are out of scope" in attention.reason
+
+
+def test_channels_last_stream_without_layer_norm_prunes_exactly():
+    from test_graph import ConvNeXtV2Block
+
+    graph = check_exact(ConvNeXtV2Block(c=6), torch.randn(2, 3, 5, 5))
+    assert graph.group("stem").prunable and not graph.group("up").prunable

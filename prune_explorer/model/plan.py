@@ -49,6 +49,7 @@ class PrunePlan:
             if len(ints) >= group.size:
                 raise ValueError(f"{label}: removing all {group.size} channels would empty group {group.name!r}")
             ints.sort()
+            _check_blocks(group, ints, label)
             if group.id in resolved and resolved[group.id] != ints:
                 raise ValueError(
                     f"{label} and {named_by[group.id]!r} name the same channel group {group.name!r} "
@@ -83,13 +84,13 @@ class PrunePlan:
         chosen: dict[int, list[int]] = {g: [] for g in eligible}
         full: set[int] = set()
         total = 0
-        for g, f in zip(rows["group"].tolist(), rows["filter"].tolist()):
+        for g, filters in _units(rows, eligible):
             if total >= n:
                 break
             if g in full:
                 continue
             group = eligible[g]
-            pending[g].append(int(f))
+            pending[g].extend(filters)
             removed = len(chosen[g]) + len(pending[g])
             remaining = group.size - removed
             if remaining < max(min_keep, 1):
@@ -128,8 +129,65 @@ class PrunePlan:
             ranked = rows[rows["group"] == group.id]["filter"].tolist()
             if len(ranked) < k:
                 raise ValueError(f"layer {layer!r}: the rank table has {len(ranked)} rows for group {group.name!r}, need {k}")
-            channels[layer] = sorted(int(f) for f in ranked[:k])
+            if group.blocks:
+                channels[layer] = _lowest_per_block(group, ranked, k, layer)
+            else:
+                channels[layer] = sorted(int(f) for f in ranked[:k])
         return cls(channels, layers=counts)
+
+
+def _check_blocks(group, ints: list[int], label: str) -> None:
+    """Grouped convolutions keep `groups`: each conv group must lose as many channels as the others."""
+    if not group.blocks:
+        return
+    chosen = set(ints)
+    counts = [len(chosen.intersection(block)) for block in group.blocks]
+    if len(set(counts)) > 1:
+        shown = ", ".join(map(str, counts[:8])) + (", ..." if len(counts) > 8 else "")
+        raise ValueError(f"{label}: {group.rule}; this plan removes {shown} channels from them")
+
+
+def _units(rows: "pd.DataFrame", eligible: dict) -> list[tuple[int, list[int]]]:
+    """Removal steps, lowest first: one channel, or for a grouped conv's group the k-th lowest
+    channel of every conv group at once (scored by their mean)."""
+    blocked = {g for g, group in eligible.items() if group.blocks}
+    if not blocked:  # rows are sorted already
+        return [(int(g), [int(f)]) for g, f in zip(rows["group"].tolist(), rows["filter"].tolist())]
+    items: list[tuple[float, int, int, list[int]]] = []
+    plain = rows[~rows["group"].isin(list(blocked))]
+    for g, f, v in zip(plain["group"].tolist(), plain["filter"].tolist(), plain["normalized"].tolist()):
+        items.append((float(v), int(g), int(f), [int(f)]))
+    for g in sorted(blocked):
+        group = eligible[g]
+        sub = rows[rows["group"] == g]
+        score = dict(zip(sub["filter"].tolist(), sub["normalized"].tolist()))
+        order = {f: i for i, f in enumerate(sub["filter"].tolist())}
+        per_block = [sorted((f for f in block if f in score), key=order.__getitem__) for block in group.blocks]
+        depth = min(len(b) for b in per_block)
+        covered = set().union(*map(set, group.blocks))
+        for k in range(depth):
+            unit = [b[k] for b in per_block]
+            items.append((sum(score[f] for f in unit) / len(unit), g, min(unit), unit))
+        for f in sub["filter"].tolist():
+            if f not in covered:
+                items.append((float(score[f]), g, int(f), [int(f)]))
+    items.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [(g, unit) for _, g, _, unit in items]
+
+
+def _lowest_per_block(group, ranked: list[int], k: int, layer: str) -> list[int]:
+    """k rounded to a multiple of the conv groups, then the lowest of each conv group."""
+    n = len(group.blocks)
+    per = max(1, round(k / n))
+    smallest = min(len(b) for b in group.blocks)
+    if per >= smallest:
+        raise ValueError(f"layer {layer!r}: removing {per} of {smallest} channels from each of the {n} groups of "
+                         f"{group.rule.split(' (')[0] if group.rule else group.name} would empty them")
+    order = {f: i for i, f in enumerate(ranked)}
+    chosen: list[int] = []
+    for block in group.blocks:
+        chosen += sorted(block, key=lambda f: order.get(f, len(order)))[:per]
+    return sorted(int(f) for f in chosen)
 
 
 def _check_round_to(round_to: int | None) -> None:

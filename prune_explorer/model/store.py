@@ -1,8 +1,10 @@
 """Save and load a (pruned) model without pickle: `model.json` + `model.safetensors`.
 
-`model.json` names the base architecture (rebuilt with `models.build_model`) and the constructor
-attributes of every conv / norm / linear layer, so `load` can rebuild the narrowed layers before
-loading the weights strictly. Saves are atomic: files are written beside the target and moved in
+`model.json` names the base architecture (rebuilt with `zoo.build_model`), the width attributes of
+every conv / norm / linear layer (which attributes: the layer-kind registry, `kinds.py`), and the
+other tensors whose shape pruning changed (a per-channel `layer_scale`). `load` builds the base,
+narrows those modules *in place* (so subclasses with their own constructors and forward code,
+e.g. a Conv2d subclass or LayerNorm2d, stay what they are), then loads the weights strictly. Saves are atomic: files are written beside the target and moved in
 with renames, so a crash leaves either the previous model or the new one, never a mix.
 """
 from __future__ import annotations
@@ -19,88 +21,31 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.modules.conv import _ConvNd
 
 from .. import __version__
+from .kinds import RECORDED, recorded_kind, width_record
 from .zoo import base_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE)
 METADATA_ATTR = "prune_explorer_metadata"
 _SAVE_ID_KEY = "prune_explorer.save_id"
 
-_REBUILDABLE: dict[str, type[nn.Module]] = {
-    cls.__name__: cls
-    for cls in (
-        nn.Conv1d, nn.Conv2d, nn.Conv3d,
-        nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-        nn.GroupNorm, nn.LayerNorm, nn.Linear,
-    )
+_V1_TYPES = {  # format 1 recorded the class name; format 2 records the layer kind
+    "Conv1d": "conv", "Conv2d": "conv", "Conv3d": "conv", "ConvTranspose1d": "conv", "ConvTranspose2d": "conv",
+    "ConvTranspose3d": "conv", "BatchNorm1d": "batch_norm", "BatchNorm2d": "batch_norm", "BatchNorm3d": "batch_norm",
+    "SyncBatchNorm": "batch_norm", "InstanceNorm1d": "batch_norm", "InstanceNorm2d": "batch_norm",
+    "InstanceNorm3d": "batch_norm", "GroupNorm": "group_norm", "LayerNorm": "layer_norm", "Linear": "linear",
 }
 
 
-# --- module records ---------------------------------------------------------------------------
 def module_record(module: nn.Module) -> dict[str, Any] | None:
-    """JSON constructor attributes that rebuild `module` at its current width, or None if not a layer we rebuild."""
-    kind = _rebuildable_kind(module)
-    if kind is None:
-        return None
-    if isinstance(module, _ConvNd):
-        attrs: dict[str, Any] = {
-            "in_channels": module.in_channels,
-            "out_channels": module.out_channels,
-            "kernel_size": module.kernel_size,
-            "stride": module.stride,
-            "padding": module.padding,
-            "dilation": module.dilation,
-            "groups": module.groups,
-            "bias": module.bias is not None,
-            "padding_mode": module.padding_mode,
-        }
-        if module.transposed:
-            attrs["output_padding"] = module.output_padding
-    elif isinstance(module, _NormBase):
-        attrs = {
-            "num_features": module.num_features,
-            "eps": module.eps,
-            "momentum": module.momentum,
-            "affine": module.affine,
-            "track_running_stats": module.track_running_stats,
-        }
-    elif isinstance(module, nn.GroupNorm):
-        attrs = {
-            "num_groups": module.num_groups,
-            "num_channels": module.num_channels,
-            "eps": module.eps,
-            "affine": module.affine,
-        }
-    elif isinstance(module, nn.LayerNorm):
-        attrs = {
-            "normalized_shape": module.normalized_shape,
-            "eps": module.eps,
-            "elementwise_affine": module.elementwise_affine,
-            "bias": getattr(module, "bias", None) is not None,
-        }
-    else:
-        attrs = {
-            "in_features": module.in_features,
-            "out_features": module.out_features,
-            "bias": module.bias is not None,
-        }
-    return json.loads(json.dumps({"type": kind.__name__, **attrs}))
-
-
-def _rebuildable_kind(module: nn.Module) -> type[nn.Module] | None:
-    for cls in type(module).__mro__:
-        if _REBUILDABLE.get(cls.__name__) is cls:
-            return cls
-    return None
+    """JSON width attributes of `module` (its layer kind's), or None if store does not record it."""
+    record = width_record(module)
+    return None if record is None else json.loads(json.dumps(record))
 
 
 # --- save -------------------------------------------------------------------------------------
@@ -125,7 +70,7 @@ def save(
         for name, module in model.named_modules(remove_duplicate=False)
         if (record := module_record(module)) is not None
     }
-    _check_rest_matches_base(model, base, records)
+    resized = _resized_beyond_records(model, base, records)
     tensors, tied = _flat_tensors(model.state_dict())
     save_id = uuid.uuid4().hex
     spec = {
@@ -135,6 +80,7 @@ def save(
         "base": base,
         "modules": records,
         "tied": tied,
+        "resized": resized,
         "params": sum(p.numel() for p in model.parameters()),
         "metadata": dict(metadata or {}),
         "saved_with": {"prune_explorer": __version__, "torch": torch.__version__},
@@ -167,14 +113,16 @@ def _resolve_base(model: nn.Module, arch: str | None, arch_kwargs: dict[str, Any
     return {"arch": arch, "kwargs": kwargs}
 
 
-def _check_rest_matches_base(model: nn.Module, base: dict[str, Any], records: dict[str, Any]) -> None:
-    """Fail at save time, not load time, when a layer we cannot rebuild differs from the base."""
+def _resized_beyond_records(model: nn.Module, base: dict[str, Any], records: dict[str, Any]) -> dict[str, list[int]]:
+    """Tensors outside recorded layers whose shape differs from the base ({name: shape}: load
+    resizes them); fails at save time, not load time, for a tensor the base does not have."""
     try:
         with torch.device("meta"):
             reference = build_model(base["arch"], **base["kwargs"])
     except Exception:  # a base that cannot be built on "meta": load() still checks every tensor
-        return
+        return {}
     ref_modules = dict(reference.named_modules(remove_duplicate=False))
+    resized: dict[str, list[int]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         ref = ref_modules.get(name)
         if name in records:
@@ -189,13 +137,16 @@ def _check_rest_matches_base(model: nn.Module, base: dict[str, Any], records: di
         }
         for tensor_name, tensor in own.items():
             ref_tensor = ref_own.get(tensor_name)
-            if ref_tensor is None or ref_tensor.shape != tensor.shape:
+            if ref_tensor is None or ref_tensor.dim() != tensor.dim():
                 ref_shape = None if ref_tensor is None else tuple(ref_tensor.shape)
                 raise ValueError(
                     f"cannot save {type(module).__name__} {name!r}: {tensor_name} has shape "
-                    f"{tuple(tensor.shape)} but base {base['arch']!r} has {ref_shape}; only "
-                    f"{', '.join(sorted(_REBUILDABLE))} layers can change shape"
+                    f"{tuple(tensor.shape)} but base {base['arch']!r} has {ref_shape}; a tensor may change "
+                    "its size (pruning), not appear or change its number of dims"
                 )
+            if ref_tensor.shape != tensor.shape:
+                resized[f"{name}.{tensor_name}" if name else tensor_name] = list(tensor.shape)
+    return resized
 
 
 def _flat_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -330,12 +281,14 @@ def load(directory: str | os.PathLike) -> nn.Module:
         model = build_model(arch, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{spec_path}: field 'base' ({arch!r}, {kwargs}) cannot be built: {exc}") from exc
-    model = _rebuild_layers(model, spec["modules"], spec_path)
+    _narrow_layers(model, spec["modules"], spec_path)
     state = _read_weights(weights_path, spec)
     for tied_name, source in spec["tied"].items():
         if source not in state:
             raise ValueError(f"{spec_path}: field 'tied.{tied_name}' points to {source!r}, absent from {weights_path}")
         state[tied_name] = state[source]
+    _check_widths(model, state, spec["modules"], weights_path)
+    _resize_tensors(model, state, set(spec["modules"]), set(spec.get("resized", {})))
     _check_tensors(model, state, weights_path)
     _match_dtype(model, state)
     model.load_state_dict(state, strict=True)
@@ -367,14 +320,18 @@ def _validate_spec(spec: Any, path: Path) -> None:
         field = f"modules.{name}"
         if not isinstance(record, dict):
             raise ValueError(f"{path}: field {field!r} must be an object")
-        kind = record.get("type")
-        if kind not in _REBUILDABLE:
-            raise ValueError(f"{path}: field '{field}.type' is {kind!r}, expected one of {sorted(_REBUILDABLE)}")
+        key = "kind" if version >= 2 else "type"
+        kind = record.get(key)
+        known = sorted(k.name for k in RECORDED) if version >= 2 else sorted(_V1_TYPES)
+        if kind not in known:
+            raise ValueError(f"{path}: field '{field}.{key}' is {kind!r}, expected one of {known}")
     tied = _expect(spec, "tied", dict, path)
     for name, source in tied.items():
         if not isinstance(source, str):
             raise ValueError(f"{path}: field 'tied.{name}' must be a tensor name (string)")
     _expect(spec, "metadata", dict, path)
+    if version >= 2:
+        _expect(spec, "resized", dict, path)
 
 
 def _expect(obj: dict, key: str, kind: type, path: Path, prefix: str = "") -> Any:
@@ -386,44 +343,74 @@ def _expect(obj: dict, key: str, kind: type, path: Path, prefix: str = "") -> An
     return value
 
 
-def _rebuild_layers(model: nn.Module, records: dict[str, dict], spec_path: Path) -> nn.Module:
+def _narrow_layers(model: nn.Module, records: dict[str, dict], spec_path: Path) -> None:
+    """Set each recorded module's width attributes in place (the tensors follow in _resize_tensors)."""
     modules = dict(model.named_modules(remove_duplicate=False))
-    rebuilt: dict[int, nn.Module] = {}
     for name, record in records.items():
+        field = f"modules.{name}"
         current = modules.get(name)
         if current is None:
-            raise ValueError(f"{spec_path}: field 'modules.{name}': the base model has no module {name!r}")
-        kind = _REBUILDABLE[record["type"]]
-        if not isinstance(current, kind):
-            raise ValueError(
-                f"{spec_path}: field 'modules.{name}.type' is {record['type']!r} but the base model's "
-                f"{name!r} is {type(current).__name__}"
-            )
-        if module_record(current) == record:
+            raise ValueError(f"{spec_path}: field '{field}': the base model has no module {name!r}")
+        key = "kind" if "kind" in record else "type"
+        expected = record[key] if key == "kind" else _V1_TYPES[record[key]]
+        kind = recorded_kind(current)
+        if kind is None or kind.name != expected:
+            raise ValueError(f"{spec_path}: field '{field}.{key}' is {record[key]!r} but the base model's "
+                             f"{name!r} is {type(current).__name__}")
+        for attr in kind.width_attrs:
+            if attr not in record:
+                continue
+            value = record[attr]
+            if isinstance(value, list):
+                value = tuple(value)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0 or (
+                isinstance(value, tuple) and all(isinstance(v, int) and v > 0 for v in value))
+            if not ok:
+                raise ValueError(f"{spec_path}: field '{field}.{attr}' is {record[attr]!r}, expected a positive "
+                                 "integer (or a list of them)")
+            setattr(current, attr, value)
+
+
+def _check_widths(model: nn.Module, state: dict[str, torch.Tensor], records: dict[str, dict], path: Path) -> None:
+    """Each recorded layer's tensors in the file have the shapes its recorded widths imply."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for name in records:
+        module = modules[name]
+        for attr, shape in recorded_kind(module).expected_shapes(module).items():
+            key = f"{name}.{attr}" if name else attr
+            value = state.get(key)
+            if value is not None and getattr(module, attr, None) is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{path}: tensor {key!r} has shape {tuple(value.shape)} in the file but the "
+                                 f"widths model.json gives {name!r} mean {shape}")
+
+
+def _resize_tensors(model: nn.Module, state: dict[str, torch.Tensor], recorded: set[str], resized: set[str]) -> None:
+    """Give recorded layers' tensors and the listed resized tensors the file's shapes (empty, then
+    filled by load_state_dict); shared tensors stay shared."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    by_name: dict[str, tuple[nn.Module, str, torch.Tensor]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is None:
+                continue
+            owners.setdefault(id(tensor), []).append((module, attr))
+            by_name[f"{mod_name}.{attr}" if mod_name else attr] = (module, attr, tensor)
+    replaced: dict[int, torch.Tensor] = {}
+    for name, value in state.items():
+        found = by_name.get(name)
+        if found is None:
             continue
-        if id(current) not in rebuilt:
-            rebuilt[id(current)] = _construct(type(current), record, f"{spec_path}: field 'modules.{name}'")
-        replacement = rebuilt[id(current)]
-        if name == "":
-            model = replacement
-        else:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, replacement)
-    return model
-
-
-def _construct(cls: type[nn.Module], record: dict[str, Any], where: str) -> nn.Module:
-    kwargs = {k: v for k, v in record.items() if k != "type"}
-    for key in ("kernel_size", "stride", "padding", "dilation", "output_padding", "normalized_shape"):
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
-    try:
-        module = cls(**kwargs)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{where}: cannot build {cls.__name__}({kwargs}): {exc}") from exc
-    if module_record(module) != record:
-        raise ValueError(f"{where}: {cls.__name__} rebuilt from {record} does not match it")
-    return module
+        module, attr, tensor = found
+        owner = name.rpartition(".")[0]
+        if tuple(tensor.shape) == tuple(value.shape) or (owner not in recorded and name not in resized):
+            continue
+        if id(tensor) not in replaced:
+            fresh = torch.empty(value.shape, dtype=tensor.dtype, device=tensor.device)
+            replaced[id(tensor)] = nn.Parameter(fresh, requires_grad=tensor.requires_grad) \
+                if isinstance(tensor, nn.Parameter) else fresh
+            for other, other_attr in owners[id(tensor)]:
+                store = other._parameters if other_attr in other._parameters else other._buffers
+                store[other_attr] = replaced[id(tensor)]
 
 
 def _read_weights(path: Path, spec: dict[str, Any]) -> dict[str, torch.Tensor]:

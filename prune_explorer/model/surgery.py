@@ -1,13 +1,20 @@
-"""Structured pruning surgery: a new, smaller model whose weights are exact slices of the old one."""
+"""Structured pruning surgery: a new, smaller model whose tensors are exact slices of the old one.
+
+What to cut comes from the graph (`ModuleSlices`: positions per member, by group and channel);
+how a member's tensors are cut and which module attributes follow comes from its layer kind
+(`kinds.KINDS`), the registry graph, store and the panel's cost model share.
+"""
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .graph import ChannelGraph, ModuleSlices
+from .graph import ChannelGraph
+from .kinds import KINDS
 from .plan import PrunePlan
 
 
@@ -16,7 +23,7 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
     """Return a pruned copy of `model`; the input model is never changed.
 
     Sliced tensors are built first and handed to `copy.deepcopy` through its memo, so each
-    weight is copied once (the slice), not copied and then sliced.
+    tensor is copied once (the slice), not copied and then sliced.
     """
     if graph is None:
         graph = ChannelGraph.trace(model, example_inputs)
@@ -29,70 +36,46 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
                     f"layer {group.name!r}: keeping {group.size - len(ix)} of {group.size} channels "
                     f"is not a multiple of round_to={round_to}"
                 )
-    keep = {gid: _kept(graph.groups[gid].size, ix) for gid, ix in removed.items()}
+    masks = {gid: _mask(graph.groups[gid].size, ix) for gid, ix in removed.items()}
     modules = dict(model.named_modules())
     memo: dict[int, Any] = {}
-    resized: dict[str, tuple[int | None, int | None]] = {}
+    resized = []
     with torch.no_grad():
         for name, sl in graph.slices.items():
-            module = modules.get(name)
+            if not (sl.out_touches | sl.in_touches) & masks.keys():
+                continue
+            module = modules.get(sl.module)
             if module is None:
-                raise ValueError(f"layer {name!r} of the graph is not in the model; trace this model again")
-            out_ix = _index(sl.out, sl.out_factor, keep)
-            in_ix = _index(sl.inputs, sl.in_factor, keep)
+                raise ValueError(f"layer {sl.module!r} of the graph is not in the model; trace this model again")
+            out_ix, in_ix = sl.kept("out", masks), sl.kept("in", masks)
             if out_ix is None and in_ix is None:
                 continue
-            if sl.kind == "grouped":
-                raise ValueError(f"layer {name!r} is a grouped convolution; its channels cannot be sliced")
-            _slice_module(module, sl, out_ix, in_ix, memo)
-            resized[name] = (None if out_ix is None else len(out_ix), None if in_ix is None else len(in_ix))
+            kind = KINDS[sl.kind]
+            for role, attr in sl.params.items():
+                tensor = getattr(module, attr, None) if attr else None
+                if role in kind.sliced_roles and isinstance(tensor, torch.Tensor):
+                    memo[id(tensor)] = _as_kind(tensor, kind.slice(role, tensor, out_ix, in_ix, sl))
+            resized.append((sl, None if out_ix is None else len(out_ix), None if in_ix is None else len(in_ix)))
+        for tensor in _tensors(model):   # plain clones: cheaper than Tensor.__deepcopy__ per tensor
+            if id(tensor) not in memo and type(tensor) in (torch.Tensor, nn.Parameter):
+                memo[id(tensor)] = _as_kind(tensor, tensor.detach().clone())
         pruned = copy.deepcopy(model, memo)
     new_modules = dict(pruned.named_modules())
-    for name, (n_out, n_in) in resized.items():
-        _resize(new_modules[name], graph.slices[name], n_out, n_in)
+    for sl, n_out, n_in in resized:
+        KINDS[sl.kind].set_widths(new_modules[sl.module], sl, n_out, n_in)
     return pruned
 
 
-def _kept(size: int, removed: list[int]) -> torch.Tensor:
-    mask = torch.ones(size, dtype=torch.bool)
-    mask[removed] = False
-    return mask.nonzero().flatten()
+def _tensors(model: nn.Module):
+    for module in model.modules():
+        yield from (t for t in module._parameters.values() if t is not None)
+        yield from (t for t in module._buffers.values() if t is not None)
 
 
-def _index(segments, factor: int, keep: dict[int, torch.Tensor]) -> torch.Tensor | None:
-    """Kept positions along one weight dim laid out as `segments`, or None when nothing is cut."""
-    if not segments or not any(g in keep for g, _ in segments):
-        return None
-    parts, offset = [], 0
-    for g, size in segments:
-        parts.append(keep[g] + offset if g in keep else torch.arange(offset, offset + size))
-        offset += size
-    index = torch.cat(parts)
-    if factor > 1:
-        index = (index[:, None] * factor + torch.arange(factor)).flatten()
-    return index
-
-
-def _sliced(t: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor:
-    return t if index is None else t.index_select(dim, index)
-
-
-def _slice_module(module: nn.Module, sl: ModuleSlices, out_ix, in_ix, memo: dict[int, Any]) -> None:
-    """Put the sliced copies of `module`'s tensors into the deepcopy memo."""
-    if sl.kind == "norm":
-        names = ("weight", "bias", "running_mean", "running_var")
-        for name in names:
-            t = getattr(module, name, None)
-            if isinstance(t, torch.Tensor):
-                memo[id(t)] = _as_kind(t, _sliced(t, 0, out_ix))
-        return
-    weight = module.weight
-    new = _sliced(weight, 0, out_ix)
-    if sl.kind in ("conv", "linear"):
-        new = _sliced(new, 1, in_ix)
-    memo[id(weight)] = _as_kind(weight, new)
-    if getattr(module, "bias", None) is not None:
-        memo[id(module.bias)] = _as_kind(module.bias, _sliced(module.bias, 0, out_ix))
+def _mask(size: int, removed: list[int]) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[removed] = True
+    return mask
 
 
 def _as_kind(original: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -101,16 +84,3 @@ def _as_kind(original: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     if isinstance(original, nn.Parameter):
         return nn.Parameter(value, requires_grad=original.requires_grad)
     return value
-
-
-def _resize(module: nn.Module, sl: ModuleSlices, n_out: int | None, n_in: int | None) -> None:
-    if sl.kind == "norm":
-        module.num_features = n_out
-    elif sl.kind == "depthwise":
-        module.in_channels = module.out_channels = module.groups = n_out
-    elif sl.kind == "conv":
-        module.out_channels = n_out if n_out is not None else module.out_channels
-        module.in_channels = n_in if n_in is not None else module.in_channels
-    elif sl.kind == "linear":
-        module.out_features = n_out if n_out is not None else module.out_features
-        module.in_features = n_in if n_in is not None else module.in_features

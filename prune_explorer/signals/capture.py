@@ -153,6 +153,9 @@ class CaptureHook:
         self._names = {m: n for n, m in model.named_modules()}
         self._model_cls = model._get_name()
         self._explicit_taps = None if taps is None else [_tap_key(t) for t in taps]
+        # channels-last taps (a Linear's output in a ConvNeXt block): channel axis per tap, moved to dim 1
+        self._axes: dict[TapKey, int] = {} if taps is None else {
+            _tap_key(t): int(t.axis) for t in taps if getattr(t, "axis", 1) != 1}
         self._graph = graph
         self._taps: set[TapKey] | None = None
         self._weight_modules: list[str] = []
@@ -247,6 +250,7 @@ class CaptureHook:
             self._taps = set(self._explicit_taps)
         elif graph is not None:
             self._taps = {(t.module, t.call) for g in graph.prunable() for t in g.taps}
+            self._axes = {(t.module, t.call): t.axis for g in graph.prunable() for t in g.taps if t.axis != 1}
         else:
             raise ValueError("CaptureHook needs taps, a graph or example_inputs")
         unknown = sorted({m for m, _ in self._taps} - set(self._names.values()))
@@ -274,18 +278,21 @@ class CaptureHook:
         key = (name, call)
         if key not in self._taps or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
+        axis = self._axes.get(key, 1)
         if self.mode == "full":
             if self._step % self.save_every == 0:
-                self._write_tensor(activation_name(name, call), output.detach())
+                self._write_tensor(activation_name(name, call), output.detach().movedim(axis, 1))
                 cls = module._get_name()
-                output.register_hook(partial(self._on_full_grad, gradient_name(name, call, cls)))
+                output.register_hook(partial(self._on_full_grad, gradient_name(name, call, cls), axis))
             return
-        saved = output.detach()
+        saved = output.detach().movedim(axis, 1)
         if key in self._clone:
             saved = saved.clone()
-        output.register_hook(partial(self._on_compact_grad, key, saved, saved._version))
+        output.register_hook(partial(self._on_compact_grad, key, saved, saved._version, axis))
 
-    def _on_compact_grad(self, key: TapKey, activation: torch.Tensor, version: int, grad: torch.Tensor) -> None:
+    def _on_compact_grad(self, key: TapKey, activation: torch.Tensor, version: int, axis: int,
+                         grad: torch.Tensor) -> None:
+        grad = grad.movedim(axis, 1)
         if activation._version != version:
             # Modified in place after the hook (e.g. `out += identity`): copy it from now on.
             self._clone.add(key)
@@ -293,8 +300,8 @@ class CaptureHook:
         with torch.no_grad():
             self._acc.setdefault(key, _Accumulator()).add(activation, grad.detach())
 
-    def _on_full_grad(self, tensor_name: str, grad: torch.Tensor) -> None:
-        self._write_tensor(tensor_name, grad.detach())
+    def _on_full_grad(self, tensor_name: str, axis: int, grad: torch.Tensor) -> None:
+        self._write_tensor(tensor_name, grad.detach().movedim(axis, 1))
 
     # --- writing ------------------------------------------------------------------------------
     def _end_step(self, final: bool = False) -> None:
@@ -361,6 +368,7 @@ class CaptureHook:
             "mode": self.mode,
             "save_every": self.save_every,
             "taps": [list(t) for t in self.taps],
+            "tap_axes": {f"{m}_{c}": a for (m, c), a in sorted(self._axes.items())},
             "input_size": self._input_size,
             "model": self.model_info or _base_spec(self.model),
         }

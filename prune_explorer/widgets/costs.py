@@ -10,25 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..model.graph import ChannelGraph
+from ..model.graph import ChannelGraph, ModuleSlices
+from ..model.kinds import KINDS, CostShape, LayerKind
 from ..model.measure import _forward, count
 
 
 @dataclass(frozen=True)
-class _ModuleShape:
-    kind: str                   # "conv" | "depthwise" | "grouped" | "linear" | "norm"
-    out_dim: int
-    in_dim: int                 # conv: in_channels / groups; linear: in_features; norm: params per channel
-    kernel: int                 # product of kernel sizes (1 for linear)
-    positions: int              # output positions per forward (batch × spatial), summed over calls
-    has_bias: bool
-    out_segments: tuple[tuple[int, int], ...]
-    in_segments: tuple[tuple[int, int], ...]
+class _Member:
+    """One sliced member: its kind's cost terms, its full widths, and how many positions each
+    group holds along its output and input dims."""
+
+    kind: LayerKind
+    shape: CostShape
+    slices: ModuleSlices
+    out_full: int
+    in_full: int
+    out_counts: dict[int, int]
+    in_counts: dict[int, int]
     out_factor: int
     in_factor: int
+    sizes: tuple[int, ...]      # channels of every group
 
 
 @dataclass(frozen=True)
@@ -44,18 +49,17 @@ class CostModel:
         self.graph = graph
         measured = count(model, example_inputs)
         self.before = Cost(int(measured.params), int(measured.macs))
-        self._shapes = _module_shapes(model, example_inputs, graph)
-        self._base_terms = {name: _terms(s, {}) for name, s in self._shapes.items()}
+        self._members = _members(model, example_inputs, graph)
+        self._base_terms = {name: _terms(m, {}) for name, m in self._members.items()}
 
     def cost(self, removed: dict[int, int]) -> Cost:
         params, macs = self.before.params, self.before.macs
         touched = {g for g, n in removed.items() if n}
-        for name, shape in self._shapes.items():
-            groups = {g for g, _ in shape.out_segments} | {g for g, _ in shape.in_segments}
-            if not groups & touched:
+        for name, member in self._members.items():
+            if not (member.slices.out_touches | member.slices.in_touches) & touched:
                 continue
             base_params, base_macs = self._base_terms[name]
-            new_params, new_macs = _terms(shape, removed)
+            new_params, new_macs = _terms(member, removed)
             params += new_params - base_params
             macs += new_macs - base_macs
         return Cost(int(params), int(macs))
@@ -63,33 +67,41 @@ class CostModel:
     def per_group(self) -> dict[int, Cost]:
         """Params and MACs of the modules each group's channels pass through (what its row carries)."""
         carried: dict[int, list[int]] = {}
-        for name, shape in self._shapes.items():
+        for name, member in self._members.items():
             p, m = self._base_terms[name]
-            for g in {g for g, _ in shape.out_segments} | {g for g, _ in shape.in_segments}:
+            for g in member.slices.out_touches | member.slices.in_touches:
                 acc = carried.setdefault(g, [0, 0])
                 acc[0] += p
                 acc[1] += m
         return {g: Cost(p, m) for g, (p, m) in carried.items()}
 
 
-def _width(full: int, segments: tuple[tuple[int, int], ...], factor: int, removed: dict[int, int]) -> int:
-    return full - factor * sum(removed.get(g, 0) for g, _ in segments)
+def _width(full: int, counts: dict[int, int], factor: int, removed: dict[int, int], sizes: list[int]) -> int:
+    """Positions left along one dim. A group that loses k of its n channels loses k/n of the
+    positions it holds there: exact when each channel sits at one position (shuffled groups whose
+    channels repeat unequally get an estimate)."""
+    lost = sum(n * removed[g] // sizes[g] for g, n in counts.items() if removed.get(g))
+    return full - factor * lost
 
 
-def _terms(s: _ModuleShape, removed: dict[int, int]) -> tuple[int, int]:
-    out = _width(s.out_dim, s.out_segments, s.out_factor, removed)
-    if s.kind == "norm":
-        return s.in_dim * out, 0
-    if s.kind == "depthwise":
-        return out * s.kernel + (out if s.has_bias else 0), out * s.kernel * s.positions
-    inp = _width(s.in_dim, s.in_segments, s.in_factor, removed) if s.kind != "grouped" else s.in_dim
-    weights = out * inp * s.kernel
-    return weights + (out if s.has_bias else 0), weights * s.positions
+def _terms(m: _Member, removed: dict[int, int]) -> tuple[int, int]:
+    sizes = m.sizes
+    out = _width(m.out_full, m.out_counts, m.out_factor, removed, sizes)
+    inp = _width(m.in_full, m.in_counts, m.in_factor, removed, sizes)
+    return m.kind.terms(m.shape, out, inp)
 
 
-def _module_shapes(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -> dict[str, _ModuleShape]:
+def _counts(groups) -> dict[int, int]:
+    if groups is None:
+        return {}
+    values, counts = np.unique(groups, return_counts=True)
+    return {int(g): int(n) for g, n in zip(values, counts) if g >= 0}
+
+
+def _members(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -> dict[str, "_Member"]:
     modules = dict(model.named_modules())
-    positions: dict[str, int] = {name: 0 for name in graph.slices}
+    owners = {sl.module for sl in graph.slices.values()}
+    positions: dict[str, int] = {name: 0 for name in owners}
 
     def hook(name):
         def record(module, args, output):
@@ -98,7 +110,7 @@ def _module_shapes(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -
                 positions[name] += output.numel() // max(int(channels), 1)
         return record
 
-    handles = [modules[name].register_forward_hook(hook(name)) for name in graph.slices if name in modules]
+    handles = [modules[name].register_forward_hook(hook(name)) for name in owners if name in modules]
     was_training = model.training
     try:
         model.eval()
@@ -109,26 +121,16 @@ def _module_shapes(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -
         for h in handles:
             h.remove()
 
-    shapes = {}
+    sizes = tuple(g.size for g in graph.groups)
+    members = {}
     for name, sl in graph.slices.items():
-        module = modules.get(name)
+        module = modules.get(sl.module)
         if module is None:
             continue
-        shapes[name] = _shape_of(module, sl, positions[name])
-    return shapes
-
-
-def _shape_of(module: nn.Module, sl, positions: int) -> _ModuleShape:
-    segments = dict(out_segments=tuple(sl.out or ()), in_segments=tuple(sl.inputs or ()),
-                    out_factor=sl.out_factor, in_factor=sl.in_factor)
-    bias = getattr(module, "bias", None) is not None
-    if sl.kind == "norm":
-        per_channel = 2 if getattr(module, "weight", None) is not None else 0
-        return _ModuleShape("norm", module.num_features, per_channel, 1, 0, False, **segments)
-    if sl.kind == "linear":
-        return _ModuleShape("linear", module.out_features, module.in_features, 1, positions, bias, **segments)
-    kernel = 1
-    for k in module.kernel_size:
-        kernel *= k
-    return _ModuleShape(sl.kind, module.out_channels, module.in_channels // module.groups, kernel, positions, bias,
-                        **segments)
+        kind = KINDS[sl.kind]
+        shape = kind.cost_shape(module, sl, positions[sl.module])
+        in_full = shape.in_dim * (shape.groups if sl.kind == "grouped" else 1)
+        member = _Member(kind, shape, sl, shape.out_dim, in_full, _counts(sl.out_group), _counts(sl.in_group),
+                         sl.out_factor, sl.in_factor, sizes)
+        members[name] = member
+    return members

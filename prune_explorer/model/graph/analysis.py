@@ -1,0 +1,262 @@
+"""Walk a traced graph once, following channel ids through every op (handlers in `handlers.py`).
+
+What it collects: each tensor's `Layout`, the *members* (tensors that surgery slices: a conv's
+weight and bias, a norm's affine and statistics, a per-channel parameter) with the channel ids
+along their dims, and the couplings and refusals in `Channels`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.node import map_aggregate
+
+from .channels import OPAQUE, Channels, Layout
+from .ops import aten_op, bind, function_op, module_op
+from .tracing import ParamRef, Traced
+
+
+@dataclass
+class Member:
+    """Tensors of one module that are cut together: what `ModuleSlices` becomes."""
+
+    name: str
+    module: str
+    kind: str
+    params: dict[str, str | None]
+    out: np.ndarray | None = None
+    inp: np.ndarray | None = None
+    out_factor: int = 1
+    in_factor: int = 1
+    in_axis: int = 1
+    groups: int = 1
+    param_dim: int = 0
+
+
+@dataclass
+class Call:
+    """One op as the handlers see it: bound arguments, result, and how to name it."""
+
+    node: torch.fx.Node
+    handler: str
+    args: dict[str, Any]
+    result: Any
+    describe: Any                        # str, or a callable giving it (only refusals need the text)
+    module: str | None = None            # call_module target (leaf torch.nn module)
+    params: dict[str, ParamRef | None] = field(default_factory=dict)   # a leaf module's own tensors
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def what(self) -> str:
+        if callable(self.describe):
+            self.describe = self.describe()
+        return self.describe
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        if name in self.constants:
+            return self.constants[name]
+        return self.args.get(name, default)
+
+
+class Analysis:
+    def __init__(self, model: nn.Module, traced: Traced):
+        self.model = model
+        self.traced = traced
+        self.modules = dict(model.named_modules())
+        self.channels = Channels()
+        self.values: dict[torch.fx.Node, Any] = {}
+        self.layout: dict[torch.fx.Node, Any] = {}
+        self.members: dict[str, Member] = {}
+        self.touched: dict[str, dict[int, np.ndarray]] = {}  # module -> channel ids its input/output carry
+        self.link: dict[torch.fx.Node, torch.fx.Node] = {}  # node -> the input whose channels it passes on
+        self.consumer_inputs: list[torch.fx.Node] = []      # inputs of convs/linears, in graph order
+        self._tensor_args: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+        # parameters and their views (unsqueeze, view, [:, None]): result dim -> parameter dim (or None)
+        self.param_views: dict[torch.fx.Node, tuple[ParamRef, tuple[int | None, ...]]] = {
+            node: (ref, tuple(range(ref.tensor.dim()))) for node, ref in traced.params.items()}
+        from . import handlers
+
+        self.handlers = handlers.HANDLERS
+
+    # --- values ---------------------------------------------------------------------------------
+    def is_tensor(self, x: Any) -> bool:
+        return isinstance(x, torch.fx.Node) and isinstance(self.values.get(x), torch.Tensor)
+
+    def shape(self, x: torch.fx.Node) -> torch.Size:
+        return self.values[x].shape
+
+    def layout_of(self, x: Any) -> Any:
+        if not isinstance(x, torch.fx.Node):
+            return None
+        return self.layout.get(x)
+
+    def param(self, x: Any) -> ParamRef | None:
+        return self.traced.params.get(x) if isinstance(x, torch.fx.Node) else None
+
+    def tensor_args(self, call: Call) -> list[torch.fx.Node]:
+        node = call.node
+        if node not in self._tensor_args:
+            found: list[torch.fx.Node] = []
+            map_aggregate((node.args, node.kwargs), lambda a: found.append(a) if isinstance(a, torch.fx.Node) else None)
+            self._tensor_args[node] = [a for a in found if self.is_tensor(a)]
+        return self._tensor_args[node]
+
+    # --- what handlers call ---------------------------------------------------------------------
+    def refuse(self, layout: Any, reason: str) -> None:
+        self.channels.refuse(layout, reason)
+
+    def not_understood(self, call: Call, reason: str | None = None) -> Any:
+        text = reason or f"{call.what} is not understood"
+        for a in self.tensor_args(call):
+            self.refuse(self.layout.get(a), text)
+        return self.opaque_like(call.result)
+
+    def opaque_like(self, result: Any) -> Any:
+        if isinstance(result, torch.Tensor):
+            return OPAQUE
+        if isinstance(result, (tuple, list)):
+            return tuple(self.opaque_like(r) for r in result)
+        return None
+
+    def produce(self, name: str, size: int) -> np.ndarray:
+        """Channel ids of a member's output (one atom per member, however often it is called)."""
+        member = self.members.get(name)
+        if member is not None and member.out is not None and member.out.size == size:
+            return member.out
+        return self.channels.new(size, producer=name)
+
+    def member(self, name: str, module: str, kind: str, params: dict, *, out=None, inp=None, out_factor=1,
+               in_factor=1, in_axis=1, groups=1, param_dim=0, what: str = "") -> Member:
+        """Record (or, on a second call, couple) the channels along one member's dims."""
+        found = self.members.get(name)
+        if found is None:
+            found = Member(name, module, kind, dict(params), out, inp, out_factor, in_factor, in_axis, groups, param_dim)
+            self.members[name] = found
+            return found
+        for attr, new, factor_attr, factor in (("out", out, "out_factor", out_factor), ("inp", inp, "in_factor", in_factor)):
+            old = getattr(found, attr)
+            if new is None:
+                continue
+            if old is None:
+                setattr(found, attr, new)
+                setattr(found, factor_attr, factor)
+            elif old.shape == new.shape and getattr(found, factor_attr) == factor:
+                self.channels.couple(old, new)
+            else:
+                reason = f"{what} is called on tensors whose channels do not line up"
+                self.channels.reasons.append((old, reason))
+                self.channels.reasons.append((new, reason))
+        return found
+
+    def touch(self, module: str | None, layout: Any) -> None:
+        if isinstance(layout, tuple):
+            for part in layout:
+                self.touch(module, part)
+            return
+        if module is not None and isinstance(layout, Layout):
+            seen = self.touched.setdefault(module, {})
+            seen.setdefault(id(layout.ids), layout.ids if layout.ids.ndim == 1 else layout.ids.reshape(-1))
+
+    # --- the walk ---------------------------------------------------------------------------------
+    def visit(self, n: torch.fx.Node, result: Any) -> None:
+        self.values[n] = result
+        self.layout[n] = self._visit(n, result)
+
+    def _visit(self, n: torch.fx.Node, result: Any) -> Any:
+        if n.op == "placeholder":
+            if n in self.traced.params:
+                return OPAQUE
+            if isinstance(result, torch.Tensor) and result.dim() >= 2:
+                return Layout((1,), self.channels.new(result.shape[1], reason="carries the model input"))
+            return self.opaque_like(result)
+        if n.op == "get_attr":
+            return self.opaque_like(result)
+        if n.op == "output":
+            def mark(a):
+                layout = self.layout.get(a) if isinstance(a, torch.fx.Node) else None
+                if isinstance(layout, Layout):
+                    self.channels.output.append(layout.ids.reshape(-1))
+            map_aggregate(n.args, mark)
+            return None
+        call = self._call(n, result)
+        if call is None:
+            if n.op == "call_module":
+                what = f"module {n.target} ({type(self.modules[n.target]).__name__})"
+            else:
+                label = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+                what = self._describe(n, str(label))
+            return self.not_understood(Call(n, "", {}, result, what))
+        if self._param_view(call):
+            return OPAQUE
+        if call.handler in ("conv", "linear") and self.is_tensor(call.arg("input")):
+            self.consumer_inputs.append(call.arg("input"))
+        out = self.handlers[call.handler](self, call)
+        if call.module is not None:
+            for a in self.tensor_args(call):
+                self.touch(call.module, self.layout.get(a))
+            self.touch(call.module, out)
+        return out
+
+    _VIEW_HANDLERS = ("unary", "reshape", "expand", "getitem")
+
+    def _param_view(self, call: Call) -> bool:
+        """A view of a parameter that keeps its non-singleton dims in order (`gamma[:, None, None]`)."""
+        if call.handler not in self._VIEW_HANDLERS or call.module is not None:
+            return False
+        inputs = self.tensor_args(call)
+        if len(inputs) != 1 or inputs[0] not in self.param_views or not isinstance(call.result, torch.Tensor):
+            return False
+        ref, dims = self.param_views[inputs[0]]
+        src = [(size, d) for size, d in zip(self.shape(inputs[0]), dims) if size != 1]
+        out = [i for i, size in enumerate(call.result.shape) if size != 1]
+        if [size for size, _ in src] != [call.result.shape[i] for i in out]:
+            return False
+        mapping: list[int | None] = [None] * call.result.dim()
+        for i, (_, d) in zip(out, src):
+            mapping[i] = d
+        self.param_views[call.node] = (ref, tuple(mapping))
+        return True
+
+    def _call(self, n: torch.fx.Node, result: Any) -> Call | None:
+        if n.op == "call_module":
+            mod = self.modules[n.target]
+            op = module_op(mod)
+            what = f"module {n.target} ({type(mod).__name__})"
+            if op is None:
+                return None
+            params = {role: (ParamRef(n.target, attr, getattr(mod, attr)) if attr else None)
+                      for role, attr in op.params(mod).items()}
+            args = bind(("input",), n.args, n.kwargs)
+            return Call(n, op.handler, args, result, what, module=n.target, params=params, constants=op.constants(mod))
+        if n.op == "call_method":
+            found = self._method(n.target)
+            label = str(n.target)
+        else:
+            found = function_op(n.target) or aten_op(n.target)
+            label = getattr(n.target, "__name__", str(n.target))
+        if found is None:
+            return None
+        handler, names = found
+        return Call(n, handler, bind(names, n.args, n.kwargs), result, lambda: self._describe(n, label))
+
+    @staticmethod
+    def _method(name: str):
+        from .ops import METHODS
+
+        return METHODS.get(name)
+
+    def _describe(self, n: torch.fx.Node, label: str) -> str:
+        stack = n.meta.get("nn_module_stack") or {}
+        scope = ""
+        if stack:
+            path, cls = list(stack.values())[-1]
+            from .tracing import _clean_path
+
+            path = _clean_path(path)
+            name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+            scope = f" in module {path} ({name.rsplit('.', 1)[-1]})" if path else ""
+        return f"node {n.name} ({label}){scope}"

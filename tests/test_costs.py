@@ -1,0 +1,41 @@
+"""The panel's cost model equals prune + count on every kind of group the graph makes prunable."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from prune_explorer.model.graph import ChannelGraph
+from prune_explorer.model.measure import count
+from prune_explorer.model.plan import PrunePlan
+from prune_explorer.model.surgery import prune
+from prune_explorer.widgets.costs import CostModel
+from prune_explorer.model.exactness import random_plan
+
+MODELS = {
+    "resnet18": ({"num_classes": 10}, 32),
+    "resnext50_32x4d": ({"num_classes": 10}, 32),       # grouped convs
+    "convnext_tiny": ({"num_classes": 10}, 32),         # channels-last Linear widths, layer_scale
+    "regnet_y_400mf": ({"num_classes": 10}, 32),        # grouped convs + SE
+    "shufflenet_v2_x0_5": ({"num_classes": 10}, 64),    # shuffles and chunks
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cost_model_equals_prune_and_count(name):
+    kwargs, size = MODELS[name]
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    x = torch.randn(1, 3, size, size)
+    graph = ChannelGraph.trace(model, x)
+    costs = CostModel(model, x, graph)
+    removed = random_plan(graph, torch.Generator().manual_seed(1))
+    if name.startswith("shufflenet"):   # a shuffle repeats some channels unequally: the model estimates those
+        removed = {g: ix for g, ix in removed.items()
+                   if all(sl.out_group is None or (sl.out_group == g).sum() in (0, graph.groups[g].size)
+                          for sl in graph.slices.values())}
+    assert removed
+    expected = count(prune(model, PrunePlan(removed), x, graph=graph), x)
+    actual = costs.cost({g: len(ix) for g, ix in removed.items()})
+    assert (actual.params, actual.macs) == (expected.params, expected.macs)
+    assert costs.cost({}) == costs.before
