@@ -346,7 +346,7 @@ def test_apply_reserves_an_iteration_in_the_workspace_and_applying_again_replace
 def test_a_fine_tune_with_a_script_that_is_not_there_is_refused_in_the_panel(captured, tmp_path):
     model, trial, x, _ = captured
     e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1",
-                 entry_point="train.py", source_dir=str(tmp_path / "nowhere"))
+                 entry_point="train.py", source_dir=str(tmp_path / "nowhere")).wait()
     try:
         e.fill_lowest(n=50, scheme="internal")
         e.queue_button.click()
@@ -457,7 +457,7 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
     model, trial, x, _ = captured
     e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="taylor",
                  train_args=dict(data_dir=str(data), image_size=SIZE, measure_latency=False),
-                 hyperparameters=dict(epochs=1, batch_size=32))
+                 hyperparameters=dict(epochs=1, batch_size=32)).wait()
     try:
         e.entry_point.value, e.source_dir.value = "train.py", str(example)  # what a user types into the fields
         e.fill_lowest(n=100, scheme="internal")
