@@ -225,15 +225,20 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
     ws = tmp_path / "ws"
     tracker = MlflowTracker(ws)
     recipe = {"dataset": "digits", "lr_schedule": "cosine", "weight_decay": 5e-4}
-    jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64}),
+    script = {"entry_point": "train.py", "source_dir": str(tmp_path / "src")}  # the user's own script made iter-001
+    jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64, "weights": "IMAGENET1K_V1",
+                                "image_size": SIZE}, {}),
             "iter-001": ("baseline", {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32,
-                                      "stop_rule_threshold": 0.1, "baseline_accuracy": 0.9})}
-    for name, (parent, hp) in jobs.items():
+                                      "stop_rule_threshold": 0.1, "baseline_accuracy": 0.9}, script)}
+    for name, (parent, hp, made_by) in jobs.items():
         directory = ws / "iterations" / name
         store.save(model, directory)
-        (directory / "metrics.json").write_text(json.dumps({"input_shape": list(x.shape[1:])}))
+        metrics = {"input_shape": list(x.shape[1:]), "config": {"image_size": SIZE}}
+        if name == "baseline":  # train.py's record of how a pretrained start fed its model
+            metrics["data_recipe"] = {"normalize": "imagenet", "augment": True}
+        (directory / "metrics.json").write_text(json.dumps(metrics))
         job = Job(id=f"job-{name}", backend="local", model="resnet18", out_dir=str(directory), parent=parent,
-                  iteration=name, hyperparameters=hp, status="completed")
+                  iteration=name, hyperparameters=hp, status="completed", **made_by)
         job.save(ws / "jobs")
         tracker.record(name, parent=parent, params=1, accuracies=[0.9], model_dir=str(directory),
                        status="completed", job_id=job.id)
@@ -242,9 +247,15 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
     base = Explorer.from_iteration(ws, "baseline", criterion="l1")
     try:
         assert (tuned.epochs.value, tuned.lr.value, tuned.batch_size.value) == (2, 0.003, 32)
-        assert tuned.hyperparameters() == {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32}  # no stale rule
+        assert tuned.hyperparameters() == {**recipe, "image_size": SIZE, "epochs": 2, "lr": 0.003,
+                                           "batch_size": 32}  # no stale rule; the size its job trained at
         assert (base.epochs.value, base.lr.value, base.batch_size.value) == (1, 1e-3, 64)  # not the baseline's 6 x 0.01
         assert base.hyperparameters()["lr_schedule"] == "cosine"
+        # a child of a pretrained baseline: its data recipe and size, not its weights (it loads a saved model)
+        assert base.hyperparameters() == {**recipe, "normalize": "imagenet", "augment": True, "image_size": SIZE,
+                                          "epochs": 1, "lr": 1e-3, "batch_size": 64}
+        assert tuned.training_script() == script and base.training_script() == {"entry_point": None,
+                                                                                 "source_dir": None}
     finally:
         tuned.close()
         base.close()
@@ -332,6 +343,19 @@ def test_apply_reserves_an_iteration_in_the_workspace_and_applying_again_replace
         e.close()
 
 
+def test_a_fine_tune_with_a_script_that_is_not_there_is_refused_in_the_panel(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1",
+                 entry_point="train.py", source_dir=str(tmp_path / "nowhere")).wait()
+    try:
+        e.fill_lowest(n=50, scheme="internal")
+        e.queue_button.click()
+        assert "source_dir" in e.error and "nowhere" in e.error and e.last_job is None
+        assert e.queue.jobs() == []  # nothing queued
+    finally:
+        e.close()
+
+
 # --- heatmap: named rows, per-cell data for the hover, cut lines, row click → selection -----------------------
 def _cells(explorer):
     canvas, m = explorer.heatmap.canvas, explorer.heatmap.matrix
@@ -415,6 +439,36 @@ def test_coupling_view_lists_the_group_members_and_their_shapes_after_the_plan(c
         modules = dict(saved.named_modules())
         for m in e.coupling["members"]:
             assert {k: list(v.shape) for k, v in modules[m["module"]].named_parameters(recurse=False)} == m["after"]
+    finally:
+        e.close()
+
+
+@pytest.mark.slow
+def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured, tmp_path):
+    """examples/custom_training/train.py as the panel's fine-tuning job, on its own PNG digits."""
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_training"
+    sys.path.insert(0, str(example))
+    from make_digits import make_digits
+
+    data = make_digits(tmp_path / "digits", per_class=10, size=SIZE)
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="taylor",
+                 train_args=dict(data_dir=str(data), image_size=SIZE, measure_latency=False),
+                 hyperparameters=dict(epochs=1, batch_size=32)).wait()
+    try:
+        e.entry_point.value, e.source_dir.value = "train.py", str(example)  # what a user types into the fields
+        e.fill_lowest(n=100, scheme="internal")
+        e.queue_button.click()
+        assert e.error == "" and e.last_job
+        job = e.queue.wait(e.last_job, timeout=600)
+        assert (job.entry_point, job.source_dir) == ("train.py", str(example))
+        assert job.status == "completed", job.message
+        assert job.result["script"] == "train.py" and "[job] epoch 1/1" in job.log_tail(20)
+        e.refresh()
+        assert e.history.set_index("iteration").loc[job.iteration, "script"] == "train.py"
     finally:
         e.close()
 

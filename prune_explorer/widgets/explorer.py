@@ -74,7 +74,8 @@ class Explorer(W.VBox):
                  workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
                  n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
-                 hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0):
+                 hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
+                 entry_point: str | None = None, source_dir: str | None = None):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self._bg = Background(self._background_failed)
@@ -111,6 +112,11 @@ class Explorer(W.VBox):
                                      layout=W.Layout(width="160px"))
         self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
                                            layout=W.Layout(width="160px"))
+        # the training script of each queued job: empty = prune_explorer.train, else the user's own
+        self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.train",
+                                  description="script", layout=W.Layout(width="240px"))
+        self.source_dir = W.Text(value=str(source_dir or ""), placeholder="(the script's folder)",
+                                 description="source dir", layout=W.Layout(width="240px"))
         backend_name = backend if isinstance(backend, str) else backend.name
         self.backend_choice = W.Dropdown(options=sorted({"local", "sagemaker", backend_name}), value=backend_name,
                                          description="backend",
@@ -123,6 +129,7 @@ class Explorer(W.VBox):
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
             W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
+            W.HBox([self.entry_point, self.source_dir]),
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
         ], layout=W.Layout(width="40%", min_width="360px"))
         super().__init__([
@@ -148,8 +155,12 @@ class Explorer(W.VBox):
     # --- opening -------------------------------------------------------------------------------
     @classmethod
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
-        """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe."""
-        model, x, trial, args = Workspace(workspace).open_iteration(iteration)
+        """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe
+        and the training script of the job that made it."""
+        space = Workspace(workspace)
+        model, x, trial, args = space.open_iteration(iteration)
+        for key, value in space.training_script(iteration).items():
+            kwargs.setdefault(key, value)
         kwargs.setdefault("train_args", args)
         kwargs.setdefault("example_inputs", x)
         return cls(model, trial=trial, workspace=workspace, base_iteration=iteration, **kwargs)
@@ -443,6 +454,11 @@ class Explorer(W.VBox):
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
 
+    def training_script(self) -> dict[str, str | None]:
+        """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.train)."""
+        return {"entry_point": self.entry_point.value.strip() or None,
+                "source_dir": self.source_dir.value.strip() or None}
+
     def queue_finetune(self):
         """Send the applied model to the chosen backend (applying the current plan first if needed)."""
         if self.queue is None:
@@ -451,7 +467,8 @@ class Explorer(W.VBox):
             self.apply()
         pending = self._pending
         job = self.workspace.submit(self.queue, pending["iteration"], parent=self.base_iteration, plan=pending["plan"],
-                                    criterion=self.criterion, hyperparameters=self.hyperparameters())
+                                    criterion=self.criterion, hyperparameters=self.hyperparameters(),
+                                    **self.training_script())
         self._pending = None
         self.last_job = job.id
         self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
