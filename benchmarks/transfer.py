@@ -44,12 +44,14 @@ GOAL_DROP = 0.005  # within 0.5 point of the fine-tuned baseline
 GOAL_SE = 2.0  # Taylor ahead of random and l1 by more than 2 standard errors
 
 
-def transfer_config(workspace: Path, seed: int, quick: bool = False) -> LoopConfig:
-    """The demo's recipe; the full validation set and 9 iterations (quick: the demo's tiny version, 2 steps)."""
+def transfer_config(workspace: Path, seed: int, quick: bool = False, iterations: int = ITERATIONS,
+                    val_images: int | None = None) -> LoopConfig:
+    """The demo's recipe; the full validation set (or `val_images` of it) and 9 iterations (quick: the
+    demo's tiny version, 2 steps). A seed's folder must be continued with the settings it was started with."""
     demo = pretrained_demo_config(workspace, fast=quick)
     if quick:
         return dataclasses.replace(demo, iterations=2, threshold=1.0, seed=seed)
-    return dataclasses.replace(demo, val_subset=None, iterations=ITERATIONS, threshold=1.0, seed=seed)
+    return dataclasses.replace(demo, val_subset=val_images, iterations=iterations, threshold=1.0, seed=seed)
 
 
 def verdict(summary: Summary) -> str:
@@ -79,6 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="the demo's tiny version (32x32, a few hundred images)")
     parser.add_argument("--seed", type=int, default=None, help=f"one seed (default: {', '.join(map(str, SEEDS))})")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--iterations", type=int, default=ITERATIONS,
+                        help=f"iterations per method (default {ITERATIONS}; the first model at 1/3 of the params comes at about 7)")
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="validate on this many test images, the same ones for every method (default: all 10k)")
     parser.add_argument("--report", action="store_true", help="train nothing: print the seeds tracked in --workspace")
     parser.add_argument("--no-widths", action="store_true", help="leave out each plan's per-layer widths")
     parser.add_argument("--cost", action="store_true",
@@ -103,7 +109,7 @@ def main(argv=None) -> int:
     summaries = []
     for seed in seeds:
         folder = root / f"seed-{seed}"
-        config = transfer_config(folder, seed, quick=args.quick)
+        config = transfer_config(folder, seed, quick=args.quick, iterations=args.iterations, val_images=args.val_images)
         if not args.report:
             run_curves(config, folder, methods)
         print(f"== seed {seed}: {folder}")
