@@ -285,3 +285,32 @@ def test_grn_mixes_the_hidden_channels_and_is_refused_naming_the_reduction():
     assert not hidden.prunable and "reduces over the channel axis" in hidden.reason and "grn" in hidden.reason
     stream = graph.group("stem")             # no LayerNorm here: the residual stream itself prunes
     assert stream.prunable and "dw" in stream.producers and "up" in stream.consumers
+
+
+class WidthFromShape(nn.Module):
+    """MaxViT's attention: its output is reshaped to the width read from its input's shape, so the
+    stream it reads and the heads it writes must not be cut apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.norm = nn.LayerNorm(8)
+        self.qkv = nn.Linear(8, 8)
+        self.proj = nn.Linear(8, 8)
+        self.keep = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        b, h, w, d = x.shape
+        heads = self.qkv(self.norm(x)).reshape(b, h, w, 2, 4).transpose(3, 4)
+        x = x + self.proj(heads.reshape(b, h, w, d))
+        return self.keep(x.permute(0, 3, 1, 2))
+
+
+def test_a_reshape_to_a_width_read_from_another_tensor_refuses_both():
+    model, x = WidthFromShape().eval(), torch.randn(1, 3, 4, 4)
+    graph = ChannelGraph.trace(model, x)
+    stream, heads = graph.group("stem"), graph.group("qkv")
+    assert not stream.prunable and "takes the size of dim 3 from the channels of" in stream.reason
+    assert not heads.prunable
+    assert check(model, x, graph=graph).max_diff <= TOLERANCE

@@ -7,6 +7,7 @@ refuses the channels it touches with a reason naming the op and its module; it n
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable
 
 import numpy as np
@@ -691,8 +692,59 @@ def _fixed(sizes: tuple | None, dims: list[int]) -> bool:
     return any(isinstance(sizes[d], int) and sizes[d] != -1 for d in dims)
 
 
+def _channel_width_read(an, size) -> tuple[torch.fx.Node, Layout] | None:
+    """A size written as `t.shape[i]` / `t.size(i)` (fx) where dim i of `t` is its channel axis: the
+    tensor whose width it reads, and that tensor's channels."""
+    if not isinstance(size, torch.fx.Node):
+        return None
+    source, dim = None, None
+    if size.op == "call_function" and size.target is operator.getitem and len(size.args) == 2:
+        shape, dim = size.args
+        if isinstance(shape, torch.fx.Node) and shape.op == "call_function" and shape.target is getattr \
+                and shape.args[1:] == ("shape",):
+            source = shape.args[0]
+        elif isinstance(shape, torch.fx.Node) and shape.op == "call_method" and shape.target == "size" \
+                and len(shape.args) == 1 and not shape.kwargs:
+            source = shape.args[0]
+    elif size.op == "call_method" and size.target == "size" and len(size.args) == 2:
+        source, dim = size.args
+    if not an.is_tensor(source) or not isinstance(dim, int):
+        return None
+    layout = an.layout_of(source)
+    if not isinstance(layout, Layout) or len(layout.axes) != 1 or layout.factor != 1 or \
+            dim % len(an.shape(source)) != layout.axes[0]:
+        return None
+    return source, layout
+
+
+def _sizes_follow_their_channels(an, call, sizes, out) -> None:
+    """A reshape given another tensor's width (`reshape(B, G, P, D)` with `D = x.shape[-1]`): the
+    pruned model computes that size from the pruned tensor, so the dim must carry those same
+    channels, in any order; otherwise both sides are refused."""
+    for d, size in enumerate(sizes or ()):
+        read = _channel_width_read(an, size)
+        if read is None:
+            continue
+        source, width = read
+        here = out if isinstance(out, Layout) and out.axes == (d,) and out.factor == 1 else None
+        if here is not None and np.array_equal(np.sort(here.ids, axis=None), np.sort(width.ids, axis=None)):
+            continue                                 # the same channels (a shuffle may reorder them)
+        reason = (f"{call.what} takes the size of dim {d} from the channels of {source.name}, but that dim "
+                  "does not carry them: pruning one would not follow the other")
+        an.refuse(width, reason)
+        if isinstance(out, Layout):
+            an.refuse(out, reason)
+
+
 @handler("reshape")
 def reshape(an, call):
+    out = _reshape(an, call)
+    if an.traced.route == "fx":
+        _sizes_follow_their_channels(an, call, _sizes_given(call), out)
+    return out
+
+
+def _reshape(an, call):
     x = call.arg("input")
     result = call.result
     layout = an.layout_of(x)
