@@ -6,13 +6,13 @@ how a member's tensors are cut and which module attributes follow comes from its
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .clone import clone
 from .graph import ChannelGraph
 from .kinds import KINDS, replace_module
 from .plan import PrunePlan
@@ -22,8 +22,8 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
           round_to: int | None = None) -> nn.Module:
     """Return a pruned copy of `model`; the input model is never changed.
 
-    Sliced tensors are built first and handed to `copy.deepcopy` through its memo, so each
-    tensor is copied once (the slice), not copied and then sliced.
+    Sliced tensors are built first and handed to the module-tree copy (`clone.clone`, deepcopy's
+    semantics) through its memo, so each tensor is copied once (the slice), not copied and then sliced.
     """
     if graph is None:
         graph = ChannelGraph.trace(model, example_inputs)
@@ -59,7 +59,7 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
         for tensor in _tensors(model):   # plain clones: cheaper than Tensor.__deepcopy__ per tensor
             if id(tensor) not in memo and type(tensor) in (torch.Tensor, nn.Parameter):
                 memo[id(tensor)] = _as_kind(tensor, tensor.detach().clone())
-        pruned = copy.deepcopy(model, memo)
+        pruned = clone(model, memo)
     new_modules = dict(pruned.named_modules())
     for sl, out_ix, in_ix in resized:
         module = new_modules[sl.module]
