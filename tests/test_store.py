@@ -581,3 +581,27 @@ def test_every_newly_prunable_architecture_round_trips(tmp_path, arch, kwargs, s
     loaded = load(tmp_path / "m")
     assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
     assert outputs_equal(pruned, loaded, x)
+
+
+def test_pruned_convnext_round_trips_with_its_layer_norms_as_recorded(tmp_path):
+    """Its streams pass LayerNorm2d (channels first) and channels-last LayerNorms: both become
+    PrunedChannelNorms, recorded by kind, rebuilt by load, outputs unchanged."""
+    from prune_explorer.model.exactness import random_plan, randomize_channel_params, randomize_norms
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.model.norms import PrunedChannelNorm
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.model.surgery import prune
+
+    model = build_model("convnext_tiny", num_classes=10).eval()
+    gen = torch.Generator().manual_seed(0)
+    randomize_norms(model, gen)
+    graph = ChannelGraph.trace(model, X32)
+    randomize_channel_params(model, graph, gen)
+    pruned = prune(model, PrunePlan(random_plan(graph, gen)), X32, graph=graph).eval()
+    save(pruned, tmp_path / "m")
+    records = load_spec(tmp_path / "m")["modules"]
+    assert records["features.0.1"]["kind"] == records["features.1.0.block.2"]["kind"] == "channel_norm"
+    assert (records["features.0.1"]["axis"], records["features.1.0.block.2"]["axis"]) == (-3, -1)
+    loaded = load(tmp_path / "m")
+    assert isinstance(loaded.features[0][1], PrunedChannelNorm)
+    assert outputs_equal(pruned, loaded, X32)
