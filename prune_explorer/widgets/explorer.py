@@ -26,7 +26,7 @@ from ..model.surgery import prune
 from ..signals.ranking import rank
 from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
-from .costs import CostModel
+from ..model.costs import CostModel
 from .heatmap import RankHeatmap
 from .jobs_panel import JobsPanel
 from .layer_table import LayerTable

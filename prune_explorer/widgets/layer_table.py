@@ -12,7 +12,7 @@ import bqplot as bq
 import ipywidgets as W
 
 from ..signals.ranking import CRITERIA
-from .costs import Cost
+from ..model.costs import Cost
 
 
 def _human(n: float) -> str:
