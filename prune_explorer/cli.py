@@ -48,9 +48,8 @@ def _add_rank(sub) -> None:
                    help="torchvision architecture name or a saved model directory (default: as recorded in the trial)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of --model ARCH")
     p.add_argument("--input-size", default=None, help="C,H,W of one example, e.g. 3,64,64 (default: as recorded)")
-    p.add_argument("--criterion", default="taylor",
-                   help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
-    p.add_argument("--no-normalize", action="store_true", help="keep raw scores (no per-layer L2 normalisation)")
+    _add_criterion_options(p, "taylor")
+    p.add_argument("--no-normalize", action="store_true", help="the same as --normalization none (raw scores)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
     p.set_defaults(func=_rank)
 
@@ -63,7 +62,8 @@ def _rank(args) -> int:
     example = _rank_example(args.input_size)
     try:
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
-        table = rank(trial.model, None, trial=trial, criterion=args.criterion, normalize=not args.no_normalize)
+        normalize = "none" if args.no_normalize else args.normalization
+        table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
     except ValueError as exc:
         print(f"prune-explorer rank: {exc}", file=sys.stderr)
         return 2
@@ -74,12 +74,25 @@ def _rank(args) -> int:
     summary = table.groupby("group", sort=True).agg(
         layer=("layer", "first"), channels=("filter", "size"),
         min=("normalized", "min"), median=("normalized", "median"), max=("normalized", "max"))
-    print(f"criterion {args.criterion}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
+    how = table["normalization"].iloc[0] if len(table) else normalize
+    print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.csv:
         _write_csv_atomic(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
+
+
+def _add_criterion_options(p, default: str) -> None:
+    """--criterion and --normalization; the library checks the names (its registries import torch)."""
+    p.add_argument("--criterion", default=default,
+                   help="taylor, taylor_aws, taylor_global, taylor_flops, mean_activation, apoz (from the trial) or "
+                        "l1, l2 (weights); taylor_global is Molchanov 2019's squared gate gradient, compared across "
+                        "layers unnormalised; taylor_flops is the same per MAC saved")
+    p.add_argument("--normalization", default=None, metavar="{l2,none,flops}",
+                   help="how scores of different layers compare (not the input --normalize): l2 per layer, none "
+                        "(raw), flops (per MAC one channel costs); default: the criterion's own (taylor_global "
+                        "none, taylor_flops flops, others l2)")
 
 
 def _rank_model(spec: str | None, num_classes: int | None):
@@ -135,9 +148,19 @@ def _add_run(sub) -> None:
     p.add_argument("--dataset", default=d.dataset, choices=("digits", "fashion-mnist", "imagefolder"))
     p.add_argument("--data-dir", default=None, help="dataset directory (fashion-mnist idx files, an ImageFolder)")
     p.add_argument("--model", default=d.model, help="torchvision architecture name or a saved model directory")
-    p.add_argument("--criterion", default=d.criterion,
-                   help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
-    p.add_argument("--per-iteration", type=int, default=d.per_iteration, help="filters removed per iteration")
+    _add_criterion_options(p, d.criterion)
+    p.add_argument("--per-iteration", type=int, default=d.per_iteration,
+                   help="filters removed per iteration (when no --target-macs/--target-latency is given)")
+    budget = p.add_argument_group("budgets (instead of --per-iteration)")
+    budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
+                        help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
+                             "(of each parent's, or of the baseline's with --target-scope overall)")
+    budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
+                        help="the same for latency, predicted by a per-layer table measured once on the baseline on "
+                             "this machine (WORKSPACE/latency_table.json)")
+    budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
+                        help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
+                             "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
     p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "

@@ -142,6 +142,14 @@ def test_cli_rank_writes_the_table_and_prints_a_summary(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "layer2.0.conv1" in printed and "median" in printed
 
+    assert main(["rank", str(tmp_path / "trial"), "--criterion", "taylor_global", "--normalization", "flops",
+                 "--input-size", "3,32,32", "--csv", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert (table.criterion == "taylor_global").all() and (table.normalization == "flops").all()
+    assert "criterion taylor_global, normalisation flops" in capsys.readouterr().out
+    assert main(["rank", str(tmp_path / "trial"), "--criterion", "taylor_global", "--no-normalize"]) == 0
+    assert "normalisation none" in capsys.readouterr().out
+
     assert main(["rank", str(tmp_path / "trial"), "--model", "resnet18", "--num-classes", "5"]) == 2
     assert "does not match the model" in capsys.readouterr().err
 
