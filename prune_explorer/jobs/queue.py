@@ -110,6 +110,7 @@ def iteration_record(job: Job) -> dict[str, Any]:
         job_id=job.id,
         backend=job.backend,
         started=job.started,
+        script=job.entry_point or result.get("script"),
     )
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 HISTORY_COLUMNS = [
     "iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
-    "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id",
+    "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id", "script",
 ]
 
 
@@ -49,9 +49,11 @@ class Tracker(Protocol):
                params: float | None = None, macs: float | None = None, latency_ms: float | None = None,
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
-               job_id: str | None = None, backend: str | None = None, started: float | None = None) -> str:
+               job_id: str | None = None, backend: str | None = None, started: float | None = None,
+               script: str | None = None) -> str:
         """Record one iteration (replacing what history shows for it); returns its run id.
-        `started` (epoch seconds, e.g. its job's start) is the run's start; default now."""
+        `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is
+        the training script that ran the job (a user's entry point, or "prune_explorer.train")."""
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change a recorded iteration's status (e.g. 'stopped' by the rule); KeyError when not recorded."""

@@ -122,7 +122,8 @@ class MlflowTracker:
                params: float | None = None, macs: float | None = None, latency_ms: float | None = None,
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
-               job_id: str | None = None, backend: str | None = None, started: float | None = None) -> str:
+               job_id: str | None = None, backend: str | None = None, started: float | None = None,
+               script: str | None = None) -> str:
         """Log one iteration as a run (replacing an earlier run of the same iteration); returns the run id.
 
         `started` (epoch seconds, e.g. when its job started) becomes the run's start time; default now.
@@ -140,7 +141,7 @@ class MlflowTracker:
                   "filters_removed": filters_removed}
         numbers = {key: number(value, key) for key, value in values.items()}
         strings = dict(parent=parent, criterion=criterion, model_dir=model_dir, trial_dir=trial_dir,
-                       job_id=job_id, backend=backend)
+                       job_id=job_id, backend=backend, script=script)
         now = get_current_time_millis()
         metrics = [Metric(key, value, now, 0) for key, value in numbers.items() if value is not None]
         metrics += [Metric("accuracy", a, now, step) for step, a in enumerate(accuracies, 1) if a is not None]
@@ -211,6 +212,7 @@ class MlflowTracker:
                 "backend": data.params.get("backend"),
                 "started": pd.Timestamp(run.info.start_time, unit="ms"),
                 "run_id": run.info.run_id,
+                "script": data.params.get("script"),
             }
         return history_frame(rows.values())
 

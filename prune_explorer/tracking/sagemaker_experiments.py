@@ -27,7 +27,7 @@ _NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
 _PRIMARY_STATUS = {"queued": "InProgress", "running": "InProgress", "completed": "Completed",
                    "failed": "Failed", "stopped": "Stopped", "cancelled": "Stopped"}
 _NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy")
-_STRING_FIELDS = ("iteration", "parent", "criterion", "status", "job_id", "backend")
+_STRING_FIELDS = ("iteration", "parent", "criterion", "status", "job_id", "backend", "script")
 _ARTIFACT_FIELDS = ("model_dir", "trial_dir")
 
 
@@ -130,6 +130,7 @@ class SageMakerExperimentsTracker:
         job_id: str | None = None,
         backend: str | None = None,
         started: float | None = None,
+        script: str | None = None,
     ) -> str:
         """Create or update the trial component of this iteration's job; return its name (the run id).
 
@@ -148,7 +149,7 @@ class SageMakerExperimentsTracker:
         numbers = {f: number(v, f) for f, v in dict(filters_removed=filters_removed, params=params, macs=macs,
                                                      latency_ms=latency_ms, best_accuracy=best_accuracy).items()}
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
-                      backend=backend, **numbers)
+                      backend=backend, script=script, **numbers)
         parameters = _parameters(values, plan_summary, accuracies, shapes)
         artifacts = {f: shapes.TrialComponentArtifact(value=str(v))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
@@ -280,7 +281,7 @@ def _row(component: Any) -> dict[str, Any]:
 
     artifacts = _given(component.output_artifacts) or {}
     row = {field: value(field) for field in ("iteration", "parent", "status", "criterion",
-                                             "latency_ms", "job_id", "backend")}
+                                             "latency_ms", "job_id", "backend", "script")}
     for field in ("filters_removed", "params", "macs"):
         number = value(field)
         row[field] = None if number is None else int(number)

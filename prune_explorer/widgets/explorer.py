@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Int, Unicode, observe
 
+from ..model.costs import CostModel
 from ..model.graph import ChannelGraph
 from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
@@ -26,10 +27,11 @@ from ..model.surgery import prune
 from ..signals.ranking import rank
 from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
-from ..model.costs import CostModel
+from .coupling import CouplingView, describe, members, shapes_after
 from .heatmap import RankHeatmap
 from .jobs_panel import JobsPanel
 from .layer_table import LayerTable
+from .lineage import LineageTree, comparison
 from .preview import Preview
 from .scatter import HistoryScatter
 from .sensitivity import sensitivity_curve
@@ -61,6 +63,9 @@ class Explorer(W.VBox):
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
     last_job = Unicode(None, allow_none=True)
     history_size = Int(0, help="iterations on the scatter")
+    selected_layer = Unicode(None, allow_none=True, help="the layer picked in the heatmap or the table")
+    coupling = Dict(help="the selected layer's channel group: members, roles, tensor shapes before/after the plan")
+    compared = Dict(help="the last comparison of two iterations (per-layer widths, params, MACs, accuracy)")
     error = Unicode("")
     status = Unicode("")
     busy = Bool(False)
@@ -69,7 +74,8 @@ class Explorer(W.VBox):
                  workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
                  n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
-                 hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0):
+                 hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
+                 entry_point: str | None = None, source_dir: str | None = None):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self._bg = Background(self._background_failed)
@@ -80,6 +86,9 @@ class Explorer(W.VBox):
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
         self.pruned_model: nn.Module | None = None
         self._pending: dict[str, Any] | None = None
+        self._previewed: tuple[dict[str, int], nn.Module] | None = None  # (counts, the pruned model they give)
+        self._cuts_of, self._cuts, self._rows_of = None, {}, {}  # per-layer plans of one RankTable
+        self.history = None
         self.queue = None
         self.tracker = None
         self._closed = threading.Event()
@@ -103,24 +112,36 @@ class Explorer(W.VBox):
                                      layout=W.Layout(width="160px"))
         self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
                                            layout=W.Layout(width="160px"))
+        # the training script of each queued job: empty = prune_explorer.train, else the user's own
+        self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.train",
+                                  description="script", layout=W.Layout(width="240px"))
+        self.source_dir = W.Text(value=str(source_dir or ""), placeholder="(the script's folder)",
+                                 description="source dir", layout=W.Layout(width="240px"))
         backend_name = backend if isinstance(backend, str) else backend.name
         self.backend_choice = W.Dropdown(options=sorted({"local", "sagemaker", backend_name}), value=backend_name,
                                          description="backend",
                                          layout=W.Layout(width="200px"))
         self.jobs_panel = JobsPanel(self.cancel)
         self.scatter = HistoryScatter(self.rebase)
+        self.lineage = LineageTree(self.rebase, self.compare)
+        self.coupling_view = CouplingView()
         actions = W.VBox([
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
             W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
+            W.HBox([self.entry_point, self.source_dir]),
+            W.HTML("<b>Coupled modules</b>"), self.coupling_view,
         ], layout=W.Layout(width="40%", min_width="360px"))
         super().__init__([
             W.HTML("<h3 style='margin:4px 0'>prune_explorer</h3>"),
             self.status_line, self.error_line,
-            W.HBox([W.VBox([W.HTML("<b>Filter ranks</b> <small>colour: normalised rank (higher = keep), red: cut</small>"), self.heatmap], layout=W.Layout(width="60%")), actions]),
+            W.HBox([W.VBox([W.HTML("<b>Filter ranks</b> <small>hover a cell for its filter; click a row to "
+                                   "select its layer</small>"), self.heatmap], layout=W.Layout(width="60%")), actions]),
             W.HTML("<b>Layers</b>"), self.table_editor,
-            W.HBox([W.VBox([W.HTML("<b>History</b>"), self.scatter], layout=W.Layout(width="55%")),
-                    W.VBox([W.HTML("<b>Jobs</b>"), self.jobs_panel], layout=W.Layout(width="45%"))]),
+            W.HBox([W.VBox([W.HTML("<b>History</b>"), self.scatter], layout=W.Layout(width="40%")),
+                    W.VBox([W.HTML("<b>Lineage</b> <small>click to base the next cut on it</small>"), self.lineage],
+                           layout=W.Layout(width="25%")),
+                    W.VBox([W.HTML("<b>Jobs</b>"), self.jobs_panel], layout=W.Layout(width="35%"))]),
         ])
         self.add_class("pe-explorer")
 
@@ -128,14 +149,18 @@ class Explorer(W.VBox):
         self.base_iteration = base_iteration
         self._wire()
         self._load(model, trial, example_inputs)
-        if self.workspace is not None:
-            self._open_workspace(backend, tracker, poll_interval)
+        if self.workspace is not None:  # MLflow & co. load off the main thread: the panel shows first
+            self._bg.submit("refresh", self._open_workspace, backend, tracker, poll_interval)
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
-        """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe."""
-        model, x, trial, args = Workspace(workspace).open_iteration(iteration)
+        """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe
+        and the training script of the job that made it."""
+        space = Workspace(workspace)
+        model, x, trial, args = space.open_iteration(iteration)
+        for key, value in space.training_script(iteration).items():
+            kwargs.setdefault(key, value)
         kwargs.setdefault("train_args", args)
         kwargs.setdefault("example_inputs", x)
         return cls(model, trial=trial, workspace=workspace, base_iteration=iteration, **kwargs)
@@ -149,6 +174,7 @@ class Explorer(W.VBox):
         t.fill.on_click(lambda _: self.fill_lowest())
         t.clear.on_click(lambda _: self.set_counts({}))
         t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
+        self.heatmap.on_select(self.select_layer)
         self.apply_button.on_click(lambda _: self._guarded(self.apply))
         self.queue_button.on_click(lambda _: self._guarded(self.queue_finetune))
 
@@ -174,17 +200,20 @@ class Explorer(W.VBox):
         with self._lock:
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
             self.costs = costs
-            self.pruned_model, self._pending = None, None
+            self.pruned_model, self._pending, self._previewed = None, None, None
         self._showing_criterion(criterion)
         self.error = problem
         layers = [g.name for g in graph.prunable()]
         self.heatmap.show(table, layers)
-        self.table_editor.show(graph.prunable(), self.costs.per_group(), self.compute_sensitivity)
+        self.table_editor.show(graph.prunable(), self.costs.per_group(), self.compute_sensitivity, self.select_layer)
+        keep = self.selected_layer if self.selected_layer in layers else None
+        self.selected_layer = None
         self.sensitivity = {}
         self.applied = {}
         self.table_editor.set_counts({})
         self._plan_changed()
         self._bg.submit("latency", self._measure_base_latency, model, example_inputs)
+        self.select_layer(keep or (layers[0] if layers else None))
         self.status = f"{len(layers)} prunable groups, {len(table)} filters ranked by {criterion}"
 
     def _showing_criterion(self, criterion: str) -> None:
@@ -200,6 +229,9 @@ class Explorer(W.VBox):
 
         self.tracker = make_tracker(tracker, self.workspace.root)
         self.queue = self._make_queue(backend)
+        if self._closed.is_set():  # closed while the tracker was loading
+            self.queue.close()
+            return
         self.backend_choice.observe(self._backend_changed, "value")
         self.refresh()
         self._poller = threading.Thread(target=self._poll, args=(poll_interval,), name="explorer-poll", daemon=True)
@@ -241,7 +273,25 @@ class Explorer(W.VBox):
         self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
 
     def plan(self) -> PrunePlan:
-        return PrunePlan.from_counts(self.table, self.graph, self.counts)
+        """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
+        layer's cut depends only on its own rows, so a slider move re-plans one layer, not the model."""
+        channels = {}
+        for layer, k in self.counts.items():
+            cut = self._layer_cut(layer, int(k))
+            if cut:
+                channels[layer] = cut
+        return PrunePlan(channels, layers=self.counts)
+
+    def _layer_cut(self, layer: str, k: int) -> list[int]:
+        table = self.table
+        if self._cuts_of is not table:
+            self._cuts_of, self._cuts = table, {}
+            self._rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
+        key = (layer, k)
+        if key not in self._cuts:
+            rows = self._rows_of.get(self.graph.group(layer).id, table.iloc[:0])
+            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
+        return self._cuts[key]
 
     def _counts_from_table(self, counts: dict[str, int]) -> None:
         self.counts = dict(counts)
@@ -266,8 +316,11 @@ class Explorer(W.VBox):
         self.preview = numbers
         self.heatmap.mark(self.plan_channels)
         if not removed:
+            self._previewed = (dict(self.counts), self.model)
+            self._show_coupling()
             self.preview = {**self.preview, "latency_ms_after": self.preview.get("latency_ms_before")}
             return
+        self._show_coupling()
         self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), latest_only=True)
 
     @observe("preview")
@@ -278,6 +331,10 @@ class Explorer(W.VBox):
     def _show_applied(self, change) -> None:
         self.preview_box.show_applied(change["new"])
 
+    @observe("coupling")
+    def _coupling_changed(self, change) -> None:
+        self.coupling_view.show(change["new"])
+
     def _measure_base_latency(self, model, x) -> None:
         with MODEL_LOCK:
             ms = latency(model, x, warmup=5, repeats=7)
@@ -285,12 +342,44 @@ class Explorer(W.VBox):
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
     def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
-        """Time the base model and the pruned one in alternation, so both numbers see the same machine load."""
+        """Prune for the plan (the coupling view's shapes after come from this model), then time the base
+        model and the pruned one in alternation, so both numbers see the same machine load."""
         with MODEL_LOCK:
             pruned = prune(self.model, plan, self.x, graph=self.graph)
+        if counts != self.counts:
+            return
+        self._previewed = (counts, pruned)
+        self._show_coupling()
+        with MODEL_LOCK:
             before, after = paired_latency_ms([self.model, pruned], self.x, warmup=3, repeats=7)
         if counts == self.counts:
             self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
+
+    # --- selection and coupling ----------------------------------------------------------------
+    def select_layer(self, layer: str | None) -> None:
+        """Select a layer (a heatmap row click or a table name click): highlighted in both, its
+        channel group's members shown in the coupling view."""
+        if layer is not None and layer not in self.table_editor.rows:
+            self.error = f"layer {layer!r} is not a prunable group of this model"
+            return
+        self.selected_layer = layer
+        self.heatmap.select(layer)
+        self.table_editor.select(layer)
+        self._show_coupling()
+
+    def _show_coupling(self) -> None:
+        layer = self.selected_layer
+        if layer is None or not hasattr(self, "graph"):
+            self.coupling = {}
+            return
+        group = self.graph.group(layer)
+        found = members(self.model, group)
+        previewed = self._previewed
+        after = None
+        if previewed is not None and previewed[0] == self.counts:
+            after = shapes_after(previewed[1], [m.module for m in found])
+        removed = int(self.counts.get(layer, 0))
+        self.coupling = describe(group, found, after, removed)
 
     @observe("criterion")
     def _criterion_changed(self, change) -> None:
@@ -365,6 +454,11 @@ class Explorer(W.VBox):
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
 
+    def training_script(self) -> dict[str, str | None]:
+        """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.train)."""
+        return {"entry_point": self.entry_point.value.strip() or None,
+                "source_dir": self.source_dir.value.strip() or None}
+
     def queue_finetune(self):
         """Send the applied model to the chosen backend (applying the current plan first if needed)."""
         if self.queue is None:
@@ -373,7 +467,8 @@ class Explorer(W.VBox):
             self.apply()
         pending = self._pending
         job = self.workspace.submit(self.queue, pending["iteration"], parent=self.base_iteration, plan=pending["plan"],
-                                    criterion=self.criterion, hyperparameters=self.hyperparameters())
+                                    criterion=self.criterion, hyperparameters=self.hyperparameters(),
+                                    **self.training_script())
         self._pending = None
         self.last_job = job.id
         self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
@@ -393,20 +488,44 @@ class Explorer(W.VBox):
         if self.queue is None:
             return
         with self._lock:
-            jobs = self.queue.jobs()
-            self.jobs_panel.show(jobs)
             history = self.tracker.history()
             self.history = history
+            self.jobs_panel.show(self.queue.jobs(), self.tracker, self._run_ids())
             self.scatter.show(history, self.base_iteration)
+            self.lineage.show(history, self.base_iteration)
             self.history_size = len(self.scatter.rows)
+
+    def _run_ids(self) -> dict[str, str]:
+        history = self.history
+        if history is None or history.empty or "run_id" not in history:
+            return {}
+        return {str(i): str(r) for i, r in zip(history["iteration"], history["run_id"]) if isinstance(r, str) and r}
 
     def _poll(self, interval: float) -> None:
         while not self._closed.wait(interval):
             try:
                 if self.queue is not None and any(not j.done for j in self.queue.jobs()):
-                    self.jobs_panel.show(self.queue.jobs())
+                    self.jobs_panel.show(self.queue.jobs(), self.tracker, self._run_ids())
             except Exception as exc:
                 self.error = f"jobs: {_message(exc)}"
+
+    def compare(self, a: str | None, b: str | None) -> None:
+        """Put two tracked iterations side by side: per-layer widths (their model.json), params, MACs, accuracy."""
+        try:
+            if not a or not b:
+                raise ValueError("compare: pick two iterations")
+            from ..model.store import load_spec
+
+            specs = {}
+            for name in dict.fromkeys([a, b]):
+                if self.workspace is None or not self.workspace.has_model(name):
+                    raise ValueError(f"compare: iteration {name!r} has no saved model in the workspace")
+                specs[name] = load_spec(self.workspace.iteration_dir(name))
+            self.compared = comparison(a, b, specs, self.history)
+            self.lineage.show_comparison(self.compared)
+        except (ValueError, FileNotFoundError) as exc:
+            self.compared = {}
+            self.lineage.show_comparison(None, _message(exc))
 
     def rebase(self, iteration: str) -> None:
         """Make a tracked iteration the base: load its model and trial and re-rank (in the background)."""

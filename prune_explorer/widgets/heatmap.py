@@ -1,108 +1,155 @@
-"""Rank heatmap: one row per prunable channel group, one column per filter, colour = normalised rank.
+"""Rank heatmap: one row per prunable channel group (named), one column per filter, colour = normalised rank.
 
-A bqplot `HeatMap` draws the whole matrix as one image, so resnet50's ~26k filters redraw in
-well under a second (a `GridHeatMap` needs two SVG nodes per cell). Filters the plan cuts are a
-Scatter overlay on top; its tooltip names the layer, filter and score.
+bqplot's image HeatMap has no per-cell hover, and its SVG GridHeatMap takes seconds at resnet50's
+~26k filters, so the heatmap is an anywidget canvas (heatmap.js): the kernel sends the matrix once
+as binary arrays (normalised rank, filter index, score, rank in layer, cut mask) and the browser
+draws it, the colour scale, each row's cut line and the hover text from them — hover never waits
+on the kernel. A plan change sends only the cut mask and cut lines. Clicking a row (or its name)
+sets `selected`.
 """
 from __future__ import annotations
 
-import bqplot as bq
+from pathlib import Path
+
+import anywidget
 import ipywidgets as W
 import numpy as np
-import pandas as pd
+from traitlets import Bytes, Float, Int, List, Unicode
 
-ROW_PX = 14
+HERE = Path(__file__).parent
+ORDERS = ("sorted", "natural")
 
 
-def rank_matrix(table: pd.DataFrame, layers: list[str], order: str) -> tuple[np.ndarray, np.ndarray]:
-    """(colour matrix rows × max width, NaN padded; filter index at each cell, -1 where padded)."""
-    width = int(table.groupby("layer")["filter"].count().max()) if len(table) else 1
-    colour = np.full((max(len(layers), 1), width), np.nan)
-    filters = np.full(colour.shape, -1, dtype=np.int64)
-    by_layer = {name: rows for name, rows in table.groupby("layer", sort=False)}
-    for r, name in enumerate(layers):
-        rows = by_layer.get(name)
-        if rows is None:
-            continue
-        rows = rows.sort_values(["normalized", "filter"], kind="stable") if order == "sorted" else rows.sort_values("filter")
-        colour[r, :len(rows)] = rows["normalized"].to_numpy(dtype=float)
-        filters[r, :len(rows)] = rows["filter"].to_numpy()
-    return colour, filters
+class RankMatrix:
+    """A RankTable laid out as rows (layers) × columns (filters) in one display order.
+
+    Cell (r, c) holds the filter at position c of layer r: by rank (lowest first, ties by filter
+    index) for "sorted", by filter index for "natural". `rank` is the filter's position in its
+    layer's sorted order, 1 = the first to cut; `cell[layer][filter]` is its flat cell index.
+    """
+
+    def __init__(self, table, layers: list[str], order: str):
+        if order not in ORDERS:
+            raise ValueError(f"heatmap order: {order!r} is not one of {', '.join(ORDERS)}")
+        self.layers = list(layers)
+        rows_of = {name: r for r, name in enumerate(self.layers)}
+        row = table["layer"].map(rows_of)
+        keep = row.notna().to_numpy()
+        row = row.to_numpy()[keep].astype(np.int64)
+        filt = table["filter"].to_numpy()[keep].astype(np.int64)
+        norm = table["normalized"].to_numpy(dtype=float)[keep]
+        score = table["score"].to_numpy(dtype=float)[keep]
+        self.widths = np.bincount(row, minlength=len(self.layers)).astype(np.int64)
+        self.columns = int(self.widths.max()) if len(self.widths) and self.widths.max() > 0 else 1
+        starts = np.concatenate([[0], np.cumsum(self.widths)[:-1]])
+        by_rank = np.lexsort((filt, norm, row))
+        rank = np.empty(len(row), dtype=np.int64)
+        rank[by_rank] = np.arange(len(row)) - starts[row[by_rank]] + 1
+        placed = by_rank if order == "sorted" else np.lexsort((filt, row))
+        column = np.empty(len(row), dtype=np.int64)
+        column[placed] = np.arange(len(row)) - starts[row[placed]]
+        flat = row * self.columns + column
+        shape = (max(len(self.layers), 1), self.columns)
+        self.normalized = np.full(shape, np.nan, dtype=np.float32)
+        self.scores = np.full(shape, np.nan, dtype=np.float32)
+        self.filters = np.full(shape, -1, dtype=np.int32)
+        self.ranks = np.zeros(shape, dtype=np.int32)
+        self.normalized.flat[flat] = norm
+        self.scores.flat[flat] = score
+        self.filters.flat[flat] = filt
+        self.ranks.flat[flat] = rank
+        self.cell: dict[str, np.ndarray] = {}
+        self.rank_of: dict[str, np.ndarray] = {}
+        for r, name in enumerate(self.layers):
+            mine = row == r
+            size = int(filt[mine].max()) + 1 if mine.any() else 0
+            self.cell[name] = np.full(size, -1, dtype=np.int64)
+            self.cell[name][filt[mine]] = flat[mine]
+            self.rank_of[name] = np.zeros(size, dtype=np.int64)
+            self.rank_of[name][filt[mine]] = rank[mine]
+
+    def cut_mask(self, channels: dict[str, list[int]]) -> tuple[np.ndarray, list[int]]:
+        """(uint8 mask of the cells a plan cuts, per row the sorted position its cut ends at)."""
+        mask = np.zeros(self.normalized.size, dtype=np.uint8)
+        lines = [0] * len(self.layers)
+        for r, name in enumerate(self.layers):
+            indices = np.asarray(channels.get(name, ()), dtype=np.int64)
+            if not len(indices):
+                continue
+            mask[self.cell[name][indices]] = 1
+            lines[r] = int(self.rank_of[name][indices].max())
+        return mask, lines
+
+
+class HeatmapCanvas(anywidget.AnyWidget):
+    """The browser half (heatmap.js); every trait is what it draws."""
+
+    _esm = HERE / "heatmap.js"
+    _css = HERE / "heatmap.css"
+    layers = List(Unicode()).tag(sync=True)
+    widths = List(Int()).tag(sync=True)
+    columns = Int(1).tag(sync=True)
+    order = Unicode("sorted").tag(sync=True)
+    vmin = Float(0.0).tag(sync=True)
+    vmax = Float(1.0).tag(sync=True)
+    matrix = Bytes(b"").tag(sync=True)    # float32 normalised rank per cell, NaN where a row is shorter
+    filters = Bytes(b"").tag(sync=True)   # int32 filter index per cell
+    scores = Bytes(b"").tag(sync=True)    # float32 criterion score per cell
+    ranks = Bytes(b"").tag(sync=True)     # int32 rank in its layer, 1 = cut first
+    cut = Bytes(b"").tag(sync=True)       # uint8, 1 where the plan cuts the filter
+    cutline = List(Int()).tag(sync=True)  # per row: sorted position where its cut ends (0: none)
+    selected = Unicode("").tag(sync=True)  # the layer whose row was clicked (or selected in the table)
 
 
 class RankHeatmap(W.VBox):
-    """The heatmap plus its sorted/natural order toggle."""
+    """The heatmap plus its sorted/natural order toggle; `show` a RankTable, `mark` a plan's channels."""
 
     def __init__(self):
-        self.order = W.ToggleButtons(options=["sorted", "natural"], value="sorted",
+        self.order = W.ToggleButtons(options=list(ORDERS), value="sorted",
                                      tooltips=["each row lowest rank first", "filter index order"])
         self.order.add_class("pe-heatmap-order")
-        self._x = bq.LinearScale()
-        self._y = bq.LinearScale(reverse=True)
-        self._c = bq.ColorScale(scheme="viridis")
-        self.map = bq.HeatMap(x=np.arange(2), y=np.arange(2), color=np.full((2, 2), np.nan),
-                              scales={"x": self._x, "y": self._y, "color": self._c}, null_color="#f3f3f3")
-        self.cut = bq.Scatter(x=[], y=[], scales={"x": self._x, "y": self._y}, marker="square",
-                              colors=["#e4002b"], default_size=16, stroke=None, display_names=False,
-                              tooltip=bq.Tooltip(fields=["name"], labels=["cut"]))
-        axes = [bq.Axis(scale=self._x, label="filter (sorted by rank)"),
-                bq.Axis(scale=self._y, side="left", label="group")]
-        self.figure = bq.Figure(marks=[self.map, self.cut], axes=axes, padding_y=0, padding_x=0,
-                                fig_margin=dict(top=10, bottom=40, left=50, right=10),
-                                layout=W.Layout(width="100%", height="300px"))
-        self.figure.add_class("pe-heatmap")
-        self._filters = np.full((1, 1), -1)
+        self.canvas = HeatmapCanvas(layout=W.Layout(width="100%"))
+        self.canvas.add_class("pe-heatmap")
+        self.matrix: RankMatrix | None = None
+        self._table = None
         self._layers: list[str] = []
         self._channels: dict[str, list[int]] = {}
-        self._scores: dict[tuple[str, int], float] = {}
-        self._table: pd.DataFrame | None = None
-        super().__init__([self.order, self.figure])
+        super().__init__([self.order, self.canvas])
         self.order.observe(lambda _: self._draw(), "value")
 
-    def show(self, table: pd.DataFrame, layers: list[str]) -> None:
-        """Draw a new RankTable; the cut overlay is cleared until the next `mark`."""
+    def show(self, table, layers: list[str]) -> None:
+        """Draw a new RankTable; the cut is cleared until the next `mark`."""
         self._table, self._layers, self._channels = table, list(layers), {}
         self._draw()
+
+    def mark(self, channels: dict[str, list[int]]) -> None:
+        """Show the filters a plan removes ({layer: indices}) and each row's cut line."""
+        self._channels = channels
+        if self.matrix is None:
+            return
+        mask, lines = self.matrix.cut_mask(channels)
+        with self.canvas.hold_sync():
+            self.canvas.cut = mask.tobytes()
+            self.canvas.cutline = lines
+
+    def on_select(self, callback) -> None:
+        """`callback(layer)` when a row is clicked."""
+        self.canvas.observe(lambda change: change["new"] and callback(change["new"]), "selected")
+
+    def select(self, layer: str | None) -> None:
+        self.canvas.selected = layer or ""
 
     def _draw(self) -> None:
         if self._table is None:
             return
-        colour, self._filters = rank_matrix(self._table, self._layers, self.order.value)
-        self.figure.axes[0].label = "filter (sorted by rank)" if self.order.value == "sorted" else "filter index"
-        self.figure.layout.height = f"{max(160, ROW_PX * len(self._layers) + 60)}px"
-        with self.map.hold_sync():
-            self.map.x = np.arange(colour.shape[1])
-            self.map.y = np.arange(colour.shape[0])
-            self.map.color = colour
-        self._scores = {}
-        self._mark_cut(self._channels)
-
-    def mark(self, channels: dict[str, list[int]]) -> None:
-        """Overlay the filters a plan removes ({layer: indices})."""
-        self._channels = channels
-        self._mark_cut(channels)
-
-    def _mark_cut(self, channels: dict[str, list[int]]) -> None:
-        xs, ys, names = [], [], []
-        rows = {name: r for r, name in enumerate(self._layers)}
-        scores = self._score_lookup()
-        for layer, indices in channels.items():
-            r = rows.get(layer)
-            if r is None or not len(indices):
-                continue
-            column_of = {int(f): c for c, f in enumerate(self._filters[r]) if f >= 0}
-            for f in indices:
-                xs.append(column_of[int(f)])
-                ys.append(r)
-                names.append(f"{layer} filter {int(f)}, score {scores.get((layer, int(f)), float('nan')):.3g}")
-        with self.cut.hold_sync():
-            self.cut.x = np.asarray(xs, dtype=float)
-            self.cut.y = np.asarray(ys, dtype=float)
-            self.cut.names = names
-        self.cut.default_size = max(4, min(16, int(2400 / max(self._filters.shape[1], 1))))
-
-    def _score_lookup(self) -> dict[tuple[str, int], float]:
-        if not self._scores and self._table is not None:
-            t = self._table
-            self._scores = dict(zip(zip(t["layer"].tolist(), t["filter"].astype(int).tolist()), t["score"].tolist()))
-        return self._scores
+        m = self.matrix = RankMatrix(self._table, self._layers, self.order.value)
+        mask, lines = m.cut_mask(self._channels)
+        finite = m.normalized[np.isfinite(m.normalized)]
+        c = self.canvas
+        with c.hold_sync():
+            c.layers, c.widths, c.columns, c.order = m.layers, m.widths.tolist(), m.columns, self.order.value
+            c.vmin = float(finite.min()) if finite.size else 0.0
+            c.vmax = float(finite.max()) if finite.size else 1.0
+            c.matrix, c.filters = m.normalized.tobytes(), m.filters.tobytes()
+            c.scores, c.ranks = m.scores.tobytes(), m.ranks.tobytes()
+            c.cut, c.cutline = mask.tobytes(), lines

@@ -36,7 +36,8 @@ def sparkline(points: Sequence[tuple[float, float]]) -> bq.Figure:
 
 
 class LayerRow(W.HBox):
-    def __init__(self, layer: str, kind: str, size: int, carried: Cost, on_sensitivity: Callable[[str], None]):
+    def __init__(self, layer: str, kind: str, size: int, carried: Cost, on_sensitivity: Callable[[str], None],
+                 on_select: Callable[[str], None] = lambda layer: None):
         self.layer, self.size = layer, size
         self.slider = W.IntSlider(value=0, min=0, max=max(size - 1, 0), continuous_update=False,
                                   readout=False, layout=W.Layout(width="160px"))
@@ -49,8 +50,13 @@ class LayerRow(W.HBox):
         probe = W.Button(icon="line-chart", tooltip=f"sensitivity of {layer}", layout=W.Layout(width="34px"))
         probe.add_class("pe-sensitivity")
         probe.on_click(lambda _: on_sensitivity(layer))
+        self.name = W.Button(description=layer, tooltip=f"select {layer}: its coupled modules show beside the preview",
+                             layout=W.Layout(width="210px"))
+        self.name.style.font_family = "monospace"
+        self.name.add_class("pe-layer-name")
+        self.name.on_click(lambda _: on_select(layer))
         cells = [
-            W.HTML(f"<code>{layer}</code>", layout=W.Layout(width="210px")),
+            self.name,
             W.HTML(kind, layout=W.Layout(width="70px")),
             W.HTML(str(size), layout=W.Layout(width="50px")),
             self.slider, self.count, self.remaining,
@@ -92,14 +98,17 @@ class LayerTable(W.VBox):
         header = W.HBox([W.HTML(f"<b>{h}</b>", layout=W.Layout(width=w)) for h, w in zip(self.HEADER, widths)])
         self.rows_box = W.VBox(layout=W.Layout(max_height="420px", overflow="auto"))
         self.rows: dict[str, LayerRow] = {}
+        self.selected: str | None = None
         self._callbacks: list[Callable[[dict[str, int]], None]] = []
         self._quiet = False
         super().__init__([controls, header, self.rows_box])
         self.add_class("pe-layer-table")
 
-    def show(self, groups, carried: dict[int, Cost], on_sensitivity: Callable[[str], None]) -> None:
-        self.rows = {g.name: LayerRow(g.name, g.kind, g.size, carried.get(g.id, Cost(0, 0)), on_sensitivity)
+    def show(self, groups, carried: dict[int, Cost], on_sensitivity: Callable[[str], None],
+             on_select: Callable[[str], None] = lambda layer: None) -> None:
+        self.rows = {g.name: LayerRow(g.name, g.kind, g.size, carried.get(g.id, Cost(0, 0)), on_sensitivity, on_select)
                      for g in groups}
+        self.selected = None
         for row in self.rows.values():
             row.count.observe(self._changed, "value")
         self.rows_box.children = list(self.rows.values())
@@ -120,6 +129,17 @@ class LayerTable(W.VBox):
         finally:
             self._quiet = False
         self._notify()
+
+    def select(self, layer: str | None) -> None:
+        """Highlight one row (the layer the heatmap or the table picked); None clears it."""
+        for name, row in self.rows.items():  # unmark first: the page never shows two selected rows
+            if name != layer:
+                row.remove_class("pe-selected")
+                row.name.button_style = ""
+        if layer in self.rows:
+            self.rows[layer].add_class("pe-selected")
+            self.rows[layer].name.button_style = "warning"
+        self.selected = layer if layer in self.rows else None
 
     def set_sensitivity(self, layer: str, points) -> None:
         row = self.rows.get(layer)

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..loop import demo_config
 from ..workspace import BASELINE, Workspace
 
 WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
@@ -24,6 +23,8 @@ def train_args() -> dict[str, Any]:
     """train.py arguments (dataset, sizes, batch, the demo's fine-tuning recipe) for the notebooks' jobs."""
     if fast():
         return dict(dataset="digits", image_size=16, subset=256, val_subset=128, batch_size=32, capture="compact")
+    from ..loop import demo_config
+
     config = demo_config()
     return {k: v for k, v in config.hyperparameters(config.epochs).items() if k != "epochs"}
 
@@ -38,9 +39,21 @@ def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: in
     if fast():
         hp = {**train_args(), "epochs": epochs or 1}
     else:  # the demo's baseline recipe (its own learning rate)
+        from ..loop import demo_config
+
         config = demo_config()
         hp = config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
     space = Workspace(root)
     with space.queue() as queue:
         space.ensure_baseline(queue, model, hp)
     return BASELINE
+
+
+def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> bool:
+    """Train the baseline when the workspace has none (True); else leave it (False) without importing
+    the tracker or the job queue, so a panel on an existing workspace opens fast. `ensure_baseline`
+    then checks its settings in the panel's background."""
+    if Workspace(root).has_model(BASELINE):
+        return False
+    ensure_baseline(root, model, epochs)
+    return True

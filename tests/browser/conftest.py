@@ -19,8 +19,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest import free_port, require
+
+# A page update waits on a kernel that shares 2 cores with the panel's background work (latency
+# timing, the tracker loading); expectations poll for up to this long before failing.
+expect.set_options(timeout=20_000)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -88,6 +93,17 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _no_comms_over_subshells(settings: Path) -> None:
+    """JupyterLab 4.6 sends widget messages over a kernel subshell shared per comm target
+    (ipykernel 7); when widgets close, its reference count can drop that subshell while other
+    widgets still address it, and the kernel drops their messages ("Cannot handle comm_msg …:
+    Unknown subshell_id"; jupyterlab/jupyterlab#19719, #19725 turn it off for the same reason).
+    The panel's traffic then goes over the main shell, as it does in Voila and classic Jupyter."""
+    kernels = settings / "@jupyterlab" / "apputils-extension" / "kernels-settings.jupyterlab-settings"
+    kernels.parent.mkdir(parents=True, exist_ok=True)
+    kernels.write_text(json.dumps({"commsOverSubshells": "disabled"}))
+
+
 @pytest.fixture(scope="session")
 def lab(served) -> dict:
     root, env = served["root"], served["env"]
@@ -95,6 +111,7 @@ def lab(served) -> dict:
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
     notification.write_text(json.dumps({"checkForUpdates": False, "fetchNews": "false"}))
+    _no_comms_over_subshells(settings)
     port, token = free_port(), secrets.token_hex(16)
     log = root / "lab.log"
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--ServerApp.ip=127.0.0.1",

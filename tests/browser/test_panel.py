@@ -44,10 +44,20 @@ def lab_page(browser, lab, served, artifacts):
     context.close()
 
 
+def _drawn(page) -> None:
+    """The heatmap canvas has drawn at least once (heatmap.js counts its draws)."""
+    expect(page.locator(".pe-heatmap-view canvas.pe-heatmap-canvas")).to_have_count(1)
+    page.wait_for_function("() => Number(document.querySelector('.pe-heatmap-view')?.dataset.draws) > 0")
+
+
 def test_app_notebook_renders_heatmap_and_layer_table(lab_page, served, artifacts):
     page = lab_page
     _no_widget_failures(page)
-    expect(page.locator(".pe-heatmap image.heatmap")).to_have_count(1)
+    _drawn(page)
+    groups = _prunable_groups(served["root"] / "workspace")
+    expect(page.locator(".pe-heatmap-label")).to_have_count(groups)
+    expect(page.locator(".pe-heatmap-label").first).to_have_text("conv1")  # layer names, not group ids
+    expect(page.locator(".pe-heatmap-legend")).to_contain_text("normalised rank")
     expect(page.locator(".pe-layer-row")).to_have_count(_prunable_groups(served["root"] / "workspace"))
     expect(page.locator(".pe-history-count span")).to_have_attribute("data-count", "1")
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-panel.png"))
@@ -65,8 +75,69 @@ def test_moving_a_layer_control_updates_the_preview(lab_page):
     expect(removed).to_have_text("200")
 
 
+def _hover(page, row: int, column: int = 0) -> str:
+    """Move the mouse over one heatmap cell; returns the hover text the page shows."""
+    canvas = page.locator(".pe-heatmap-canvas")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 1 + column, box["y"] + 14 * row + 7)
+    tip = page.locator(".pe-heatmap-tip")
+    expect(tip).to_be_visible()
+    expect(tip).to_have_attribute("data-row", str(row))
+    return tip.inner_text()
+
+
+def test_hover_names_the_layer_filter_score_rank_and_whether_it_is_cut(lab_page, artifacts):
+    page = lab_page
+    _drawn(page)
+    page.locator(".pe-clear").click()
+    expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
+    layer = page.locator(".pe-heatmap-label").nth(2).inner_text()
+    text = _hover(page, 2)
+    assert text.startswith(f"{layer} · filter ") and " · score " in text, text
+    assert "rank 1 of " in text and text.endswith("kept"), text  # the leftmost cell in sorted order: lowest rank
+    count = page.locator(".pe-layer-row").nth(2).locator(".pe-count input")
+    count.fill("4")
+    count.press("Enter")
+    expect(page.locator(".pe-preview .pe-removed")).to_have_text("4")
+    page.mouse.move(0, 0)
+    page.wait_for_function("() => document.querySelector('.pe-heatmap-tip').style.display === 'none'")
+    assert _hover(page, 2).endswith("cut")
+    page.locator(".pe-heatmap-view").screenshot(path=str(artifacts / "lab-heatmap-hover.png"))
+    count.fill("0")
+    count.press("Enter")
+    expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
+
+
+def test_clicking_a_heatmap_row_selects_the_layer_and_shows_its_coupled_modules(lab_page, artifacts):
+    page = lab_page
+    _drawn(page)
+    label = page.locator(".pe-heatmap-label").nth(3)
+    layer = label.inner_text()
+    label.click()
+    selected = page.locator(".pe-layer-row.pe-selected")
+    expect(selected).to_have_count(1)
+    expect(selected.locator(".pe-layer-name")).to_have_text(layer)
+    expect(page.locator(".pe-coupling")).to_contain_text(layer)
+    expect(page.locator(".pe-coupling-member").first).to_have_attribute("data-module", layer)
+    count = selected.locator(".pe-count input")
+    count.fill("6")
+    count.press("Enter")
+    changed = page.locator(".pe-coupling-changed")
+    expect(changed.first).to_be_visible(timeout=60_000)  # the preview's pruned model gave the shapes after
+    expect(page.locator(".pe-coupling-removed")).to_have_text("6")
+    page.locator(".pe-coupling").screenshot(path=str(artifacts / "lab-coupling.png"))
+    page.locator(".pe-heatmap-canvas").click(position={"x": 5, "y": 14 * 1 + 7})  # a click on the canvas row too
+    expect(page.locator(".pe-layer-row.pe-selected .pe-layer-name").filter(
+        has_text=page.locator(".pe-heatmap-label").nth(1).inner_text())).to_have_count(1)
+    expect(page.locator(".pe-layer-row.pe-selected")).to_have_count(1)
+    page.locator(".pe-clear").click()
+    expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
+
+
 def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page, artifacts):
     page = lab_page
+    page.locator(".pe-fill").click()
+    expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
     page.locator(".pe-apply").click()
     expect(page.locator(".pe-applied")).to_contain_text("filters removed")
     page.locator(".pe-queue").click()
@@ -75,6 +146,10 @@ def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page
     expect(status).to_have_attribute("data-status", "completed", timeout=JOB_S)
     expect(page.locator(".pe-history-count span")).to_have_attribute("data-count", "2")
     expect(page.locator(".pe-error")).to_have_text("")
+    job = page.locator(".pe-job").first
+    expect(job.locator(".pe-job-progress span")).to_have_attribute("data-epoch", "1")
+    expect(job.locator(".pe-job-record")).to_contain_text("MLflow run")
+    expect(job.locator(".pe-job-log")).not_to_contain_text("INFO")
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-after-job.png"))
 
 
@@ -86,6 +161,23 @@ def test_clicking_a_point_rebases_on_that_iteration(lab_page, artifacts):
     expect(page.locator(".pe-status")).to_contain_text("based on iter-001", timeout=RENDER_S)
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-rebased.png"))
+
+
+def test_lineage_click_rebases_and_compare_shows_two_iterations(lab_page, artifacts):
+    page = lab_page
+    nodes = page.locator(".pe-lineage-node")
+    expect(nodes).to_have_count(2)
+    nodes.filter(has_text="baseline").click()
+    expect(page.locator(".pe-status")).to_contain_text("based on baseline", timeout=RENDER_S)
+    expect(page.locator(".pe-lineage-base")).to_contain_text("baseline")
+    page.locator(".pe-compare-a select").select_option("baseline")
+    page.locator(".pe-compare-b select").select_option("iter-001")
+    page.locator("button.pe-compare").click()
+    result = page.locator(".pe-compare-result")
+    expect(result).to_contain_text("layers differ in width")
+    expect(result.locator(".pe-compare-changed").first).to_be_visible()
+    expect(result.locator(".pe-compare-total[data-key='params']")).to_contain_text("%")
+    page.locator(".pe-lineage").screenshot(path=str(artifacts / "lab-lineage-compare.png"))
 
 
 def test_a_bad_trial_path_is_an_error_in_the_panel(browser, lab, artifacts):
@@ -112,12 +204,13 @@ def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
     page.goto(voila["url"], wait_until="commit")
     expect(page.locator(".pe-explorer")).to_be_visible(timeout=RENDER_S)
     _no_widget_failures(page)
-    expect(page.locator(".pe-heatmap image.heatmap")).to_have_count(1)
+    _drawn(page)
     expect(page.locator(".pe-layer-row")).to_have_count(_prunable_groups(served["root"] / "workspace"))
     count = page.locator(".pe-layer-row").nth(0).locator(".pe-count input")
     count.fill("3")
     count.press("Enter")
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("3")
+    expect(page.locator(".pe-coupling-changed").first).to_be_visible(timeout=60_000)  # the shapes after, from surgery
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "voila-panel.png"))
     if os.environ.get("PRUNE_EXPLORER_UPDATE_DOCS"):  # refresh the README's screenshot on request only
         shutil.copy(artifacts / "voila-panel.png", ROOT / "docs" / "panel.png")

@@ -1,0 +1,262 @@
+"""What the quality benchmarks (quality.py, transfer.py) share: the methods, one curve per method from
+one shared baseline, the same-images re-evaluation with paired standard errors, each plan's per-layer
+widths, and the report that ends in the goal's line.
+
+A method is a function `run(config)` that trains its params-vs-accuracy curve into
+`config.workspace` (a workspace holding a copy of the shared baseline), with `config.iterations`
+steps of `config.per_iteration` filters; register one with `@method("name")` and pass
+`--methods name,...` to either benchmark. Curves are read back from the workspace's MLflow store,
+so a benchmark continues an interrupted run and `--report` re-prints a finished one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from prune_explorer.loop import LoopConfig, completed_iterations, job_hyperparameters, run_loop
+from prune_explorer.workspace import BASELINE, Workspace
+
+Method = Callable[[LoopConfig], None]
+METHODS: dict[str, Method] = {}  # name -> run(config), in the order the report prints them
+REFERENCE = "taylor"  # its run trains the baseline every other method copies; the report's reference
+GOAL_FRACTION = 1 / 3  # the goal's point: each method's first model at or below this share of the baseline's params
+
+
+def method(name: str) -> Callable[[Method], Method]:
+    """Register `run(config)` as a benchmark method under `name`."""
+    def register(run: Method) -> Method:
+        METHODS[name] = run
+        return run
+    return register
+
+
+def random_scores(seed: int = 0):
+    """A ranking criterion that scores every filter at random (from `seed`)."""
+    rng = np.random.default_rng(seed)
+
+    def random(group, model, trial) -> np.ndarray:
+        return rng.random(group.size)
+
+    return random
+
+
+@method("taylor")
+def _taylor(config: LoopConfig) -> None:
+    run_loop(dataclasses.replace(config, criterion="taylor"))
+
+
+@method("l1")
+def _l1(config: LoopConfig) -> None:
+    run_loop(dataclasses.replace(config, criterion="l1"))
+
+
+@method("random")
+def _random(config: LoopConfig) -> None:
+    run_loop(dataclasses.replace(config, criterion="random"), criterion_fn=random_scores(config.seed))
+
+
+@method("tp-magnitude")
+def torch_pruning_curve(config: LoopConfig) -> None:
+    """Torch-Pruning's MagnitudePruner (global L2 group magnitude, its own choice of groups, residual
+    streams included) removes `per_iteration` channels per step; its models are fine-tuned by the
+    same jobs as the loop's (the parent's data recipe, the same hyperparameters)."""
+    import torch
+    import torch_pruning as tp
+
+    from prune_explorer.jobs import COMPLETED
+    from prune_explorer.model import store
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.tracking import MlflowTracker
+
+    space = Workspace(config.workspace)
+    tracker = MlflowTracker(config.workspace)
+    queue = space.queue(tracker=tracker)
+    try:
+        space.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True),
+                              **config.script)  # the copied baseline, checked and tracked once
+        previous = space.start_point("latest")
+        for _ in range(config.iterations):
+            model = store.load(previous.directory).eval()
+            x = space.example_inputs(previous.name, model, image_size=config.image_size, dataset=config.dataset)
+            before = sum(g.size for g in ChannelGraph.trace(model, x).prunable())
+            last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+            pruner = tp.pruner.MagnitudePruner(
+                model, x, importance=tp.importance.MagnitudeImportance(p=2), global_pruning=True,
+                pruning_ratio=min(0.9, config.per_iteration / before), ignored_layers=last)
+            pruner.step()
+            removed = before - sum(g.size for g in ChannelGraph.trace(model, x).prunable())
+            name = space.reserve_iteration()
+            plan = {"torch_pruning": removed}
+            space.save_pruned(name, model, plan, parent=previous.name, criterion="tp-magnitude")
+            hyperparameters = job_hyperparameters(dataclasses.replace(config, threshold=1.0), space, previous)
+            job = queue.wait(space.submit(queue, name, parent=previous.name, plan=plan, criterion="tp-magnitude",
+                                          hyperparameters=hyperparameters, **config.script).id)
+            if job.status != COMPLETED:
+                print(f"tp-magnitude {name}: {job.status}: {job.message}", file=sys.stderr)
+                break
+            previous = space.iteration(name)
+    finally:
+        queue.close()
+
+
+def run_curves(base: LoopConfig, root: Path, methods: list[str]) -> dict[str, Path]:
+    """Each method's curve in root/<method>, all from the baseline the reference method trains; a
+    workspace with iterations already done is continued up to `base.iterations`, not redone."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    ordered = [REFERENCE] + [m for m in methods if m != REFERENCE]
+    baseline = root / REFERENCE / "iterations" / BASELINE
+    for name in ordered:
+        workspace = root / name
+        if name != REFERENCE:
+            Workspace(workspace).copy_baseline(baseline)
+        left = base.iterations - len(completed_iterations(workspace))
+        if left > 0:
+            METHODS[name](dataclasses.replace(base, criterion=name, workspace=str(workspace), iterations=left))
+    return {name: root / name for name in ordered}
+
+
+def tracked_curve(workspace: Path) -> pd.DataFrame:
+    """The completed iterations tracked in a workspace, baseline first."""
+    from prune_explorer.tracking import MlflowTracker
+
+    history = MlflowTracker(workspace).history()
+    return history[history["status"] == "completed"].sort_values("iteration").reset_index(drop=True)
+
+
+def correct_per_example(model_dir: str | Path, config: LoopConfig) -> np.ndarray:
+    """1/0 per validation image for a saved model, fed as its job fed it (metrics.json data_recipe):
+    the same images every method is scored on."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from prune_explorer.data import load_dataset
+    from prune_explorer.jobs.queue import read_metrics
+    from prune_explorer.model import store
+    from prune_explorer.train import first_conv_in_channels
+
+    model = store.load(model_dir).eval()
+    normalize = (read_metrics(model_dir).get("data_recipe") or {}).get("normalize")
+    _, val, _, _ = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, subset=config.subset,
+                                val_subset=config.val_subset, seed=config.seed, normalize=normalize,
+                                channels=None if normalize else first_conv_in_channels(model), download=False)
+    hits = []
+    with torch.no_grad():
+        for x, y in DataLoader(val, batch_size=500):
+            hits.append((model(x).argmax(1) == y).numpy())
+    return np.concatenate(hits).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """a − b in accuracy on the same images, with one standard error of the paired difference."""
+
+    a: str
+    b: str
+    difference: float
+    se: float
+
+    def __str__(self) -> str:
+        return f"{self.a} - {self.b} {100 * self.difference:+.2f} ± {100 * self.se:.2f} points"
+
+
+def paired_differences(models: dict[str, pd.Series], config: LoopConfig) -> list[Paired]:
+    """Every pair of the given models (one tracked row each) re-evaluated on the same validation images;
+    the re-evaluation must reproduce each tracked accuracy."""
+    hits = {m: correct_per_example(r["model_dir"], config) for m, r in models.items()}
+    for m, r in models.items():
+        if abs(hits[m].mean() - float(r["accuracy"])) > 1e-9:
+            raise RuntimeError(f"{m} {r['iteration']}: re-evaluated {hits[m].mean():.6f}, tracked {r['accuracy']:.6f} "
+                               f"({r['model_dir']}): not the images it was scored on")
+    names = list(hits)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            d = hits[a] - hits[b]
+            out.append(Paired(a, b, float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))))
+    return out
+
+
+def goal_row(curve: pd.DataFrame, baseline_params: float, fraction: float = GOAL_FRACTION) -> tuple[pd.Series, bool]:
+    """A curve's first model at or below `fraction` of the baseline's params (a point fixed before looking at
+    accuracies), and whether it got there (else its smallest model)."""
+    below = curve[curve["params"].astype(float) <= baseline_params * fraction]
+    return (below.iloc[0], True) if len(below) else (curve.iloc[-1], False)
+
+
+def plan_widths(workspace: Path, config: LoopConfig) -> tuple[list[str], dict[str, list[int]]]:
+    """Channels left in each prunable group of every completed model of a workspace (the widths each
+    plan left), with the baseline's group names in model order."""
+    from prune_explorer.model import store
+    from prune_explorer.model.graph import ChannelGraph
+
+    space = Workspace(workspace)
+    rows: dict[str, dict[str, int]] = {}
+    for name in [BASELINE, *space.completed_iterations()]:
+        model = store.load(space.iteration_dir(name)).eval()
+        x = space.example_inputs(name, model, image_size=config.image_size, dataset=config.dataset)
+        rows[name] = {g.name: g.size for g in ChannelGraph.trace(model, x).prunable()}
+    groups = list(rows[BASELINE])
+    return groups, {name: [sizes.get(g, 0) for g in groups] for name, sizes in rows.items()}
+
+
+@dataclass
+class Summary:
+    """What a report measured: the reference method at the goal's point against the baseline, and the
+    paired differences there and at the smallest models."""
+
+    baseline: pd.Series
+    goal: pd.Series
+    at_goal: list[Paired]
+    at_smallest: list[Paired]
+
+    @property
+    def ratio(self) -> float:
+        return float(self.baseline["params"]) / float(self.goal["params"])
+
+    @property
+    def drop(self) -> float:
+        return float(self.baseline["accuracy"]) - float(self.goal["accuracy"])
+
+    def line(self, label: str) -> str:
+        return (f"{label}: baseline {100 * self.baseline['accuracy']:.2f}%, {REFERENCE} {100 * self.goal['accuracy']:.2f}% "
+                f"at {int(self.goal['params']):,} params (1/{self.ratio:.1f} of baseline), drop {100 * self.drop:.2f} points")
+
+
+def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = True) -> Summary:
+    """Print the curves (params and MACs on each point), each plan's widths, the paired comparisons at
+    the smallest models and at each method's goal point; return the summary of the goal's line."""
+    curves = {m: tracked_curve(root / m) for m in [REFERENCE] + [m for m in methods if m != REFERENCE]}
+    table = pd.concat([c.assign(method=m)[["method", "iteration", "filters_removed", "params", "macs", "accuracy"]]
+                       for m, c in curves.items()], ignore_index=True)
+    table = table[(table["method"] == REFERENCE) | (table["iteration"] != BASELINE)]
+    print(table.to_string(index=False))
+    if widths:
+        for m in curves:
+            groups, rows = plan_widths(root / m, config)
+            if m == REFERENCE:
+                print(f"widths: channels left per prunable group ({', '.join(groups)})")
+            for name, sizes in rows.items():
+                if m == REFERENCE or name != BASELINE:
+                    print(f"  {m} {name} [{', '.join(map(str, sizes))}]")
+    baseline = curves[REFERENCE].iloc[0]
+    images = config.val_subset or "validation"
+    smallest = {m: c.iloc[-1] for m, c in curves.items()}
+    print("at the smallest model: " + ", ".join(
+        f"{m} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params)" for m, r in smallest.items()))
+    at_smallest = paired_differences(smallest, config)
+    print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_smallest)))
+    goals = {m: goal_row(c, float(baseline["params"])) for m, c in curves.items()}
+    print(f"at each method's first model <= 1/{1 / GOAL_FRACTION:.0f} of the baseline's params: " + ", ".join(
+        f"{m} {r['iteration']} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params"
+        f"{'' if reached else ', never that small: its smallest'})" for m, (r, reached) in goals.items()))
+    at_goal = paired_differences({m: r for m, (r, _) in goals.items()}, config)
+    print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_goal)))
+    return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest)
