@@ -66,6 +66,11 @@ def _add_rank(sub) -> None:
     p.add_argument("--input-size", default=None, help="C,H,W of one example, e.g. 3,64,64 (default: as recorded)")
     _add_criterion_options(p, "taylor")
     p.add_argument("--no-normalize", action="store_true", help="the same as --normalization none (raw scores)")
+    p.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
+                   help="also print the plan that cuts the lowest-ranked filters until this fraction of the trial "
+                        "model's MACs is left (one step; `run --target-macs` repeats it per iteration or overall)")
+    p.add_argument("--scheme", default="internal", choices=("all", "internal"),
+                   help="groups the --target-macs plan may cut (default internal, as `run`)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
     p.set_defaults(func=_rank)
 
@@ -93,10 +98,34 @@ def _rank(args) -> int:
     how = table["normalization"].iloc[0] if len(table) else normalize
     print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.target_macs is not None:
+        try:
+            _print_budget_plan(trial, example, table, args.target_macs, args.scheme)
+        except ValueError as exc:
+            print(f"prune-explorer rank: {exc}", file=sys.stderr)
+            return 2
     if args.csv:
         _write_csv_atomic(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
+
+
+def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> None:
+    """The layers a `fraction`-of-the-MACs plan cuts, and the MACs it reaches."""
+    from .model.costs import CostModel
+    from .model.plan import PrunePlan
+    from .signals.trials import _example_inputs
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--target-macs is the fraction of the MACs to keep, in (0, 1), got {fraction}")
+    example = _example_inputs(example, trial.meta, trial.path)
+    costs = CostModel(trial.model, example, trial.graph)
+    plan = PrunePlan.lowest(table, trial.graph, scheme=scheme, costs=costs, target_macs=fraction * costs.before.macs)
+    budget = plan.budget
+    print(f"plan to {fraction:g} of {costs.before.macs:,} MACs: {sum(plan.summary().values())} filters, reaches "
+          f"{budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
+    for layer, removed in plan.summary().items():
+        print(f"  {layer}: -{removed}")
 
 
 def _add_criterion_options(p, default: str) -> None:
