@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as W
 import torch
 from torch import nn
-from traitlets import Bool, Dict, Int, Unicode, observe
+from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
 from ..model.costs import CostModel
 from ..model.graph import ChannelGraph
@@ -58,6 +58,9 @@ class Explorer(W.VBox):
     criterion = Unicode("taylor")
     scheme = Unicode("internal")
     n_lowest = Int(200)
+    normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
+    fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest) or 'macs' (keep_macs)")
+    keep_macs = Float(0.5, help="fill_lowest in 'macs' mode: the fraction of the model's MACs left")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -171,6 +174,8 @@ class Explorer(W.VBox):
         t.criterion.observe(lambda c: setattr(self, "criterion", c["new"]), "value")
         t.scheme.observe(lambda c: setattr(self, "scheme", c["new"]), "value")
         t.n_lowest.observe(lambda c: setattr(self, "n_lowest", int(c["new"])), "value")
+        for name in ("normalization", "fill_mode", "keep_macs"):  # the panel's traits follow the controls
+            W.link((getattr(t, name), "value"), (self, name))
         t.fill.on_click(lambda _: self.fill_lowest())
         t.clear.on_click(lambda _: self.set_counts({}))
         t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
@@ -195,7 +200,8 @@ class Explorer(W.VBox):
                     problem = f"criterion {criterion!r} needs a trial; none was given"
                 criterion = "l1"
                 problem += "; ranking by l1 weight norms instead"
-            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph)
+            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph,
+                         normalize=self._normalize())
             costs = CostModel(model, example_inputs, graph)
         with self._lock:
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
@@ -259,14 +265,23 @@ class Explorer(W.VBox):
             return
         self.table_editor.set_counts(counts)
 
-    def fill_lowest(self, n: int | None = None, scheme: str | None = None) -> None:
-        """Counts from `PrunePlan.lowest(table, graph, n, scheme)`: the global lowest-N filters."""
+    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None) -> None:
+        """Counts from `PrunePlan.lowest`: the global lowest-N filters, or (fill_mode 'macs', or
+        `keep_macs` given) the lowest-ranked filters until `keep_macs` of the model's MACs is left."""
         if n is not None:
+            self.table_editor.fill_mode.value = "filters"
             self.table_editor.n_lowest.value = n
+        if keep_macs is not None:
+            self.table_editor.fill_mode.value = "macs"
+            self.table_editor.keep_macs.value = keep_macs
         if scheme is not None:
             self.table_editor.scheme.value = scheme
         try:
-            plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+            if self.fill_mode == "macs":
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
+                                        target_macs=self.keep_macs * self.costs.before.macs)
+            else:
+                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
         except ValueError as exc:
             self.error = _message(exc)
             return
@@ -387,6 +402,14 @@ class Explorer(W.VBox):
             return
         self._bg.submit("rank", self._rerank, change["new"], latest_only=True)
 
+    @observe("normalization")
+    def _normalization_changed(self, change) -> None:
+        if hasattr(self, "table"):
+            self._bg.submit("rank", self._rerank, self.criterion, latest_only=True)
+
+    def _normalize(self) -> str | None:
+        return None if self.normalization == "auto" else self.normalization
+
     def _rerank(self, criterion: str) -> None:
         if self.trial is None and criterion not in WEIGHT_CRITERIA:
             self.error = f"criterion {criterion!r} needs a trial (captured activations and gradients); none is open"
@@ -394,14 +417,16 @@ class Explorer(W.VBox):
         self.busy, self.status = True, f"ranking by {criterion}…"
         try:
             with MODEL_LOCK:
-                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph)
+                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph,
+                             normalize=self._normalize())
             counts = dict(self.counts)
             self.table = table
             self.heatmap.show(table, [g.name for g in self.graph.prunable()])
             self.counts = {}
             self.counts = counts
             self.error = ""
-            self.status = f"{len(table)} filters ranked by {criterion}"
+            self.status = f"{len(table)} filters ranked by {criterion} ({table['normalization'].iloc[0]})" \
+                if len(table) else f"no filters ranked by {criterion}"
         finally:
             self.busy = False
 
