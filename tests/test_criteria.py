@@ -94,13 +94,18 @@ def test_taylor_global_reads_the_aws_examples_trials_too(tmp_path):
     np.testing.assert_allclose(rows[rows.layer == "layer1.0.conv1"].score, expected, rtol=1e-4)
 
 
-def test_taylor_flops_divides_by_the_hand_counted_macs_of_one_channel(tmp_path):
+def _captured_tiny(path):
+    """A seeded TinyResNet, one example, and its compact trial over two minibatches."""
     torch.manual_seed(0)
     model = TinyResNet()
     batches = _batches(2)
-    _capture(model, batches, tmp_path / "t")
+    _capture(model, batches, path)
     x = batches[0][0][:1]
-    trial = open_trial(tmp_path / "t", model, x)
+    return model, x, open_trial(path, model, x)
+
+
+def test_taylor_flops_divides_by_the_hand_counted_macs_of_one_channel(tmp_path):
+    model, x, trial = _captured_tiny(tmp_path / "t")
     flops = rank(model, x, trial=trial, criterion="taylor_flops")
     plain = rank(model, x, trial=trial, criterion="taylor_global")
     total = count(model, x).macs
@@ -121,12 +126,7 @@ def test_taylor_flops_divides_by_the_hand_counted_macs_of_one_channel(tmp_path):
 
 
 def test_normalisations_none_l2_and_flops_and_each_criterions_default(tmp_path):
-    torch.manual_seed(0)
-    model = TinyResNet()
-    batches = _batches(2)
-    _capture(model, batches, tmp_path / "t")
-    x = batches[0][0][:1]
-    trial = open_trial(tmp_path / "t", model, x)
+    model, x, trial = _captured_tiny(tmp_path / "t")
     assert set(NORMALIZATIONS) == {"l2", "none", "flops"}
     for name in ("taylor", "taylor_aws", "mean_activation", "apoz", "l1", "l2"):
         assert rank(model, x, trial=trial, criterion=name).normalization.iloc[0] == "l2"
