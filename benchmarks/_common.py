@@ -300,22 +300,25 @@ def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = Tr
         f"{'' if reached else ', never that small: its smallest'})" for m, (r, reached) in macs_goals.items()))
     at_macs_goal = paired_differences({m: r for m, (r, _) in macs_goals.items()}, config)
     print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_macs_goal)))
-    for line in macs_goal_lines(baseline, {m: r for m, (r, _) in macs_goals.items()}, at_macs_goal):
+    for line in macs_goal_lines(baseline, macs_goals, at_macs_goal):
         print(line)
     return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest, at_macs_goal)
 
 
-def macs_goal_lines(baseline: pd.Series, rows: dict[str, pd.Series], pairs: list[Paired]) -> list[str]:
-    """Issue 13's goal per method at its first model <= 1/2 of the baseline's MACs: within GOAL_DROP of
-    the baseline, and ahead of per-layer Taylor and of random by more than GOAL_SE standard errors."""
+def macs_goal_lines(baseline: pd.Series, rows: dict[str, tuple[pd.Series, bool]], pairs: list[Paired]) -> list[str]:
+    """Issue 13's goal per method at its first model <= 1/2 of the baseline's MACs (`goal_row`'s row and
+    whether it got there): within GOAL_DROP of the baseline, and ahead of per-layer Taylor and of
+    random by more than GOAL_SE standard errors."""
     signed = {(p.a, p.b): (p.difference, p.se) for p in pairs}
     signed.update({(p.b, p.a): (-p.difference, p.se) for p in pairs})
     lines = []
-    for m, row in rows.items():
+    for m, (row, reached) in rows.items():
         if m in (REFERENCE, "random"):
             continue
         drop = float(baseline["accuracy"]) - float(row["accuracy"])
         parts = [f"drop {100 * drop:.2f} points (within {100 * GOAL_DROP:.1f}: {'yes' if drop <= GOAL_DROP else 'no'})"]
+        if not reached:
+            parts.insert(0, "never that small: at its smallest model")
         for other in (REFERENCE, "random"):
             if (m, other) in signed:
                 d, se = signed[(m, other)]
