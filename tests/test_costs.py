@@ -21,14 +21,19 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_cost_model_equals_prune_and_count(name):
+def _traced(name: str):
+    """A seeded, untrained zoo model, an example, its channel graph and its cost model."""
     kwargs, size = MODELS[name]
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
     graph = ChannelGraph.trace(model, x)
-    costs = CostModel(model, x, graph)
+    return model, x, graph, CostModel(model, x, graph)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cost_model_equals_prune_and_count(name):
+    model, x, graph, costs = _traced(name)
     removed = random_plan(graph, torch.Generator().manual_seed(1))
     if name.startswith("shufflenet"):   # a shuffle repeats some channels unequally: the model estimates those
         removed = {g: ix for g, ix in removed.items()
@@ -45,12 +50,7 @@ def test_cost_model_equals_prune_and_count(name):
 def test_changes_one_group_at_a_time_add_up_to_the_cost_of_the_plan(name):
     """`change` (what a MACs budget asks after every filter) re-costs only the members a group
     passes through; step by step it must land where `cost` of the whole plan does."""
-    kwargs, size = MODELS[name]
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
-    x = torch.randn(1, 3, size, size)
-    graph = ChannelGraph.trace(model, x)
-    costs = CostModel(model, x, graph)
+    model, x, graph, costs = _traced(name)
     removed = {g: len(ix) for g, ix in random_plan(graph, torch.Generator().manual_seed(2)).items()}
     params, macs, so_far = costs.before.params, costs.before.macs, {}
     for g, k in removed.items():
