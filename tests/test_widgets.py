@@ -189,9 +189,9 @@ def test_normalisation_and_global_criterion_selectors_rerank_with_the_library(ex
 def test_fill_by_macs_mode_cuts_to_the_fraction_within_one_filter(explorer):
     t = explorer.table_editor
     t.fill_mode.value = "macs"
-    assert explorer.fill_mode == "macs" and t.keep_macs.layout.display is None and t.n_lowest.layout.display == "none"
-    assert t.fill.description == "fill to MACs"
-    t.keep_macs.value = 0.6
+    assert explorer.fill_mode == "macs" and t.keep_fraction.layout.display is None and t.n_lowest.layout.display == "none"
+    assert t.fill.description == "fill to macs"
+    t.keep_fraction.value = 0.6
     t.fill.click()
     before = explorer.costs.before.macs
     expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs,
@@ -203,6 +203,23 @@ def test_fill_by_macs_mode_cuts_to_the_fraction_within_one_filter(explorer):
     assert "cannot be reached" in explorer.error and explorer.plan_summary == expected.summary()
     explorer.fill_lowest(n=30)
     assert t.fill_mode.value == "filters" and explorer.preview["filters_removed"] == 30
+
+
+def test_fill_by_latency_measures_a_table_once_and_cuts_to_the_predicted_fraction(explorer):
+    explorer.fill_lowest(keep_latency=0.7)
+    explorer.wait()
+    table = explorer._latency_table
+    assert table is not None and "latency table measured" in explorer.status
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs,
+                                latency=table, target_latency_ms=0.7 * table.predict(explorer.costs))
+    assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph) and len(expected) > 0
+    budget = expected.budget
+    assert budget["reached"] <= budget["target"] < budget["reached"] + budget["last_step"] + 1e-9
+    explorer.fill_lowest(keep_latency=0.9)  # the same table: planned at once, no second measurement
+    assert explorer._latency_table is table
+    assert explorer.plan_summary == PrunePlan.lowest(
+        explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs, latency=table,
+        target_latency_ms=0.9 * table.predict(explorer.costs)).summary()
 
 
 def test_scatter_axis_toggle_replots_by_macs_and_latency_with_each_axiss_frontier():

@@ -59,8 +59,8 @@ class Explorer(W.VBox):
     scheme = Unicode("internal")
     n_lowest = Int(200)
     normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
-    fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest) or 'macs' (keep_macs)")
-    keep_macs = Float(0.5, help="fill_lowest in 'macs' mode: the fraction of the model's MACs left")
+    fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
+    keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -174,7 +174,7 @@ class Explorer(W.VBox):
         t.criterion.observe(lambda c: setattr(self, "criterion", c["new"]), "value")
         t.scheme.observe(lambda c: setattr(self, "scheme", c["new"]), "value")
         t.n_lowest.observe(lambda c: setattr(self, "n_lowest", int(c["new"])), "value")
-        for name in ("normalization", "fill_mode", "keep_macs"):  # the panel's traits follow the controls
+        for name in ("normalization", "fill_mode", "keep_fraction"):  # the panel's traits follow the controls
             W.link((getattr(t, name), "value"), (self, name))
         t.fill.on_click(lambda _: self.fill_lowest())
         t.clear.on_click(lambda _: self.set_counts({}))
@@ -207,6 +207,7 @@ class Explorer(W.VBox):
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
             self.costs = costs
             self.pruned_model, self._pending, self._previewed = None, None, None
+            self._latency_table = None  # the latency fill's table, measured on this model when first asked
         self._showing_criterion(criterion)
         self.error = problem
         layers = [g.name for g in graph.prunable()]
@@ -265,27 +266,47 @@ class Explorer(W.VBox):
             return
         self.table_editor.set_counts(counts)
 
-    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None) -> None:
-        """Counts from `PrunePlan.lowest`: the global lowest-N filters, or (fill_mode 'macs', or
-        `keep_macs` given) the lowest-ranked filters until `keep_macs` of the model's MACs is left."""
-        if n is not None:
-            self.table_editor.fill_mode.value = "filters"
-            self.table_editor.n_lowest.value = n
-        if keep_macs is not None:
-            self.table_editor.fill_mode.value = "macs"
-            self.table_editor.keep_macs.value = keep_macs
+    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
+                    keep_latency: float | None = None) -> None:
+        """Counts from `PrunePlan.lowest`: the global lowest-N filters, or (fill_mode 'macs' / 'latency',
+        or `keep_macs` / `keep_latency` given) the lowest-ranked filters until `keep_fraction` of the
+        model's MACs or predicted latency is left. The latency table is measured on first use (on the
+        background "budget" worker; `wait()` waits for it)."""
+        t = self.table_editor
+        for mode, value in (("filters", n), ("macs", keep_macs), ("latency", keep_latency)):
+            if value is not None:
+                t.fill_mode.value = mode
+                (t.n_lowest if mode == "filters" else t.keep_fraction).value = value
         if scheme is not None:
-            self.table_editor.scheme.value = scheme
+            t.scheme.value = scheme
+        if self.fill_mode == "latency" and self._latency_table is None:
+            self.status = "measuring a per-layer latency table of this model (once)…"
+            self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
+            return
         try:
-            if self.fill_mode == "macs":
-                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
-                                        target_macs=self.keep_macs * self.costs.before.macs)
-            else:
+            if self.fill_mode == "filters":
                 plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+            elif self.fill_mode == "macs":
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
+                                        target_macs=self.keep_fraction * self.costs.before.macs)
+            else:
+                latency = self._latency_table
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, latency=latency,
+                                        target_latency_ms=self.keep_fraction * latency.predict(self.costs))
         except ValueError as exc:
             self.error = _message(exc)
             return
-        self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+        t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def _measure_latency_table_then_fill(self, model: nn.Module) -> None:
+        from ..model.latency import LatencyTable
+
+        with MODEL_LOCK:
+            table = LatencyTable.measure(model, self.x, self.graph, self.costs)
+        if model is self.model:  # not re-based meanwhile
+            self._latency_table = table
+            self.status = f"latency table measured: {table.predict(self.costs):.2f} ms predicted for this model"
+            self.fill_lowest()
 
     def plan(self) -> PrunePlan:
         """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
