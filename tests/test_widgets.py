@@ -206,20 +206,21 @@ def test_fill_by_macs_mode_cuts_to_the_fraction_within_one_filter(explorer):
 
 
 def test_fill_by_latency_measures_a_table_once_and_cuts_to_the_predicted_fraction(explorer):
-    explorer.fill_lowest(keep_latency=0.7)
+    # every group may shrink: at 16x16 much of the time is per-call overhead no internal layer carries
+    explorer.fill_lowest(keep_latency=0.95, scheme="all")
     explorer.wait()
     table = explorer._latency_table
-    assert table is not None and "latency table measured" in explorer.status
-    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs,
-                                latency=table, target_latency_ms=0.7 * table.predict(explorer.costs))
+    assert table is not None and "latency table measured" in explorer.status and explorer.error == ""
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme="all", costs=explorer.costs,
+                                latency=table, target_latency_ms=0.95 * table.predict(explorer.costs))
     assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph) and len(expected) > 0
     budget = expected.budget
     assert budget["reached"] <= budget["target"] < budget["reached"] + budget["last_step"] + 1e-9
-    explorer.fill_lowest(keep_latency=0.9)  # the same table: planned at once, no second measurement
+    explorer.fill_lowest(keep_latency=0.98)  # the same table: planned at once, no second measurement
     assert explorer._latency_table is table
     assert explorer.plan_summary == PrunePlan.lowest(
-        explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs, latency=table,
-        target_latency_ms=0.9 * table.predict(explorer.costs)).summary()
+        explorer.table, explorer.graph, scheme="all", costs=explorer.costs, latency=table,
+        target_latency_ms=0.98 * table.predict(explorer.costs)).summary()
 
 
 def test_scatter_axis_toggle_replots_by_macs_and_latency_with_each_axiss_frontier():
