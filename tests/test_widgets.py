@@ -162,6 +162,91 @@ def test_criterion_dropdown_reranks_in_the_background(explorer):
     assert explorer.plan_channels == PrunePlan.from_counts(explorer.table, explorer.graph, explorer.counts).channels
 
 
+def test_normalisation_and_global_criterion_selectors_rerank_with_the_library(explorer):
+    """The normalisation dropdown and the new criteria give exactly `rank()`'s table."""
+    from prune_explorer.signals.ranking import rank
+
+    t = explorer.table_editor
+    assert t.normalization.value == "auto" and explorer.normalization == "auto"
+    t.normalization.value = "none"
+    explorer.wait()
+    assert explorer.normalization == "none" and set(explorer.table["normalization"]) == {"none"}
+    assert np.array_equal(explorer.table["normalized"], explorer.table["score"])
+    t.criterion.value = "taylor_global"
+    explorer.wait()
+    t.normalization.value = "flops"
+    explorer.wait()
+    expected = rank(explorer.model, explorer.x, trial=explorer.trial, criterion="taylor_global",
+                    graph=explorer.graph, normalize="flops")
+    assert np.allclose(explorer.table["normalized"], expected["normalized"])
+    assert set(explorer.table["criterion"]) == {"taylor_global"} and "(flops)" in explorer.status
+    t.normalization.value = "auto"  # taylor_global's own: unnormalised, compared across layers
+    explorer.wait()
+    assert set(explorer.table["normalization"]) == {"none"}
+    assert explorer.error == ""
+
+
+def test_fill_by_macs_mode_cuts_to_the_fraction_within_one_filter(explorer):
+    t = explorer.table_editor
+    t.fill_mode.value = "macs"
+    assert explorer.fill_mode == "macs" and t.keep_fraction.layout.display is None and t.n_lowest.layout.display == "none"
+    assert t.fill.description == "fill to macs"
+    t.keep_fraction.value = 0.6
+    t.fill.click()
+    before = explorer.costs.before.macs
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs,
+                                target_macs=0.6 * before)
+    assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
+    one_filter = max(explorer.costs.channel_macs().values())
+    assert 0.6 * before - one_filter < explorer.preview["macs_after"] <= 0.6 * before
+    explorer.fill_lowest(keep_macs=0.01)  # out of reach for the internal scheme: an error, the plan kept
+    assert "cannot be reached" in explorer.error and explorer.plan_summary == expected.summary()
+    explorer.fill_lowest(n=30)
+    assert t.fill_mode.value == "filters" and explorer.preview["filters_removed"] == 30
+
+
+def test_fill_by_latency_measures_a_table_once_and_cuts_to_the_predicted_fraction(explorer):
+    # every group may shrink: at 16x16 much of the time is per-call overhead no internal layer carries
+    explorer.fill_lowest(keep_latency=0.95, scheme="all")
+    explorer.wait()
+    table = explorer._latency_table
+    assert table is not None and "latency table measured" in explorer.status and explorer.error == ""
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme="all", costs=explorer.costs,
+                                latency=table, target_latency_ms=0.95 * table.predict(explorer.costs))
+    assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph) and len(expected) > 0
+    budget = expected.budget
+    assert budget["reached"] <= budget["target"] < budget["reached"] + budget["last_step"] + 1e-9
+    explorer.fill_lowest(keep_latency=0.98)  # the same table: planned at once, no second measurement
+    assert explorer._latency_table is table
+    assert explorer.plan_summary == PrunePlan.lowest(
+        explorer.table, explorer.graph, scheme="all", costs=explorer.costs, latency=table,
+        target_latency_ms=0.98 * table.predict(explorer.costs)).summary()
+
+
+def test_scatter_axis_toggle_replots_by_macs_and_latency_with_each_axiss_frontier():
+    from prune_explorer.widgets.scatter import HistoryScatter
+
+    import pandas as pd
+
+    history = pd.DataFrame({"iteration": ["baseline", "iter-001", "iter-002"], "status": ["completed"] * 3,
+                            "params": [100.0, 50.0, 40.0], "macs": [1000.0, 400.0, 700.0],
+                            "latency_ms": [9.0, 5.0, None], "accuracy": [0.90, 0.89, 0.80]})
+    picked = []
+    scatter = HistoryScatter(picked.append)
+    scatter.show(history, "iter-001")
+    assert scatter.points.x.tolist() == [100.0, 50.0, 40.0]
+    assert scatter.frontier.x.tolist() == [40.0, 50.0, 100.0]
+    scatter.axis.value = "macs"
+    assert scatter.points.x.tolist() == [1000.0, 400.0, 700.0] and scatter._x_axis.label == "MACs"
+    assert scatter.frontier.x.tolist() == [400.0, 1000.0]  # iter-002 is dominated on MACs, not on params
+    assert scatter.base.x.tolist() == [400.0]
+    scatter.axis.value = "latency_ms"
+    assert scatter.points.names.tolist() == ["baseline", "iter-001"]  # no latency measured for iter-002
+    assert scatter.points.tooltip.labels[1] == "latency (ms)" and "data-axis='latency_ms'" in scatter.summary.value
+    scatter.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 1}})
+    assert picked == ["iter-001"]
+
+
 def test_sensitivity_curve_starts_at_the_unpruned_accuracy(explorer, captured):
     model, _, x, y = captured
     explorer.compute_sensitivity("layer2.1.conv1")

@@ -17,8 +17,9 @@ from typing import Any
 import ipywidgets as W
 import torch
 from torch import nn
-from traitlets import Bool, Dict, Int, Unicode, observe
+from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
+from ..model.costs import CostModel
 from ..model.graph import ChannelGraph
 from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
@@ -26,7 +27,6 @@ from ..model.surgery import prune
 from ..signals.ranking import rank
 from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
-from .costs import CostModel
 from .coupling import CouplingView, describe, members, shapes_after
 from .heatmap import RankHeatmap
 from .jobs_panel import JobsPanel
@@ -58,6 +58,9 @@ class Explorer(W.VBox):
     criterion = Unicode("taylor")
     scheme = Unicode("internal")
     n_lowest = Int(200)
+    normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
+    fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
+    keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -171,6 +174,8 @@ class Explorer(W.VBox):
         t.criterion.observe(lambda c: setattr(self, "criterion", c["new"]), "value")
         t.scheme.observe(lambda c: setattr(self, "scheme", c["new"]), "value")
         t.n_lowest.observe(lambda c: setattr(self, "n_lowest", int(c["new"])), "value")
+        for name in ("normalization", "fill_mode", "keep_fraction"):  # the panel's traits follow the controls
+            W.link((getattr(t, name), "value"), (self, name))
         t.fill.on_click(lambda _: self.fill_lowest())
         t.clear.on_click(lambda _: self.set_counts({}))
         t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
@@ -195,12 +200,14 @@ class Explorer(W.VBox):
                     problem = f"criterion {criterion!r} needs a trial; none was given"
                 criterion = "l1"
                 problem += "; ranking by l1 weight norms instead"
-            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph)
+            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph,
+                         normalize=self._normalize())
             costs = CostModel(model, example_inputs, graph)
         with self._lock:
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
             self.costs = costs
             self.pruned_model, self._pending, self._previewed = None, None, None
+            self._latency_table = None  # the latency fill's table, measured on this model when first asked
         self._showing_criterion(criterion)
         self.error = problem
         layers = [g.name for g in graph.prunable()]
@@ -259,18 +266,47 @@ class Explorer(W.VBox):
             return
         self.table_editor.set_counts(counts)
 
-    def fill_lowest(self, n: int | None = None, scheme: str | None = None) -> None:
-        """Counts from `PrunePlan.lowest(table, graph, n, scheme)`: the global lowest-N filters."""
-        if n is not None:
-            self.table_editor.n_lowest.value = n
+    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
+                    keep_latency: float | None = None) -> None:
+        """Counts from `PrunePlan.lowest`: the global lowest-N filters, or (fill_mode 'macs' / 'latency',
+        or `keep_macs` / `keep_latency` given) the lowest-ranked filters until `keep_fraction` of the
+        model's MACs or predicted latency is left. The latency table is measured on first use (on the
+        background "budget" worker; `wait()` waits for it)."""
+        t = self.table_editor
+        for mode, value in (("filters", n), ("macs", keep_macs), ("latency", keep_latency)):
+            if value is not None:
+                t.fill_mode.value = mode
+                (t.n_lowest if mode == "filters" else t.keep_fraction).value = value
         if scheme is not None:
-            self.table_editor.scheme.value = scheme
+            t.scheme.value = scheme
+        if self.fill_mode == "latency" and self._latency_table is None:
+            self.status = "measuring a per-layer latency table of this model (once)…"
+            self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
+            return
         try:
-            plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+            if self.fill_mode == "filters":
+                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+            elif self.fill_mode == "macs":
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
+                                        target_macs=self.keep_fraction * self.costs.before.macs)
+            else:
+                latency = self._latency_table
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, latency=latency,
+                                        target_latency_ms=self.keep_fraction * latency.predict(self.costs))
         except ValueError as exc:
             self.error = _message(exc)
             return
-        self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+        t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def _measure_latency_table_then_fill(self, model: nn.Module) -> None:
+        from ..model.latency import LatencyTable
+
+        with MODEL_LOCK:
+            table = LatencyTable.measure(model, self.x, self.graph, self.costs)
+        if model is self.model:  # not re-based meanwhile
+            self._latency_table = table
+            self.status = f"latency table measured: {table.predict(self.costs):.2f} ms predicted for this model"
+            self.fill_lowest()
 
     def plan(self) -> PrunePlan:
         """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
@@ -387,6 +423,14 @@ class Explorer(W.VBox):
             return
         self._bg.submit("rank", self._rerank, change["new"], latest_only=True)
 
+    @observe("normalization")
+    def _normalization_changed(self, change) -> None:
+        if hasattr(self, "table"):
+            self._bg.submit("rank", self._rerank, self.criterion, latest_only=True)
+
+    def _normalize(self) -> str | None:
+        return None if self.normalization == "auto" else self.normalization
+
     def _rerank(self, criterion: str) -> None:
         if self.trial is None and criterion not in WEIGHT_CRITERIA:
             self.error = f"criterion {criterion!r} needs a trial (captured activations and gradients); none is open"
@@ -394,14 +438,16 @@ class Explorer(W.VBox):
         self.busy, self.status = True, f"ranking by {criterion}…"
         try:
             with MODEL_LOCK:
-                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph)
+                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph,
+                             normalize=self._normalize())
             counts = dict(self.counts)
             self.table = table
             self.heatmap.show(table, [g.name for g in self.graph.prunable()])
             self.counts = {}
             self.counts = counts
             self.error = ""
-            self.status = f"{len(table)} filters ranked by {criterion}"
+            self.status = f"{len(table)} filters ranked by {criterion} ({table['normalization'].iloc[0]})" \
+                if len(table) else f"no filters ranked by {criterion}"
         finally:
             self.busy = False
 

@@ -134,6 +134,32 @@ def test_clicking_a_heatmap_row_selects_the_layer_and_shows_its_coupled_modules(
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
 
 
+def test_the_scatter_axis_toggle_redraws_the_history_by_macs_and_back(lab_page, artifacts):
+    """Clicking MACs relabels the drawn x axis, retitles its ticks and re-reports the frontier;
+    params brings the first drawing back."""
+    page = lab_page
+    scatter = page.locator(".pe-scatter")
+    label = scatter.locator("text.axislabel").filter(has_text="params")
+    expect(label).to_have_count(1)
+    summary = page.locator(".pe-history-count span")
+    expect(summary).to_have_attribute("data-axis", "params")
+    points = summary.get_attribute("data-count")
+    ticks = page.evaluate("() => [...document.querySelectorAll('.pe-scatter .axis .tick text')].map(t => t.textContent)")
+    assert ticks
+    page.locator(".pe-scatter-axis button", has_text="MACs").click()
+    expect(summary).to_have_attribute("data-axis", "macs")
+    expect(summary).to_have_attribute("data-count", points)  # every tracked iteration has its MACs
+    expect(scatter.locator("text.axislabel").filter(has_text="MACs")).to_have_count(1)
+    page.wait_for_function("""(before) => {
+        const now = [...document.querySelectorAll('.pe-scatter .axis .tick text')].map(t => t.textContent);
+        return JSON.stringify(now) !== JSON.stringify(before);
+    }""", arg=ticks)
+    scatter.screenshot(path=str(artifacts / "lab-scatter-macs.png"))
+    page.locator(".pe-scatter-axis button", has_text="params").click()
+    expect(summary).to_have_attribute("data-axis", "params")
+    expect(label).to_have_count(1)
+
+
 def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page, artifacts):
     page = lab_page
     page.locator(".pe-fill").click()
