@@ -607,3 +607,56 @@ def test_the_panel_plans_layer_by_layer_exactly_as_from_counts_plans_the_model(e
         expected = PrunePlan.from_counts(explorer.table, explorer.graph, counts)
         assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
         assert explorer.plan_summary == expected.summary()
+
+
+def test_export_button_writes_the_applied_model_into_the_workspace_and_it_runs_in_onnxruntime(captured, tmp_path):
+    import onnxruntime as ort
+
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws")
+    try:
+        e.set_counts({"layer3.0.conv1": 100})
+        e.apply()
+        e.export_format.value = "onnx"
+        e.export_button.click()
+        assert "exporting iter-001 as onnx" in e.export_line.value  # shown at once; the export runs in the background
+        e.wait(600)
+        assert e.error == ""
+        path = tmp_path / "ws" / "exports" / "iter-001.onnx"
+        assert path.is_file() and e.exported["path"] == str(path) and e.exported["iteration"] == "iter-001"
+        assert f"data-path='{path}'" in e.export_line.value
+        assert sorted(p.name for p in path.parent.iterdir()) == ["iter-001.onnx"], "a temp file was left behind"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        batch = x[:3]
+        (out,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+        with torch.no_grad():
+            pruned, base = e.pruned_model(batch).numpy(), model(batch).numpy()
+        assert np.abs(out - pruned).max() <= 1e-4 * max(1.0, np.abs(pruned).max())  # the applied model, any batch
+        assert np.abs(out - base).max() > 1e-3  # not the unpruned one
+    finally:
+        e.close()
+
+
+def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_cause(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", base_iteration="baseline")
+    try:
+        with pytest.raises(ValueError, match="unknown export format 'tflite'; choose one of onnx, pt2"):
+            e.export("tflite")
+        (tmp_path / "ws" / "exports" / "baseline.onnx").mkdir(parents=True)  # in the way of the file
+        e.export_button.click()
+        e.wait(120)
+        assert e.error.startswith("export: ") and "baseline.onnx: it is a directory" in e.error
+        assert "export of baseline failed" in e.export_line.value and e.exported == {}
+
+        e.export_format.value = "pt2"
+        e.export_button.click()
+        e.wait(600)
+        assert e.error == ""
+        path = tmp_path / "ws" / "exports" / "baseline.pt2"
+        assert e.exported["path"] == str(path) and e.exported["format"] == "pt2"
+        program = torch.export.load(str(path))
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x[:2]), model(x[:2]), atol=1e-4)
+    finally:
+        e.close()

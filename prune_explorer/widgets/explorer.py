@@ -39,6 +39,7 @@ from .sensitivity import sensitivity_curve
 WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
 TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
+EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
 
 
 def _message(exc: BaseException) -> str:
@@ -66,6 +67,7 @@ class Explorer(W.VBox):
     selected_layer = Unicode(None, allow_none=True, help="the layer picked in the heatmap or the table")
     coupling = Dict(help="the selected layer's channel group: members, roles, tensor shapes before/after the plan")
     compared = Dict(help="the last comparison of two iterations (per-layer widths, params, MACs, accuracy)")
+    exported = Dict(help="the last Export: iteration, path, format, bytes, max_abs_diff (ExportResult.as_dict())")
     error = Unicode("")
     status = Unicode("")
     busy = Bool(False)
@@ -125,11 +127,21 @@ class Explorer(W.VBox):
         self.scatter = HistoryScatter(self.rebase)
         self.lineage = LineageTree(self.rebase, self.compare)
         self.coupling_view = CouplingView()
+        self.export_format = W.ToggleButtons(options=EXPORT_FORMATS, value=EXPORT_FORMATS[0],
+                                             tooltips=["ONNX (ONNX Runtime)", "torch.export program (.pt2)"],
+                                             style={"button_width": "56px"})
+        self.export_format.add_class("pe-export-format")
+        self.export_button = W.Button(description="Export", icon="download",
+                                      tooltip="the applied model (else the base) as a file that runs without prune_explorer")
+        self.export_button.add_class("pe-export")
+        self.export_line = W.HTML()
+        self.export_line.add_class("pe-exported")
         actions = W.VBox([
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
             W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
             W.HBox([self.entry_point, self.source_dir]),
+            W.HBox([self.export_format, self.export_button]), self.export_line,
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
         ], layout=W.Layout(width="40%", min_width="360px"))
         super().__init__([
@@ -177,6 +189,7 @@ class Explorer(W.VBox):
         self.heatmap.on_select(self.select_layer)
         self.apply_button.on_click(lambda _: self._guarded(self.apply))
         self.queue_button.on_click(lambda _: self._guarded(self.queue_finetune))
+        self.export_button.on_click(lambda _: self._guarded(self.export))
 
     def _load(self, model: nn.Module, trial: Any, example_inputs: Any) -> None:
         """Trace, open the trial and rank; a bad trial falls back to weight ranks with an error shown."""
@@ -474,6 +487,38 @@ class Explorer(W.VBox):
         self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
         self.refresh()
         return job
+
+    # --- export --------------------------------------------------------------------------------
+    def export(self, fmt: str | None = None):
+        """Export the applied model (else the base) to WORKSPACE/exports/<iteration>.<fmt> on the
+        "export" worker (the dynamo exporter takes seconds); `exported` and the export line show the file."""
+        fmt = fmt or self.export_format.value
+        if self.pruned_model is not None and self.applied:
+            model, name = self.pruned_model, self.applied["iteration"]
+        else:
+            model, name = self.model, self.base_iteration or "base"
+        path = (self.workspace or Workspace(Path.cwd() / "workspace")).export_path(name, fmt)
+        self.exported = {}
+        self._export_shows(f"⏳ exporting {name} as {fmt}…")
+        return self._bg.submit("export", self._export, model, name, path, fmt, self.x)
+
+    def _export(self, model: nn.Module, name: str, path: Path, fmt: str, x: Any) -> None:
+        from ..model.export import export_model
+
+        try:
+            with MODEL_LOCK:
+                result = export_model(model, path, format=fmt, example_inputs=x)
+        except Exception as exc:
+            self._export_shows(f"export of {name} failed: {_message(exc)}", failed=True)
+            raise
+        self.exported = {"iteration": name, **result.as_dict()}
+        self._export_shows(f"exported {name}: <code class='pe-export-path' data-path='{html.escape(str(path))}'>"
+                           f"{html.escape(str(path))}</code> ({result.bytes / 1e6:.1f} MB, {result.format} via "
+                           f"{result.exporter}, max |file − PyTorch| {result.max_abs_diff:.1e})", escaped=True)
+
+    def _export_shows(self, text: str, failed: bool = False, escaped: bool = False) -> None:
+        body = text if escaped else html.escape(text)
+        self.export_line.value = f"<div style='color:{'#b00020' if failed else 'inherit'}'>{body}</div>"
 
     def cancel(self, job_id: str) -> None:
         try:
