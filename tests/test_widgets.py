@@ -28,6 +28,12 @@ def _batch(n=8, seed=0):
     return torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+@pytest.fixture(autouse=True)
+def _no_onnxruntime_latency(monkeypatch):
+    """Each plan's ONNX Runtime timing costs two exports (seconds); only the tests about it turn it on."""
+    monkeypatch.setattr("prune_explorer.widgets.explorer.ONNXRUNTIME_LATENCY", False)
+
+
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     """A resnet18 and a real compact trial captured over two training steps."""
@@ -660,3 +666,48 @@ def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_
             assert torch.allclose(program.module()(x[:2]), model(x[:2]), atol=1e-4)
     finally:
         e.close()
+
+
+def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured, monkeypatch):
+    import prune_explorer.widgets.explorer as explorer_module
+
+    timed, exported = [], []
+    real_latency, real_export = explorer_module.onnxruntime_latency_ms, explorer_module.export_model
+
+    def ort_latency(models, *args, **kwargs):
+        timed.append([m if isinstance(m, nn.Module) else str(m) for m in models])
+        return real_latency(models, *args, **kwargs)
+
+    def export(model, path, **kwargs):
+        exported.append(path)
+        return real_export(model, path, **kwargs)
+
+    monkeypatch.setattr(explorer_module, "onnxruntime_latency_ms", ort_latency)
+    monkeypatch.setattr(explorer_module, "export_model", export)
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], onnxruntime_latency=True)
+    try:
+        e.wait(120)
+        assert "ort_latency_ms_before" not in e.preview and timed == []  # nothing timed before a plan
+        e.set_counts({"layer3.0.conv1": 128})
+        assert e.preview["ort_latency_ms_after"] is None  # the slider path only marks it pending
+        assert "ONNX Runtime CPU" in e.preview_box.table.value
+        e.wait(600)
+        assert len(timed) == 1 and len(exported) == 1  # the base file once; the pruned module in memory
+        (base_file, pruned), = timed
+        assert base_file == str(exported[0]) and pruned is e._previewed[1]
+        first = (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"])
+        assert all(ms > 0 for ms in first)
+
+        e.set_counts({"layer3.0.conv1": 64})
+        e.wait(600)
+        assert len(timed) == 2 and len(exported) == 1 and timed[1][0] == base_file  # the base export is reused
+        e.set_counts({"layer3.0.conv1": 128})  # back to the first plan: its numbers at once, from the cache
+        assert (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"]) == first
+        e.wait(600)
+        assert len(timed) == 2
+        e.set_counts({})
+        assert e.preview["ort_latency_ms_after"] == e.preview["ort_latency_ms_before"]
+    finally:
+        e.close()
+    assert not exported[0].exists()  # the panel's temp folder goes with it

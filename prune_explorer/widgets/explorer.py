@@ -10,6 +10,8 @@ in the `error` trait and the panel's error line, never as a traceback.
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Int, Unicode, observe
 
+from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
 from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
@@ -40,6 +43,7 @@ WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
 TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
 EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
+ONNXRUNTIME_LATENCY = True  # the preview also times the plan in ONNX Runtime (an export per plan: seconds)
 
 
 def _message(exc: BaseException) -> str:
@@ -77,7 +81,8 @@ class Explorer(W.VBox):
                  n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
-                 entry_point: str | None = None, source_dir: str | None = None):
+                 entry_point: str | None = None, source_dir: str | None = None,
+                 onnxruntime_latency: bool | None = None):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self._bg = Background(self._background_failed)
@@ -94,6 +99,10 @@ class Explorer(W.VBox):
         self.queue = None
         self.tracker = None
         self._closed = threading.Event()
+        self.onnxruntime_latency = ONNXRUNTIME_LATENCY if onnxruntime_latency is None else bool(onnxruntime_latency)
+        self._ort_ms: dict[tuple, tuple[float, float]] = {}  # plan key -> ONNX Runtime (before, after) ms
+        self._ort_base: tuple[nn.Module, Path] | None = None  # the base model's .onnx, exported once per base
+        self._ort_dir: str | None = None
 
         self.error_line = W.HTML()
         self.error_line.add_class("pe-error")
@@ -214,6 +223,7 @@ class Explorer(W.VBox):
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
             self.costs = costs
             self.pruned_model, self._pending, self._previewed = None, None, None
+            self._ort_ms = {}
         self._showing_criterion(criterion)
         self.error = problem
         layers = [g.name for g in graph.prunable()]
@@ -326,6 +336,16 @@ class Explorer(W.VBox):
         numbers.update(params_before=self.costs.before.params, params_after=cost.params,
                        macs_before=self.costs.before.macs, macs_after=cost.macs,
                        filters_removed=sum(removed.values()), latency_ms_after=None)
+        key = _plan_key(plan)
+        if self.onnxruntime_latency:  # a plan seen before shows its ONNX Runtime numbers at once
+            ort = self._ort_ms.get(key) or (numbers.get("ort_latency_ms_before"), None)
+            if not removed:
+                ort = (ort[0], ort[0])
+            if ort[0] is None and not removed:  # nothing timed yet and nothing to time: no row
+                numbers.pop("ort_latency_ms_before", None)
+                numbers.pop("ort_latency_ms_after", None)
+            else:
+                numbers.update(ort_latency_ms_before=ort[0], ort_latency_ms_after=ort[1])
         self.preview = numbers
         self.heatmap.mark(self.plan_channels)
         if not removed:
@@ -334,7 +354,7 @@ class Explorer(W.VBox):
             self.preview = {**self.preview, "latency_ms_after": self.preview.get("latency_ms_before")}
             return
         self._show_coupling()
-        self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), latest_only=True)
+        self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), key, latest_only=True)
 
     @observe("preview")
     def _show_preview(self, change) -> None:
@@ -354,7 +374,7 @@ class Explorer(W.VBox):
         self.preview = {**self.preview, "latency_ms_before": ms,
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
-    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
+    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int], key: tuple = ()) -> None:
         """Prune for the plan (the coupling view's shapes after come from this model), then time the base
         model and the pruned one in alternation, so both numbers see the same machine load."""
         with MODEL_LOCK:
@@ -367,6 +387,38 @@ class Explorer(W.VBox):
             before, after = paired_latency_ms([self.model, pruned], self.x, warmup=3, repeats=7)
         if counts == self.counts:
             self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
+        if self.onnxruntime_latency and key not in self._ort_ms:
+            self._bg.submit("ort-latency", self._measure_ort_latency, pruned, counts, key, latest_only=True)
+
+    def _measure_ort_latency(self, pruned: nn.Module, counts: dict[str, int], key: tuple) -> None:
+        """ONNX Runtime CPU ms of the base model and the plan's pruned one, timed in turn; cached per plan.
+        Each export takes seconds, so a plan the sliders have left is dropped between the steps."""
+        model, x = self.model, self.x
+        with MODEL_LOCK:
+            if counts != self.counts:
+                return
+            base = self._ort_base_file(model, x)
+            if counts != self.counts or model is not self.model:
+                return
+            before, after = onnxruntime_latency_ms([base, pruned], x, warmup=3, repeats=7)
+        if model is not self.model:
+            return
+        self._ort_ms[key] = (before, after)
+        if counts == self.counts:
+            self.preview = {**self.preview, "ort_latency_ms_before": before, "ort_latency_ms_after": after}
+
+    def _ort_base_file(self, model: nn.Module, x: Any) -> Path:
+        """The base model as a fixed-batch .onnx in the panel's temp folder, exported once per base model."""
+        if self._ort_base is not None and self._ort_base[0] is model:
+            return self._ort_base[1]
+        if self._ort_dir is None:
+            self._ort_dir = tempfile.mkdtemp(prefix="prune-explorer-ort-")
+        path = Path(self._ort_dir) / f"base-{id(model):x}.onnx"
+        export_model(model, path, example_inputs=x, dynamic_batch=False)
+        if self._ort_base is not None:
+            self._ort_base[1].unlink(missing_ok=True)
+        self._ort_base = (model, path)
+        return path
 
     # --- selection and coupling ----------------------------------------------------------------
     def select_layer(self, layer: str | None) -> None:
@@ -503,8 +555,6 @@ class Explorer(W.VBox):
         return self._bg.submit("export", self._export, model, name, path, fmt, self.x)
 
     def _export(self, model: nn.Module, name: str, path: Path, fmt: str, x: Any) -> None:
-        from ..model.export import export_model
-
         try:
             with MODEL_LOCK:
                 result = export_model(model, path, format=fmt, example_inputs=x)
@@ -597,6 +647,8 @@ class Explorer(W.VBox):
     def close(self) -> None:
         self._closed.set()
         self._bg.shutdown()
+        if self._ort_dir is not None:
+            shutil.rmtree(self._ort_dir, ignore_errors=True)
         if self.queue is not None:
             self.queue.close()
         super().close()
@@ -622,6 +674,11 @@ class Explorer(W.VBox):
         spinner = "⏳ " if self.busy else ""
         base = f" · base <code>{html.escape(self.base_iteration)}</code>" if self.base_iteration else ""
         self.status_line.value = f"<span>{spinner}{html.escape(self.status)}</span>{base}"
+
+
+def _plan_key(plan: PrunePlan) -> tuple:
+    """A plan as a hashable key (its channels per layer): the ONNX Runtime cache's key."""
+    return tuple(sorted((layer, tuple(ix)) for layer, ix in plan.channels.items() if len(ix)))
 
 
 def _open(trial: Any, model: nn.Module, graph: ChannelGraph):
