@@ -649,6 +649,8 @@ def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_
     try:
         with pytest.raises(ValueError, match="unknown export format 'tflite'; choose one of onnx, pt2"):
             e.export("tflite")
+        with pytest.raises(ValueError, match=r"'\.\./elsewhere' is not an iteration name"):
+            e.workspace.export_path("../elsewhere", "onnx")
         (tmp_path / "ws" / "exports" / "baseline.onnx").mkdir(parents=True)  # in the way of the file
         e.export_button.click()
         e.wait(120)

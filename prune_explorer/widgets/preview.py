@@ -38,7 +38,7 @@ class Preview(W.VBox):
         if "ort_latency_ms_before" in numbers:  # when the explorer times ONNX Runtime too
             rows.append(("ONNX Runtime CPU", "ort_latency_ms", "ms"))
         body = "".join(
-            f"<tr><td>{label}</td><td>{_fmt(numbers.get(key + '_before'), unit)}</td>"
+            f"<tr data-key='{key}'><td>{label}</td><td>{_fmt(numbers.get(key + '_before'), unit)}</td>"
             f"<td>{_fmt(numbers.get(key + '_after'), unit)}</td>"
             f"<td>{_ratio(numbers.get(key + '_before'), numbers.get(key + '_after'))}</td></tr>"
             for label, key, unit in rows

@@ -162,6 +162,9 @@ def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_pa
     path = Path(shown.get_attribute("data-path"))
     assert path == served["root"] / "workspace" / "exports" / "iter-001.onnx" and path.is_file()
     expect(page.locator(".pe-error")).to_have_text("")
+    ort = page.locator(".pe-preview tr[data-key='ort_latency_ms'] td")  # before, after: from the ort-latency worker
+    expect(ort.nth(1)).to_contain_text(" ms", timeout=RENDER_S)
+    expect(ort.nth(2)).to_contain_text(" ms", timeout=RENDER_S)
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-export.png"))
     ran = subprocess.run([sys.executable, "-I", "-c", ORT_ALONE, str(path)], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
