@@ -28,12 +28,6 @@ def _batch(n=8, seed=0):
     return torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-@pytest.fixture(autouse=True)
-def _no_onnxruntime_latency(monkeypatch):
-    """Each plan's ONNX Runtime timing costs two exports (seconds); only the tests about it turn it on."""
-    monkeypatch.setattr("prune_explorer.widgets.explorer.ONNXRUNTIME_LATENCY", False)
-
-
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     """A resnet18 and a real compact trial captured over two training steps."""

@@ -43,7 +43,9 @@ WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
 TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
 EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
-ONNXRUNTIME_LATENCY = True  # the preview also times the plan in ONNX Runtime (an export per plan: seconds)
+# The preview also times each plan in ONNX Runtime: two dynamo exports (seconds, ≈ +430 MiB peak on
+# resnet18), too much for a notebook on Binder's 2 GiB beside a training job; the app turns it on.
+ONNXRUNTIME_LATENCY = False
 
 
 def _message(exc: BaseException) -> str:
