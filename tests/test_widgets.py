@@ -707,3 +707,23 @@ def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured
     finally:
         e.close()
     assert not exported[0].exists()  # the panel's temp folder goes with it
+
+
+def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1")
+    try:
+        e.set_counts({"layer2.0.conv1": 40})
+        e.wait()
+        previewed, by_l1 = e._previewed[1], dict(e.plan_channels)
+        assert e.apply() is previewed  # no second surgery (the model lock may be busy with an export)
+        e.table_editor.criterion.value = "l2"  # same counts, other ranks: another plan
+        e.wait()
+        assert e.counts == {"layer2.0.conv1": 40} and e.plan_channels != by_l1
+        fresh = e.apply()
+        assert fresh is not previewed
+        expected = prune(model, e.plan(), x[:1], graph=e.graph)
+        with torch.no_grad():
+            assert torch.equal(fresh(x), expected(x))
+    finally:
+        e.close()

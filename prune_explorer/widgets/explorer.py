@@ -96,6 +96,7 @@ class Explorer(W.VBox):
         self.pruned_model: nn.Module | None = None
         self._pending: dict[str, Any] | None = None
         self._previewed: tuple[dict[str, int], nn.Module] | None = None  # (counts, the pruned model they give)
+        self._surgery: tuple[tuple, nn.Module] | None = None  # (plan key, the preview's pruned model): Apply reuses it
         self._cuts_of, self._cuts, self._rows_of = None, {}, {}  # per-layer plans of one RankTable
         self.history = None
         self.queue = None
@@ -225,7 +226,7 @@ class Explorer(W.VBox):
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
             self.costs = costs
             self.pruned_model, self._pending, self._previewed = None, None, None
-            self._ort_ms = {}
+            self._ort_ms, self._surgery = {}, None
         self._showing_criterion(criterion)
         self.error = problem
         layers = [g.name for g in graph.prunable()]
@@ -376,11 +377,14 @@ class Explorer(W.VBox):
         self.preview = {**self.preview, "latency_ms_before": ms,
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
-    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int], key: tuple = ()) -> None:
+    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int], key: tuple) -> None:
         """Prune for the plan (the coupling view's shapes after come from this model), then time the base
         model and the pruned one in alternation, so both numbers see the same machine load."""
+        model = self.model
         with MODEL_LOCK:
-            pruned = prune(self.model, plan, self.x, graph=self.graph)
+            pruned = prune(model, plan, self.x, graph=self.graph)
+        if model is self.model:
+            self._surgery = (key, pruned)
         if counts != self.counts:
             return
         self._previewed = (counts, pruned)
@@ -501,8 +505,12 @@ class Explorer(W.VBox):
         removed = plan.resolve(self.graph)
         if not removed:
             raise ValueError("the plan cuts no filters: move a layer's slider or fill the lowest N first")
-        with MODEL_LOCK:
-            pruned = prune(self.model, plan, self.x, graph=self.graph)
+        surgery = self._surgery
+        if surgery is not None and surgery[0] == _plan_key(plan):
+            pruned = surgery[1]  # the preview already ran this plan's surgery (and the model lock may be busy)
+        else:
+            with MODEL_LOCK:
+                pruned = prune(self.model, plan, self.x, graph=self.graph)
         workspace = self.workspace or Workspace(Path.cwd() / "workspace")
         iteration = self._pending["iteration"] if self._pending else workspace.reserve_iteration()
         model_dir = workspace.save_pruned(iteration, pruned, plan, parent=self.base_iteration, criterion=self.criterion)

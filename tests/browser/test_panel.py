@@ -152,6 +152,9 @@ def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_pa
     page = lab_page
     page.locator(".pe-fill").click()
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
+    # the PyTorch latency after: the preview's surgery is done, so Apply reuses it and never waits
+    # for the model lock behind an ONNX Runtime export of an earlier plan
+    expect(page.locator(".pe-preview tr[data-key='latency_ms'] td").nth(2)).to_contain_text(" ms", timeout=RENDER_S)
     page.locator(".pe-apply").click()
     expect(page.locator(".pe-applied")).to_contain_text("filters removed")
     page.locator(".pe-export-format button", has_text="onnx").click()
