@@ -4,6 +4,7 @@
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
       jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks
+      exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
       results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
       latency_table.json           per-layer latencies measured once on the baseline (latency budgets)
@@ -408,6 +409,19 @@ class Workspace:
         metrics.update(status=STOPPED, reason=reason)
         self.write_file(f"iterations/{name}/metrics.json",
                         lambda path: Path(path).write_text(json.dumps(metrics, indent=1, default=str)))
+
+    def export_path(self, name: str, fmt: str) -> Path:
+        """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;
+        `model.export.export_model` writes the file through a temp file and one rename)."""
+        from .model.export import FORMATS
+
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"export: {name!r} is not an iteration name (a plain name such as iter-001)")
+        folder = self.root / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{name}.{fmt}"
 
     def write_file(self, relative: str, write: Callable[[str], Any]) -> Path:
         """Write WORKSPACE/<relative> through `write(temp_path)` and one rename: never half a file."""

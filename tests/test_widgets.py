@@ -692,3 +692,123 @@ def test_the_panel_plans_layer_by_layer_exactly_as_from_counts_plans_the_model(e
         expected = PrunePlan.from_counts(explorer.table, explorer.graph, counts)
         assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
         assert explorer.plan_summary == expected.summary()
+
+
+def test_export_button_writes_the_applied_model_into_the_workspace_and_it_runs_in_onnxruntime(captured, tmp_path):
+    import onnxruntime as ort
+
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws")
+    try:
+        e.set_counts({"layer3.0.conv1": 100})
+        e.apply()
+        e.export_format.value = "onnx"
+        e.export_button.click()
+        assert "exporting iter-001 as onnx" in e.export_line.value  # shown at once; the export runs in the background
+        e.wait(600)
+        assert e.error == ""
+        path = tmp_path / "ws" / "exports" / "iter-001.onnx"
+        assert path.is_file() and e.exported["path"] == str(path) and e.exported["iteration"] == "iter-001"
+        assert f"data-path='{path}'" in e.export_line.value
+        assert sorted(p.name for p in path.parent.iterdir()) == ["iter-001.onnx"], "a temp file was left behind"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        batch = x[:3]
+        (out,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+        with torch.no_grad():
+            pruned, base = e.pruned_model(batch).numpy(), model(batch).numpy()
+        assert np.abs(out - pruned).max() <= 1e-4 * max(1.0, np.abs(pruned).max())  # the applied model, any batch
+        assert np.abs(out - base).max() > 1e-3  # not the unpruned one
+    finally:
+        e.close()
+
+
+def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_cause(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", base_iteration="baseline")
+    try:
+        with pytest.raises(ValueError, match="unknown export format 'tflite'; choose one of onnx, pt2"):
+            e.export("tflite")
+        with pytest.raises(ValueError, match=r"'\.\./elsewhere' is not an iteration name"):
+            e.workspace.export_path("../elsewhere", "onnx")
+        (tmp_path / "ws" / "exports" / "baseline.onnx").mkdir(parents=True)  # in the way of the file
+        e.export_button.click()
+        e.wait(120)
+        assert e.error.startswith("export: ") and "baseline.onnx: it is a directory" in e.error
+        assert "export of baseline failed" in e.export_line.value and e.exported == {}
+
+        e.export_format.value = "pt2"
+        e.export_button.click()
+        e.wait(600)
+        assert e.error == ""
+        path = tmp_path / "ws" / "exports" / "baseline.pt2"
+        assert e.exported["path"] == str(path) and e.exported["format"] == "pt2"
+        program = torch.export.load(str(path))
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x[:2]), model(x[:2]), atol=1e-4)
+    finally:
+        e.close()
+
+
+def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured, monkeypatch):
+    import prune_explorer.widgets.explorer as explorer_module
+
+    timed, exported = [], []
+    real_latency, real_export = explorer_module.onnxruntime_latency_ms, explorer_module.export_model
+
+    def ort_latency(models, *args, **kwargs):
+        timed.append([m if isinstance(m, nn.Module) else str(m) for m in models])
+        return real_latency(models, *args, **kwargs)
+
+    def export(model, path, **kwargs):
+        exported.append(path)
+        return real_export(model, path, **kwargs)
+
+    monkeypatch.setattr(explorer_module, "onnxruntime_latency_ms", ort_latency)
+    monkeypatch.setattr(explorer_module, "export_model", export)
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], onnxruntime_latency=True)
+    try:
+        e.wait(120)
+        assert "ort_latency_ms_before" not in e.preview and timed == []  # nothing timed before a plan
+        e.set_counts({"layer3.0.conv1": 128})
+        assert e.preview["ort_latency_ms_after"] is None  # the slider path only marks it pending
+        assert "ONNX Runtime CPU" in e.preview_box.table.value
+        e.wait(600)
+        assert len(timed) == 1 and len(exported) == 1  # the base file once; the pruned module in memory
+        (base_file, pruned), = timed
+        assert base_file == str(exported[0]) and pruned is e._previewed[1]
+        first = (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"])
+        assert all(ms > 0 for ms in first)
+
+        e.set_counts({"layer3.0.conv1": 64})
+        e.wait(600)
+        assert len(timed) == 2 and len(exported) == 1 and timed[1][0] == base_file  # the base export is reused
+        e.set_counts({"layer3.0.conv1": 128})  # back to the first plan: its numbers at once, from the cache
+        assert (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"]) == first
+        e.wait(600)
+        assert len(timed) == 2
+        e.set_counts({})
+        assert e.preview["ort_latency_ms_after"] == e.preview["ort_latency_ms_before"]
+    finally:
+        e.close()
+    assert not exported[0].exists()  # the panel's temp folder goes with it
+
+
+def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1")
+    try:
+        e.set_counts({"layer2.0.conv1": 40})
+        e.wait()
+        previewed, by_l1 = e._previewed[1], dict(e.plan_channels)
+        assert e.apply() is previewed  # no second surgery (the model lock may be busy with an export)
+        e.table_editor.criterion.value = "l2"  # same counts, other ranks: another plan
+        e.wait()
+        assert e.counts == {"layer2.0.conv1": 40} and e.plan_channels != by_l1
+        fresh = e.apply()
+        assert fresh is not previewed
+        expected = prune(model, e.plan(), x[:1], graph=e.graph)
+        with torch.no_grad():
+            assert torch.equal(fresh(x), expected(x))
+    finally:
+        e.close()
