@@ -4,8 +4,10 @@ widths, and the report that ends in the goal's line.
 
 A method is a function `run(config)` that trains its params-vs-accuracy curve into
 `config.workspace` (a workspace holding a copy of the shared baseline), with `config.iterations`
-steps of `config.per_iteration` filters; register one with `@method("name")` and pass
-`--methods name,...` to either benchmark. Curves are read back from the workspace's MLflow store,
+steps of `config.per_iteration` filters (or, for the MACs-budget methods, steps that each keep
+MACS_STEP of the parent's MACs); register one with `@method("name")` and pass `--methods name,...`
+to either benchmark (`default=False`: run only when named, so the default set stays the one the
+recorded results used). Curves are read back from the workspace's MLflow store,
 so a benchmark continues an interrupted run and `--report` re-prints a finished one.
 """
 from __future__ import annotations
@@ -24,14 +26,21 @@ from prune_explorer.workspace import BASELINE, Workspace
 
 Method = Callable[[LoopConfig], None]
 METHODS: dict[str, Method] = {}  # name -> run(config), in the order the report prints them
+DEFAULT_METHODS: list[str] = []  # what --methods runs when not given
 REFERENCE = "taylor"  # its run trains the baseline every other method copies; the report's reference
 GOAL_FRACTION = 1 / 3  # the goal's point: each method's first model at or below this share of the baseline's params
+GOAL_MACS_FRACTION = 1 / 2  # issue 13's point: each method's first model at or below this share of the baseline's MACs
+MACS_STEP = 0.8  # the MACs-budget methods: each iteration keeps this share of its parent's MACs
+GOAL_DROP = 0.005  # issue 13's goal: within 0.5 point of the baseline ...
+GOAL_SE = 2.0  # ... and ahead of per-layer Taylor and random by more than 2 standard errors
 
 
-def method(name: str) -> Callable[[Method], Method]:
-    """Register `run(config)` as a benchmark method under `name`."""
+def method(name: str, default: bool = True) -> Callable[[Method], Method]:
+    """Register `run(config)` as a benchmark method under `name` (in the default set unless `default=False`)."""
     def register(run: Method) -> Method:
         METHODS[name] = run
+        if default:
+            DEFAULT_METHODS.append(name)
         return run
     return register
 
@@ -59,6 +68,30 @@ def _l1(config: LoopConfig) -> None:
 @method("random")
 def _random(config: LoopConfig) -> None:
     run_loop(dataclasses.replace(config, criterion="random"), criterion_fn=random_scores(config.seed))
+
+
+@method("taylor-global", default=False)
+def _taylor_global(config: LoopConfig) -> None:
+    """Molchanov 2019: squared gate Taylor terms compared across layers without per-layer normalisation."""
+    run_loop(dataclasses.replace(config, criterion="taylor_global"))
+
+
+@method("taylor-flops", default=False)
+def _taylor_flops(config: LoopConfig) -> None:
+    """taylor_global per MAC one channel costs (the 2017 paper's FLOPs regulariser as a ratio)."""
+    run_loop(dataclasses.replace(config, criterion="taylor_flops"))
+
+
+@method("taylor-macs", default=False)
+def _taylor_macs(config: LoopConfig) -> None:
+    """Today's Taylor (per-layer l2), cutting to MACS_STEP of the parent's MACs per iteration."""
+    run_loop(dataclasses.replace(config, criterion="taylor", target_macs=MACS_STEP, target_scope="iteration"))
+
+
+@method("taylor-global-macs", default=False)
+def _taylor_global_macs(config: LoopConfig) -> None:
+    """taylor_global cutting to MACS_STEP of the parent's MACs per iteration: budgets in compute, not filters."""
+    run_loop(dataclasses.replace(config, criterion="taylor_global", target_macs=MACS_STEP, target_scope="iteration"))
 
 
 @method("tp-magnitude")
@@ -184,10 +217,11 @@ def paired_differences(models: dict[str, pd.Series], config: LoopConfig) -> list
     return out
 
 
-def goal_row(curve: pd.DataFrame, baseline_params: float, fraction: float = GOAL_FRACTION) -> tuple[pd.Series, bool]:
-    """A curve's first model at or below `fraction` of the baseline's params (a point fixed before looking at
-    accuracies), and whether it got there (else its smallest model)."""
-    below = curve[curve["params"].astype(float) <= baseline_params * fraction]
+def goal_row(curve: pd.DataFrame, baseline_params: float, fraction: float = GOAL_FRACTION,
+             column: str = "params") -> tuple[pd.Series, bool]:
+    """A curve's first model at or below `fraction` of the baseline's `column` (params, or macs; a point
+    fixed before looking at accuracies), and whether it got there (else its smallest model)."""
+    below = curve[curve[column].astype(float) <= baseline_params * fraction]
     return (below.iloc[0], True) if len(below) else (curve.iloc[-1], False)
 
 
@@ -216,6 +250,7 @@ class Summary:
     goal: pd.Series
     at_goal: list[Paired]
     at_smallest: list[Paired]
+    at_macs_goal: list[Paired] = dataclasses.field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -259,4 +294,35 @@ def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = Tr
         f"{'' if reached else ', never that small: its smallest'})" for m, (r, reached) in goals.items()))
     at_goal = paired_differences({m: r for m, (r, _) in goals.items()}, config)
     print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_goal)))
-    return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest)
+    macs_goals = {m: goal_row(c, float(baseline["macs"]), GOAL_MACS_FRACTION, "macs") for m, c in curves.items()}
+    print(f"at each method's first model <= 1/{1 / GOAL_MACS_FRACTION:.0f} of the baseline's MACs: " + ", ".join(
+        f"{m} {r['iteration']} {100 * r['accuracy']:.2f}% ({int(r['macs']):,} MACs"
+        f"{'' if reached else ', never that small: its smallest'})" for m, (r, reached) in macs_goals.items()))
+    at_macs_goal = paired_differences({m: r for m, (r, _) in macs_goals.items()}, config)
+    print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_macs_goal)))
+    for line in macs_goal_lines(baseline, macs_goals, at_macs_goal):
+        print(line)
+    return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest, at_macs_goal)
+
+
+def macs_goal_lines(baseline: pd.Series, rows: dict[str, tuple[pd.Series, bool]], pairs: list[Paired]) -> list[str]:
+    """Issue 13's goal per method at its first model <= 1/2 of the baseline's MACs (`goal_row`'s row and
+    whether it got there): within GOAL_DROP of the baseline, and ahead of per-layer Taylor and of
+    random by more than GOAL_SE standard errors."""
+    signed = {(p.a, p.b): (p.difference, p.se) for p in pairs}
+    signed.update({(p.b, p.a): (-p.difference, p.se) for p in pairs})
+    lines = []
+    for m, (row, reached) in rows.items():
+        if m in (REFERENCE, "random"):
+            continue
+        drop = float(baseline["accuracy"]) - float(row["accuracy"])
+        parts = [f"drop {100 * drop:.2f} points (within {100 * GOAL_DROP:.1f}: {'yes' if drop <= GOAL_DROP else 'no'})"]
+        if not reached:
+            parts.insert(0, "never that small: at its smallest model")
+        for other in (REFERENCE, "random"):
+            if (m, other) in signed:
+                d, se = signed[(m, other)]
+                parts.append(f"vs {other} {100 * d:+.2f} ± {100 * se:.2f} (ahead by > {GOAL_SE:.0f} SE: "
+                             f"{'yes' if d > GOAL_SE * se else 'no'})")
+        lines.append(f"goal at 1/{1 / GOAL_MACS_FRACTION:.0f} MACs, {m}: " + "; ".join(parts))
+    return lines

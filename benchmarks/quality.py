@@ -2,7 +2,10 @@
 
 taylor, l1 and random go through `run_loop` (same baseline, same fine-tuning jobs); Torch-Pruning's
 MagnitudePruner (global L2 group magnitude) removes the same number of channels per iteration and
-its models are fine-tuned by the same train.py jobs (the methods: benchmarks/_common.py). The
+its models are fine-tuned by the same train.py jobs (the methods: benchmarks/_common.py; issue 13's
+`--methods taylor,taylor-global,taylor-flops,taylor-macs,taylor-global-macs` adds the global
+criteria and the MACs-budget curves, compared again at each method's first model at or below 1/2 of
+the baseline's MACs). The
 accuracy rule is off (threshold 1.0) so every curve reaches the same budgets. Default: the
 `make demo` setup (resnet18, Fashion-MNIST 10k train images, the 10k test images for validation,
 200 filters per iteration) for 9 iterations (the demo stops at 5): past 1/3 of the baseline's
@@ -23,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import METHODS, report, run_curves
+from _common import DEFAULT_METHODS, METHODS, report, run_curves
 
 from prune_explorer.loop import LoopConfig, demo_config
 
@@ -38,7 +41,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=None, help="keep results here (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="digits instead of the demo's Fashion-MNIST subset")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--seed", type=int, default=None, help="another seed: subset draw, initialisation, order")
     parser.add_argument("--iterations", type=int, default=None,
                         help="prune iterations per curve (default: 9 on the demo setup, 1800 of its 1920 "

@@ -34,14 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import METHODS, REFERENCE, Summary, report, run_curves
+from _common import DEFAULT_METHODS, GOAL_DROP, GOAL_SE, METHODS, REFERENCE, Summary, report, run_curves
 
 from prune_explorer.loop import LoopConfig, pretrained_demo_config
 
 SEEDS = (0, 1)
 ITERATIONS = 9
-GOAL_DROP = 0.005  # within 0.5 point of the fine-tuned baseline
-GOAL_SE = 2.0  # Taylor ahead of random and l1 by more than 2 standard errors
 
 
 def transfer_config(workspace: Path, seed: int, quick: bool = False, iterations: int = ITERATIONS,
@@ -80,7 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workspace", default=None, help="keep results here, one folder per seed (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="the demo's tiny version (32x32, a few hundred images)")
     parser.add_argument("--seed", type=int, default=None, help=f"one seed (default: {', '.join(map(str, SEEDS))})")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--iterations", type=int, default=ITERATIONS,
                         help=f"iterations per method (default {ITERATIONS}; the first model at 1/3 of the params comes at about 7)")
     parser.add_argument("--val-images", type=int, default=None,

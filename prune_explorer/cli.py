@@ -64,9 +64,13 @@ def _add_rank(sub) -> None:
                    help="torchvision architecture name or a saved model directory (default: as recorded in the trial)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of --model ARCH")
     p.add_argument("--input-size", default=None, help="C,H,W of one example, e.g. 3,64,64 (default: as recorded)")
-    p.add_argument("--criterion", default="taylor",
-                   help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
-    p.add_argument("--no-normalize", action="store_true", help="keep raw scores (no per-layer L2 normalisation)")
+    _add_criterion_options(p, "taylor")
+    p.add_argument("--no-normalize", action="store_true", help="the same as --normalization none (raw scores)")
+    p.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
+                   help="also print the plan that cuts the lowest-ranked filters until this fraction of the trial "
+                        "model's MACs is left (one step; `run --target-macs` repeats it per iteration or overall)")
+    p.add_argument("--scheme", default="internal", choices=("all", "internal"),
+                   help="groups the --target-macs plan may cut (default internal, as `run`)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
     p.set_defaults(func=_rank)
 
@@ -79,7 +83,8 @@ def _rank(args) -> int:
     example = _rank_example(args.input_size)
     try:
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
-        table = rank(trial.model, None, trial=trial, criterion=args.criterion, normalize=not args.no_normalize)
+        normalize = "none" if args.no_normalize else args.normalization
+        table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
     except ValueError as exc:
         print(f"prune-explorer rank: {exc}", file=sys.stderr)
         return 2
@@ -90,12 +95,49 @@ def _rank(args) -> int:
     summary = table.groupby("group", sort=True).agg(
         layer=("layer", "first"), channels=("filter", "size"),
         min=("normalized", "min"), median=("normalized", "median"), max=("normalized", "max"))
-    print(f"criterion {args.criterion}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
+    how = table["normalization"].iloc[0] if len(table) else normalize
+    print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.target_macs is not None:
+        try:
+            _print_budget_plan(trial, example, table, args.target_macs, args.scheme)
+        except ValueError as exc:
+            print(f"prune-explorer rank: {exc}", file=sys.stderr)
+            return 2
     if args.csv:
         _write_csv_atomic(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
+
+
+def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> None:
+    """The layers a `fraction`-of-the-MACs plan cuts, and the MACs it reaches."""
+    from .model.costs import CostModel
+    from .model.plan import PrunePlan
+    from .signals.trials import _example_inputs
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--target-macs is the fraction of the MACs to keep, in (0, 1), got {fraction}")
+    example = _example_inputs(example, trial.meta, trial.path)
+    costs = CostModel(trial.model, example, trial.graph)
+    plan = PrunePlan.lowest(table, trial.graph, scheme=scheme, costs=costs, target_macs=fraction * costs.before.macs)
+    budget = plan.budget
+    print(f"plan to {fraction:g} of {costs.before.macs:,} MACs: {sum(plan.summary().values())} filters, reaches "
+          f"{budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
+    for layer, removed in plan.summary().items():
+        print(f"  {layer}: -{removed}")
+
+
+def _add_criterion_options(p, default: str) -> None:
+    """--criterion and --normalization; the library checks the names (its registries import torch)."""
+    p.add_argument("--criterion", default=default,
+                   help="taylor, taylor_aws, taylor_global, taylor_flops, mean_activation, apoz (from the trial) or "
+                        "l1, l2 (weights); taylor_global is Molchanov 2019's squared gate gradient, compared across "
+                        "layers unnormalised; taylor_flops is the same per MAC saved")
+    p.add_argument("--normalization", default=None, metavar="{l2,none,flops}",
+                   help="how scores of different layers compare (not the input --normalize): l2 per layer, none "
+                        "(raw), flops (per MAC one channel costs); default: the criterion's own (taylor_global "
+                        "none, taylor_flops flops, others l2)")
 
 
 def _rank_model(spec: str | None, num_classes: int | None):
@@ -169,9 +211,19 @@ def _add_run(sub) -> None:
                    help="your own training script (honouring prune_explorer.job) for every job, e.g. src/train.py")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    p.add_argument("--criterion", default=d.criterion,
-                   help="taylor, taylor_aws, mean_activation, apoz (from the trial) or l1, l2 (weights)")
-    p.add_argument("--per-iteration", type=int, default=d.per_iteration, help="filters removed per iteration")
+    _add_criterion_options(p, d.criterion)
+    p.add_argument("--per-iteration", type=int, default=d.per_iteration,
+                   help="filters removed per iteration (when no --target-macs/--target-latency is given)")
+    budget = p.add_argument_group("budgets (instead of --per-iteration)")
+    budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
+                        help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
+                             "(of each parent's, or of the baseline's with --target-scope overall)")
+    budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
+                        help="the same for latency, predicted by a per-layer table measured once on the baseline on "
+                             "this machine (WORKSPACE/latency_table.json)")
+    budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
+                        help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
+                             "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
     p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "

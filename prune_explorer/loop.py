@@ -1,7 +1,7 @@
 """The headless iterative pruning loop (the AWS example's automated loop), on any backend and tracker.
 
-baseline job → repeat: rank the last model's filters → plan the lowest N → cut them out → save →
-fine-tune job → track → accuracy-drop rule. Ends after K iterations, at a parameter floor, or when
+baseline job → repeat: rank the last model's filters → plan the lowest N (or down to a MACs or
+latency target) → cut them out → save → fine-tune job → track → accuracy-drop rule. Ends after K iterations, at a parameter floor, or when
 the rule fires (that iteration is then "stopped" in the tracker and in its metrics.json, so no later
 run continues from it). A second run on the same workspace continues from its newest completed
 iteration (`start_from`), so "K more iterations" is one command. Jobs run where `backend` says
@@ -22,10 +22,11 @@ from typing import Any, Callable
 import pandas as pd
 
 from .jobs.base import COMPLETED, STOPPED
-from .workspace import BASELINE, WEIGHT_CRITERIA, Iteration, Workspace
+from .workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
+TARGET_SCOPES = ("iteration", "overall")
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "params_vs_accuracy.png"
 LOOP_CONFIG = "loop_config.json"
@@ -47,7 +48,11 @@ class LoopConfig:
     augment: bool | None = None  # train.py's: None = on for a pretrained start and image folders
     download: bool = False  # let torchvision download Fashion-MNIST / Caltech101 when absent (needs internet)
     criterion: str = "taylor"
-    per_iteration: int = 200
+    normalization: str | None = None  # l2 | none | flops (signals.ranking.NORMALIZATIONS); None: the criterion's own
+    per_iteration: int = 200  # filters per iteration, when no target is given
+    target_macs: float | None = None  # keep this fraction of the MACs (see target_scope); replaces per_iteration
+    target_latency: float | None = None  # keep this fraction of the predicted latency (a latency table of the baseline)
+    target_scope: str = "iteration"  # "iteration": of each parent's; "overall": of the baseline's after all iterations
     iterations: int = 5
     min_params: int = 0
     epochs: int = 1
@@ -86,6 +91,18 @@ class LoopConfig:
             raise ValueError(f"epochs and baseline_epochs must be >= 1, got {self.epochs}, {self.baseline_epochs}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        from .signals.ranking import NORMALIZATIONS as SCORE_NORMALIZATIONS
+
+        if self.normalization is not None and self.normalization not in SCORE_NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {tuple(SCORE_NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.target_macs is not None and self.target_latency is not None:
+            raise ValueError("give target_macs or target_latency, not both")
+        for name in ("target_macs", "target_latency"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} is the fraction of the cost to keep, in (0, 1), got {value}")
+        if self.target_scope not in TARGET_SCOPES:
+            raise ValueError(f"target_scope must be one of {TARGET_SCOPES}, got {self.target_scope!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
@@ -277,13 +294,16 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
             print(f"continuing from {previous.name} in {workspace.root}{how}", file=sys.stderr)
         reason = (f"completed {config.iterations} iterations" if config.iterations
                   else f"no new iterations asked for; the lineage ends at {previous.name}")
+        targets = _step_targets(config, workspace) if config.iterations else None
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
-        for _ in bar:
+        for i in bar:
+            target, latency = targets(i) if targets else (None, None)
             step = workspace.prune_step(
                 queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
                 scheme=config.scheme, hyperparameters=job_hyperparameters(config, workspace, previous),
                 min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
-                image_size=config.image_size, dataset=config.dataset, **config.script)
+                image_size=config.image_size, dataset=config.dataset, normalization=config.normalization,
+                target=target, latency=latency, **config.script)
             if step.job is None:
                 reason = f"next iteration: {step.reason}"
                 break
@@ -318,6 +338,36 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
         print(format_history(rows))
         print(f"stopped: {reason}")
     return rows
+
+
+def _step_targets(config: LoopConfig, workspace: Workspace):
+    """i -> (StepTarget or None, latency table or None) for this run's i-th iteration.
+
+    "iteration" scope: each iteration keeps `target_*` of its parent's cost. "overall": the run ends
+    at `target_*` of the baseline's cost, with the same ratio at every iteration (each step aims
+    from where its parent landed, so the within-one-filter slack does not add up).
+    """
+    fraction, unit = ((config.target_macs, "macs") if config.target_macs is not None else
+                      (config.target_latency, "latency_ms") if config.target_latency is not None else (None, None))
+    if fraction is None:
+        return None
+    latency = workspace.latency_table(config.image_size, config.dataset) if unit == "latency_ms" else None
+    if config.target_scope == "iteration":
+        return lambda i: (StepTarget(unit, fraction=fraction), latency)
+    final = fraction * _baseline_cost(workspace, unit, latency, config)
+    return lambda i: (StepTarget(unit, final=final, steps=config.iterations - i), latency)
+
+
+def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopConfig) -> float:
+    """The baseline's MACs, or its latency as the table predicts it, on one example."""
+    from .model import store
+    from .model.costs import CostModel
+    from .model.graph import ChannelGraph
+
+    model = store.load(workspace.iteration_dir(BASELINE)).eval()
+    x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
+    costs = CostModel(model, x, ChannelGraph.trace(model, x))
+    return float(costs.before.macs) if unit == "macs" else latency.predict(costs)
 
 
 def job_hyperparameters(config: LoopConfig, workspace: Workspace, previous: Iteration) -> dict[str, Any]:

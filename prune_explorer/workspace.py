@@ -4,8 +4,10 @@
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
       jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks
+      exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
       results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
+      latency_table.json           per-layer latencies measured once on the baseline (latency budgets)
 
 It decides names (the baseline, then `iter-NNN`, each reserved with an exclusive mkdir, so a panel
 and `prune-explorer run` on one workspace never take the same one), lineage (each iteration's
@@ -43,6 +45,7 @@ BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fi
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
 DEFAULT_SCRIPT = "prune_explorer.train"  # metrics.json `script` of a job without an entry point
 _ITERATION = re.compile(r"iter-(\d+)")
+LATENCY_TABLE = "latency_table.json"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,23 @@ class Ranked:
     example_inputs: Any
     graph: Any
     table: Any
+
+
+@dataclass(frozen=True)
+class StepTarget:
+    """What one prune step cuts the parent down to, in `unit` ("macs" or "latency_ms"): `fraction`
+    of the parent's cost, or — towards an overall `final` value `steps` iterations away — the same
+    ratio at every step, so the last one lands on it."""
+
+    unit: str
+    fraction: float | None = None
+    final: float | None = None
+    steps: int = 1
+
+    def value(self, before: float) -> float:
+        if self.final is None:
+            return before * self.fraction
+        return before * (self.final / before) ** (1.0 / max(self.steps, 1))
 
 
 @dataclass(frozen=True)
@@ -292,8 +312,9 @@ class Workspace:
     # --- the step --------------------------------------------------------------------------
     def rank_iteration(self, name: str, criterion: str = "taylor", criterion_fn: Callable | None = None,
                        capture: str = "compact", image_size: int | None = None,
-                       dataset: str | None = None) -> Ranked:
-        """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2)."""
+                       dataset: str | None = None, normalization: str | None = None) -> Ranked:
+        """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2);
+        `normalization` as `rank`'s `normalize` (None: the criterion's own)."""
         from .model import store
         from .model.graph import ChannelGraph
         from .signals.ranking import rank
@@ -306,8 +327,26 @@ class Workspace:
         trial = None
         if capture != "none" and (criterion_fn is not None or criterion not in WEIGHT_CRITERIA):
             trial = open_trial(directory / "trial", model=model, example_inputs=x, graph=graph)
-        table = rank(model, x, trial=trial, criterion=criterion_fn or criterion, graph=graph)
+        table = rank(model, x, trial=trial, criterion=criterion_fn or criterion, graph=graph, normalize=normalization)
         return Ranked(model, x, graph, table)
+
+    def latency_table(self, image_size: int | None = None, dataset: str | None = None, progress: bool = False):
+        """The per-layer latency table of the baseline model (measured on first use on this machine,
+        then read from WORKSPACE/latency_table.json); it serves every iteration pruned from it."""
+        from .model import store
+        from .model.latency import LatencyTable
+
+        path = self.root / LATENCY_TABLE
+        if path.is_file():
+            return LatencyTable.load(path)
+        if not self.has_model(BASELINE):
+            raise FileNotFoundError(f"{self.iteration_dir(BASELINE)}: a latency table is measured on the baseline, "
+                                    "which is not trained yet")
+        model = store.load(self.iteration_dir(BASELINE)).eval()
+        x = self.example_inputs(BASELINE, model, image_size=image_size, dataset=dataset)
+        table = LatencyTable.measure(model, x, progress=progress)
+        table.save(path)   # a temp file beside it, then a rename
+        return table
 
     def save_pruned(self, name: str, pruned: Any, plan: Any, parent: str | None, criterion: str | None) -> Path:
         """Save a pruned model as iteration `name`'s job input (iterations/<name>/pruned/)."""
@@ -330,17 +369,25 @@ class Workspace:
     def prune_step(self, queue: JobQueue, parent: Iteration, *, criterion: str, per_iteration: int,
                    scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
                    criterion_fn: Callable | None = None, capture: str = "compact",
-                   image_size: int | None = None, dataset: str | None = None, **submit_options: Any) -> Step:
-        """Rank `parent`, plan its lowest `per_iteration` filters, prune, and — unless nothing is left to
-        cut or the result falls below `min_params` (then nothing is written) — save and submit."""
+                   image_size: int | None = None, dataset: str | None = None, normalization: str | None = None,
+                   target: StepTarget | None = None, latency: Any = None, **submit_options: Any) -> Step:
+        """Rank `parent`, plan its lowest `per_iteration` filters — or, with `target`, as many as bring it
+        to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
+        to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
+        written), save and submit."""
         from .model.measure import count
-        from .model.plan import PrunePlan
         from .model.surgery import prune
 
-        ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset)
-        plan = PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
+        ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
+        try:
+            plan = _plan(ranked, per_iteration, scheme, target, latency)
+        except ValueError as exc:
+            if target is None:
+                raise
+            return Step(None, None, None, 0, f"pruning {parent.name}: {exc}")
         if len(plan) == 0:
-            return Step(None, None, None, 0, f"nothing left to prune in {parent.name} (every group at its minimum)")
+            why = "at the target already" if target is not None else "every group at its minimum"
+            return Step(None, None, None, 0, f"nothing left to prune in {parent.name} ({why})")
         pruned = prune(ranked.model, plan, ranked.example_inputs, graph=ranked.graph)
         params = int(count(pruned, ranked.example_inputs).params)
         if params < min_params:
@@ -362,6 +409,19 @@ class Workspace:
         metrics.update(status=STOPPED, reason=reason)
         self.write_file(f"iterations/{name}/metrics.json",
                         lambda path: Path(path).write_text(json.dumps(metrics, indent=1, default=str)))
+
+    def export_path(self, name: str, fmt: str) -> Path:
+        """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;
+        `model.export.export_model` writes the file through a temp file and one rename)."""
+        from .model.export import FORMATS
+
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if not name or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"export: {name!r} is not an iteration name (a plain name such as iter-001)")
+        folder = self.root / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{name}.{fmt}"
 
     def write_file(self, relative: str, write: Callable[[str], Any]) -> Path:
         """Write WORKSPACE/<relative> through `write(temp_path)` and one rename: never half a file."""
@@ -387,6 +447,26 @@ class Workspace:
         locks.mkdir(parents=True, exist_ok=True)
         with file_lock(locks / f"workspace-{what}"):
             yield
+
+
+def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any):
+    """The step's plan: the lowest `per_iteration` filters, or down to the target."""
+    from .model.plan import PrunePlan
+
+    if target is None:
+        return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
+    from .model.costs import CostModel
+
+    costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
+    if target.unit == "macs":
+        return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs,
+                                target_macs=target.value(costs.before.macs))
+    if target.unit != "latency_ms":
+        raise ValueError(f"target unit must be 'macs' or 'latency_ms', got {target.unit!r}")
+    if latency is None:
+        raise ValueError("a latency target needs a latency table (Workspace.latency_table())")
+    return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, latency=latency,
+                            target_latency_ms=target.value(latency.predict(costs)))
 
 
 def _same_setting(key: str, trained: Any, wanted: Any) -> bool:

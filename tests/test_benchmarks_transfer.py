@@ -41,7 +41,9 @@ def test_quick_transfer_benchmark_reports_every_method_and_reprints_without_trai
     widths = [line for line in lines if line.startswith("  ") and "[" in line]
     assert {line.split()[0] for line in widths} == set(METHODS) and len(widths) == 1 + 2 * len(METHODS)
     paired = [line for line in lines if line.startswith("paired on the same")]
-    assert len(paired) == 2 and all(line.count(" ± ") == 6 for line in paired)  # 4 methods: 6 pairs, twice
+    # 4 methods: 6 pairs, at the smallest models, at 1/3 of the params and at 1/2 of the MACs
+    assert len(paired) == 3 and all(line.count(" ± ") == 6 for line in paired)
+    assert any(line.startswith("at each method's first model <= 1/2 of the baseline's MACs: ") for line in lines)
     assert any(line.startswith("goal: drop ") and "taylor - l1" in line for line in lines)
     jobs = sorted(p.name for p in workspace.glob("seed-0/*/jobs/*.json"))
     assert len(jobs) == 1 + 2 * len(METHODS)  # one baseline, shared

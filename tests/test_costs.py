@@ -9,7 +9,7 @@ from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.measure import count
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from prune_explorer.widgets.costs import CostModel
+from prune_explorer.model.costs import CostModel
 from prune_explorer.model.exactness import random_plan
 
 MODELS = {
@@ -21,14 +21,19 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_cost_model_equals_prune_and_count(name):
+def _traced(name: str):
+    """A seeded, untrained zoo model, an example, its channel graph and its cost model."""
     kwargs, size = MODELS[name]
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
     graph = ChannelGraph.trace(model, x)
-    costs = CostModel(model, x, graph)
+    return model, x, graph, CostModel(model, x, graph)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cost_model_equals_prune_and_count(name):
+    model, x, graph, costs = _traced(name)
     removed = random_plan(graph, torch.Generator().manual_seed(1))
     if name.startswith("shufflenet"):   # a shuffle repeats some channels unequally: the model estimates those
         removed = {g: ix for g, ix in removed.items()
@@ -53,3 +58,21 @@ def test_cost_model_equals_prune_and_count_through_a_group_norm():
     expected = count(prune(model, PrunePlan(removed), x, graph=graph), x)
     actual = costs.cost({g: len(ix) for g, ix in removed.items()})
     assert (actual.params, actual.macs) == (expected.params, expected.macs)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])
+def test_changes_one_group_at_a_time_add_up_to_the_cost_of_the_plan(name):
+    """`change` (what a MACs budget asks after every filter) re-costs only the members a group
+    passes through; step by step it must land where `cost` of the whole plan does."""
+    model, x, graph, costs = _traced(name)
+    removed = {g: len(ix) for g, ix in random_plan(graph, torch.Generator().manual_seed(2)).items()}
+    params, macs, so_far = costs.before.params, costs.before.macs, {}
+    for g, k in removed.items():
+        for _ in range(k):
+            step = costs.change(so_far, g, 1)
+            params, macs = params + step.params, macs + step.macs
+            so_far[g] = so_far.get(g, 0) + 1
+    assert (params, macs) == (costs.cost(removed).params, costs.cost(removed).macs)
+    one = costs.channel_macs()
+    internal = graph.group("layer1.0.conv1")
+    assert one[internal.id] == costs.before.macs - costs.cost({internal.id: 1}).macs > 0

@@ -168,7 +168,42 @@ def test_from_names_where_to_continue_and_an_unknown_start_is_refused(workspace)
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
 
 
+def test_an_overall_macs_target_is_reached_in_equal_ratios_by_the_global_criterion(workspace, capsys):
+    """`run --criterion taylor_global --target-macs 0.5 --target-scope overall --iterations 2`:
+    each iteration keeps about 1/√2 of its parent's MACs and the last lands on half the baseline's,
+    within one filter's MACs."""
+    from prune_explorer.model.costs import CostModel
+    from prune_explorer.model.graph import ChannelGraph
+
+    code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
+                     "--criterion", "taylor_global", "--target-macs", "0.5", "--target-scope", "overall",
+                     "--subset", "120", "--val-subset", "60", "--batch-size", "30", "--baseline-epochs", "1",
+                     "--epochs", "1", "--threshold", "1.0", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    history = MlflowTracker(workspace).history().set_index("iteration")
+    assert history.loc[["iter-001", "iter-002"], "criterion"].tolist() == ["taylor_global"] * 2
+    macs = history["macs"].astype(float)
+    base = store.load(workspace / "iterations" / "baseline").eval()
+    x = Workspace(workspace).example_inputs("baseline", base)
+    costs = CostModel(base, x, ChannelGraph.trace(base, x))
+    one_filter, per_example = max(costs.channel_macs().values()), costs.before.macs
+    assert per_example == macs["baseline"]
+    final = macs["iter-002"] / macs["baseline"]
+    assert 0.5 - one_filter / per_example < final <= 0.5
+    assert macs["iter-001"] / macs["baseline"] == pytest.approx(0.5 ** 0.5, abs=one_filter / per_example)
+    config = json.loads((workspace / "loop_config.json").read_text())
+    assert (config["target_macs"], config["target_scope"], config["criterion"]) == (0.5, "overall", "taylor_global")
+
+
 def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
+    with pytest.raises(ValueError, match="target_macs is the fraction"):
+        _config(tmp_path, target_macs=50.0).validate()
+    with pytest.raises(ValueError, match="not both"):
+        _config(tmp_path, target_macs=0.5, target_latency=0.5).validate()
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        _config(tmp_path, normalization="max").validate()
+    with pytest.raises(ValueError, match="target_scope"):
+        _config(tmp_path, target_macs=0.5, target_scope="total").validate()
     with pytest.raises(ValueError, match="scheme"):
         _config(tmp_path, scheme="everything").validate()
     with pytest.raises(ValueError, match="per_iteration"):

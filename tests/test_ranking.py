@@ -142,6 +142,27 @@ def test_cli_rank_writes_the_table_and_prints_a_summary(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "layer2.0.conv1" in printed and "median" in printed
 
+    assert main(["rank", str(tmp_path / "trial"), "--criterion", "taylor_global", "--normalization", "flops",
+                 "--input-size", "3,32,32", "--csv", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert (table.criterion == "taylor_global").all() and (table.normalization == "flops").all()
+    assert "criterion taylor_global, normalisation flops" in capsys.readouterr().out
+    assert main(["rank", str(tmp_path / "trial"), "--criterion", "taylor_global", "--no-normalize"]) == 0
+    assert "normalisation none" in capsys.readouterr().out
+
+    # --target-macs prints the one-step budget plan: its cuts add up and it lands at the fraction
+    assert main(["rank", str(tmp_path / "trial"), "--criterion", "taylor_global", "--input-size", "3,32,32",
+                 "--target-macs", "0.7"]) == 0
+    printed = capsys.readouterr().out
+    plan_line = next(line for line in printed.splitlines() if line.startswith("plan to 0.7 of "))
+    total = int(plan_line.split(": ")[1].split(" filters")[0])
+    cuts = [int(line.rsplit("-", 1)[1]) for line in printed.splitlines() if line.startswith("  ") and ": -" in line]
+    assert total == sum(cuts) > 0
+    assert 65.0 < float(plan_line.rsplit("(", 1)[1].rstrip("%)")) <= 70.0
+    assert main(["rank", str(tmp_path / "trial"), "--target-macs", "0.01", "--input-size", "3,32,32"]) == 2
+    err = capsys.readouterr().err
+    assert "target_macs" in err and "cannot be reached" in err
+
     assert main(["rank", str(tmp_path / "trial"), "--model", "resnet18", "--num-classes", "5"]) == 2
     assert "does not match the model" in capsys.readouterr().err
 

@@ -162,6 +162,91 @@ def test_criterion_dropdown_reranks_in_the_background(explorer):
     assert explorer.plan_channels == PrunePlan.from_counts(explorer.table, explorer.graph, explorer.counts).channels
 
 
+def test_normalisation_and_global_criterion_selectors_rerank_with_the_library(explorer):
+    """The normalisation dropdown and the new criteria give exactly `rank()`'s table."""
+    from prune_explorer.signals.ranking import rank
+
+    t = explorer.table_editor
+    assert t.normalization.value == "auto" and explorer.normalization == "auto"
+    t.normalization.value = "none"
+    explorer.wait()
+    assert explorer.normalization == "none" and set(explorer.table["normalization"]) == {"none"}
+    assert np.array_equal(explorer.table["normalized"], explorer.table["score"])
+    t.criterion.value = "taylor_global"
+    explorer.wait()
+    t.normalization.value = "flops"
+    explorer.wait()
+    expected = rank(explorer.model, explorer.x, trial=explorer.trial, criterion="taylor_global",
+                    graph=explorer.graph, normalize="flops")
+    assert np.allclose(explorer.table["normalized"], expected["normalized"])
+    assert set(explorer.table["criterion"]) == {"taylor_global"} and "(flops)" in explorer.status
+    t.normalization.value = "auto"  # taylor_global's own: unnormalised, compared across layers
+    explorer.wait()
+    assert set(explorer.table["normalization"]) == {"none"}
+    assert explorer.error == ""
+
+
+def test_fill_by_macs_mode_cuts_to_the_fraction_within_one_filter(explorer):
+    t = explorer.table_editor
+    t.fill_mode.value = "macs"
+    assert explorer.fill_mode == "macs" and t.keep_fraction.layout.display is None and t.n_lowest.layout.display == "none"
+    assert t.fill.description == "fill to macs"
+    t.keep_fraction.value = 0.6
+    t.fill.click()
+    before = explorer.costs.before.macs
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme=explorer.scheme, costs=explorer.costs,
+                                target_macs=0.6 * before)
+    assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
+    one_filter = max(explorer.costs.channel_macs().values())
+    assert 0.6 * before - one_filter < explorer.preview["macs_after"] <= 0.6 * before
+    explorer.fill_lowest(keep_macs=0.01)  # out of reach for the internal scheme: an error, the plan kept
+    assert "cannot be reached" in explorer.error and explorer.plan_summary == expected.summary()
+    explorer.fill_lowest(n=30)
+    assert t.fill_mode.value == "filters" and explorer.preview["filters_removed"] == 30
+
+
+def test_fill_by_latency_measures_a_table_once_and_cuts_to_the_predicted_fraction(explorer):
+    # every group may shrink: at 16x16 much of the time is per-call overhead no internal layer carries
+    explorer.fill_lowest(keep_latency=0.95, scheme="all")
+    explorer.wait()
+    table = explorer._latency_table
+    assert table is not None and "latency table measured" in explorer.status and explorer.error == ""
+    expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme="all", costs=explorer.costs,
+                                latency=table, target_latency_ms=0.95 * table.predict(explorer.costs))
+    assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph) and len(expected) > 0
+    budget = expected.budget
+    assert budget["reached"] <= budget["target"] < budget["reached"] + budget["last_step"] + 1e-9
+    explorer.fill_lowest(keep_latency=0.98)  # the same table: planned at once, no second measurement
+    assert explorer._latency_table is table
+    assert explorer.plan_summary == PrunePlan.lowest(
+        explorer.table, explorer.graph, scheme="all", costs=explorer.costs, latency=table,
+        target_latency_ms=0.98 * table.predict(explorer.costs)).summary()
+
+
+def test_scatter_axis_toggle_replots_by_macs_and_latency_with_each_axiss_frontier():
+    from prune_explorer.widgets.scatter import HistoryScatter
+
+    import pandas as pd
+
+    history = pd.DataFrame({"iteration": ["baseline", "iter-001", "iter-002"], "status": ["completed"] * 3,
+                            "params": [100.0, 50.0, 40.0], "macs": [1000.0, 400.0, 700.0],
+                            "latency_ms": [9.0, 5.0, None], "accuracy": [0.90, 0.89, 0.80]})
+    picked = []
+    scatter = HistoryScatter(picked.append)
+    scatter.show(history, "iter-001")
+    assert scatter.points.x.tolist() == [100.0, 50.0, 40.0]
+    assert scatter.frontier.x.tolist() == [40.0, 50.0, 100.0]
+    scatter.axis.value = "macs"
+    assert scatter.points.x.tolist() == [1000.0, 400.0, 700.0] and scatter._x_axis.label == "MACs"
+    assert scatter.frontier.x.tolist() == [400.0, 1000.0]  # iter-002 is dominated on MACs, not on params
+    assert scatter.base.x.tolist() == [400.0]
+    scatter.axis.value = "latency_ms"
+    assert scatter.points.names.tolist() == ["baseline", "iter-001"]  # no latency measured for iter-002
+    assert scatter.points.tooltip.labels[1] == "latency (ms)" and "data-axis='latency_ms'" in scatter.summary.value
+    scatter.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 1}})
+    assert picked == ["iter-001"]
+
+
 def test_sensitivity_curve_starts_at_the_unpruned_accuracy(explorer, captured):
     model, _, x, y = captured
     explorer.compute_sensitivity("layer2.1.conv1")
@@ -607,3 +692,123 @@ def test_the_panel_plans_layer_by_layer_exactly_as_from_counts_plans_the_model(e
         expected = PrunePlan.from_counts(explorer.table, explorer.graph, counts)
         assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph)
         assert explorer.plan_summary == expected.summary()
+
+
+def test_export_button_writes_the_applied_model_into_the_workspace_and_it_runs_in_onnxruntime(captured, tmp_path):
+    import onnxruntime as ort
+
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws")
+    try:
+        e.set_counts({"layer3.0.conv1": 100})
+        e.apply()
+        e.export_format.value = "onnx"
+        e.export_button.click()
+        assert "exporting iter-001 as onnx" in e.export_line.value  # shown at once; the export runs in the background
+        e.wait(600)
+        assert e.error == ""
+        path = tmp_path / "ws" / "exports" / "iter-001.onnx"
+        assert path.is_file() and e.exported["path"] == str(path) and e.exported["iteration"] == "iter-001"
+        assert f"data-path='{path}'" in e.export_line.value
+        assert sorted(p.name for p in path.parent.iterdir()) == ["iter-001.onnx"], "a temp file was left behind"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        batch = x[:3]
+        (out,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})
+        with torch.no_grad():
+            pruned, base = e.pruned_model(batch).numpy(), model(batch).numpy()
+        assert np.abs(out - pruned).max() <= 1e-4 * max(1.0, np.abs(pruned).max())  # the applied model, any batch
+        assert np.abs(out - base).max() > 1e-3  # not the unpruned one
+    finally:
+        e.close()
+
+
+def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_cause(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", base_iteration="baseline")
+    try:
+        with pytest.raises(ValueError, match="unknown export format 'tflite'; choose one of onnx, pt2"):
+            e.export("tflite")
+        with pytest.raises(ValueError, match=r"'\.\./elsewhere' is not an iteration name"):
+            e.workspace.export_path("../elsewhere", "onnx")
+        (tmp_path / "ws" / "exports" / "baseline.onnx").mkdir(parents=True)  # in the way of the file
+        e.export_button.click()
+        e.wait(120)
+        assert e.error.startswith("export: ") and "baseline.onnx: it is a directory" in e.error
+        assert "export of baseline failed" in e.export_line.value and e.exported == {}
+
+        e.export_format.value = "pt2"
+        e.export_button.click()
+        e.wait(600)
+        assert e.error == ""
+        path = tmp_path / "ws" / "exports" / "baseline.pt2"
+        assert e.exported["path"] == str(path) and e.exported["format"] == "pt2"
+        program = torch.export.load(str(path))
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x[:2]), model(x[:2]), atol=1e-4)
+    finally:
+        e.close()
+
+
+def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured, monkeypatch):
+    import prune_explorer.widgets.explorer as explorer_module
+
+    timed, exported = [], []
+    real_latency, real_export = explorer_module.onnxruntime_latency_ms, explorer_module.export_model
+
+    def ort_latency(models, *args, **kwargs):
+        timed.append([m if isinstance(m, nn.Module) else str(m) for m in models])
+        return real_latency(models, *args, **kwargs)
+
+    def export(model, path, **kwargs):
+        exported.append(path)
+        return real_export(model, path, **kwargs)
+
+    monkeypatch.setattr(explorer_module, "onnxruntime_latency_ms", ort_latency)
+    monkeypatch.setattr(explorer_module, "export_model", export)
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], onnxruntime_latency=True)
+    try:
+        e.wait(120)
+        assert "ort_latency_ms_before" not in e.preview and timed == []  # nothing timed before a plan
+        e.set_counts({"layer3.0.conv1": 128})
+        assert e.preview["ort_latency_ms_after"] is None  # the slider path only marks it pending
+        assert "ONNX Runtime CPU" in e.preview_box.table.value
+        e.wait(600)
+        assert len(timed) == 1 and len(exported) == 1  # the base file once; the pruned module in memory
+        (base_file, pruned), = timed
+        assert base_file == str(exported[0]) and pruned is e._previewed[1]
+        first = (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"])
+        assert all(ms > 0 for ms in first)
+
+        e.set_counts({"layer3.0.conv1": 64})
+        e.wait(600)
+        assert len(timed) == 2 and len(exported) == 1 and timed[1][0] == base_file  # the base export is reused
+        e.set_counts({"layer3.0.conv1": 128})  # back to the first plan: its numbers at once, from the cache
+        assert (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"]) == first
+        e.wait(600)
+        assert len(timed) == 2
+        e.set_counts({})
+        assert e.preview["ort_latency_ms_after"] == e.preview["ort_latency_ms_before"]
+    finally:
+        e.close()
+    assert not exported[0].exists()  # the panel's temp folder goes with it
+
+
+def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_path):
+    model, trial, x, _ = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1")
+    try:
+        e.set_counts({"layer2.0.conv1": 40})
+        e.wait()
+        previewed, by_l1 = e._previewed[1], dict(e.plan_channels)
+        assert e.apply() is previewed  # no second surgery (the model lock may be busy with an export)
+        e.table_editor.criterion.value = "l2"  # same counts, other ranks: another plan
+        e.wait()
+        assert e.counts == {"layer2.0.conv1": 40} and e.plan_channels != by_l1
+        fresh = e.apply()
+        assert fresh is not previewed
+        expected = prune(model, e.plan(), x[:1], graph=e.graph)
+        with torch.no_grad():
+            assert torch.equal(fresh(x), expected(x))
+    finally:
+        e.close()

@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Iterable
 if TYPE_CHECKING:  # pandas is only needed by the builders
     import pandas as pd
 
+    from .costs import CostModel
     from .graph import ChannelGraph
+    from .latency import LatencyTable
 
 
 class PrunePlan:
@@ -19,6 +21,7 @@ class PrunePlan:
     def __init__(self, channels: dict[str | int, Iterable[int]], layers: Iterable[str] = ()):
         self.channels: dict[str | int, list[int]] = {key: list(ix) for key, ix in channels.items()}
         self.layers: tuple[str, ...] = tuple(layers)
+        self.budget: dict | None = None   # set by `lowest`: what it aimed at and where it landed
 
     def __repr__(self) -> str:
         return f"PrunePlan({self.summary()})"
@@ -64,18 +67,27 @@ class PrunePlan:
         return {str(key): len(set(ix)) for key, ix in self.channels.items() if ix}
 
     @classmethod
-    def lowest(cls, table: "pd.DataFrame", graph: "ChannelGraph", n: int = 200, scheme: str = "all",
-               min_keep: int = 1, round_to: int | None = None) -> "PrunePlan":
-        """Remove the `n` lowest-`normalized` channels over all eligible groups.
+    def lowest(cls, table: "pd.DataFrame", graph: "ChannelGraph", n: int | None = None, scheme: str = "all",
+               min_keep: int = 1, round_to: int | None = None, *, target_macs: float | None = None,
+               target_latency_ms: float | None = None, costs: "CostModel | None" = None,
+               latency: "LatencyTable | None" = None) -> "PrunePlan":
+        """Remove the lowest-`normalized` channels over all eligible groups: `n` of them (200 when
+        no target is given), or as many as it takes to bring the model down to `target_macs` MACs
+        (`costs`: a CostModel of this model) or `target_latency_ms` (`latency`: a LatencyTable, with
+        `costs`).
 
         No group drops below `min_keep` channels; with `round_to` every touched group keeps a
-        multiple of it, so fewer than `n` may be removed.
+        multiple of it, so fewer than `n` may be removed. A target is met to within one removal
+        step's cost (one filter; a grouped conv's group loses one per conv group at a time):
+        `plan.budget` records target, reached value and that step. A target that cutting every
+        eligible group to its minimum does not reach is a ValueError naming the limit.
         """
         if scheme not in ("all", "internal"):
             raise ValueError(f"scheme must be 'all' or 'internal', got {scheme!r}")
         if min_keep < 1:
             raise ValueError(f"min_keep must be at least 1, got {min_keep}")
         _check_round_to(round_to)
+        budget = _budget(n, target_macs, target_latency_ms, costs, latency)
         eligible = {g.id: g for g in graph.prunable("internal" if scheme == "internal" else None)}
         rows = _ordered(table, graph)
         rows = rows[rows["group"].isin(list(eligible))]
@@ -83,9 +95,8 @@ class PrunePlan:
         pending: dict[int, list[int]] = {g: [] for g in eligible}
         chosen: dict[int, list[int]] = {g: [] for g in eligible}
         full: set[int] = set()
-        total = 0
         for g, filters in _units(rows, eligible):
-            if total >= n:
+            if budget.reached():
                 break
             if g in full:
                 continue
@@ -98,14 +109,18 @@ class PrunePlan:
                 continue
             if remaining % step:
                 continue
-            if total + len(pending[g]) > n:
+            if not budget.allows(len(pending[g])):
                 full.add(g)
                 continue
+            budget.take(g, len(pending[g]))
             chosen[g].extend(pending[g])
-            total += len(pending[g])
             pending[g] = []
+        if not budget.reached() and budget.is_target:
+            raise ValueError(budget.unreachable(scheme, min_keep, round_to))
         channels = {eligible[g].name: sorted(ix) for g, ix in chosen.items() if ix}
-        return cls(channels, layers=channels)
+        plan = cls(channels, layers=channels)
+        plan.budget = budget.record()
+        return plan
 
     @classmethod
     def from_counts(cls, table: "pd.DataFrame", graph: "ChannelGraph", counts: dict[str, int],
@@ -134,6 +149,86 @@ class PrunePlan:
             else:
                 channels[layer] = sorted(int(f) for f in ranked[:k])
         return cls(channels, layers=counts)
+
+
+class _Count:
+    """`n` channels at most."""
+
+    is_target = False
+
+    def __init__(self, n: int):
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.n, self.total = n, 0
+
+    def reached(self) -> bool:
+        return self.total >= self.n
+
+    def allows(self, k: int) -> bool:
+        return self.total + k <= self.n
+
+    def take(self, group: int, k: int) -> None:
+        self.total += k
+
+    def record(self) -> dict:
+        return {"unit": "filters", "target": self.n, "reached": self.total}
+
+
+class _Target:
+    """Cut until a cost (MACs, ms) is at or below the target; the last step may go past it."""
+
+    is_target = True
+
+    def __init__(self, unit: str, target: float, before: float, change):
+        self.unit, self.target, self.before, self.value, self._change = unit, float(target), float(before), float(before), change
+        self.removed: dict[int, int] = {}
+        self.last_step = 0.0
+
+    def reached(self) -> bool:
+        return self.value <= self.target
+
+    def allows(self, k: int) -> bool:
+        return True
+
+    def take(self, group: int, k: int) -> None:
+        delta = float(self._change(self.removed, group, k))
+        self.removed[group] = self.removed.get(group, 0) + k
+        self.value += delta
+        self.last_step = -delta
+
+    def record(self) -> dict:
+        return {"unit": self.unit, "target": self.target, "before": self.before, "reached": self.value,
+                "last_step": self.last_step}
+
+    def unreachable(self, scheme: str, min_keep: int, round_to: int | None) -> str:
+        name = {"macs": "target_macs", "latency_ms": "target_latency_ms"}[self.unit]
+        fmt = (lambda v: f"{v:,.0f} MACs") if self.unit == "macs" else (lambda v: f"{v:.3f} ms")
+        limits = f"min_keep={min_keep}" + (f", round_to={round_to}" if round_to else "")
+        return (f"{name}: {fmt(self.target)} cannot be reached: cutting every {'block-internal' if scheme == 'internal' else 'prunable'} "
+                f"group (scheme {scheme!r}) down to {limits} leaves {fmt(self.value)} ({self.value / self.before:.1%} of "
+                f"{fmt(self.before)}); the rest sits in layers no eligible group can shrink. Lower min_keep"
+                f"{', use scheme all' if scheme == 'internal' else ''} or set a higher target")
+
+
+def _budget(n, target_macs, target_latency_ms, costs, latency):
+    targets = [t for t in (target_macs, target_latency_ms) if t is not None]
+    if len(targets) > 1 or targets and n is not None:
+        raise ValueError("give one of n, target_macs and target_latency_ms")
+    if target_macs is not None:
+        if costs is None:
+            raise ValueError("target_macs needs costs= (a CostModel of the model the table ranks)")
+        if target_macs < 1:
+            raise ValueError(f"target_macs is a number of MACs (the model has {costs.before.macs:,}), got {target_macs}; "
+                             "for a fraction pass costs.before.macs * fraction")
+        return _Target("macs", target_macs, costs.before.macs, lambda r, g, k: costs.change(r, g, k).macs)
+    if target_latency_ms is not None:
+        if latency is None or costs is None:
+            raise ValueError("target_latency_ms needs latency= (a LatencyTable) and costs= (a CostModel of the model)")
+        if target_latency_ms <= 0:
+            raise ValueError(f"target_latency_ms must be positive, got {target_latency_ms}")
+        return _Target("latency_ms", target_latency_ms, latency.predict(costs),
+                       lambda r, g, k: latency.change(costs, r, g, k))
+    return _Count(200 if n is None else int(n))
 
 
 def _check_blocks(group, ints: list[int], label: str) -> None:

@@ -28,6 +28,12 @@ mode "compact" (per-channel sums over EVERY step since the last saved record, on
     ``compact/{module}_{call}/taylor``      Σ over examples of |mean over h,w of a·g|   (Molchanov)
     ``compact/{module}_{call}/taylor_aws``  Σ over batches of mean over batch,h,w of a·g (signed;
                                             the AWS example takes |·| after summing)
+    ``compact/{module}_{call}/taylor_sq``   Σ over batches of (Σ over batch,h,w of a·g)²: the squared
+                                            first-order Taylor term of a per-channel gate on the tap's
+                                            output, one per minibatch (Molchanov et al. 2019; the
+                                            `taylor_global` criterion). Trials written before it
+                                            existed lack it: that criterion refuses them, the others
+                                            still read them.
     ``compact/{module}_{call}/activation``  Σ over examples of mean over h,w of a
     ``compact/{module}_{call}/zeros``       Σ over examples of the fraction of zeros over h,w (APoZ)
     ``compact/{module}_{call}/examples``    examples seen, ``…/batches`` batches seen
@@ -62,6 +68,7 @@ META_FILE = "prune_explorer.json"
 META_FORMAT = 1
 MODES = ("compact", "full")
 COMPACT_STATS = ("taylor", "taylor_aws", "activation", "zeros")
+COMPACT_LATER = ("taylor_sq",)   # written since issue 13; a trial from before lacks them
 COMPACT_COUNTS = ("examples", "batches")
 
 TapKey = tuple[str, int]
@@ -101,9 +108,11 @@ class _Accumulator:
         a3 = a.reshape(a.shape[0], a.shape[1], -1)
         per_example = (a3 * g.reshape(a3.shape)).mean(-1)
         nonzero = a3.sign().abs_().mean(-1)          # count_nonzero is several times slower on CPU
+        gate = per_example.sum(0) * a3.shape[-1]      # d loss / d gate of each channel, this minibatch
         update = {
             "taylor": per_example.abs().sum(0),
             "taylor_aws": per_example.mean(0),
+            "taylor_sq": gate.double().square(),
             "activation": a3.mean(-1).sum(0),
             "zeros": (1 - nonzero).sum(0),
         }
@@ -326,7 +335,7 @@ class CaptureHook:
 
     def _write_compact(self) -> None:
         for (module, call), acc in sorted(self._acc.items()):
-            for stat in COMPACT_STATS:
+            for stat in COMPACT_STATS + COMPACT_LATER:
                 self._write_tensor(compact_name(module, call, stat), acc.sums[stat])
             for stat in COMPACT_COUNTS:
                 self._write_tensor(compact_name(module, call, stat), np.array([getattr(acc, stat)], np.int64))

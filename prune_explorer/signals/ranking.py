@@ -1,13 +1,21 @@
-"""Filter ranking: criteria are small callables giving one score per channel of a group.
+"""Filter ranking: criteria are small callables giving one score per channel of a group, and a
+normalisation decides how scores of different layers compare before a plan takes the lowest.
 
 Higher score = more important. Trial criteria sum their per-tap score over the group's taps;
 weight criteria sum per-filter norms over the group's producer convs/linears.
+
+Normalisations (`NORMALIZATIONS`): `l2` divides each layer's scores by their L2 norm (Molchanov
+2017 and the AWS example: n similar scores become ≈ 1/√n, so cuts even out layer widths);
+`none` compares raw scores across layers (Molchanov 2019's global ranking, meaningful when every
+score is in the same units, as a change of the one loss is); `flops` divides each raw score by the
+share of the model's MACs one channel of its group costs (importance per MAC saved). A criterion
+carries its own default (`criterion.normalization`, `l2` when it has none).
 """
 from __future__ import annotations
 
 import os
 import warnings
-
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
@@ -15,13 +23,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-COLUMNS = ["layer", "filter", "score", "normalized", "group", "criterion", "steps"]
+COLUMNS = ["layer", "filter", "score", "normalized", "group", "criterion", "steps", "normalization"]
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 Criterion = Callable[[Any, nn.Module, Any], np.ndarray]
 
 
-def _trial_criterion(stat: Callable[[Any], np.ndarray | None], needs_gradients: bool = False) -> Criterion:
+def _trial_criterion(stat: Callable[[Any], np.ndarray | None], needs_gradients: bool = False,
+                     requires: tuple[Callable[[Any], bool], str] | None = None) -> Criterion:
     def score(group, model, trial) -> np.ndarray:
         if trial is None:
             raise ValueError("this criterion needs a trial (captured activations)")
@@ -35,7 +44,9 @@ def _trial_criterion(stat: Callable[[Any], np.ndarray | None], needs_gradients: 
                 "criterion needs them. Stock smdebug hooks never save them; capture with "
                 "prune_explorer.CaptureHook(model, out_dir) (mode 'compact' or 'full'), or use l1, l2, "
                 "mean_activation or apoz.")
-        return np.sum([stat(p) for p in parts], axis=0)
+        if requires is not None and not all(requires[0](p) for p in parts if p.has_gradients):
+            raise ValueError(f"trial {trial.path}, layer {group.name}: {requires[1]}")
+        return np.sum([stat(p) for p in parts if not needs_gradients or p.has_gradients], axis=0)
 
     return score
 
@@ -79,8 +90,27 @@ def _per_example(total, count):
     return total / max(count, 1)
 
 
+_NO_GATE_TERM = ("its compact records have no taylor_sq statistic (captured before prune_explorer recorded it); "
+                 "taylor_global and taylor_flops need it. Capture again with CaptureHook (mode 'compact' or "
+                 "'full'), or rank with taylor, taylor_aws, mean_activation, apoz, l1 or l2.")
+
 taylor = _trial_criterion(lambda s: _per_example(s.taylor, s.grad_examples), needs_gradients=True)
 taylor_aws = _trial_criterion(lambda s: np.abs(_per_example(s.taylor_aws, s.grad_batches)), needs_gradients=True)
+# Molchanov et al. 2019: a gate z = 1 on each channel of the tap's output; its first-order Taylor
+# term (dL/dz)² per minibatch, averaged over minibatches; a group seen at several taps (a residual
+# stream) adds its taps' terms. In loss units, so layers compare without normalisation.
+taylor_global = _trial_criterion(lambda s: s.taylor_sq / s.sq_batches, needs_gradients=True,
+                                 requires=(lambda s: s.sq_batches > 0 and s.taylor_sq is not None, _NO_GATE_TERM))
+taylor_global.normalization = "none"
+
+
+def taylor_flops(group, model, trial) -> np.ndarray:
+    """taylor_global per MAC saved: Molchanov 2017's FLOPs regulariser as a ratio (the greedy
+    answer to "keep the most importance within a MACs budget")."""
+    return taylor_global(group, model, trial)
+
+
+taylor_flops.normalization = "flops"
 mean_activation = _trial_criterion(lambda s: _per_example(s.activation, s.examples))
 apoz = _trial_criterion(lambda s: 1.0 - _per_example(s.zeros, s.examples))
 l1 = _weight_criterion(lambda w: np.abs(w).sum(1), "l1")
@@ -89,18 +119,75 @@ l2 = _weight_criterion(lambda w: np.sqrt((w ** 2).sum(1)), "l2")
 CRITERIA: dict[str, Criterion] = {
     "taylor": taylor,
     "taylor_aws": taylor_aws,
+    "taylor_global": taylor_global,
+    "taylor_flops": taylor_flops,
     "mean_activation": mean_activation,
     "apoz": apoz,
     "l1": l1,
     "l2": l2,
 }
+WEIGHT_CRITERIA = ("l1", "l2")   # need no trial
+
+
+class _Context:
+    """What a normalisation may need beyond a group's scores; the cost model is built on first use."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, graph, trial):
+        self.model, self.example_inputs, self.graph, self.trial = model, example_inputs, graph, trial
+
+    @cached_property
+    def mac_share(self) -> dict[int, float]:
+        """Per group: the share of the model's MACs one of its channels costs."""
+        from ..model.costs import CostModel
+
+        x = self.example_inputs
+        if x is None:
+            size = (getattr(self.trial, "meta", None) or {}).get("input_size")
+            if not size:
+                raise ValueError("the flops normalisation needs example_inputs (or a trial that records its input size)")
+            x = torch.zeros(1, *size)
+        costs = CostModel(self.model, x, self.graph)
+        total = max(costs.before.macs, 1)
+        return {g: max(macs, 1) / total for g, macs in costs.channel_macs().items()}
+
+
+def _l2_normalize(scores: np.ndarray, group=None, context=None) -> np.ndarray:
+    norm = float(np.sqrt((scores ** 2).sum()))
+    return scores / norm if norm > 0 else np.zeros_like(scores)
+
+
+def _per_mac(scores: np.ndarray, group, context: _Context) -> np.ndarray:
+    return scores / context.mac_share[group.id]
+
+
+Normalization = Callable[[np.ndarray, Any, _Context], np.ndarray]
+NORMALIZATIONS: dict[str, Normalization] = {
+    "l2": _l2_normalize,
+    "none": lambda scores, group, context: scores,
+    "flops": _per_mac,
+}
+
+
+def normalization_of(criterion: str | Criterion, normalize: bool | str | None = None) -> str:
+    """The normalisation name `rank` uses: `normalize` when it names one (True = "l2", False =
+    "none"), else the criterion's own default."""
+    if normalize is None:
+        fn = CRITERIA.get(criterion) if isinstance(criterion, str) else criterion
+        return getattr(fn, "normalization", "l2")
+    if isinstance(normalize, bool):
+        return "l2" if normalize else "none"
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {normalize!r}; choose from {sorted(NORMALIZATIONS)}")
+    return normalize
 
 
 def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Criterion = "taylor",
-         normalize: bool = True, graph=None) -> pd.DataFrame:
+         normalize: bool | str | None = None, graph=None) -> pd.DataFrame:
     """RankTable: one row per (prunable group, channel), ordered by group then filter.
 
     `trial` is an opened Trial, or a path / s3:// URI that is opened here against `model`.
+    `normalize`: a name in NORMALIZATIONS ("l2", "none", "flops"), True/False for "l2"/"none",
+    or None for the criterion's default (`normalization_of`).
     """
     if isinstance(trial, (str, os.PathLike)):
         from .trials import open_trial
@@ -116,7 +203,10 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
         name, score_fn = criterion, CRITERIA[criterion]
     else:
         name, score_fn = getattr(criterion, "__name__", "custom"), criterion
-    steps = trial.steps_used if trial is not None and name not in ("l1", "l2") else 0
+    how = normalization_of(criterion, normalize)
+    normalizer = NORMALIZATIONS[how]
+    context = _Context(model, example_inputs, graph, trial)
+    steps = trial.steps_used if trial is not None and name not in WEIGHT_CRITERIA else 0
     frames = []
     modules = dict(model.named_modules())
     for group in sorted(graph.prunable(), key=lambda g: g.id):
@@ -138,10 +228,11 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
         "layer": np.repeat(np.array([g.name for g, _ in frames], dtype=object), sizes),
         "filter": np.concatenate([np.arange(n) for n in sizes]),
         "score": scores,
-        "normalized": np.concatenate([_l2_normalize(s) if normalize else s for _, s in frames]),
+        "normalized": np.concatenate([normalizer(s, g, context) for g, s in frames]),
         "group": np.repeat(np.array([g.id for g, _ in frames], dtype=np.int64), sizes),
         "criterion": name,
         "steps": steps,
+        "normalization": how,
     })[COLUMNS]
 
 
@@ -149,11 +240,6 @@ def _addressable(group, modules: dict[str, nn.Module]) -> bool:
     """Some producer conv/linear has exactly one filter per channel of the group."""
     return any(isinstance(modules.get(p), _WEIGHTED) and modules[p].weight.shape[0] == group.size
                for p in group.producers)
-
-
-def _l2_normalize(scores: np.ndarray) -> np.ndarray:
-    norm = float(np.sqrt((scores ** 2).sum()))
-    return scores / norm if norm > 0 else np.zeros_like(scores)
 
 
 def _trace(model: nn.Module, example_inputs: Any):

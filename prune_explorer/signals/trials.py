@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import smdebug_compat
-from .capture import COMPACT_COUNTS, COMPACT_STATS, META_FILE
+from .capture import COMPACT_COUNTS, COMPACT_LATER, COMPACT_STATS, META_FILE
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.tfevent.proto.event_pb2 import Event
 from smdebug.core.tfrecord.record_reader import masked_crc32c
@@ -56,9 +56,11 @@ class TapStats:
     taylor_aws: np.ndarray | None = None   # Σ_batches mean_(b,h,w)(a·g), signed
     grad_examples: int = 0
     grad_batches: int = 0
+    taylor_sq: np.ndarray | None = None    # Σ_batches (Σ_(b,h,w) a·g)²: a per-channel gate's squared Taylor term
+    sq_batches: int = 0                    # batches taylor_sq covers (0: a trial from before it was captured)
 
     def add(self, other: "TapStats") -> None:
-        for key in ("activation", "zeros", "taylor", "taylor_aws"):
+        for key in ("activation", "zeros", "taylor", "taylor_aws", "taylor_sq"):
             value = getattr(other, key)
             if value is not None:
                 mine = getattr(self, key)
@@ -66,6 +68,7 @@ class TapStats:
         self.examples += other.examples
         self.grad_examples += other.grad_examples
         self.grad_batches += other.grad_batches
+        self.sq_batches += other.sq_batches
 
     @property
     def has_gradients(self) -> bool:
@@ -251,7 +254,7 @@ def _tensor_array(proto, tag: str, filename: str) -> np.ndarray:
 
 
 # --- names ----------------------------------------------------------------------------------------
-_COMPACT_TAP = re.compile(rf"^compact/(.+)_(\d+)/({'|'.join(COMPACT_STATS + COMPACT_COUNTS)})$")
+_COMPACT_TAP = re.compile(rf"^compact/(.+)_(\d+)/({'|'.join(COMPACT_STATS + COMPACT_LATER + COMPACT_COUNTS)})$")
 _COMPACT_NORM = re.compile(r"^compact/(.+)/weight_(l1|l2)$")
 _GRAD_CALL = re.compile(r"^gradient/(.+)_(\d+)_([A-Za-z0-9]+)_output$")
 _GRAD_NO_CALL = re.compile(r"^gradient/(.+)_([A-Za-z0-9]+)_output$")
@@ -335,8 +338,10 @@ def taylor_stats(a: np.ndarray, g: np.ndarray, stats: TapStats) -> None:
     per_example = np.matmul(ta[:, :, None, :], tg[:, :, :, None])[:, :, 0, 0].astype(np.float64) / ta.shape[-1]
     stats.taylor = np.abs(per_example).sum(0)
     stats.taylor_aws = per_example.mean(0)
+    stats.taylor_sq = np.square(per_example.sum(0) * ta.shape[-1])   # one saved step = one minibatch
     stats.grad_examples = ta.shape[0]
     stats.grad_batches = 1
+    stats.sq_batches = 1
 
 
 class _Reducer:
@@ -513,16 +518,18 @@ class _Reducer:
         missing = [s for s in COMPACT_STATS + COMPACT_COUNTS if s not in parts]
         if missing:
             raise ValueError(f"tensor {tag!r}: compact record of {key[0]} (call {key[1]}) lacks {missing}")
-        for stat in COMPACT_STATS:
+        for stat in COMPACT_STATS + tuple(s for s in COMPACT_LATER if s in parts):
             stag, value = parts[stat]
             if value.shape != (size,):
                 raise ValueError(f"tensor {stag!r} has shape {list(value.shape)} but the model's tap {key[0]} "
                                  f"(call {key[1]}) carries {size} channels: the trial does not match the model")
         get = lambda s: parts[s][1].astype(np.float64)  # noqa: E731
         examples, batches = int(parts["examples"][1].sum()), int(parts["batches"][1].sum())
+        has_sq = "taylor_sq" in parts
         return TapStats(source=tag, activation=get("activation"), zeros=get("zeros"), examples=examples,
                         taylor=get("taylor"), taylor_aws=get("taylor_aws"),
-                        grad_examples=examples, grad_batches=batches)
+                        grad_examples=examples, grad_batches=batches,
+                        taylor_sq=get("taylor_sq") if has_sq else None, sq_batches=batches if has_sq else 0)
 
     def _add(self, key: TapKey, stats: TapStats) -> None:
         if key in self.taps:

@@ -10,6 +10,8 @@ in the `error` trait and the panel's error line, never as a traceback.
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ from typing import Any
 import ipywidgets as W
 import torch
 from torch import nn
-from traitlets import Bool, Dict, Int, Unicode, observe
+from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
+from ..model.costs import CostModel
+from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
 from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
@@ -26,7 +30,6 @@ from ..model.surgery import prune
 from ..signals.ranking import rank
 from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
-from .costs import CostModel
 from .coupling import CouplingView, describe, members, shapes_after
 from .heatmap import RankHeatmap
 from .jobs_panel import JobsPanel
@@ -39,6 +42,10 @@ from .sensitivity import sensitivity_curve
 WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
 TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
+EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
+# The preview also times each plan in ONNX Runtime: two dynamo exports (seconds, ≈ +430 MiB peak on
+# resnet18), too much for a notebook on Binder's 2 GiB beside a training job; the app turns it on.
+ONNXRUNTIME_LATENCY = False
 
 
 def _message(exc: BaseException) -> str:
@@ -58,6 +65,9 @@ class Explorer(W.VBox):
     criterion = Unicode("taylor")
     scheme = Unicode("internal")
     n_lowest = Int(200)
+    normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
+    fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
+    keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -66,6 +76,7 @@ class Explorer(W.VBox):
     selected_layer = Unicode(None, allow_none=True, help="the layer picked in the heatmap or the table")
     coupling = Dict(help="the selected layer's channel group: members, roles, tensor shapes before/after the plan")
     compared = Dict(help="the last comparison of two iterations (per-layer widths, params, MACs, accuracy)")
+    exported = Dict(help="the last Export: iteration, path, format, bytes, max_abs_diff (ExportResult.as_dict())")
     error = Unicode("")
     status = Unicode("")
     busy = Bool(False)
@@ -75,7 +86,8 @@ class Explorer(W.VBox):
                  n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
-                 entry_point: str | None = None, source_dir: str | None = None):
+                 entry_point: str | None = None, source_dir: str | None = None,
+                 onnxruntime_latency: bool | None = None):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self._bg = Background(self._background_failed)
@@ -87,11 +99,16 @@ class Explorer(W.VBox):
         self.pruned_model: nn.Module | None = None
         self._pending: dict[str, Any] | None = None
         self._previewed: tuple[dict[str, int], nn.Module] | None = None  # (counts, the pruned model they give)
+        self._surgery: tuple[tuple, nn.Module] | None = None  # (plan key, the preview's pruned model): Apply reuses it
         self._cuts_of, self._cuts, self._rows_of = None, {}, {}  # per-layer plans of one RankTable
         self.history = None
         self.queue = None
         self.tracker = None
         self._closed = threading.Event()
+        self.onnxruntime_latency = ONNXRUNTIME_LATENCY if onnxruntime_latency is None else bool(onnxruntime_latency)
+        self._ort_ms: dict[tuple, tuple[float, float]] = {}  # plan key -> ONNX Runtime (before, after) ms
+        self._ort_base: tuple[nn.Module, Path] | None = None  # the base model's .onnx, exported once per base
+        self._ort_dir: str | None = None
 
         self.error_line = W.HTML()
         self.error_line.add_class("pe-error")
@@ -125,11 +142,21 @@ class Explorer(W.VBox):
         self.scatter = HistoryScatter(self.rebase)
         self.lineage = LineageTree(self.rebase, self.compare)
         self.coupling_view = CouplingView()
+        self.export_format = W.ToggleButtons(options=EXPORT_FORMATS, value=EXPORT_FORMATS[0],
+                                             tooltips=["ONNX (ONNX Runtime)", "torch.export program (.pt2)"],
+                                             style={"button_width": "56px"})
+        self.export_format.add_class("pe-export-format")
+        self.export_button = W.Button(description="Export", icon="download",
+                                      tooltip="the applied model (else the base) as a file that runs without prune_explorer")
+        self.export_button.add_class("pe-export")
+        self.export_line = W.HTML()
+        self.export_line.add_class("pe-exported")
         actions = W.VBox([
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
             W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
             W.HBox([self.entry_point, self.source_dir]),
+            W.HBox([self.export_format, self.export_button]), self.export_line,
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
         ], layout=W.Layout(width="40%", min_width="360px"))
         super().__init__([
@@ -171,12 +198,15 @@ class Explorer(W.VBox):
         t.criterion.observe(lambda c: setattr(self, "criterion", c["new"]), "value")
         t.scheme.observe(lambda c: setattr(self, "scheme", c["new"]), "value")
         t.n_lowest.observe(lambda c: setattr(self, "n_lowest", int(c["new"])), "value")
+        for name in ("normalization", "fill_mode", "keep_fraction"):  # the panel's traits follow the controls
+            W.link((getattr(t, name), "value"), (self, name))
         t.fill.on_click(lambda _: self.fill_lowest())
         t.clear.on_click(lambda _: self.set_counts({}))
         t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
         self.heatmap.on_select(self.select_layer)
         self.apply_button.on_click(lambda _: self._guarded(self.apply))
         self.queue_button.on_click(lambda _: self._guarded(self.queue_finetune))
+        self.export_button.on_click(lambda _: self._guarded(self.export))
 
     def _load(self, model: nn.Module, trial: Any, example_inputs: Any) -> None:
         """Trace, open the trial and rank; a bad trial falls back to weight ranks with an error shown."""
@@ -195,12 +225,15 @@ class Explorer(W.VBox):
                     problem = f"criterion {criterion!r} needs a trial; none was given"
                 criterion = "l1"
                 problem += "; ranking by l1 weight norms instead"
-            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph)
+            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph,
+                         normalize=self._normalize())
             costs = CostModel(model, example_inputs, graph)
         with self._lock:
             self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
             self.costs = costs
             self.pruned_model, self._pending, self._previewed = None, None, None
+            self._latency_table = None  # the latency fill's table, measured on this model when first asked
+            self._ort_ms, self._surgery = {}, None
         self._showing_criterion(criterion)
         self.error = problem
         layers = [g.name for g in graph.prunable()]
@@ -259,18 +292,47 @@ class Explorer(W.VBox):
             return
         self.table_editor.set_counts(counts)
 
-    def fill_lowest(self, n: int | None = None, scheme: str | None = None) -> None:
-        """Counts from `PrunePlan.lowest(table, graph, n, scheme)`: the global lowest-N filters."""
-        if n is not None:
-            self.table_editor.n_lowest.value = n
+    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
+                    keep_latency: float | None = None) -> None:
+        """Counts from `PrunePlan.lowest`: the global lowest-N filters, or (fill_mode 'macs' / 'latency',
+        or `keep_macs` / `keep_latency` given) the lowest-ranked filters until `keep_fraction` of the
+        model's MACs or predicted latency is left. The latency table is measured on first use (on the
+        background "budget" worker; `wait()` waits for it)."""
+        t = self.table_editor
+        for mode, value in (("filters", n), ("macs", keep_macs), ("latency", keep_latency)):
+            if value is not None:
+                t.fill_mode.value = mode
+                (t.n_lowest if mode == "filters" else t.keep_fraction).value = value
         if scheme is not None:
-            self.table_editor.scheme.value = scheme
+            t.scheme.value = scheme
+        if self.fill_mode == "latency" and self._latency_table is None:
+            self.status = "measuring a per-layer latency table of this model (once)…"
+            self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
+            return
         try:
-            plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+            if self.fill_mode == "filters":
+                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+            elif self.fill_mode == "macs":
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
+                                        target_macs=self.keep_fraction * self.costs.before.macs)
+            else:
+                latency = self._latency_table
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, latency=latency,
+                                        target_latency_ms=self.keep_fraction * latency.predict(self.costs))
         except ValueError as exc:
             self.error = _message(exc)
             return
-        self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+        t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def _measure_latency_table_then_fill(self, model: nn.Module) -> None:
+        from ..model.latency import LatencyTable
+
+        with MODEL_LOCK:
+            table = LatencyTable.measure(model, self.x, self.graph, self.costs)
+        if model is self.model:  # not re-based meanwhile
+            self._latency_table = table
+            self.status = f"latency table measured: {table.predict(self.costs):.2f} ms predicted for this model"
+            self.fill_lowest()
 
     def plan(self) -> PrunePlan:
         """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
@@ -313,6 +375,16 @@ class Explorer(W.VBox):
         numbers.update(params_before=self.costs.before.params, params_after=cost.params,
                        macs_before=self.costs.before.macs, macs_after=cost.macs,
                        filters_removed=sum(removed.values()), latency_ms_after=None)
+        key = _plan_key(plan)
+        if self.onnxruntime_latency:  # a plan seen before shows its ONNX Runtime numbers at once
+            ort = self._ort_ms.get(key) or (numbers.get("ort_latency_ms_before"), None)
+            if not removed:
+                ort = (ort[0], ort[0])
+            if ort[0] is None and not removed:  # nothing timed yet and nothing to time: no row
+                numbers.pop("ort_latency_ms_before", None)
+                numbers.pop("ort_latency_ms_after", None)
+            else:
+                numbers.update(ort_latency_ms_before=ort[0], ort_latency_ms_after=ort[1])
         self.preview = numbers
         self.heatmap.mark(self.plan_channels)
         if not removed:
@@ -321,7 +393,7 @@ class Explorer(W.VBox):
             self.preview = {**self.preview, "latency_ms_after": self.preview.get("latency_ms_before")}
             return
         self._show_coupling()
-        self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), latest_only=True)
+        self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), key, latest_only=True)
 
     @observe("preview")
     def _show_preview(self, change) -> None:
@@ -341,11 +413,14 @@ class Explorer(W.VBox):
         self.preview = {**self.preview, "latency_ms_before": ms,
                         **({"latency_ms_after": ms} if not self.counts else {})}
 
-    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int]) -> None:
+    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int], key: tuple) -> None:
         """Prune for the plan (the coupling view's shapes after come from this model), then time the base
         model and the pruned one in alternation, so both numbers see the same machine load."""
+        model = self.model
         with MODEL_LOCK:
-            pruned = prune(self.model, plan, self.x, graph=self.graph)
+            pruned = prune(model, plan, self.x, graph=self.graph)
+        if model is self.model:
+            self._surgery = (key, pruned)
         if counts != self.counts:
             return
         self._previewed = (counts, pruned)
@@ -354,6 +429,38 @@ class Explorer(W.VBox):
             before, after = paired_latency_ms([self.model, pruned], self.x, warmup=3, repeats=7)
         if counts == self.counts:
             self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
+        if self.onnxruntime_latency and key not in self._ort_ms:
+            self._bg.submit("ort-latency", self._measure_ort_latency, pruned, counts, key, latest_only=True)
+
+    def _measure_ort_latency(self, pruned: nn.Module, counts: dict[str, int], key: tuple) -> None:
+        """ONNX Runtime CPU ms of the base model and the plan's pruned one, timed in turn; cached per plan.
+        Each export takes seconds, so a plan the sliders have left is dropped between the steps."""
+        model, x = self.model, self.x
+        with MODEL_LOCK:
+            if counts != self.counts:
+                return
+            base = self._ort_base_file(model, x)
+            if counts != self.counts or model is not self.model:
+                return
+            before, after = onnxruntime_latency_ms([base, pruned], x, warmup=3, repeats=7)
+        if model is not self.model:
+            return
+        self._ort_ms[key] = (before, after)
+        if counts == self.counts:
+            self.preview = {**self.preview, "ort_latency_ms_before": before, "ort_latency_ms_after": after}
+
+    def _ort_base_file(self, model: nn.Module, x: Any) -> Path:
+        """The base model as a fixed-batch .onnx in the panel's temp folder, exported once per base model."""
+        if self._ort_base is not None and self._ort_base[0] is model:
+            return self._ort_base[1]
+        if self._ort_dir is None:
+            self._ort_dir = tempfile.mkdtemp(prefix="prune-explorer-ort-")
+        path = Path(self._ort_dir) / f"base-{id(model):x}.onnx"
+        export_model(model, path, example_inputs=x, dynamic_batch=False)
+        if self._ort_base is not None:
+            self._ort_base[1].unlink(missing_ok=True)
+        self._ort_base = (model, path)
+        return path
 
     # --- selection and coupling ----------------------------------------------------------------
     def select_layer(self, layer: str | None) -> None:
@@ -387,6 +494,14 @@ class Explorer(W.VBox):
             return
         self._bg.submit("rank", self._rerank, change["new"], latest_only=True)
 
+    @observe("normalization")
+    def _normalization_changed(self, change) -> None:
+        if hasattr(self, "table"):
+            self._bg.submit("rank", self._rerank, self.criterion, latest_only=True)
+
+    def _normalize(self) -> str | None:
+        return None if self.normalization == "auto" else self.normalization
+
     def _rerank(self, criterion: str) -> None:
         if self.trial is None and criterion not in WEIGHT_CRITERIA:
             self.error = f"criterion {criterion!r} needs a trial (captured activations and gradients); none is open"
@@ -394,14 +509,16 @@ class Explorer(W.VBox):
         self.busy, self.status = True, f"ranking by {criterion}…"
         try:
             with MODEL_LOCK:
-                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph)
+                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph,
+                             normalize=self._normalize())
             counts = dict(self.counts)
             self.table = table
             self.heatmap.show(table, [g.name for g in self.graph.prunable()])
             self.counts = {}
             self.counts = counts
             self.error = ""
-            self.status = f"{len(table)} filters ranked by {criterion}"
+            self.status = f"{len(table)} filters ranked by {criterion} ({table['normalization'].iloc[0]})" \
+                if len(table) else f"no filters ranked by {criterion}"
         finally:
             self.busy = False
 
@@ -434,8 +551,12 @@ class Explorer(W.VBox):
         removed = plan.resolve(self.graph)
         if not removed:
             raise ValueError("the plan cuts no filters: move a layer's slider or fill the lowest N first")
-        with MODEL_LOCK:
-            pruned = prune(self.model, plan, self.x, graph=self.graph)
+        surgery = self._surgery
+        if surgery is not None and surgery[0] == _plan_key(plan):
+            pruned = surgery[1]  # the preview already ran this plan's surgery (and the model lock may be busy)
+        else:
+            with MODEL_LOCK:
+                pruned = prune(self.model, plan, self.x, graph=self.graph)
         workspace = self.workspace or Workspace(Path.cwd() / "workspace")
         iteration = self._pending["iteration"] if self._pending else workspace.reserve_iteration()
         model_dir = workspace.save_pruned(iteration, pruned, plan, parent=self.base_iteration, criterion=self.criterion)
@@ -474,6 +595,36 @@ class Explorer(W.VBox):
         self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
         self.refresh()
         return job
+
+    # --- export --------------------------------------------------------------------------------
+    def export(self, fmt: str | None = None):
+        """Export the applied model (else the base) to WORKSPACE/exports/<iteration>.<fmt> on the
+        "export" worker (the dynamo exporter takes seconds); `exported` and the export line show the file."""
+        fmt = fmt or self.export_format.value
+        if self.pruned_model is not None and self.applied:
+            model, name = self.pruned_model, self.applied["iteration"]
+        else:
+            model, name = self.model, self.base_iteration or "base"
+        path = (self.workspace or Workspace(Path.cwd() / "workspace")).export_path(name, fmt)
+        self.exported = {}
+        self._export_shows(f"⏳ exporting {name} as {fmt}…")
+        return self._bg.submit("export", self._export, model, name, path, fmt, self.x)
+
+    def _export(self, model: nn.Module, name: str, path: Path, fmt: str, x: Any) -> None:
+        try:
+            with MODEL_LOCK:
+                result = export_model(model, path, format=fmt, example_inputs=x)
+        except Exception as exc:
+            self._export_shows(f"export of {name} failed: {_message(exc)}", failed=True)
+            raise
+        self.exported = {"iteration": name, **result.as_dict()}
+        self._export_shows(f"exported {name}: <code class='pe-export-path' data-path='{html.escape(str(path))}'>"
+                           f"{html.escape(str(path))}</code> ({result.bytes / 1e6:.1f} MB, {result.format} via "
+                           f"{result.exporter}, max |file − PyTorch| {result.max_abs_diff:.1e})", escaped=True)
+
+    def _export_shows(self, text: str, failed: bool = False, escaped: bool = False) -> None:
+        body = text if escaped else html.escape(text)
+        self.export_line.value = f"<div style='color:{'#b00020' if failed else 'inherit'}'>{body}</div>"
 
     def cancel(self, job_id: str) -> None:
         try:
@@ -552,6 +703,8 @@ class Explorer(W.VBox):
     def close(self) -> None:
         self._closed.set()
         self._bg.shutdown()
+        if self._ort_dir is not None:
+            shutil.rmtree(self._ort_dir, ignore_errors=True)
         if self.queue is not None:
             self.queue.close()
         super().close()
@@ -577,6 +730,11 @@ class Explorer(W.VBox):
         spinner = "⏳ " if self.busy else ""
         base = f" · base <code>{html.escape(self.base_iteration)}</code>" if self.base_iteration else ""
         self.status_line.value = f"<span>{spinner}{html.escape(self.status)}</span>{base}"
+
+
+def _plan_key(plan: PrunePlan) -> tuple:
+    """A plan as a hashable key (its channels per layer): the ONNX Runtime cache's key."""
+    return tuple(sorted((layer, tuple(ix)) for layer, ix in plan.channels.items() if len(ix)))
 
 
 def _open(trial: Any, model: nn.Module, graph: ChannelGraph):

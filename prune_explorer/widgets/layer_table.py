@@ -2,7 +2,9 @@
 
 Modelled on Sparsify's per-layer rows: name, kind, width, how many filters to cut, what is
 left, the params and MACs the group's modules carry, and a sensitivity sparkline computed on
-demand. Global controls (criterion, scheme, lowest-N fill) sit above the rows.
+demand. Global controls sit above the rows: criterion, how scores of different layers compare
+(normalisation), scheme, and the fill, by a count of filters (lowest N) or by MACs or latency
+(cut the lowest-ranked filters until a fraction of the model's MACs or predicted latency is left).
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Callable, Sequence
 import bqplot as bq
 import ipywidgets as W
 
-from ..signals.ranking import CRITERIA
-from .costs import Cost
+from ..model.costs import Cost
+from ..signals.ranking import CRITERIA, NORMALIZATIONS
+
+DEFAULT_NORMALIZATION = "auto"  # the normalisation selector's "the criterion's own"
 
 
 def _human(n: float) -> str:
@@ -86,13 +90,30 @@ class LayerTable(W.VBox):
         self.n_lowest = W.BoundedIntText(value=n_lowest, min=0, max=10**7, description="lowest N",
                                          layout=W.Layout(width="180px"))
         self.n_lowest.add_class("pe-n-lowest")
+        self.normalization = W.Dropdown(options=[("criterion's own", DEFAULT_NORMALIZATION)] +
+                                        [(name, name) for name in NORMALIZATIONS],
+                                        value=DEFAULT_NORMALIZATION, description="normalise",
+                                        layout=W.Layout(width="220px"))
+        self.normalization.add_class("pe-normalization")
+        self.fill_mode = W.ToggleButtons(options=[("N filters", "filters"), ("MACs", "macs"), ("latency", "latency")],
+                                         value="filters",
+                                         tooltips=["cut the lowest N filters", "cut the lowest-ranked filters until "
+                                                   "the model keeps this fraction of its MACs", "... of its latency, "
+                                                   "predicted by a per-layer table measured once on this model"],
+                                         style={"button_width": "80px"})
+        self.fill_mode.add_class("pe-fill-mode")
+        self.keep_fraction = W.BoundedFloatText(value=0.5, min=0.01, max=0.99, step=0.05, description="keep",
+                                                layout=W.Layout(width="160px", display="none"))
+        self.keep_fraction.add_class("pe-keep-fraction")
+        self.fill_mode.observe(self._show_fill_mode, "value")
         self.fill = W.Button(description="fill lowest N", button_style="info")
         self.fill.add_class("pe-fill")
         self.clear = W.Button(description="clear")
         self.clear.add_class("pe-clear")
         self.sensitivity_all = W.Button(description="sensitivity (all)")
         self.sensitivity_all.add_class("pe-sensitivity-all")
-        controls = W.HBox([self.criterion, self.scheme, self.n_lowest, self.fill, self.clear, self.sensitivity_all],
+        controls = W.HBox([self.criterion, self.normalization, self.scheme, self.fill_mode, self.n_lowest,
+                           self.keep_fraction, self.fill, self.clear, self.sensitivity_all],
                           layout=W.Layout(flex_flow="row wrap"))
         widths = ("210px", "70px", "50px", "160px", "70px", "60px", "70px", "70px", "34px", "116px")
         header = W.HBox([W.HTML(f"<b>{h}</b>", layout=W.Layout(width=w)) for h, w in zip(self.HEADER, widths)])
@@ -112,6 +133,12 @@ class LayerTable(W.VBox):
         for row in self.rows.values():
             row.count.observe(self._changed, "value")
         self.rows_box.children = list(self.rows.values())
+
+    def _show_fill_mode(self, change) -> None:
+        by_cost = change["new"] != "filters"
+        self.n_lowest.layout.display = "none" if by_cost else None
+        self.keep_fraction.layout.display = None if by_cost else "none"
+        self.fill.description = f"fill to {change['new']}" if by_cost else "fill lowest N"
 
     def on_counts(self, callback: Callable[[dict[str, int]], None]) -> None:
         self._callbacks.append(callback)

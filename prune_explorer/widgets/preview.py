@@ -34,9 +34,11 @@ class Preview(W.VBox):
         super().__init__([self.table, self.changes])
 
     def show(self, numbers: dict) -> None:
-        rows = [("params", "params", ""), ("MACs", "macs", ""), ("CPU latency", "latency_ms", "ms")]
+        rows = [("params", "params", ""), ("MACs", "macs", ""), ("PyTorch CPU", "latency_ms", "ms")]
+        if "ort_latency_ms_before" in numbers:  # when the explorer times ONNX Runtime too
+            rows.append(("ONNX Runtime CPU", "ort_latency_ms", "ms"))
         body = "".join(
-            f"<tr><td>{label}</td><td>{_fmt(numbers.get(key + '_before'), unit)}</td>"
+            f"<tr data-key='{key}'><td>{label}</td><td>{_fmt(numbers.get(key + '_before'), unit)}</td>"
             f"<td>{_fmt(numbers.get(key + '_after'), unit)}</td>"
             f"<td>{_ratio(numbers.get(key + '_before'), numbers.get(key + '_after'))}</td></tr>"
             for label, key, unit in rows

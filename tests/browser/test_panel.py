@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -132,6 +135,69 @@ def test_clicking_a_heatmap_row_selects_the_layer_and_shows_its_coupled_modules(
     expect(page.locator(".pe-layer-row.pe-selected")).to_have_count(1)
     page.locator(".pe-clear").click()
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
+
+
+def test_the_scatter_axis_toggle_redraws_the_history_by_macs_and_back(lab_page, artifacts):
+    """Clicking MACs relabels the drawn x axis, retitles its ticks and re-reports the frontier;
+    params brings the first drawing back."""
+    page = lab_page
+    scatter = page.locator(".pe-scatter")
+    label = scatter.locator("text.axislabel").filter(has_text="params")
+    expect(label).to_have_count(1)
+    summary = page.locator(".pe-history-count span")
+    expect(summary).to_have_attribute("data-axis", "params")
+    points = summary.get_attribute("data-count")
+    ticks = page.evaluate("() => [...document.querySelectorAll('.pe-scatter .axis .tick text')].map(t => t.textContent)")
+    assert ticks
+    page.locator(".pe-scatter-axis button", has_text="MACs").click()
+    expect(summary).to_have_attribute("data-axis", "macs")
+    expect(summary).to_have_attribute("data-count", points)  # every tracked iteration has its MACs
+    expect(scatter.locator("text.axislabel").filter(has_text="MACs")).to_have_count(1)
+    page.wait_for_function("""(before) => {
+        const now = [...document.querySelectorAll('.pe-scatter .axis .tick text')].map(t => t.textContent);
+        return JSON.stringify(now) !== JSON.stringify(before);
+    }""", arg=ticks)
+    scatter.screenshot(path=str(artifacts / "lab-scatter-macs.png"))
+    page.locator(".pe-scatter-axis button", has_text="params").click()
+    expect(summary).to_have_attribute("data-axis", "params")
+    expect(label).to_have_count(1)
+
+
+ORT_ALONE = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+(x,) = session.get_inputs()
+shape = [2 if isinstance(d, str) else d for d in x.shape]  # the batch dimension is symbolic
+(out,) = session.run(None, {x.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
+assert not {"torch", "prune_explorer"} & set(sys.modules), "the file needed more than onnxruntime"
+print(shape, out.shape, bool(np.isfinite(out).all()))
+"""
+
+
+def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_page, served, artifacts):
+    page = lab_page
+    page.locator(".pe-fill").click()
+    expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
+    # the PyTorch latency after: the preview's surgery is done, so Apply reuses it and never waits
+    # for the model lock behind an ONNX Runtime export of an earlier plan
+    expect(page.locator(".pe-preview tr[data-key='latency_ms'] td").nth(2)).to_contain_text(" ms", timeout=RENDER_S)
+    page.locator(".pe-apply").click()
+    expect(page.locator(".pe-applied")).to_contain_text("filters removed")
+    page.locator(".pe-export-format button", has_text="onnx").click()
+    page.locator(".pe-export").click()
+    expect(page.locator(".pe-exported")).to_contain_text("exporting iter-001 as onnx")
+    shown = page.locator(".pe-exported .pe-export-path")
+    expect(shown).to_have_count(1, timeout=RENDER_S)  # the dynamo exporter runs on the panel's export worker
+    path = Path(shown.get_attribute("data-path"))
+    assert path == served["root"] / "workspace" / "exports" / "iter-001.onnx" and path.is_file()
+    expect(page.locator(".pe-error")).to_have_text("")
+    ort = page.locator(".pe-preview tr[data-key='ort_latency_ms'] td")  # before, after: from the ort-latency worker
+    expect(ort.nth(1)).to_contain_text(" ms", timeout=RENDER_S)
+    expect(ort.nth(2)).to_contain_text(" ms", timeout=RENDER_S)
+    page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-export.png"))
+    ran = subprocess.run([sys.executable, "-I", "-c", ORT_ALONE, str(path)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["[2,", "3,", "16,", "16]", "(2,", "10)", "True"], ran.stdout
 
 
 def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page, artifacts):
