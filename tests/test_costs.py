@@ -15,7 +15,7 @@ from prune_explorer.model.exactness import random_plan
 MODELS = {
     "resnet18": ({"num_classes": 10}, 32),
     "resnext50_32x4d": ({"num_classes": 10}, 32),       # grouped convs
-    "convnext_tiny": ({"num_classes": 10}, 32),         # channels-last Linear widths, layer_scale
+    "convnext_tiny": ({"num_classes": 10}, 32),         # streams through pruned LayerNorms, channels-last Linears, layer_scale
     "regnet_y_400mf": ({"num_classes": 10}, 32),        # grouped convs + SE
     "shufflenet_v2_x0_5": ({"num_classes": 10}, 64),    # shuffles and chunks
 }
@@ -44,6 +44,20 @@ def test_cost_model_equals_prune_and_count(name):
     actual = costs.cost({g: len(ix) for g, ix in removed.items()})
     assert (actual.params, actual.macs) == (expected.params, expected.macs)
     assert costs.cost({}) == costs.before
+
+
+def test_cost_model_equals_prune_and_count_through_a_group_norm():
+    """A GroupNorm with several groups becomes a PrunedChannelNorm: its affine shrinks, nothing else."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 12, 3), nn.GroupNorm(3, 12), nn.ReLU(), nn.Conv2d(12, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    graph = ChannelGraph.trace(model, x)
+    costs = CostModel(model, x, graph)
+    removed = {graph.group("0").id: [0, 1, 2, 7]}
+    expected = count(prune(model, PrunePlan(removed), x, graph=graph), x)
+    actual = costs.cost({g: len(ix) for g, ix in removed.items()})
+    assert (actual.params, actual.macs) == (expected.params, expected.macs)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d"])

@@ -29,7 +29,7 @@ from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
 from prune_explorer.model.zoo import build_model
-from prune_explorer.model.exactness import randomize_norms
+from prune_explorer.model.exactness import randomize_channel_params, randomize_norms
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4
@@ -76,6 +76,7 @@ def pruned_model(arch: str, every: int = 3) -> tuple[nn.Module, nn.Module]:
     model.eval()
     x = torch.zeros(1, *SHAPE)
     graph = ChannelGraph.trace(model, x)
+    randomize_channel_params(model, graph, torch.Generator().manual_seed(1))   # ConvNeXt's layer_scale: 1e-6
     plan = PrunePlan({g.id: list(range(0, g.size, every)) for g in graph.prunable() if g.size > every})
     return model, prune(model, plan, x, graph=graph).eval()
 
@@ -93,7 +94,8 @@ def torch_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
-@pytest.fixture(scope="module", params=["resnet18", "mobilenet_v3_small"])
+@pytest.fixture(scope="module", params=["resnet18", "mobilenet_v3_small",
+                                        pytest.param("convnext_tiny", marks=pytest.mark.slow)])
 def exported_onnx(request, tmp_path_factory):
     original, pruned = pruned_model(request.param)
     path = tmp_path_factory.mktemp(request.param) / "model.onnx"
@@ -141,6 +143,35 @@ def test_onnx_file_runs_with_onnxruntime_alone(exported_onnx, tmp_path):
     assert report["max_abs_diff"] <= TOLERANCE, arch
     assert report["input_shape"] == ["batch", *SHAPE]
     assert json.loads(report["metadata"]["example_input_shape"]) == [[1, *SHAPE]]
+
+
+def test_pruned_norms_across_channels_export_exactly(tmp_path):
+    """A PrunedChannelNorm of each form (closed form over one group; several groups through zeros
+    put back in place) exports to ONNX and runs in ONNX Runtime as in PyTorch."""
+    from prune_explorer.model.norms import PrunedChannelNorm
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.group = nn.GroupNorm(4, 8)
+            self.layer = nn.LayerNorm(8)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            x = self.group(self.conv(x))
+            return self.head(self.layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)).mean((2, 3))
+
+    model = Net().eval()
+    randomize_norms(model, torch.Generator().manual_seed(0))
+    x = torch.randn(1, *SHAPE)
+    pruned = prune(model, PrunePlan({"conv": [0, 1, 5]}), x).eval()
+    assert isinstance(pruned.group, PrunedChannelNorm) and isinstance(pruned.layer, PrunedChannelNorm)
+    result = export_model(pruned, tmp_path / "norms.onnx", example_inputs=x)
+    assert result.max_abs_diff <= TOLERANCE
+    x3 = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(3))
+    actual = onnxruntime_session(result.path).run(None, {"input": x3.numpy()})[0]
+    assert np.abs(actual - torch_outputs(pruned, x3)).max() <= TOLERANCE
 
 
 def test_pt2_loads_with_torch_export_alone(tmp_path):

@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from prune_explorer.model.exactness import TOLERANCE, check
 from prune_explorer.model.graph import ChannelGraph, Tap
 from prune_explorer.model.plan import PrunePlan
 
@@ -139,14 +140,17 @@ class Mixed(nn.Module):
 
 
 def test_refusal_reasons_name_module_or_node():
-    graph = ChannelGraph.trace(Mixed(), torch.randn(1, 3, 8, 8))
+    model, x = Mixed(), torch.randn(1, 3, 8, 8)
+    graph = ChannelGraph.trace(model, x)
     stem = graph.group("stem")                      # feeds a grouped conv: the same count out of each half
     assert stem.prunable and stem.blocks == ((0, 1, 2, 3), (4, 5, 6, 7)) and "'grouped'" in stem.rule
     with pytest.raises(ValueError, match=r"layer 'stem': grouped convolution 'grouped' \(groups=2\) needs the same"):
         PrunePlan({"stem": [0, 1, 4]}).resolve(graph)
     assert PrunePlan({"stem": [0, 5]}).resolve(graph) == {stem.id: [0, 5]}
-    assert "norm" in graph.group("left").reason and "GroupNorm" in graph.group("left").reason
+    # GroupNorm(2, 10) over the concat: its groups mix both convs' channels, and still prune exactly
+    assert graph.group("left").prunable and graph.group("right").prunable and graph.slices["norm"].kind == "channel_norm"
     assert "mean" in graph.group("meaned").reason
+    assert check(model, x, graph=graph).max_diff <= TOLERANCE
 
 
 class Concat(nn.Module):
@@ -218,41 +222,6 @@ def test_tracing_leaves_the_model_as_it_was_even_with_tensor_constants():
     assert not any(k.startswith("_tensor_constant") for k in vars(small))
 
 
-class LayerNormOverChannels(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 1)
-        self.norm = nn.LayerNorm(8)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x):
-        return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)))
-
-
-def test_layer_norm_over_channels_is_refused_because_no_slice_of_it_is_exact():
-    """Why ConvNeXt's residual streams (and so its conv filters) stay unprunable: cutting channel 0
-    out of the conv, the LayerNorm and the head by hand differs from the contract's reference."""
-    from prune_explorer.model.exactness import reference_output
-
-    torch.manual_seed(0)
-    model = LayerNormOverChannels().eval()
-    x = torch.randn(2, 3, 4, 4)
-    graph = ChannelGraph.trace(model, x)
-    group = graph.group("conv")
-    assert not group.prunable and "normalises across the channels" in group.reason and "norm" in group.reason
-    keep = list(range(1, 8))
-    cut = LayerNormOverChannels().eval()
-    with torch.no_grad():
-        cut.conv = nn.Conv2d(3, 7, 1)
-        cut.conv.weight.copy_(model.conv.weight[keep]), cut.conv.bias.copy_(model.conv.bias[keep])
-        cut.norm = nn.LayerNorm(7)
-        cut.norm.weight.copy_(model.norm.weight[keep]), cut.norm.bias.copy_(model.norm.bias[keep])
-        cut.head = nn.Linear(7, 2)
-        cut.head.weight.copy_(model.head.weight[:, keep]), cut.head.bias.copy_(model.head.bias)
-        diff = (cut(x) - reference_output(model, graph, {group.id: [0]}, x)).abs().max().item()
-    assert diff > 1e-2
-
-
 class Opaque(nn.Module):
     def forward(self, x):
         return x.flip(1)
@@ -316,3 +285,32 @@ def test_grn_mixes_the_hidden_channels_and_is_refused_naming_the_reduction():
     assert not hidden.prunable and "reduces over the channel axis" in hidden.reason and "grn" in hidden.reason
     stream = graph.group("stem")             # no LayerNorm here: the residual stream itself prunes
     assert stream.prunable and "dw" in stream.producers and "up" in stream.consumers
+
+
+class WidthFromShape(nn.Module):
+    """MaxViT's attention: its output is reshaped to the width read from its input's shape, so the
+    stream it reads and the heads it writes must not be cut apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.norm = nn.LayerNorm(8)
+        self.qkv = nn.Linear(8, 8)
+        self.proj = nn.Linear(8, 8)
+        self.keep = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        b, h, w, d = x.shape
+        heads = self.qkv(self.norm(x)).reshape(b, h, w, 2, 4).transpose(3, 4)
+        x = x + self.proj(heads.reshape(b, h, w, d))
+        return self.keep(x.permute(0, 3, 1, 2))
+
+
+def test_a_reshape_to_a_width_read_from_another_tensor_refuses_both():
+    model, x = WidthFromShape().eval(), torch.randn(1, 3, 4, 4)
+    graph = ChannelGraph.trace(model, x)
+    stream, heads = graph.group("stem"), graph.group("qkv")
+    assert not stream.prunable and "takes the size of dim 3 from the channels of" in stream.reason
+    assert not heads.prunable
+    assert check(model, x, graph=graph).max_diff <= TOLERANCE

@@ -127,6 +127,19 @@ class ScaledHeadNet(ScaledNet):
         return self.head(self.scale(self.conv(x)))
 
 
+class GroupNormNet(nn.Module):
+    """A stream normalised by a GroupNorm with several groups (pruned: a PrunedChannelNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norm = nn.GroupNorm(4, 8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.norm(self.conv(x))))
+
+
 USER = __name__
 
 
@@ -290,7 +303,7 @@ def test_files_are_json_and_safetensors_and_load_never_unpickles(tmp_path, monke
     model = narrowed_resnet18()
     save(model, tmp_path / "m")
     spec = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert spec["format"] == "prune_explorer.model" and spec["format_version"] == 2
+    assert spec["format"] == "prune_explorer.model" and spec["format_version"] == 3
     with safetensors.safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(model.state_dict())
 
@@ -428,6 +441,52 @@ def test_format_1_model_json_still_loads(tmp_path, saved_resnet):
     assert outputs_equal(load(saved_resnet), load(d), X32)
 
 
+def test_format_2_model_json_still_loads(tmp_path, saved_resnet):
+    d = _copy_model(saved_resnet, tmp_path / "d")
+    _edit_json(d, lambda spec: spec.update(format_version=2))   # format 3 only adds the channel_norm kind
+    assert outputs_equal(load(saved_resnet), load(d), X32)
+
+
+@pytest.fixture(scope="module")
+def saved_group_norm(tmp_path_factory) -> Path:
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.model.surgery import prune
+
+    torch.manual_seed(0)
+    model = build_model(f"{USER}:GroupNormNet").eval()
+    with torch.no_grad():
+        model.norm.weight.copy_(torch.randn(8)), model.norm.bias.copy_(torch.randn(8))
+    directory = tmp_path_factory.mktemp("saved") / "gn"
+    save(prune(model, PrunePlan({"conv": [0, 1, 5]}), X32), directory)
+    return directory
+
+
+def test_pruned_group_norm_round_trips_as_its_record_says(tmp_path, saved_group_norm):
+    from prune_explorer.model.norms import PrunedChannelNorm
+
+    record = load_spec(saved_group_norm)["modules"]["norm"]
+    assert record == {"kind": "channel_norm", "num_channels": 5, "full_width": 8, "axis": 1, "num_groups": 4,
+                      "spatial": True, "eps": 1e-05, "affine": True, "bias": True, "kept": [2, 3, 4, 6, 7]}
+    loaded = load(saved_group_norm)
+    assert isinstance(loaded.norm, PrunedChannelNorm) and loaded.norm.kept == (2, 3, 4, 6, 7)
+    copy_dir = _copy_model(saved_group_norm, tmp_path / "again")
+    assert outputs_equal(loaded, load(copy_dir), X32)
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda r: r.pop("full_width"), r"'modules\.norm' \(channel_norm\): missing \['full_width'\]"),
+    (lambda r: r.update(num_groups="four"), r"'modules\.norm' \(channel_norm\): 'num_groups' is 'four'"),
+    (lambda r: r.update(num_channels=9), r"'modules\.norm' \(channel_norm\): .*num_channels 9"),
+    (lambda r: r.update(kept=[0, 1]), r"'modules\.norm' \(channel_norm\): .*kept must be 5"),
+])
+def test_bad_channel_norm_records_are_named(tmp_path, saved_group_norm, edit, field):
+    d = _copy_model(saved_group_norm, tmp_path / "d")
+    _edit_json(d, lambda spec: edit(spec["modules"]["norm"]))
+    with pytest.raises(ValueError, match=r"model\.json") as info:
+        load(d)
+    assert info.match(field)
+
+
 def test_save_refuses_a_tensor_the_base_cannot_hold(tmp_path):
     model = build_model(f"{USER}:ScaledNet")
     model.scale.weight = nn.Parameter(torch.ones(8, 1))
@@ -522,3 +581,27 @@ def test_every_newly_prunable_architecture_round_trips(tmp_path, arch, kwargs, s
     loaded = load(tmp_path / "m")
     assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
     assert outputs_equal(pruned, loaded, x)
+
+
+def test_pruned_convnext_round_trips_with_its_layer_norms_as_recorded(tmp_path):
+    """Its streams pass LayerNorm2d (channels first) and channels-last LayerNorms: both become
+    PrunedChannelNorms, recorded by kind, rebuilt by load, outputs unchanged."""
+    from prune_explorer.model.exactness import random_plan, randomize_channel_params, randomize_norms
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.model.norms import PrunedChannelNorm
+    from prune_explorer.model.plan import PrunePlan
+    from prune_explorer.model.surgery import prune
+
+    model = build_model("convnext_tiny", num_classes=10).eval()
+    gen = torch.Generator().manual_seed(0)
+    randomize_norms(model, gen)
+    graph = ChannelGraph.trace(model, X32)
+    randomize_channel_params(model, graph, gen)
+    pruned = prune(model, PrunePlan(random_plan(graph, gen)), X32, graph=graph).eval()
+    save(pruned, tmp_path / "m")
+    records = load_spec(tmp_path / "m")["modules"]
+    assert records["features.0.1"]["kind"] == records["features.1.0.block.2"]["kind"] == "channel_norm"
+    assert (records["features.0.1"]["axis"], records["features.1.0.block.2"]["axis"]) == (-3, -1)
+    loaded = load(tmp_path / "m")
+    assert isinstance(loaded.features[0][1], PrunedChannelNorm)
+    assert outputs_equal(pruned, loaded, X32)

@@ -126,15 +126,31 @@ def test_resnext_grouped_convs_prune_exactly_keeping_groups():
         PrunePlan({"layer1.0.conv1": [0]}).resolve(graph)
 
 
-def test_convnext_hidden_widths_prune_exactly_and_layer_norm_streams_are_refused():
+def test_convnext_streams_and_hidden_widths_prune_exactly():
+    """Its residual streams pass LayerNorm2d (stem, downsampling, head) and channels-last LayerNorms
+    (every block): cut, each becomes a PrunedChannelNorm that still counts the removed channels."""
+    from prune_explorer.model.exactness import conv_filters
+    from prune_explorer.model.norms import PrunedChannelNorm
+
     model = torchvision.models.convnext_tiny(weights=None, num_classes=10)
     x = torch.randn(1, 3, 32, 32)
-    graph = check_exact(model, x)
+    result = exactness_check(model, x)
+    assert result.max_diff <= TOLERANCE and result.input_unchanged
+    graph = result.graph
     hidden = graph.group("features.1.0.block.3")          # Linear(C, 4C) on the last axis -> GELU -> Linear
     assert hidden.prunable and hidden.size == 384 and hidden.consumers == ("features.1.0.block.5",)
-    stream = graph.group("features.1.0.block.0")
-    assert not stream.prunable and "normalises across the channels" in stream.reason
+    stream = graph.group("features.0.0")                  # stem conv -> LayerNorm2d -> every block of stage 1
+    assert stream.prunable and stream.kind == "residual" and stream is graph.group("features.1.0.block.0")
+    assert {"features.0.1", "features.1.0.block.2", "features.2.0"} <= set(stream.consumers)
+    assert graph.slices["features.0.1"].kind == graph.slices["features.1.0.block.2"].kind == "channel_norm"
     assert "features.1.0.layer_scale" in graph.slices and graph.slices["features.1.0.layer_scale"].kind == "channel_param"
+    assert conv_filters(graph)[0] == conv_filters(graph)[1]
+    pruned = dict(result.pruned.named_modules())
+    assert isinstance(pruned["features.0.1"], PrunedChannelNorm) and pruned["features.0.1"].axis == -3
+    assert isinstance(pruned["features.1.0.block.2"], PrunedChannelNorm) and pruned["features.1.0.block.2"].axis == -1
+    assert_consistent_shapes(result.pruned)
+    again = exactness_check(result.pruned, x, seed=1)     # the next iteration prunes the pruned norms again
+    assert again.max_diff <= TOLERANCE and again.graph.group("features.0.0").prunable
 
 
 def test_vit_mlp_widths_prune_exactly_and_attention_is_refused():

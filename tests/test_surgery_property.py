@@ -1,9 +1,10 @@
 """Property: on generated small nets, every random plan is either refused (ValueError) or exact.
 
 Blocks cover what third-party code does: grouped convs, channels-last blocks (permute, LayerNorm,
-Linear on the last axis, a per-channel gamma), channel shuffles, chunks, conv/norm subclasses that
-call the functional op on their own parameters, and a shape-dependent branch (which fx cannot
-trace, so those nets go through torch.export).
+Linear on the last axis, a per-channel gamma), channels-first LayerNorm2d and GroupNorm across
+channels (all prunable: a norm across channels becomes a PrunedChannelNorm), channel shuffles,
+chunks, conv/norm subclasses that call the functional op on their own parameters, and a
+shape-dependent branch (which fx cannot trace, so those nets go through torch.export).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from prune_explorer.model.surgery import prune
 from prune_explorer.model.exactness import TOLERANCE, randomize_norms, reference_output
 
 BLOCKS = ("conv", "bn", "relu", "residual", "concat", "depthwise", "se", "grouped", "channels_last", "shuffle",
-          "chunk", "subclass", "shape_branch")
+          "chunk", "subclass", "shape_branch", "layer_norm_2d", "group_norm")
 
 
 class FunctionalConv(nn.Conv2d):
@@ -32,6 +33,14 @@ class FunctionalConv(nn.Conv2d):
 class FunctionalNorm(nn.BatchNorm2d):
     def forward(self, x):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt norm: channels first, permuted inside its forward."""
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class ChannelsLast(nn.Module):
@@ -80,7 +89,7 @@ class Generated(nn.Module):
         c = width
         self.stem = nn.Conv2d(3, c, 3, padding=1)
         for kind, k in blocks:
-            if kind in ("grouped", "shuffle", "chunk") and c % 2:
+            if kind in ("grouped", "shuffle", "chunk", "group_norm") and c % 2:
                 kind = "conv"
             if kind == "conv":
                 block, c = nn.Conv2d(c, k, 3, padding=1), k
@@ -102,6 +111,10 @@ class Generated(nn.Module):
                 block = ChannelsLast(c)
             elif kind in ("shuffle", "chunk"):
                 block = nn.Conv2d(c // 2, c // 2, 1)
+            elif kind == "layer_norm_2d":
+                block = LayerNorm2d(c)
+            elif kind == "group_norm":
+                block = nn.GroupNorm(2, c)
             elif kind == "subclass":
                 block, c = nn.Sequential(FunctionalConv(c, k, 3), FunctionalNorm(k)), k
             else:
@@ -161,6 +174,7 @@ def test_random_plan_is_refused_or_exact(net, seed, data):
     graph = ChannelGraph.trace(model, x)
     assert graph.route == ("export" if "shape_branch" in model.kinds else "fx")
     assert all(g.prunable or g.reason for g in graph.groups)
+    assert not any("normalises across the channels" in (g.reason or "") for g in graph.groups)
     channels: dict[int, list[int]] = {}
     for group in data.draw(st.lists(st.sampled_from(graph.groups), max_size=4, unique_by=lambda g: g.id)):
         if group.blocks and data.draw(st.booleans()):   # often a plan that keeps the grouped conv's rule

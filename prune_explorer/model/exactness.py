@@ -48,7 +48,8 @@ def torchvision_example(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
-    """Random BN running stats and affine, so a wrong slice cannot hide behind identity norms."""
+    """Random norm statistics and affine (batch, layer and group norms), so a wrong slice cannot hide
+    behind identity norms."""
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -56,9 +57,21 @@ def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
                 if mod.running_mean is not None:
                     mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
                     mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                if mod.affine:
-                    mod.weight.copy_(torch.randn(n, generator=gen))
-                    mod.bias.copy_(torch.randn(n, generator=gen))
+            if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                for t in (mod.weight, mod.bias):
+                    if t is not None:
+                        t.copy_(torch.randn(t.shape, generator=gen))
+
+
+def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.Generator) -> None:
+    """Random per-channel multipliers the graph slices (ConvNeXt's layer_scale starts at 1e-6, which
+    would scale any error in its block below the tolerance)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for sl in graph.slices.values():
+            if sl.kind == "channel_param" and sl.module in modules:
+                t = getattr(modules[sl.module], sl.params["tensor"])
+                t.copy_(torch.randn(t.shape, generator=gen))
 
 
 def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None) -> Checked:
@@ -71,6 +84,7 @@ def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = 
     randomize_norms(model, gen)
     model.eval()
     graph = graph or ChannelGraph.trace(model, x)
+    randomize_channel_params(model, graph, gen)
     removed = random_plan(graph, gen)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = prune(model, PrunePlan(removed), x, graph=graph).eval()

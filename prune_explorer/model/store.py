@@ -4,7 +4,9 @@
 every conv / norm / linear layer (which attributes: the layer-kind registry, `kinds.py`), and the
 other tensors whose shape pruning changed (a per-channel `layer_scale`). `load` builds the base,
 narrows those modules *in place* (so subclasses with their own constructors and forward code,
-e.g. a Conv2d subclass or LayerNorm2d, stay what they are), then loads the weights strictly. Saves are atomic: files are written beside the target and moved in
+e.g. a Conv2d subclass or LayerNorm2d, stay what they are) — except where pruning replaced a
+module (a norm across channels became a `PrunedChannelNorm`: its record says how to build it) —
+then loads the weights strictly. Saves are atomic: files are written beside the target and moved in
 with renames, so a crash leaves either the previous model or the new one, never a mix.
 """
 from __future__ import annotations
@@ -23,11 +25,11 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .kinds import RECORDED, recorded_kind, width_record
+from .kinds import KINDS, RECORDED, recorded_kind, replace_module, width_record
 from .zoo import base_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3   # 3: records of kind "channel_norm" (a PrunedChannelNorm in place of a base norm)
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE)
@@ -353,6 +355,13 @@ def _narrow_layers(model: nn.Module, records: dict[str, dict], spec_path: Path) 
             raise ValueError(f"{spec_path}: field '{field}': the base model has no module {name!r}")
         key = "kind" if "kind" in record else "type"
         expected = record[key] if key == "kind" else _V1_TYPES[record[key]]
+        try:
+            built = KINDS[expected].from_record(current, record)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{spec_path}: field '{field}' ({expected}): {exc}") from exc
+        if built is not None:
+            replace_module(model, name, built)
+            continue
         kind = recorded_kind(current)
         if kind is None or kind.name != expected:
             raise ValueError(f"{spec_path}: field '{field}.{key}' is {record[key]!r} but the base model's "

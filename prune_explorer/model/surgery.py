@@ -6,15 +6,15 @@ how a member's tensors are cut and which module attributes follow comes from its
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .clone import clone
 from .graph import ChannelGraph
-from .kinds import KINDS
+from .kinds import KINDS, replace_module
 from .plan import PrunePlan
 
 
@@ -22,8 +22,8 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
           round_to: int | None = None) -> nn.Module:
     """Return a pruned copy of `model`; the input model is never changed.
 
-    Sliced tensors are built first and handed to `copy.deepcopy` through its memo, so each
-    tensor is copied once (the slice), not copied and then sliced.
+    Sliced tensors are built first and handed to the module-tree copy (`clone.clone`, deepcopy's
+    semantics) through its memo, so each tensor is copied once (the slice), not copied and then sliced.
     """
     if graph is None:
         graph = ChannelGraph.trace(model, example_inputs)
@@ -55,14 +55,18 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
                 tensor = getattr(module, attr, None) if attr else None
                 if role in kind.sliced_roles and isinstance(tensor, torch.Tensor):
                     memo[id(tensor)] = _as_kind(tensor, kind.slice(role, tensor, out_ix, in_ix, sl))
-            resized.append((sl, None if out_ix is None else len(out_ix), None if in_ix is None else len(in_ix)))
+            resized.append((sl, out_ix, in_ix))
         for tensor in _tensors(model):   # plain clones: cheaper than Tensor.__deepcopy__ per tensor
             if id(tensor) not in memo and type(tensor) in (torch.Tensor, nn.Parameter):
                 memo[id(tensor)] = _as_kind(tensor, tensor.detach().clone())
-        pruned = copy.deepcopy(model, memo)
+        pruned = clone(model, memo)
     new_modules = dict(pruned.named_modules())
-    for sl, n_out, n_in in resized:
-        KINDS[sl.kind].set_widths(new_modules[sl.module], sl, n_out, n_in)
+    for sl, out_ix, in_ix in resized:
+        module = new_modules[sl.module]
+        new = KINDS[sl.kind].resize(module, sl, out_ix, in_ix)
+        if new is not module:
+            replace_module(pruned, sl.module, new)
+            new_modules[sl.module] = new
     return pruned
 
 

@@ -50,6 +50,7 @@ class ChannelGraph:
             analysis = Analysis(model, traced)
             for node in traced.graph.nodes:
                 analysis.visit(node, node.meta.get("val"))
+        analysis.finish()
         built = build(analysis)
         return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route)
 

@@ -16,8 +16,8 @@ from torch import nn
 from torch.fx.node import map_aggregate
 
 from .channels import OPAQUE, Channels, Layout
-from .ops import aten_op, bind, function_op, module_op
-from .tracing import ParamRef, Traced
+from .ops import OWN_LEAVES, aten_op, bind, function_op, module_op
+from .tracing import ParamRef, Traced, _scopes
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Member:
     in_axis: int = 1
     groups: int = 1
     param_dim: int = 0
+    extra: dict = field(default_factory=dict)   # kind-specific facts surgery needs (a norm's axis, groups)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class Analysis:
         self.link: dict[torch.fx.Node, torch.fx.Node] = {}  # node -> the input whose channels it passes on
         self.consumer_inputs: list[torch.fx.Node] = []      # inputs of convs/linears, in graph order
         self._tensor_args: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+        self.deferred: list[Any] = []      # checks that need the whole walk: callables run by finish()
+        self._leaf_inputs: dict[tuple[str, int], torch.fx.Node] = {}   # export: own leaves' inputs
         # parameters and their views (unsqueeze, view, [:, None]): result dim -> parameter dim (or None)
         self.param_views: dict[torch.fx.Node, tuple[ParamRef, tuple[int | None, ...]]] = {
             node: (ref, tuple(range(ref.tensor.dim()))) for node, ref in traced.params.items()}
@@ -130,11 +133,12 @@ class Analysis:
         return self.channels.new(size, producer=name)
 
     def member(self, name: str, module: str, kind: str, params: dict, *, out=None, inp=None, out_factor=1,
-               in_factor=1, in_axis=1, groups=1, param_dim=0, what: str = "") -> Member:
+               in_factor=1, in_axis=1, groups=1, param_dim=0, extra=None, what: str = "") -> Member:
         """Record (or, on a second call, couple) the channels along one member's dims."""
         found = self.members.get(name)
         if found is None:
-            found = Member(name, module, kind, dict(params), out, inp, out_factor, in_factor, in_axis, groups, param_dim)
+            found = Member(name, module, kind, dict(params), out, inp, out_factor, in_factor, in_axis, groups, param_dim,
+                           dict(extra or {}))
             self.members[name] = found
             return found
         for attr, new, factor_attr, factor in (("out", out, "out_factor", out_factor), ("inp", inp, "in_factor", in_factor)):
@@ -161,10 +165,51 @@ class Analysis:
             seen = self.touched.setdefault(module, {})
             seen.setdefault(id(layout.ids), layout.ids if layout.ids.ndim == 1 else layout.ids.reshape(-1))
 
+    def scope_nodes(self, module: str) -> list[torch.fx.Node]:
+        """Op nodes that run inside `module`'s forward (any call of it), in graph order."""
+        if not hasattr(self, "_scope_index"):
+            index: dict[str, list[torch.fx.Node]] = {}
+            for node in self.traced.graph.nodes:
+                if node.op in ("call_function", "call_method", "call_module"):
+                    for name in {name for name, _ in _scopes(node).values()}:
+                        index.setdefault(name, []).append(node)
+            self._scope_index = index
+        return self._scope_index.get(module, [])
+
+    def finish(self) -> None:
+        """Checks that need the whole graph walked (what a module's forward does around an op)."""
+        for check in self.deferred:
+            check(self)
+        self.deferred.clear()
+
     # --- the walk ---------------------------------------------------------------------------------
     def visit(self, n: torch.fx.Node, result: Any) -> None:
         self.values[n] = result
         self.layout[n] = self._visit(n, result)
+
+    def _own_leaf(self, n: torch.fx.Node) -> tuple[str, int] | None:
+        """torch.export traces into every module: the scope of one of this package's own leaf
+        modules (outermost), which is handled as one call like fx's leaf."""
+        for name, call in _scopes(n).values():
+            if isinstance(self.modules.get(name), OWN_LEAVES):
+                return name, call
+        return None
+
+    def _visit_own_leaf(self, n: torch.fx.Node, result: Any, key: tuple[str, int]) -> Any:
+        name, call_index = key
+        for a in self.tensor_args(Call(n, "", {}, result, "")):
+            if self._own_leaf(a) != key and a not in self.traced.params and key not in self._leaf_inputs:
+                self._leaf_inputs[key] = a
+        if (name, call_index) not in self.traced.module_outputs.get(n, ()):
+            return self.opaque_like(result)   # inside the module: its output says it all
+        mod = self.modules[name]
+        op = module_op(mod)
+        params = {role: (ParamRef(name, attr, getattr(mod, attr)) if attr else None) for role, attr in op.params(mod).items()}
+        call = Call(n, op.handler, {"input": self._leaf_inputs.get(key)}, result, f"module {name} ({type(mod).__name__})",
+                    module=name, params=params, constants=op.constants(mod))
+        out = self.handlers[call.handler](self, call)
+        self.touch(name, out)
+        return out
 
     def _visit(self, n: torch.fx.Node, result: Any) -> Any:
         if n.op == "placeholder":
@@ -182,6 +227,8 @@ class Analysis:
                     self.channels.output.append(layout.ids.reshape(-1))
             map_aggregate(n.args, mark)
             return None
+        if self.traced.route == "export" and (leaf := self._own_leaf(n)) is not None:
+            return self._visit_own_leaf(n, result, leaf)
         call = self._call(n, result)
         if call is None:
             if n.op == "call_module":

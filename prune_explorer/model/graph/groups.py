@@ -71,6 +71,7 @@ class ModuleSlices:
     param_dim: int = 0
     out_touches: frozenset = field(default_factory=frozenset)
     in_touches: frozenset = field(default_factory=frozenset)
+    extra: dict = field(default_factory=dict)     # kind-specific (a channel norm's axis, groups, width)
 
     @property
     def out(self) -> tuple[tuple[int, int], ...] | None:
@@ -224,7 +225,7 @@ def build(an: Analysis) -> Built:
             name, m.module, m.kind, dict(m.params), og, cls_of(m.out) if m.out is not None else None,
             ig, cls_of(m.inp) if m.inp is not None else None, m.in_factor, m.out_factor, m.in_axis, m.groups,
             m.param_dim, frozenset(groups_in(m.out)) if og is not None else frozenset(),
-            frozenset(groups_in(m.inp)) if ig is not None else frozenset())
+            frozenset(groups_in(m.inp)) if ig is not None else frozenset(), dict(m.extra))
         slices[name] = sl
         for g in sl.out_touches:
             producers[g].add(m.module)

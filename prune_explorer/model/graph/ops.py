@@ -17,6 +17,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from ..norms import PrunedChannelNorm
+
 ACTIVATION_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
     nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
@@ -29,6 +31,9 @@ PASS_MODULES = ACTIVATION_MODULES + (
     nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d,
     nn.ReplicationPad2d, nn.ConstantPad2d,
 )
+# this package's own modules in pruned models: leaves, like torch.nn's (their forward mixes channels
+# in ways only their handler knows are exact)
+OWN_LEAVES = (PrunedChannelNorm,)
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ MODULE_OPS: tuple[tuple[type, ModuleOp], ...] = (
     (nn.GroupNorm, ModuleOp("group_norm", lambda m: _present(m, "weight", "bias"),
                             lambda m: {"num_groups": m.num_groups})),
     (nn.PReLU, ModuleOp("prelu", lambda m: _present(m, "weight"))),
+    (PrunedChannelNorm, ModuleOp("channel_norm", lambda m: _present(m, "weight", "bias"))),
     (nn.ChannelShuffle, ModuleOp("channel_shuffle", lambda m: {}, lambda m: {"groups": m.groups})),
     (nn.Flatten, ModuleOp("reshape", lambda m: {})),
     (nn.Unflatten, ModuleOp("reshape", lambda m: {})),

@@ -20,7 +20,7 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from .ops import PASS_MODULES
+from .ops import OWN_LEAVES, PASS_MODULES
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _meta_call(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         return mod._conv_forward(args[0], _meta(mod.weight), _meta(mod.bias))
     if isinstance(mod, nn.Linear):
         return F.linear(args[0], _meta(mod.weight), _meta(mod.bias))
-    if isinstance(mod, (_BatchNorm,) + PASS_MODULES) and not isinstance(mod, _POOL_LIKE):
+    if isinstance(mod, (_BatchNorm,) + PASS_MODULES + OWN_LEAVES) and not isinstance(mod, _POOL_LIKE):
         return args[0]
     state = {k: _meta(v) for k, v in (*mod.named_parameters(), *mod.named_buffers())}
     if not state:
@@ -81,7 +81,7 @@ class _Tracer(torch.fx.Tracer):
         self.leaf_calls: dict[torch.fx.Node, int] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self._leaf_types and isinstance(m, self._leaf_types):
+        if isinstance(m, OWN_LEAVES) or (self._leaf_types and isinstance(m, self._leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
 
