@@ -48,6 +48,6 @@ def test_quick_transfer_benchmark_reports_every_method_and_reprints_without_trai
     jobs = sorted(p.name for p in workspace.glob("seed-0/*/jobs/*.json"))
     assert len(jobs) == 1 + 2 * len(METHODS)  # one baseline, shared
 
-    again = _run("--workspace", str(workspace), "--report", "--no-widths")
+    again = _run("--quick", "--workspace", str(workspace), "--report", "--no-widths")  # the run's own settings
     assert again[-1] == lines[-1] and not any("[" in line for line in again if line.startswith("  "))
     assert sorted(p.name for p in workspace.glob("seed-0/*/jobs/*.json")) == jobs  # nothing trained
