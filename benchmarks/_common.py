@@ -4,10 +4,11 @@ widths, and the report that ends in the goal's line.
 
 A method is a function `run(config)` that trains its params-vs-accuracy curve into
 `config.workspace` (a workspace holding a copy of the shared baseline), with `config.iterations`
-steps of `config.per_iteration` filters (or, for the MACs-budget methods, steps that each keep
-MACS_STEP of the parent's MACs); register one with `@method("name")` and pass `--methods name,...`
+steps of `config.per_iteration` filters (or, for the MACs-budget methods, equal steps that end at
+GOAL_MACS_FRACTION of the baseline's MACs); register one with `@method("name")` and pass `--methods name,...`
 to either benchmark (`default=False`: run only when named, so the default set stays the one the
-recorded results used). Curves are read back from the workspace's MLflow store,
+recorded results used; `budget=True`: a MACs-budget method, whose curve ends at GOAL_MACS_FRACTION of the
+baseline's MACs in as many steps as the reference took to get there). Curves are read back from the workspace's MLflow store,
 so a benchmark continues an interrupted run and `--report` re-prints a finished one.
 """
 from __future__ import annotations
@@ -27,20 +28,23 @@ from prune_explorer.workspace import BASELINE, Workspace
 Method = Callable[[LoopConfig], None]
 METHODS: dict[str, Method] = {}  # name -> run(config), in the order the report prints them
 DEFAULT_METHODS: list[str] = []  # what --methods runs when not given
+BUDGET_METHODS: set[str] = set()  # the MACs-budget methods: their steps come from the reference's curve
 REFERENCE = "taylor"  # its run trains the baseline every other method copies; the report's reference
 GOAL_FRACTION = 1 / 3  # the goal's point: each method's first model at or below this share of the baseline's params
 GOAL_MACS_FRACTION = 1 / 2  # issue 13's point: each method's first model at or below this share of the baseline's MACs
-MACS_STEP = 0.8  # the MACs-budget methods: each iteration keeps this share of its parent's MACs
 GOAL_DROP = 0.005  # issue 13's goal: within 0.5 point of the baseline ...
 GOAL_SE = 2.0  # ... and ahead of per-layer Taylor and random by more than 2 standard errors
 
 
-def method(name: str, default: bool = True) -> Callable[[Method], Method]:
-    """Register `run(config)` as a benchmark method under `name` (in the default set unless `default=False`)."""
+def method(name: str, default: bool = True, budget: bool = False) -> Callable[[Method], Method]:
+    """Register `run(config)` as a benchmark method under `name` (in the default set unless `default=False`;
+    `budget=True`: it cuts to a MACs target in `config.iterations` steps, see `run_curves`)."""
     def register(run: Method) -> Method:
         METHODS[name] = run
         if default:
             DEFAULT_METHODS.append(name)
+        if budget:
+            BUDGET_METHODS.add(name)
         return run
     return register
 
@@ -82,16 +86,18 @@ def _taylor_flops(config: LoopConfig) -> None:
     run_loop(dataclasses.replace(config, criterion="taylor_flops"))
 
 
-@method("taylor-macs", default=False)
+@method("taylor-macs", default=False, budget=True)
 def _taylor_macs(config: LoopConfig) -> None:
-    """Today's Taylor (per-layer l2), cutting to MACS_STEP of the parent's MACs per iteration."""
-    run_loop(dataclasses.replace(config, criterion="taylor", target_macs=MACS_STEP, target_scope="iteration"))
+    """Today's Taylor (per-layer l2), cutting to GOAL_MACS_FRACTION of the baseline's MACs in equal steps."""
+    run_loop(dataclasses.replace(config, criterion="taylor", target_macs=GOAL_MACS_FRACTION, target_scope="overall"))
 
 
-@method("taylor-global-macs", default=False)
+@method("taylor-global-macs", default=False, budget=True)
 def _taylor_global_macs(config: LoopConfig) -> None:
-    """taylor_global cutting to MACS_STEP of the parent's MACs per iteration: budgets in compute, not filters."""
-    run_loop(dataclasses.replace(config, criterion="taylor_global", target_macs=MACS_STEP, target_scope="iteration"))
+    """taylor_global cutting to GOAL_MACS_FRACTION of the baseline's MACs in equal steps: budgets in compute,
+    not filters."""
+    run_loop(dataclasses.replace(config, criterion="taylor_global", target_macs=GOAL_MACS_FRACTION,
+                                 target_scope="overall"))
 
 
 @method("tp-magnitude")
@@ -138,9 +144,15 @@ def torch_pruning_curve(config: LoopConfig) -> None:
         queue.close()
 
 
-def run_curves(base: LoopConfig, root: Path, methods: list[str]) -> dict[str, Path]:
+def run_curves(base: LoopConfig, root: Path, methods: list[str], to_macs_goal: bool = False) -> dict[str, Path]:
     """Each method's curve in root/<method>, all from the baseline the reference method trains; a
-    workspace with iterations already done is continued up to `base.iterations`, not redone."""
+    workspace with iterations already done is continued up to `base.iterations`, not redone.
+
+    A MACs-budget method takes as many steps as the reference took to its first model at or below
+    GOAL_MACS_FRACTION of the baseline's MACs (`base.iterations` if it never got there), so both reach
+    the comparison point after the same number of fine-tunes. `to_macs_goal`: the other curves stop
+    at their first model at or below that point (one iteration per call, checked on the tracked
+    MACs), since the MACs comparison needs nothing smaller; a cost rule, blind to accuracies."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -150,10 +162,29 @@ def run_curves(base: LoopConfig, root: Path, methods: list[str]) -> dict[str, Pa
         workspace = root / name
         if name != REFERENCE:
             Workspace(workspace).copy_baseline(baseline)
-        left = base.iterations - len(completed_iterations(workspace))
-        if left > 0:
-            METHODS[name](dataclasses.replace(base, criterion=name, workspace=str(workspace), iterations=left))
+        run = METHODS[name]
+        if name in BUDGET_METHODS:
+            steps = macs_goal_iterations(root / REFERENCE) or base.iterations
+            left = steps - len(completed_iterations(workspace))
+            if left > 0:
+                run(dataclasses.replace(base, criterion=name, workspace=str(workspace), iterations=left))
+            continue
+        done = len(completed_iterations(workspace))
+        while done < base.iterations and not (to_macs_goal and macs_goal_iterations(workspace)):
+            step = 1 if to_macs_goal else base.iterations - done
+            run(dataclasses.replace(base, criterion=name, workspace=str(workspace), iterations=step))
+            now = len(completed_iterations(workspace))
+            if now == done:  # the method stopped (a failed job or a floor); its messages say why
+                break
+            done = now
     return {name: root / name for name in ordered}
+
+
+def macs_goal_iterations(workspace: Path) -> int | None:
+    """How many iterations a curve took to its first model at or below GOAL_MACS_FRACTION of its
+    baseline's MACs; None if it has not got there."""
+    macs = tracked_curve(workspace)["macs"].astype(float).tolist()
+    return next((i for i, m in enumerate(macs) if m <= GOAL_MACS_FRACTION * macs[0]), None) if macs else None
 
 
 def tracked_curve(workspace: Path) -> pd.DataFrame:

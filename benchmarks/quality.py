@@ -5,7 +5,7 @@ MagnitudePruner (global L2 group magnitude) removes the same number of channels 
 its models are fine-tuned by the same train.py jobs (the methods: benchmarks/_common.py; issue 13's
 `--methods taylor,taylor-global,taylor-flops,taylor-macs,taylor-global-macs` adds the global
 criteria and the MACs-budget curves, compared again at each method's first model at or below 1/2 of
-the baseline's MACs). The
+the baseline's MACs; `--until-macs-goal` ends the filter-count curves there). The
 accuracy rule is off (threshold 1.0) so every curve reaches the same budgets. Default: the
 `make demo` setup (resnet18, Fashion-MNIST 10k train images, the 10k test images for validation,
 200 filters per iteration) for 9 iterations (the demo stops at 5): past 1/3 of the baseline's
@@ -48,6 +48,9 @@ def main(argv=None) -> int:
                         help="prune iterations per curve (default: 9 on the demo setup, 1800 of its 1920 "
                              "block-internal filters, past the 1/16 of the baseline where the AWS example's chart "
                              "ends); a --workspace that has some already is continued")
+    parser.add_argument("--until-macs-goal", action="store_true",
+                        help="end each filter-count curve at its first model at or below 1/2 of the baseline's MACs "
+                             "(issue 13's comparison point) instead of running every iteration")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: print the curves already tracked in --workspace")
     args = parser.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
         base = dataclasses.replace(base, seed=args.seed)
     methods = [m for m in args.methods.split(",") if m]
     if not args.report:
-        run_curves(base, root, methods)
+        run_curves(base, root, methods, to_macs_goal=args.until_macs_goal)
     print(report(root, base, methods).line("quality"))
     return 0
 

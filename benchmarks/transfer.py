@@ -84,6 +84,9 @@ def main(argv=None) -> int:
                         help=f"iterations per method (default {ITERATIONS}; the first model at 1/3 of the params comes at about 7)")
     parser.add_argument("--val-images", type=int, default=None,
                         help="validate on this many test images, the same ones for every method (default: all 10k)")
+    parser.add_argument("--until-macs-goal", action="store_true",
+                        help="end each filter-count curve at its first model at or below 1/2 of the baseline's MACs "
+                             "(issue 13's comparison point) instead of running every iteration")
     parser.add_argument("--report", action="store_true", help="train nothing: print the seeds tracked in --workspace")
     parser.add_argument("--no-widths", action="store_true", help="leave out each plan's per-layer widths")
     parser.add_argument("--cost", action="store_true",
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
         folder = root / f"seed-{seed}"
         config = transfer_config(folder, seed, quick=args.quick, iterations=args.iterations, val_images=args.val_images)
         if not args.report:
-            run_curves(config, folder, methods)
+            run_curves(config, folder, methods, to_macs_goal=args.until_macs_goal)
         print(f"== seed {seed}: {folder}")
         summary = report(folder, config, methods, widths=not args.no_widths)
         print(verdict(summary))

