@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from prune_explorer.jobs.queue import read_metrics
 from prune_explorer.workspace import BASELINE, Workspace
 
 FROZEN_LR = 1e-12
@@ -35,7 +36,7 @@ def recapture(workspace: Path, iteration: str = BASELINE) -> Path:
     """A fresh compact trial for `iteration` of `workspace` from its own job's data recipe; returns its path."""
     space = Workspace(workspace)
     directory = space.iteration_dir(iteration)
-    metrics = json.loads((directory / "metrics.json").read_text())
+    metrics = read_metrics(directory)
     config, recipe = metrics["config"], metrics.get("data_recipe") or {}
     args = [f"--model={directory}", "--epochs=1", f"--lr={FROZEN_LR}", "--weight-decay=0", "--capture=compact",
             "--val-subset=100", "--measure-latency=false", "--lr-schedule=constant"]
