@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from prune_explorer.loop import LoopConfig, completed_iterations, job_hyperparameters, run_loop
+from prune_explorer.loop import LoopConfig, completed_iterations, job_hyperparameters, run_loop, submit
 from prune_explorer.workspace import BASELINE, Workspace
 
 Method = Callable[[LoopConfig], None]
@@ -134,8 +134,8 @@ def torch_pruning_curve(config: LoopConfig) -> None:
             plan = {"torch_pruning": removed}
             space.save_pruned(name, model, plan, parent=previous.name, criterion="tp-magnitude")
             hyperparameters = job_hyperparameters(dataclasses.replace(config, threshold=1.0), space, previous)
-            job = queue.wait(space.submit(queue, name, parent=previous.name, plan=plan, criterion="tp-magnitude",
-                                          hyperparameters=hyperparameters, **config.script).id)
+            job = queue.wait(submit(space, queue, name, parent=previous.name, plan=plan, criterion="tp-magnitude",
+                                     hyperparameters=hyperparameters, **config.script).id)
             if job.status != COMPLETED:
                 print(f"tp-magnitude {name}: {job.status}: {job.message}", file=sys.stderr)
                 break

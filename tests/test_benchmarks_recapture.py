@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prune_explorer.loop import LoopConfig, run_loop
+from prune_explorer.loop import LoopConfig, rank_iteration, run_loop
 from prune_explorer.workspace import Workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -40,7 +40,7 @@ def test_recapture_keeps_the_weights_and_writes_a_trial_the_global_criterion_ran
     assert (directory / "metrics.json").read_text() == metrics
     assert trial.stat().st_ino != old_trial  # a new folder renamed into place
     assert not list(directory.parent.glob(".recapture-*"))  # the scratch folder is gone
-    table = Workspace(baseline).rank_iteration("baseline", criterion="taylor_global").table
+    table = rank_iteration(Workspace(baseline), "baseline", criterion="taylor_global").table
     assert len(table) and np.isfinite(table["score"].to_numpy(dtype=float)).all()
 
 

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from prune_explorer.jobs import COMPLETED, Job
+from prune_explorer.loop import prune_step
 from prune_explorer.model import store
 from prune_explorer.model.zoo import build_model
 from prune_explorer.workspace import BASELINE, Workspace
@@ -129,12 +130,12 @@ def test_the_prune_step_saves_and_submits_or_writes_nothing(space):
     queue = JobQueue(space.root, tracker=False)
     queue.close()  # submitted jobs stay queued: this test looks at what the step wrote
     parent = space.iteration(BASELINE)
-    floor = space.prune_step(queue, parent, criterion="l1", per_iteration=32, scheme="all", hyperparameters=HP,
-                             min_params=10**10, capture="none")
+    floor = prune_step(space, queue, parent, criterion="l1", per_iteration=32, scheme="all", hyperparameters=HP,
+                       min_params=10**10, capture="none")
     assert floor.job is None and "below the floor" in floor.reason
     assert not list(space.iterations_dir.glob("iter-*"))
-    step = space.prune_step(queue, parent, criterion="l1", per_iteration=32, scheme="all", hyperparameters=HP,
-                            capture="none")
+    step = prune_step(space, queue, parent, criterion="l1", per_iteration=32, scheme="all", hyperparameters=HP,
+                      capture="none")
     assert step.name == "iter-001" and step.job.iteration == "iter-001" and step.job.parent == BASELINE
     pruned = store.load(space.iteration_dir("iter-001") / "pruned")
     assert sum(p.numel() for p in pruned.parameters()) == step.params

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
-from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
+from ..workspace import BASELINE, Iteration, Workspace
+from .step import StepTarget, latency_table, needs_trial, prune_step
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -105,7 +106,7 @@ class LoopConfig:
             raise ValueError(f"target_scope must be one of {TARGET_SCOPES}, got {self.target_scope!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
-        if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
+        if self.capture == "none" and needs_trial(self.criterion):
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
         from ..jobs.data import DATASETS, NORMALIZATIONS
 
@@ -298,8 +299,8 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
         for i in bar:
             target, latency = targets(i) if targets else (None, None)
-            step = workspace.prune_step(
-                queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
+            step = prune_step(
+                workspace, queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
                 scheme=config.scheme, hyperparameters=job_hyperparameters(config, workspace, previous),
                 min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
                 image_size=config.image_size, dataset=config.dataset, normalization=config.normalization,
@@ -351,7 +352,7 @@ def _step_targets(config: LoopConfig, workspace: Workspace):
                       (config.target_latency, "latency_ms") if config.target_latency is not None else (None, None))
     if fraction is None:
         return None
-    latency = workspace.latency_table(config.image_size, config.dataset) if unit == "latency_ms" else None
+    latency = latency_table(workspace, config.image_size, config.dataset) if unit == "latency_ms" else None
     if config.target_scope == "iteration":
         return lambda i: (StepTarget(unit, fraction=fraction), latency)
     final = fraction * _baseline_cost(workspace, unit, latency, config)

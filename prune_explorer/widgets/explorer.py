@@ -1,8 +1,8 @@
 """The Explorer panel: rank heatmap, per-layer editor, preview, apply/queue, jobs and history.
 
-A thin view over the library: the plan it shows is `PrunePlan.from_counts` / `PrunePlan.lowest`
-on the library's RankTable, Apply is `surgery.prune` + `Workspace.save_pruned` (into an iteration
-the workspace reserved), Queue is `Workspace.submit` onto a `JobQueue`, the scatter is the
+A thin view over the library: the plan it shows is `PrunePlan.from_counts` on the library's
+RankTable, or the loop's own plan builder (`loop.step.plan_cut`), Apply is `surgery.prune` +
+`Workspace.save_pruned` (into an iteration the workspace reserved), Queue is `loop.step.submit` onto a `JobQueue`, the scatter is the
 tracker's `history()`. Everything a test needs to check lives in traitlets.
 Slow work (ranking, latency, sensitivity, re-basing) runs on background threads; failures land
 in the `error` trait and the panel's error line, never as a traceback.
@@ -21,13 +21,14 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
+from ..loop.step import StepTarget, plan_cut, submit
 from ..model.costs import CostModel
 from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
 from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
 from ..model.surgery import prune
-from ..signals.ranking import rank
+from ..signals.ranking import WEIGHT_CRITERIA, rank
 from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
 from .coupling import CouplingView, describe, members, shapes_after
@@ -39,7 +40,6 @@ from .preview import Preview
 from .scatter import HistoryScatter
 from .sensitivity import sensitivity_curve
 
-WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
 TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
 EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
@@ -294,7 +294,7 @@ class Explorer(W.VBox):
 
     def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
                     keep_latency: float | None = None) -> None:
-        """Counts from `PrunePlan.lowest`: the global lowest-N filters, or (fill_mode 'macs' / 'latency',
+        """Counts from `loop.step.plan_cut` (the loop's plan): the global lowest-N filters, or (fill_mode 'macs' / 'latency',
         or `keep_macs` / `keep_latency` given) the lowest-ranked filters until `keep_fraction` of the
         model's MACs or predicted latency is left. The latency table is measured on first use (on the
         background "budget" worker; `wait()` waits for it)."""
@@ -309,16 +309,11 @@ class Explorer(W.VBox):
             self.status = "measuring a per-layer latency table of this model (once)…"
             self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
             return
+        target = None if self.fill_mode == "filters" else \
+            StepTarget("macs" if self.fill_mode == "macs" else "latency_ms", fraction=self.keep_fraction)
         try:
-            if self.fill_mode == "filters":
-                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
-            elif self.fill_mode == "macs":
-                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
-                                        target_macs=self.keep_fraction * self.costs.before.macs)
-            else:
-                latency = self._latency_table
-                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, latency=latency,
-                                        target_latency_ms=self.keep_fraction * latency.predict(self.costs))
+            plan = plan_cut(self.table, self.graph, scheme=self.scheme, n=self.n_lowest, target=target,
+                            costs=self.costs, latency=self._latency_table)
         except ValueError as exc:
             self.error = _message(exc)
             return
@@ -587,7 +582,7 @@ class Explorer(W.VBox):
         if self._pending is None:
             self.apply()
         pending = self._pending
-        job = self.workspace.submit(self.queue, pending["iteration"], parent=self.base_iteration, plan=pending["plan"],
+        job = submit(self.workspace, self.queue, pending["iteration"], parent=self.base_iteration, plan=pending["plan"],
                                     criterion=self.criterion, hyperparameters=self.hyperparameters(),
                                     **self.training_script())
         self._pending = None

@@ -1,8 +1,6 @@
 """The workspace on disk (WORKSPACE/: iterations, jobs, exports, the loop's results): `workspace.Workspace`."""
 from __future__ import annotations
 
-from .workspace import (BASELINE, LATENCY_TABLE, PRUNED, WEIGHT_CRITERIA, Iteration, Ranked, Step, StepTarget,
-                        Workspace)
+from .workspace import BASELINE, LATENCY_TABLE, PRUNED, Iteration, Workspace
 
-__all__ = ["BASELINE", "LATENCY_TABLE", "PRUNED", "WEIGHT_CRITERIA", "Iteration", "Ranked", "Step", "StepTarget",
-           "Workspace"]
+__all__ = ["BASELINE", "LATENCY_TABLE", "PRUNED", "Iteration", "Workspace"]

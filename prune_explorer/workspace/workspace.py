@@ -12,8 +12,8 @@
 It decides names (the baseline, then `iter-NNN`, each reserved with an exclusive mkdir, so a panel
 and `prune-explorer run` on one workspace never take the same one), lineage (each iteration's
 parent, from the job that made it), the baseline (trained once, and refused when it was trained
-with other settings), an iteration's example inputs and fine-tuning recipe, and the step
-rank → plan → prune → save → submit. Jobs write only into the folder it gives them.
+with other settings), an iteration's example inputs and fine-tuning recipe. The step
+rank → plan → prune → save → submit that runs on it is `loop.step`'s. Jobs write only into the folder it gives them.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from ..jobs.queue import JobQueue, file_lock, read_metrics
 
 BASELINE = "baseline"
 PRUNED = "pruned"
-WEIGHT_CRITERIA = ("l1", "l2")
 NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}  # image side when a model's metrics record no input shape
 BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
                      "lr_schedule", "weight_decay", "weights", "model_kwargs", "normalize", "augment",
@@ -58,44 +57,6 @@ class Iteration:
     accuracy: float | None
 
 
-@dataclass(frozen=True)
-class Ranked:
-    """An iteration's model ranked for the next cut."""
-
-    model: Any
-    example_inputs: Any
-    graph: Any
-    table: Any
-
-
-@dataclass(frozen=True)
-class StepTarget:
-    """What one prune step cuts the parent down to, in `unit` ("macs" or "latency_ms"): `fraction`
-    of the parent's cost, or — towards an overall `final` value `steps` iterations away — the same
-    ratio at every step, so the last one lands on it."""
-
-    unit: str
-    fraction: float | None = None
-    final: float | None = None
-    steps: int = 1
-
-    def value(self, before: float) -> float:
-        if self.final is None:
-            return before * self.fraction
-        return before * (self.final / before) ** (1.0 / max(self.steps, 1))
-
-
-@dataclass(frozen=True)
-class Step:
-    """What one rank → plan → prune → save → submit step did; `job` is None when it stopped first (`reason`)."""
-
-    name: str | None
-    job: Job | None
-    plan: Any
-    params: int
-    reason: str | None = None
-
-
 class Workspace:
     """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
 
@@ -112,6 +73,15 @@ class Workspace:
 
     def iteration_dir(self, name: str) -> Path:
         return self.iterations_dir / name
+
+    def pruned_dir(self, name: str) -> Path:
+        """Where iteration `name`'s pruned model waits for its fine-tuning job (the job's input)."""
+        return self.iteration_dir(name) / PRUNED
+
+    @property
+    def latency_table_path(self) -> Path:
+        """The baseline's per-layer latency table (`loop.step.latency_table`)."""
+        return self.root / LATENCY_TABLE
 
     def queue(self, backend: Any = "local", tracker: Any = None, **options: Any) -> JobQueue:
         """The JobQueue over this workspace's job records."""
@@ -130,8 +100,9 @@ class Workspace:
                 continue  # another process took it between the listing and the mkdir
             return name
 
-    def has_model(self, name: str) -> bool:
-        return (self.iteration_dir(name) / "model.json").is_file()
+    def has_model(self, name: str, pruned: bool = False) -> bool:
+        """Whether iteration `name` has a saved model (its fine-tuned one, or with `pruned` its job's input)."""
+        return ((self.pruned_dir(name) if pruned else self.iteration_dir(name)) / "model.json").is_file()
 
     def iteration(self, name: str) -> Iteration:
         directory = self.iteration_dir(name)
@@ -310,95 +281,14 @@ class Workspace:
         model = store.load(self.iteration_dir(name))
         return model, self.example_inputs(name), self.trial_dir(name), self.fine_tune_recipe(name)
 
-    # --- the step --------------------------------------------------------------------------
-    def rank_iteration(self, name: str, criterion: str = "taylor", criterion_fn: Callable | None = None,
-                       capture: str = "compact", image_size: int | None = None,
-                       dataset: str | None = None, normalization: str | None = None) -> Ranked:
-        """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2);
-        `normalization` as `rank`'s `normalize` (None: the criterion's own)."""
-        from ..model import store
-        from ..model.graph import ChannelGraph
-        from ..signals.ranking import rank
-        from ..signals.trials import open_trial
-
-        directory = self.iteration_dir(name)
-        model = store.load(directory).eval()
-        x = self.example_inputs(name, model, image_size=image_size, dataset=dataset)
-        graph = ChannelGraph.trace(model, x)
-        trial = None
-        if capture != "none" and (criterion_fn is not None or criterion not in WEIGHT_CRITERIA):
-            trial = open_trial(directory / "trial", model=model, example_inputs=x, graph=graph)
-        table = rank(model, x, trial=trial, criterion=criterion_fn or criterion, graph=graph, normalize=normalization)
-        return Ranked(model, x, graph, table)
-
-    def latency_table(self, image_size: int | None = None, dataset: str | None = None, progress: bool = False):
-        """The per-layer latency table of the baseline model (measured on first use on this machine,
-        then read from WORKSPACE/latency_table.json); it serves every iteration pruned from it."""
-        from ..model import store
-        from ..model.latency import LatencyTable
-
-        path = self.root / LATENCY_TABLE
-        if path.is_file():
-            return LatencyTable.load(path)
-        if not self.has_model(BASELINE):
-            raise FileNotFoundError(f"{self.iteration_dir(BASELINE)}: a latency table is measured on the baseline, "
-                                    "which is not trained yet")
-        model = store.load(self.iteration_dir(BASELINE)).eval()
-        x = self.example_inputs(BASELINE, model, image_size=image_size, dataset=dataset)
-        table = LatencyTable.measure(model, x, progress=progress)
-        table.save(path)   # a temp file beside it, then a rename
-        return table
-
+    # --- the pruned model (a step's output, a job's input) ------------------------------
     def save_pruned(self, name: str, pruned: Any, plan: Any, parent: str | None, criterion: str | None) -> Path:
-        """Save a pruned model as iteration `name`'s job input (iterations/<name>/pruned/)."""
+        """Save a pruned model as iteration `name`'s job input (`pruned_dir(name)`)."""
         from ..model import store
 
         summary = plan.summary() if hasattr(plan, "summary") else dict(plan or {})
-        return store.save(pruned, self.iteration_dir(name) / PRUNED,
+        return store.save(pruned, self.pruned_dir(name),
                           metadata={"plan": summary, "criterion": criterion, "parent": parent})
-
-    def submit(self, queue: JobQueue, name: str, *, parent: str | None, plan: Any, criterion: str | None,
-               hyperparameters: dict[str, Any], **submit_options: Any) -> Job:
-        """Queue the fine-tuning of iteration `name`'s pruned model; its outputs land in iterations/<name>/.
-        Further keyword arguments go to `JobQueue.submit` as they are."""
-        pruned = self.iteration_dir(name) / PRUNED
-        if not (pruned / "model.json").is_file():
-            raise FileNotFoundError(f"{pruned}: no pruned model saved for {name} (apply a plan first)")
-        return queue.submit(pruned, out_dir=self.iteration_dir(name), parent=parent, plan=plan, criterion=criterion,
-                            hyperparameters=hyperparameters, iteration=name, **submit_options)
-
-    def prune_step(self, queue: JobQueue, parent: Iteration, *, criterion: str, per_iteration: int,
-                   scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
-                   criterion_fn: Callable | None = None, capture: str = "compact",
-                   image_size: int | None = None, dataset: str | None = None, normalization: str | None = None,
-                   target: StepTarget | None = None, latency: Any = None, **submit_options: Any) -> Step:
-        """Rank `parent`, plan its lowest `per_iteration` filters — or, with `target`, as many as bring it
-        to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
-        to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
-        written), save and submit."""
-        from ..model.measure import count
-        from ..model.surgery import prune
-
-        ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
-        try:
-            plan = _plan(ranked, per_iteration, scheme, target, latency)
-        except ValueError as exc:
-            if target is None:
-                raise
-            return Step(None, None, None, 0, f"pruning {parent.name}: {exc}")
-        if len(plan) == 0:
-            why = "at the target already" if target is not None else "every group at its minimum"
-            return Step(None, None, None, 0, f"nothing left to prune in {parent.name} ({why})")
-        pruned = prune(ranked.model, plan, ranked.example_inputs, graph=ranked.graph)
-        params = int(count(pruned, ranked.example_inputs).params)
-        if params < min_params:
-            return Step(None, None, plan, params, f"pruning {parent.name} further would leave {params:,} params, "
-                                                  f"below the floor of {min_params:,}")
-        name = self.reserve_iteration()
-        self.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
-        job = self.submit(queue, name, parent=parent.name, plan=plan, criterion=criterion,
-                          hyperparameters=hyperparameters, **submit_options)
-        return Step(name, job, plan, params)
 
     # --- verdicts and run outputs ----------------------------------------------------------
     def mark_stopped(self, name: str, reason: str) -> None:
@@ -448,26 +338,6 @@ class Workspace:
         locks.mkdir(parents=True, exist_ok=True)
         with file_lock(locks / f"workspace-{what}"):
             yield
-
-
-def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any):
-    """The step's plan: the lowest `per_iteration` filters, or down to the target."""
-    from ..model.plan import PrunePlan
-
-    if target is None:
-        return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
-    from ..model.costs import CostModel
-
-    costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
-    if target.unit == "macs":
-        return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs,
-                                target_macs=target.value(costs.before.macs))
-    if target.unit != "latency_ms":
-        raise ValueError(f"target unit must be 'macs' or 'latency_ms', got {target.unit!r}")
-    if latency is None:
-        raise ValueError("a latency target needs a latency table (Workspace.latency_table())")
-    return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, latency=latency,
-                            target_latency_ms=target.value(latency.predict(costs)))
 
 
 def _same_setting(key: str, trained: Any, wanted: Any) -> bool:
