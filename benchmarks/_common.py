@@ -214,12 +214,12 @@ def _evaluate(model_dir: str | Path, config: LoopConfig) -> np.ndarray:
     from torch.utils.data import DataLoader
 
     from prune_explorer.jobs.data import load_dataset
-    from prune_explorer.jobs.queue import read_metrics
-    from prune_explorer.model import store
     from prune_explorer.jobs.train import first_conv_in_channels
+    from prune_explorer.model import store
+    from prune_explorer.workspace.layout import read_metrics
 
     model = store.load(model_dir).eval()
-    normalize = (read_metrics(model_dir).get("data_recipe") or {}).get("normalize")
+    normalize = read_metrics(model_dir).data_recipe.get("normalize")
     _, val, _, _ = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, subset=config.subset,
                                 val_subset=config.val_subset, seed=config.seed, normalize=normalize,
                                 channels=None if normalize else first_conv_in_channels(model), download=False)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from prune_explorer.jobs.queue import read_metrics
+from prune_explorer.workspace.layout import read_metrics
 from prune_explorer.workspace import BASELINE, Workspace
 
 FROZEN_LR = 1e-12
@@ -37,7 +37,7 @@ def recapture(workspace: Path, iteration: str = BASELINE) -> Path:
     space = Workspace(workspace)
     directory = space.iteration_dir(iteration)
     metrics = read_metrics(directory)
-    config, recipe = metrics["config"], metrics.get("data_recipe") or {}
+    config, recipe = metrics.config, metrics.data_recipe
     args = [f"--model={directory}", "--epochs=1", f"--lr={FROZEN_LR}", "--weight-decay=0", "--capture=compact",
             "--val-subset=100", "--measure-latency=false", "--lr-schedule=constant"]
     args += [f"--{k.replace('_', '-')}={json.dumps(config[k]) if isinstance(config[k], dict) else config[k]}"

@@ -7,6 +7,8 @@ only pays for the parts it uses. No public name is also a submodule's name. `job
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -39,19 +41,29 @@ _MODULES = {"job": "jobs.contract"}  # public name -> module: what users' script
 __all__ = sorted(_EXPORTS) + sorted(_MODULES) + ["__version__"]
 
 
-def __getattr__(name: str):
-    if name in _MODULES:
-        value = importlib.import_module(f"{__name__}.{_MODULES[name]}")
-        globals()[name] = value
+def lazy_exports(package: str, exports: dict[str, Any], modules: dict[str, str] | None = None):
+    """`(__getattr__, __dir__)` for a package whose public names import on first use (PEP 562):
+    `exports` maps a name to "module" (the same attribute) or ("module", "attribute"); `modules` maps
+    a name to a module it stands for."""
+    modules = modules or {}
+    names = sorted(exports) + sorted(modules)  # __dir__ without an __all__
+
+    def __getattr__(name: str):
+        if name in modules:
+            value = importlib.import_module(f"{package}.{modules[name]}")
+        elif name in exports:
+            where = exports[name]
+            module, attribute = (where, name) if isinstance(where, str) else where
+            value = getattr(importlib.import_module(f"{package}.{module}"), attribute)
+        else:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        setattr(sys.modules[package], name, value)
         return value
-    where = _EXPORTS.get(name)
-    if where is None:
-        raise AttributeError(f"module 'prune_explorer' has no attribute {name!r}")
-    module, attribute = (where, name) if isinstance(where, str) else where
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
-    globals()[name] = value
-    return value
+
+    def __dir__():
+        return list(getattr(sys.modules[package], "__all__", names))
+
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _MODULES)

@@ -168,19 +168,9 @@ def _rank_example(size: str | None):
 
 
 def _write_csv_atomic(table, path: str) -> None:
-    import os
-    import tempfile
+    from .workspace.layout import atomic_write
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rank.", suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            table.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: table.to_csv(f, index=False))
 
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
@@ -316,9 +306,11 @@ def _history(args) -> int:
     from pathlib import Path
 
     from .loop import LoopConfig, format_history, loop_tracker
+    from .workspace import Layout
 
-    if args.tracker == "mlflow" and args.tracking_uri is None and not (Path(args.workspace) / "mlflow.db").exists():
-        print(f"prune-explorer history: no MLflow store at {Path(args.workspace) / 'mlflow.db'}", file=sys.stderr)
+    store = Layout(args.workspace).mlflow_db
+    if args.tracker == "mlflow" and args.tracking_uri is None and not store.exists():
+        print(f"prune-explorer history: no MLflow store at {store}", file=sys.stderr)
         return 1
     config = LoopConfig(workspace=args.workspace, tracker=args.tracker, tracking_uri=args.tracking_uri,
                         experiment=args.experiment, region=args.region)
@@ -390,10 +382,12 @@ def _export_source(iteration: str, root: Path):
     given = Path(iteration)
     if given.is_dir():
         return given, None
-    from .workspace import PRUNED, Workspace
+    from .workspace import Layout, Workspace
+    from .workspace.layout import MODEL_SPEC
 
-    if not (root / "iterations").is_dir():
-        raise FileNotFoundError(f"no directory {iteration!r}, and {root} is not a workspace (no iterations/ in it)")
+    if not Layout(root).is_workspace():
+        raise FileNotFoundError(f"no directory {iteration!r}, and {root} is not a workspace "
+                                f"(no {Layout(root).iterations_dir.name}/ in it)")
     workspace = Workspace(root)
     directory = workspace.iteration_dir(iteration)
     if not directory.is_dir():
@@ -401,8 +395,9 @@ def _export_source(iteration: str, root: Path):
         raise FileNotFoundError(f"no iteration {iteration!r} in {root} and no directory {iteration!r}; "
                                 f"iterations there: {', '.join(names) or 'none'}")
     if not workspace.has_model(iteration):
-        hint = f"; the model before fine-tuning is {directory / PRUNED}" if (directory / PRUNED / "model.json").is_file() else ""
-        raise FileNotFoundError(f"{directory / 'model.json'}: missing (its fine-tuning has not finished?){hint}")
+        pruned = workspace.pruned_dir(iteration)
+        hint = f"; the model before fine-tuning is {pruned}" if workspace.has_model(iteration, pruned=True) else ""
+        raise FileNotFoundError(f"{directory / MODEL_SPEC}: missing (its fine-tuning has not finished?){hint}")
     return directory, workspace
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..model.measure import ModelCost, count, paired_latency_ms
 from ..model.zoo import build_model
+from ..workspace.layout import MODEL_WEIGHTS
 
 LATENCY_BATCH = 8
 LATENCY_THREADS = 1  # one thread: steady numbers on a shared machine, and the demo stays under 30 s
@@ -105,12 +106,12 @@ def _run(setup: SurgeryDemo) -> int:
     print(_table(before, after))
 
     with tempfile.TemporaryDirectory(prefix="prune-explorer-demo-") as tmp:
-        target = Path(tmp) / "pruned"
+        target = Path(tmp) / "model"
         with _step("save to model.json + model.safetensors and load back"):
             save(pruned, target, metadata={"plan": plan.summary(), "criterion": "l1"})
             reloaded = load(target)
         same = _same_outputs(pruned, reloaded, one)
-        size_mb = (target / "model.safetensors").stat().st_size / 1e6
+        size_mb = (target / MODEL_WEIGHTS).stat().st_size / 1e6
     print(f"reloaded model ({size_mb:.1f} MB of weights) gives {'identical' if same else 'DIFFERENT'} outputs")
     return 0 if same else 1
 

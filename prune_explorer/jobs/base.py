@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from ..workspace.layout import Metrics, train_log, write_json
 
 QUEUED, RUNNING, COMPLETED, FAILED, STOPPED = "queued", "running", "completed", "failed", "stopped"
 STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, STOPPED)
@@ -53,7 +54,7 @@ class Job:
 
     @property
     def log_path(self) -> Path:
-        return Path(self.out_dir) / "train.log"
+        return train_log(self.out_dir)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -70,20 +71,14 @@ class Job:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    @property
+    def metrics(self) -> Metrics:
+        """The job's metrics.json (its `result`), read by field."""
+        return Metrics(self.result or {})
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `<directory>/<id>.json` atomically (temp file + rename)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{self.id}.json"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1, sort_keys=True)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_json(record_path(directory, self.id), self.to_json(), sort_keys=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Job":
@@ -92,6 +87,27 @@ class Job:
             return cls.from_json(json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"{path}: not a job record ({exc})") from exc
+
+
+def record_path(directory: str | os.PathLike, job_id: str) -> Path:
+    """Where job `job_id`'s record lives in a jobs folder."""
+    return Path(directory) / f"{job_id}.json"
+
+
+def record_paths(directory: str | os.PathLike) -> list[Path]:
+    """Every job record in a jobs folder, by file name."""
+    return sorted(Path(directory).glob("*.json"))
+
+
+def read_records(directory: str | os.PathLike) -> list[Job]:
+    """The readable job records of a jobs folder (one removed or half-known meanwhile is passed over)."""
+    found = []
+    for path in record_paths(directory):
+        try:
+            found.append(Job.load(path))
+        except (FileNotFoundError, ValueError):
+            continue
+    return found
 
 
 def training_script(entry_point: str | os.PathLike | None,

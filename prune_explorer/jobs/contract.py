@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -50,6 +49,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
+
+from ..workspace import layout
 
 # the contract's whole surface, as scripts see it through `from prune_explorer import job`
 from .distributed import Dist, ShardSampler, all_sum, init_distributed  # noqa: F401
@@ -62,28 +63,9 @@ LOG_EVERY_S = 30.0
 
 
 # --- what a job leaves ---------------------------------------------------------------------------
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON through a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_metrics(spec, metrics: dict[str, Any]) -> None:
     """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set."""
-    targets: list[Path] = []
-    for directory in (spec.out_dir, spec.metrics_dir, spec.checkpoint_dir):
-        if directory and Path(directory).resolve() not in targets:
-            targets.append(Path(directory).resolve())
-    for directory in targets:
-        write_json_atomic(directory / "metrics.json", metrics)
+    layout.write_metrics((spec.out_dir, spec.metrics_dir, spec.checkpoint_dir), metrics)
 
 
 class RuleStopped(SystemExit):
@@ -247,12 +229,12 @@ class JobContext:
         if spec.model is None:
             raise ValueError("no model to fine-tune: pass --model (a saved model directory or an architecture name)")
         source = Path(spec.model)
-        if (source / "model.json").is_file():
+        if layout.has_model(source):
             from ..model.store import load
 
             model, self.built = load(source), False
         elif source.exists() or os.sep in spec.model:
-            raise FileNotFoundError(f"--model {spec.model}: not a saved model directory (no model.json in it)")
+            raise FileNotFoundError(f"--model {spec.model}: not a saved model directory (no {layout.MODEL_SPEC} in it)")
         else:
             kwargs = dict(spec.model_kwargs)
             if spec.weights is None and num_classes is not None:
@@ -354,20 +336,21 @@ class JobContext:
         when the rule fires the job is finished (status "stopped") and ends: RuleStopped, exit code 3.
         """
         model = self._register(model)
-        record = {"epoch": epoch or len(self.records) + 1, **values, "val_accuracy": float(val_accuracy),
-                  "seconds": time.perf_counter() - self._epoch_started}
+        epoch = epoch or len(self.records) + 1
+        seconds = time.perf_counter() - self._epoch_started
+        record = layout.epoch_record(epoch, val_accuracy, seconds, values)
         self.records.append(record)
-        for name, value in record.items():
-            if name not in ("epoch", "seconds") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        numbers = {k: v for k, v in record.items() if k not in layout.EPOCH_BOOKKEEPING}
+        for name, value in numbers.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._capture.scalar(name, value)
-        shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds")
-                         and isinstance(v, float))
-        self.log(f"epoch {record['epoch']}/{self.spec.epochs} {shown} ({record['seconds']:.1f}s)")
-        if record["val_accuracy"] > self.best_accuracy:
-            self.best_accuracy = record["val_accuracy"]
+        shown = " ".join(f"{k}={v:.4f}" for k, v in numbers.items() if isinstance(v, float))
+        self.log(f"epoch {epoch}/{self.spec.epochs} {shown} ({seconds:.1f}s)")
+        if float(val_accuracy) > self.best_accuracy:
+            self.best_accuracy = float(val_accuracy)
             self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if self._rule is not None:
-            verdict = self._rule.evaluate(self.spec.baseline_accuracy, [r["val_accuracy"] for r in self.records])
+            verdict = self._rule.evaluate(self.spec.baseline_accuracy, layout.Metrics(epochs=self.records).accuracies)
             if verdict.fired:
                 self.log(f"stop rule fired: {verdict.reason}")
                 raise RuleStopped(self.finish(status="stopped", reason=verdict.reason))
@@ -387,7 +370,7 @@ class JobContext:
         if self._watch is not None:
             self._watch.remove()
         if not self.dist.main:
-            self.finished = {"status": status, "reason": reason, "rank": self.dist.rank}
+            self.finished = layout.Metrics(status=status, reason=reason, rank=self.dist.rank)
             self._barrier()
             return self.finished
         model = self._register(model)
@@ -400,8 +383,8 @@ class JobContext:
         if example is None:
             raise RuntimeError("finish() needs example_inputs: the model saw no forward pass while captured")
         self.finished = self._save(model, example.to("cpu"), status, reason, metrics or {})
-        self.log(f"{status}: best_accuracy={self.best_accuracy:.4f} params={self.finished['params']} "
-                 f"macs={self.finished['macs']} -> {self.spec.out_dir}")
+        self.log(f"{status}: best_accuracy={self.best_accuracy:.4f} params={self.finished.params} "
+                 f"macs={self.finished.macs} -> {self.spec.out_dir}")
         self._barrier()
         return self.finished
 
@@ -409,8 +392,7 @@ class JobContext:
         """Leave metrics.json with status "failed" and the reason (rank 0)."""
         self._capture.close()
         if self.dist.main:
-            write_metrics(self.spec, {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                                      "config": asdict(self.spec)})
+            write_metrics(self.spec, layout.failed_metrics(f"{type(exc).__name__}: {exc}", asdict(self.spec)))
 
     def close(self) -> None:
         if self.dist.enabled and torch.distributed.is_initialized():
@@ -418,7 +400,7 @@ class JobContext:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_STOPPED if (self.finished or {}).get("status") == "stopped" else EXIT_COMPLETED
+        return EXIT_STOPPED if layout.Metrics(self.finished or {}).status == "stopped" else EXIT_COMPLETED
 
     # --- internals ----------------------------------------------------------------------------
     def _register(self, model: nn.Module | None) -> nn.Module:
@@ -450,26 +432,14 @@ class JobContext:
         unused = sorted(set(self.spec.hyperparameters) - self._read)
         if unused:
             self.log(f"hyperparameters this script did not read: {', '.join(unused)}")
-        metrics = {
-            "status": status,
-            "reason": reason,
-            "epochs": self.records,
-            "best_accuracy": self.best_accuracy,
-            "final_accuracy": self.records[-1]["val_accuracy"],
-            "params": cost.params,
-            "macs": cost.macs,
-            "latency_ms": latency(model, example) if self.spec.measure_latency else None,
-            "trial": str(self._capture.path) if self._capture.path is not None else None,
-            "model": str(self.spec.out_dir),
-            "input_shape": list(example.shape[1:]),
-            "first_batch": self._first_batch,
-            "world_size": self.dist.world_size,
-            "baseline_accuracy": self.spec.baseline_accuracy,
-            "script": _program(),
-            "unused_hyperparameters": unused,
-            **extra,
-            "config": asdict(self.spec),
-        }
+        metrics = layout.job_metrics(
+            status=status, reason=reason, epochs=self.records, best_accuracy=self.best_accuracy,
+            cost=dict(params=cost.params, macs=cost.macs,
+                      latency_ms=latency(model, example) if self.spec.measure_latency else None),
+            trial=str(self._capture.path) if self._capture.path is not None else None, model=str(self.spec.out_dir),
+            input_shape=list(example.shape[1:]), first_batch=self._first_batch, world_size=self.dist.world_size,
+            baseline_accuracy=self.spec.baseline_accuracy, script=_program(), unused=unused, extra=extra,
+            config=asdict(self.spec))
         metadata = {"accuracy": self.best_accuracy, "source": self.spec.model}
         if "dataset" in extra:
             metadata["dataset"] = extra["dataset"]

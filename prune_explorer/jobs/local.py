@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..workspace.layout import Metrics, metrics_path, read_metrics
 from .base import COMPLETED, FAILED, RUNNING, STOPPED, Job
 
 TRAIN_MODULE = "prune_explorer.jobs.train"
@@ -123,12 +124,12 @@ class LocalBackend:
         pid = int(job.backend_id or 0)
         if pid and _process_alive(pid, str(job.out_dir)):
             return RUNNING
-        metrics = _read_status(Path(job.out_dir) / "metrics.json", since=job.started or 0)
+        metrics = _read_status(job.out_dir, since=job.started or 0)
         if metrics is None:
             job.status = FAILED
             job.ended = time.time()
             job.message = (f"process {pid} is gone (the Python process that ran the queue exited) and "
-                           f"{Path(job.out_dir) / 'metrics.json'} was not written\n{job.log_tail(LOG_TAIL_LINES)}").rstrip()
+                           f"{metrics_path(job.out_dir)} was not written\n{job.log_tail(LOG_TAIL_LINES)}").rstrip()
             return job.status
         self._settle(job, None, metrics)
         if job.status == COMPLETED:
@@ -140,25 +141,25 @@ class LocalBackend:
         if job.status == STOPPED:
             job.ended = job.ended or time.time()
             return
-        self._settle(job, code, _read_status(Path(job.out_dir) / "metrics.json", since=job.started or 0))
+        self._settle(job, code, _read_status(job.out_dir, since=job.started or 0))
 
-    def _settle(self, job: Job, code: int | None, metrics: dict | None) -> None:
-        """Job status from the exit code and what the job wrote in metrics.json ("status", "reason")."""
+    def _settle(self, job: Job, code: int | None, metrics: Metrics | None) -> None:
+        """Job status from the exit code and what the job wrote in its metrics (status, reason)."""
         job.ended = time.time()
-        state = (metrics or {}).get("status")
-        if state == "completed" and code in (0, None):
+        state = metrics.status if metrics is not None else None
+        if state == COMPLETED and code in (0, None):
             job.status = COMPLETED
             return
-        if state == "stopped" and code in (EXIT_STOPPED, None):
+        if state == STOPPED and code in (EXIT_STOPPED, None):
             job.status = STOPPED
-            job.message = f"stop rule fired: {metrics.get('reason')}"
+            job.message = f"stop rule fired: {metrics.reason}"
             return
         job.status = FAILED
         why = "exit code unknown" if code is None else f"exit code {code}"
-        if state == "failed" and metrics.get("reason"):
-            why += f" ({metrics['reason']})"
+        if state == FAILED and metrics.reason:
+            why += f" ({metrics.reason})"
         elif metrics is None:
-            why += f"; no metrics.json written in {job.out_dir}"
+            why += f"; no {metrics_path(job.out_dir)} written"
         job.message = f"{why}; last lines of {job.log_path}:\n{job.log_tail(LOG_TAIL_LINES)}".rstrip()
 
     def cancel(self, job: Job) -> None:
@@ -191,15 +192,14 @@ class LocalBackend:
         return Path(job.out_dir)
 
 
-def _read_status(path: Path, since: float) -> dict | None:
-    """metrics.json as a dict when it was written after `since`; None when absent, older or unreadable."""
+def _read_status(out_dir: str | os.PathLike, since: float) -> Metrics | None:
+    """The job's metrics when they were written after `since`; None when absent, older or unreadable."""
     try:
-        if path.stat().st_mtime < since:
+        if metrics_path(out_dir).stat().st_mtime < since:
             return None
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_metrics(out_dir, missing_ok=False)
+    except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -17,8 +17,6 @@ cancel never races a start or a finish.
 from __future__ import annotations
 
 import copy
-import fcntl
-import json
 import logging
 import threading
 import time
@@ -26,7 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id, training_script
+from ..workspace.layout import Layout, file_lock, read_metrics, trial_dir
+from .base import (COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id, record_path, record_paths,
+                   training_script)
 
 log = logging.getLogger(__name__)
 
@@ -74,43 +74,26 @@ def filters_removed(summary: dict[str, Any]) -> int:
     return total
 
 
-def read_metrics(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / "metrics.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def iteration_record(job: Job) -> dict[str, Any]:
     """Keyword arguments for `Tracker.record` describing one finished job."""
-    result = job.result or {}
-    epochs = result.get("epochs") or []
-    accuracies = [e.get("val_accuracy") for e in epochs if e.get("val_accuracy") is not None]
-    best = result.get("best_accuracy")
-    if best is None and accuracies:
-        best = max(accuracies)
-    trial = result.get("trial") or (str(Path(job.out_dir) / "trial") if result else None)
+    result = job.metrics
+    trial = result.trial or (str(trial_dir(job.out_dir)) if result else None)
     return dict(
         iteration=job.iteration or Path(job.out_dir).name,
         parent=job.parent,
         plan_summary=job.plan,
         criterion=job.criterion,
         filters_removed=filters_removed(job.plan),
-        params=result.get("params"),
-        macs=result.get("macs"),
-        latency_ms=result.get("latency_ms"),
-        accuracies=accuracies,
-        best_accuracy=best,
+        **result.cost(),
+        accuracies=result.accuracies,
+        best_accuracy=result.best_accuracy,
         status=job.status,
         model_dir=str(job.out_dir),
         trial_dir=trial,
         job_id=job.id,
         backend=job.backend,
         started=job.started,
-        script=job.entry_point or result.get("script"),
+        script=job.entry_point or result.script,
     )
 
 
@@ -127,7 +110,7 @@ class JobQueue:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
         self.workspace = Path(workspace)
-        self.jobs_dir = self.workspace / "jobs"
+        self.jobs_dir = Layout(self.workspace).jobs_dir
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.backend = make_backend(backend)
         self.max_parallel = max_parallel
@@ -159,7 +142,7 @@ class JobQueue:
         """
         script = training_script(entry_point, source_dir)
         if out_dir is None:
-            out_dir = self.workspace / "iterations" / (iteration or new_id("it"))
+            out_dir = Layout(self.workspace).iteration_dir(iteration or new_id("it"))
         out_dir = Path(out_dir).resolve()
         job = Job(
             id=new_id("job"), backend=self.backend.name, model=str(model), out_dir=str(out_dir),
@@ -276,7 +259,7 @@ class JobQueue:
         with self._lock:
             seen = dict(self._stamps)
         found: list[tuple[int, Job]] = []
-        for path in sorted(self.jobs_dir.glob("*.json")):
+        for path in record_paths(self.jobs_dir):
             try:
                 stamp = path.stat().st_mtime_ns
                 if seen.get(path.stem) == stamp:
@@ -303,7 +286,7 @@ class JobQueue:
 
     def _on_disk(self, job_id: str) -> Job | None:
         """The job's record as the last writer (any queue, any process) left it; call under its job lock."""
-        path = self.jobs_dir / f"{job_id}.json"
+        path = record_path(self.jobs_dir, job_id)
         try:
             stamp = path.stat().st_mtime_ns
             loaded = Job.load(path)
@@ -328,9 +311,7 @@ class JobQueue:
     @contextmanager
     def _job_lock(self, job_id: str) -> Iterator[None]:
         """This job's lock, across threads and processes: held through a start, a finish or a cancel."""
-        locks = self.jobs_dir / ".locks"
-        locks.mkdir(exist_ok=True)
-        with file_lock(locks / job_id):
+        with file_lock(Layout(self.workspace).locks_dir / job_id):
             yield
 
     def _ours(self, job: Job) -> bool:
@@ -476,14 +457,3 @@ class JobQueue:
                     callback(job)
                 except Exception:
                     log.exception("on_change callback failed for job %s", job.id)
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path` (created if missing): excludes other processes and other threads alike."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

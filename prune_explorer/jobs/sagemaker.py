@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from ..workspace.layout import MODEL_FILES, read_metrics, sibling_dir, trial_dir
 from .base import COMPLETED, FAILED, RUNNING, STOPPED, Job
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CODE_DIR = "/opt/ml/code"
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
-TRIAL_SUBDIR = "trial"
-MODEL_FILES = ("model.json", "model.safetensors")
 DEFAULT_REQUIREMENTS = ("safetensors>=0.4", "smdebug>=1.0.34", "tqdm>=4.60")
 PYTORCH_VERSION = "2.10.0"
 PYTORCH_PY_VERSION = "py313"
@@ -313,7 +312,7 @@ class SageMakerBackend:
         )
         if self.debugger:
             spec["debug_hook_config"] = shapes.DebugHookConfig(
-                local_path=f"{CHECKPOINT_DIR}/{TRIAL_SUBDIR}", s3_output_path=self.s3_uri(name, "debug-output"))
+                local_path=str(trial_dir(CHECKPOINT_DIR)), s3_output_path=self.s3_uri(name, "debug-output"))
             spec["debug_rule_configurations"] = [self.rule_configuration(previous, shapes)]
         if self.experiment_name:
             from ..tracking.sagemaker_experiments import trial_name
@@ -467,15 +466,12 @@ class SageMakerBackend:
                 raise FileNotFoundError(
                     f"job {job.id}: nothing in s3://{bucket}/{output}/ or s3://{self.bucket}/{checkpoint}")
             _move_into(staging / "files", out)
-        metrics = out / "metrics.json"
-        if metrics.is_file():
-            try:
-                job.result = json.loads(metrics.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{metrics}: not valid JSON ({exc})") from exc
-            if job.result.get("status") == STOPPED:
+        metrics = read_metrics(out)
+        if metrics:
+            job.result = metrics
+            if metrics.status == STOPPED:
                 job.status = STOPPED
-                job.message = job.result.get("reason") or "stopped by the accuracy-drop rule"
+                job.message = metrics.reason or "stopped by the accuracy-drop rule"
         return out
 
 
@@ -486,23 +482,17 @@ def _channel(shapes: Any, name: str, uri: str) -> Any:
 
 
 def parent_accuracy(job: Job) -> float | None:
-    """The parent iteration's best accuracy from WORKSPACE/iterations/<parent>/metrics.json, if known.
+    """The parent iteration's best accuracy (its metrics, in its folder beside the job's), if known.
 
     The stop rule compares against it: as the Debugger rule's `previous_accuracy`, or without
     Debugger as train.py's `--baseline-accuracy` with `--stop-rule-threshold`.
     """
     if not job.parent:
         return None
-    metrics = Path(job.out_dir).parent / job.parent / "metrics.json"
     try:
-        data = json.loads(metrics.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_metrics(sibling_dir(job.out_dir, job.parent)).best_accuracy
+    except ValueError:
         return None
-    best = data.get("best_accuracy")
-    if best is None:
-        seen = [e.get("val_accuracy") for e in data.get("epochs") or [] if isinstance(e, dict)]
-        best = max((a for a in seen if a is not None), default=None)
-    return None if best is None else float(best)
 
 
 def _exists(s3: Any, bucket: str, key: str) -> bool:

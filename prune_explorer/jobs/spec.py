@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
+from ..workspace import layout
+from ..workspace.layout import has_model
+
 SAGEMAKER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
 CAPTURE_MODES = ("compact", "full", "none")
 STOP_RULE_MODES = ("best", "latest")
@@ -212,7 +215,7 @@ def resolve_locations(spec):
     resolved = copy.copy(spec)
     if resolved.model is None:
         channel = env.get("SM_CHANNEL_MODEL")
-        resolved.model = channel if channel and (Path(channel) / "model.json").is_file() else spec.default_model
+        resolved.model = channel if channel and has_model(channel) else spec.default_model
     weights_channel = env.get("SM_CHANNEL_WEIGHTS")
     if resolved.weights and weights_channel and not Path(resolved.weights).exists() \
             and (Path(weights_channel) / resolved.weights).is_file():
@@ -234,4 +237,4 @@ def resolve_locations(spec):
 
 
 def trial_dir(spec) -> Path:
-    return Path(spec.checkpoint_dir or spec.out_dir) / "trial"
+    return layout.trial_dir(spec.checkpoint_dir or spec.out_dir)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..workspace.layout import Metrics, data_recipe_metrics
 from .data import NORMALIZATIONS, labels_of, load_dataset, with_channels
 from .contract import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, flag, optional,
                        build_parser as contract_parser, resolve_locations as contract_locations)
@@ -223,7 +224,7 @@ def _train(run: JobContext) -> dict[str, Any]:
         "train_size": len(prepared.train_ds),
         "val_size": len(prepared.val_ds),
         "class_counts": np.bincount(labels_of(prepared.train_ds), minlength=prepared.num_classes).tolist(),
-        "data_recipe": dict(zip(("normalize", "augment"), config.data_recipe(first_conv_in_channels(model)))),
+        **data_recipe_metrics(*config.data_recipe(first_conv_in_channels(model))),
     }
     return run.finish(example_inputs=prepared.example, metrics=data)
 
@@ -274,7 +275,7 @@ def _scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
 
 def main(argv: Sequence[str] | None = None) -> int:
     metrics = train(parse_args(argv))
-    return EXIT_STOPPED if metrics.get("status") == "stopped" else 0
+    return EXIT_STOPPED if Metrics(metrics).status == "stopped" else 0
 
 
 if __name__ == "__main__":

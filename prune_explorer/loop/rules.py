@@ -13,10 +13,9 @@ uploaded as a SageMaker Debugger custom rule: source `prune_explorer/loop/rules.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 ACCURACY_SCALAR = "val_accuracy"
 MODES = ("best", "latest")
@@ -86,33 +85,28 @@ class AccuracyDropRule:
 
 def read_accuracies(trial_dir: str | os.PathLike) -> list[float]:
     """Accuracy per evaluation, in step order, from a job's trial (or the metrics.json next to it)."""
+    # the package's reader of a job's outputs (Debugger's rule container, which has this file alone, never calls this)
+    from ..workspace.layout import METRICS, metrics_path, read_metrics
+
     path = str(trial_dir)
     values = _trial_accuracies(path) if _has_trial(path) else None
     if values:
         return values
-    for candidate in _metrics_candidates(path):
-        if candidate.is_file():
-            try:
-                metrics = json.loads(candidate.read_text())
-                return [float(epoch["val_accuracy"]) for epoch in metrics.get("epochs", [])]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{candidate}: cannot read per-epoch val_accuracy ({exc})") from exc
+    for directory in ([] if path.startswith("s3://") else [Path(path), Path(path).parent]):
+        if metrics_path(directory).is_file():
+            metrics = read_metrics(directory)  # ValueError naming a broken file
+            if len(metrics.accuracies) != len(metrics.epochs):
+                raise ValueError(f"{metrics_path(directory)}: cannot read per-epoch val_accuracy")
+            return metrics.accuracies
     if values is not None:
         return values
     raise FileNotFoundError(
-        f"{path}: no smdebug trial with scalar/{ACCURACY_SCALAR} and no metrics.json found there or beside it"
+        f"{path}: no smdebug trial with scalar/{ACCURACY_SCALAR} and no {METRICS} found there or beside it"
     )
 
 
 def _has_trial(path: str) -> bool:
     return path.startswith("s3://") or (Path(path) / "collections").is_dir()
-
-
-def _metrics_candidates(path: str) -> Iterable[Path]:
-    if path.startswith("s3://"):
-        return []
-    root = Path(path)
-    return [root / "metrics.json", root.parent / "metrics.json"]
 
 
 def _trial_accuracies(path: str, tensor_name: str | None = None) -> list[float]:

@@ -23,14 +23,12 @@ import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
 from ..workspace import BASELINE, Iteration, Workspace
+from ..workspace.layout import LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG
 from .step import StepTarget, latency_table, needs_trial, prune_step
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
 TARGET_SCOPES = ("iteration", "overall")
-RESULTS_CSV = "results.csv"
-RESULTS_PNG = "params_vs_accuracy.png"
-LOOP_CONFIG = "loop_config.json"
 
 
 @dataclass
@@ -311,13 +309,13 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
             name = step.name
             job = queue.wait(step.job.id)
             names.append(name)
-            if job.status == STOPPED and (job.result or {}).get("reason"):
-                reason = f"{name}: accuracy rule fired in job {job.id}: {job.result['reason']}"
+            if job.status == STOPPED and job.metrics.reason:
+                reason = f"{name}: accuracy rule fired in job {job.id}: {job.metrics.reason}"
                 break
             if job.status != COMPLETED:
                 reason = f"{name}: fine-tuning job {job.id} {job.status}: {job.message}"
                 break
-            accuracies = [e["val_accuracy"] for e in job.result.get("epochs", [])]
+            accuracies = job.metrics.accuracies
             verdict = rule.evaluate(previous.accuracy, accuracies)
             bar.set_postfix(params=f"{step.params:,}", accuracy=f"{max(accuracies, default=float('nan')):.3f}")
             if verdict.fired:
@@ -325,16 +323,15 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
                 tracker.update_status(name, STOPPED)
                 reason = f"{name}: accuracy rule fired: {verdict.reason}"
                 break
-            previous = Iteration(name, workspace.iteration_dir(name),
-                                 job.result.get("best_accuracy", max(accuracies, default=None)))
+            previous = Iteration(name, workspace.iteration_dir(name), job.metrics.best_accuracy)
         bar.close()
     finally:
         queue.close()
     history = tracker.history()
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs["stop_reason"] = reason
-    workspace.write_file(RESULTS_CSV, lambda path: rows.to_csv(path, index=False))
-    workspace.write_file(RESULTS_PNG, lambda path: plot_history(rows, path))
+    workspace.write_file(RESULTS_CSV, lambda f: rows.to_csv(f, index=False))
+    workspace.write_file(RESULTS_PNG, lambda f: plot_history(rows, f), binary=True)
     if progress:
         print(format_history(rows))
         print(f"stopped: {reason}")
@@ -399,8 +396,8 @@ def format_history(history: pd.DataFrame) -> str:
     return view.astype(object).fillna("").to_string(index=False)
 
 
-def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Params (log scale) vs best accuracy, one point per iteration, labelled."""
+def plot_history(history: pd.DataFrame, path: Any) -> None:
+    """Params (log scale) vs best accuracy, one point per iteration, labelled; `path` a file name or a binary file."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

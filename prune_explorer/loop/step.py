@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..jobs.base import Job
 from ..signals.ranking import WEIGHT_CRITERIA
 from ..workspace import BASELINE, Iteration, Workspace
+from ..workspace.layout import trial_dir
 
 if TYPE_CHECKING:
     from ..jobs.queue import JobQueue
@@ -80,8 +81,7 @@ def rank_iteration(workspace: Workspace, name: str, criterion: str = "taylor", c
     graph = ChannelGraph.trace(model, x)
     trial = None
     if capture != "none" and needs_trial(criterion, criterion_fn):
-        trial = open_trial(workspace.trial_dir(name) or directory / "trial", model=model, example_inputs=x,
-                           graph=graph)
+        trial = open_trial(trial_dir(directory), model=model, example_inputs=x, graph=graph)
     table = rank(model, x, trial=trial, criterion=criterion_fn or criterion, graph=graph, normalize=normalization)
     return Ranked(model, x, graph, table)
 

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..workspace.layout import atomic_write, metrics_path, recorded_input_shape
 from .measure import _eval_no_grad, count, paired_latency_ms
 
 TOLERANCE = 1e-4
@@ -113,17 +113,13 @@ def export_model(
 def recorded_example_inputs(model_dir: Any) -> tuple[torch.Tensor, ...]:
     """One zero image shaped like the data a saved model was trained on (its metrics.json `input_shape`;
     for a workspace iteration's `pruned/` model, the job's metrics.json one level up)."""
-    from ..jobs.queue import read_metrics
-
     if isinstance(model_dir, nn.Module):
         raise ValueError("example_inputs is required when exporting a module (only a model directory records its input shape)")
-    model_dir = Path(model_dir)
-    candidates = [model_dir] + ([model_dir.parent] if model_dir.name == "pruned" else [])
-    shape = next((s for d in candidates if (s := read_metrics(d).get("input_shape"))), None)
+    shape = recorded_input_shape(model_dir)
     if not shape:
-        raise ValueError(f"{model_dir / 'metrics.json'}: no input_shape recorded for {model_dir}; "
+        raise ValueError(f"{metrics_path(model_dir)}: no input_shape recorded for {model_dir}; "
                          "pass example_inputs (CLI: --input-shape C,H,W)")
-    return (torch.zeros(1, *[int(s) for s in list(shape)[-3:]]),)
+    return (torch.zeros(1, *shape),)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -206,7 +202,7 @@ def _write_onnx(source: _Source, example, path: Path, *, dynamic_batch: bool, ex
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    _write_atomic(path, lambda f: f.write(proto.SerializeToString()))
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()), binary=True)
     return opset_used, diff
 
 
@@ -223,7 +219,8 @@ def _write_pt2(source: _Source, example, path: Path, *, dynamic_batch: bool, exp
 
     diff = _check(source, example, dynamic_batch, "torch.export.load", runner)
     metadata = _metadata(source, example, dynamic_batch, diff, exporter="torch.export", opset=None)
-    _write_atomic(path, lambda f: torch.export.save(program, f, extra_files={METADATA_FILE: json.dumps(metadata)}))
+    atomic_write(path, lambda f: torch.export.save(program, f, extra_files={METADATA_FILE: json.dumps(metadata)}),
+                 binary=True)
     return None, diff
 
 
@@ -438,21 +435,6 @@ def _io_names(n_in: int, n_out: int) -> tuple[list[str], list[str]]:
 
 def _n_outputs(program) -> int:
     return len(program.graph_signature.user_outputs)
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, unlike mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _chain(exc: BaseException | None):

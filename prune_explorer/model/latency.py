@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..workspace.layout import write_json
 from .costs import CostModel
 from .kinds import KINDS
 from .measure import median_latency_ms
@@ -137,16 +137,7 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """JSON, written to a temp file beside `path` and renamed."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".latency.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":

@@ -25,14 +25,13 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..workspace.layout import MODEL_FILES, MODEL_SPEC, MODEL_WEIGHTS
 from .kinds import KINDS, RECORDED, recorded_kind, replace_module, width_record
 from .zoo import base_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
 FORMAT_VERSION = 3   # 3: records of kind "channel_norm" (a PrunedChannelNorm in place of a base norm)
-SPEC_FILE = "model.json"
-WEIGHTS_FILE = "model.safetensors"
-MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE)
+SPEC_FILE, WEIGHTS_FILE = MODEL_SPEC, MODEL_WEIGHTS
 METADATA_ATTR = "prune_explorer_metadata"
 _SAVE_ID_KEY = "prune_explorer.save_id"
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..workspace import layout
 from . import smdebug_compat  # noqa: F401  (installs the numpy-2 fixes before smdebug writes)
 from smdebug.core.access_layer.utils import has_training_ended, training_has_ended
 from smdebug.core.collection import Collection
@@ -446,12 +446,4 @@ def write_text(out_dir: str, name: str, text: str) -> None:
         key = f"{prefix.rstrip('/')}/{name}" if prefix else name
         boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=text.encode())
         return
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(out_dir, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    layout.write_text(os.path.join(out_dir, name), text)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..workspace.layout import has_model
 from . import smdebug_compat
 from .capture import COMPACT_COUNTS, COMPACT_LATER, COMPACT_STATS, META_FILE
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
@@ -606,11 +607,11 @@ def _model_from_meta(meta: dict, path: str) -> tuple[nn.Module, bool]:
     """The model a trial was captured on, and whether it was built untrained: the saved model beside
     it (train.py writes OUT/trial next to OUT/model.json, with the pruned widths), else the recorded
     model directory, else the base arch (fresh weights: True)."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "model.json")
-    if not is_s3(path)[0] and os.path.exists(beside):
+    beside = os.path.dirname(os.path.abspath(path))
+    if not is_s3(path)[0] and has_model(beside):
         from ..model.store import load
 
-        return load(os.path.dirname(beside)), False
+        return load(beside), False
     spec = meta.get("model") or {}
     if spec.get("model_dir"):
         from ..model.store import load

@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from ..workspace.layout import Layout, atomic_write
+from ..workspace.layout import best_accuracy as best_of
 from .base import history_frame, number
 
 ITERATION_TAG = "prune_explorer.iteration"
@@ -67,16 +69,8 @@ def _seed_sqlite_store(target: Path) -> None:
     template = _schema_template()
     if template is None:
         return
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(template, tmp)
-        try:
-            os.link(tmp, target)  # never replaces a store another process just created
-        except FileExistsError:
-            pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with open(template, "rb") as source:  # never replaces a store another process just created
+        atomic_write(target, lambda f: shutil.copyfileobj(source, f), binary=True, replace=False)
 
 
 class MlflowTracker:
@@ -93,11 +87,11 @@ class MlflowTracker:
         if workspace is not None:
             workspace = Path(workspace).resolve()
             workspace.mkdir(parents=True, exist_ok=True)
-            artifacts = (workspace / "mlartifacts").as_uri()
+            artifacts = Layout(workspace).mlartifacts.as_uri()
         self.workspace = workspace
         if tracking_uri is None:
-            _seed_sqlite_store(workspace / "mlflow.db")
-        self.tracking_uri = tracking_uri or f"sqlite:///{workspace / 'mlflow.db'}"
+            _seed_sqlite_store(Layout(workspace).mlflow_db)
+        self.tracking_uri = tracking_uri or f"sqlite:///{Layout(workspace).mlflow_db}"
         self.experiment = experiment
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         self._lock = threading.RLock()
@@ -135,8 +129,7 @@ class MlflowTracker:
         if not iteration:
             raise ValueError("record: iteration must be a non-empty id")
         accuracies = [number(a, 'accuracies') for a in accuracies]
-        if best_accuracy is None and any(a is not None for a in accuracies):
-            best_accuracy = max(a for a in accuracies if a is not None)
+        best_accuracy = best_of(best_accuracy, accuracies)
         values = {"params": params, "macs": macs, "latency_ms": latency_ms, "best_accuracy": best_accuracy,
                   "filters_removed": filters_removed}
         numbers = {key: number(value, key) for key, value in values.items()}

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from ..workspace.layout import best_accuracy as best_of
 from .base import history_frame, number
 
 MAX_NAME = 120
@@ -144,8 +145,7 @@ class SageMakerExperimentsTracker:
         if not iteration:
             raise ValueError("record: iteration must be a non-empty id")
         accuracies = [a for a in (number(a, "accuracies") for a in accuracies or []) if a is not None]
-        if best_accuracy is None and accuracies:
-            best_accuracy = max(accuracies)
+        best_accuracy = best_of(best_accuracy, accuracies)
         numbers = {f: number(v, f) for f, v in dict(filters_removed=filters_removed, params=params, macs=macs,
                                                      latency_ms=latency_ms, best_accuracy=best_accuracy).items()}
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,

@@ -48,7 +48,7 @@ def epochs_from_log(text: str) -> list[dict[str, Any]]:
 def progress(job, log_text: str) -> dict[str, Any]:
     """{epoch, epochs, fraction, val_accuracy}: the finished job's metrics, else the log's latest epoch/batch."""
     planned = int((job.hyperparameters or {}).get("epochs") or 0)
-    epochs = list((job.result or {}).get("epochs") or []) or epochs_from_log(log_text)
+    epochs = job.metrics.epochs or epochs_from_log(log_text)
     done = len(epochs)
     total = max(planned, done, max((e.get("epochs", 0) for e in epochs), default=0))
     fraction = done / total if total else 0.0
@@ -116,7 +116,7 @@ class JobRow(W.VBox):
     def show(self, job, tracker: Any = None, run_id: str | None = None) -> None:
         colour = COLOURS.get(job.status, "#000")
         message = f" — {html.escape(job.message)}" if job.message else ""
-        accuracy = (job.result or {}).get("best_accuracy")
+        accuracy = job.metrics.best_accuracy
         acc = f", accuracy {accuracy:.3f}" if isinstance(accuracy, (int, float)) else ""
         self.head.value = (f"<code>{html.escape(job.id)}</code> → <code>{html.escape(str(job.iteration))}</code> "
                            f"<b class='pe-job-status' data-status='{job.status}' style='color:{colour}'>{job.status}</b>"

@@ -1,38 +1,29 @@
 """The workspace on disk: the one owner of WORKSPACE/, used by the loop, the panel, the notebooks and the CLI.
 
-    WORKSPACE/
-      iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
-      iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
-      jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks
-      exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
-      mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
-      results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
-      latency_table.json           per-layer latencies measured once on the baseline (latency budgets)
-
-It decides names (the baseline, then `iter-NNN`, each reserved with an exclusive mkdir, so a panel
-and `prune-explorer run` on one workspace never take the same one), lineage (each iteration's
-parent, from the job that made it), the baseline (trained once, and refused when it was trained
-with other settings), an iteration's example inputs and fine-tuning recipe. The step
-rank → plan → prune → save → submit that runs on it is `loop.step`'s. Jobs write only into the folder it gives them.
+Its layout — every folder and file name, metrics.json's keys, the atomic write — is `layout.py`'s;
+`Workspace` builds on it: names (the baseline, then `iter-NNN`, each reserved with an exclusive
+mkdir, so a panel and `prune-explorer run` on one workspace never take the same one), lineage (each
+iteration's parent, from the job that made it), the baseline (trained once, and refused when it was
+trained with other settings), an iteration's example inputs and fine-tuning recipe, locks and
+writes. The step rank → plan → prune → save → submit that runs on it is `loop.step`'s. Jobs write
+only into the folder it gives them.
 """
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
-from ..jobs.base import COMPLETED, STOPPED, Job
-from ..jobs.queue import JobQueue, file_lock, read_metrics
+from ..jobs.base import COMPLETED, STOPPED, Job, read_records
+from ..jobs.queue import JobQueue
+from .layout import (BASELINE, Layout, atomic_write, file_lock, has_model, iteration_name, iteration_number,
+                     metrics_path, read_metrics, trial_dir, write_json)
 
-BASELINE = "baseline"
-PRUNED = "pruned"
 NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}  # image side when a model's metrics record no input shape
 BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
                      "lr_schedule", "weight_decay", "weights", "model_kwargs", "normalize", "augment",
@@ -44,8 +35,6 @@ BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fi
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
 DEFAULT_SCRIPT = "prune_explorer.jobs.train"  # metrics.json `script` of a job without an entry point
 FORMER_DEFAULT_SCRIPT = "prune_explorer.train"  # the same module before it moved into jobs/ (older workspaces)
-_ITERATION = re.compile(r"iter-(\d+)")
-LATENCY_TABLE = "latency_table.json"
 
 
 @dataclass(frozen=True)
@@ -57,31 +46,15 @@ class Iteration:
     accuracy: float | None
 
 
-class Workspace:
+class Workspace(Layout):
     """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).resolve()
+        super().__init__(Path(root).resolve())
         self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
-
-    @property
-    def iterations_dir(self) -> Path:
-        return self.root / "iterations"
-
-    def iteration_dir(self, name: str) -> Path:
-        return self.iterations_dir / name
-
-    def pruned_dir(self, name: str) -> Path:
-        """Where iteration `name`'s pruned model waits for its fine-tuning job (the job's input)."""
-        return self.iteration_dir(name) / PRUNED
-
-    @property
-    def latency_table_path(self) -> Path:
-        """The baseline's per-layer latency table (`loop.step.latency_table`)."""
-        return self.root / LATENCY_TABLE
 
     def queue(self, backend: Any = "local", tracker: Any = None, **options: Any) -> JobQueue:
         """The JobQueue over this workspace's job records."""
@@ -92,8 +65,7 @@ class Workspace:
         """The next free `iter-NNN`, taken with an exclusive mkdir (safe across threads and processes)."""
         self.iterations_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            taken = [int(m.group(1)) for p in self.iterations_dir.iterdir() if (m := _ITERATION.fullmatch(p.name))]
-            name = f"iter-{max(taken, default=0) + 1:03d}"
+            name = iteration_name(max(map(iteration_number, self.iteration_names()), default=0) + 1)
             try:
                 self.iteration_dir(name).mkdir()
             except FileExistsError:
@@ -102,20 +74,16 @@ class Workspace:
 
     def has_model(self, name: str, pruned: bool = False) -> bool:
         """Whether iteration `name` has a saved model (its fine-tuned one, or with `pruned` its job's input)."""
-        return ((self.pruned_dir(name) if pruned else self.iteration_dir(name)) / "model.json").is_file()
+        return has_model(self.pruned_dir(name) if pruned else self.iteration_dir(name))
 
     def iteration(self, name: str) -> Iteration:
         directory = self.iteration_dir(name)
-        return Iteration(name, directory, read_metrics(directory).get("best_accuracy"))
+        return Iteration(name, directory, read_metrics(directory).best_accuracy)
 
     def completed_iterations(self) -> list[str]:
         """Names of the iter-NNN iterations whose fine-tuning completed (not stopped by a rule), oldest first."""
-        found = []
-        for metrics in self.iterations_dir.glob("iter-*/metrics.json"):
-            match = _ITERATION.fullmatch(metrics.parent.name)
-            if match and self.has_model(metrics.parent.name) and read_metrics(metrics.parent).get("status") == COMPLETED:
-                found.append((int(match.group(1)), metrics.parent.name))
-        return [name for _, name in sorted(found)]
+        return [name for name in self.iteration_names()
+                if self.has_model(name) and read_metrics(self.iteration_dir(name)).status == COMPLETED]
 
     def start_point(self, start_from: str = "latest") -> Iteration:
         """The iteration to prune next: "latest" completed (the baseline when none), "baseline", or a named one."""
@@ -131,14 +99,7 @@ class Workspace:
 
     def jobs_of(self, name: str) -> list[Job]:
         """The job records that produce iteration `name`, oldest first."""
-        found = []
-        for path in (self.root / "jobs").glob("*.json"):
-            try:
-                job = Job.load(path)
-            except (FileNotFoundError, ValueError):
-                continue
-            if job.iteration == name:
-                found.append(job)
+        found = [job for job in read_records(self.jobs_dir) if job.iteration == name]
         return sorted(found, key=lambda j: (j.created, j.id))
 
     def made_by(self, name: str) -> Job | None:
@@ -150,11 +111,7 @@ class Workspace:
     def lineage(self, name: str) -> list[str]:
         """`name` and its ancestors (each one's parent is that of the job that made it), baseline first."""
         parents: dict[str, str | None] = {}
-        for path in sorted((self.root / "jobs").glob("*.json")):
-            try:
-                job = Job.load(path)
-            except (FileNotFoundError, ValueError):
-                continue
+        for job in read_records(self.jobs_dir):
             if job.iteration:
                 parents[job.iteration] = job.parent
         chain = [name]
@@ -174,7 +131,7 @@ class Workspace:
         wanted = {**UNSET_SETTINGS, **hyperparameters, "model": model,
                   "entry_point": None if entry_point is None else str(entry_point)}
         with self._lock("baseline"):
-            if self.has_model(BASELINE) and (self.iteration_dir(BASELINE) / "metrics.json").is_file():
+            if self.has_model(BASELINE) and metrics_path(self.iteration_dir(BASELINE)).is_file():
                 metrics = self._checked_baseline(wanted, settings)
                 _track_copied_baseline(queue.tracker, self.iteration_dir(BASELINE), metrics, queue.backend.name)
                 return self.iteration(BASELINE)
@@ -208,12 +165,12 @@ class Workspace:
             shutil.rmtree(staging, ignore_errors=True)
         return True
 
-    def _checked_baseline(self, wanted: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
+    def _checked_baseline(self, wanted: dict[str, Any], settings: tuple[str, ...]):
         directory = self.iteration_dir(BASELINE)
         metrics = read_metrics(directory)
-        trained = dict(metrics.get("config") or {})
-        if metrics.get("script"):  # what ran it: "prune_explorer.jobs.train" or the user's script file
-            trained["entry_point"] = None if metrics["script"] in (DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT) else metrics["script"]
+        trained = metrics.config
+        if metrics.script:  # what ran it: "prune_explorer.jobs.train" or the user's script file
+            trained["entry_point"] = None if metrics.script in (DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT) else metrics.script
         differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in settings
                   if k in wanted and k in trained and not _same_setting(k, trained[k], wanted[k])]
         if differ:
@@ -231,19 +188,19 @@ class Workspace:
         """
         import torch
 
-        metrics_path = self.iteration_dir(name) / "metrics.json"
-        shape = read_metrics(metrics_path.parent).get("input_shape")
+        shape = read_metrics(self.iteration_dir(name)).input_shape
         if shape:
-            return torch.zeros(1, *[int(s) for s in list(shape)[-3:]])
+            return torch.zeros(1, *shape)
         if model is None:
-            raise ValueError(f"{metrics_path}: no input_shape recorded; give example inputs explicitly")
+            raise ValueError(f"{metrics_path(self.iteration_dir(name))}: no input_shape recorded; "
+                             "give example inputs explicitly")
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         channels = first_conv.in_channels if first_conv is not None else 1
         size = image_size or NATIVE_SIZE.get(dataset or "", 224)
         return torch.zeros(1, channels, size, size)
 
     def trial_dir(self, name: str) -> Path | None:
-        trial = self.iteration_dir(name) / "trial"
+        trial = trial_dir(self.iteration_dir(name))
         return trial if trial.is_dir() else None
 
     def data_recipe(self, name: str) -> dict[str, Any]:
@@ -251,8 +208,8 @@ class Workspace:
         its image size), for its children: a pruned model carries no weights enum to imply ImageNet's
         normalisation, so without this a child of a pretrained baseline would see other inputs."""
         metrics = read_metrics(self.iteration_dir(name))
-        recipe = {k: v for k, v in (metrics.get("data_recipe") or {}).items() if k in DATA_RECIPE and v is not None}
-        size = (metrics.get("config") or {}).get("image_size")
+        recipe = {k: v for k, v in metrics.data_recipe.items() if k in DATA_RECIPE and v is not None}
+        size = metrics.config.get("image_size")
         return {**recipe, "image_size": size} if size is not None else recipe
 
     def fine_tune_recipe(self, name: str) -> dict[str, Any]:
@@ -296,10 +253,8 @@ class Workspace:
         directory = self.iteration_dir(name)
         metrics = read_metrics(directory)
         if not metrics:
-            raise FileNotFoundError(f"{directory / 'metrics.json'}: no metrics to mark stopped")
-        metrics.update(status=STOPPED, reason=reason)
-        self.write_file(f"iterations/{name}/metrics.json",
-                        lambda path: Path(path).write_text(json.dumps(metrics, indent=1, default=str)))
+            raise FileNotFoundError(f"{metrics_path(directory)}: no metrics to mark stopped")
+        write_json(metrics_path(directory), metrics.with_verdict(STOPPED, reason))
 
     def export_path(self, name: str, fmt: str) -> Path:
         """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;
@@ -310,33 +265,21 @@ class Workspace:
             raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
         if not name or Path(name).name != name or name.startswith("."):
             raise ValueError(f"export: {name!r} is not an iteration name (a plain name such as iter-001)")
-        folder = self.root / "exports"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{name}.{fmt}"
+        self.exports_dir.mkdir(parents=True, exist_ok=True)
+        return self.exports_dir / f"{name}.{fmt}"
 
-    def write_file(self, relative: str, write: Callable[[str], Any]) -> Path:
-        """Write WORKSPACE/<relative> through `write(temp_path)` and one rename: never half a file."""
-        target = self.root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+    def write_file(self, relative: str, write: Callable[[IO], Any], binary: bool = False) -> Path:
+        """Write WORKSPACE/<relative> through `write(open file)` and one rename: never half a file."""
+        atomic_write(self.root / relative, write, binary=binary)
+        return self.root / relative
 
     def write_json(self, relative: str, data: Any) -> Path:
-        return self.write_file(relative, lambda path: Path(path).write_text(json.dumps(data, indent=1, default=str)))
+        return write_json(self.root / relative, data)
 
     @contextmanager
     def _lock(self, what: str) -> Iterator[None]:
         """A workspace-wide lock on one decision (e.g. whether to train the baseline), across processes."""
-        locks = self.root / "jobs" / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with file_lock(locks / f"workspace-{what}"):
+        with file_lock(self.locks_dir / f"workspace-{what}"):
             yield
 
 
@@ -351,12 +294,10 @@ def _same_setting(key: str, trained: Any, wanted: Any) -> bool:
     return trained == wanted
 
 
-def _track_copied_baseline(tracker: Any, directory: Path, metrics: dict[str, Any], backend: str) -> None:
+def _track_copied_baseline(tracker: Any, directory: Path, metrics: Any, backend: str) -> None:
     """A baseline copied into the workspace (never run by a queue here) is tracked once, as completed."""
     if tracker is None or tracker.run_id(BASELINE) is not None:
         return
-    tracker.record(BASELINE, params=metrics.get("params"), macs=metrics.get("macs"),
-                   latency_ms=metrics.get("latency_ms"),
-                   accuracies=[e["val_accuracy"] for e in metrics.get("epochs", [])],
-                   best_accuracy=metrics.get("best_accuracy"), status=COMPLETED, model_dir=str(directory),
-                   trial_dir=metrics.get("trial"), backend=backend, script=metrics.get("script"))
+    tracker.record(BASELINE, **metrics.cost(), accuracies=metrics.accuracies, best_accuracy=metrics.best_accuracy,
+                   status=COMPLETED, model_dir=str(directory), trial_dir=metrics.trial, backend=backend,
+                   script=metrics.script)

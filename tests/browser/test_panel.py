@@ -24,10 +24,10 @@ def _prunable_groups(workspace) -> int:
 
     from prune_explorer.model import store
     from prune_explorer.model.graph import ChannelGraph
-    from prune_explorer.jobs.queue import read_metrics
+    from prune_explorer.workspace.layout import read_metrics
 
     directory = workspace / "iterations" / "baseline"
-    shape = read_metrics(directory)["input_shape"]
+    shape = read_metrics(directory).input_shape
     return len(ChannelGraph.trace(store.load(directory), torch.zeros(1, *shape[-3:])).prunable())
 
 
