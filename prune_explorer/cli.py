@@ -235,25 +235,53 @@ def _add_run(sub) -> None:
                    help="'internal': only block-internal channels (the AWS example); 'all': every prunable group")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="stop when accuracy drops more than this (fraction) below the previous iteration")
-    p.add_argument("--backend", default=d.backend, choices=("local", "sagemaker"),
-                   help="where fine-tuning jobs run: local processes (default) or SageMaker training jobs")
+    from .jobs.backends import BACKENDS
+
+    p.add_argument("--backend", default=d.backend, choices=tuple(BACKENDS),
+                   help="where fine-tuning jobs run: " + "; ".join(f"{name}: {entry.description}"
+                                                                   for name, entry in BACKENDS.items()))
     p.add_argument("--tracker", default=d.tracker, choices=("mlflow", "sagemaker-experiments"),
                    help="where iterations are tracked: MLflow (default) or SageMaker Experiments")
     _add_tracker_options(p)
-    sm = p.add_argument_group("SageMaker (--backend sagemaker)")
-    sm.add_argument("--role", default=None,
-                    help="execution role ARN (default $PRUNE_EXPLORER_SAGEMAKER_ROLE, else the SageMaker session's role)")
-    sm.add_argument("--bucket", default=None,
-                    help="S3 bucket for code and results (default $PRUNE_EXPLORER_SAGEMAKER_BUCKET, else the "
-                         "SageMaker session's default bucket)")
-    sm.add_argument("--instance-type", default=None, help="training instance type (default ml.g4dn.xlarge)")
-    sm.add_argument("--instance-count", type=int, default=d.instance_count,
-                    help="instances per job (more than one: torchrun across them)")
-    sm.add_argument("--debugger", default=None, action=argparse.BooleanOptionalAction,
-                    help="also run the accuracy rule as a SageMaker Debugger rule (default on; the rule always "
-                         "runs inside the job too)")
+    _add_backend_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
     p.set_defaults(func=_run)
+
+
+BACKEND_OPTION = "backend_option:"  # the dest prefix of a backend's option flags
+
+
+def _add_backend_options(p) -> None:
+    """Each backend's options (jobs.backends.BACKENDS) as flags in a group of their own; an option
+    several backends declare is one flag."""
+    from .jobs.backends import BACKENDS
+
+    seen = set()
+    for name, entry in BACKENDS.items():
+        fresh = [o for o in entry.options if o.name not in seen]
+        if not fresh:
+            continue
+        group = p.add_argument_group(f"{entry.description or name} (--backend {name})")
+        for option in fresh:
+            seen.add(option.name)
+            kind = dict(action=argparse.BooleanOptionalAction) if option.switch else \
+                dict(type=option.type, metavar=option.name.upper())
+            group.add_argument(option.cli_flag, dest=BACKEND_OPTION + option.name, default=None, help=option.help,
+                               **kind)
+
+
+def _backend_options(args: argparse.Namespace) -> dict:
+    """The backend options given on the command line; one the chosen backend does not take is refused."""
+    from .jobs.backends import BACKENDS
+
+    given = {k[len(BACKEND_OPTION):]: v for k, v in vars(args).items() if k.startswith(BACKEND_OPTION) and v is not None}
+    takes = {o.name: o for o in BACKENDS[args.backend].options}
+    for name in given:
+        if name not in takes:
+            owners = [b for b, e in BACKENDS.items() if any(o.name == name for o in e.options)]
+            flag = next(o.cli_flag for e in BACKENDS.values() for o in e.options if o.name == name)
+            raise ValueError(f"{flag} is an option of backend {', '.join(owners)}, not of {args.backend!r}")
+    return given
 
 
 def _add_tracker_options(p) -> None:
@@ -275,7 +303,8 @@ def loop_config(args: argparse.Namespace):
     from .loop import LoopConfig
 
     fields = set(LoopConfig.__dataclass_fields__)
-    return LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    config = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return LoopConfig(**config, backend_options=_backend_options(args))
 
 
 def _run(args) -> int:

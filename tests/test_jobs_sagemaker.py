@@ -422,7 +422,7 @@ def test_bad_arguments_are_refused_with_the_field_named(aws, tmp_path):
 
 
 def test_the_queue_can_build_the_backend_from_the_environment(aws, monkeypatch):
-    from prune_explorer.jobs.queue import make_backend
+    from prune_explorer.jobs.backends import make_backend
     from prune_explorer.jobs.sagemaker import SageMakerBackend
 
     monkeypatch.delenv("PRUNE_EXPLORER_SAGEMAKER_ROLE", raising=False)

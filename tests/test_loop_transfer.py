@@ -161,7 +161,7 @@ def test_the_readmes_real_world_command_is_the_aws_example_on_sagemaker_and_expe
     """It cannot run offline: this checks what it stands for, down to the training job it would create."""
     from prune_explorer.jobs import Job
     from prune_explorer.jobs.sagemaker import BUCKET_ENV, ROLE_ENV
-    from prune_explorer.loop import LOOP_BACKENDS, loop_tracker
+    from prune_explorer.loop import loop_backend, loop_tracker
     from prune_explorer.tracking.sagemaker_experiments import SageMakerExperimentsTracker
 
     argv = readme_command("prune-explorer run --model resnet18 --weights IMAGENET1K_V1")
@@ -177,7 +177,7 @@ def test_the_readmes_real_world_command_is_the_aws_example_on_sagemaker_and_expe
     monkeypatch.setenv(ROLE_ENV, "arn:aws:iam::123456789012:role/readme")  # in Studio: the session's role, bucket
     monkeypatch.setenv(BUCKET_ENV, aws["bucket"])
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    backend = LOOP_BACKENDS[config.backend](config)
+    backend = loop_backend(config)
     assert (backend.instance_type, backend.experiment_name, backend.rule_threshold) == (
         "ml.g4dn.xlarge", "caltech101-resnet18", 0.05)
     assert backend.inputs == {"train": config.data_dir} and config.data_dir.startswith("s3://")

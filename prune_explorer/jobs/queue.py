@@ -25,26 +25,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..workspace.layout import Layout, file_lock, read_metrics, trial_dir
+from .backends import make_backend
 from .base import (COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id, record_path, record_paths,
                    training_script)
 
 log = logging.getLogger(__name__)
 
 JobCallback = Callable[[Job], None]
-
-
-def make_backend(backend: "str | Backend") -> Backend:
-    if not isinstance(backend, str):
-        return backend
-    if backend == "local":
-        from .local import LocalBackend
-
-        return LocalBackend()
-    if backend == "sagemaker":
-        from .sagemaker import SageMakerBackend  # written against base.Backend
-
-        return SageMakerBackend()
-    raise ValueError(f"backend: unknown name {backend!r} (use 'local', 'sagemaker' or a Backend instance)")
 
 
 def plan_summary(plan: Any) -> dict[str, Any]:

@@ -475,6 +475,34 @@ class SageMakerBackend:
         return out
 
 
+def run_options(config: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """A headless run's SageMakerBackend options: the user's (`options`), the run's region and rule
+    threshold, its Experiments experiment, its s3:// data as the train channel, and a role and bucket
+    from the environment or else the SageMaker session's defaults (its execution role, its default bucket)."""
+    import boto3
+
+    session = boto3.Session(region_name=config.region) if config.region else boto3.Session()
+    role = options.get("role_arn") or os.environ.get(ROLE_ENV) or _session_default("role", session)
+    bucket = options.get("bucket") or os.environ.get(BUCKET_ENV) or _session_default("bucket", session)
+    experiment = (config.experiment or "prune-explorer") if config.tracker == "sagemaker-experiments" else None
+    data = config.data_dir
+    inputs = {"train": data} if isinstance(data, str) and data.startswith("s3://") else None  # SM_CHANNEL_TRAIN
+    return {**options, "role_arn": role, "bucket": bucket, "region": session.region_name, "boto_session": session,
+            "rule_threshold": config.threshold, "experiment_name": experiment, "inputs": inputs}
+
+
+def _session_default(what: str, boto_session: Any) -> str:
+    from sagemaker.core.helper.session_helper import Session, get_execution_role
+
+    session = Session(boto_session=boto_session)
+    try:
+        return get_execution_role(session) if what == "role" else session.default_bucket()
+    except Exception as exc:
+        flag = "--role (or $PRUNE_EXPLORER_SAGEMAKER_ROLE)" if what == "role" else "--bucket (or $PRUNE_EXPLORER_SAGEMAKER_BUCKET)"
+        raise ValueError(f"{what}: none given and the SageMaker session has no default {what} ({exc}); "
+                         f"pass {flag}") from exc
+
+
 def _channel(shapes: Any, name: str, uri: str) -> Any:
     return shapes.Channel(channel_name=name, input_mode="File", data_source=shapes.DataSource(
         s3_data_source=shapes.S3DataSource(

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -29,6 +29,9 @@ from .step import StepTarget, latency_table, needs_trial, prune_step
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
 TARGET_SCOPES = ("iteration", "overall")
+# loop_config.json before backend options were nested: field -> backend_options key (SageMaker's)
+FORMER_BACKEND_FIELDS = {"role": "role_arn", "bucket": "bucket", "instance_type": "instance_type",
+                         "instance_count": "instance_count", "debugger": "debugger"}
 
 
 @dataclass
@@ -61,16 +64,12 @@ class LoopConfig:
     image_size: int | None = None
     scheme: str = "internal"
     threshold: float = 0.10
-    backend: str = "local"  # where jobs run: local | sagemaker (LOOP_BACKENDS)
+    backend: str = "local"  # where jobs run: a name of jobs.backends.BACKENDS (local | sagemaker)
+    backend_options: dict[str, Any] = field(default_factory=dict)  # that backend's options (BACKENDS[backend].options)
     tracker: str = "mlflow"  # where iterations are tracked: mlflow | sagemaker-experiments (tracking.TRACKERS)
     tracking_uri: str | None = None  # MLflow: any tracking URI (default: sqlite in the workspace)
     experiment: str | None = None  # MLflow or Experiments experiment name (default "prune-explorer")
-    role: str | None = None  # SageMaker: execution role ARN (default $PRUNE_EXPLORER_SAGEMAKER_ROLE or the session's)
-    bucket: str | None = None  # SageMaker: S3 bucket (default $PRUNE_EXPLORER_SAGEMAKER_BUCKET or the session's default)
-    region: str | None = None  # SageMaker: AWS region (default the boto3 session's)
-    instance_type: str | None = None  # SageMaker: default the backend's (ml.g4dn.xlarge)
-    instance_count: int = 1
-    debugger: bool | None = None  # SageMaker: the rule as a Debugger rule too (default the backend's: on)
+    region: str | None = None  # AWS region of a SageMaker backend and tracker (default the boto3 session's)
     batch_size: int = 64
     lr: float | None = None
     baseline_lr: float | None = None  # None: the same as lr
@@ -80,6 +79,22 @@ class LoopConfig:
     capture: str = "compact"
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "loop config") -> "LoopConfig":
+        """A LoopConfig from its JSON (WORKSPACE/loop_config.json), older ones included: their flat
+        SageMaker fields (role, bucket, instance_type, instance_count, debugger) become `backend_options`.
+        Fields it does not know are refused by name."""
+        data = dict(data)
+        moved = {new: data.pop(old) for old, new in FORMER_BACKEND_FIELDS.items() if old in data}
+        if any(v is not None for v in moved.values()) and data.get("backend", "local") != "local":
+            data["backend_options"] = {**{k: v for k, v in moved.items() if v is not None},
+                                       **(data.get("backend_options") or {})}
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; a LoopConfig has "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**data)
 
     def validate(self) -> "LoopConfig":
         if self.per_iteration < 1:
@@ -112,18 +127,20 @@ class LoopConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
-        if self.backend not in LOOP_BACKENDS:
-            raise ValueError(f"backend must be one of {tuple(LOOP_BACKENDS)}, got {self.backend!r}")
+        from ..jobs.backends import BACKENDS, check_options
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
+        check_options(self.backend, self.backend_options)
         from ..tracking import TRACKERS
 
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker must be one of {tuple(TRACKERS)}, got {self.tracker!r}")
         if self.tracking_uri is not None and self.tracker != "mlflow":
             raise ValueError(f"tracking_uri is an MLflow setting; tracker {self.tracker!r} does not take one")
-        if self.instance_count < 1:
-            raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
-        if is_s3(self.data_dir) and self.backend != "sagemaker":
-            raise ValueError(f"data_dir {self.data_dir!r} is on S3: only backend 'sagemaker' reads it "
+        if is_s3(self.data_dir) and not BACKENDS[self.backend].reads_s3:
+            readers = ", ".join(repr(name) for name, entry in BACKENDS.items() if entry.reads_s3)
+            raise ValueError(f"data_dir {self.data_dir!r} is on S3: only backend {readers} reads it "
                              f"(its jobs' train channel); give a local folder for backend {self.backend!r}")
         if self.source_dir is not None and self.entry_point is None:
             raise ValueError(f"source_dir {self.source_dir!r} needs entry_point (the training script in it)")
@@ -213,41 +230,11 @@ def _demo_data(what: str) -> tuple[str, str | None]:
     return "digits", None
 
 
-def sagemaker_backend(config: LoopConfig):
-    """A SageMakerBackend from the loop's settings: role and bucket from the flags, the environment, or
-    the SageMaker session's defaults (its execution role, its default bucket)."""
-    import boto3
+def loop_backend(config: LoopConfig):
+    """The backend the loop runs its jobs on (config.backend with its options, from jobs.backends.BACKENDS)."""
+    from ..jobs.backends import backend_for_run
 
-    from ..jobs.sagemaker import BUCKET_ENV, ROLE_ENV, SageMakerBackend
-
-    session = boto3.Session(region_name=config.region) if config.region else boto3.Session()
-    role = config.role or os.environ.get(ROLE_ENV) or _session_default("role", session)
-    bucket = config.bucket or os.environ.get(BUCKET_ENV) or _session_default("bucket", session)
-    options = {k: v for k, v in dict(instance_type=config.instance_type, debugger=config.debugger).items()
-               if v is not None}
-    experiment = (config.experiment or "prune-explorer") if config.tracker == "sagemaker-experiments" else None
-    inputs = {"train": config.data_dir} if is_s3(config.data_dir) else None  # SM_CHANNEL_TRAIN in the job
-    return SageMakerBackend(role, bucket, region=session.region_name, boto_session=session,
-                            instance_count=config.instance_count, rule_threshold=config.threshold,
-                            experiment_name=experiment, inputs=inputs, **options)
-
-
-def _session_default(what: str, boto_session: Any) -> str:
-    from sagemaker.core.helper.session_helper import Session, get_execution_role
-
-    session = Session(boto_session=boto_session)
-    try:
-        return get_execution_role(session) if what == "role" else session.default_bucket()
-    except Exception as exc:
-        flag = "--role (or $PRUNE_EXPLORER_SAGEMAKER_ROLE)" if what == "role" else "--bucket (or $PRUNE_EXPLORER_SAGEMAKER_BUCKET)"
-        raise ValueError(f"{what}: none given and the SageMaker session has no default {what} ({exc}); "
-                         f"pass {flag}") from exc
-
-
-LOOP_BACKENDS: dict[str, Callable[[LoopConfig], Any]] = {
-    "local": lambda config: "local",
-    "sagemaker": sagemaker_backend,
-}
+    return backend_for_run(config)
 
 
 def loop_tracker(config: LoopConfig):
@@ -279,7 +266,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
     workspace = Workspace(config.workspace)
     tracker = tracker if tracker is not None else loop_tracker(config)
-    queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
+    queue = workspace.queue(backend if backend is not None else loop_backend(config), tracker)
     rule = AccuracyDropRule(config.threshold)
     workspace.write_json(LOOP_CONFIG, asdict(config))
     try:

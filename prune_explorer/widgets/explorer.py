@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
+from ..jobs.backends import BACKENDS
 from ..loop.step import StepTarget, plan_cut, submit
 from ..model.costs import CostModel
 from ..model.export import export_model, onnxruntime_latency_ms
@@ -135,7 +136,7 @@ class Explorer(W.VBox):
         self.source_dir = W.Text(value=str(source_dir or ""), placeholder="(the script's folder)",
                                  description="source dir", layout=W.Layout(width="240px"))
         backend_name = backend if isinstance(backend, str) else backend.name
-        self.backend_choice = W.Dropdown(options=sorted({"local", "sagemaker", backend_name}), value=backend_name,
+        self.backend_choice = W.Dropdown(options=sorted({*BACKENDS, backend_name}), value=backend_name,
                                          description="backend",
                                          layout=W.Layout(width="200px"))
         self.jobs_panel = JobsPanel(self.cancel)
