@@ -1,10 +1,24 @@
-"""Shared fixtures. In CI (CI=true) a missing browser, dataset or server fails; elsewhere it skips."""
+"""Shared fixtures. In CI (CI=true) a missing browser, dataset or server fails; elsewhere it skips.
+
+What several files need is made here once per session — and, under pytest-xdist, once for all
+workers where it is only read (`digits_baseline`): jobs with one thread each, sklearn digits as
+image folders, a local ImageNet-shaped weights file, a trained digits baseline, a moto server.
+"""
 from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "custom_training"
+# The digits baseline every loop and workspace test starts from (a copy of it): what
+# `Workspace.ensure_baseline` and `prune-explorer run` train with these settings.
+DIGITS_BASELINE = dict(dataset="digits", epochs=1, subset=60, val_subset=40, batch_size=30, image_size=8,
+                       capture="compact", measure_latency=False, seed=0)
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -22,6 +36,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """A folder all xdist workers of this run share (the session's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_jobs():
+    """Jobs inherit the environment: one thread each, as a busy 2-core machine (and parallel test
+    workers) run them best."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -45,3 +74,50 @@ def moto_server():
 
     with local_moto_endpoint(bucket=None) as endpoint:
         yield endpoint["endpoint"]
+
+
+@pytest.fixture(scope="session")
+def digit_folders(tmp_path_factory):
+    """make(per_class, size): sklearn digits as PNG class folders (the custom-training example's
+    input format), made once per size in this session."""
+    sys.path.insert(0, str(EXAMPLE))
+    from make_digits import make_digits
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(per_class: int, size: int) -> Path:
+        if (per_class, size) not in made:
+            made[per_class, size] = make_digits(tmp_path_factory.mktemp("digits") / "digits", per_class=per_class,
+                                                size=size)
+        return made[per_class, size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights(tmp_path_factory) -> Path:
+    """A local state-dict file of a 1000-class torchvision resnet18 (the shape of IMAGENET1K_V1)."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pth"
+    torch.save(resnet18(num_classes=1000).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(tmp_path_factory) -> Path:
+    """A resnet18 baseline trained once on digits (`DIGITS_BASELINE`), shared by every xdist worker:
+    its iteration folder, to copy (`Workspace.copy_baseline`), never to write into."""
+    from prune_explorer.workspace import Workspace
+    from prune_explorer.workspace.layout import BASELINE, file_lock
+
+    root = shared_dir(tmp_path_factory)
+    space = Workspace(root / "digits-baseline")
+    with file_lock(root / "digits-baseline.lock"):
+        if not space.has_model(BASELINE):
+            with space.queue(tracker=False) as queue:
+                trained = space.ensure_baseline(queue, "resnet18", DIGITS_BASELINE, timeout=900)
+            assert trained.accuracy is not None
+    return space.iteration_dir(BASELINE)

@@ -12,6 +12,7 @@ from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import COMPLETED, BackendEntry, JobQueue, LocalBackend, Option
 from prune_explorer.jobs.backends import BACKENDS, make_backend
 from prune_explorer.loop import LoopConfig
+from prune_explorer.workspace import Workspace
 
 QUICK = dict(dataset="digits", epochs=1, subset=60, val_subset=40, batch_size=30, capture="none",
              measure_latency=False, seed=0)
@@ -49,14 +50,18 @@ def test_a_registered_backend_runs_the_queues_jobs(recording, tmp_path):
     assert isinstance(make_backend("recording", tag="t"), RecordingBackend)
 
 
-def test_prune_explorer_run_takes_the_registered_backend_and_its_option_flag(recording, tmp_path, capsys):
+def test_prune_explorer_run_takes_the_registered_backend_and_its_option_flag(recording, digits_baseline, tmp_path,
+                                                                              capsys):
     workspace = tmp_path / "ws"
+    assert Workspace(workspace).copy_baseline(digits_baseline)  # the run trains only the iteration
     argv = ["run", "--workspace", str(workspace), "--backend", "recording", "--tag", "from-cli", "--dataset",
             "digits", "--iterations", "1", "--baseline-epochs", "1", "--epochs", "1", "--subset", "60",
-            "--val-subset", "40", "--batch-size", "30", "--per-iteration", "32", "--threshold", "1.0",
-            "--criterion", "l1", "--capture", "none", "--quiet"]
+            "--val-subset", "40", "--batch-size", "30", "--image-size", "8", "--per-iteration", "32",
+            "--threshold", "1.0", "--criterion", "l1", "--quiet"]
     assert cli_main(argv) == 0, capsys.readouterr().err
-    assert recording == [("from-cli", "baseline"), ("from-cli", "iter-001")]
+    assert recording == [("from-cli", "iter-001")]
+    (job,) = JobQueue(workspace, tracker=False).jobs()
+    assert (job.backend, job.iteration, job.status) == ("recording", "iter-001", COMPLETED)
     saved = json.loads((workspace / "loop_config.json").read_text())
     assert (saved["backend"], saved["backend_options"]) == ("recording", {"tag": "from-cli"})
     assert LoopConfig.from_dict(saved).validate().backend_options == {"tag": "from-cli"}

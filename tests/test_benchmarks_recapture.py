@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prune_explorer.loop import LoopConfig, rank_iteration, run_loop
+from prune_explorer.loop import rank_iteration
 from prune_explorer.workspace import Workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -19,11 +19,10 @@ from recapture_trial import copy_trial, recapture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
+def baseline(tmp_path_factory, digits_baseline) -> Path:
+    """A workspace of its own holding a copy of the session's digits baseline (recapture writes into it)."""
     root = tmp_path_factory.mktemp("recapture") / "ws"
-    run_loop(LoopConfig(workspace=str(root), dataset="digits", model="resnet18", iterations=0, baseline_epochs=1,
-                        subset=120, val_subset=60, batch_size=30, capture="compact",
-                        train_args={"measure_latency": False}), progress=False)
+    assert Workspace(root).copy_baseline(digits_baseline)
     return root
 
 

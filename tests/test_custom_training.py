@@ -9,7 +9,6 @@ SageMaker backend against moto, where the test plays the container from what the
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from pathlib import Path
 
@@ -21,25 +20,17 @@ from prune_explorer.model import store
 from prune_explorer.tracking import MlflowTracker
 from sagemaker_fakes import aws, backend, moto_job, play_container, upload_folder  # noqa: F401
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_training"
-sys.path.insert(0, str(EXAMPLE))
-from make_digits import make_digits  # noqa: E402
+from conftest import EXAMPLE
 
 PRUNE = 96  # filters cut from the baseline
 HYPER = dict(epochs=2, batch_size=32, lr=0.002, image_size=16, seed=0, measure_latency=False,
              label_smoothing=0.2, val_fraction=0.25, capture_every=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread_jobs(monkeypatch):
-    """Jobs inherit the environment: one thread each, as a busy 2-core machine runs them best."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(digit_folders):
     """sklearn digits as PNG class folders (20 a class), the example's own input format."""
-    return make_digits(tmp_path_factory.mktemp("data") / "digits", per_class=20, size=16)
+    return digit_folders(per_class=20, size=16)
 
 
 def prune_from_trial(parent: Path, out: Path):

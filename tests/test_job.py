@@ -130,11 +130,8 @@ def _run_example(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    sys.path.insert(0, str(EXAMPLE))
-    from make_digits import make_digits
-
-    return make_digits(tmp_path_factory.mktemp("data") / "digits", per_class=6, size=8)
+def digits(digit_folders):
+    return digit_folders(per_class=6, size=8)
 
 
 def test_the_stop_rule_ends_a_users_script_with_exit_code_3_after_saving(digits, tmp_path):

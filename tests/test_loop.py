@@ -1,7 +1,8 @@
 """The headless loop end to end on sklearn digits: real train jobs, trials, ranks, surgery, MLflow.
 
-Each test owns its workspace: it starts from a copy of one baseline trained once for the module
-(as the quality benchmark shares one), so every test passes alone and in any order.
+Each test owns its workspace: it starts from a copy of one baseline trained once for the session
+(conftest's `digits_baseline`, as the quality benchmark shares one), so every test passes alone and
+in any order.
 """
 from __future__ import annotations
 
@@ -21,26 +22,17 @@ from prune_explorer.workspace import Workspace
 
 def _config(workspace, **over) -> LoopConfig:
     values = dict(workspace=str(workspace), dataset="digits", model="resnet18", criterion="taylor",
-                  per_iteration=48, iterations=1, epochs=1, baseline_epochs=1, subset=120, val_subset=60,
-                  batch_size=30, threshold=1.0, capture="compact", train_args={"measure_latency": False})
+                  per_iteration=48, iterations=1, epochs=1, baseline_epochs=1, subset=60, val_subset=40,
+                  image_size=8, batch_size=30, threshold=1.0, capture="compact", train_args={"measure_latency": False})
     values.update(over)
     return LoopConfig(**values)
 
 
-@pytest.fixture(scope="module")
-def trained_baseline(tmp_path_factory):
-    """One baseline iteration folder, trained by the loop with `_config`'s settings."""
-    template = tmp_path_factory.mktemp("baseline-template")
-    rows = run_loop(_config(template, iterations=0), progress=False)
-    assert rows["iteration"].tolist() == ["baseline"]
-    return template / "iterations" / "baseline"
-
-
 @pytest.fixture
-def workspace(tmp_path, trained_baseline):
-    """This test's own workspace, holding a copy of the trained baseline (tracked on first use)."""
+def workspace(tmp_path, digits_baseline):
+    """This test's own workspace, holding a copy of the session's trained baseline (tracked on first use)."""
     root = tmp_path / "ws"
-    assert Workspace(root).copy_baseline(trained_baseline)
+    assert Workspace(root).copy_baseline(digits_baseline)
     return root
 
 
@@ -133,8 +125,8 @@ def test_parameter_floor_stops_before_any_job_and_cli_history_prints(workspace, 
     _one_iteration(workspace)
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
-                     "--per-iteration", "48", "--min-params", "10000000000", "--subset", "120", "--quiet",
-                     "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30"])
+                     "--per-iteration", "48", "--min-params", "10000000000", "--subset", "60", "--image-size", "8",
+                     "--quiet", "--baseline-epochs", "1", "--val-subset", "40", "--batch-size", "30"])
     assert code == 0
     out = capsys.readouterr().out
     assert "below the floor" in out and "baseline" in out and "pruning iter-001 further" in out
@@ -159,8 +151,8 @@ def test_from_names_where_to_continue_and_an_unknown_start_is_refused(workspace)
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
     with pytest.raises(ValueError, match=r"'iter-009' is not a completed iteration .*completed: iter-001, iter-002"):
         run_loop(_config(workspace, start_from="iter-009"), progress=False)
-    assert cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "120", "--quiet",
-                     "--baseline-epochs", "1", "--val-subset", "60", "--batch-size", "30",
+    assert cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "60", "--image-size",
+                     "8", "--quiet", "--baseline-epochs", "1", "--val-subset", "40", "--batch-size", "30",
                      "--from", "nowhere"]) == 1
     rows = run_loop(_config(workspace, iterations=0, start_from="iter-001"), progress=False)
     assert rows["iteration"].tolist() == ["baseline", "iter-001"]
@@ -177,8 +169,8 @@ def test_an_overall_macs_target_is_reached_in_equal_ratios_by_the_global_criteri
 
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
                      "--criterion", "taylor_global", "--target-macs", "0.5", "--target-scope", "overall",
-                     "--subset", "120", "--val-subset", "60", "--batch-size", "30", "--baseline-epochs", "1",
-                     "--epochs", "1", "--threshold", "1.0", "--quiet"])
+                     "--subset", "60", "--image-size", "8", "--val-subset", "40", "--batch-size", "30",
+                     "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--quiet"])
     assert code == 0, capsys.readouterr().err
     history = MlflowTracker(workspace).history().set_index("iteration")
     assert history.loc[["iter-001", "iter-002"], "criterion"].tolist() == ["taylor_global"] * 2
@@ -238,7 +230,7 @@ def test_the_run_commands_screen_output_has_its_progress_bar_and_no_smdebug_info
 
     env = {**os.environ, "PRUNE_EXPLORER_SMDEBUG_LOG": ""}
     done = subprocess.run([sys.executable, "-m", "prune_explorer.cli", "run", f"--workspace={workspace}",
-                           "--dataset=digits", "--subset=120", "--val-subset=60", "--batch-size=30",
+                           "--dataset=digits", "--subset=60", "--val-subset=40", "--image-size=8", "--batch-size=30",
                            "--baseline-epochs=1", "--iterations=1", "--per-iteration=48", "--threshold=1.0"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr

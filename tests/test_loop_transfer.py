@@ -29,17 +29,6 @@ QUICK = ["--dataset", "digits", "--image-size", "16", "--subset", "120", "--val-
          "--threshold", "1.0", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def imagenet_weights(tmp_path_factory):
-    """A local state-dict file of a 1000-class torchvision resnet18 (the shape of IMAGENET1K_V1)."""
-    from torchvision.models import resnet18
-
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pth"
-    torch.save(resnet18(num_classes=1000).state_dict(), path)
-    return path
-
-
 def _jobs(workspace: Path) -> dict:
     return {j.iteration: j for j in JobQueue(workspace, tracker=False).jobs()}
 

@@ -37,18 +37,6 @@ def caltech(tmp_path_factory):
     return make_caltech101(tmp_path_factory.mktemp("caltech"))
 
 
-@pytest.fixture(scope="module")
-def imagenet_weights(tmp_path_factory):
-    """A local state-dict file of a 1000-class torchvision resnet18 (the shape of IMAGENET1K_V1)."""
-    from torchvision.models import resnet18
-
-    torch.manual_seed(3)
-    model = resnet18(num_classes=1000)
-    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pth"
-    torch.save(model.state_dict(), path)
-    return path, model
-
-
 def test_caltech101_layout_leaves_out_the_background_and_splits_by_seed(caltech):
     train_ds, val_ds, classes, channels = load_dataset("caltech101", caltech, image_size=32, seed=0)
     assert (classes, channels) == (3, 3)
@@ -70,7 +58,10 @@ def test_caltech101_missing_says_where_it_looked_and_how_to_get_it(tmp_path):
 
 
 def test_a_pretrained_start_gets_a_new_head_and_imagenet_normalised_batches(caltech, imagenet_weights, tmp_path):
-    path, pretrained = imagenet_weights
+    from torchvision.models import resnet18
+
+    path, pretrained = imagenet_weights, resnet18(num_classes=1000)
+    pretrained.load_state_dict(torch.load(path, weights_only=True))
     metrics = train(dict(model="resnet18", weights=str(path), dataset="caltech101", data_dir=str(caltech),
                          image_size=32, epochs=1, batch_size=8, lr=1e-12, capture="none", measure_latency=False,
                          out_dir=str(tmp_path / "out")))

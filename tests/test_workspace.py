@@ -8,6 +8,7 @@ import sys
 import threading
 
 import pytest
+from conftest import DIGITS_BASELINE
 
 from prune_explorer.jobs import COMPLETED, Job
 from prune_explorer.loop import prune_step
@@ -15,24 +16,14 @@ from prune_explorer.model import store
 from prune_explorer.model.zoo import build_model
 from prune_explorer.workspace import BASELINE, Workspace
 
-HP = dict(dataset="digits", epochs=1, subset=60, val_subset=40, batch_size=30, image_size=8, capture="compact",
-          measure_latency=False, seed=0)
-
-
-@pytest.fixture(scope="module")
-def baseline_dir(tmp_path_factory):
-    """A real baseline, trained once by Workspace.ensure_baseline through a local JobQueue."""
-    space = Workspace(tmp_path_factory.mktemp("template"))
-    with space.queue() as queue:
-        baseline = space.ensure_baseline(queue, "resnet18", HP)
-    assert baseline.name == BASELINE and baseline.accuracy is not None
-    return baseline.directory
+HP = DIGITS_BASELINE  # what conftest's `digits_baseline` was trained with by Workspace.ensure_baseline
 
 
 @pytest.fixture
-def space(tmp_path, baseline_dir):
+def space(tmp_path, digits_baseline):
     space = Workspace(tmp_path / "ws")
-    assert space.copy_baseline(baseline_dir) and not space.copy_baseline(baseline_dir)
+    assert space.copy_baseline(digits_baseline) and not space.copy_baseline(digits_baseline)
+    assert space.iteration(BASELINE).accuracy is not None
     return space
 
 
