@@ -63,13 +63,8 @@ class JobSpec:
         return cls(**normalized)
 
     def validate(self):
-        for name in ("epochs", "batch_size", "capture_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "image_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 when given, got {value}")
+        at_least_one(self, ("epochs", "batch_size", "capture_every"))
+        at_least_one(self, ("max_steps", "image_size"), optional=True)
         if self.capture not in CAPTURE_MODES:
             raise ValueError(f"capture must be one of {CAPTURE_MODES}, got {self.capture!r}")
         if self.lr <= 0:
@@ -83,6 +78,16 @@ class JobSpec:
     def resolved(self):
         """A copy with unset locations filled from SageMaker's environment (`resolve_locations`)."""
         return resolve_locations(self)
+
+
+def at_least_one(spec, names: Sequence[str], optional: bool = False) -> None:
+    """ValueError naming the first of `names` below 1 (with `optional`, of those given)."""
+    for name in names:
+        value = getattr(spec, name)
+        if optional and value is None:
+            continue
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1{' when given' if optional else ''}, got {value}")
 
 
 CONTRACT_HELP = {

@@ -26,6 +26,7 @@ from ..workspace.layout import Metrics, data_recipe_metrics
 from .data import NORMALIZATIONS, labels_of, load_dataset, with_channels
 from .contract import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, flag, optional,
                        build_parser as contract_parser, resolve_locations as contract_locations)
+from .spec import at_least_one
 
 LR_SCHEDULES = ("constant", "cosine")
 __all__ = ["EXIT_STOPPED", "TrainConfig", "build_parser", "first_conv_in_channels", "main", "parse_args", "train"]
@@ -49,10 +50,7 @@ class TrainConfig(JobSpec):
 
     def validate(self) -> "TrainConfig":
         super().validate()
-        for name in ("subset", "val_subset"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 when given, got {value}")
+        at_least_one(self, ("subset", "val_subset"), optional=True)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:

@@ -65,15 +65,17 @@ def has_model(directory: str | os.PathLike) -> bool:
     return (Path(directory) / MODEL_SPEC).is_file()
 
 
+def _at_root(name: str, doc: str) -> property:
+    return property(lambda self: self.root / name, doc=f"WORKSPACE/{name}: {doc}")
+
+
 class Layout:
     """The paths of one workspace; nothing is created or read here."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    @property
-    def iterations_dir(self) -> Path:
-        return self.root / ITERATIONS
+    iterations_dir = _at_root(ITERATIONS, "one folder an iteration")
 
     def iteration_dir(self, name: str) -> Path:
         return self.iterations_dir / name
@@ -89,30 +91,12 @@ class Layout:
         found = [(n, p.name) for p in self.iterations_dir.iterdir() if (n := iteration_number(p.name)) is not None]
         return [name for _, name in sorted(found)]
 
-    @property
-    def jobs_dir(self) -> Path:
-        return self.root / JOBS
-
-    @property
-    def locks_dir(self) -> Path:
-        return self.jobs_dir / LOCKS
-
-    @property
-    def exports_dir(self) -> Path:
-        return self.root / EXPORTS
-
-    @property
-    def latency_table_path(self) -> Path:
-        """The baseline's per-layer latency table (`loop.step.latency_table`)."""
-        return self.root / LATENCY_TABLE
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.root / MLFLOW_DB
-
-    @property
-    def mlartifacts(self) -> Path:
-        return self.root / MLARTIFACTS
+    jobs_dir = _at_root(JOBS, "job records (`JobQueue`)")
+    locks_dir = property(lambda self: self.jobs_dir / LOCKS, doc="per-job and per-decision file locks")
+    exports_dir = _at_root(EXPORTS, "iterations' models as files that run without prune_explorer")
+    latency_table_path = _at_root(LATENCY_TABLE, "the baseline's per-layer latency table (`loop.step.latency_table`)")
+    mlflow_db = _at_root(MLFLOW_DB, "the default MLflow store")
+    mlartifacts = _at_root(MLARTIFACTS, "the default MLflow store's artifacts")
 
     def is_workspace(self) -> bool:
         """Whether the root looks like a workspace (it has an iterations folder)."""
@@ -138,16 +122,25 @@ def sibling_dir(out_dir: str | os.PathLike, name: str) -> Path:
     return Path(out_dir).parent / name
 
 
+def _field(key: str, doc: str) -> property:
+    return property(lambda self: self.get(key), doc=doc)
+
+
+def _section(key: str, doc: str) -> property:
+    return property(lambda self: dict(self.get(key) or {}), doc=doc)
+
+
 class Metrics(dict):
     """metrics.json as a dict, with its fields by name: read them here, not by key."""
 
-    @property
-    def status(self) -> str | None:
-        return self.get("status")
-
-    @property
-    def reason(self) -> str | None:
-        return self.get("reason")
+    status = _field("status", "completed | stopped | failed")
+    reason = _field("reason", "why it stopped or failed")
+    script = _field("script", 'what ran the job: "prune_explorer.jobs.train" or the user\'s script\'s file name')
+    trial = _field("trial", "where the job left its trial")
+    params = _field("params", "the saved model's parameters")
+    macs = _field("macs", "the saved model's MACs per example")
+    config = _section("config", "the job's parsed arguments (`JobSpec`)")
+    data_recipe = _section("data_recipe", "how the job fed its model (train.py's normalize / augment)")
 
     @property
     def epochs(self) -> list[dict[str, Any]]:
@@ -168,33 +161,6 @@ class Metrics(dict):
         """One example's shape (C, H, W) as the job's model received it."""
         shape = self.get("input_shape")
         return [int(s) for s in list(shape)[-3:]] if shape else None
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The job's parsed arguments (`JobSpec`)."""
-        return dict(self.get("config") or {})
-
-    @property
-    def script(self) -> str | None:
-        """What ran the job: "prune_explorer.jobs.train" or the user's script's file name."""
-        return self.get("script")
-
-    @property
-    def data_recipe(self) -> dict[str, Any]:
-        """How the job fed its model (train.py's normalize / augment)."""
-        return dict(self.get("data_recipe") or {})
-
-    @property
-    def trial(self) -> str | None:
-        return self.get("trial")
-
-    @property
-    def params(self) -> int | None:
-        return self.get("params")
-
-    @property
-    def macs(self) -> int | None:
-        return self.get("macs")
 
     def cost(self) -> dict[str, Any]:
         """params, macs, latency_ms of the saved model."""
