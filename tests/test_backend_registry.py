@@ -65,7 +65,7 @@ def test_prune_explorer_run_takes_the_registered_backend_and_its_option_flag(rec
     saved = json.loads((workspace / "loop_config.json").read_text())
     assert (saved["backend"], saved["backend_options"]) == ("recording", {"tag": "from-cli"})
     assert LoopConfig.from_dict(saved).validate().backend_options == {"tag": "from-cli"}
-    assert cli_main([*argv[:6], "--role", "arn:aws:iam::1:role/x"]) == 1
+    assert cli_main([*argv[:7], "--role", "arn:aws:iam::1:role/x"]) == 1
     assert "--role is an option of backend sagemaker, not of 'recording'" in capsys.readouterr().err
 
 
