@@ -28,8 +28,14 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/prune-explorer demo
 
+# Parallel workers, each taking whole files (module fixtures stay shared), longest files first
+# (tests/conftest.py); most tests wait on job processes, kernels and browsers, so 3 workers keep
+# 2 cores busy. The 25 slowest tests are printed at the end.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow and not browser" $(PYTEST_ARGS)

@@ -332,8 +332,6 @@ def _add_history(sub) -> None:
 
 
 def _history(args) -> int:
-    from pathlib import Path
-
     from .loop import LoopConfig, format_history, loop_tracker
     from .workspace import Layout
 

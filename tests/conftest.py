@@ -6,6 +6,7 @@ image folders, a local ImageNet-shaped weights file, a trained digits baseline, 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -32,7 +33,23 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(f"missing: {what}")
 
 
+_PORTS = itertools.count()
+
+
 def free_port() -> int:
+    """A port nothing listens on. Under pytest-xdist each worker takes ports from its own range below
+    the kernel's ephemeral ones, so two workers never race for one; elsewhere the kernel picks."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        base = 20_000 + 500 * int(worker[2:])
+        for _ in range(500):
+            port = base + next(_PORTS) % 500
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -42,6 +59,26 @@ def shared_dir(tmp_path_factory) -> Path:
     """A folder all xdist workers of this run share (the session's own without xdist)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+# The longest files first (measured, `make test`'s --durations), so that parallel workers, each
+# taking whole files (--dist loadfile --no-loadscope-reorder), finish at about the same time.
+LONGEST_FIRST = (
+    "browser/test_panel.py", "test_loop.py", "test_notebooks.py", "test_widgets.py", "test_jobs_sagemaker.py",
+    "test_loop_transfer.py", "test_demo.py", "test_export.py", "test_custom_training.py", "test_zoo.py",
+    "test_wheel.py", "test_train.py", "test_backend_registry.py", "test_workspace.py", "test_tracker_contract.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    here = Path(__file__).parent
+
+    def rank(item) -> int:
+        path = Path(str(item.fspath))
+        return order.get(path.relative_to(here).as_posix(), len(order)) if path.is_relative_to(here) else len(order)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
 
 
 @pytest.fixture(autouse=True, scope="session")

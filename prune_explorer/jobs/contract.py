@@ -37,7 +37,6 @@ A script honours it in a few lines::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -39,7 +38,7 @@ from .base import COMPLETED, FAILED, RUNNING, STOPPED, Job
 from .sagemaker_code import (CODE_DIR, DEFAULT_REQUIREMENTS, PYTORCH_IMAGE_TEMPLATE, PYTORCH_PY_VERSION,  # noqa: F401
                              PYTORCH_VERSION, entrypoint, hyperparameter_strings, pytorch_training_image,
                              rule_evaluator_image, source_tarball, training_job_name)
-from .sagemaker_s3 import _download, _download_prefix, _extract, _move_into, _split_s3
+from .sagemaker_s3 import _download, _download_prefix, _exists, _extract, _move_into, _split_s3
 
 log = logging.getLogger(__name__)
 
