@@ -72,6 +72,7 @@ def _add_rank(sub) -> None:
     p.add_argument("--scheme", default="internal", choices=("all", "internal"),
                    help="groups the --target-macs plan may cut (default internal, as `run`)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
+    _add_trust_option(p)
     p.set_defaults(func=_rank)
 
 
@@ -79,10 +80,11 @@ def _rank(args) -> int:
     from .signals.ranking import rank
     from .signals.trials import open_trial
 
-    model = _rank_model(args.model, args.num_classes)
     example = _rank_example(args.input_size)
     try:
-        trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
+        model = _rank_model(args.model, args.num_classes, args.trust_model_code)
+        trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
+                           trust_code=args.trust_model_code)
         normalize = "none" if args.no_normalize else args.normalization
         table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
     except ValueError as exc:
@@ -128,6 +130,22 @@ def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> N
         print(f"  {layer}: -{removed}")
 
 
+def _add_trust_option(p) -> None:
+    p.add_argument("--trust-model-code", type=_module_names, default=(), metavar="MODULES",
+                   help="comma-separated modules (and the modules under them) whose nn.Module classes a model.json, "
+                        "trial or job may name, e.g. mypkg.models; without it only torchvision architectures are "
+                        "rebuilt from files and nothing else is imported or run")
+
+
+def _module_names(text: str) -> tuple[str, ...]:
+    from .model.trust import trusted_modules  # torch-free
+
+    try:
+        return trusted_modules(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _add_criterion_options(p, default: str) -> None:
     """--criterion and --normalization; the library checks the names (its registries import torch)."""
     p.add_argument("--criterion", default=default,
@@ -140,7 +158,8 @@ def _add_criterion_options(p, default: str) -> None:
                         "none, taylor_flops flops, others l2)")
 
 
-def _rank_model(spec: str | None, num_classes: int | None):
+def _rank_model(spec: str | None, num_classes: int | None, trust_code: tuple[str, ...] = ()):
+    """--model: a saved model directory (its model.json through the trust gate), else the name typed."""
     if spec is None:
         return None
     import os
@@ -148,7 +167,7 @@ def _rank_model(spec: str | None, num_classes: int | None):
     if os.path.isdir(spec):
         from .model.store import load
 
-        return load(spec)
+        return load(spec, trust_code=trust_code)
     from .model.zoo import build_model
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -263,6 +282,7 @@ def _add_run(sub) -> None:
                     help="also run the accuracy rule as a SageMaker Debugger rule (default on; the rule always "
                          "runs inside the job too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
+    _add_trust_option(p)
     p.set_defaults(func=_run)
 
 
@@ -347,6 +367,7 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
                    help="ONNX exporter: dynamo (default) or the deprecated TorchScript one")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    _add_trust_option(p)
     p.set_defaults(func=_export)
 
 
@@ -362,7 +383,7 @@ def _export(args) -> int:
         output = Path(args.output or f"{model_dir.name}.{args.format}")
         onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
         result = export_model(model_dir, output, format=args.format, example_inputs=example,
-                              dynamic_batch=not args.static_batch, **onnx_only)
+                              dynamic_batch=not args.static_batch, trust_code=args.trust_model_code, **onnx_only)
     except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
         print(f"prune-explorer export: {exc}", file=sys.stderr)
         return 1
