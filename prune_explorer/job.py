@@ -364,8 +364,22 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def mask_output() -> None:
+    """Mask credentials in everything this process prints from now on (a job's log; `masking.py`)."""
+    from .masking import MaskedStream
+
+    if not isinstance(sys.stdout, MaskedStream):
+        sys.stdout = MaskedStream(sys.stdout)
+    if not isinstance(sys.stderr, MaskedStream):
+        sys.stderr = MaskedStream(sys.stderr)
+
+
 def write_metrics(spec, metrics: dict[str, Any]) -> None:
-    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set."""
+    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set
+    (credentials masked: its config and reason are read back and shown)."""
+    from .masking import mask_values
+
+    metrics = mask_values(metrics)
     targets: list[Path] = []
     for directory in (spec.out_dir, spec.metrics_dir, spec.checkpoint_dir):
         if directory and Path(directory).resolve() not in targets:
@@ -777,6 +791,10 @@ def _program() -> str | None:
 
 
 def start(argv: Sequence[str] | None = None, *, log_prefix: str = "job") -> JobContext:
-    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group."""
+    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group.
+
+    A job is a process of its own: from here on what it prints (its log) has credentials masked.
+    """
+    mask_output()
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
     return JobContext(parse_spec(argv, prog=prog), log_prefix=log_prefix)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .jobs.base import COMPLETED, STOPPED
+from .masking import mask_values
 from .model.trust import module_of, trusted_modules
 from .workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 
@@ -292,7 +293,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
-    workspace.write_json(LOOP_CONFIG, asdict(config))
+    workspace.write_json(LOOP_CONFIG, mask_values(asdict(config)))  # a tracking URI's user:token@ stays out
     try:
         workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True),
                                   **config.script)

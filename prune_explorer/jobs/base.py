@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..masking import mask
+
 QUEUED, RUNNING, COMPLETED, FAILED, STOPPED = "queued", "running", "completed", "failed", "stopped"
 STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, STOPPED)
 FINAL = frozenset({COMPLETED, FAILED, STOPPED})
@@ -56,11 +58,12 @@ class Job:
         return Path(self.out_dir) / "train.log"
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the job's log, credentials masked (it goes into messages, records and the panel)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return mask("\n".join(text.splitlines()[-lines:]))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,8 +80,8 @@ class Job:
         target = directory / f"{self.id}.json"
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.id}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1, sort_keys=True)
+            with os.fdopen(fd, "w") as f:  # a message quoting a log or an error keeps no credential
+                json.dump({**self.to_json(), "message": mask(self.message)}, f, indent=1, sort_keys=True)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from ..masking import mask
 from .base import history_frame, number
 
 ITERATION_TAG = "prune_explorer.iteration"
@@ -145,7 +146,7 @@ class MlflowTracker:
         now = get_current_time_millis()
         metrics = [Metric(key, value, now, 0) for key, value in numbers.items() if value is not None]
         metrics += [Metric("accuracy", a, now, step) for step, a in enumerate(accuracies, 1) if a is not None]
-        run_params = [Param(k, str(v)) for k, v in strings.items() if v is not None]
+        run_params = [Param(k, mask(str(v))) for k, v in strings.items() if v is not None]  # no credential in a run
         run_params.append(Param("iteration", iteration))
         tags = [RunTag(ITERATION_TAG, iteration), RunTag(STATUS_TAG, str(status)),
                 RunTag(PARENT_TAG, parent or "")]
