@@ -475,8 +475,8 @@ def app_command(args) -> tuple[list[str], dict[str, str]]:
         if not folder.is_dir():
             raise SystemExit(f"prune-explorer app: --allow-scripts {args.allow_scripts}: no such folder")
         env[SCRIPTS_ENV] = str(folder)
-    cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={args.port}", f"--Voila.ip={args.ip}",
-           "--no-browser"]
+    cmd = [sys.executable, "-m", "prune_explorer.widgets.serve", str(notebook), f"--port={args.port}",
+           f"--Voila.ip={args.ip}", "--no-browser"]  # Voila, its XSRF cookie set before the page streams
     if args.no_token:
         if args.token is not None:
             raise SystemExit("prune-explorer app: --token and --no-token contradict each other")
