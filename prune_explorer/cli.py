@@ -541,6 +541,11 @@ def main(argv=None) -> int:
     sys.stdout, sys.stderr = MaskedStream(out), MaskedStream(err)  # no credential reaches the terminal
     try:
         return int(args.func(args) or 0)
+    except Exception:  # unexpected: its traceback (an MLflow error quotes the tracking URI), masked, exit 1
+        import traceback
+
+        traceback.print_exc()
+        return 1
     finally:
         sys.stdout, sys.stderr = out, err
 
