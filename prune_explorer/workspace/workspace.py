@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..jobs.base import COMPLETED, STOPPED, Job
+from ..jobs.base import COMPLETED, STOPPED, TRUST_ARGUMENT, Job
 from ..jobs.queue import JobQueue, file_lock, read_metrics
 from ..model.trust import trusted_modules
 
@@ -293,7 +293,8 @@ class Workspace:
         job = self.made_by(name)
         if job is None:
             return {}
-        recipe = {k: v for k, v in job.hyperparameters.items() if k not in PER_JOB_RULE + BASELINE_START}
+        recipe = {k: v for k, v in job.hyperparameters.items()
+                  if k not in PER_JOB_RULE + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
         return {**self.data_recipe(name), **recipe}
