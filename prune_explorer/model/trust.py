@@ -14,7 +14,7 @@ name from a file is followed only when
 
 and, in every case, the attribute is a `torch.nn.Module` subclass (or a classmethod of one, such as
 `EfficientNet.from_name`), checked before anything is called. An untrusted module is never
-imported. Refusals are `UntrustedCode` (a ValueError) naming the field at fault and how to allow it.
+imported (trusting "a.b" imports package "a" too: that is what importing "a.b" means). Refusals are `UntrustedCode` (a ValueError) naming the field at fault and how to allow it.
 """
 from __future__ import annotations
 
