@@ -19,11 +19,11 @@ PACKAGE = Path(prune_explorer.__file__).parent
 LAYOUT_FILE = PACKAGE / "workspace" / "layout.py"
 
 # The stages, lowest first: a module may import the package root and the units of earlier layers
-# only. `workspace.layout` and `loop.rules` are units of their own: the layout imports nothing of
-# the package, and the stop rule (a self-contained file, uploaded alone as the Debugger rule) runs
+# only. `workspace.layout`, `masking` and `loop.rules` are units of their own: the layout and the
+# masking of credentials import nothing of the package, and the stop rule (a self-contained file, uploaded alone as the Debugger rule) runs
 # inside every job.
 LAYERS = [
-    {"workspace.layout"},
+    {"workspace.layout", "masking"},
     {"model"},
     {"signals"},
     {"tracking", "loop.rules"},

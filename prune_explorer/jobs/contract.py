@@ -55,16 +55,29 @@ from ..workspace import layout
 from .distributed import Dist, ShardSampler, all_sum, init_distributed  # noqa: F401
 from .spec import (  # noqa: F401
     CAPTURE_MODES, CONTRACT_HELP, CONTRACT_TYPES, SAGEMAKER_CHECKPOINT_DIR, STOP_RULE_MODES, JobSpec, build_parser,
-    flag, json_object, optional, parse_spec, resolve_locations, script_hyperparameters, trial_dir)
+    flag, json_object, module_names, optional, parse_spec, resolve_locations, script_hyperparameters, trial_dir)
 
 EXIT_COMPLETED, EXIT_STOPPED = 0, 3
 LOG_EVERY_S = 30.0
 
 
 # --- what a job leaves ---------------------------------------------------------------------------
+def mask_output() -> None:
+    """Mask credentials in everything this process prints from now on (a job's log; `masking.py`)."""
+    from ..masking import MaskedStream
+
+    if not isinstance(sys.stdout, MaskedStream):
+        sys.stdout = MaskedStream(sys.stdout)
+    if not isinstance(sys.stderr, MaskedStream):
+        sys.stderr = MaskedStream(sys.stderr)
+
+
 def write_metrics(spec, metrics: dict[str, Any]) -> None:
-    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set."""
-    layout.write_metrics((spec.out_dir, spec.metrics_dir, spec.checkpoint_dir), metrics)
+    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set
+    (credentials masked: its config and reason are read back and shown)."""
+    from ..masking import mask_values
+
+    layout.write_metrics((spec.out_dir, spec.metrics_dir, spec.checkpoint_dir), mask_values(metrics))
 
 
 class RuleStopped(SystemExit):
@@ -222,7 +235,7 @@ class JobContext:
         and `--model-kwargs` (without weights, `num_classes` goes to the constructor). With
         `num_classes` the head is fitted to the data (`fit_head`) unless `fit_head=False`.
         """
-        from ..model.zoo import build_model
+        from ..model.zoo import build_from_spec
 
         spec = self.spec
         if spec.model is None:
@@ -231,14 +244,16 @@ class JobContext:
         if layout.has_model(source):
             from ..model.store import load
 
-            model, self.built = load(source), False
+            model, self.built = load(source, trust_code=spec.trust_model_code), False
         elif source.exists() or os.sep in spec.model:
             raise FileNotFoundError(f"--model {spec.model}: not a saved model directory (no {layout.MODEL_SPEC} in it)")
         else:
             kwargs = dict(spec.model_kwargs)
             if spec.weights is None and num_classes is not None:
                 kwargs.setdefault("num_classes", num_classes)
-            model, self.built = build_model(spec.model, weights=spec.weights, **kwargs), True
+            model = build_from_spec({"arch": spec.model, "kwargs": kwargs}, trust_code=spec.trust_model_code,
+                                    where="--model", weights=spec.weights)
+            self.built = True
         self.model = model
         if num_classes is not None and fit_head:
             self.fit_head(model, num_classes, example_inputs)
@@ -456,6 +471,10 @@ def _program() -> str | None:
 
 
 def start(argv: Sequence[str] | None = None, *, log_prefix: str = "job") -> JobContext:
-    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group."""
+    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group.
+
+    A job is a process of its own: from here on what it prints (its log) has credentials masked.
+    """
+    mask_output()
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
     return JobContext(parse_spec(argv, prog=prog), log_prefix=log_prefix)

@@ -51,6 +51,7 @@ class JobSpec:
     baseline_accuracy: float | None = None
     device: str | None = None
     measure_latency: bool = True
+    trust_model_code: tuple[str, ...] = ()  # modules a "pkg.mod:Class" model may come from (model/trust.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # the script's own (`--key value` beyond these)
 
     @classmethod
@@ -115,6 +116,8 @@ CONTRACT_HELP = {
     "baseline_accuracy": "the previous iteration's accuracy, for the stop rule",
     "device": "cpu | cuda (default: cuda when available)",
     "measure_latency": "measure CPU latency of the final model (true/false)",
+    "trust_model_code": "comma-separated modules whose nn.Module classes --model (or its model.json) may name, e.g. "
+                        "mypkg; without it only torchvision architectures and registered classes are built",
 }
 
 
@@ -141,6 +144,20 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def module_names(text: str) -> tuple[str, ...]:
+    """Module names as a command line gives them: "a,b" (or a JSON list)."""
+    from ..model.trust import trusted_modules
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    try:
+        return trusted_modules(value if isinstance(value, (str, list)) else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -157,7 +174,7 @@ CONTRACT_TYPES: dict[str, Callable[[str], Any]] = {
     "epochs": int, "batch_size": int, "lr": float, "seed": int, "image_size": optional(int), "workers": int,
     "max_steps": optional(int), "capture": str, "capture_every": int,
     "stop_rule_threshold": optional(float), "stop_rule_mode": str, "baseline_accuracy": optional(float),
-    "device": optional(str), "measure_latency": flag,
+    "device": optional(str), "measure_latency": flag, "trust_model_code": module_names,
 }
 
 

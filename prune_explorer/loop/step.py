@@ -76,7 +76,7 @@ def rank_iteration(workspace: Workspace, name: str, criterion: str = "taylor", c
     from ..signals.trials import open_trial
 
     directory = workspace.iteration_dir(name)
-    model = store.load(directory).eval()
+    model = store.load(directory, trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(name, model, image_size=image_size, dataset=dataset)
     graph = ChannelGraph.trace(model, x)
     trial = None
@@ -120,7 +120,7 @@ def latency_table(workspace: Workspace, image_size: int | None = None, dataset: 
     if not workspace.has_model(BASELINE):
         raise FileNotFoundError(f"{workspace.iteration_dir(BASELINE)}: a latency table is measured on the baseline, "
                                 "which is not trained yet")
-    model = store.load(workspace.iteration_dir(BASELINE)).eval()
+    model = store.load(workspace.iteration_dir(BASELINE), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=image_size, dataset=dataset)
     table = LatencyTable.measure(model, x, progress=progress)
     table.save(path)   # a temp file beside it, then a rename

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from ..jobs.base import COMPLETED, STOPPED, Job, read_records
+from ..jobs.base import COMPLETED, STOPPED, TRUST_ARGUMENT, Job, read_records
 from ..jobs.queue import JobQueue
+from ..model.trust import trusted_modules
 from .layout import (BASELINE, Layout, atomic_write, file_lock, has_model, iteration_name, iteration_number,
                      metrics_path, read_metrics, trial_dir, write_json)
 
@@ -49,16 +50,18 @@ class Iteration:
 class Workspace(Layout):
     """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, trust_code: Any = None):
         super().__init__(Path(root).resolve())
         self.root.mkdir(parents=True, exist_ok=True)
+        # the modules whose model classes its model.json files may name (model/trust.py); its jobs get them too
+        self.trust_code = trusted_modules(trust_code)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
 
     def queue(self, backend: Any = "local", tracker: Any = None, **options: Any) -> JobQueue:
         """The JobQueue over this workspace's job records."""
-        return JobQueue(self.root, backend=backend, tracker=tracker, **options)
+        return JobQueue(self.root, backend=backend, tracker=tracker, **{"trust_code": self.trust_code, **options})
 
     # --- names and lineage -----------------------------------------------------------------
     def reserve_iteration(self) -> str:
@@ -218,7 +221,8 @@ class Workspace(Layout):
         job = self.made_by(name)
         if job is None:
             return {}
-        recipe = {k: v for k, v in job.hyperparameters.items() if k not in PER_JOB_RULE + BASELINE_START}
+        recipe = {k: v for k, v in job.hyperparameters.items()
+                  if k not in PER_JOB_RULE + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
         return {**self.data_recipe(name), **recipe}
@@ -235,7 +239,7 @@ class Workspace(Layout):
         if not self.has_model(name):
             raise KeyError(f"iteration {name!r} has no saved model in {self.iteration_dir(name)} "
                            "(not in this workspace, or its job has not finished)")
-        model = store.load(self.iteration_dir(name))
+        model = store.load(self.iteration_dir(name), trust_code=self.trust_code)
         return model, self.example_inputs(name), self.trial_dir(name), self.fine_tune_recipe(name)
 
     # --- the pruned model (a step's output, a job's input) ------------------------------
