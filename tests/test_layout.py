@@ -38,6 +38,7 @@ LAYERS = [
 OTHER_FORMATS = {
     ("loop/rules.py", "val_accuracy"): "the trial scalar the Debugger rule reads (the file is uploaded alone)",
     ("model/latency.py", "input_shape"): "a field of the latency table's own JSON",
+    ("tracking/base.py", "best_accuracy"): "a number Tracker.record takes (IterationRecord.best_accuracy)",
     ("tracking/mlflow_tracker.py", "best_accuracy"): "the MLflow metric of Tracker.record's best_accuracy",
     ("tracking/sagemaker_experiments.py", "best_accuracy"): "the Experiments metric of Tracker.record's best_accuracy",
     ("widgets/jobs_panel.py", "val_accuracy"): "a field of the job log's epoch line and of the panel's progress",

@@ -8,9 +8,12 @@ store. The contract test suite (tests/test_tracker_contract.py) runs against eve
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import pandas as pd
+
+from ..workspace.layout import best_accuracy as best_of
 
 HISTORY_COLUMNS = [
     "iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
@@ -40,20 +43,60 @@ def number(value: Any, field: str) -> float | None:
     return None if math.isnan(result) else result
 
 
+NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy")
+TEXT_FIELDS = ("parent", "criterion", "model_dir", "trial_dir", "job_id", "backend", "script")
+
+
+@dataclass
+class IterationRecord:
+    """One iteration as `Tracker.record` takes it (its keyword arguments, the one list of them), checked:
+    a non-empty iteration, numbers refused by field name, the best accuracy else the max over epochs.
+    `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is the
+    training script that ran the job (a user's entry point, or "prune_explorer.jobs.train")."""
+
+    iteration: str
+    parent: str | None = None
+    plan_summary: Mapping[str, Any] | None = None
+    criterion: str | None = None
+    filters_removed: int | None = None
+    params: float | None = None
+    macs: float | None = None
+    latency_ms: float | None = None
+    accuracies: Iterable[float | None] = ()
+    best_accuracy: float | None = None
+    status: str = "completed"
+    model_dir: str | None = None
+    trial_dir: str | None = None
+    job_id: str | None = None
+    backend: str | None = None
+    started: float | None = None
+    script: str | None = None
+
+    def __post_init__(self) -> None:
+        self.iteration = str(self.iteration)
+        if not self.iteration:
+            raise ValueError("record: iteration must be a non-empty id")
+        self.accuracies = [number(a, "accuracies") for a in self.accuracies or ()]
+        self.best_accuracy = best_of(self.best_accuracy, self.accuracies)
+        for field in NUMBER_FIELDS:
+            setattr(self, field, number(getattr(self, field), field))
+
+    @property
+    def numbers(self) -> dict[str, float | None]:
+        return {field: getattr(self, field) for field in NUMBER_FIELDS}
+
+    @property
+    def texts(self) -> dict[str, str | None]:
+        return {field: getattr(self, field) for field in TEXT_FIELDS}
+
+
 @runtime_checkable
 class Tracker(Protocol):
     """Iteration history: where finished jobs are recorded and the panel's scatter reads from."""
 
-    def record(self, iteration: str, *, parent: str | None = None, plan_summary: dict | None = None,
-               criterion: str | None = None, filters_removed: int | None = None,
-               params: float | None = None, macs: float | None = None, latency_ms: float | None = None,
-               accuracies: Iterable[float] = (), best_accuracy: float | None = None,
-               status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
-               job_id: str | None = None, backend: str | None = None, started: float | None = None,
-               script: str | None = None) -> str:
-        """Record one iteration (replacing what history shows for it); returns its run id.
-        `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is
-        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train")."""
+    def record(self, iteration: str, **fields: Any) -> str:
+        """Record one iteration (replacing what history shows for it); returns its run id. `fields`:
+        those of `IterationRecord` (an unknown one is a TypeError)."""
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change a recorded iteration's status (e.g. 'stopped' by the rule); KeyError when not recorded."""

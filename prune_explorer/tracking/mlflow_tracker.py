@@ -13,14 +13,13 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from ..masking import mask
 from ..workspace.layout import Layout, atomic_write
-from ..workspace.layout import best_accuracy as best_of
-from .base import history_frame, number
+from .base import IterationRecord, history_frame
 
 ITERATION_TAG = "prune_explorer.iteration"
 STATUS_TAG = "prune_explorer.status"
@@ -115,37 +114,21 @@ class MlflowTracker:
                 raise
             return found.experiment_id
 
-    def record(self, iteration: str, *, parent: str | None = None, plan_summary: dict | None = None,
-               criterion: str | None = None, filters_removed: int | None = None,
-               params: float | None = None, macs: float | None = None, latency_ms: float | None = None,
-               accuracies: Iterable[float] = (), best_accuracy: float | None = None,
-               status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
-               job_id: str | None = None, backend: str | None = None, started: float | None = None,
-               script: str | None = None) -> str:
-        """Log one iteration as a run (replacing an earlier run of the same iteration); returns the run id.
-
-        `started` (epoch seconds, e.g. when its job started) becomes the run's start time; default now.
-        """
+    def record(self, iteration: str, **fields: Any) -> str:
+        """Log one iteration (`IterationRecord`'s fields) as a run, replacing an earlier run of the same
+        iteration; returns the run id. `started` becomes the run's start time; default now."""
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.utils.time import get_current_time_millis
 
-        iteration = str(iteration)
-        if not iteration:
-            raise ValueError("record: iteration must be a non-empty id")
-        accuracies = [number(a, 'accuracies') for a in accuracies]
-        best_accuracy = best_of(best_accuracy, accuracies)
-        values = {"params": params, "macs": macs, "latency_ms": latency_ms, "best_accuracy": best_accuracy,
-                  "filters_removed": filters_removed}
-        numbers = {key: number(value, key) for key, value in values.items()}
-        strings = dict(parent=parent, criterion=criterion, model_dir=model_dir, trial_dir=trial_dir,
-                       job_id=job_id, backend=backend, script=script)
+        record = IterationRecord(iteration, **fields)
+        iteration, status, started, plan_summary = record.iteration, record.status, record.started, record.plan_summary
         now = get_current_time_millis()
-        metrics = [Metric(key, value, now, 0) for key, value in numbers.items() if value is not None]
-        metrics += [Metric("accuracy", a, now, step) for step, a in enumerate(accuracies, 1) if a is not None]
-        run_params = [Param(k, mask(str(v))) for k, v in strings.items() if v is not None]  # no credential in a run
+        metrics = [Metric(key, value, now, 0) for key, value in record.numbers.items() if value is not None]
+        metrics += [Metric("accuracy", a, now, step) for step, a in enumerate(record.accuracies, 1) if a is not None]
+        run_params = [Param(k, mask(str(v))) for k, v in record.texts.items() if v is not None]  # no credential
         run_params.append(Param("iteration", iteration))
         tags = [RunTag(ITERATION_TAG, iteration), RunTag(STATUS_TAG, str(status)),
-                RunTag(PARENT_TAG, parent or "")]
+                RunTag(PARENT_TAG, record.parent or "")]
         with self._lock:
             for old in self._runs(iteration):
                 self._client.delete_run(old.info.run_id)

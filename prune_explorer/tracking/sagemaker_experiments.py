@@ -14,13 +14,12 @@ import datetime
 import hashlib
 import json
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
 from ..masking import mask
-from ..workspace.layout import best_accuracy as best_of
-from .base import history_frame, number
+from .base import NUMBER_FIELDS, IterationRecord, history_frame
 
 MAX_NAME = 120
 MAX_STRING_PARAMETER = 2500
@@ -28,7 +27,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}$")
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
 _PRIMARY_STATUS = {"queued": "InProgress", "running": "InProgress", "completed": "Completed",
                    "failed": "Failed", "stopped": "Stopped", "cancelled": "Stopped"}
-_NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy")
+
 _STRING_FIELDS = ("iteration", "parent", "criterion", "status", "job_id", "backend", "script")
 _ARTIFACT_FIELDS = ("model_dir", "trial_dir")
 
@@ -113,45 +112,20 @@ class SageMakerExperimentsTracker:
     def _where(self) -> dict[str, Any]:
         return {"session": self.boto_session, "region": self.region}
 
-    def record(
-        self,
-        iteration: str,
-        *,
-        parent: str | None = None,
-        plan_summary: Mapping[str, Any] | None = None,
-        criterion: str | None = None,
-        filters_removed: int | None = None,
-        params: int | None = None,
-        macs: int | None = None,
-        latency_ms: float | None = None,
-        accuracies: Iterable[float] | None = None,
-        best_accuracy: float | None = None,
-        status: str = "completed",
-        model_dir: str | None = None,
-        trial_dir: str | None = None,
-        job_id: str | None = None,
-        backend: str | None = None,
-        started: float | None = None,
-        script: str | None = None,
-    ) -> str:
-        """Create or update the trial component of this iteration's job; return its name (the run id).
-
-        `started` (epoch seconds, e.g. when its job started) becomes the component's start time; default now.
-        """
+    def record(self, iteration: str, **fields: Any) -> str:
+        """Create or update the trial component of this iteration's job (`IterationRecord`'s fields);
+        return its name (the run id). `started` becomes the component's start time; default now."""
         from botocore.exceptions import ClientError
         from sagemaker.core import shapes
         from sagemaker.core.resources import TrialComponent
 
-        iteration = str(iteration)
-        if not iteration:
-            raise ValueError("record: iteration must be a non-empty id")
-        accuracies = [a for a in (number(a, "accuracies") for a in accuracies or []) if a is not None]
-        best_accuracy = best_of(best_accuracy, accuracies)
-        numbers = {f: number(v, f) for f, v in dict(filters_removed=filters_removed, params=params, macs=macs,
-                                                     latency_ms=latency_ms, best_accuracy=best_accuracy).items()}
-        values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
-                      backend=backend, script=script, **numbers)
-        parameters = _parameters(values, plan_summary, accuracies, shapes)
+        record = IterationRecord(iteration, **fields)
+        iteration, status, started, job_id = record.iteration, record.status, record.started, record.job_id
+        accuracies = [a for a in record.accuracies if a is not None]
+        values = dict(iteration=iteration, parent=record.parent, criterion=record.criterion, status=status,
+                      job_id=job_id, backend=record.backend, script=record.script, **record.numbers)
+        parameters = _parameters(values, record.plan_summary, accuracies, shapes)
+        model_dir, trial_dir = record.model_dir, record.trial_dir
         artifacts = {f: shapes.TrialComponentArtifact(value=mask(str(v)))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
         optional = {"output_artifacts": artifacts} if artifacts else {}
@@ -257,7 +231,7 @@ def _parameters(values: Mapping[str, Any], plan_summary: Mapping[str, Any] | Non
     for field in _STRING_FIELDS:
         if values[field] is not None:
             out[field] = shapes.TrialComponentParameterValue(string_value=mask(str(values[field])))
-    for field in _NUMBER_FIELDS:
+    for field in NUMBER_FIELDS:
         if values[field] is not None:
             out[field] = shapes.TrialComponentParameterValue(number_value=float(values[field]))
     for field, value in (("plan_summary", plan_summary), ("accuracies", accuracies or None)):
