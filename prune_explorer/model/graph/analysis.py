@@ -1,4 +1,4 @@
-"""Walk a traced graph once, following channel ids through every op (handlers in `handlers.py`).
+"""Walk a traced graph once, following channel ids through every op (handlers in the `handlers` package).
 
 What it collects: each tensor's `Layout`, the *members* (tensors that surgery slices: a conv's
 weight and bias, a norm's affine and statistics, a per-channel parameter) with the channel ids
