@@ -1,6 +1,7 @@
 """PrunePlan: which channels of which channel group to remove, validated against a ChannelGraph."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:  # pandas is only needed by the builders
@@ -19,7 +20,9 @@ class PrunePlan:
     """
 
     def __init__(self, channels: dict[str | int, Iterable[int]], layers: Iterable[str] = ()):
-        self.channels: dict[str | int, list[int]] = {key: list(ix) for key, ix in channels.items()}
+        if not isinstance(channels, Mapping):
+            raise ValueError(f"a plan maps layer names (or group ids) to channel indices, got {type(channels).__name__}")
+        self.channels: dict[str | int, list[int]] = {key: _indices(key, ix) for key, ix in channels.items()}
         self.layers: tuple[str, ...] = tuple(layers)
         self.budget: dict | None = None   # set by `lowest`: what it aimed at and where it landed
 
@@ -283,6 +286,16 @@ def _lowest_per_block(group, ranked: list[int], k: int, layer: str) -> list[int]
     for block in group.blocks:
         chosen += sorted(block, key=lambda f: order.get(f, len(order)))[:per]
     return sorted(int(f) for f in chosen)
+
+
+def _indices(key: str | int, indices) -> list[int]:
+    """The channel indices given for one layer, as a list; a count or any non-iterable is refused."""
+    label = f"layer {key!r}" if isinstance(key, str) else f"group {key!r}"
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        hint = (f"; to remove the {indices} lowest-ranked channels use PrunePlan.from_counts(table, graph, "
+                f"{{{key!r}: {indices}}})" if isinstance(indices, int) and not isinstance(indices, bool) else "")
+        raise ValueError(f"{label}: expected a list of channel indices to remove, got {indices!r}{hint}")
+    return list(indices)
 
 
 def _check_round_to(round_to: int | None) -> None:
