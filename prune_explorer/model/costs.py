@@ -139,13 +139,13 @@ def _counts(groups) -> dict[int, int]:
 def _members(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -> dict[str, "_Member"]:
     modules = dict(model.named_modules())
     owners = {sl.module for sl in graph.slices.values()}
-    positions: dict[str, int] = {name: 0 for name in owners}
+    calls: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {name: [] for name in owners}
 
     def hook(name):
         def record(module, args, output):
             if isinstance(output, torch.Tensor) and output.dim() >= 1:
-                channels = output.shape[1] if output.dim() > 1 and not isinstance(module, nn.Linear) else output.shape[-1]
-                positions[name] += output.numel() // max(int(channels), 1)
+                first = args[0] if args and isinstance(args[0], torch.Tensor) else output
+                calls[name].append((tuple(first.shape), tuple(output.shape)))
         return record
 
     handles = [modules[name].register_forward_hook(hook(name)) for name in owners if name in modules]
@@ -166,9 +166,9 @@ def _members(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -> dict
         if module is None:
             continue
         kind = KINDS[sl.kind]
-        shape = kind.cost_shape(module, sl, positions[sl.module])
-        in_full = shape.in_dim * (shape.groups if sl.kind == "grouped" else 1)
-        member = _Member(kind, shape, sl, shape.out_dim, in_full, _counts(sl.out_group), _counts(sl.in_group),
+        positions = sum(kind.positions(inp, out) for inp, out in calls[sl.module])
+        shape = kind.cost_shape(module, sl, positions)
+        member = _Member(kind, shape, sl, shape.out_dim, kind.full_in(shape), _counts(sl.out_group), _counts(sl.in_group),
                          sl.out_factor, sl.in_factor, sizes)
         members[name] = member
     return members

@@ -115,6 +115,12 @@ def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int
             continue
         k = int(torch.randint(1, group.size, (1,), generator=gen))
         plan[group.id] = sorted(torch.randperm(group.size, generator=gen)[:k].tolist())
+    for keep in getattr(graph, "keep", ()):     # a part the code splits or slices off keeps a channel
+        while keep.emptied(plan):
+            g, channels = next(iter(keep.channels.items()))
+            plan[g].remove(channels[0])
+            if not plan[g]:
+                del plan[g]
     return plan
 
 

@@ -1,7 +1,7 @@
 """Save and load a (pruned) model without pickle: `model.json` + `model.safetensors`.
 
 `model.json` names the base architecture (rebuilt with `zoo.build_model`), the width attributes of
-every conv / norm / linear layer (which attributes: the layer-kind registry, `kinds.py`), and the
+every conv / norm / linear layer (which attributes: the layer-kind registry, `kinds/`), and the
 other tensors whose shape pruning changed (a per-channel `layer_scale`). `load` builds the base,
 narrows those modules *in place* (so subclasses with their own constructors and forward code,
 e.g. a Conv2d subclass or LayerNorm2d, stay what they are) — except where pruning replaced a
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .kinds import KINDS, RECORDED, recorded_kind, replace_module, width_record
+from .kinds import KINDS, recorded_kind, recorded_kinds, replace_module, width_record
 from .zoo import base_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
@@ -324,9 +324,10 @@ def _validate_spec(spec: Any, path: Path) -> None:
             raise ValueError(f"{path}: field {field!r} must be an object")
         key = "kind" if version >= 2 else "type"
         kind = record.get(key)
-        known = sorted(k.name for k in RECORDED) if version >= 2 else sorted(_V1_TYPES)
+        known = sorted(k.name for k in recorded_kinds()) if version >= 2 else sorted(_V1_TYPES)
         if kind not in known:
-            raise ValueError(f"{path}: field '{field}.{key}' is {kind!r}, expected one of {known}")
+            hint = " (a kind of your own: register it with register_layer_kind before load)" if version >= 2 else ""
+            raise ValueError(f"{path}: field '{field}.{key}' is {kind!r}, expected one of {known}{hint}")
     tied = _expect(spec, "tied", dict, path)
     for name, source in tied.items():
         if not isinstance(source, str):

@@ -133,6 +133,19 @@ class Built:
     slices: dict[str, ModuleSlices]
     by_layer: dict[str, int]
     ambiguous: dict[str, tuple[int, ...]]
+    keep: list["KeepOne"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KeepOne:
+    """Channels of which a plan must keep at least one (a part of a split or slice the code names:
+    an empty part would leave a layer without inputs). `channels`: group id -> channel indices."""
+
+    label: str
+    channels: dict
+
+    def emptied(self, removed: dict[int, list[int]]) -> bool:
+        return all(g in removed and set(ix) <= set(removed[g]) for g, ix in self.channels.items())
 
 
 def build(an: Analysis) -> Built:
@@ -227,12 +240,14 @@ def build(an: Analysis) -> Built:
             m.param_dim, frozenset(groups_in(m.out)) if og is not None else frozenset(),
             frozenset(groups_in(m.inp)) if ig is not None else frozenset(), dict(m.extra))
         slices[name] = sl
+        label = m.module or m.name            # a root module's parameter: its own name
         for g in sl.out_touches:
-            producers[g].add(m.module)
-            members[g].add(m.module)
+            if KINDS[m.kind].produces:
+                producers[g].add(label)
+            members[g].add(label)
         for g in sl.in_touches:
-            consumers[g].add(m.module)
-            members[g].add(m.module)
+            consumers[g].add(label)
+            members[g].add(label)
     for module, id_lists in an.touched.items():
         for ids in id_lists.values():
             for g in groups_in(ids):
@@ -243,10 +258,11 @@ def build(an: Analysis) -> Built:
     for name, sl in slices.items():
         out_groups = sorted(sl.out_touches)
         if KINDS[sl.kind].has_filters and out_groups:
-            by_layer.setdefault(sl.module, out_groups[0])
+            if sl.module:
+                by_layer.setdefault(sl.module, out_groups[0])
             by_layer.setdefault(name, out_groups[0])
     for name, sl in slices.items():
-        for key in (sl.module, name):
+        for key in (sl.module, name) if sl.module else (name,):
             if key in by_layer or key in ambiguous:
                 continue
             out_groups = sorted(sl.out_touches)
@@ -282,7 +298,7 @@ def build(an: Analysis) -> Built:
             why.insert(0, "carries the model output")
         kind = "output" if output[g] else "residual" if residual[g] else "internal"
         producer_names = sorted(producers[g], key=lambda n: order.get(n, len(order)))
-        filters = [sl.module for sl in filters_of[g]]
+        filters = [sl.module or sl.name for sl in filters_of[g]]
         named = sorted(set(filters), key=lambda n: order.get(n, len(order))) or producer_names or [
             ch.atoms[a].producer for a in by_comp[with_producer[g]] if ch.atoms[a].producer]
         groups.append(ChannelGroup(
@@ -299,7 +315,21 @@ def build(an: Analysis) -> Built:
             blocks=blocks.get(g, ()),
             rule=rules.get(g),
         ))
-    return Built(groups, slices, by_layer, ambiguous)
+    keep = _keep(ch, gid_of, cls_of, groups)
+    return Built(groups, slices, by_layer, ambiguous, keep)
+
+
+def _keep(ch, gid_of, cls_of, groups: list[ChannelGroup]) -> list[KeepOne]:
+    """The keep-one constraints a plan can break: every position in a prunable group."""
+    found = []
+    for ids, label in ch.keep:
+        gids = gid_of(ids)
+        if not gids.size or (gids < 0).any() or not all(groups[g].prunable for g in np.unique(gids).tolist()):
+            continue                          # a position no plan removes: the part never empties
+        classes = cls_of(ids)
+        found.append(KeepOne(label, {int(g): tuple(sorted(set(classes[gids == g].tolist())))
+                                     for g in np.unique(gids).tolist()}))
+    return found
 
 
 def _balance(ch, gid_of, cls_of, reasons, n_groups):

@@ -9,7 +9,9 @@ import torch
 import torch.fx
 
 from ..channels import Layout
+from ..sizes import SizeQuestion, ask
 from . import handler
+from .common import _size_found, _size_refused
 
 
 # --- moving and reshaping axes ----------------------------------------------------------------------
@@ -139,16 +141,26 @@ def _reshape(an, call):
     # torch.export writes every size as a number: whether the code computed it is lost
     packet = getattr(getattr(call.node.target, "overloadpacket", None), "__name__", "")
     fixed_everywhere = an.traced.route == "export" and packet in ("view", "reshape", "_unsafe_view") and ins != outs
+
+    def written(b: int, region, factor: int, multiples: bool = False) -> None:
+        """Dim b of the result carries channels and the code may write its size as a number: ask
+        which module attribute holds it (`graph/sizes.py`); the answer makes a member or refuses."""
+        if not (fixed_everywhere or _fixed(sizes, [b])):
+            return
+        ask(an, SizeQuestion(call.node, _size_path(call.node, b), int(outs[b]), call.what,
+                             _size_found(region, factor=factor), _size_refused(region), multiples=multiples))
+
     a = layout.axes[0]
     outer = math.prod(ins[:a])
     if len(layout.axes) == 2:
         size, inner = ins[a] * ins[a + 1], math.prod(ins[a + 2:])
         for b in range(len(outs)):
             if math.prod(outs[:b]) == outer and outs[b] == size and math.prod(outs[b + 1:]) == inner:
-                if fixed_everywhere or _fixed(sizes, [b]):
-                    break
+                flat = layout.ids.reshape(-1)
+                if ins != outs:
+                    written(b, flat, 1)
                 an.link[call.node] = x
-                return Layout((b,), layout.ids.reshape(-1))
+                return Layout((b,), flat)
         if ins == outs:
             return layout
         return an.not_understood(call, f"{call.what} reshapes a split channel axis")
@@ -158,19 +170,46 @@ def _reshape(an, call):
             continue
         rest = math.prod(outs[b + 1:])
         if outs[b] == size and rest == inner:
-            if ins != outs and (fixed_everywhere or _fixed(sizes, [b])):
-                break
+            if ins != outs:
+                written(b, layout.ids, layout.factor)
             an.link[call.node] = x
             return layout.moved((b,))
         if outs[b] % size == 0 and outs[b] > size and rest * (outs[b] // size) == inner:
-            if fixed_everywhere or _fixed(sizes, [b]):
-                break
+            written(b, layout.ids, layout.factor * (outs[b] // size), multiples=True)
             an.link[call.node] = x
             return Layout((b,), layout.ids, layout.factor * (outs[b] // size))
+        if inner == 1 and 1 < outs[b] < size and outs[b] * rest == size and len(outs) - b >= 3:
+            return _unflatten(an, call, x, layout, b, outs, written)
         if b + 1 < len(outs) and outs[b] * outs[b + 1] == size and outs[b] > 1 and outs[b + 1] > 1 \
                 and math.prod(outs[b + 2:]) == inner and layout.factor == 1:
             return _split_view(an, call, x, layout, b, outs, sizes)
     return an.not_understood(call, f"{call.what} (reshapes the channel dim {tuple(ins)} -> {tuple(outs)})")
+
+
+def _unflatten(an, call, x, layout, b, outs, written):
+    """Features on the last dim become a channel map (`linear(z).view(B, C, H, W)`): channel c is
+    features [c * HW, (c + 1) * HW), which go together; a flatten's channels come back as they were."""
+    if layout.factor > 1:
+        if outs[b] != layout.ids.size or math.prod(outs[b + 1:]) != layout.factor:
+            return an.not_understood(call, f"{call.what} reshapes flattened channels into other channels")
+        written(b, layout.ids, 1)
+        an.link[call.node] = x
+        return Layout((b,), layout.ids)
+    grid = layout.ids.reshape(outs[b], -1)
+    for column in grid.T[1:]:
+        an.channels.couple(grid[:, 0], column)
+    channels = grid[:, 0].copy()
+    written(b, channels, 1)
+    return Layout((b,), channels)
+
+
+def _size_path(node, b: int) -> tuple:
+    """Where dim b's size sits in a view/reshape node's arguments."""
+    if "shape" in node.kwargs:
+        return ("kwargs", "shape", b)
+    if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
+        return ("args", 1, b)
+    return ("args", 1 + b)
 
 
 def _split_view(an, call, x, layout, b, outs, sizes):
@@ -186,8 +225,40 @@ def _split_view(an, call, x, layout, b, outs, sizes):
     lines = grid if fixed[0] else grid.T        # lines along the fixed dim, indexed by the free one
     for line in lines[1:]:
         an.channels.couple(lines[0], line)
+    if fixed[0]:
+        an.parts_written.add(call.node)
     an.link[call.node] = x
     return Layout((b, b + 1), grid)
+
+
+@handler("pixel_shuffle")
+def pixel_shuffle(an, call):
+    """(*, C r², H, W) -> (*, C, r H, r W): output channel c is input channels c r² ... c r² + r² - 1,
+    which go together."""
+    x = call.arg("input")
+    layout = an.layout_of(x)
+    r = int(call.arg("upscale_factor"))
+    if not isinstance(layout, Layout):
+        return an.opaque_like(call.result)
+    if layout.axes != (len(an.shape(x)) - 3,) or layout.factor != 1:
+        return an.not_understood(call, f"{call.what} shuffles a tensor whose channels are not on dim -3")
+    grid = layout.ids.reshape(-1, r * r)
+    for column in grid.T[1:]:
+        an.channels.couple(grid[:, 0], column)
+    return Layout(layout.axes, grid[:, 0].copy())
+
+
+@handler("pixel_unshuffle")
+def pixel_unshuffle(an, call):
+    """(*, C, r H, r W) -> (*, C r², H, W): input channel c becomes channels c r² ... c r² + r² - 1."""
+    x = call.arg("input")
+    layout = an.layout_of(x)
+    r = int(call.arg("downscale_factor"))
+    if not isinstance(layout, Layout):
+        return an.opaque_like(call.result)
+    if layout.axes != (len(an.shape(x)) - 3,) or layout.factor != 1:
+        return an.not_understood(call, f"{call.what} unshuffles a tensor whose channels are not on dim -3")
+    return Layout(layout.axes, np.repeat(layout.ids, r * r))
 
 
 @handler("channel_shuffle")
