@@ -65,7 +65,7 @@ class PrunePlan:
             named_by[group.id] = key
         for keep in getattr(graph, "keep", ()):
             if keep.emptied(resolved):
-                names = ", ".join(repr(named_by[g]) for g in keep.channels)
+                names = ", ".join(repr(graph.groups[g].name) for g in keep.channels)
                 raise ValueError(f"layer {names}: this plan removes every channel of {keep.label}; a part the "
                                  "code splits or slices off must keep at least one")
         return dict(sorted(resolved.items()))

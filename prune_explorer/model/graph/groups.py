@@ -315,20 +315,35 @@ def build(an: Analysis) -> Built:
             blocks=blocks.get(g, ()),
             rule=rules.get(g),
         ))
-    keep = _keep(ch, gid_of, cls_of, groups)
+    tensors = {name: m for name, m in an.members.items() if KINDS[m.kind].produces}
+    sides = [(m.out, f"the outputs of {name}") for name, m in tensors.items() if m.out is not None] + \
+        [(m.inp, f"the inputs of {name}") for name, m in tensors.items() if m.inp is not None]
+    keep = _keep(ch.keep + sides, gid_of, cls_of, groups)
     return Built(groups, slices, by_layer, ambiguous, keep)
 
 
-def _keep(ch, gid_of, cls_of, groups: list[ChannelGroup]) -> list[KeepOne]:
-    """The keep-one constraints a plan can break: every position in a prunable group."""
-    found = []
-    for ids, label in ch.keep:
+def _keep(parts, gid_of, cls_of, groups: list[ChannelGroup]) -> list[KeepOne]:
+    """The keep-one constraints a plan can break: parts of splits and slices, and a layer's inputs or
+    outputs that hold only some channels of their groups (a conv cannot lose all its filters). A part
+    with a position no plan removes, or holding every channel of a group, never empties."""
+    found, seen = [], set()
+    for ids, label in parts:
+        ids = np.asarray(ids).reshape(-1)
         gids = gid_of(ids)
-        if not gids.size or (gids < 0).any() or not all(groups[g].prunable for g in np.unique(gids).tolist()):
-            continue                          # a position no plan removes: the part never empties
+        if not gids.size or (gids < 0).any():
+            continue
         classes = cls_of(ids)
-        found.append(KeepOne(label, {int(g): tuple(sorted(set(classes[gids == g].tolist())))
-                                     for g in np.unique(gids).tolist()}))
+        channels = {}
+        for g in np.unique(gids).tolist():
+            held = set(classes[gids == g].tolist())
+            if not groups[g].prunable or len(held) == groups[g].size:
+                channels = None
+                break
+            channels[int(g)] = tuple(sorted(held))
+        key = None if channels is None else tuple(sorted(channels.items()))
+        if channels and key not in seen:
+            seen.add(key)
+            found.append(KeepOne(label, channels))
     return found
 
 

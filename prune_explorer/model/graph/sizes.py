@@ -65,8 +65,11 @@ def answer(an) -> None:
                           "would keep the number)")
         return
     candidates = [_candidates(an, q) for q in questions]
-    wanted = sorted({(m, a, v) for found in candidates for m, a, v, _ in found}, key=lambda c: (c[0], c[1]))
-    markers = {(m, a): _marker(v, i) for i, (m, a, v) in enumerate(wanted[:MAX_CANDIDATES])}
+    wanted: dict[tuple[str, str], Any] = {}
+    for found in candidates:
+        for m, a, v, _ in found:
+            wanted.setdefault((m, a), v)
+    markers = {key: _marker(v, i) for i, (key, v) in enumerate(sorted(wanted.items())[:MAX_CANDIDATES])}
     nodes = _perturbed_nodes(an.model, markers, getattr(an, "fx_leaves", leaf_types())) if markers else None
     for q, found in zip(questions, candidates):
         hits = []

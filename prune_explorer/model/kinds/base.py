@@ -128,6 +128,12 @@ class LayerKind:
         weight = getattr(module, member.params["weight"])
         return int(weight.shape[self.filter_dim]) * (member.groups if self.filter_dim == 1 else 1)
 
+    # --- exactness --------------------------------------------------------------------------------
+    def zero_inputs(self, weight: torch.Tensor, positions: torch.Tensor, member) -> torch.Tensor:
+        """The weight with its input positions `positions` zeroed: the reference's removed input
+        channels for a consumer no forward pre-hook can reach (a conv on the root's own parameter)."""
+        return weight.index_fill(1, positions, 0)
+
     # --- latency --------------------------------------------------------------------------------
     def width_step(self, member, side: str) -> int:
         """Widths the latency grid may take along one side are multiples of this."""

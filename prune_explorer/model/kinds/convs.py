@@ -86,6 +86,15 @@ class Grouped(Conv):
     def timing_positions(self, width, full, member, side):
         return _first_per_group(width, full, member.groups)
 
+    def zero_inputs(self, weight, positions, member):
+        per_in = weight.shape[1]
+        rows = weight.shape[0] // member.groups
+        out = weight.clone()
+        for p in positions.tolist():          # input p is group p // per_in's local input p % per_in
+            g = p // per_in
+            out[g * rows:(g + 1) * rows, p % per_in] = 0
+        return out
+
 
 class ConvTranspose(Conv):
     """A transposed convolution: weight (in, out / groups, k...), so its filters are dim 1 and its
@@ -114,6 +123,9 @@ class ConvTranspose(Conv):
     def terms(self, s, out, inp):
         weights = inp * (out // s.groups) * s.kernel
         return weights + (out if s.has_bias else 0), weights * s.positions
+
+    def zero_inputs(self, weight, positions, member):
+        return weight.index_fill(0, positions, 0)
 
     def positions(self, input_shape, output_shape):
         """torch's flop counter counts a transposed conv at its input's positions."""
