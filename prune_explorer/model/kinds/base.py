@@ -28,6 +28,7 @@ class CostShape:
     has_bias: bool
     groups: int = 1
     numel: int = 0         # channel_param: elements of the tensor
+    per_out: int = 0       # parameters per output channel beyond weight and bias (a registered kind's gain)
 
 
 class LayerKind:
@@ -52,6 +53,7 @@ class LayerKind:
     conv_filters: ClassVar[bool] = False      # counted in the zoo's share of prunable conv filters
     normalizes: ClassVar[bool] = False        # a norm: exactness randomises its affine and statistics
     produces: ClassVar[bool] = True           # listed among its group's producers (False: a size attribute)
+    attribute: ClassVar[bool] = False         # a module attribute the forward reads (surgery checks a run)
 
     # --- graph --------------------------------------------------------------------------------
     def params(self, module: nn.Module) -> dict[str, str | None]:
@@ -102,7 +104,7 @@ class LayerKind:
     def terms(self, s: CostShape, out: int, inp: int) -> tuple[int, int]:
         """(params, MACs) of the member at `out` x `inp` positions."""
         weights = out * inp * s.kernel
-        return weights + (out if s.has_bias else 0), weights * s.positions
+        return weights + (out if s.has_bias else 0) + out * s.per_out, weights * s.positions
 
     def cost_shape(self, module: nn.Module, member, positions: int) -> CostShape:
         return CostShape(0, 0, 1, 0, False)
@@ -142,6 +144,17 @@ class LayerKind:
     def timing_positions(self, width: int, full: int, member, side: str) -> torch.Tensor:
         """Positions kept along one side when the latency table times the member at `width`."""
         return torch.arange(width)
+
+
+def per_output(kind: LayerKind, module: nn.Module, member, out_dim: int) -> int:
+    """Parameters per output channel in the sliced tensors other than weight and bias."""
+    total = 0
+    for role in kind.sliced_roles:
+        attr = member.params.get(role)
+        tensor = getattr(module, attr, None) if attr and role not in ("weight", "bias") else None
+        if isinstance(tensor, nn.Parameter):
+            total += tensor.numel() // max(out_dim, 1)
+    return total
 
 
 def set_attr(module: nn.Module, name: str, value) -> None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from .base import CostShape, LayerKind, kernel_size, set_attr
+from .base import CostShape, LayerKind, kernel_size, per_output, set_attr
 
 
 class Conv(LayerKind):
@@ -22,7 +22,7 @@ class Conv(LayerKind):
         return {"groups": getattr(module, "groups", 1), "transposed": getattr(module, "transposed", False)}
 
     def set_widths(self, module, member, n_out, n_in):
-        if isinstance(module, _ConvNd):
+        if isinstance(module, self.module_types):
             set_attr(module, "out_channels", n_out)
             set_attr(module, "in_channels", n_in)
 
@@ -37,7 +37,7 @@ class Conv(LayerKind):
     def cost_shape(self, module, member, positions):
         weight = getattr(module, member.params["weight"])
         return CostShape(int(weight.shape[0]), int(weight.shape[1]), kernel_size(weight), positions,
-                         _has(module, member, "bias"))
+                         _has(module, member, "bias"), per_out=per_output(self, module, member, int(weight.shape[0])))
 
 
 class Depthwise(Conv):
@@ -188,7 +188,7 @@ class Linear(LayerKind):
     timed = True
 
     def set_widths(self, module, member, n_out, n_in):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, self.module_types):
             set_attr(module, "out_features", n_out)
             set_attr(module, "in_features", n_in)
 
@@ -197,7 +197,8 @@ class Linear(LayerKind):
 
     def cost_shape(self, module, member, positions):
         weight = getattr(module, member.params["weight"])
-        return CostShape(int(weight.shape[0]), int(weight.shape[1]), 1, positions, _has(module, member, "bias"))
+        return CostShape(int(weight.shape[0]), int(weight.shape[1]), 1, positions, _has(module, member, "bias"),
+                         per_out=per_output(self, module, member, int(weight.shape[0])))
 
 
 def _has(module: nn.Module, member, role: str) -> bool:

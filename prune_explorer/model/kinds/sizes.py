@@ -22,6 +22,7 @@ class SizeAttribute(LayerKind):
     name = "size"
     sliced_roles = ()
     produces = False
+    attribute = True
 
     def params(self, module):
         return {}
@@ -40,6 +41,7 @@ class SplitSizes(LayerKind):
     name = "split_sizes"
     sliced_roles = ()
     produces = False
+    attribute = True
 
     def params(self, module):
         return {}
