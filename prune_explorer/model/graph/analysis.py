@@ -295,6 +295,9 @@ class Analysis:
             if call.handler == "unary" and len(self.tensor_args(call)) == 1 and \
                     isinstance(call.result, torch.Tensor) and call.result.shape == self.shape(a):
                 self.secondary[call.node] = features
+            elif call.handler in ("permute", "transpose", "movedim"):
+                self.refuse(features, f"{call.what} moves the features a Linear wrote on the last dim onto the "
+                                      "positions: their number is the positions' (a token-mixing MLP's output)")
             elif not (call.handler == "linear" and a is call.arg("input")):
                 self.refuse(features, f"{call.what} reads the features a Linear wrote on the last dim while the "
                                       "channels it passed through sit on another dim (the graph follows such "
