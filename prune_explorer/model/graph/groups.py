@@ -234,11 +234,17 @@ def build(an: Analysis) -> Built:
     for name, m in an.members.items():
         og = gid_of(m.out) if m.out is not None else None
         ig = gid_of(m.inp) if m.inp is not None else None
+        extra = dict(m.extra)
+        if "through" in extra:     # a Linear over another dim: the channels it passes through, per group
+            gids, classes = gid_of(extra["through"]), cls_of(extra["through"])
+            extra["through_full"] = int(gids.size)
+            extra["through"] = {int(g): int((gids == g).sum()) for g in np.unique(gids).tolist() if g >= 0}
+            extra["through_classes"] = {g: classes[gids == g] for g in extra["through"]}
         sl = ModuleSlices(
             name, m.module, m.kind, dict(m.params), og, cls_of(m.out) if m.out is not None else None,
             ig, cls_of(m.inp) if m.inp is not None else None, m.in_factor, m.out_factor, m.in_axis, m.groups,
             m.param_dim, frozenset(groups_in(m.out)) if og is not None else frozenset(),
-            frozenset(groups_in(m.inp)) if ig is not None else frozenset(), dict(m.extra))
+            frozenset(groups_in(m.inp)) if ig is not None else frozenset(), extra)
         slices[name] = sl
         label = m.module or m.name            # a root module's parameter: its own name
         for g in sl.out_touches:

@@ -143,7 +143,7 @@ def linear(an, call):
     name = _key(an, owner, weight.attr, kind)
     out = an.produce(name, out_f)
     an.member(name, owner, kind, _params(call, weight, bias), out=out, inp=inp, in_factor=factor, in_axis=last,
-              what=call.what)
+              extra={"through": through.ids} if through is not None else None, what=call.what)
     features = Layout((call.result.dim() - 1,), out)
     if through is None:
         return features
