@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import assert_nothing_silent
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
@@ -299,16 +300,6 @@ nets = st.tuples(
     st.lists(st.tuples(st.sampled_from(BLOCKS), st.integers(2, 6)), min_size=1, max_size=6),
     st.sampled_from(["pool", "flatten"]),
 )
-
-
-def assert_nothing_silent(model: nn.Module, graph: ChannelGraph) -> None:
-    """Every conv and linear is in a channel group or listed in graph.unassigned with a reason."""
-    grouped = {name for g in graph.groups for name in g.layers}
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    assert layers
-    for name in layers:
-        assert name in grouped or graph.unassigned.get(name), name
-    assert all(reason for reason in graph.unassigned.values())
 
 
 def empties_a_part(graph, channels: dict[int, list[int]]) -> bool:

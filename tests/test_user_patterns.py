@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import assert_nothing_silent
 from prune_explorer.model.exactness import TOLERANCE, check
 
 
@@ -351,9 +352,7 @@ def test_user_written_model_prunes_exactly(name):
     assert result.max_diff <= TOLERANCE, result.max_diff
     graph = result.graph
     assert all(g.prunable or g.reason for g in graph.groups)
-    grouped = {layer for g in graph.groups for layer in g.layers}
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    assert all(n in grouped or graph.unassigned.get(n) for n in layers)
+    assert_nothing_silent(model, graph)
     with torch.no_grad():
         assert result.pruned(x).shape == model(x).shape
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import assert_nothing_silent
 from prune_explorer.model.exactness import LARGE_TORCHVISION, TOLERANCE, check, conv_filters, torchvision_example
 
 MODELS = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in LARGE_TORCHVISION]
@@ -29,9 +30,7 @@ def test_torchvision_model_traces_and_prunes_exactly(name):
     assert result.max_diff <= TOLERANCE, result.max_diff
     graph = result.graph
     assert all(g.prunable or g.reason for g in graph.groups)
-    grouped = {name for g in graph.groups for name in g.layers}
-    layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))]
-    assert all(n in grouped or graph.unassigned.get(n) for n in layers)      # never silent
+    assert_nothing_silent(model, graph)
     prunable, total = conv_filters(graph)
     if name in TRANSFORMERS:
         hidden = [g for g in graph.prunable() if "mlp" in g.name]

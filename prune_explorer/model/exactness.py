@@ -71,7 +71,7 @@ def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.G
     modules = dict(model.named_modules())
     with torch.no_grad():
         for sl in graph.slices.values():
-            if sl.kind == "channel_param" and sl.module in modules:
+            if KINDS[sl.kind].multiplies and sl.module in modules:
                 t = getattr(modules[sl.module], sl.params["tensor"])
                 t.copy_(torch.randn(t.shape, generator=gen))
 

@@ -52,6 +52,7 @@ class LayerKind:
     timed: ClassVar[bool] = False             # the latency table times it at a grid of widths
     conv_filters: ClassVar[bool] = False      # counted in the zoo's share of prunable conv filters
     normalizes: ClassVar[bool] = False        # a norm: exactness randomises its affine and statistics
+    multiplies: ClassVar[bool] = False        # a per-channel multiplier: exactness randomises it
     produces: ClassVar[bool] = True           # listed among its group's producers (False: a size attribute)
     attribute: ClassVar[bool] = False         # a module attribute the forward reads (surgery checks a run)
 

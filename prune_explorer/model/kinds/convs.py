@@ -40,10 +40,10 @@ class Conv(LayerKind):
                          _has(module, member, "bias"), per_out=per_output(self, module, member, int(weight.shape[0])))
 
 
-class Depthwise(Conv):
-    """groups == in == out: input and output channels are one and the same, so only dim 0 is cut."""
+class _TiedInOut:
+    """groups == in == out (depthwise): input and output channels are one and the same, so only dim
+    0 is cut and `groups` follows."""
 
-    name = "depthwise"
     in_follows_out = True
 
     def slice(self, role, tensor, out_ix, in_ix, member):
@@ -55,6 +55,10 @@ class Depthwise(Conv):
 
     def terms(self, s, out, inp):
         return out * s.kernel + (out if s.has_bias else 0), out * s.kernel * s.positions
+
+
+class Depthwise(_TiedInOut, Conv):
+    name = "depthwise"
 
 
 class Grouped(Conv):
@@ -147,26 +151,15 @@ class ConvTranspose(Conv):
         return _first_per_group(width, full, member.groups)
 
 
-class DepthwiseTranspose(ConvTranspose):
+class DepthwiseTranspose(_TiedInOut, ConvTranspose):
     """A transposed conv with groups == in == out: weight (C, 1, k...), input and output channels tied."""
 
     name = "depthwise_transpose"
     filter_dim = 0
-    in_follows_out = True
-
-    def slice(self, role, tensor, out_ix, in_ix, member):
-        return tensor if out_ix is None else tensor.index_select(0, out_ix)
-
-    def set_widths(self, module, member, n_out, n_in):
-        if n_out is not None:
-            module.in_channels = module.out_channels = module.groups = n_out
 
     def cost_shape(self, module, member, positions):
         weight = getattr(module, member.params["weight"])
         return CostShape(int(weight.shape[0]), 1, kernel_size(weight), positions, _has(module, member, "bias"))
-
-    def terms(self, s, out, inp):
-        return out * s.kernel + (out if s.has_bias else 0), out * s.kernel * s.positions
 
     def filters(self, weight, groups: int = 1):
         return LayerKind.filters(self, weight)

@@ -58,6 +58,7 @@ class ChannelParam(LayerKind):
     """One parameter or buffer with a per-channel dim, used in forward (layer_scale, gamma, GRN)."""
 
     name = "channel_param"
+    multiplies = True
     sliced_roles = ("tensor",)
 
     def slice(self, role, tensor, out_ix, in_ix, member):

@@ -14,18 +14,23 @@ import numpy as np
 from .base import LayerKind
 
 
-class SizeAttribute(LayerKind):
-    """An int attribute the op reads as `multiplier * attribute`, a width equal to the kept positions
-    it counts (`out_factor` positions per channel: a flatten's features), negative for a bound
-    counted from the end (`y[:, -self.k:]`): extra `sign` (the width's) and `divisor` (the multiplier)."""
+class _Attribute(LayerKind):
+    """No tensors: a module attribute the forward reads, set by `resize`."""
 
-    name = "size"
     sliced_roles = ()
     produces = False
     attribute = True
 
     def params(self, module):
         return {}
+
+
+class SizeAttribute(_Attribute):
+    """An int attribute the op reads as `multiplier * attribute`, a width equal to the kept positions
+    it counts (`out_factor` positions per channel: a flatten's features), negative for a bound
+    counted from the end (`y[:, -self.k:]`): extra `sign` (the width's) and `divisor` (the multiplier)."""
+
+    name = "size"
 
     def resize(self, module, member, out_ix, in_ix):
         if out_ix is not None:
@@ -34,17 +39,11 @@ class SizeAttribute(LayerKind):
         return module
 
 
-class SplitSizes(LayerKind):
+class SplitSizes(_Attribute):
     """An attribute holding split sizes: a list (`split([a, b], 1)`) becomes the kept positions of
     each part; an int (`split(a, 1)` into equal parts, kept equal by the graph) the kept per part."""
 
     name = "split_sizes"
-    sliced_roles = ()
-    produces = False
-    attribute = True
-
-    def params(self, module):
-        return {}
 
     def resize(self, module, member, out_ix, in_ix):
         if out_ix is None:

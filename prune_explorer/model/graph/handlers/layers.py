@@ -1,8 +1,7 @@
 """Convolution, linear, batch norm and PReLU: the members with filters or per-channel tensors."""
 from __future__ import annotations
 
-from torch.nn.modules.conv import _ConvNd
-
+from ...kinds import KINDS
 from ..channels import OPAQUE, Layout
 from . import handler
 from .common import _computed, _key, _params, _passed_on, _ref, _same, _wrap
@@ -27,7 +26,8 @@ def _channels_in(an, call, x):
 
 def _groups_settable(an, call, owner: str, weight, groups: int) -> bool:
     module = an.modules.get(owner)
-    return isinstance(module, _ConvNd) and module.groups == groups and getattr(module, weight.attr) is weight.tensor
+    return isinstance(module, KINDS["depthwise"].module_types) and module.groups == groups and \
+        getattr(module, weight.attr) is weight.tensor
 
 
 @handler("conv")
@@ -63,13 +63,17 @@ def conv(an, call):
         return Layout((1,), inp)
     name = _key(an, owner, weight.attr, "grouped")
     out = an.produce(name, out_ch)
-    rule = (f"grouped convolution {owner!r} (groups={groups}) needs the same number of channels removed "
-            f"from each of its {groups} groups")
+    _balance(an, f"grouped convolution {owner!r}", groups, inp, out)
+    an.member(name, owner, "grouped", params, out=out, inp=inp, groups=groups, what=call.what)
+    return Layout((1,), out)
+
+
+def _balance(an, what: str, groups: int, inp, out) -> None:
+    """A grouped conv keeps `groups`: its inputs and outputs lose as many channels from each group."""
+    rule = f"{what} (groups={groups}) needs the same number of channels removed from each of its {groups} groups"
     if inp is not None:
         an.channels.balance(inp, groups, rule)
     an.channels.balance(out, groups, rule)
-    an.member(name, owner, "grouped", params, out=out, inp=inp, groups=groups, what=call.what)
-    return Layout((1,), out)
 
 
 @handler("conv_transpose")
@@ -101,11 +105,7 @@ def conv_transpose(an, call):
         if not _groups_settable(an, call, owner, weight, groups) and inp is not None:
             an.refuse(an.layout_of(call.arg("input")), f"{call.what} is a grouped transposed convolution outside a "
                                                        "module surgery can resize")
-        rule = (f"grouped transposed convolution {owner!r} (groups={groups}) needs the same number of channels "
-                f"removed from each of its {groups} groups")
-        if inp is not None:
-            an.channels.balance(inp, groups, rule)
-        an.channels.balance(out, groups, rule)
+        _balance(an, f"grouped transposed convolution {owner!r}", groups, inp, out)
     an.member(name, owner, "conv_transpose", params, out=out, inp=inp, groups=groups, what=call.what)
     return Layout((1,), out)
 

@@ -231,34 +231,25 @@ def _split_view(an, call, x, layout, b, outs, sizes):
     return Layout((b, b + 1), grid)
 
 
-@handler("pixel_shuffle")
+@handler("pixel_shuffle", "pixel_unshuffle")
 def pixel_shuffle(an, call):
-    """(*, C r², H, W) -> (*, C, r H, r W): output channel c is input channels c r² ... c r² + r² - 1,
-    which go together."""
+    """pixel_shuffle (*, C r², H, W) -> (*, C, r H, r W): output channel c is input channels
+    c r² ... c r² + r² - 1, which go together. pixel_unshuffle, the other way: input channel c
+    becomes channels c r² ... c r² + r² - 1 (its id r² times)."""
     x = call.arg("input")
     layout = an.layout_of(x)
-    r = int(call.arg("upscale_factor"))
+    shuffle = call.handler == "pixel_shuffle"
+    r = int(call.arg("upscale_factor" if shuffle else "downscale_factor"))
     if not isinstance(layout, Layout):
         return an.opaque_like(call.result)
     if layout.axes != (len(an.shape(x)) - 3,) or layout.factor != 1:
-        return an.not_understood(call, f"{call.what} shuffles a tensor whose channels are not on dim -3")
+        return an.not_understood(call, f"{call.what} moves pixels of a tensor whose channels are not on dim -3")
+    if not shuffle:
+        return Layout(layout.axes, np.repeat(layout.ids, r * r))
     grid = layout.ids.reshape(-1, r * r)
     for column in grid.T[1:]:
         an.channels.couple(grid[:, 0], column)
     return Layout(layout.axes, grid[:, 0].copy())
-
-
-@handler("pixel_unshuffle")
-def pixel_unshuffle(an, call):
-    """(*, C, r H, r W) -> (*, C r², H, W): input channel c becomes channels c r² ... c r² + r² - 1."""
-    x = call.arg("input")
-    layout = an.layout_of(x)
-    r = int(call.arg("downscale_factor"))
-    if not isinstance(layout, Layout):
-        return an.opaque_like(call.result)
-    if layout.axes != (len(an.shape(x)) - 3,) or layout.factor != 1:
-        return an.not_understood(call, f"{call.what} unshuffles a tensor whose channels are not on dim -3")
-    return Layout(layout.axes, np.repeat(layout.ids, r * r))
 
 
 @handler("channel_shuffle")
