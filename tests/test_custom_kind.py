@@ -120,7 +120,7 @@ def test_a_registered_kind_prunes_exactly_costs_ranks_saves_and_loads(registered
     assert {"gain", "mlp"} <= set(latency.layers)          # timed at the kind's widths and channel axis
 
     save(pruned, tmp_path / "m")
-    loaded = load(tmp_path / "m")
+    loaded = load(tmp_path / "m", trust_code=[__name__])
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
     assert type(loaded.gain) is GainConv2d and loaded.mlp.out_features == pruned.mlp.out_features
@@ -132,7 +132,7 @@ def test_a_saved_custom_kind_needs_registering_before_load(registered, tmp_path)
     save(prune(model, PrunePlan({"gain": [0, 3]}), x, graph=graph), tmp_path / "m")
     unregister_layer_kind("gain_conv")
     with pytest.raises(ValueError, match="'gain_conv'.*register_layer_kind"):
-        load(tmp_path / "m")
+        load(tmp_path / "m", trust_code=[__name__])
 
 
 def test_registration_is_checked():

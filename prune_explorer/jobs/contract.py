@@ -1,6 +1,6 @@
 """The job contract: what a fine-tuning job receives and what it must leave behind.
 
-Any script that honours it — `prune_explorer.train` or a team's own training code — can be an
+Any script that honours it — `prune_explorer.jobs.train` or a team's own training code — can be an
 iteration's job, locally, under torchrun or in a SageMaker container.
 
 A job RECEIVES (as `--key value` arguments; locations also from SageMaker's `SM_*` variables):
@@ -89,6 +89,7 @@ class JobSpec:
     baseline_accuracy: float | None = None
     device: str | None = None
     measure_latency: bool = True
+    trust_model_code: tuple[str, ...] = ()  # modules a "pkg.mod:Class" model may come from (model/trust.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # the script's own (`--key value` beyond these)
 
     @classmethod
@@ -148,6 +149,8 @@ CONTRACT_HELP = {
     "baseline_accuracy": "the previous iteration's accuracy, for the stop rule",
     "device": "cpu | cuda (default: cuda when available)",
     "measure_latency": "measure CPU latency of the final model (true/false)",
+    "trust_model_code": "comma-separated modules whose nn.Module classes --model (or its model.json) may name, e.g. "
+                        "mypkg; without it only torchvision architectures and registered classes are built",
 }
 
 
@@ -174,6 +177,20 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def module_names(text: str) -> tuple[str, ...]:
+    """Module names as a command line gives them: "a,b" (or a JSON list)."""
+    from ..model.trust import trusted_modules
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    try:
+        return trusted_modules(value if isinstance(value, (str, list)) else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -190,7 +207,7 @@ CONTRACT_TYPES: dict[str, Callable[[str], Any]] = {
     "epochs": int, "batch_size": int, "lr": float, "seed": int, "image_size": optional(int), "workers": int,
     "max_steps": optional(int), "capture": str, "capture_every": int,
     "stop_rule_threshold": optional(float), "stop_rule_mode": str, "baseline_accuracy": optional(float),
-    "device": optional(str), "measure_latency": flag,
+    "device": optional(str), "measure_latency": flag, "trust_model_code": module_names,
 }
 
 
@@ -347,8 +364,22 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def mask_output() -> None:
+    """Mask credentials in everything this process prints from now on (a job's log; `masking.py`)."""
+    from ..masking import MaskedStream
+
+    if not isinstance(sys.stdout, MaskedStream):
+        sys.stdout = MaskedStream(sys.stdout)
+    if not isinstance(sys.stderr, MaskedStream):
+        sys.stderr = MaskedStream(sys.stderr)
+
+
 def write_metrics(spec, metrics: dict[str, Any]) -> None:
-    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set."""
+    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set
+    (credentials masked: its config and reason are read back and shown)."""
+    from ..masking import mask_values
+
+    metrics = mask_values(metrics)
     targets: list[Path] = []
     for directory in (spec.out_dir, spec.metrics_dir, spec.checkpoint_dir):
         if directory and Path(directory).resolve() not in targets:
@@ -390,7 +421,7 @@ class _Capture:
     """The CaptureHook, plus the per-epoch scalars the stop rule reads."""
 
     def __init__(self, model: nn.Module, path: Path, mode: str, every: int):
-        from .signals.capture import CaptureHook
+        from ..signals.capture import CaptureHook
 
         self.path = path
         self.hook = CaptureHook(model, str(path), mode=mode, save_every=every)
@@ -433,7 +464,7 @@ class JobContext:
         self._read: set[str] = set()
         self._rule = None
         if self.spec.stop_rule_threshold is not None:
-            from .rules import AccuracyDropRule
+            from ..loop.rules import AccuracyDropRule
 
             self._rule = AccuracyDropRule(self.spec.stop_rule_threshold, self.spec.stop_rule_mode)
         torch.manual_seed(self.spec.seed)
@@ -512,23 +543,25 @@ class JobContext:
         and `--model-kwargs` (without weights, `num_classes` goes to the constructor). With
         `num_classes` the head is fitted to the data (`fit_head`) unless `fit_head=False`.
         """
-        from .model.zoo import build_model
+        from ..model.zoo import build_from_spec
 
         spec = self.spec
         if spec.model is None:
             raise ValueError("no model to fine-tune: pass --model (a saved model directory or an architecture name)")
         source = Path(spec.model)
         if (source / "model.json").is_file():
-            from .model.store import load
+            from ..model.store import load
 
-            model, self.built = load(source), False
+            model, self.built = load(source, trust_code=spec.trust_model_code), False
         elif source.exists() or os.sep in spec.model:
             raise FileNotFoundError(f"--model {spec.model}: not a saved model directory (no model.json in it)")
         else:
             kwargs = dict(spec.model_kwargs)
             if spec.weights is None and num_classes is not None:
                 kwargs.setdefault("num_classes", num_classes)
-            model, self.built = build_model(spec.model, weights=spec.weights, **kwargs), True
+            model = build_from_spec({"arch": spec.model, "kwargs": kwargs}, trust_code=spec.trust_model_code,
+                                    where="--model", weights=spec.weights)
+            self.built = True
         self.model = model
         if num_classes is not None and fit_head:
             self.fit_head(model, num_classes, example_inputs)
@@ -540,7 +573,7 @@ class JobContext:
 
         The outputs are counted on `example_inputs` when given, else read from the last Linear layer.
         """
-        from .model.zoo import output_size, replace_head
+        from ..model.zoo import output_size, replace_head
 
         outputs = output_size(model, example_inputs)
         if outputs is not None and outputs != num_classes and self.built and self.spec.weights is not None:
@@ -714,8 +747,8 @@ class JobContext:
 
     def _save(self, model: nn.Module, example: torch.Tensor, status: str, reason: str | None,
               extra: dict[str, Any]) -> dict[str, Any]:
-        from .model.measure import count, latency
-        from .model.store import save
+        from ..model.measure import count, latency
+        from ..model.store import save
 
         cost = count(model, example)
         unused = sorted(set(self.spec.hyperparameters) - self._read)
@@ -750,7 +783,7 @@ class JobContext:
 
 
 def _program() -> str | None:
-    """What runs this job: the module for `python -m` ("prune_explorer.train"), else the script's file name."""
+    """What runs this job: the module for `python -m` ("prune_explorer.jobs.train"), else the script's file name."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name not in ("__main__", None):
         return spec.name
@@ -758,6 +791,10 @@ def _program() -> str | None:
 
 
 def start(argv: Sequence[str] | None = None, *, log_prefix: str = "job") -> JobContext:
-    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group."""
+    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group.
+
+    A job is a process of its own: from here on what it prints (its log) has credentials masked.
+    """
+    mask_output()
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
     return JobContext(parse_spec(argv, prog=prog), log_prefix=log_prefix)
