@@ -221,11 +221,17 @@ def _channel_slice(an, call, layout, width: int, start, stop, step, where: tuple
     return kept
 
 
-@handler("slice")
-def aten_slice(an, call):
+def _sliced(an, call):
+    """(input, its channel layout) of a slicing op; the layout None when the input carries no channels."""
     x = call.arg("input")
     layout = an.layout_of(x)
-    if not isinstance(layout, Layout):
+    return x, layout if isinstance(layout, Layout) else None
+
+
+@handler("slice")
+def aten_slice(an, call):
+    x, layout = _sliced(an, call)
+    if layout is None:
         return an.opaque_like(call.result)
     dim = call.arg("dim", 0) % len(an.shape(x))
     if "index" in call.args:  # select
@@ -241,9 +247,8 @@ def aten_slice(an, call):
 @handler("narrow")
 def narrow(an, call):
     """narrow(x, dim, start, length): a slice [start, start + length)."""
-    x = call.arg("input")
-    layout = an.layout_of(x)
-    if not isinstance(layout, Layout):
+    x, layout = _sliced(an, call)
+    if layout is None:
         return an.opaque_like(call.result)
     nd = len(an.shape(x))
     dim, start, length = call.arg("dim"), call.arg("start"), call.arg("length")
