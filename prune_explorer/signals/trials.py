@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..workspace.layout import has_model
 from . import smdebug_compat
 from .capture import COMPACT_COUNTS, COMPACT_LATER, COMPACT_STATS, META_FILE
+from .trial_model import _example_inputs, _model_from_meta, _trace  # noqa: F401  (the CLI's _example_inputs)
+from .trial_names import _Names
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.tfevent.proto.event_pb2 import Event
 from smdebug.core.tfrecord.record_reader import masked_crc32c
@@ -253,66 +253,6 @@ def _tensor_array(proto, tag: str, filename: str) -> np.ndarray:
         if len(values):
             return np.asarray(values, dtype=dtype).reshape(shape or [len(values)])
     return np.zeros(shape, dtype=dtype)
-
-
-# --- names ----------------------------------------------------------------------------------------
-_COMPACT_TAP = re.compile(rf"^compact/(.+)_(\d+)/({'|'.join(COMPACT_STATS + COMPACT_LATER + COMPACT_COUNTS)})$")
-_COMPACT_NORM = re.compile(r"^compact/(.+)/weight_(l1|l2)$")
-_GRAD_CALL = re.compile(r"^gradient/(.+)_(\d+)_([A-Za-z0-9]+)_output$")
-_GRAD_NO_CALL = re.compile(r"^gradient/(.+)_([A-Za-z0-9]+)_output$")
-_BN_STAT = re.compile(r"^(.+)\.(running_mean|running_var)_output_\d+$")
-_ACT_CALL = re.compile(r"^(.+)_(\d+)_output_0$")
-_ACT_STOCK = re.compile(r"^(.+)_output_(\d+)$")
-_INPUT = re.compile(r"^(.+)_input_\d+$")
-_PARAM = re.compile(r"^([A-Za-z0-9]+)_(.+)$")
-
-
-class _Names:
-    """Classify tensor names against a model (cached: names repeat every step)."""
-
-    def __init__(self, model: nn.Module):
-        self.modules = {n: m for n, m in model.named_modules()}
-        self.params = {n: tuple(t.shape) for n, t in model.state_dict().items()}
-        self.cache: dict[str, tuple] = {}
-
-    def __call__(self, name: str) -> tuple:
-        if name not in self.cache:
-            self.cache[name] = self._classify(name)
-        return self.cache[name]
-
-    def _classify(self, name: str) -> tuple:
-        mods = self.modules
-        if name == "compact/steps":
-            return ("steps",)
-        if name.startswith("scalar/"):
-            return ("unused", name, "a training scalar, not a ranking input")
-        if m := _COMPACT_TAP.match(name):
-            if m[1] in mods:
-                return ("compact", (m[1], int(m[2])), m[3])
-            return ("unused", name, "unknown module")
-        if m := _COMPACT_NORM.match(name):
-            if m[1] in mods:
-                return ("norm", m[1], m[2])
-            return ("unused", name, "unknown module")
-        if name.startswith("gradient/"):
-            if (m := _GRAD_CALL.match(name)) and m[1] in mods:
-                return ("grad", (m[1], int(m[2])), "full")
-            if (m := _GRAD_NO_CALL.match(name)) and m[1] in mods:
-                return ("grad_nocall", m[1], "aws")
-            if (m := _PARAM.match(name[len("gradient/"):])) and m[2] in self.params:
-                return ("unused", name, "parameter gradient")
-            return ("unused", name, "unknown gradient name")
-        if (m := _BN_STAT.match(name)) and m[1] in mods:
-            return ("param", f"{m[1]}.{m[2]}", "aws")
-        if (m := _ACT_CALL.match(name)) and m[1] in mods:
-            return ("act", (m[1], int(m[2])), "full/aws")
-        if (m := _ACT_STOCK.match(name)) and m[1] in mods:
-            return ("act", (m[1], int(m[2])), "stock")
-        if (m := _INPUT.match(name)) and m[1] in mods:
-            return ("unused", name, "module input")
-        if (m := _PARAM.match(name)) and m[2] in self.params:
-            return ("param", m[2], "weights")
-        return ("unused", name, "unknown name")
 
 
 # --- reduction ------------------------------------------------------------------------------------
@@ -601,44 +541,3 @@ class _LazyWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
-
-
-# --- the model a trial was captured from ----------------------------------------------------------
-def _model_from_meta(meta: dict, path: str, trust_code: Any = None) -> tuple[nn.Module, bool]:
-    """The model a trial was captured on, and whether it was built untrained: the saved model beside
-    it (train.py writes OUT/trial next to OUT/model.json, with the pruned widths), else the recorded
-    model directory, else the base arch (fresh weights: True)."""
-    beside = os.path.dirname(os.path.abspath(path))
-    if not is_s3(path)[0] and has_model(beside):
-        from ..model.store import load
-
-        return load(beside, trust_code=trust_code), False
-    spec = meta.get("model") or {}
-    if spec.get("model_dir"):
-        from ..model.store import load
-
-        return load(spec["model_dir"], trust_code=trust_code), False
-    if spec.get("arch"):
-        from ..model.zoo import build_from_spec
-
-        where = f"{path}/{META_FILE}: field 'model.arch'"
-        return build_from_spec({"arch": spec["arch"], "kwargs": spec.get("kwargs") or {}}, trust_code=trust_code,
-                               where=where), True
-    raise ValueError(f"{path}: the trial does not record its model ({META_FILE} missing or without 'model'); "
-                     "pass model= (CLI: --model ARCH|SPEC_DIR)")
-
-
-def _example_inputs(example_inputs: Any, meta: dict, path: str) -> Any:
-    if example_inputs is not None:
-        return example_inputs
-    size = meta.get("input_size")
-    if size:
-        return torch.zeros(1, *size)
-    raise ValueError(f"{path}: the trial does not record the input size; pass example_inputs= "
-                     "(CLI: --input-size 3,64,64)")
-
-
-def _trace(model: nn.Module, example_inputs: Any):
-    from ..model.graph import ChannelGraph
-
-    return ChannelGraph.trace(model, example_inputs)
