@@ -34,27 +34,23 @@ class Option:
 
 @dataclass(frozen=True)
 class BackendEntry:
-    """How to build a backend: `factory(**options)` (a callable, or "module:attribute" imported on first
-    use), the options a user sets, and what a headless run adds (`for_run(config, options) -> options`,
-    e.g. SageMaker's rule threshold and data channel)."""
+    """How to build a backend: `factory(**options)`, the options a user sets, and what a headless run
+    adds (`for_run(config, options) -> options`, e.g. SageMaker's rule threshold and data channel).
+    Both may be "module:attribute", imported on first use: the registry names backends without
+    importing them."""
 
     factory: "Callable[..., Backend] | str"
     options: tuple[Option, ...] = ()
     description: str = ""
-    for_run: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+    for_run: "Callable[[Any, dict[str, Any]], dict[str, Any]] | str | None" = None
     reads_s3: bool = False  # an s3:// data_dir reaches its jobs (as their train channel)
 
-    def build(self) -> Callable[..., Backend]:
-        if not isinstance(self.factory, str):
-            return self.factory
-        module, _, attribute = self.factory.partition(":")
-        return getattr(importlib.import_module(module), attribute)
 
-
-def _sagemaker_run(config: Any, options: dict[str, Any]) -> dict[str, Any]:
-    from .sagemaker import run_options
-
-    return run_options(config, options)
+def _resolved(ref: "Callable | str") -> Callable:
+    if not isinstance(ref, str):
+        return ref
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 SAGEMAKER_OPTIONS = (
@@ -71,7 +67,8 @@ SAGEMAKER_OPTIONS = (
 BACKENDS: dict[str, BackendEntry] = {
     "local": BackendEntry("prune_explorer.jobs.local:LocalBackend", description="local processes (default)"),
     "sagemaker": BackendEntry("prune_explorer.jobs.sagemaker:SageMakerBackend", SAGEMAKER_OPTIONS,
-                              "SageMaker training jobs", for_run=_sagemaker_run, reads_s3=True),
+                              "SageMaker training jobs", for_run="prune_explorer.jobs.sagemaker:run_options",
+                              reads_s3=True),
 }
 
 
@@ -97,7 +94,7 @@ def make_backend(backend: "str | Backend", **options: Any) -> Backend:
     refused by name); a Backend instance is returned as it is."""
     if not isinstance(backend, str):
         return backend
-    factory = entry(backend).build()
+    factory = _resolved(entry(backend).factory)
     given = {k: v for k, v in options.items() if v is not None}
     parameters = inspect.signature(factory).parameters.values()
     if not any(p.kind is p.VAR_KEYWORD for p in parameters):
@@ -112,5 +109,5 @@ def backend_for_run(config: Any) -> Backend:
     chosen = entry(config.backend)
     options = check_options(config.backend, dict(config.backend_options))
     if chosen.for_run is not None:
-        options = chosen.for_run(config, options)
+        options = _resolved(chosen.for_run)(config, options)
     return make_backend(config.backend, **options)
