@@ -64,9 +64,9 @@ def shared_dir(tmp_path_factory) -> Path:
 # The longest files first (measured, `make test`'s --durations), so that parallel workers, each
 # taking whole files (--dist loadfile --no-loadscope-reorder), finish at about the same time.
 LONGEST_FIRST = (
-    "browser/test_panel.py", "test_loop.py", "test_notebooks.py", "test_widgets.py", "test_jobs_sagemaker.py",
-    "test_loop_transfer.py", "test_demo.py", "test_export.py", "test_custom_training.py", "test_zoo.py",
-    "test_wheel.py", "test_train.py", "test_backend_registry.py", "test_workspace.py", "test_tracker_contract.py",
+    "test_zoo.py", "test_notebooks.py", "browser/test_panel.py", "test_loop.py", "test_export.py", "test_widgets.py",
+    "test_custom_training.py", "test_jobs_sagemaker.py", "test_tracker_contract.py", "test_demo.py",
+    "test_loop_transfer.py", "test_train.py", "test_wheel.py", "test_backend_registry.py", "test_workspace.py",
 )
 
 
@@ -79,6 +79,24 @@ def pytest_collection_modifyitems(config, items):
         return order.get(path.relative_to(here).as_posix(), len(order)) if path.is_relative_to(here) else len(order)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
+
+
+# Files with no module fixture and long tests (a sweep): their tests go to the workers one by one.
+BY_TEST = ("test_zoo.py",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, but a BY_TEST file's tests are units of their own (a sweep does not hold up a run)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndSweeps(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if Path(nodeid.split("::", 1)[0]).name in BY_TEST else super()._split_scope(nodeid)
+
+    return FilesAndSweeps(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")
