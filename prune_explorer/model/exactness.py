@@ -37,10 +37,9 @@ LARGE_TORCHVISION = ("regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32")
 
 
 def torchvision_example(name: str) -> tuple[nn.Module, Any]:
-    """A torchvision model (random init, seed 0, eval for detectors) and a small input it accepts:
-    classification and segmentation take a 1x3xHxW tensor, detectors a list of one 3xHxW image
-    (one argument), resized inside to `DETECTION_SIZE` and with a score threshold low enough that
-    random weights still return boxes."""
+    """A torchvision model (random init, seed 0) and a small input it accepts: classification and
+    segmentation take a 1x3xHxW tensor, detectors a list of one 3xHxW image (one argument; see
+    `detection_example`)."""
     import torchvision
 
     if name in torchvision.models.list_models(module=torchvision.models.detection):
@@ -63,9 +62,12 @@ def torchvision_example(name: str) -> tuple[nn.Module, Any]:
 DETECTION_SIZE = 128    # the side torchvision's detection transform resizes to (SSD keeps its own)
 
 
-def detection_example(name: str, size: int = DETECTION_SIZE) -> tuple[nn.Module, list[torch.Tensor]]:
+def detection_example(name: str, size: int = DETECTION_SIZE,
+                      dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list[torch.Tensor]]:
     """A torchvision detector with no weights (eval) and `[image]`: its transform resizes to `size`,
-    a score threshold of 1e-3 keeps boxes from random weights, at most 20 detections per image.
+    a score threshold of 1e-3 keeps boxes from random weights, at most 20 detections per image (1
+    where a keypoint or mask head runs per box). float64 by default: decoded boxes are pixel coordinates, where float32's rounding alone comes
+    near the contract's 1e-4; in float64 only a wrong slice shows.
 
     Weights are drawn again at unit gain (std 1/sqrt(fan in)), head biases at N(0, 1): torchvision's
     default init shrinks activations layer by layer (and starts the heads at std 0.01 with a prior
@@ -77,9 +79,9 @@ def detection_example(name: str, size: int = DETECTION_SIZE) -> tuple[nn.Module,
     kwargs: dict = {"weights": None, "weights_backbone": None}
     if not name.startswith("ssd"):
         kwargs.update(min_size=size, max_size=size)
-    if "rcnn" in name:
-        kwargs.update(box_score_thresh=1e-3, box_detections_per_img=20, rpn_pre_nms_top_n_test=100,
-                      rpn_post_nms_top_n_test=50)
+    if "rcnn" in name:    # keypoint/mask heads run a 512-channel conv stack per box: few boxes
+        kwargs.update(box_score_thresh=1e-3, box_detections_per_img=20 if name.startswith("faster") else 1,
+                      rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
     else:
         kwargs.update(score_thresh=1e-3, detections_per_img=20)
     torch.manual_seed(0)
@@ -93,7 +95,7 @@ def detection_example(name: str, size: int = DETECTION_SIZE) -> tuple[nn.Module,
             for layer in head.modules():
                 if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.bias is not None:
                     layer.bias.normal_(0.0, 1.0)
-    return model, [torch.rand(3, size, size)]
+    return model.to(dtype), [torch.rand(3, size, size, dtype=dtype)]
 
 
 def detection_heads(model: nn.Module) -> list[str]:

@@ -57,3 +57,23 @@ def value_read(an, call):
     x = call.arg("input")
     an.refuse(an.layout_of(x), f"{call.what} reads the channels' values into Python")
     return None
+
+
+@handler("like")
+def like(an, call):
+    """`x.type_as(other)`, `x.to(other | dtype | device)`: x's channels where they were; `other`'s
+    values are never read, so its channels are not touched."""
+    x = call.arg("input")
+    if not an.is_tensor(x) or not hasattr(call.result, "shape") or call.result.shape != an.shape(x):
+        return an.not_understood(call)
+    layout = an.layout_of(x)
+    if isinstance(layout, Layout):
+        an.link[call.node] = x
+        return layout
+    return an.opaque_like(call.result)
+
+
+@handler("fresh")
+def fresh(an, call):
+    """`x.new_zeros(size)` and kin: a new tensor of x's dtype and device; x's values are not read."""
+    return an.opaque_like(call.result)

@@ -253,3 +253,15 @@ VALUE_READ_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__i
 for _m in VALUE_READ_METHODS:
     METHODS.setdefault(_m, ("value_read", ("input",)))
 ATEN.setdefault("_local_scalar_dense", "value_read")
+
+# `x.type_as(other)`, `x.to(other)`: `other` gives a dtype and a device, none of its values
+for _m in ("type_as", "to"):
+    METHODS[_m] = ("like", ("input", "other"))
+# `x.new_zeros(size)`: only x's dtype and device; `torch.zeros_like(x)`: x's shape, so its width
+# follows x's (pruned) channels
+for _m in ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"):
+    METHODS[_m] = ("fresh", ("input",))
+for _fn in _t("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"):
+    FUNCTIONS[_fn] = ("like", ("input",))
+for _m in ("zero_", "fill_"):
+    METHODS.setdefault(_m, ("like", ("input",)))
