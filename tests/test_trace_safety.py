@@ -193,6 +193,38 @@ def test_a_model_every_route_refuses_is_left_as_it_was(route):
     _same(_state(model), _state(twin))
 
 
+class Refusals(nn.Module):
+    """Ops the graph refuses (attention, a channel slice, a literal width, softmax over channels,
+    a transposed conv), each on a stream of its own, and a cache written on every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(3, 8, 1) for _ in range(5))
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.up = nn.ConvTranspose2d(8, 4, 2, stride=2)
+
+    def forward(self, x):
+        a, b, c, d, e = (conv(x) for conv in self.convs)
+        tokens = a.flatten(2).transpose(1, 2)
+        self.seen = self.attn(tokens, tokens, tokens)[0]
+        return (self.seen.mean(1), b[:, :4].mean((2, 3)), c.view(c.shape[0], 8, -1).mean(-1),
+                d.softmax(1).mean((2, 3)), self.up(e).mean((2, 3)))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_model_full_of_refusals_is_left_as_it_was(route):
+    model = Refusals().eval()
+    twin = copy.deepcopy(model)
+    graph = ChannelGraph.trace(model, X, route=route)
+    assert all(g.prunable or g.reason for g in graph.groups) and not all(g.prunable for g in graph.groups)
+    for group in graph.groups:
+        if not group.prunable:
+            with pytest.raises(ValueError):
+                prune(model, PrunePlan({group.id: [0]}), X, graph=graph)
+    _trace_and_prune(model, X, route, again=False)
+    _assert_untouched(model, twin, X)
+
+
 def test_refused_plans_leave_the_model_as_it_was():
     model = CachesOnFirstForward().eval()
     twin = copy.deepcopy(model)

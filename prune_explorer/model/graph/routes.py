@@ -26,7 +26,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.node import map_aggregate
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..clone import private_copy
 from .analysis import Analysis
@@ -127,42 +127,39 @@ def _check_path(analysis: Analysis, model: nn.Module, args: tuple, kwargs: dict,
 
 
 def _other_inputs(args: tuple, kwargs: dict):
-    """Inputs to check the path with: spatial dims 1.5x (images: the last two dims of 3-d and 4-d+
-    tensors) and new values; then new values alone."""
+    """Inputs to check the path with: images (the last two dims of 3-d and 4-d+ float tensors) of
+    another size and aspect ratio (a detector's transform resizes the image to fit its limits: a
+    square one would come out as before) with new values; then new values alone."""
     gen = torch.Generator().manual_seed(1)
-    resized = tree_map(lambda t: _redrawn(t, gen, resize=True) if isinstance(t, torch.Tensor) else t, (args, kwargs))
     if any(_spatial(t) for t in _tensors((args, kwargs))):
-        yield resized, "inputs of another size and other values"
+        yield tree_map(lambda t: _redrawn(t, gen, resize=True) if isinstance(t, torch.Tensor) else t,
+                       (args, kwargs)), "an input of another size and other values"
     yield tree_map(lambda t: _redrawn(t, gen, resize=False) if isinstance(t, torch.Tensor) else t,
-                   (args, kwargs)), "inputs of other values"
+                   (args, kwargs)), "an input of other values"
 
 
 def _tensors(tree: Any) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
-
     return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
 
 
 def _spatial(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(range(t.dim() - 2, t.dim())) if t.dim() >= 3 and t.is_floating_point() else ()
+    return (t.dim() - 2, t.dim() - 1) if t.dim() >= 3 and t.is_floating_point() else ()
 
 
 def _redrawn(t: torch.Tensor, gen: torch.Generator, resize: bool) -> torch.Tensor:
+    """Uniform values in the tensor's own range; with `resize`, height + 1/4 and width x 2 (+ 32 and
+    x 2 for multiples of 32, which strided networks need)."""
     if not t.is_floating_point() or t.device.type == "meta":
         return t
     shape = list(t.shape)
-    if resize:
-        for d in _spatial(t):
-            shape[d] = _bigger(shape[d])
+    if resize and _spatial(t):
+        h, w = _spatial(t)
+        shape[h] += 32 if shape[h] % 32 == 0 else max(shape[h] // 4, 4)
+        shape[w] *= 2
     lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 1.0, lo + 1.0
     return (torch.rand(shape, generator=gen, dtype=t.dtype) * (hi - lo) + lo).to(t.device)
-
-
-def _bigger(size: int) -> int:
-    bigger = size + max(size // 2, 4)
-    return -(-bigger // 32) * 32 if size % 32 == 0 else bigger
 
 
 def channel_ops(analysis: Analysis) -> list[tuple[str, str, tuple]]:
@@ -217,18 +214,20 @@ def _innermost(node) -> str:
 
 
 def _first_difference(a: list, b: list) -> str | None:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for x, y in zip(a, b):
         if x != y:
-            return f"op {i} on channels is {_say(x)} for the example and {_say(y)} for another input"
+            return f"{_say(x)} for the example, {_say(y)} for another input"
     if len(a) != len(b):
         longer, which = (a, "the example") if len(a) > len(b) else (b, "another input")
-        return f"{_say(longer[min(len(a), len(b))])} runs on channels only for {which}"
+        return f"{_say(longer[min(len(a), len(b))])} runs only for {which}"
     return None
 
 
 def _say(op: tuple) -> str:
-    label, module, _ = op
-    return f"{label} in module {module}" if module else f"{label} in the model's forward"
+    label, module, widths = op
+    where = f"module {module}" if module else "the model's forward"
+    shown = ", ".join("-" if not w else "x".join(map(str, w)) for w in widths)
+    return f"{label} in {where} (channels {shown})"
 
 
 def _first_line(exc: BaseException) -> str:
