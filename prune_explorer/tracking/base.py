@@ -53,7 +53,7 @@ class Tracker(Protocol):
                script: str | None = None) -> str:
         """Record one iteration (replacing what history shows for it); returns its run id.
         `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is
-        the training script that ran the job (a user's entry point, or "prune_explorer.train")."""
+        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train")."""
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change a recorded iteration's status (e.g. 'stopped' by the rule); KeyError when not recorded."""

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .jobs.base import COMPLETED, STOPPED, Job
-from .jobs.queue import JobQueue, file_lock, read_metrics
+from ..jobs.base import COMPLETED, STOPPED, Job
+from ..jobs.queue import JobQueue, file_lock, read_metrics
 
 BASELINE = "baseline"
 PRUNED = "pruned"
@@ -43,7 +43,8 @@ PER_JOB_RULE = ("baseline_accuracy", "stop_rule_threshold")  # set for each job 
 BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule is not a fine-tune's
 BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fine-tune loads a saved model
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
-DEFAULT_SCRIPT = "prune_explorer.train"  # metrics.json `script` of a job without an entry point
+DEFAULT_SCRIPT = "prune_explorer.jobs.train"  # metrics.json `script` of a job without an entry point
+FORMER_DEFAULT_SCRIPT = "prune_explorer.train"  # the same module before it moved into jobs/ (older workspaces)
 _ITERATION = re.compile(r"iter-(\d+)")
 LATENCY_TABLE = "latency_table.json"
 
@@ -240,8 +241,8 @@ class Workspace:
         directory = self.iteration_dir(BASELINE)
         metrics = read_metrics(directory)
         trained = dict(metrics.get("config") or {})
-        if metrics.get("script"):  # what ran it: "prune_explorer.train" or the user's script file
-            trained["entry_point"] = None if metrics["script"] == DEFAULT_SCRIPT else metrics["script"]
+        if metrics.get("script"):  # what ran it: "prune_explorer.jobs.train" or the user's script file
+            trained["entry_point"] = None if metrics["script"] in (DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT) else metrics["script"]
         differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in settings
                   if k in wanted and k in trained and not _same_setting(k, trained[k], wanted[k])]
         if differ:
@@ -301,7 +302,7 @@ class Workspace:
 
     def open_iteration(self, name: str):
         """(model, example inputs, trial dir or None, fine-tuning recipe) of an iteration with a saved model."""
-        from .model import store
+        from ..model import store
 
         if not self.has_model(name):
             raise KeyError(f"iteration {name!r} has no saved model in {self.iteration_dir(name)} "
@@ -315,10 +316,10 @@ class Workspace:
                        dataset: str | None = None, normalization: str | None = None) -> Ranked:
         """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2);
         `normalization` as `rank`'s `normalize` (None: the criterion's own)."""
-        from .model import store
-        from .model.graph import ChannelGraph
-        from .signals.ranking import rank
-        from .signals.trials import open_trial
+        from ..model import store
+        from ..model.graph import ChannelGraph
+        from ..signals.ranking import rank
+        from ..signals.trials import open_trial
 
         directory = self.iteration_dir(name)
         model = store.load(directory).eval()
@@ -333,8 +334,8 @@ class Workspace:
     def latency_table(self, image_size: int | None = None, dataset: str | None = None, progress: bool = False):
         """The per-layer latency table of the baseline model (measured on first use on this machine,
         then read from WORKSPACE/latency_table.json); it serves every iteration pruned from it."""
-        from .model import store
-        from .model.latency import LatencyTable
+        from ..model import store
+        from ..model.latency import LatencyTable
 
         path = self.root / LATENCY_TABLE
         if path.is_file():
@@ -350,7 +351,7 @@ class Workspace:
 
     def save_pruned(self, name: str, pruned: Any, plan: Any, parent: str | None, criterion: str | None) -> Path:
         """Save a pruned model as iteration `name`'s job input (iterations/<name>/pruned/)."""
-        from .model import store
+        from ..model import store
 
         summary = plan.summary() if hasattr(plan, "summary") else dict(plan or {})
         return store.save(pruned, self.iteration_dir(name) / PRUNED,
@@ -375,8 +376,8 @@ class Workspace:
         to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
         to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
         written), save and submit."""
-        from .model.measure import count
-        from .model.surgery import prune
+        from ..model.measure import count
+        from ..model.surgery import prune
 
         ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
         try:
@@ -413,7 +414,7 @@ class Workspace:
     def export_path(self, name: str, fmt: str) -> Path:
         """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;
         `model.export.export_model` writes the file through a temp file and one rename)."""
-        from .model.export import FORMATS
+        from ..model.export import FORMATS
 
         if fmt not in FORMATS:
             raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -451,11 +452,11 @@ class Workspace:
 
 def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any):
     """The step's plan: the lowest `per_iteration` filters, or down to the target."""
-    from .model.plan import PrunePlan
+    from ..model.plan import PrunePlan
 
     if target is None:
         return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
-    from .model.costs import CostModel
+    from ..model.costs import CostModel
 
     costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
     if target.unit == "macs":

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .jobs.base import COMPLETED, STOPPED
-from .workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
+from ..jobs.base import COMPLETED, STOPPED
+from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -91,7 +91,7 @@ class LoopConfig:
             raise ValueError(f"epochs and baseline_epochs must be >= 1, got {self.epochs}, {self.baseline_epochs}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        from .signals.ranking import NORMALIZATIONS as SCORE_NORMALIZATIONS
+        from ..signals.ranking import NORMALIZATIONS as SCORE_NORMALIZATIONS
 
         if self.normalization is not None and self.normalization not in SCORE_NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {tuple(SCORE_NORMALIZATIONS)}, got {self.normalization!r}")
@@ -107,7 +107,7 @@ class LoopConfig:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
-        from .data import DATASETS, NORMALIZATIONS
+        from ..jobs.data import DATASETS, NORMALIZATIONS
 
         if self.entry_point is None and self.dataset.lower().replace("_", "-") not in DATASETS + ("fashionmnist",):
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
@@ -115,7 +115,7 @@ class LoopConfig:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.backend not in LOOP_BACKENDS:
             raise ValueError(f"backend must be one of {tuple(LOOP_BACKENDS)}, got {self.backend!r}")
-        from .tracking import TRACKERS
+        from ..tracking import TRACKERS
 
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker must be one of {tuple(TRACKERS)}, got {self.tracker!r}")
@@ -190,7 +190,7 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
     `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
     scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
     """
-    from .demo import PRETRAINED_ARCH, pretrained_kwargs, pretrained_weights
+    from ..demo import PRETRAINED_ARCH, pretrained_kwargs, pretrained_weights
 
     size = 32 if fast else 64
     dataset, data_dir = _demo_data("demo --pretrained")
@@ -219,7 +219,7 @@ def sagemaker_backend(config: LoopConfig):
     the SageMaker session's defaults (its execution role, its default bucket)."""
     import boto3
 
-    from .jobs.sagemaker import BUCKET_ENV, ROLE_ENV, SageMakerBackend
+    from ..jobs.sagemaker import BUCKET_ENV, ROLE_ENV, SageMakerBackend
 
     session = boto3.Session(region_name=config.region) if config.region else boto3.Session()
     role = config.role or os.environ.get(ROLE_ENV) or _session_default("role", session)
@@ -253,7 +253,7 @@ LOOP_BACKENDS: dict[str, Callable[[LoopConfig], Any]] = {
 
 def loop_tracker(config: LoopConfig):
     """The tracker the loop records into (config.tracker, with its URI / experiment / region)."""
-    from .tracking import make_tracker
+    from ..tracking import make_tracker
 
     if config.tracker == "mlflow":
         return make_tracker("mlflow", config.workspace, tracking_uri=config.tracking_uri, experiment=config.experiment)
@@ -274,7 +274,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
     config.validate()
     if criterion_fn is None:
-        from .signals.ranking import CRITERIA
+        from ..signals.ranking import CRITERIA
 
         if config.criterion not in CRITERIA:
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
@@ -360,9 +360,9 @@ def _step_targets(config: LoopConfig, workspace: Workspace):
 
 def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopConfig) -> float:
     """The baseline's MACs, or its latency as the table predicts it, on one example."""
-    from .model import store
-    from .model.costs import CostModel
-    from .model.graph import ChannelGraph
+    from ..model import store
+    from ..model.costs import CostModel
+    from ..model.graph import ChannelGraph
 
     model = store.load(workspace.iteration_dir(BASELINE)).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
