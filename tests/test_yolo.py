@@ -72,3 +72,15 @@ def test_yolo_deployment_outputs_leave_every_conv_prunable_but_the_heads_and_c2p
     if attention:
         reasons = " ".join(graph.group(m).reason for m in refused if m.startswith(attention + "."))
         assert "split" in reasons and "view" in reasons     # C2PSA's fixed split and the attention's heads
+
+
+def test_the_package_never_imports_ultralytics():
+    import re
+    from pathlib import Path
+
+    import prune_explorer
+
+    root = Path(prune_explorer.__file__).parent
+    pattern = re.compile(r"^\s*(import|from)\s+ultralytics|import_module\([\"']ultralytics", re.M)
+    importing = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]
+    assert importing == []                       # AGPL-3.0: tests and benchmarks only

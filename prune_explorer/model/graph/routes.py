@@ -73,8 +73,10 @@ def analyse(model: nn.Module, example_inputs: Any, leaf_modules: tuple[type, ...
 
 def _fx(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...]) -> Analysis:
     copy = private_copy(model, share_tensors=True)
-    if kwargs:
-        args = tuple(inspect.signature(copy.forward).bind(*args, **kwargs).arguments.values())
+    if kwargs:                   # fx's graph takes every argument by position
+        bound = inspect.signature(copy.forward).bind(*args, **kwargs)
+        bound.apply_defaults()
+        args = bound.args
     traced, constants = trace_fx(copy, leaf_types)
     analysis = Analysis(copy, traced)
     run_fx(copy, traced, constants, args, analysis.visit)
