@@ -122,8 +122,8 @@ def _check_path(analysis: Analysis, model: nn.Module, args: tuple, kwargs: dict,
         again.finish()
         differs = _first_difference(channel_ops(analysis), channel_ops(again))
         if differs is not None:
-            warnings.warn(f"the {how} path depends on the input: {differs} with {what}, so the channel graph holds "
-                          "for the example input's path only; prune with inputs that take the same path",
+            warnings.warn(f"the {how} path depends on the input (tried {what}): {differs}; the channel graph "
+                          "holds for the example input's path only, so prune with inputs that take that path",
                           InputDependentPath, stacklevel=4)
         return
 
@@ -218,9 +218,9 @@ def _innermost(node) -> str:
 def _first_difference(a: list, b: list) -> str | None:
     for x, y in zip(a, b):
         if x != y:
-            return f"{_say(x)} for the example, {_say(y)} for another input"
+            return f"{_say(x)} for the example but {_say(y)} for the other input"
     if len(a) != len(b):
-        longer, which = (a, "the example") if len(a) > len(b) else (b, "another input")
+        longer, which = (a, "the example") if len(a) > len(b) else (b, "the other input")
         return f"{_say(longer[min(len(a), len(b))])} runs only for {which}"
     return None
 
