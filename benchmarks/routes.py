@@ -22,7 +22,7 @@ from torch import nn
 from prune_explorer.model.exactness import conv_filters, detection_example
 from prune_explorer.model.graph import ROUTES, ChannelGraph
 
-RUNS = 3
+RUNS = 2
 DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large", "retinanet_resnet50_fpn",
              "fcos_resnet50_fpn", "keypointrcnn_resnet50_fpn")
 

@@ -85,8 +85,14 @@ def _fx(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...
 
 def _recorded(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...]) -> Analysis:
     copy = private_copy(model, share_tensors=False)
-    analysis = _walk(copy, record(copy, args, kwargs, leaf_types).traced)
-    _check_path(analysis, model, args, kwargs, lambda m, a, k: record(m, a, k, leaf_types).traced, "recorded")
+    recorded = record(copy, args, kwargs, leaf_types)
+    analysis = _walk(copy, recorded.traced)
+    checked = _check_path(analysis, model, args, kwargs, lambda m, a, k: record(m, a, k, leaf_types).traced,
+                          "recorded")
+    if not checked and recorded.value_reads:
+        warnings.warn(f"the recorded forward read tensor values into Python ({recorded.value_reads[0]}; "
+                      f"{len(recorded.value_reads)} in all) and ran on no other input to check the path it took; "
+                      "the channel graph holds for the example input's path only", InputDependentPath, stacklevel=4)
     return analysis
 
 
@@ -109,10 +115,10 @@ def _walk(model: nn.Module, traced) -> Analysis:
 
 
 # --- is the path the example took the path every input takes? ----------------------------------------
-def _check_path(analysis: Analysis, model: nn.Module, args: tuple, kwargs: dict, trace: Callable, how: str) -> None:
+def _check_path(analysis: Analysis, model: nn.Module, args: tuple, kwargs: dict, trace: Callable, how: str) -> bool:
     """Trace again with another input (other sizes and values, else other values) on a fresh copy;
     warn when the ops that carry channels differ. A model that cannot run on the other input is
-    not checked there."""
+    not checked there; False when it ran on none."""
     for other, what in _other_inputs(args, kwargs):
         copy = private_copy(model, share_tensors=how == "exported")
         try:
@@ -124,8 +130,9 @@ def _check_path(analysis: Analysis, model: nn.Module, args: tuple, kwargs: dict,
         if differs is not None:
             warnings.warn(f"the {how} path depends on the input (tried {what}): {differs}; the channel graph "
                           "holds for the example input's path only, so prune with inputs that take that path",
-                          InputDependentPath, stacklevel=4)
-        return
+                          InputDependentPath, stacklevel=5)
+        return True
+    return False
 
 
 def _other_inputs(args: tuple, kwargs: dict):
