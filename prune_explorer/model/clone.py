@@ -113,6 +113,10 @@ _HOOK_DICTS = frozenset(("_forward_hooks", "_forward_pre_hooks", "_forward_hooks
                "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks"))
 
 
+_NOT_IN_FORWARD = frozenset(("_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                             "_load_state_dict_post_hooks", "_non_persistent_buffers_set"))
+
+
 def private_copy(module: nn.Module, *, share_tensors: bool) -> nn.Module:
     """A copy of the module tree that tracing may change at will: the user's model stays as it was.
 
@@ -148,10 +152,13 @@ def _private(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
     memo[id(module)] = new
     state = {}
     for key, value in module.__dict__.items():
-        if type(value) in _ATOMIC_TYPES:
-            state[key] = value
+        kind = type(value)
+        if kind in _ATOMIC_TYPES or (kind is tuple and all(type(v) in _ATOMIC_TYPES for v in value)):
+            state[key] = value                     # immutable: shared, as deepcopy shares it
         elif key in _HOOK_DICTS:
             state[key] = type(value)()
+        elif key in _NOT_IN_FORWARD:
+            state[key] = value                     # state-dict hooks: no forward reads or writes them
         elif key == "_modules":
             state[key] = {name: None if child is None else _private(child, memo) for name, child in value.items()}
         elif key in ("_parameters", "_buffers"):
