@@ -121,3 +121,23 @@ def test_a_path_the_same_for_every_input_gives_no_warning():
         warnings.simplefilter("error", InputDependentPath)
         graph = ChannelGraph.trace(Cached(), torch.randn(1, 3, 8, 8))
     assert graph.route == "record"
+
+
+def test_a_channel_width_written_as_a_number_is_refused_and_one_read_from_the_tensor_only_by_fx():
+    class Expands(nn.Module):
+        def __init__(self, literal: bool):
+            super().__init__()
+            self.literal = literal
+            self.conv, self.gate, self.head = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            g = self.gate(y.mean((2, 3), keepdim=True))
+            width = 4 if self.literal else y.shape[1]
+            return self.head(y * g.expand(y.shape[0], width, y.shape[2], y.shape[3]))
+
+    x = torch.randn(1, 3, 4, 4)
+    assert ChannelGraph.trace(Expands(literal=False), x, route="fx").group("conv").prunable
+    for model, route in ((Expands(literal=True), "fx"), (Expands(literal=False), "record")):
+        conv = ChannelGraph.trace(model, x, route=route).group("conv")   # a recording sees only numbers
+        assert not conv.prunable and "expands to a channel width written as a number" in conv.reason

@@ -5,7 +5,7 @@ tensor values read into Python (the channels read are refused: a pruned model wo
 from __future__ import annotations
 
 from .channels import OPAQUE, Layout
-from .handlers import handler
+from .handlers import HANDLERS, handler
 
 
 def _on_dim1(layout) -> bool:
@@ -77,3 +77,21 @@ def like(an, call):
 def fresh(an, call):
     """`x.new_zeros(size)` and kin: a new tensor of x's dtype and device; x's values are not read."""
     return an.opaque_like(call.result)
+
+
+@handler("expand_to")
+def expand_to(an, call):
+    """`x.expand(*sizes)`: a size written as a number on the channel axis (not -1) stays the old
+    width in a pruned model. fx shows computed sizes as nodes; a recording shows every size as a
+    number, so there any such size is refused."""
+    x = call.arg("input")
+    layout = an.layout_of(x)
+    sizes = call.arg("sizes") or ()
+    if isinstance(layout, Layout) and an.is_tensor(x) and sizes:
+        offset = len(sizes) - len(an.shape(x))
+        for axis in layout.axes:
+            size = sizes[axis + offset] if 0 <= axis + offset < len(sizes) else None
+            if isinstance(size, int) and not isinstance(size, bool) and size != -1:
+                an.refuse(layout, f"{call.what} expands to a channel width written as a number ({size})")
+                return OPAQUE
+    return HANDLERS["expand"](an, call)

@@ -265,3 +265,5 @@ for _fn in _t("zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
     FUNCTIONS[_fn] = ("like", ("input",))
 for _m in ("zero_", "fill_"):
     METHODS.setdefault(_m, ("like", ("input",)))
+# `x.expand(b, c, h, w)`: a channel width written as a number is refused (`handlers_recorded.expand_to`)
+METHODS["expand"] = ("expand_to", ("input", "*sizes"))
