@@ -139,5 +139,6 @@ def test_a_channel_width_written_as_a_number_is_refused_and_one_read_from_the_te
     x = torch.randn(1, 3, 4, 4)
     assert ChannelGraph.trace(Expands(literal=False), x, route="fx").group("conv").prunable
     for model, route in ((Expands(literal=True), "fx"), (Expands(literal=False), "record")):
-        conv = ChannelGraph.trace(model, x, route=route).group("conv")   # a recording sees only numbers
-        assert not conv.prunable and "expands to a channel width written as a number" in conv.reason
+        graph = ChannelGraph.trace(model, x, route=route)                # a recording sees only numbers
+        assert not graph.group("conv").prunable
+        assert "expands to a channel width written as a number (4)" in graph.group("gate").reason
