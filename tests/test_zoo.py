@@ -2,8 +2,9 @@
 random plan on every prunable group, exact.
 
 Runs in `make test` (CI); ≈ 6 min on 2 cores for the classification models, ≈ 20 s for the
-segmentation models, ≈ 1 min for the detectors (float64, 128x128: `exactness.detection_example`). Left out (over ~1 GB of weights):
-regnet_y_128gf, vit_h_14, vit_l_16, vit_l_32 (`exactness.LARGE_TORCHVISION`).
+segmentation models, ≈ 1 min for the detectors (float64, 128x128: `exactness.detection_example`).
+Left out (over ~1 GB of weights): regnet_y_128gf, vit_h_14, vit_l_16, vit_l_32
+(`exactness.LARGE_TORCHVISION`).
 """
 from __future__ import annotations
 
