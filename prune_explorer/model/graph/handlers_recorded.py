@@ -1,6 +1,8 @@
 """Handlers for ops a recorded forward meets and fx graphs rarely do: torchvision's RoI pooling
-(per channel: region k of channel c is read from channel c; boxes never carry channels) and
-tensor values read into Python (the channels read are refused: a pruned model would read others).
+(per channel: region k of channel c is read from channel c; boxes never carry channels), NMS (boxes
+and scores only), tensor values read into Python (the channels read are refused: a pruned model
+would read others), `type_as` / `new_zeros`-style ops that read only a dtype and a device, and
+`expand` to sizes written as numbers.
 """
 from __future__ import annotations
 
@@ -95,3 +97,11 @@ def expand_to(an, call):
                 an.refuse(layout, f"{call.what} expands to a channel width written as a number ({size})")
                 return OPAQUE
     return HANDLERS["expand"](an, call)
+
+
+@handler("boxes")
+def boxes(an, call):
+    """NMS: its tensors are boxes and scores, never channels; channels that reach it are refused."""
+    for a in an.tensor_args(call):
+        an.refuse(an.layout_of(a), f"{call.what} reads these channels as boxes or scores")
+    return an.opaque_like(call.result)

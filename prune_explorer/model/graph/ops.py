@@ -245,6 +245,8 @@ try:
                                             "aligned"))
     FUNCTIONS[_roi_pool_fn] = ("roi_pool", ("input", "boxes", "output_size", "spatial_scale"))
     ATEN["roi_align"] = ATEN["roi_pool"] = "roi_pool"
+    FUNCTIONS[torch.ops.torchvision.nms] = ("boxes", ("boxes", "scores", "iou_threshold"))
+    ATEN["nms"] = "boxes"
 except (ImportError, AttributeError):  # pragma: no cover - torchvision is a dependency
     pass
 
