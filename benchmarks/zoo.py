@@ -10,7 +10,8 @@ filters in the backbone and FPN (`conv_filters(graph, "backbone")`).
 Share of prunable conv filters = (output channels of convolutions whose channel group is
 prunable and can lose at least one channel) / (output channels of all convolutions, any
 `groups`), each conv counted once (`prune_explorer.model.exactness.conv_filters`).
-Status: `exact` (max |pruned - reference| <= 1e-4), `INEXACT`, or the error.
+Status: `exact` (max |pruned - reference| <= 1e-4), `INEXACT`, or the error. `no group`: conv and
+linear layers in no channel group (`graph.unassigned`, each with its reason).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from prune_explorer.model.exactness import LARGE_TORCHVISION, TOLERANCE, check, 
 
 FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.models.segmentation,
             "detection": torchvision.models.detection}
+
 
 def sweep(name: str) -> dict:
     start = time.perf_counter()
@@ -45,6 +47,7 @@ def sweep(name: str) -> dict:
         "filters": total,
         "groups": f"{len(result.graph.prunable())}/{len(groups)}",
         "route": result.graph.route,
+        "unassigned": len(result.graph.unassigned),
         "seconds": time.perf_counter() - start,
     }
 
@@ -62,7 +65,7 @@ def main() -> None:
     if not args.all:
         names = [n for n in names if n not in LARGE_TORCHVISION]
     print(f"{'model':38} {'conv filters prunable':>22} {'backbone':>9} {'filters':>8} {'groups':>9} {'route':>6} "
-          f"{'s':>5}  status")
+          f"{'no group':>8} {'s':>5}  status")
     exact = 0
     for name in names:
         row = sweep(name)
@@ -70,7 +73,8 @@ def main() -> None:
         share = f"{100 * row['share']:.1f} %" if "share" in row else "-"
         backbone = f"{100 * row['backbone']:.1f} %" if row.get("backbone") is not None else "-"
         print(f"{row['model']:38} {share:>22} {backbone:>9} {row.get('filters', '-'):>8} {row.get('groups', '-'):>9} "
-              f"{row.get('route', '-'):>6} {row['seconds']:5.1f}  {row['status']}", flush=True)
+              f"{row.get('route', '-'):>6} {row.get('unassigned', '-'):>8} {row['seconds']:5.1f}  {row['status']}",
+              flush=True)
     print(f"zoo: {exact} of {len(names)} models exact")
     sys.exit(0 if exact == len(names) else 1)
 

@@ -1,5 +1,6 @@
 """Every torchvision classification and segmentation model, and five whole detectors: trace, a
-random plan on every prunable group, exact.
+random plan on every prunable group, exact; every conv and linear in a channel group or listed in
+`graph.unassigned` with a reason.
 
 Runs in `make test` (CI); ≈ 6 min on 2 cores for the classification models, ≈ 20 s for the
 segmentation models, ≈ 1 min for the detectors (float64, 128x128: `exactness.detection_example`).
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import assert_nothing_silent
 from prune_explorer.model.exactness import (LARGE_TORCHVISION, TOLERANCE, check, conv_filters, detection_heads,
                                             torchvision_example)
 from prune_explorer.model.graph import InputDependentPath
@@ -38,6 +40,7 @@ def test_torchvision_model_traces_and_prunes_exactly(name):
     assert result.max_diff <= TOLERANCE, result.max_diff
     graph = result.graph
     assert all(g.prunable or g.reason for g in graph.groups)
+    assert_nothing_silent(model, graph)
     prunable, total = conv_filters(graph)
     if name in TRANSFORMERS:
         hidden = [g for g in graph.prunable() if "mlp" in g.name]
@@ -54,6 +57,7 @@ def test_torchvision_segmentation_model_traces_and_prunes_exactly(name):
     assert result.removed and result.input_unchanged and result.max_diff <= TOLERANCE
     assert [g.name for g in result.graph.groups if not g.prunable] == [result.graph.groups[-1].name]
     assert result.graph.groups[-1].kind == "output"
+    assert_nothing_silent(model, result.graph)
 
 
 @pytest.mark.slow
@@ -75,3 +79,4 @@ def test_whole_torchvision_detector_traces_and_prunes_exactly(name):
     prunable, total = conv_filters(graph, "backbone")
     assert prunable / total >= 0.9, (prunable, total)
     assert all(g.prunable or g.reason for g in graph.groups)
+    assert_nothing_silent(model, graph)

@@ -2,8 +2,9 @@
 
 Built from operators, not module types (see ARCHITECTURE.md, model/graph): `routes` (which route
 understands the model, on a private copy), `tracing` (fx; torch.export), `recording` (one real
-forward recorded), `ops` (the op registry), `handlers` (one per op family),
-`analysis` (the walk), `channels` (ids and couplings), `groups` (groups, slices, taps).
+forward recorded), `ops` (the op registry), `handlers` (one per op family), `analysis` (the walk),
+`channels` (ids and couplings), `groups` (groups, slices, taps), `sizes` (widths written in the
+code), `coverage` (layers in no group).
 """
 from __future__ import annotations
 
@@ -11,21 +12,27 @@ from typing import Any, Iterable
 
 from torch import nn
 
-from . import handlers_recorded  # noqa: F401 - registers the RoI pooling and value-read handlers
-from .groups import ChannelGroup, ModuleSlices, Tap, build
+from ..kinds import KINDS, leaf_types
+from . import handlers_recorded  # noqa: F401 - registers RoI pooling, NMS, value reads, dtype-only ops
+from .coverage import unassigned
+from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, build
 from .routes import ROUTES, InputDependentPath, analyse, split_inputs
 
-__all__ = ["ChannelGraph", "ChannelGroup", "ModuleSlices", "Tap", "InputDependentPath", "ROUTES", "split_inputs"]
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "InputDependentPath", "ROUTES",
+           "split_inputs"]
 
 
 class ChannelGraph:
     """Channel groups of one model, and how each member's tensors map onto them."""
 
     def __init__(self, groups: list[ChannelGroup], slices: dict[str, ModuleSlices], by_layer: dict[str, int],
-                 ambiguous: dict[str, tuple[int, ...]], route: str = "fx"):
+                 ambiguous: dict[str, tuple[int, ...]], route: str = "fx", unassigned: dict[str, str] | None = None,
+                 keep: list[KeepOne] | tuple = ()):
         self.groups = groups
         self.slices = slices
         self.route = route          # "fx", "record" or "export": which route understood the model
+        self.unassigned = dict(unassigned or {})   # conv/linear layers in no group -> why (never silent)
+        self.keep = list(keep)      # parts of splits and slices a plan must not empty
         self._by_layer = by_layer
         self._ambiguous = ambiguous
 
@@ -40,10 +47,12 @@ class ChannelGraph:
         `example_inputs`: a tuple is the positional arguments, a dict the keyword arguments, anything
         else (a tensor, a list of images) the one argument. Routes, in order: torch.fx, a recorded
         forward, torch.export (`routes.py`); `route="fx" | "record" | "export"` takes only that one.
+        The registered layer kinds' module types are leaves, as `leaf_modules` are.
         """
-        analysis = analyse(model, example_inputs, tuple(leaf_modules), route)
+        analysis = analyse(model, example_inputs, tuple(leaf_modules) + leaf_types(), route)
         built = build(analysis)
-        return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route)
+        return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route,
+                   unassigned(analysis, built.slices), built.keep)
 
     def group(self, layer_or_id: str | int) -> ChannelGroup:
         """The group a member layer name (or group id) names; ValueError otherwise."""
@@ -60,4 +69,15 @@ class ChannelGraph:
 
     def prunable(self, kind: str | None = None) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable and (kind is None or g.kind == kind)]
+
+    def filter_members(self, group_id: int) -> list[ModuleSlices]:
+        """Members with filters (their layer kind's `has_filters`) whose output carries the group."""
+        if not hasattr(self, "_filters"):
+            found: dict[int, list[ModuleSlices]] = {}
+            for sl in self.slices.values():
+                if KINDS[sl.kind].has_filters:
+                    for g in sl.out_touches:
+                        found.setdefault(g, []).append(sl)
+            self._filters = found
+        return self._filters.get(group_id, [])
 

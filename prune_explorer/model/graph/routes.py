@@ -79,6 +79,7 @@ def _fx(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...
         args = bound.args
     traced, constants = trace_fx(copy, leaf_types)
     analysis = Analysis(copy, traced)
+    analysis.fx_leaves = leaf_types          # `sizes.answer` traces again with the same leaves
     run_fx(copy, traced, constants, args, analysis.visit)
     return analysis
 

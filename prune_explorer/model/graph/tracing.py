@@ -1,11 +1,11 @@
-"""Turn a model into a graph of operators with shapes: torch.fx first, torch.export where fx fails.
+"""Turn a model into a graph of operators with shapes: torch.fx, and torch.export (`routes.py`
+decides which runs, always on a private copy of the user's model; `recording.py` is the third).
 
 fx (≈ 10 ms on resnet18) keeps torch.nn's own modules as leaves and traces through everything
 else, so a third-party Conv2d subclass that calls `F.conv2d(x, self.weight)` shows up as that
 functional call on that module's parameter. Shapes come from running the fx graph on the meta
-device. Where fx cannot trace (Python control flow on shapes), torch.export (≈ 0.3 s) gives an
-ATen graph specialised on the example inputs, with every parameter lifted under its name and
-every node's module scope recorded.
+device. torch.export (≈ 0.3 s) gives an ATen graph specialised on the example inputs, with every
+parameter lifted under its name and every node's module scope recorded.
 """
 from __future__ import annotations
 
@@ -89,6 +89,16 @@ class _Tracer(torch.fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def iter(self, obj: torch.fx.Proxy):
+        """Iterating a split at sizes the code lists (`zip(convs, x.split(self.sizes, 1))`): as many
+        parts as sizes. fx only unpacks a proxy into names; anything else it cannot count."""
+        node = obj.node
+        sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
+                                                                           node.kwargs.get("split_size"))
+        if node.target in (torch.split, "split") and isinstance(sizes, (list, tuple)):
+            return iter([obj[i] for i in range(len(sizes))])
+        return super().iter(obj)
+
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         name = self.path_of_module(m)
         index = self.calls.get(name, 0)
@@ -106,7 +116,7 @@ def trace_fx(model: nn.Module, leaf_types: tuple[type, ...]) -> tuple[Traced, di
 
     No GraphModule: its code generation would never run. fx stores tensors created in `forward`
     (`torch.tensor(2.0)`) as `_tensor_constant*` attributes of the traced module; they are taken
-    back off `model` here, so tracing leaves the user's model as it was.
+    back off `model` here (the private copy `routes.py` traces: the user's model is never seen).
     """
     tracer = _Tracer(leaf_types)
     before = set(vars(model))
