@@ -242,11 +242,15 @@ class _Recorder:
         return post
 
 
-class _FunctionRecorder(TorchFunctionMode):
+class _Reporting:
+    """A torch mode that reports to one recorder."""
+
     def __init__(self, recorder: _Recorder):
         super().__init__()
         self.recorder = recorder
 
+
+class _FunctionRecorder(_Reporting, TorchFunctionMode):
     def __torch_function__(self, func, types_, args=(), kwargs=None):
         kwargs = kwargs or {}
         rec = self.recorder
@@ -260,11 +264,7 @@ class _FunctionRecorder(TorchFunctionMode):
             rec.busy -= 1
 
 
-class _DispatchWatcher(TorchDispatchMode):
-    def __init__(self, recorder: _Recorder):
-        super().__init__()
-        self.recorder = recorder
-
+class _DispatchWatcher(_Reporting, TorchDispatchMode):
     def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
