@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator
 
 from .base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id, training_script
 
+CUT_ACCURACY_FILE = "cut.json"  # in an iteration's folder: its accuracy right after the cut, before fine-tuning
+
 log = logging.getLogger(__name__)
 
 JobCallback = Callable[[Job], None]
@@ -84,6 +86,14 @@ def read_metrics(out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def read_cut_accuracy(out_dir: str | Path) -> float | None:
+    """An iteration's accuracy right after its cut (`cut.json`, written by the workspace), None when not measured."""
+    try:
+        return float(json.loads((Path(out_dir) / CUT_ACCURACY_FILE).read_text())["accuracy"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
 def iteration_record(job: Job) -> dict[str, Any]:
     """Keyword arguments for `Tracker.record` describing one finished job."""
     result = job.result or {}
@@ -111,6 +121,7 @@ def iteration_record(job: Job) -> dict[str, Any]:
         backend=job.backend,
         started=job.started,
         script=job.entry_point or result.get("script"),
+        cut_accuracy=read_cut_accuracy(job.out_dir),
     )
 
 

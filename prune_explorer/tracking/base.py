@@ -14,7 +14,7 @@ import pandas as pd
 
 HISTORY_COLUMNS = [
     "iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
-    "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id", "script",
+    "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id", "script", "cut_accuracy",
 ]
 
 
@@ -23,7 +23,7 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=HISTORY_COLUMNS)
     for column in ("filters_removed", "params", "macs"):
         frame[column] = frame[column].astype("Int64")
-    for column in ("latency_ms", "accuracy"):
+    for column in ("latency_ms", "accuracy", "cut_accuracy"):
         frame[column] = frame[column].astype("float64")
     frame["started"] = pd.to_datetime(frame["started"])
     return frame.reset_index(drop=True)
@@ -50,10 +50,12 @@ class Tracker(Protocol):
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
                job_id: str | None = None, backend: str | None = None, started: float | None = None,
-               script: str | None = None) -> str:
+               script: str | None = None, cut_accuracy: float | None = None) -> str:
         """Record one iteration (replacing what history shows for it); returns its run id.
         `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is
-        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train")."""
+        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train").
+        `cut_accuracy`: the pruned model's accuracy right after the cut, before fine-tuning
+        (history column `cut_accuracy`; `accuracy` is the fine-tuned best)."""
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change a recorded iteration's status (e.g. 'stopped' by the rule); KeyError when not recorded."""

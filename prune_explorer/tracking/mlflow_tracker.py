@@ -123,7 +123,7 @@ class MlflowTracker:
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
                job_id: str | None = None, backend: str | None = None, started: float | None = None,
-               script: str | None = None) -> str:
+               script: str | None = None, cut_accuracy: float | None = None) -> str:
         """Log one iteration as a run (replacing an earlier run of the same iteration); returns the run id.
 
         `started` (epoch seconds, e.g. when its job started) becomes the run's start time; default now.
@@ -138,7 +138,7 @@ class MlflowTracker:
         if best_accuracy is None and any(a is not None for a in accuracies):
             best_accuracy = max(a for a in accuracies if a is not None)
         values = {"params": params, "macs": macs, "latency_ms": latency_ms, "best_accuracy": best_accuracy,
-                  "filters_removed": filters_removed}
+                  "filters_removed": filters_removed, "cut_accuracy": cut_accuracy}
         numbers = {key: number(value, key) for key, value in values.items()}
         strings = dict(parent=parent, criterion=criterion, model_dir=model_dir, trial_dir=trial_dir,
                        job_id=job_id, backend=backend, script=script)
@@ -206,6 +206,7 @@ class MlflowTracker:
                 "macs": data.metrics.get("macs"),
                 "latency_ms": data.metrics.get("latency_ms"),
                 "accuracy": data.metrics.get("best_accuracy"),
+                "cut_accuracy": data.metrics.get("cut_accuracy"),
                 "model_dir": data.params.get("model_dir"),
                 "trial_dir": data.params.get("trial_dir"),
                 "job_id": data.params.get("job_id"),

@@ -26,7 +26,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,119}$")
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
 _PRIMARY_STATUS = {"queued": "InProgress", "running": "InProgress", "completed": "Completed",
                    "failed": "Failed", "stopped": "Stopped", "cancelled": "Stopped"}
-_NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy")
+_NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy", "cut_accuracy")
 _STRING_FIELDS = ("iteration", "parent", "criterion", "status", "job_id", "backend", "script")
 _ARTIFACT_FIELDS = ("model_dir", "trial_dir")
 
@@ -131,6 +131,7 @@ class SageMakerExperimentsTracker:
         backend: str | None = None,
         started: float | None = None,
         script: str | None = None,
+        cut_accuracy: float | None = None,
     ) -> str:
         """Create or update the trial component of this iteration's job; return its name (the run id).
 
@@ -147,7 +148,8 @@ class SageMakerExperimentsTracker:
         if best_accuracy is None and accuracies:
             best_accuracy = max(accuracies)
         numbers = {f: number(v, f) for f, v in dict(filters_removed=filters_removed, params=params, macs=macs,
-                                                     latency_ms=latency_ms, best_accuracy=best_accuracy).items()}
+                                                     latency_ms=latency_ms, best_accuracy=best_accuracy,
+                                                     cut_accuracy=cut_accuracy).items()}
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
                       backend=backend, script=script, **numbers)
         parameters = _parameters(values, plan_summary, accuracies, shapes)
@@ -281,7 +283,7 @@ def _row(component: Any) -> dict[str, Any]:
 
     artifacts = _given(component.output_artifacts) or {}
     row = {field: value(field) for field in ("iteration", "parent", "status", "criterion",
-                                             "latency_ms", "job_id", "backend", "script")}
+                                             "latency_ms", "cut_accuracy", "job_id", "backend", "script")}
     for field in ("filters_removed", "params", "macs"):
         number = value(field)
         row[field] = None if number is None else int(number)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..jobs.base import COMPLETED, STOPPED, Job
-from ..jobs.queue import JobQueue, file_lock, read_metrics
+from ..jobs.queue import CUT_ACCURACY_FILE, JobQueue, file_lock, read_metrics
 
 BASELINE = "baseline"
 PRUNED = "pruned"
@@ -354,6 +354,7 @@ class Workspace:
         from ..model import store
 
         summary = plan.summary() if hasattr(plan, "summary") else dict(plan or {})
+        (self.iteration_dir(name) / CUT_ACCURACY_FILE).unlink(missing_ok=True)  # measured for the model it replaces
         return store.save(pruned, self.iteration_dir(name) / PRUNED,
                           metadata={"plan": summary, "criterion": criterion, "parent": parent})
 
@@ -378,6 +379,7 @@ class Workspace:
         written), save and submit."""
         from ..model.measure import count
         from ..model.surgery import prune
+        from ..session.cut import record_cut
 
         ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
         try:
@@ -396,6 +398,7 @@ class Workspace:
                                                   f"below the floor of {min_params:,}")
         name = self.reserve_iteration()
         self.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+        record_cut(self, name, pruned, hyperparameters)  # accuracy right after the cut, for the tracker
         job = self.submit(queue, name, parent=parent.name, plan=plan, criterion=criterion,
                           hyperparameters=hyperparameters, **submit_options)
         return Step(name, job, plan, params)
@@ -410,6 +413,11 @@ class Workspace:
         metrics.update(status=STOPPED, reason=reason)
         self.write_file(f"iterations/{name}/metrics.json",
                         lambda path: Path(path).write_text(json.dumps(metrics, indent=1, default=str)))
+
+    def write_cut_accuracy(self, name: str, record: dict[str, Any]) -> Path:
+        """Record iteration `name`'s accuracy right after its cut ({accuracy, examples, slice}); the queue
+        hands it to the tracker with the fine-tune's result (`jobs.queue.read_cut_accuracy`)."""
+        return self.write_json(f"iterations/{name}/{CUT_ACCURACY_FILE}", record)
 
     def export_path(self, name: str, fmt: str) -> Path:
         """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;
