@@ -15,6 +15,7 @@ import ipywidgets as W
 
 COLOURS = {"queued": "#777", "running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "stopped": "#ff7f0e"}
 TAIL_LINES = 6
+FOLDED_LINES, UNFOLDED_LINES = 3, 40  # a job's log in the panel: its latest lines, more on the toggle
 
 EPOCH = re.compile(r"epoch (\d+)/(\d+)((?: [A-Za-z_][\w.]*=\S+)*) \((\d+(?:\.\d+)?)s\)\s*$")
 BATCHES = re.compile(r"epoch (\d+)/(\d+): (\d+)/(\d+) batches\s*$")
@@ -108,9 +109,15 @@ class JobRow(W.VBox):
         self.record.add_class("pe-job-record")
         self.log_view = W.HTML()
         self.log_view.add_class("pe-job-log")
+        self.unfold = W.ToggleButton(value=False, description="more log", icon="chevron-down",
+                                     tooltip=f"show the last {UNFOLDED_LINES} lines of the job's log",
+                                     layout=W.Layout(width="110px", height="24px"))
+        self.unfold.add_class("pe-job-log-toggle")
+        self.unfold.observe(lambda _: self._show_log(), "value")
         self.progress: dict[str, Any] = {}
+        self._log_text = ""
         super().__init__([W.HBox([self.head, self.cancel]), W.HBox([self.bar, self.epochs]), self.record,
-                          self.log_view])
+                          self.log_view, self.unfold])
         self.add_class("pe-job")
 
     def show(self, job, tracker: Any = None, run_id: str | None = None) -> None:
@@ -135,9 +142,21 @@ class JobRow(W.VBox):
         self.epochs.value = (f"<span data-epoch='{p['epoch']}' data-epochs='{p['epochs']}'>epoch {p['epoch']}/"
                              f"{p['epochs'] or '?'}{acc_text}</span>")
         self.record.value = f"<small>recorded as {recorded_as(tracker, run_id)}</small>" if run_id else ""
-        tail = clean_tail(text)
-        self.log_view.value = (f"<pre style='font-size:11px;margin:0;max-height:7em;overflow:auto'>{html.escape(tail)}</pre>"
-                               if tail else "")
+        self._log_text = text
+        self._show_log()
+
+    def _show_log(self) -> None:
+        """The job's own latest lines, wrapped (never wider than the panel); the toggle shows more."""
+        lines = UNFOLDED_LINES if self.unfold.value else FOLDED_LINES
+        tail = clean_tail(self._log_text, lines)
+        self.unfold.description, self.unfold.icon = ("less log", "chevron-up") if self.unfold.value else \
+            ("more log", "chevron-down")
+        self.unfold.layout.display = None if len(clean_tail(self._log_text, FOLDED_LINES + 1).splitlines()) > \
+            FOLDED_LINES or self.unfold.value else "none"
+        height = "24em" if self.unfold.value else "4.5em"
+        self.log_view.value = (f"<pre data-lines='{len(tail.splitlines())}' style='font-size:12px;line-height:1.4;"
+                               f"margin:0;max-height:{height};overflow:auto;white-space:pre-wrap;"
+                               f"overflow-wrap:anywhere'>{html.escape(tail)}</pre>" if tail else "")
 
 
 class JobsPanel(W.VBox):

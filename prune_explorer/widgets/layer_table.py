@@ -8,13 +8,9 @@ demand. Global controls sit above the rows: criterion, how scores of different l
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-import bqplot as bq
 import ipywidgets as W
-
-from ..model.costs import Cost
-from ..signals.ranking import CRITERIA, NORMALIZATIONS
 
 DEFAULT_NORMALIZATION = "auto"  # the normalisation selector's "the criterion's own"
 
@@ -26,21 +22,23 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def sparkline(points: Sequence[tuple[float, float]]) -> bq.Figure:
-    """A tiny accuracy-vs-fraction-cut curve."""
-    x, y = bq.LinearScale(min=0, max=1), bq.LinearScale(min=0, max=1)
-    line = bq.Lines(x=[p[0] for p in points], y=[p[1] for p in points], scales={"x": x, "y": y},
-                    colors=["#1f77b4"], marker="circle", marker_size=8,
-                    tooltip=bq.Tooltip(fields=["x", "y"], labels=["cut", "accuracy"], formats=[".0%", ".3f"]))
-    fig = bq.Figure(marks=[line], axes=[], fig_margin=dict(top=2, bottom=2, left=2, right=2),
-                    min_aspect_ratio=0.01, max_aspect_ratio=100,
-                    layout=W.Layout(width="110px", height="28px"))
-    fig.add_class("pe-sparkline")
-    return fig
+def sparkline(points: Sequence[tuple[float, float]]) -> W.HTML:
+    """A tiny accuracy-vs-fraction-cut curve (inline SVG; each point's title gives its numbers)."""
+    width, height = 110, 28
+    xy = [(2 + (width - 4) * min(max(x, 0.0), 1.0), height - 2 - (height - 4) * min(max(y, 0.0), 1.0))
+          for x, y in points]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='2.5' fill='#1f77b4'><title>cut {p[0]:.0%}: accuracy "
+                   f"{p[1]:.3f}</title></circle>" for (x, y), p in zip(xy, points))
+    box = W.HTML(f"<svg class='pe-sparkline' width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"
+                 f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='1.5'/>{dots}</svg>",
+                 layout=W.Layout(width="110px", height="28px"))
+    box.add_class("pe-sparkline")
+    return box
 
 
 class LayerRow(W.HBox):
-    def __init__(self, layer: str, kind: str, size: int, carried: Cost, on_sensitivity: Callable[[str], None],
+    def __init__(self, layer: str, kind: str, size: int, carried: dict[str, int], on_sensitivity: Callable[[str], None],
                  on_select: Callable[[str], None] = lambda layer: None):
         self.layer, self.size = layer, size
         self.slider = W.IntSlider(value=0, min=0, max=max(size - 1, 0), continuous_update=False,
@@ -64,8 +62,8 @@ class LayerRow(W.HBox):
             W.HTML(kind, layout=W.Layout(width="70px")),
             W.HTML(str(size), layout=W.Layout(width="50px")),
             self.slider, self.count, self.remaining,
-            W.HTML(_human(carried.params), layout=W.Layout(width="70px")),
-            W.HTML(_human(carried.macs), layout=W.Layout(width="70px")),
+            W.HTML(_human(carried.get("params", 0)), layout=W.Layout(width="70px")),
+            W.HTML(_human(carried.get("macs", 0)), layout=W.Layout(width="70px")),
             probe, self.curve_box,
         ]
         super().__init__(cells)
@@ -82,7 +80,7 @@ class LayerTable(W.VBox):
     HEADER = ("layer", "kind", "width", "cut", "", "left", "params", "MACs", "", "sensitivity")
 
     def __init__(self, criterion: str, scheme: str, n_lowest: int):
-        self.criterion = W.Dropdown(options=sorted(CRITERIA), value=criterion, description="criterion")
+        self.criterion = W.Dropdown(options=[criterion], value=criterion, description="criterion")
         self.criterion.add_class("pe-criterion")
         self.scheme = W.ToggleButtons(options=["internal", "all"], value=scheme,
                                       tooltips=["block-internal groups only (the AWS example)", "every prunable group"])
@@ -90,8 +88,7 @@ class LayerTable(W.VBox):
         self.n_lowest = W.BoundedIntText(value=n_lowest, min=0, max=10**7, description="lowest N",
                                          layout=W.Layout(width="180px"))
         self.n_lowest.add_class("pe-n-lowest")
-        self.normalization = W.Dropdown(options=[("criterion's own", DEFAULT_NORMALIZATION)] +
-                                        [(name, name) for name in NORMALIZATIONS],
+        self.normalization = W.Dropdown(options=[("criterion's own", DEFAULT_NORMALIZATION)],
                                         value=DEFAULT_NORMALIZATION, description="normalise",
                                         layout=W.Layout(width="220px"))
         self.normalization.add_class("pe-normalization")
@@ -125,10 +122,17 @@ class LayerTable(W.VBox):
         super().__init__([controls, header, self.rows_box])
         self.add_class("pe-layer-table")
 
-    def show(self, groups, carried: dict[int, Cost], on_sensitivity: Callable[[str], None],
+    def set_choices(self, criteria: Sequence[str], normalizations: Sequence[str]) -> None:
+        """The criteria and normalisations to offer (the ranking registries' names, from the view)."""
+        self.criterion.options = sorted(set(criteria) | {self.criterion.value})
+        keep = self.normalization.value
+        self.normalization.options = [("criterion's own", DEFAULT_NORMALIZATION)] + [(n, n) for n in normalizations]
+        self.normalization.value = keep if keep in (DEFAULT_NORMALIZATION, *normalizations) else DEFAULT_NORMALIZATION
+
+    def show(self, groups: Sequence[dict[str, Any]], on_sensitivity: Callable[[str], None],
              on_select: Callable[[str], None] = lambda layer: None) -> None:
-        self.rows = {g.name: LayerRow(g.name, g.kind, g.size, carried.get(g.id, Cost(0, 0)), on_sensitivity, on_select)
-                     for g in groups}
+        """One row per group ({name, kind, size, params, macs}: a view's `groups`)."""
+        self.rows = {g["name"]: LayerRow(g["name"], g["kind"], g["size"], g, on_sensitivity, on_select) for g in groups}
         self.selected = None
         for row in self.rows.values():
             row.count.observe(self._changed, "value")
