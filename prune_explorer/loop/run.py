@@ -330,6 +330,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     finally:
         queue.close()
     history = tracker.history()
+    _write_views(workspace, history, names[-1], config, criterion_fn)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs["stop_reason"] = reason
     workspace.write_file(RESULTS_CSV, lambda path: rows.to_csv(path, index=False))
@@ -338,6 +339,21 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
         print(format_history(rows))
         print(f"stopped: {reason}")
     return rows
+
+
+def _write_views(workspace: Workspace, history: pd.DataFrame, last: str, config: LoopConfig, criterion_fn) -> None:
+    """The panel's first view of this run: the history, and the last model ranked as the run ranks
+    (what `prune-explorer app` opens on "latest"). A failure costs only the fast first view."""
+    from ..session import PruningSession
+    from ..workspace import view
+
+    view.write_history(workspace, history)
+    if criterion_fn is not None or not workspace.has_model(last):
+        return
+    try:
+        PruningSession.open(workspace, last, criterion=config.criterion, normalization=config.normalization).write_view()
+    except Exception as exc:  # the panel then draws once the model is loaded, as without a view
+        print(f"note: no first view for the panel written for {last}: {exc}", file=sys.stderr)
 
 
 def _step_targets(config: LoopConfig, workspace: Workspace):
