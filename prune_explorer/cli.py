@@ -76,15 +76,17 @@ def _add_rank(sub) -> None:
 
 
 def _rank(args) -> int:
-    from .signals.ranking import rank
-    from .signals.trials import open_trial
+    from .session import PruningSession
+    from .signals.trials import _example_inputs, open_trial
 
     model = _rank_model(args.model, args.num_classes)
     example = _rank_example(args.input_size)
     try:
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
         normalize = "none" if args.no_normalize else args.normalization
-        table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
+        session = PruningSession(trial.model, _example_inputs(example, trial.meta, trial.path), trial=trial,
+                                 criterion=args.criterion, normalization=normalize)
+        table = session.table
     except ValueError as exc:
         print(f"prune-explorer rank: {exc}", file=sys.stderr)
         return 2
@@ -100,7 +102,7 @@ def _rank(args) -> int:
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.target_macs is not None:
         try:
-            _print_budget_plan(trial, example, table, args.target_macs, args.scheme)
+            _print_budget_plan(session, args.target_macs, args.scheme)
         except ValueError as exc:
             print(f"prune-explorer rank: {exc}", file=sys.stderr)
             return 2
@@ -110,20 +112,14 @@ def _rank(args) -> int:
     return 0
 
 
-def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> None:
-    """The layers a `fraction`-of-the-MACs plan cuts, and the MACs it reaches."""
-    from .model.costs import CostModel
-    from .model.plan import PrunePlan
-    from .signals.trials import _example_inputs
-
+def _print_budget_plan(session, fraction: float, scheme: str) -> None:
+    """The layers a `fraction`-of-the-MACs plan cuts (the session's plan, the loop step's), and the MACs it reaches."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"--target-macs is the fraction of the MACs to keep, in (0, 1), got {fraction}")
-    example = _example_inputs(example, trial.meta, trial.path)
-    costs = CostModel(trial.model, example, trial.graph)
-    plan = PrunePlan.lowest(table, trial.graph, scheme=scheme, costs=costs, target_macs=fraction * costs.before.macs)
+    plan = session.plan_for(macs=fraction, scheme=scheme)
     budget = plan.budget
-    print(f"plan to {fraction:g} of {costs.before.macs:,} MACs: {sum(plan.summary().values())} filters, reaches "
-          f"{budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
+    print(f"plan to {fraction:g} of {session.costs.before.macs:,} MACs: {sum(plan.summary().values())} filters, "
+          f"reaches {budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
     for layer, removed in plan.summary().items():
         print(f"  {layer}: -{removed}")
 
