@@ -97,6 +97,7 @@ class PruningSession:
         self.last_applied: Applied | None = None                   # what Export ships (queued or not)
         self.criterion, self.normalization = criterion, normalization
         self.table = self._ranked(criterion, normalization)
+        self._index(self.table)
 
     @classmethod
     def open(cls, workspace: str | Path | Workspace, iteration: str, **kwargs: Any) -> "PruningSession":
@@ -145,6 +146,7 @@ class PruningSession:
         if self.trial is None and criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {criterion!r} needs a trial (captured activations and gradients); none is open")
         table = self._ranked(criterion, normalization)
+        self._index(table)
         self.table, self.criterion, self.normalization = table, criterion, normalization
         return table
 
@@ -166,14 +168,28 @@ class PruningSession:
         return PrunePlan(channels, layers=counts)
 
     def _layer_cut(self, table, layer: str, k: int) -> list[int]:
+        """`from_counts`'s cut of one layer: its k lowest filters (from each group's order, sorted once per
+        table, so a slider move costs a slice); grouped-conv blocks and refusals go through from_counts."""
         if self._cuts_of is not table:
-            self._cuts_of, self._cuts = table, {}
-            self._rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
+            self._index(table)
         key = (layer, k)
         if key not in self._cuts:
-            rows = self._rows_of.get(self.graph.group(layer).id, table.iloc[:0])
-            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
+            group = self.graph.group(layer)
+            order = self._order.get(group.id)
+            if 0 < k < group.size and not group.blocks and order is not None and len(order) >= k:
+                self._cuts[key] = sorted(int(f) for f in order[:k])
+            else:
+                rows = self._rows_of.get(group.id, table.iloc[:0])
+                self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
         return self._cuts[key]
+
+    def _index(self, table) -> None:
+        """Each group's rows and filter order of `table` (once per table: at open and after a re-rank)."""
+        PrunePlan.from_counts(table, self.graph, {})  # checks the table against the graph
+        ordered = table.sort_values(["normalized", "group", "filter"], kind="stable")
+        rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
+        order = {int(g): f.to_numpy() for g, f in ordered.groupby("group", sort=False)["filter"]}
+        self._rows_of, self._order, self._cuts, self._cuts_of = rows_of, order, {}, table
 
     def plan_for(self, *, filters: int | None = None, macs: float | None = None, latency: float | None = None,
                  scheme: str = "internal") -> PrunePlan:

@@ -13,6 +13,9 @@ from typing import Any
 from .coupling import describe, members, shapes_after
 
 LOADING = "the model is still loading"
+# Surgery and timing hold the interpreter for a while; started at once they would slow the messages
+# that carry this preview (and the next slider move) to the browser, so they wait until the sliders rest.
+SETTLE_S = 0.15
 
 
 class Planner:
@@ -117,6 +120,8 @@ class Planner:
         """Prune for the plan (the coupling view's shapes after come from this model), then time the base
         model and the pruned one in alternation, so both numbers see the same machine load."""
         panel = self.panel
+        if panel._closed.wait(SETTLE_S) or counts != panel.counts:  # let the preview reach the browser first
+            return
         pruned = session.pruned(plan)
         if counts != panel.counts or session is not self.session:
             return
