@@ -25,6 +25,15 @@ class Actions:
             raise ValueError(f"{what}: {LOADING}")
         return self.panel.session
 
+    def prepare(self, session) -> None:
+        """Read the validation slice ahead (on the "cut" worker), so Apply's number needs only the forward passes."""
+        def read():
+            try:
+                session.validation()
+            except (ValueError, OSError):  # said at Apply, where the number would be
+                pass
+        self.panel._bg.submit("cut", read)
+
     def apply(self):
         """Run the surgery for the current plan and save the smaller model as a workspace iteration
         (reserved by the workspace; applying again before queueing replaces it); returns the model."""

@@ -32,6 +32,8 @@ class FineTuneControls(W.VBox):
         self.epochs = W.BoundedIntText(value=1, min=1, max=1000, description="epochs", layout=small)
         self.lr = W.BoundedFloatText(value=1e-3, min=1e-7, max=10.0, step=1e-4, description="lr", layout=small)
         self.batch_size = W.BoundedIntText(value=64, min=1, max=65536, description="batch", layout=small)
+        for field, name in ((self.epochs, "epochs"), (self.lr, "lr"), (self.batch_size, "batch")):
+            field.add_class(f"pe-{name}")
         self.adopt({})
         self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
                                   description="script", layout=W.Layout(width="240px"))

@@ -158,6 +158,7 @@ class Explorer(W.VBox):
             self.select_layer(keep or next(iter(self.table_editor.rows), None))
         self._plan_changed()
         self._bg.submit("latency", self.planner.measure_base_latency, session)
+        self.actions.prepare(session)
         self.ready, self.busy = True, False
         self.status = f"{len(view['groups'])} prunable groups, {len(view['ranks']['row'])} filters ranked by " \
                       f"{session.criterion}"

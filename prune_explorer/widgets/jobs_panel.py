@@ -15,7 +15,7 @@ import ipywidgets as W
 
 COLOURS = {"queued": "#777", "running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "stopped": "#ff7f0e"}
 TAIL_LINES = 6
-FOLDED_LINES, UNFOLDED_LINES = 3, 40  # a job's log in the panel: its latest lines, more on the toggle
+FOLDED_LINES, UNFOLDED_LINES = 2, 40  # a job's log in the panel: its latest lines, more on the toggle
 
 EPOCH = re.compile(r"epoch (\d+)/(\d+)((?: [A-Za-z_][\w.]*=\S+)*) \((\d+(?:\.\d+)?)s\)\s*$")
 BATCHES = re.compile(r"epoch (\d+)/(\d+): (\d+)/(\d+) batches\s*$")
