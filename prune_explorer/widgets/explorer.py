@@ -127,7 +127,7 @@ class Explorer(W.VBox):
         """Draw heatmap and table from a view (unless they already show it)."""
         shown, self._view = self._view, view
         self.table_editor.set_choices(view.get("criteria", [view["criterion"]]), view.get("normalizations", []))
-        self._showing_criterion(view["criterion"])
+        self._showing_ranking(view["criterion"], view.get("normalization"))
         layers = [g["name"] for g in view["groups"]]
         if shown is None or shown["ranks"] != view["ranks"]:
             self.heatmap.show(view["ranks"], layers)
@@ -169,12 +169,12 @@ class Explorer(W.VBox):
             if first:
                 self._bg.submit("refresh", self.history_link.open_jobs)
 
-    def _showing_criterion(self, criterion: str) -> None:
-        """Show the criterion the ranks are by, without re-ranking."""
+    def _showing_ranking(self, criterion: str, normalization: str | None) -> None:
+        """Show the criterion and normalisation the ranks are by, without re-ranking."""
         self._quiet_criterion = True
         try:
-            self.criterion = criterion
-            self.table_editor.criterion.value = criterion
+            self.criterion = self.table_editor.criterion.value = criterion
+            self.normalization = self.table_editor.normalization.value = normalization or "auto"
         finally:
             self._quiet_criterion = False
 
