@@ -900,3 +900,22 @@ def test_the_panels_fill_cuts_the_sessions_plan_and_the_loops_for_each_target(ca
             assert e.plan().resolve(e.graph) == expected == e.session.plan_for(scheme="all", **target).resolve(e.graph)
     finally:
         e.close()
+
+
+def test_tick_labels_never_repeat_and_stay_in_range_over_many_spans():
+    from prune_explorer.widgets.scatter import ticks
+
+    assert [label for _, label in ticks(9.4e6, 11.2e6)] == ["9.5M", "10.0M", "10.5M", "11.0M"]
+    assert [label for _, label in ticks(0.42, 0.935, "%")] == ["50%", "60%", "70%", "80%", "90%"]
+    assert [label for _, label in ticks(0.91, 0.935, "%")] == ["91.0%", "91.5%", "92.0%", "92.5%", "93.0%", "93.5%"]
+    assert [label for _, label in ticks(6.5e5, 1.2e7, log=True)] == ["1M", "2M", "5M", "10M"]
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        unit = ["", "%", "ms"][rng.integers(3)]
+        lo = float(10 ** rng.uniform(-3, 9)) if unit != "%" else float(rng.uniform(0, 1))
+        hi = lo * float(1 + 10 ** rng.uniform(-4, 2)) if unit != "%" else min(1.0, lo + float(10 ** rng.uniform(-4, 0)))
+        log = unit != "%" and bool(rng.integers(2))
+        found = ticks(lo, hi, unit, log=log)
+        labels = [label for _, label in found]
+        assert found and len(set(labels)) == len(labels), (lo, hi, unit, log, labels)
+        assert all(lo - 1e-9 * abs(lo) <= v <= hi + 1e-9 * abs(hi) for v, _ in found), (lo, hi, found)

@@ -36,14 +36,14 @@ class FineTuneControls(W.VBox):
             field.add_class(f"pe-{name}")
         self.adopt({})
         self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
-                                  description="script", layout=W.Layout(width="240px"))
+                                  description="script", layout=W.Layout(width="220px"))
         self.source_dir = W.Text(value=str(source_dir or ""), placeholder="(the script's folder)",
-                                 description="source dir", layout=W.Layout(width="240px"))
+                                 description="source dir", layout=W.Layout(width="220px"))
         self.backend = W.Dropdown(options=sorted({*BACKENDS, backend}), value=backend, description="backend",
                                   layout=W.Layout(width="200px"))
         self.ready(False)
-        super().__init__([W.HBox([self.apply_button, self.queue_button]), W.HBox([self.epochs, self.lr]),
-                          W.HBox([self.batch_size, self.backend]), W.HBox([self.entry_point, self.source_dir])])
+        super().__init__([_row(self.apply_button, self.queue_button), _row(self.epochs, self.lr),
+                          _row(self.batch_size, self.backend), _row(self.entry_point, self.source_dir)])
 
     def adopt(self, train_args: dict[str, Any]) -> None:
         """Epochs, lr and batch from the inherited recipe, unless given to the panel."""
@@ -86,7 +86,7 @@ class ExportControls(W.VBox):
         self.line = W.HTML()
         self.line.add_class("pe-exported")
         self.ready(False)
-        super().__init__([W.HBox([self.format, self.button]), self.line])
+        super().__init__([_row(self.format, self.button), self.line])
 
     def ready(self, ready: bool) -> None:
         self.button.disabled = not ready
@@ -102,3 +102,8 @@ class ExportControls(W.VBox):
         self.shows(f"exported {html.escape(name)}: <code class='pe-export-path' data-path='{path}'>{path}</code> "
                    f"({result.bytes / 1e6:.1f} MB, {result.format} via {result.exporter}, max |file − PyTorch| "
                    f"{result.max_abs_diff:.1e})", escaped=True)
+
+
+def _row(*widgets: W.Widget) -> W.HBox:
+    """Controls side by side, wrapping onto the next line where the column is narrow (never cut off)."""
+    return W.HBox(list(widgets), layout=W.Layout(flex_flow="row wrap"))

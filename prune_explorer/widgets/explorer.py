@@ -151,11 +151,11 @@ class Explorer(W.VBox):
         if first:
             self.finetune.adopt(session.train_args)
             self.finetune.adopt_script(session.script)
+        keep = self.selected_layer if self.selected_layer in self.table_editor.rows else None
         if not same:
-            keep = self.selected_layer if self.selected_layer in self.table_editor.rows else None
             self.selected_layer, self.sensitivity, self.applied = None, {}, {}
             self.table_editor.set_counts({})
-            self.select_layer(keep or next(iter(self.table_editor.rows), None))
+        self.select_layer(keep or next(iter(self.table_editor.rows), None))
         self._plan_changed()
         self._bg.submit("latency", self.planner.measure_base_latency, session)
         self.actions.prepare(session)

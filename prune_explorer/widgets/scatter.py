@@ -20,6 +20,8 @@ import ipywidgets as W
 import numpy as np
 from traitlets import Bool, Dict, Int, List, Unicode
 
+from ..session.compare import number as _number  # torch-free
+
 HERE = Path(__file__).parent
 STATUS_COLOURS = {"completed": "#2ca02c", "running": "#1f77b4", "queued": "#777777", "failed": "#d62728",
                   "stopped": "#ff7f0e", "applied": "#9467bd"}
@@ -39,9 +41,12 @@ def pareto_frontier(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return np.asarray(frontier, dtype=int)
 
 
-def _nice(step: float) -> float:
-    power = 10.0 ** math.floor(math.log10(step))
-    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= step * 0.999)
+def _nice(lo: float, hi: float, count: int) -> float:
+    """The round step (1, 2, 2.5 or 5 times a power of ten) giving closest to `count` ticks in [lo, hi]."""
+    power = 10.0 ** math.floor(math.log10((hi - lo) / max(count - 1, 1)))
+    steps = [m * power * f for f in (0.1, 1.0, 10.0) for m in (1, 2, 2.5, 5)]
+    within = lambda step: math.floor(hi / step + 1e-9) - math.ceil(lo / step - 1e-9) + 1  # noqa: E731
+    return min(steps, key=lambda step: (abs(within(step) - count), -step))
 
 
 def _label(value: float, decimals: int, unit: str) -> str:
@@ -67,7 +72,7 @@ def ticks(lo: float, hi: float, unit: str = "", count: int = 5, log: bool = Fals
                   for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
         step = min(b - a for a, b in zip(values, values[1:])) if len(values) > 1 else values[0] if values else 1.0
     else:
-        step = _nice((hi - lo) / max(count - 1, 1))
+        step = _nice(lo, hi, count)
         first = math.ceil(lo / step - 1e-9)
         values = [v * step for v in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
     if not values:
@@ -81,14 +86,6 @@ def ticks(lo: float, hi: float, unit: str = "", count: int = 5, log: bool = Fals
         if len(set(labels)) == len(labels) or decimals > 9:
             return list(zip(values, labels))
         decimals += 1
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def plotted(history: Iterable[dict[str, Any]] | None, axis: str = "params") -> list[dict[str, Any]]:

@@ -19,11 +19,11 @@ WATCH = """() => {
   const drawn = (selector) => Number(document.querySelector(selector)?.dataset.draws) > 0;
   const obs = new MutationObserver(() => {
     const apply = document.querySelector('.pe-explorer .pe-apply');
-    if (!seen.drawn && drawn('.pe-explorer .pe-heatmap-view') && drawn('.pe-explorer .pe-scatter-view')
+    if (!seen.drawn && apply && drawn('.pe-explorer .pe-heatmap-view') && drawn('.pe-explorer .pe-scatter-view')
         && document.querySelectorAll('.pe-explorer .pe-layer-row').length
         && document.querySelector('.pe-heatmap-label')) {
       seen.drawn = performance.now();
-      seen.apply_disabled_when_drawn = Boolean(apply && apply.disabled);
+      seen.apply_disabled_when_drawn = apply.disabled;
       seen.rows = document.querySelectorAll('.pe-explorer .pe-layer-row').length;
     }
     if (seen.drawn && !seen.enabled && apply && !apply.disabled) { seen.enabled = performance.now(); obs.disconnect(); }
@@ -62,7 +62,7 @@ def test_the_first_view_is_drawn_before_torch_is_imported_then_apply_is_enabled(
     open_and_run(page, lab, name)
     page.wait_for_function("() => window.__first && window.__first.enabled", timeout=RENDER_S, polling=100)
     seen = page.evaluate("() => window.__first")
-    assert seen["apply_disabled_when_drawn"] and seen["rows"] == groups and seen["drawn"] < seen["enabled"]
+    assert seen["apply_disabled_when_drawn"] and seen["rows"] == groups and seen["drawn"] < seen["enabled"], seen
     record = json.loads(kernel_print(page, "import json, sys\n"
                                            "print(json.dumps({'first_view': panel.first_view, "
                                            "'torch': 'torch' in sys.modules, 'ready': panel.ready}))"))
