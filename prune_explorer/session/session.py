@@ -354,20 +354,23 @@ class PruningSession:
         self.pending = None
         return job
 
-    def open_jobs(self, backend: Any = "local", tracker: Any = "mlflow") -> None:
-        """The tracker and the job queue of the session's workspace (MLflow & co. load here, not at open)."""
+    def open_jobs(self, backend: Any = "local", tracker: Any = "mlflow", **queue_options: Any) -> None:
+        """The tracker and the job queue of the session's workspace (MLflow & co. load here, not at open);
+        `queue_options` go to `Workspace.queue` (e.g. `scripts`: where user training scripts may come from)."""
         if self.workspace is None:
             raise ValueError("no workspace: jobs and history live in a workspace")
         from ..tracking import make_tracker
 
+        self._queue_options = queue_options
         if self.tracker is None:
             self.tracker = make_tracker(tracker, self.workspace.root)
         if self.queue is None:
-            self.queue = self.workspace.queue(backend, self.tracker)
+            self.queue = self.workspace.queue(backend, self.tracker, **queue_options)
 
     def use_backend(self, backend: Any):
         """Send later jobs to `backend` (a new queue over the same job records)."""
-        old, self.queue = self.queue, self.workspace.queue(backend, self.tracker)
+        old, self.queue = self.queue, self.workspace.queue(backend, self.tracker,
+                                                           **getattr(self, "_queue_options", {}))
         if old is not None:
             old.close()
         return self.queue

@@ -7,6 +7,7 @@ else the user's own); everything else a job gets is the recipe inherited from th
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -22,7 +23,7 @@ class FineTuneControls(W.VBox):
     """Apply / Queue buttons and the settings of the queued fine-tune."""
 
     def __init__(self, hyperparameters: dict[str, Any] | None, entry_point: str | None, source_dir: str | None,
-                 backend: str):
+                 backend: str, scripts: bool | Path = True):
         self._given = dict(hyperparameters or {})
         self.apply_button = W.Button(description="Apply", button_style="primary", icon="scissors")
         self.apply_button.add_class("pe-apply")
@@ -42,8 +43,9 @@ class FineTuneControls(W.VBox):
         self.backend = W.Dropdown(options=sorted({*BACKENDS, backend}), value=backend, description="backend",
                                   layout=W.Layout(width="200px"))
         self.ready(False)
+        fields = [script_fields(self.entry_point, self.source_dir, scripts)] if scripts is not False else []
         super().__init__([_row(self.apply_button, self.queue_button), _row(self.epochs, self.lr),
-                          _row(self.batch_size, self.backend), _row(self.entry_point, self.source_dir)])
+                          _row(self.batch_size, self.backend), *fields])
 
     def adopt(self, train_args: dict[str, Any]) -> None:
         """Epochs, lr and batch from the inherited recipe, unless given to the panel."""
@@ -107,3 +109,14 @@ class ExportControls(W.VBox):
 def _row(*widgets: W.Widget) -> W.HBox:
     """Controls side by side, wrapping onto the next line where the column is narrow (never cut off)."""
     return W.HBox(list(widgets), layout=W.Layout(flex_flow="row wrap"))
+
+
+def script_fields(entry_point: W.Text, source_dir: W.Text, allowed: Any) -> W.Box:
+    """The training-script fields of the panel (shown only where scripts may run; `allowed`: True or a folder)."""
+    entry_point.add_class("pe-script")
+    source_dir.add_class("pe-source-dir")
+    if allowed is True:
+        return _row(entry_point, source_dir)
+    note = W.HTML(f"<small>scripts run only from <code>{html.escape(str(allowed))}</code></small>")
+    note.add_class("pe-scripts-folder")
+    return W.VBox([_row(entry_point, source_dir), note])

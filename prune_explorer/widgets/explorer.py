@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
-from traitlets import Bool, Dict, Float, Int, Unicode, observe
+from traitlets import Bool, Dict, Float, Int, Unicode, observe, validate
 
+from ..jobs.base import scripts_allowed
+from ..masking import mask
 from ..session.messages import message
 from . import layout
 from .actions import Actions
@@ -65,8 +67,9 @@ class Explorer(W.VBox):
                  tracker: Any = "mlflow", base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
                  entry_point: str | None = None, source_dir: str | None = None,
-                 onnxruntime_latency: bool | None = None, check: Any = None, session: Any = None,
-                 view: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None):
+                 onnxruntime_latency: bool | None = None, trust_code: Any = None, scripts: bool | str | Path = True,
+                 check: Any = None, session: Any = None, view: dict[str, Any] | None = None,
+                 history: list[dict[str, Any]] | None = None):
         if session is None and model is not None and example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self._bg = Background(self._background_failed)
@@ -78,9 +81,11 @@ class Explorer(W.VBox):
                                  "normalization": None if normalization == "auto" else normalization}
         self.onnxruntime_latency = ONNXRUNTIME_LATENCY if onnxruntime_latency is None else bool(onnxruntime_latency)
         self.planner, self.actions = Planner(self), Actions(self)
-        self.history_link = HistoryLink(self, backend, tracker, poll_interval, check)
+        self.scripts = scripts_allowed(scripts)  # where the script fields may point (False: no fields; the app)
+        self.history_link = HistoryLink(self, backend, tracker, poll_interval, check, scripts=self.scripts)
         super().__init__(layout.build(self, criterion=criterion, scheme=scheme, n_lowest=n_lowest, backend=backend,
-                                      hyperparameters=hyperparameters, entry_point=entry_point, source_dir=source_dir))
+                                      hyperparameters=hyperparameters, entry_point=entry_point, source_dir=source_dir,
+                                      scripts=self.scripts))
         self.add_class("pe-explorer")
         self.criterion, self.scheme, self.n_lowest, self.normalization = criterion, scheme, n_lowest, normalization
         self.base_iteration = base_iteration
@@ -91,8 +96,10 @@ class Explorer(W.VBox):
             self.history_link.show(history)
         if session is None and model is not None:
             from ..session import PruningSession
+            from ..workspace import Workspace
 
-            session = PruningSession(model, example_inputs, trial=trial, workspace=workspace,
+            space = Workspace(workspace, trust_code=trust_code) if workspace is not None else None
+            session = PruningSession(model, example_inputs, trial=trial, workspace=space,
                                      iteration=base_iteration, **self._session_options)
         if session is not None:
             self.attach(session)
@@ -269,6 +276,10 @@ class Explorer(W.VBox):
 
     def _background_failed(self, kind: str, exc: BaseException) -> None:
         self.error = f"{kind}: {message(exc)}"
+
+    @validate("error", "status")
+    def _masked(self, proposal) -> str:  # what the panel says never shows a credential (masking.py)
+        return mask(proposal["value"])
 
     @observe("error")
     def _show_error(self, change) -> None:

@@ -15,9 +15,11 @@ from ..workspace.view import history_records
 
 
 class HistoryLink:
-    def __init__(self, panel: Any, backend: Any, tracker: Any, poll_interval: float, check: Any = None):
+    def __init__(self, panel: Any, backend: Any, tracker: Any, poll_interval: float, check: Any = None,
+                 **queue_options: Any):
         self.panel = panel
         self._options = (backend, tracker, poll_interval, check)
+        self._queue_options = queue_options  # e.g. scripts: where the queue lets user scripts come from
         self.rows: list[dict[str, Any]] = []                 # the tracked rows last shown
         self.marks: dict[str, dict[str, Any]] = {}           # iteration -> an applied cut's row, until tracked
 
@@ -25,7 +27,7 @@ class HistoryLink:
         """The tracker and the queue of the session's workspace, then the history and the poll thread."""
         panel, (backend, tracker, interval, check) = self.panel, self._options
         session = panel.session
-        session.open_jobs(backend, tracker)
+        session.open_jobs(backend, tracker, **self._queue_options)
         if panel._closed.is_set():  # closed while the tracker was loading
             session.queue.close()
             return

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from ..masking import mask
+
 COLOURS = {"queued": "#777", "running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "stopped": "#ff7f0e"}
 TAIL_LINES = 6
 FOLDED_LINES, UNFOLDED_LINES = 2, 40  # a job's log in the panel: its latest lines, more on the toggle
@@ -86,9 +88,9 @@ def recorded_as(tracker: Any, run_id: str | None) -> str:
     """Where the tracker keeps this job's iteration: an MLflow run or a SageMaker Experiments trial component."""
     if not run_id:
         return ""
-    if hasattr(tracker, "tracking_uri"):
+    if hasattr(tracker, "tracking_uri"):  # a server's URI may carry user:token@: masked
         return (f"MLflow run <code class='pe-job-run'>{html.escape(run_id)}</code> in experiment "
-                f"{html.escape(str(getattr(tracker, 'experiment', '')))} ({html.escape(str(tracker.tracking_uri))})")
+                f"{html.escape(str(getattr(tracker, 'experiment', '')))} ({html.escape(mask(str(tracker.tracking_uri)))})")
     experiment = getattr(tracker, "experiment_name", None) or getattr(tracker, "experiment", "")
     return (f"SageMaker Experiments trial component <code class='pe-job-run'>{html.escape(run_id)}</code> "
             f"in experiment {html.escape(str(experiment))}")
@@ -122,7 +124,7 @@ class JobRow(W.VBox):
 
     def show(self, job, tracker: Any = None, run_id: str | None = None) -> None:
         colour = COLOURS.get(job.status, "#000")
-        message = f" — {html.escape(job.message)}" if job.message else ""
+        message = f" — {html.escape(mask(job.message))}" if job.message else ""
         accuracy = (job.result or {}).get("best_accuracy")
         acc = f", accuracy {accuracy:.3f}" if isinstance(accuracy, (int, float)) else ""
         self.head.value = (f"<code>{html.escape(job.id)}</code> → <code>{html.escape(str(job.iteration))}</code> "
@@ -148,7 +150,7 @@ class JobRow(W.VBox):
     def _show_log(self) -> None:
         """The job's own latest lines, wrapped (never wider than the panel); the toggle shows more."""
         lines = UNFOLDED_LINES if self.unfold.value else FOLDED_LINES
-        tail = clean_tail(self._log_text, lines)
+        tail = mask(clean_tail(self._log_text, lines))  # a job's log may print a credential
         self.unfold.description, self.unfold.icon = ("less log", "chevron-up") if self.unfold.value else \
             ("more log", "chevron-down")
         self.unfold.layout.display = None if len(clean_tail(self._log_text, FOLDED_LINES + 1).splitlines()) > \

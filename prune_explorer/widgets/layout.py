@@ -19,7 +19,7 @@ from .scatter import HistoryScatter
 
 
 def build(panel: Any, *, criterion: str, scheme: str, n_lowest: int, hyperparameters: dict[str, Any] | None,
-          entry_point: str | None, source_dir: str | None, backend: Any) -> list[W.Widget]:
+          entry_point: str | None, source_dir: str | None, backend: Any, scripts: Any = True) -> list[W.Widget]:
     """Make the panel's parts (as attributes of `panel`) and return its rows."""
     panel.error_line, panel.status_line = W.HTML(), W.HTML()
     panel.error_line.add_class("pe-error")
@@ -28,7 +28,7 @@ def build(panel: Any, *, criterion: str, scheme: str, n_lowest: int, hyperparame
     panel.table_editor = LayerTable(criterion, scheme, n_lowest)
     panel.preview_box = Preview()
     panel.finetune = FineTuneControls(hyperparameters, entry_point, source_dir,
-                                      backend if isinstance(backend, str) else backend.name)
+                                      backend if isinstance(backend, str) else backend.name, scripts)
     panel.exporter = ExportControls()
     panel.jobs_panel = JobsPanel(panel.cancel)
     panel.scatter = HistoryScatter(panel.rebase)

@@ -30,7 +30,7 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
     from ..workspace import Workspace, view
     from .explorer import Explorer
 
-    space = Workspace(workspace)
+    space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
     name = space.start_point(iteration).name if iteration == "latest" else iteration
     norm = kwargs.get("normalization", "auto")
     shown = view.read_view(space, name, kwargs.get("criterion", "taylor"), None if norm == "auto" else norm)
@@ -87,7 +87,9 @@ def open_session(workspace: str | os.PathLike, iteration: str, kwargs: dict[str,
 
         torch.set_num_threads(torch_threads)
     from ..session import PruningSession
+    from ..workspace import Workspace
 
     options = {k: kwargs[k] for k in SESSION_OPTIONS if kwargs.get(k) is not None}
     norm = kwargs.get("normalization", "auto")
-    return PruningSession.open(workspace, iteration, normalization=None if norm == "auto" else norm, **options)
+    space = Workspace(workspace, trust_code=kwargs.get("trust_code"))  # the model classes its files may name
+    return PruningSession.open(space, iteration, normalization=None if norm == "auto" else norm, **options)
