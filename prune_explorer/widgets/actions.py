@@ -32,7 +32,7 @@ class Actions:
                 session.validation()
             except (ValueError, OSError):  # said at Apply, where the number would be
                 pass
-        self.panel._bg.submit("cut", read)
+        self.panel.workers.submit("cut", read)
 
     def apply(self):
         """Run the surgery for the current plan and save the smaller model as a workspace iteration
@@ -42,7 +42,7 @@ class Actions:
         panel.pruned_model = applied.model
         panel.applied = {**applied.as_dict(), "cut_accuracy": None}
         panel.status = f"applied: {applied.iteration} saved, {applied.filters_removed} filters removed"
-        self.cut_future = panel._bg.submit("cut", self._evaluate_cut, session, applied)
+        self.cut_future = panel.workers.submit("cut", self._evaluate_cut, session, applied)
         return applied.model
 
     def _evaluate_cut(self, session, applied) -> None:
@@ -84,7 +84,7 @@ class Actions:
         session.workspace.export_path(name, fmt)  # a bad format or name is refused here, at once
         panel.exported = {}
         panel.exporter.shows(f"⏳ exporting {name} as {fmt}…")
-        return panel._bg.submit("export", self._export, session, name, fmt)
+        return panel.workers.submit("export", self._export, session, name, fmt)
 
     def _export(self, session, name: str, fmt: str) -> None:
         try:

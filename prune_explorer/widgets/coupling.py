@@ -136,6 +136,6 @@ class CouplingView(W.VBox):
                         f"data-module='{html.escape(row['module'])}'>"
                         f"<td>{html.escape(' + '.join(row['roles']))}</td><td><code>{html.escape(row['module'])}</code></td>"
                         f"<td>{html.escape(row['type'])}</td><td>{'; '.join(cells)}</td></tr>")
-        self.table.value = ("<div style='max-height:240px;overflow:auto'><table style='font-size:11px;line-height:1.3;"
+        self.table.value = ("<div style='max-height:240px;max-width:100%;overflow:auto'><table style='font-size:11px;line-height:1.3;"
                             "white-space:nowrap'><tr><th>role</th><th>module</th><th>type</th>"
                             f"<th>shape before → after</th></tr>{''.join(body)}</table></div>")

@@ -29,8 +29,8 @@ class NotPrunable(W.VBox):
                 f"<td>{html.escape(reason)}</td></tr>" for name, reason in groups]
         rows += [f"<tr data-kind='unassigned'><td><code>{html.escape(name)}</code></td><td>in no channel group</td>"
                  f"<td>{html.escape(reason)}</td></tr>" for name, reason in layers or []]
-        counted = f"{len(groups)} groups not prunable" + (
-            f", {len(layers)} conv/linear layers in no group" if layers is not None else "")
+        counted = _count(len(groups), "group") + " not prunable" + (
+            f", {_count(len(layers), 'conv/linear layer')} in no group" if layers is not None else "")
         note = "" if layers is not None else ("<div><small>this graph does not report layers outside its channel "
                                               "groups</small></div>")
         self._html = (f"<div style='max-height:200px;overflow:auto'><table style='font-size:12px'>{''.join(rows)}"
@@ -42,3 +42,7 @@ class NotPrunable(W.VBox):
     def _fold(self) -> None:
         self.body.value = self._html if self.toggle.value else ""
         self.toggle.icon = "chevron-up" if self.toggle.value else "chevron-down"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"

@@ -72,10 +72,9 @@ class Explorer(W.VBox):
                  history: list[dict[str, Any]] | None = None):
         if session is None and model is not None and example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
-        self._bg = Background(self._background_failed)
-        self._lock = threading.RLock()
-        self._closed = threading.Event()
-        self.session, self.history, self.pruned_model, self._view, self.loading = None, None, None, None, None
+        self.workers = Background(self._background_failed)  # one worker per kind; the controllers submit here
+        self.lock, self.closed = threading.RLock(), threading.Event()
+        self.session, self.history, self.pruned_model, self.shown_view, self.loading = None, None, None, None, None
         self.load_failed = False
         self._session_options = {"criterion": criterion, "validation": validation, "train_args": train_args,
                                  "normalization": None if normalization == "auto" else normalization}
@@ -91,7 +90,7 @@ class Explorer(W.VBox):
         self.base_iteration = base_iteration
         self._wire()
         if view is not None:
-            self._show_view(view)
+            self.show_view(view)
         if history is not None:
             self.history_link.show(history)
         if session is None and model is not None:
@@ -130,9 +129,9 @@ class Explorer(W.VBox):
         self.exporter.button.on_click(lambda _: self._guarded(self.export))
 
     # --- the view and the session --------------------------------------------------------------
-    def _show_view(self, view: dict[str, Any]) -> None:
+    def show_view(self, view: dict[str, Any]) -> None:
         """Draw heatmap and table from a view (unless they already show it)."""
-        shown, self._view = self._view, view
+        shown, self.shown_view = self.shown_view, view
         self.table_editor.set_choices(view.get("criteria", [view["criterion"]]), view.get("normalizations", []))
         self._showing_ranking(view["criterion"], view.get("normalization"))
         layers = [g["name"] for g in view["groups"]]
@@ -147,13 +146,13 @@ class Explorer(W.VBox):
     def attach(self, session: Any) -> None:
         """Work on `session`: show its ranks (unless the first view showed the same), keep the plan
         when the ranks are those the user was cutting, and enable what needs the model."""
-        first, old, shown = self.session is None, self.session, self._view
+        first, old, shown = self.session is None, self.session, self.shown_view
         view = session.view()
         same = shown is not None and shown["ranks"] == view["ranks"] and shown["groups"] == view["groups"]
-        with self._lock:
+        with self.lock:
             self.session, self.pruned_model, self.planner.previewed = session, None, None
         self.base_iteration = session.iteration
-        self._show_view(view)
+        self.show_view(view)
         self.error = session.problem
         if first:
             self.finetune.adopt(session.train_args)
@@ -164,7 +163,7 @@ class Explorer(W.VBox):
             self.table_editor.set_counts({})
         self.select_layer(keep or next(iter(self.table_editor.rows), None))
         self._plan_changed()
-        self._bg.submit("latency", self.planner.measure_base_latency, session)
+        self.workers.submit("latency", self.planner.measure_base_latency, session)
         self.actions.prepare(session)
         self.ready, self.busy = True, False
         self.status = f"{len(view['groups'])} prunable groups, {len(view['ranks']['row'])} filters ranked by " \
@@ -172,9 +171,9 @@ class Explorer(W.VBox):
         if old is not None:
             old.close(jobs=False)
         if session.workspace is not None:
-            self._bg.submit("view", session.write_view)
+            self.workers.submit("view", session.write_view)
             if first:
-                self._bg.submit("refresh", self.history_link.open_jobs)
+                self.workers.submit("refresh", self.history_link.open_jobs)
 
     def _showing_ranking(self, criterion: str, normalization: str | None) -> None:
         """Show the criterion and normalisation the ranks are by, without re-ranking."""
@@ -189,7 +188,7 @@ class Explorer(W.VBox):
     def _ranking_changed(self, change) -> None:
         if getattr(self, "_quiet_criterion", True) or self.session is None:
             return
-        self._bg.submit("rank", self.planner.rerank, self.criterion, latest_only=True)
+        self.workers.submit("rank", self.planner.rerank, self.criterion, latest_only=True)
 
     @observe("counts")
     def _plan_changed(self, _change=None) -> None:
@@ -255,14 +254,14 @@ class Explorer(W.VBox):
         """Block until background work (loading, ranking, latency, refresh) is done; for tests and scripts."""
         if self.loading is not None:
             self.loading.start("wait")
-        self._bg.wait(timeout)
+        self.workers.wait(timeout)
         if self.load_failed:
             raise RuntimeError(f"the panel could not open: {self.error}")
         return self
 
     def close(self) -> None:
-        self._closed.set()
-        self._bg.shutdown()
+        self.closed.set()
+        self.workers.shutdown()
         if self.session is not None:
             self.session.close()
         super().close()

@@ -28,7 +28,7 @@ class HistoryLink:
         panel, (backend, tracker, interval, check) = self.panel, self._options
         session = panel.session
         session.open_jobs(backend, tracker, **self._queue_options)
-        if panel._closed.is_set():  # closed while the tracker was loading
+        if panel.closed.is_set():  # closed while the tracker was loading
             session.queue.close()
             return
         self._follow(session.queue)
@@ -39,7 +39,7 @@ class HistoryLink:
             check(session.workspace.root)
 
     def _follow(self, queue) -> None:
-        queue.on_change(lambda job: self.panel._bg.submit("refresh", self.refresh, latest_only=True))
+        queue.on_change(lambda job: self.panel.workers.submit("refresh", self.refresh, latest_only=True))
 
     def _backend_changed(self, change) -> None:
         try:
@@ -53,7 +53,7 @@ class HistoryLink:
         panel, session = self.panel, self.panel.session
         if session is None or session.queue is None:
             return
-        with panel._lock:
+        with panel.lock:
             history = session.history()
             panel.history = history
             panel.jobs_panel.show(session.queue.jobs(), session.tracker, self._run_ids(history))
@@ -88,7 +88,7 @@ class HistoryLink:
 
     def _poll(self, interval: float) -> None:
         panel = self.panel
-        while not panel._closed.wait(interval):
+        while not panel.closed.wait(interval):
             try:
                 queue = panel.session.queue
                 if queue is not None and any(not j.done for j in queue.jobs()):
@@ -117,7 +117,7 @@ class HistoryLink:
 
     def rebase(self, iteration: str) -> None:
         """Make a tracked iteration the base: load its model and trial and re-rank (in the background)."""
-        self.panel._bg.submit("rank", self._rebase, iteration)
+        self.panel.workers.submit("rank", self._rebase, iteration)
 
     def _rebase(self, iteration: str) -> None:
         panel = self.panel

@@ -37,7 +37,7 @@ def build(panel: Any, *, criterion: str, scheme: str, n_lowest: int, hyperparame
     panel.not_prunable = NotPrunable()
     actions = W.VBox([W.HTML("<b>Preview</b>"), panel.preview_box, panel.finetune, panel.exporter,
                       W.HTML("<b>Coupled modules</b>"), panel.coupling_view],
-                     layout=W.Layout(width="40%", min_width="360px"))
+                     layout=W.Layout(width="40%", min_width="360px", overflow="hidden"))  # wide tables scroll inside
     ranks = W.VBox([W.HTML("<b>Filter ranks</b> <small>hover a cell for its filter; click a row to select its "
                            "layer</small>"), panel.heatmap], layout=W.Layout(width="60%"))
     history = W.HBox([

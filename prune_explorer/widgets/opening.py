@@ -54,7 +54,7 @@ class Loading:
         self.panel, self._opener, self.what = panel, opener, what
         self._lock = threading.Lock()
         panel.status, panel.busy = f"{what}…", True
-        if panel._view is None:  # nothing drawn to wait for
+        if panel.shown_view is None:  # nothing drawn to wait for
             self.start("no first view")
             return
         panel.heatmap.on_drawn(lambda: self.start("browser"))
@@ -69,7 +69,7 @@ class Loading:
         if opener is None:
             return
         self.panel.first_view = {"load_started_by": why, "imported": [m for m in HEAVY if m in sys.modules]}
-        self.panel._bg.submit("rank", self._load, opener)
+        self.panel.workers.submit("rank", self._load, opener)
 
     def _load(self, opener: Callable[[], Any]) -> None:
         try:

@@ -62,7 +62,7 @@ class Planner:
             return
         if panel.fill_mode == "latency" and not session.has_latency_table:
             panel.status = "measuring a per-layer latency table of this model (once)…"
-            panel._bg.submit("budget", self._measure_latency_table_then_fill, session, latest_only=True)
+            panel.workers.submit("budget", self._measure_latency_table_then_fill, session, latest_only=True)
             return
         target = {"filters": {"filters": panel.n_lowest}, "macs": {"macs": panel.keep_fraction},
                   "latency": {"latency": panel.keep_fraction}}[panel.fill_mode]
@@ -114,13 +114,13 @@ class Planner:
             self.show_coupling()
             return
         self.show_coupling()
-        panel._bg.submit("latency", self._measure_latency, session, plan, dict(panel.counts), latest_only=True)
+        panel.workers.submit("latency", self._measure_latency, session, plan, dict(panel.counts), latest_only=True)
 
     def _measure_latency(self, session, plan, counts: dict[str, int]) -> None:
         """Prune for the plan (the coupling view's shapes after come from this model), then time the base
         model and the pruned one in alternation, so both numbers see the same machine load."""
         panel = self.panel
-        if panel._closed.wait(SETTLE_S) or counts != panel.counts:  # let the preview reach the browser first
+        if panel.closed.wait(SETTLE_S) or counts != panel.counts:  # let the preview reach the browser first
             return
         pruned = session.pruned(plan)
         if counts != panel.counts or session is not self.session:
@@ -131,7 +131,7 @@ class Planner:
         if counts == panel.counts:
             panel.preview = {**panel.preview, "latency_ms_before": before, "latency_ms_after": after}
         if panel.onnxruntime_latency and session.cached_onnxruntime_latency(plan) is None:
-            panel._bg.submit("ort-latency", self._measure_ort_latency, session, plan, pruned, counts, latest_only=True)
+            panel.workers.submit("ort-latency", self._measure_ort_latency, session, plan, pruned, counts, latest_only=True)
 
     def _measure_ort_latency(self, session, plan, pruned, counts: dict[str, int]) -> None:
         ort = session.onnxruntime_latency(plan, pruned, wanted=lambda: counts == self.panel.counts)
@@ -178,7 +178,7 @@ class Planner:
             table = session.rank(criterion, norm)
             if session is not self.session:
                 return
-            panel._show_view(session.view())
+            panel.show_view(session.view())
             panel.error = ""
             panel.status = f"{len(table)} filters ranked by {criterion} ({table['normalization'].iloc[0]})" \
                 if len(table) else f"no filters ranked by {criterion}"
@@ -193,7 +193,7 @@ class Planner:
             self.panel.error = f"sensitivity: {LOADING}"
             return
         for name in [layer] if layer else list(self.panel.table_editor.rows):
-            self.panel._bg.submit("sensitivity", self._sensitivity_of, self.session, name)
+            self.panel.workers.submit("sensitivity", self._sensitivity_of, self.session, name)
 
     def _sensitivity_of(self, session, layer: str) -> None:
         points = session.sensitivity(layer)

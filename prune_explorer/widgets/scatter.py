@@ -184,11 +184,11 @@ class HistoryScatter(W.VBox):
 
 
 def _padded(lo: float, hi: float, log: bool) -> tuple[float, float]:
-    """The plotted range: 5 % beyond the data each side (multiplicative on a log axis)."""
+    """The plotted range: beyond the data each side (multiplicative on a log axis), so no mark sits on an axis."""
     if log and lo > 0:
         if hi <= lo:
             return lo / 1.1, hi * 1.1
         pad = (hi / lo) ** 0.05
         return lo / pad, hi * pad
     span = hi - lo if hi > lo else max(abs(hi), 1e-3) * 0.1
-    return lo - 0.05 * span, hi + 0.05 * span
+    return lo - 0.08 * span, hi + 0.08 * span
