@@ -112,6 +112,7 @@ def test_the_preview_is_the_real_pruned_models_cost_and_the_surgery_is_kept(sess
     assert numbers["filters_removed"] == 120 and session.pruned(plan) is pruned and session.surgery_of(plan) is pruned
     before, after = session.latency(pruned)
     assert before > 0 and after > 0
+    assert session.latency(pruned, wanted=lambda: False) is None  # the sliders moved on: no measurement
 
 
 def test_apply_saves_an_iteration_and_the_cut_accuracy_is_the_saved_models_on_the_slice(space, tmp_path):

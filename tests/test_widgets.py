@@ -117,7 +117,8 @@ def test_refused_plan_shows_an_error_naming_the_layer_and_keeps_the_old_plan(exp
 
 def test_apply_without_cuts_is_an_error_in_the_panel_not_an_exception(explorer, tmp_path):
     explorer.set_counts({})
-    explorer.finetune.apply_button.click()
+    explorer.finetune.apply_button.click()  # on the "cut" worker: the controls never wait for it
+    explorer.wait()
     assert "cuts no filters" in explorer.error
     assert explorer.applied == {}
 
@@ -128,6 +129,7 @@ def test_apply_prunes_and_saves_the_smaller_model(captured, tmp_path):
     try:
         e.set_counts({"layer3.0.conv1": 100, "layer1.1.conv1": 5})
         e.finetune.apply_button.click()
+        e.wait()
         assert e.error == ""
         assert e.applied["filters_removed"] == 105
         assert e.applied["widths"] == {"layer1.1.conv1": (64, 59), "layer3.0.conv1": (256, 156)}
@@ -376,6 +378,7 @@ def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(cap
         e.observe(lambda change: landed.set(), "history_size")
         e.fill_lowest(n=100, scheme="internal")
         e.finetune.queue_button.click()
+        e.wait()
         assert e.error == "" and e.last_job
         job = e.queue.wait(e.last_job, timeout=600)
         assert job.status == "completed", job.message
@@ -405,8 +408,8 @@ def test_preview_latency_times_before_and_after_in_alternation(explorer, monkeyp
     monkeypatch.setattr(measure, "paired_latency_ms", paired)
     explorer.set_counts({"layer3.0.conv1": 64})
     explorer.wait()
-    (sizes,) = calls  # one paired measurement: the base model and the pruned one, timed in turn
-    assert sizes[0] == explorer.preview["params_before"] and sizes[1] == explorer.preview["params_after"]
+    assert len(calls) == 7  # seven rounds, each the base model and the pruned one timed in turn
+    assert all(sizes == [explorer.preview["params_before"], explorer.preview["params_after"]] for sizes in calls)
     assert explorer.preview["latency_ms_before"] > 0 and explorer.preview["latency_ms_after"] > 0
 
 
@@ -438,6 +441,7 @@ def test_a_fine_tune_with_a_script_that_is_not_there_is_refused_in_the_panel(cap
     try:
         e.fill_lowest(n=50, scheme="internal")
         e.finetune.queue_button.click()
+        e.wait()
         assert "source_dir" in e.error and "nowhere" in e.error and e.last_job is None
         assert e.queue.jobs() == []  # nothing queued
     finally:
@@ -550,6 +554,7 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
         e.finetune.entry_point.value, e.finetune.source_dir.value = "train.py", str(example)  # what a user types into the fields
         e.fill_lowest(n=100, scheme="internal")
         e.finetune.queue_button.click()
+        e.wait()
         assert e.error == "" and e.last_job
         job = e.queue.wait(e.last_job, timeout=600)
         assert (job.entry_point, job.source_dir) == ("train.py", str(example))
@@ -919,3 +924,21 @@ def test_tick_labels_never_repeat_and_stay_in_range_over_many_spans():
         labels = [label for _, label in found]
         assert found and len(set(labels)) == len(labels), (lo, hi, unit, log, labels)
         assert all(lo - 1e-9 * abs(lo) <= v <= hi + 1e-9 * abs(hi) for v, _ in found), (lo, hi, found)
+
+
+def test_apply_shows_the_accuracy_right_after_the_cut_in_the_preview_and_a_mark_on_the_scatter(captured, tmp_path):
+    model, trial, x, y = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", validation=(x, y)).wait()
+    try:
+        e.set_counts({"layer3.0.conv1": 200, "layer4.1.conv1": 400})
+        e.finetune.apply_button.click()
+        e.wait()
+        applied = e.applied
+        saved = store.load(applied["model_dir"])
+        assert applied["cut_accuracy"] == accuracy(saved, x, y) and applied["cut_examples"] == len(y)
+        assert f"data-value='{applied['cut_accuracy']}'" in e.preview_box.changes.value
+        mark = {p["iteration"]: p for p in e.scatter.canvas.points}[applied["iteration"]]
+        assert mark["cut"] == applied["cut_accuracy"] and mark["y"] is None and mark["status"] == "applied"
+        assert mark["x"] == float(applied["params_after"]) and e.history_size == 0  # not fine-tuned yet
+    finally:
+        e.close()

@@ -70,7 +70,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     model.eval()
     correct = 0
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 logits = model(images[start:start + batch_size])
                 correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())

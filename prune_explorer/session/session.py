@@ -237,12 +237,13 @@ class PruningSession:
     # --- surgery and latency -----------------------------------------------------------------
     def pruned(self, plan: PrunePlan) -> nn.Module:
         """The pruned model of `plan` (the last plan's surgery is kept and reused)."""
-        key, done = plan_key(plan), self._surgery
-        if done is not None and done[0] == key:
-            return done[1]
-        with MODEL_LOCK:
+        key = plan_key(plan)
+        with MODEL_LOCK:  # a worker may be pruning this very plan: wait for it rather than prune twice
+            done = self._surgery
+            if done is not None and done[0] == key:
+                return done[1]
             model = prune(self.model, plan, self.x, graph=self.graph) if key else self.model
-        self._surgery = (key, model)
+            self._surgery = (key, model)
         return model
 
     def surgery_of(self, plan: PrunePlan) -> nn.Module | None:
@@ -256,13 +257,22 @@ class PruningSession:
         with MODEL_LOCK:
             return median_latency_ms(self.model, self.x, warmup=5, repeats=7)
 
-    def latency(self, pruned: nn.Module) -> tuple[float, float]:
-        """PyTorch CPU ms of the base model and `pruned`, timed in turn (both see the same load)."""
+    def latency(self, pruned: nn.Module, wanted: Callable[[], bool] = lambda: True,
+                repeats: int = 7) -> tuple[float, float] | None:
+        """PyTorch CPU ms of the base model and `pruned`: medians of `repeats` rounds, each timing both in
+        turn (they see the same load). The lock is let go between rounds, so Apply's evaluation never
+        waits a whole measurement; None once `wanted()` turns false (the sliders moved on)."""
+        import statistics
+
         from ..model.measure import paired_latency_ms
 
-        with MODEL_LOCK:
-            before, after = paired_latency_ms([self.model, pruned], self.x, warmup=3, repeats=7)
-        return before, after
+        rounds = []
+        for i in range(repeats):
+            if not wanted():
+                return None
+            with MODEL_LOCK:
+                rounds.append(paired_latency_ms([self.model, pruned], self.x, warmup=3 if i == 0 else 0, repeats=1))
+        return statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
 
     def onnxruntime_latency(self, plan: PrunePlan, pruned: nn.Module,
                             wanted: Callable[[], bool] = lambda: True) -> tuple[float, float] | None:

@@ -36,14 +36,25 @@ class Actions:
 
     def apply(self):
         """Run the surgery for the current plan and save the smaller model as a workspace iteration
-        (reserved by the workspace; applying again before queueing replaces it); returns the model."""
+        (reserved by the workspace; applying again before queueing replaces it); returns the model.
+        Its accuracy right after the cut follows on the "cut" worker."""
+        session, applied = self._apply()
+        self.cut_future = self.panel.workers.submit("cut", self._evaluate_cut, session, applied)
+        return applied.model
+
+    def _apply(self):
         panel, session = self.panel, self._session("apply")
         applied = session.apply(panel.plan())
         panel.pruned_model = applied.model
         panel.applied = {**applied.as_dict(), "cut_accuracy": None}
         panel.status = f"applied: {applied.iteration} saved, {applied.filters_removed} filters removed"
-        self.cut_future = panel.workers.submit("cut", self._evaluate_cut, session, applied)
-        return applied.model
+        return session, applied
+
+    def pressed(self, name: str) -> None:
+        """A button's action ("apply" or "queue_finetune") on the "cut" worker, in the order pressed: the
+        controls never wait for surgery, saving or the evaluation, and Queue runs after the Apply before it."""
+        self.panel.status = {"apply": "applying the plan…", "queue_finetune": "queueing the fine-tune…"}[name]
+        self.panel.workers.submit("cut", self.panel.guarded, getattr(self, name))
 
     def _evaluate_cut(self, session, applied) -> None:
         panel = self.panel
@@ -63,10 +74,10 @@ class Actions:
         panel, session = self.panel, self._session("queue")
         if session.queue is None:
             raise ValueError("no job queue: open the Explorer with workspace=... to queue fine-tuning jobs")
-        if session.pending is None:
-            self.apply()
-        if self.cut_future is not None:
-            self.cut_future.exception(timeout=CUT_WAIT_S)  # on record before the job can finish; failures shown
+        if session.pending is None:  # apply and measure here: the number is on record before the job can finish
+            self._evaluate_cut(*self._apply())
+        elif self.cut_future is not None and not self.cut_future.done():
+            self.cut_future.exception(timeout=CUT_WAIT_S)
         job = session.submit(panel.hyperparameters(), **panel.training_script())
         panel.last_job = job.id
         panel.status = f"queued {job.id} on {job.backend} → {job.iteration}"

@@ -124,9 +124,9 @@ class Explorer(W.VBox):
         t.clear.on_click(lambda _: self.set_counts({}))
         t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
         self.heatmap.on_select(self.select_layer)
-        self.finetune.apply_button.on_click(lambda _: self._guarded(self.apply))
-        self.finetune.queue_button.on_click(lambda _: self._guarded(self.queue_finetune))
-        self.exporter.button.on_click(lambda _: self._guarded(self.export))
+        self.finetune.apply_button.on_click(lambda _: self.actions.pressed("apply"))
+        self.finetune.queue_button.on_click(lambda _: self.actions.pressed("queue_finetune"))
+        self.exporter.button.on_click(lambda _: self.guarded(self.export))
 
     # --- the view and the session --------------------------------------------------------------
     def show_view(self, view: dict[str, Any]) -> None:
@@ -266,7 +266,8 @@ class Explorer(W.VBox):
             self.session.close()
         super().close()
 
-    def _guarded(self, action) -> None:
+    def guarded(self, action) -> None:
+        """Run a control's action; a failure is the error line, not a traceback."""
         try:
             action()
             self.error = ""

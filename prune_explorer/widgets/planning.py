@@ -15,7 +15,7 @@ from .coupling import describe, members, shapes_after
 LOADING = "the model is still loading"
 # Surgery and timing hold the interpreter for a while; started at once they would slow the messages
 # that carry this preview (and the next slider move) to the browser, so they wait until the sliders rest.
-SETTLE_S = 0.15
+SETTLE_S = 0.3
 
 
 class Planner:
@@ -127,9 +127,11 @@ class Planner:
             return
         self.previewed = (counts, pruned)
         self.show_coupling()
-        before, after = session.latency(pruned)
+        timed = session.latency(pruned, wanted=lambda: counts == panel.counts and not panel.closed.is_set())
+        if timed is None:
+            return
         if counts == panel.counts:
-            panel.preview = {**panel.preview, "latency_ms_before": before, "latency_ms_after": after}
+            panel.preview = {**panel.preview, "latency_ms_before": timed[0], "latency_ms_after": timed[1]}
         if panel.onnxruntime_latency and session.cached_onnxruntime_latency(plan) is None:
             panel.workers.submit("ort-latency", self._measure_ort_latency, session, plan, pruned, counts, latest_only=True)
 
