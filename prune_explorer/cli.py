@@ -102,6 +102,7 @@ def _rank(args) -> int:
     how = table["normalization"].iloc[0] if len(table) else normalize
     print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _print_unassigned(session.graph)
     if args.target_macs is not None:
         try:
             _print_budget_plan(session, args.target_macs, args.scheme)
@@ -112,6 +113,18 @@ def _rank(args) -> int:
         _write_csv_atomic(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
+
+
+def _print_unassigned(graph, limit: int = 10) -> None:
+    """The conv and linear layers no channel group holds, each with the graph's reason (never silent)."""
+    unassigned = list(getattr(graph, "unassigned", {}).items()) if graph is not None else []
+    if not unassigned:
+        return
+    print(f"not in any channel group ({len(unassigned)} conv/linear layers):")
+    for layer, reason in unassigned[:limit]:
+        print(f"  {layer}: {reason}")
+    if len(unassigned) > limit:
+        print(f"  ... and {len(unassigned) - limit} more")
 
 
 def _print_budget_plan(session, fraction: float, scheme: str) -> None:
