@@ -1,6 +1,7 @@
 """The Explorer panel without a browser: its traitlets, callbacks and the library calls behind them."""
 from __future__ import annotations
 
+import html
 import json
 import threading
 
@@ -938,5 +939,39 @@ def test_apply_shows_the_accuracy_right_after_the_cut_in_the_preview_and_a_mark_
         mark = {p["iteration"]: p for p in e.scatter.canvas.points}[applied["iteration"]]
         assert mark["cut"] == applied["cut_accuracy"] and mark["y"] is None and mark["status"] == "applied"
         assert mark["x"] == float(applied["params_after"]) and e.history_size == 0  # not fine-tuned yet
+    finally:
+        e.close()
+
+
+class _WithAttention(nn.Module):
+    """A prunable conv pair, then attention: its out_proj is in no channel group (the trace takes
+    nn.MultiheadAttention as one call), and the groups around it are not prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        self.attn, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 2)
+
+    def forward(self, x):
+        t = self.conv2(torch.relu(self.conv1(x))).flatten(2).transpose(1, 2)
+        a, _ = self.attn(t, t, t)
+        return self.head(a.mean(1))
+
+
+def test_the_not_prunable_list_names_each_group_and_each_layer_in_no_group_with_its_reason():
+    model = _WithAttention().eval()
+    e = Explorer(model, example_inputs=torch.zeros(1, 3, 6, 6), criterion="l1").wait()
+    try:
+        graph = e.graph
+        assert list(e.table_editor.rows) == ["conv1"] and graph.unassigned == {"attn.out_proj": graph.unassigned["attn.out_proj"]}
+        shown = e.not_prunable
+        blocked = [g for g in graph.groups if not g.prunable]
+        assert shown.toggle.description == f"{len(blocked)} groups not prunable, 1 conv/linear layer in no group"
+        assert shown.body.value == ""  # folded until asked
+        shown.toggle.value = True
+        for group in blocked:
+            assert f"<code>{group.name}</code>" in shown.body.value and html.escape(group.reason) in shown.body.value
+        assert "<code>attn.out_proj</code>" in shown.body.value
+        assert html.escape(graph.unassigned["attn.out_proj"]) in shown.body.value
     finally:
         e.close()
