@@ -113,7 +113,7 @@ class Planner:
             self.previewed = (dict(panel.counts), session.model)
             self.show_coupling()
             return
-        self.show_coupling()
+        # the coupling view (its shapes after need the surgery) follows on the worker, off the slider path
         panel.workers.submit("latency", self._measure_latency, session, plan, dict(panel.counts), latest_only=True)
 
     def _measure_latency(self, session, plan, counts: dict[str, int]) -> None:
@@ -122,6 +122,7 @@ class Planner:
         panel = self.panel
         if panel.closed.wait(SETTLE_S) or counts != panel.counts:  # let the preview reach the browser first
             return
+        self.show_coupling()  # the count now, the shapes after pending
         pruned = session.pruned(plan)
         if counts != panel.counts or session is not self.session:
             return
