@@ -237,7 +237,9 @@ class PruningSession:
     # --- surgery and latency -----------------------------------------------------------------
     def pruned(self, plan: PrunePlan) -> nn.Module:
         """The pruned model of `plan` (the last plan's surgery is kept and reused)."""
-        key = plan_key(plan)
+        key, done = plan_key(plan), self._surgery
+        if done is not None and done[0] == key:
+            return done[1]
         with MODEL_LOCK:  # a worker may be pruning this very plan: wait for it rather than prune twice
             done = self._surgery
             if done is not None and done[0] == key:

@@ -61,7 +61,9 @@ function render({ model, el }) {
       const left = cell("span", "pe-layer-left", row, String(r.size));
       cell("span", "pe-layer-params", row, human(r.params));
       cell("span", "pe-layer-macs", row, human(r.macs));
-      const probe = cell("button", "pe-sensitivity", row, "📈");
+      const probe = cell("button", "pe-sensitivity", row);
+      probe.innerHTML = '<svg width="18" height="14" viewBox="0 0 18 14"><polyline points="1,2 6,4 11,8 17,13" ' +
+        'fill="none" stroke="#1f77b4" stroke-width="2"/></svg>';  // a falling accuracy curve, no icon font needed
       probe.title = `sensitivity of ${r.name}: accuracy with only this layer cut`;
       probe.addEventListener("click", () => model.send({ event: "sensitivity", layer: r.name }));
       const curve = cell("span", "pe-layer-curve", row);

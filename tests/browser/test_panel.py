@@ -220,7 +220,7 @@ def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page
     epochs.fill("2")  # two epochs: a log of more lines than the folded view shows
     epochs.press("Enter")
     page.locator(".pe-queue").click()
-    expect(page.locator(".pe-job")).to_have_count(2)
+    expect(page.locator(".pe-job")).to_have_count(2, timeout=RENDER_S)  # queued on the panel's worker
     status = page.locator(".pe-job").first.locator(".pe-job-status")
     expect(status).to_have_attribute("data-status", "completed", timeout=JOB_S)
     expect(page.locator(".pe-history-count span")).to_have_attribute("data-count", "2")
