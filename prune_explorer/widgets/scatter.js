@@ -2,7 +2,7 @@
 // labels): a hollow mark right after each cut, a dot after its fine-tune, a line between them, the
 // Pareto frontier of the dots, the base ringed. A dot click sets `picked`.
 const NS = "http://www.w3.org/2000/svg";
-const M = { left: 62, right: 14, top: 10, bottom: 44 };
+const M = { left: 84, right: 14, top: 10, bottom: 44 };  // room for "12.55%" ticks beside the axis label
 
 function svg(tag, attrs, parent) {
   const e = document.createElementNS(NS, tag);

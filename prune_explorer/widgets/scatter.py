@@ -160,8 +160,9 @@ class HistoryScatter(W.VBox):
             c.x_ticks = [list(t) for t in ticks(x_lo, x_hi, unit, log=x_lo > 0)]
             c.y_ticks = [list(t) for t in ticks(y_lo, y_hi, "%")]
             c.x_label, c.y_label = label, "validation accuracy (%)"
+        plural = "" if len(tuned) == 1 else "s"
         self.summary.value = (f"<span data-count='{len(tuned)}' data-axis='{axis}' data-cut='"
-                              f"{sum(r['cut'] is not None for r in rows)}'>{len(tuned)} iterations plotted by "
+                              f"{sum(r['cut'] is not None for r in rows)}'>{len(tuned)} iteration{plural} plotted by "
                               f"{name}, {len(front)} on the Pareto frontier</span>")
 
     @property

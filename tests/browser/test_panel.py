@@ -314,6 +314,7 @@ def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
     count.press("Enter")
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("3")
     expect(page.locator(".pe-coupling-changed").first).to_be_visible(timeout=60_000)  # the shapes after, from surgery
+    expect(page.locator(".pe-job").first).to_be_visible(timeout=RENDER_S)  # the queue (and tracker) loaded too
     # the whole panel fits the width: nothing cut off at the right edge
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
     page.screenshot(path=str(artifacts / "voila-panel.png"))  # what a 1280x800 screen shows first
