@@ -149,14 +149,17 @@ def test_a_pruned_model_prunes_again_exactly(name):
     assert again.pruned.norm.num_channels < once.norm.num_channels
 
 
+@pytest.mark.parametrize("route", ["record", "export"])
 @pytest.mark.parametrize("norm", [LayerNorm2d(8), nn.GroupNorm(2, 8)], ids=["layer_norm_2d", "group_norm"])
-def test_torch_export_route_prunes_the_norm_and_the_pruned_norm_again(norm):
+def test_recorded_and_exported_routes_prune_the_norm_and_the_pruned_norm_again(norm, route):
     model = _randomised(ShapeBranch(norm))
-    first = check(model, X)
-    assert first.graph.route == "export" and first.graph.group("stem").prunable
+    assert ChannelGraph.trace(model, X).route == "record"        # fx cannot take the branch
+    first = check(model, X, graph=ChannelGraph.trace(model, X, route=route))
+    assert first.graph.route == route and first.graph.group("stem").prunable
     assert first.max_diff <= TOLERANCE
-    second = check(first.pruned, X, seed=2)   # its PrunedChannelNorm is one call, as fx's leaf
-    assert second.graph.route == "export" and second.graph.group("stem").prunable
+    again = ChannelGraph.trace(first.pruned, X, route=route)     # its PrunedChannelNorm is one call, as fx's leaf
+    second = check(first.pruned, X, seed=2, graph=again)
+    assert second.graph.route == route and second.graph.group("stem").prunable
     assert second.max_diff <= TOLERANCE
 
 

@@ -4,7 +4,7 @@ Blocks cover what third-party code does: grouped convs, channels-last blocks (pe
 Linear on the last axis, a per-channel gamma), channels-first LayerNorm2d and GroupNorm across
 channels (all prunable: a norm across channels becomes a PrunedChannelNorm), channel shuffles,
 chunks, conv/norm subclasses that call the functional op on their own parameters, a
-shape-dependent branch (which fx cannot trace, so those nets go through torch.export), U-Net
+shape-dependent branch (which fx cannot trace, so those nets go through a recorded forward), U-Net
 steps (a strided conv, a transposed conv back, a skip concat), pixel shuffle and unshuffle, unbind
 of a view's parts, slices and splits at unequal sizes held in module attributes (and split sizes
 written as numbers, refused), convs on parameters of the root module, token-mixing Linears over
@@ -329,7 +329,7 @@ def test_random_plan_is_refused_or_exact(net, seed, data):
     randomize_norms(model, torch.Generator().manual_seed(seed))
     x = torch.randn(2, 3, 6, 6)
     graph = ChannelGraph.trace(model, x)
-    assert graph.route == ("export" if "shape_branch" in model.kinds else "fx")
+    assert graph.route == ("record" if "shape_branch" in model.kinds else "fx")
     assert all(g.prunable or g.reason for g in graph.groups)
     assert not any("normalises across the channels" in (g.reason or "") for g in graph.groups)
     assert_nothing_silent(model, graph)

@@ -2,17 +2,22 @@
 random plans the tests and `benchmarks/zoo.py` check it with.
 
 Reference: the original model with the removed channels forced to zero at every consumer's input
-(a forward pre-hook on each consumer module, along that consumer's channel axis).
+(a forward pre-hook on each consumer module, along that consumer's channel axis). Outputs are
+compared leaf by leaf (a tensor, a tuple, a dict, a detector's list of dicts); for a detector
+also its raw head outputs before NMS (class logits, box regressions: `detection_heads`), so a
+difference shows where it starts even when the post-processed detections would hide it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
-from .graph import ChannelGraph
+from .graph import ChannelGraph, split_inputs
 from .kinds import KINDS, recorded_kind
 
 TOLERANCE = 1e-4
@@ -25,19 +30,26 @@ class Checked:
     pruned: nn.Module
     max_diff: float
     input_unchanged: bool
+    diffs: dict[str, float] = field(default_factory=dict)   # per observed head module, and "output"
 
 
 # torchvision models over ~1 GB of float32 weights: left out of the zoo sweep in CI
 LARGE_TORCHVISION = ("regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32")
 
 
-def torchvision_example(name: str) -> tuple[nn.Module, torch.Tensor]:
-    """A torchvision classification model (random init, seed 0) and a small input it accepts."""
+def torchvision_example(name: str) -> tuple[nn.Module, Any]:
+    """A torchvision model (random init, seed 0) and a small input it accepts: classification and
+    segmentation take a 1x3xHxW tensor, detectors a list of one 3xHxW image (one argument; see
+    `detection_example`)."""
     import torchvision
 
+    if name in torchvision.models.list_models(module=torchvision.models.detection):
+        return detection_example(name)
     kwargs: dict = {"weights": None}
     size = 64
-    if name.startswith("vit_"):
+    if name in torchvision.models.list_models(module=torchvision.models.segmentation):
+        kwargs["weights_backbone"] = None
+    elif name.startswith("vit_"):
         kwargs["image_size"] = size = 32
     elif name == "maxvit_t":      # its block partitions need 224
         size = 224
@@ -46,6 +58,97 @@ def torchvision_example(name: str) -> tuple[nn.Module, torch.Tensor]:
         size = 80 if name == "inception_v3" else 64
     torch.manual_seed(0)
     return torchvision.models.get_model(name, **kwargs), torch.randn(1, 3, size, size)
+
+
+DETECTION_SIZE = 128    # the side torchvision's detection transform resizes to (SSD keeps its own)
+
+
+def detection_example(name: str, size: int = DETECTION_SIZE,
+                      dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list[torch.Tensor]]:
+    """A torchvision detector with no weights (eval) and `[image]`: its transform resizes to `size`,
+    a score threshold of 1e-3 keeps boxes from random weights, at most 20 detections per image (1
+    where a keypoint or mask head runs per box). float64 by default: decoded boxes are pixel coordinates, where float32's rounding alone comes
+    near the contract's 1e-4; in float64 only a wrong slice shows.
+
+    Weights are drawn again at unit gain (std 1/sqrt(fan in)), head biases at N(0, 1): torchvision's
+    default init shrinks activations layer by layer (and starts the heads at std 0.01 with a prior
+    bias), so deep features become constant across positions and thousands of anchors tie on their
+    score to the last bit; which of tied boxes NMS keeps would then be float noise, not pruning.
+    """
+    import torchvision
+
+    kwargs: dict = {"weights": None, "weights_backbone": None}
+    if not name.startswith("ssd"):
+        kwargs.update(min_size=size, max_size=size)
+    if "rcnn" in name:    # keypoint/mask heads run a 512-channel conv stack per box: few boxes
+        kwargs.update(box_score_thresh=1e-3, box_detections_per_img=20 if name.startswith("faster") else 1,
+                      rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
+    else:
+        kwargs.update(score_thresh=1e-3, detections_per_img=20)
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, **kwargs).eval()
+    heads = tuple(m for name, m in model.named_modules() if name in detection_heads(model))
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                layer.weight.normal_(0.0, layer.weight[0].numel() ** -0.5)
+        for head in heads:
+            for layer in head.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.bias is not None:
+                    layer.bias.normal_(0.0, 1.0)
+    return model.to(dtype), [torch.rand(3, size, size, dtype=dtype)]
+
+
+def detection_heads(model: nn.Module) -> list[str]:
+    """The modules whose outputs are a torchvision detector's raw predictions before NMS: RPN and
+    RoI predictors, RetinaNet/FCOS/SSD heads (empty for other models)."""
+    try:
+        from torchvision.models.detection import fcos, faster_rcnn, keypoint_rcnn, mask_rcnn, retinanet, rpn, ssd, ssdlite
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return []
+    kinds = (rpn.RPNHead, faster_rcnn.FastRCNNPredictor, keypoint_rcnn.KeypointRCNNPredictor,
+             mask_rcnn.MaskRCNNPredictor, retinanet.RetinaNetHead, fcos.FCOSHead, ssd.SSDHead, ssdlite.SSDLiteHead)
+    return [name for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+@contextlib.contextmanager
+def observing(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, list]]:
+    """Record the outputs of the named modules (every call, in order) while the block runs."""
+    modules = dict(model.named_modules())
+    seen: dict[str, list] = {name: [] for name in names}
+    handles = [modules[name].register_forward_hook(lambda _m, _a, out, name=name: seen[name].append(out))
+               for name in seen]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward(model: nn.Module, x: Any) -> Any:
+    """`model` on example inputs as the package reads them (`graph.split_inputs`)."""
+    args, kwargs = split_inputs(x)
+    return model(*args, **kwargs)
+
+
+def difference(actual: Any, expected: Any, what: str = "output") -> float:
+    """Largest |actual - expected| over the tensors of two outputs of the same structure;
+    AssertionError naming the leaf when the structure or a shape differs."""
+    a, a_spec = tree_flatten(actual)
+    b, b_spec = tree_flatten(expected)
+    if a_spec != b_spec:
+        raise AssertionError(f"pruned {what} has another structure than the reference's")
+    worst = 0.0
+    for i, (u, v) in enumerate(zip(a, b)):
+        if not isinstance(u, torch.Tensor):
+            if u != v:
+                raise AssertionError(f"pruned {what} differs from the reference at leaf {i}: {u!r} != {v!r}")
+            continue
+        if u.shape != v.shape:
+            raise AssertionError(f"pruned {what} leaf {i} has shape {tuple(u.shape)}, the reference {tuple(v.shape)}")
+        if u.numel():
+            worst = max(worst, float((u.double() - v.double()).abs().max()))
+    return worst
 
 
 def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
@@ -78,7 +181,8 @@ def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.G
 
 def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None) -> Checked:
     """Random norms, a random plan on every prunable group, prune, and the largest difference from
-    the reference (eval mode; the model's norms are randomised in place)."""
+    the reference over every output and every detector head's raw output (eval mode; the model's
+    norms are randomised in place)."""
     from .plan import PrunePlan
     from .surgery import prune
 
@@ -92,12 +196,14 @@ def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = 
     pruned = prune(model, PrunePlan(removed), x, graph=graph).eval()
     after = model.state_dict()
     unchanged = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    expected = reference_output(model, graph, removed, x)
-    with torch.no_grad():
-        actual = pruned(x)
-    if actual.shape != expected.shape:
-        raise AssertionError(f"pruned output has shape {tuple(actual.shape)}, the reference {tuple(expected.shape)}")
-    return Checked(graph, removed, pruned, float((actual - expected).abs().max()), unchanged)
+    heads = detection_heads(model)
+    with observing(model, heads) as expected_heads:
+        expected = reference_output(model, graph, removed, x)
+    with observing(pruned, heads) as actual_heads, torch.no_grad():
+        actual = forward(pruned, x)
+    diffs = {name: difference(actual_heads[name], expected_heads[name], f"head {name}") for name in heads}
+    diffs["output"] = difference(actual, expected)
+    return Checked(graph, removed, pruned, max(diffs.values()), unchanged, diffs)
 
 
 def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int]]:
@@ -154,7 +260,10 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed: dict[int, l
     try:
         with torch.no_grad():
             weights = _root_weights(model, graph, removed)
-            return torch.func.functional_call(model, weights, (x,)) if weights else model(x)
+            if not weights:
+                return forward(model, x)
+            args, kwargs = split_inputs(x)
+            return torch.func.functional_call(model, weights, args, kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -175,12 +284,16 @@ def _root_weights(model: nn.Module, graph: ChannelGraph, removed: dict[int, list
     return weights
 
 
-def conv_filters(graph: ChannelGraph) -> tuple[int, int]:
+def conv_filters(graph: ChannelGraph, within: str | tuple[str, ...] | None = None) -> tuple[int, int]:
     """(prunable, all) conv filters: output channels of every convolution (any `groups`), counted
-    once per conv; prunable when its channel group is prunable and can lose at least one channel."""
+    once per conv; prunable when its channel group is prunable and can lose at least one channel.
+    `within`: only convs whose module name starts with one of these prefixes (e.g. "backbone")."""
+    prefixes = (within,) if isinstance(within, str) else within
     prunable = total = 0
     for sl in graph.slices.values():
         if not KINDS[sl.kind].conv_filters or sl.out_group is None:
+            continue
+        if prefixes and not any(sl.module == p or sl.module.startswith(p + ".") for p in prefixes):
             continue
         for g in sl.out_group.tolist():
             total += 1

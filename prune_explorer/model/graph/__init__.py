@@ -1,8 +1,10 @@
 """Channel groups of a model: which channels must be removed together, and which cannot be removed.
 
-Built from operators, not module types (see ARCHITECTURE.md, model/graph): `tracing` (fx, with
-torch.export where fx fails), `ops` (the op registry), `handlers` (one per op family),
-`analysis` (the walk), `channels` (ids and couplings), `groups` (groups, slices, taps).
+Built from operators, not module types (see ARCHITECTURE.md, model/graph): `routes` (which route
+understands the model, on a private copy), `tracing` (fx; torch.export), `recording` (one real
+forward recorded), `ops` (the op registry), `handlers` (one per op family), `analysis` (the walk),
+`channels` (ids and couplings), `groups` (groups, slices, taps), `sizes` (widths written in the
+code), `coverage` (layers in no group).
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from typing import Any, Iterable
 from torch import nn
 
 from ..kinds import KINDS, leaf_types
-from .analysis import Analysis
+from . import handlers_recorded  # noqa: F401 - registers RoI pooling, NMS, value reads, dtype-only ops
 from .coverage import unassigned
 from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, build
-from .tracing import run_fx, trace_export, trace_fx
+from .routes import ROUTES, InputDependentPath, analyse, split_inputs
 
-__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap"]
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "InputDependentPath", "ROUTES",
+           "split_inputs"]
 
 
 class ChannelGraph:
@@ -27,7 +30,7 @@ class ChannelGraph:
                  keep: list[KeepOne] | tuple = ()):
         self.groups = groups
         self.slices = slices
-        self.route = route          # "fx" or "export": which tracer understood the model
+        self.route = route          # "fx", "record" or "export": which route understood the model
         self.unassigned = dict(unassigned or {})   # conv/linear layers in no group -> why (never silent)
         self.keep = list(keep)      # parts of splits and slices a plan must not empty
         self._by_layer = by_layer
@@ -37,27 +40,16 @@ class ChannelGraph:
         return f"ChannelGraph({len(self.groups)} groups, {len(self.prunable())} prunable, via {self.route})"
 
     @classmethod
-    def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> "ChannelGraph":
-        """Trace `model` once (fx + meta shapes; torch.export where fx fails) and find its groups."""
-        inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-        try:
-            leaves = tuple(leaf_modules) + leaf_types()
-            traced, constants = trace_fx(model, leaves)
-            analysis = Analysis(model, traced)
-            analysis.fx_leaves = leaves
-            run_fx(model, traced, constants, inputs, analysis.visit)
-        except Exception as fx_error:  # fx raises many types; export may still understand the model
-            try:
-                traced = trace_export(model, inputs)
-            except Exception as export_error:
-                raise ValueError(
-                    f"cannot trace {type(model).__name__}: torch.fx says {_first_line(fx_error)}; torch.export "
-                    f"says {_first_line(export_error)}. Pass the offending module types as leaf_modules=(...)"
-                ) from export_error
-            analysis = Analysis(model, traced)
-            for node in traced.graph.nodes:
-                analysis.visit(node, node.meta.get("val"))
-        analysis.finish()
+    def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = (),
+              route: str | None = None) -> "ChannelGraph":
+        """Trace `model` once and find its groups; `model` itself is never changed (a private copy is traced).
+
+        `example_inputs`: a tuple is the positional arguments, a dict the keyword arguments, anything
+        else (a tensor, a list of images) the one argument. Routes, in order: torch.fx, a recorded
+        forward, torch.export (`routes.py`); `route="fx" | "record" | "export"` takes only that one.
+        The registered layer kinds' module types are leaves, as `leaf_modules` are.
+        """
+        analysis = analyse(model, example_inputs, tuple(leaf_modules) + leaf_types(), route)
         built = build(analysis)
         return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route,
                    unassigned(analysis, built.slices), built.keep)
@@ -89,7 +81,3 @@ class ChannelGraph:
             self._filters = found
         return self._filters.get(group_id, [])
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

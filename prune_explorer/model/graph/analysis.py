@@ -309,7 +309,7 @@ class Analysis:
 
         answer(self)
 
-    _VIEW_HANDLERS = ("unary", "reshape", "expand", "getitem")
+    _VIEW_HANDLERS = ("unary", "reshape", "expand", "expand_to", "getitem")
 
     def _param_view(self, call: Call) -> bool:
         """A view of a parameter that keeps its non-singleton dims in order (`gamma[:, None, None]`)."""

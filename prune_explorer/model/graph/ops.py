@@ -243,3 +243,47 @@ def bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
     for key, value in kwargs.items():
         bound["input" if key == "self" else key] = value
     return bound
+
+
+# --- torchvision's RoI pooling and values read into Python (handlers: `handlers_recorded.py`) ----
+# RoI pooling is per channel: region k of channel c comes from channel c of the features; the boxes
+# never carry channels. `MultiScaleRoIAlign` is one call in a recording (a leaf, like torch.nn's).
+RECORDED_LEAVES: tuple[type, ...] = ()
+try:
+    import torchvision.ops as _tv_ops
+    from torchvision.ops import roi_align as _roi_align_fn, roi_pool as _roi_pool_fn
+
+    RECORDED_LEAVES = (_tv_ops.MultiScaleRoIAlign,)
+    MODULE_OPS += ((_tv_ops.MultiScaleRoIAlign, ModuleOp("multiscale_roi_pool", lambda m: {},
+                                                         lambda m: {"featmap_names": tuple(m.featmap_names)})),)
+    _ROI_NAMES = ("input", "boxes", "spatial_scale", "pooled_height", "pooled_width", "sampling_ratio", "aligned")
+    for _fn in (torch.ops.torchvision.roi_align, torch.ops.torchvision.roi_pool):
+        FUNCTIONS[_fn] = ("roi_pool", _ROI_NAMES)
+    FUNCTIONS[_roi_align_fn] = ("roi_pool", ("input", "boxes", "output_size", "spatial_scale", "sampling_ratio",
+                                            "aligned"))
+    FUNCTIONS[_roi_pool_fn] = ("roi_pool", ("input", "boxes", "output_size", "spatial_scale"))
+    ATEN["roi_align"] = ATEN["roi_pool"] = "roi_pool"
+    FUNCTIONS[torch.ops.torchvision.nms] = ("boxes", ("boxes", "scores", "iou_threshold"))
+    ATEN["nms"] = "boxes"
+except (ImportError, AttributeError):  # pragma: no cover - torchvision is a dependency
+    pass
+
+VALUE_READ_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "numpy",
+                      "__array__", "__format__")
+for _m in VALUE_READ_METHODS:
+    METHODS.setdefault(_m, ("value_read", ("input",)))
+ATEN.setdefault("_local_scalar_dense", "value_read")
+
+# `x.type_as(other)`, `x.to(other)`: `other` gives a dtype and a device, none of its values
+for _m in ("type_as", "to"):
+    METHODS[_m] = ("like", ("input", "other"))
+# `x.new_zeros(size)`: only x's dtype and device; `torch.zeros_like(x)`: x's shape, so its width
+# follows x's (pruned) channels
+for _m in ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"):
+    METHODS[_m] = ("fresh", ("input",))
+for _fn in _t("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"):
+    FUNCTIONS[_fn] = ("like", ("input",))
+for _m in ("zero_", "fill_"):
+    METHODS.setdefault(_m, ("like", ("input",)))
+# `x.expand(b, c, h, w)`: a channel width written as a number is refused (`handlers_recorded.expand_to`)
+METHODS["expand"] = ("expand_to", ("input", "*sizes"))

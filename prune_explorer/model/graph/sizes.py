@@ -9,7 +9,8 @@ with those attributes set to marker values, and sees which marker the op now rea
 attribute the op is seen to read becomes a member (kind `size` / `split_sizes`, which surgery sets
 and store records); anything else is refused by the question's handler, naming the op and why.
 Value matching alone would be a guess (a bound of 2 and a `stride` of 2), so it is never used.
-Under torch.export every size is a number in the graph, so no attribute can be confirmed there.
+Under torch.export and in a recorded forward every size is a number in the graph, so no attribute
+can be confirmed there.
 """
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def read(node: torch.fx.Node, path: tuple) -> Any:
 def answer(an) -> None:
     questions, an.sizes = an.sizes, []
     if an.traced.route != "fx":
+        route = "torch.export" if an.traced.route == "export" else "a recorded forward"
         for q in questions:
-            q.missing(an, f"{q.what} writes the width {_show(q.value)} as a number, and under torch.export every "
+            q.missing(an, f"{q.what} writes the width {_show(q.value)} as a number, and under {route} every "
                           "size is one, so the graph cannot tell which module attribute holds it (a pruned model "
                           "would keep the number)")
         return
