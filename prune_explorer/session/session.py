@@ -320,7 +320,9 @@ class PruningSession:
                              "iteration of it)")
         model = self.pruned(plan)
         iteration = self.pending.iteration if self.pending else self.workspace.reserve_iteration()
-        model_dir = self.workspace.save_pruned(iteration, model, plan, parent=self.iteration, criterion=self.criterion)
+        with MODEL_LOCK:  # saving builds the base on "meta": never beside a worker's torch.export (fake tensors)
+            model_dir = self.workspace.save_pruned(iteration, model, plan, parent=self.iteration,
+                                                   criterion=self.criterion)
         groups = self.graph.groups
         widths = {groups[gid].name: (groups[gid].size, groups[gid].size - len(ix)) for gid, ix in removed.items()}
         after = self.costs.cost({gid: len(ix) for gid, ix in removed.items()})
