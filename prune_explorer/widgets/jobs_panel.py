@@ -155,9 +155,9 @@ class JobRow(W.VBox):
             ("more log", "chevron-down")
         self.unfold.layout.display = None if len(clean_tail(self._log_text, FOLDED_LINES + 1).splitlines()) > \
             FOLDED_LINES or self.unfold.value else "none"
-        height = "24em" if self.unfold.value else "4.5em"
+        height = "max-height:24em;" if self.unfold.value else ""  # folded: its few lines whole, however they wrap
         self.log_view.value = (f"<pre data-lines='{len(tail.splitlines())}' style='font-size:12px;line-height:1.4;"
-                               f"margin:0;max-height:{height};overflow:auto;white-space:pre-wrap;"
+                               f"margin:0;{height}overflow:auto;white-space:pre-wrap;"
                                f"overflow-wrap:anywhere'>{html.escape(tail)}</pre>" if tail else "")
 
 
