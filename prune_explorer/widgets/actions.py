@@ -77,7 +77,10 @@ class Actions:
         if session.pending is None:  # apply and measure here: the number is on record before the job can finish
             self._evaluate_cut(*self._apply())
         elif self.cut_future is not None and not self.cut_future.done():
-            self.cut_future.exception(timeout=CUT_WAIT_S)
+            if self.cut_future.cancel():  # still queued (behind this very task, when pressed): measure it here
+                self._evaluate_cut(session, session.pending)
+            else:  # measuring on the "cut" worker while this was called from elsewhere
+                self.cut_future.exception(timeout=CUT_WAIT_S)
         job = session.submit(panel.hyperparameters(), **panel.training_script())
         panel.last_job = job.id
         panel.status = f"queued {job.id} on {job.backend} → {job.iteration}"
