@@ -19,6 +19,7 @@ class Actions:
     def __init__(self, panel: Any):
         self.panel = panel
         self.cut_future = None
+        self.applies = 0  # how many Applies this panel made (the page tells a new one from the last)
 
     def _session(self, what: str):
         if self.panel.session is None:
@@ -45,8 +46,9 @@ class Actions:
     def _apply(self):
         panel, session = self.panel, self._session("apply")
         applied = session.apply(panel.plan())
+        self.applies += 1
         panel.pruned_model = applied.model
-        panel.applied = {**applied.as_dict(), "cut_accuracy": None}
+        panel.applied = {**applied.as_dict(), "cut_accuracy": None, "applies": self.applies}
         panel.status = f"applied: {applied.iteration} saved, {applied.filters_removed} filters removed"
         return session, applied
 

@@ -63,7 +63,8 @@ class Preview(W.VBox):
             cut = f"<span class='pe-cut-note'>{html.escape(applied['cut_note'])}</span>"
         else:
             cut = "<span class='pe-cut-pending'>⏳ measuring the accuracy right after the cut…</span>"
-        self.changes.value = (f"<div>applied: {applied['filters_removed']} filters removed, "
+        self.changes.value = (f"<div class='pe-applied-line' data-applies='{applied.get('applies', 0)}'>applied: "
+                              f"{applied['filters_removed']} filters removed, "
                               f"params {_fmt(applied['params_before'])} → {_fmt(applied['params_after'])}, "
                               f"saved to <code style='word-break:break-all'>{html.escape(applied['model_dir'])}</code>"
                               f"</div><div>{cut}</div><ul>{layers}</ul>")
