@@ -77,8 +77,8 @@ def _add_rank(sub) -> None:
 
 
 def _rank(args) -> int:
-    from .signals.ranking import rank
-    from .signals.trials import open_trial
+    from .session import PruningSession
+    from .signals.trials import _example_inputs, open_trial
 
     example = _rank_example(args.input_size)
     try:
@@ -86,7 +86,9 @@ def _rank(args) -> int:
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
                            trust_code=args.trust_model_code)
         normalize = "none" if args.no_normalize else args.normalization
-        table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
+        session = PruningSession(trial.model, _example_inputs(example, trial.meta, trial.path), trial=trial,
+                                 criterion=args.criterion, normalization=normalize)
+        table = session.table
     except ValueError as exc:
         print(f"prune-explorer rank: {exc}", file=sys.stderr)
         return 2
@@ -100,10 +102,10 @@ def _rank(args) -> int:
     how = table["normalization"].iloc[0] if len(table) else normalize
     print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    _print_unassigned(trial.graph)
+    _print_unassigned(session.graph)
     if args.target_macs is not None:
         try:
-            _print_budget_plan(trial, example, table, args.target_macs, args.scheme)
+            _print_budget_plan(session, args.target_macs, args.scheme)
         except ValueError as exc:
             print(f"prune-explorer rank: {exc}", file=sys.stderr)
             return 2
@@ -125,20 +127,14 @@ def _print_unassigned(graph, limit: int = 10) -> None:
         print(f"  ... and {len(unassigned) - limit} more")
 
 
-def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> None:
-    """The layers a `fraction`-of-the-MACs plan cuts, and the MACs it reaches."""
-    from .model.costs import CostModel
-    from .model.plan import PrunePlan
-    from .signals.trials import _example_inputs
-
+def _print_budget_plan(session, fraction: float, scheme: str) -> None:
+    """The layers a `fraction`-of-the-MACs plan cuts (the session's plan, the loop step's), and the MACs it reaches."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"--target-macs is the fraction of the MACs to keep, in (0, 1), got {fraction}")
-    example = _example_inputs(example, trial.meta, trial.path)
-    costs = CostModel(trial.model, example, trial.graph)
-    plan = PrunePlan.lowest(table, trial.graph, scheme=scheme, costs=costs, target_macs=fraction * costs.before.macs)
+    plan = session.plan_for(macs=fraction, scheme=scheme)
     budget = plan.budget
-    print(f"plan to {fraction:g} of {costs.before.macs:,} MACs: {sum(plan.summary().values())} filters, reaches "
-          f"{budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
+    print(f"plan to {fraction:g} of {session.costs.before.macs:,} MACs: {sum(plan.summary().values())} filters, "
+          f"reaches {budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
     for layer, removed in plan.summary().items():
         print(f"  {layer}: -{removed}")
 

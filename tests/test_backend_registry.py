@@ -78,7 +78,7 @@ def test_the_panels_backend_list_is_the_registry(recording):
     panel = Explorer(torchvision.models.resnet18(num_classes=10), example_inputs=torch.zeros(1, 3, 32, 32),
                      criterion="l1")
     try:
-        assert set(panel.backend_choice.options) == set(BACKENDS) and "recording" in panel.backend_choice.options
+        assert set(panel.finetune.backend.options) == set(BACKENDS) and "recording" in panel.finetune.backend.options
     finally:
         panel.close()
 

@@ -11,6 +11,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import JobQueue, LocalBackend
@@ -83,6 +84,23 @@ def test_loop_prunes_fine_tunes_and_tracks_from_the_baseline(workspace):
     jobs = JobQueue(workspace, tracker=False).jobs()
     assert [j.iteration for j in jobs] == ["iter-001"]  # the copied baseline is reused, not retrained
     assert jobs[0].plan and sum(jobs[0].plan.values()) == 48
+
+    # the accuracy right after the cut: the saved pruned model on the first validation images its job used
+    from prune_explorer.jobs.data import load_dataset, with_channels
+    from prune_explorer.loop.cut import accuracy
+
+    pruned = store.load(workspace / "iterations" / "iter-001" / "pruned")
+    _, val, _, _ = load_dataset("digits", val_subset=60, seed=0, download=False)
+    pairs = [with_channels(val, 3)[i] for i in range(min(1000, len(val)))]
+    images, labels = torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
+    assert child["cut_accuracy"] == pytest.approx(accuracy(pruned, images, labels))
+    assert pd.isna(base["cut_accuracy"])  # a baseline is not cut
+    # the panel's first view of the run: the last model's ranks and the history, on disk
+    from prune_explorer.workspace import view
+
+    drawn = view.read_view(Workspace(workspace), "iter-001", "taylor", None)
+    assert drawn is not None and drawn["criterion"] == "taylor" and min(drawn["ranks"]["row"]) >= 0
+    assert [r["iteration"] for r in view.read_history(Workspace(workspace))] == ["baseline", "iter-001"]
 
 
 @pytest.mark.slow

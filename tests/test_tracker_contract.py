@@ -138,3 +138,36 @@ def test_an_unknown_tracker_or_option_is_refused_by_name(tmp_path):
         make_tracker("wandb", tmp_path)
     with pytest.raises(ValueError, match="'mlflow' does not take region"):
         make_tracker("mlflow", tmp_path, region="us-east-1")
+
+
+def test_the_accuracy_right_after_a_cut_rides_with_its_fine_tune_into_the_history(new_tracker):
+    """Apply in a session measures the pruned model on the fine-tune's first validation images; the
+    queue records that number with the job's result, and history() gives it back beside the tuned accuracy."""
+    import json
+
+    import torch
+
+    from prune_explorer.model import store
+    from prune_explorer.model.zoo import build_model
+    from prune_explorer.session import PruningSession
+    from prune_explorer.loop.cut import accuracy, validation_slice
+
+    workspace, tracker = new_tracker()
+    directory = workspace / "iterations" / "baseline"
+    torch.manual_seed(0)
+    store.save(build_model("resnet18", num_classes=10).eval(), directory)
+    (directory / "metrics.json").write_text(json.dumps({"status": "completed", "input_shape": [3, 8, 8]}))
+    session = PruningSession.open(workspace, "baseline", criterion="l1", train_args=QUICK, tracker=tracker)
+    try:
+        applied = session.apply(session.plan_for(filters=100))
+        measured = session.evaluate_cut(applied)
+        saved = store.load(applied.model_dir)
+        assert measured["accuracy"] == accuracy(saved, *validation_slice(QUICK, 1000, saved).tensors)
+        session.open_jobs("local", tracker)
+        job = session.queue.wait(session.submit(dict(QUICK)).id, timeout=300)
+        assert job.status == "completed", job.message
+    finally:
+        session.close()
+    row = tracker.history().set_index("iteration").loc[applied.iteration]
+    assert row["cut_accuracy"] == pytest.approx(measured["accuracy"])
+    assert row["accuracy"] == pytest.approx(job.result["best_accuracy"]) and row["parent"] == "baseline"

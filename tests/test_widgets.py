@@ -1,6 +1,7 @@
 """The Explorer panel without a browser: its traitlets, callbacks and the library calls behind them."""
 from __future__ import annotations
 
+import html
 import json
 import threading
 
@@ -18,7 +19,7 @@ from prune_explorer.model.surgery import prune
 from prune_explorer.tracking import MlflowTracker
 from prune_explorer.widgets import Explorer
 from prune_explorer.widgets.scatter import pareto_frontier
-from prune_explorer.widgets.sensitivity import accuracy
+from prune_explorer.loop.cut import accuracy
 
 SIZE = 16
 
@@ -83,10 +84,9 @@ def _cut_cells(explorer) -> int:
 
 
 def test_moving_one_slider_updates_counts_plan_and_preview(explorer):
-    row = explorer.table_editor.rows["layer2.0.conv1"]
-    row.slider.value = 10
+    canvas = explorer.table_editor.canvas
+    canvas.set_state({"counts": {"layer2.0.conv1": 10}})  # what the browser sends when a row's slider moves
     assert explorer.counts == {"layer2.0.conv1": 10}
-    assert row.remaining.value == str(row.size - 10)
     expected = PrunePlan.from_counts(explorer.table, explorer.graph, {"layer2.0.conv1": 10})
     assert explorer.plan_channels == expected.channels
     real = count(prune(explorer.model, expected, explorer.x, graph=explorer.graph), explorer.x)
@@ -117,7 +117,8 @@ def test_refused_plan_shows_an_error_naming_the_layer_and_keeps_the_old_plan(exp
 
 def test_apply_without_cuts_is_an_error_in_the_panel_not_an_exception(explorer, tmp_path):
     explorer.set_counts({})
-    explorer.apply_button.click()
+    explorer.finetune.apply_button.click()  # on the "cut" worker: the controls never wait for it
+    explorer.wait()
     assert "cuts no filters" in explorer.error
     assert explorer.applied == {}
 
@@ -127,7 +128,8 @@ def test_apply_prunes_and_saves_the_smaller_model(captured, tmp_path):
     e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws")
     try:
         e.set_counts({"layer3.0.conv1": 100, "layer1.1.conv1": 5})
-        e.apply_button.click()
+        e.finetune.apply_button.click()
+        e.wait()
         assert e.error == ""
         assert e.applied["filters_removed"] == 105
         assert e.applied["widths"] == {"layer1.1.conv1": (64, 59), "layer3.0.conv1": (256, 156)}
@@ -209,15 +211,16 @@ def test_fill_by_latency_measures_a_table_once_and_cuts_to_the_predicted_fractio
     # every group may shrink: at 16x16 much of the time is per-call overhead no internal layer carries
     explorer.fill_lowest(keep_latency=0.95, scheme="all")
     explorer.wait()
-    table = explorer._latency_table
-    assert table is not None and "latency table measured" in explorer.status and explorer.error == ""
+    assert explorer.session.has_latency_table
+    table = explorer.session.latency_table()
+    assert "latency table measured" in explorer.status and explorer.error == ""
     expected = PrunePlan.lowest(explorer.table, explorer.graph, scheme="all", costs=explorer.costs,
                                 latency=table, target_latency_ms=0.95 * table.predict(explorer.costs))
     assert explorer.plan().resolve(explorer.graph) == expected.resolve(explorer.graph) and len(expected) > 0
     budget = expected.budget
     assert budget["reached"] <= budget["target"] < budget["reached"] + budget["last_step"] + 1e-9
     explorer.fill_lowest(keep_latency=0.98)  # the same table: planned at once, no second measurement
-    assert explorer._latency_table is table
+    assert explorer.session.latency_table() is table
     assert explorer.plan_summary == PrunePlan.lowest(
         explorer.table, explorer.graph, scheme="all", costs=explorer.costs, latency=table,
         target_latency_ms=0.98 * table.predict(explorer.costs)).summary()
@@ -226,25 +229,27 @@ def test_fill_by_latency_measures_a_table_once_and_cuts_to_the_predicted_fractio
 def test_scatter_axis_toggle_replots_by_macs_and_latency_with_each_axiss_frontier():
     from prune_explorer.widgets.scatter import HistoryScatter
 
-    import pandas as pd
-
-    history = pd.DataFrame({"iteration": ["baseline", "iter-001", "iter-002"], "status": ["completed"] * 3,
-                            "params": [100.0, 50.0, 40.0], "macs": [1000.0, 400.0, 700.0],
-                            "latency_ms": [9.0, 5.0, None], "accuracy": [0.90, 0.89, 0.80]})
+    history = [{"iteration": "baseline", "status": "completed", "params": 100.0, "macs": 1000.0, "latency_ms": 9.0,
+                "accuracy": 0.90},
+               {"iteration": "iter-001", "status": "completed", "params": 50.0, "macs": 400.0, "latency_ms": 5.0,
+                "accuracy": 0.89},
+               {"iteration": "iter-002", "status": "completed", "params": 40.0, "macs": 700.0, "latency_ms": None,
+                "accuracy": 0.80}]
     picked = []
     scatter = HistoryScatter(picked.append)
     scatter.show(history, "iter-001")
-    assert scatter.points.x.tolist() == [100.0, 50.0, 40.0]
-    assert scatter.frontier.x.tolist() == [40.0, 50.0, 100.0]
+    canvas = scatter.canvas
+    assert scatter.x == [100.0, 50.0, 40.0]
+    assert [canvas.points[i]["x"] for i in canvas.frontier] == [40.0, 50.0, 100.0]
     scatter.axis.value = "macs"
-    assert scatter.points.x.tolist() == [1000.0, 400.0, 700.0] and scatter._x_axis.label == "MACs"
-    assert scatter.frontier.x.tolist() == [400.0, 1000.0]  # iter-002 is dominated on MACs, not on params
-    assert scatter.base.x.tolist() == [400.0]
+    assert scatter.x == [1000.0, 400.0, 700.0] and canvas.x_label.startswith("MACs")
+    assert [canvas.points[i]["x"] for i in canvas.frontier] == [400.0, 1000.0]  # iter-002 is dominated on MACs
+    assert canvas.base == "iter-001"
     scatter.axis.value = "latency_ms"
-    assert scatter.points.names.tolist() == ["baseline", "iter-001"]  # no latency measured for iter-002
-    assert scatter.points.tooltip.labels[1] == "latency (ms)" and "data-axis='latency_ms'" in scatter.summary.value
-    scatter.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 1}})
-    assert picked == ["iter-001"]
+    assert scatter.names == ["baseline", "iter-001"]  # no latency measured for iter-002
+    assert canvas.x_label == "latency (ms)" and "data-axis='latency_ms'" in scatter.summary.value
+    canvas.set_state({"picked": "iter-001"})  # what the front end sends on a dot click
+    assert picked == ["iter-001"] and canvas.picked == ""
 
 
 def test_sensitivity_curve_starts_at_the_unpruned_accuracy(explorer, captured):
@@ -254,7 +259,7 @@ def test_sensitivity_curve_starts_at_the_unpruned_accuracy(explorer, captured):
     points = explorer.sensitivity["layer2.1.conv1"]
     assert points[0] == (0.0, accuracy(model, x, y))
     assert [p[0] for p in points] == sorted(p[0] for p in points) and points[-1][0] > 0.8
-    assert explorer.table_editor.rows["layer2.1.conv1"].curve_box.children
+    assert explorer.table_editor.canvas.curves["layer2.1.conv1"] == [list(p) for p in points]
 
 
 def test_pareto_frontier_keeps_points_nothing_beats():
@@ -285,20 +290,20 @@ def test_scatter_shows_the_real_tracker_history_and_a_click_rebases(captured, tm
     try:
         history = tracker.history().dropna(subset=["accuracy"])
         assert e.history_size == 2
-        assert e.scatter.points.x.tolist() == history["params"].astype(float).tolist()
-        assert e.scatter.points.y.tolist() == history["accuracy"].tolist()
-        assert e.scatter.points.names.tolist() == ["baseline", "iter-001"]
-        assert e.scatter.base.x.tolist() == [float(history["params"].iloc[0])]
+        assert e.scatter.x == history["params"].astype(float).tolist()
+        assert e.scatter.y == history["accuracy"].tolist()
+        assert e.scatter.names == ["baseline", "iter-001"]
+        assert e.scatter.canvas.base == "baseline"
 
         e.set_counts({"layer4.0.conv1": 400})
-        e.scatter.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 1}})
+        e.scatter.canvas.set_state({"picked": "iter-001"})
         e.wait()
         assert e.error == ""
         assert e.base_iteration == "iter-001"
         assert e.preview["params_before"] == int(history["params"].iloc[1])
-        assert e.table_editor.rows["layer4.0.conv1"].size == 312
+        assert e.table_editor.rows["layer4.0.conv1"]["size"] == 312
         assert e.counts == {} and _cut_cells(e) == 0
-        assert e.scatter.base.x.tolist() == [float(history["params"].iloc[1])]
+        assert e.scatter.canvas.base == "iter-001"
     finally:
         e.close()
 
@@ -331,10 +336,10 @@ def test_an_iteration_opens_with_the_fine_tuning_recipe_of_the_job_that_made_it(
     tuned = Explorer.from_iteration(ws, "iter-001", criterion="l1")
     base = Explorer.from_iteration(ws, "baseline", criterion="l1")
     try:
-        assert (tuned.epochs.value, tuned.lr.value, tuned.batch_size.value) == (2, 0.003, 32)
+        assert (tuned.finetune.epochs.value, tuned.finetune.lr.value, tuned.finetune.batch_size.value) == (2, 0.003, 32)
         assert tuned.hyperparameters() == {**recipe, "image_size": SIZE, "epochs": 2, "lr": 0.003,
                                            "batch_size": 32}  # no stale rule; the size its job trained at
-        assert (base.epochs.value, base.lr.value, base.batch_size.value) == (1, 1e-3, 64)  # not the baseline's 6 x 0.01
+        assert (base.finetune.epochs.value, base.finetune.lr.value, base.finetune.batch_size.value) == (1, 1e-3, 64)  # not the baseline's 6 x 0.01
         assert base.hyperparameters()["lr_schedule"] == "cosine"
         # a child of a pretrained baseline: its data recipe and size, not its weights (it loads a saved model)
         assert base.hyperparameters() == {**recipe, "normalize": "imagenet", "augment": True, "image_size": SIZE,
@@ -355,7 +360,7 @@ def test_tracker_rows_recorded_later_reach_the_scatter_on_refresh(captured, tmp_
         tracker.record("iter-003", parent="iter-001", params=1000, accuracies=[0.5], status="stopped")
         e.refresh()
         assert e.history_size == 3
-        assert e.scatter.points.color[-1] == "stopped"
+        assert e.scatter.canvas.points[-1]["status"] == "stopped"
     finally:
         e.close()
 
@@ -372,7 +377,8 @@ def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(cap
         landed = threading.Event()
         e.observe(lambda change: landed.set(), "history_size")
         e.fill_lowest(n=100, scheme="internal")
-        e.queue_button.click()
+        e.finetune.queue_button.click()
+        e.wait()
         assert e.error == "" and e.last_job
         job = e.queue.wait(e.last_job, timeout=600)
         assert job.status == "completed", job.message
@@ -383,27 +389,27 @@ def test_queued_job_completes_and_reaches_the_scatter_without_a_refresh_call(cap
         assert "epoch 1/1" in row.log_view.value  # the log tail the panel shows: the job's own lines,
         assert "RULE_JOB_STOP_SIGNAL_FILENAME" not in job.log_path.read_text()  # not smdebug's
         assert e.history_size == 1
-        assert e.scatter.points.names.tolist() == [job.iteration]
-        assert e.scatter.points.x.tolist() == [float(e.preview["params_after"])]
+        assert e.scatter.names == [job.iteration]
+        assert e.scatter.x == [float(e.preview["params_after"])]
     finally:
         e.close()
 
 
 def test_preview_latency_times_before_and_after_in_alternation(explorer, monkeypatch):
-    import prune_explorer.widgets.explorer as explorer_module
+    import prune_explorer.model.measure as measure
 
     calls = []
-    real = explorer_module.paired_latency_ms
+    real = measure.paired_latency_ms
 
     def paired(models, *args, **kwargs):
         calls.append([sum(p.numel() for p in m.parameters()) for m in models])
         return real(models, *args, **kwargs)
 
-    monkeypatch.setattr(explorer_module, "paired_latency_ms", paired)
+    monkeypatch.setattr(measure, "paired_latency_ms", paired)
     explorer.set_counts({"layer3.0.conv1": 64})
     explorer.wait()
-    (sizes,) = calls  # one paired measurement: the base model and the pruned one, timed in turn
-    assert sizes[0] == explorer.preview["params_before"] and sizes[1] == explorer.preview["params_after"]
+    assert len(calls) == 7  # seven rounds, each the base model and the pruned one timed in turn
+    assert all(sizes == [explorer.preview["params_before"], explorer.preview["params_after"]] for sizes in calls)
     assert explorer.preview["latency_ms_before"] > 0 and explorer.preview["latency_ms_after"] > 0
 
 
@@ -434,7 +440,8 @@ def test_a_fine_tune_with_a_script_that_is_not_there_is_refused_in_the_panel(cap
                  entry_point="train.py", source_dir=str(tmp_path / "nowhere")).wait()
     try:
         e.fill_lowest(n=50, scheme="internal")
-        e.queue_button.click()
+        e.finetune.queue_button.click()
+        e.wait()
         assert "source_dir" in e.error and "nowhere" in e.error and e.last_job is None
         assert e.queue.jobs() == []  # nothing queued
     finally:
@@ -486,10 +493,9 @@ def test_clicking_a_heatmap_row_selects_that_layer_in_the_table(explorer):
     explorer.heatmap.canvas.set_state({"selected": "layer3.1.conv1"})  # what the front end sends on a click
     assert explorer.selected_layer == "layer3.1.conv1"
     assert explorer.table_editor.selected == "layer3.1.conv1"
-    chosen = [name for name, row in explorer.table_editor.rows.items() if "pe-selected" in row._dom_classes]
-    assert chosen == ["layer3.1.conv1"]
+    assert explorer.table_editor.canvas.selected == "layer3.1.conv1"  # the row the browser highlights
     assert explorer.coupling["layer"] == "layer3.1.conv1"
-    explorer.table_editor.rows["layer1.0.conv1"].name.click()  # and the table's own name button
+    explorer.table_editor.canvas.set_state({"selected": "layer1.0.conv1"})  # and the table's own name button
     assert explorer.selected_layer == explorer.heatmap.canvas.selected == "layer1.0.conv1"
 
 
@@ -544,9 +550,10 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
                  train_args=dict(data_dir=str(data), image_size=SIZE, measure_latency=False),
                  hyperparameters=dict(epochs=1, batch_size=32)).wait()
     try:
-        e.entry_point.value, e.source_dir.value = "train.py", str(example)  # what a user types into the fields
+        e.finetune.entry_point.value, e.finetune.source_dir.value = "train.py", str(example)  # what a user types into the fields
         e.fill_lowest(n=100, scheme="internal")
-        e.queue_button.click()
+        e.finetune.queue_button.click()
+        e.wait()
         assert e.error == "" and e.last_job
         job = e.queue.wait(e.last_job, timeout=600)
         assert (job.entry_point, job.source_dir) == ("train.py", str(example))
@@ -649,38 +656,89 @@ def test_the_panel_modules_import_no_tracker_cloud_or_trial_library_until_used(t
 
     code = (
         "import sys\n"
-        "heavy = ('torch', 'mlflow', 'sagemaker', 'boto3', 'smdebug')\n"
+        "heavy = ('torch', 'mlflow', 'sagemaker', 'boto3', 'smdebug', 'pandas', 'bqplot')\n"
         "import prune_explorer.widgets, prune_explorer.widgets.setup, prune_explorer.widgets.opening\n"
+        "from prune_explorer.widgets import Explorer, open_panel\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
         "import torch\n"
         "from prune_explorer.model.zoo import build_model\n"
-        "from prune_explorer.widgets import Explorer\n"
         "e = Explorer(build_model('resnet18', num_classes=10), criterion='l1', example_inputs=torch.zeros(1, 3, 16, 16)).wait()\n"
-        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "print(sorted(m for m in heavy if m in sys.modules and m not in ('pandas',)))\n"
         "e.close()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
     assert out.splitlines()[-2:] == ["[]", "['torch']"]
 
 
-def test_open_panel_shows_a_frame_at_once_then_becomes_the_explorer(captured, tmp_path):
+FIRST_VIEW = """
+import json, sys
+from prune_explorer.widgets import open_panel
+panel = open_panel(sys.argv[1], "latest", criterion="l1", load_after_s=None)  # loads at wait(): no browser here
+drawn = {"torch": "torch" in sys.modules, "ready": panel.ready, "rows": len(panel.table_editor.rows),
+         "heatmap": len(panel.heatmap.canvas.layers), "history": panel.scatter.names,
+         "lineage": list(panel.lineage.nodes), "apply_disabled": panel.finetune.apply_button.disabled}
+panel.wait()
+ready = {"torch": "torch" in sys.modules, "ready": panel.ready, "apply_disabled": panel.finetune.apply_button.disabled,
+         "base": panel.base_iteration, "error": panel.error, "first_view": panel.first_view}
+panel.close()
+print(json.dumps([drawn, ready]))
+"""
+
+
+def test_open_panel_draws_the_first_view_before_torch_then_enables_apply(captured, tmp_path):
+    """The first open writes the iteration's view and the history view; the next open draws heatmap,
+    table, scatter and lineage from them with torch not imported, then loads the model and enables Apply."""
+    import subprocess
+    import sys
+
     from prune_explorer.widgets import open_panel
+    from prune_explorer.workspace import Workspace, view
 
     model, _, x, _ = captured
     ws, _ = _tracked_workspace(tmp_path, model, x[:1])
     checked = []
-    panel = open_panel(ws, "latest", check=lambda root: checked.append(root), criterion="l1")
+    first = open_panel(ws, "latest", check=lambda root: checked.append(root), criterion="l1", load_after_s=None)
     try:
-        assert "pe-opening" in panel._dom_classes and panel.stage  # shown before anything heavy ran
-        explorer = panel.wait()
-        assert panel.children == (explorer,) and explorer.base_iteration == "baseline"  # no completed iter-NNN job
-        assert checked == [ws.resolve()] and explorer.history_size == 2
-        missing = open_panel(ws, "iter-009")
+        assert first.first_view == {"load_started_by": "no first view", "imported": first.first_view["imported"]}
+        first.wait()
+        assert first.ready and not first.finetune.apply_button.disabled and first.error == ""
+        assert first.base_iteration == "baseline" and checked == [ws.resolve()] and first.history_size == 2
+        written = view.read_view(Workspace(ws), "baseline", "l1", None)
+        assert written is not None and written["ranks"] == first.session.view()["ranks"]
+        assert [r["iteration"] for r in view.read_history(Workspace(ws))] == ["baseline", "iter-001", "iter-002"]
+    finally:
+        first.close()
+    out = subprocess.run([sys.executable, "-c", FIRST_VIEW, str(ws)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    drawn, ready = json.loads(out.stdout.splitlines()[-1])
+    groups = len(written["groups"])
+    assert drawn == {"torch": False, "ready": False, "rows": groups, "heatmap": groups,
+                     "history": ["baseline", "iter-001"], "lineage": ["baseline", "iter-001", "iter-002"],
+                     "apply_disabled": True}
+    assert ready == {"torch": True, "ready": True, "apply_disabled": False, "base": "baseline", "error": "",
+                     "first_view": {"load_started_by": "wait", "imported": []}}
+
+
+def test_a_stale_view_is_not_drawn_and_a_missing_iteration_is_an_error_in_the_panel(captured, tmp_path):
+    from prune_explorer.widgets import open_panel
+    from prune_explorer.workspace import Workspace, view
+
+    model, _, x, _ = captured
+    ws, _ = _tracked_workspace(tmp_path, model, x[:1])
+    space = Workspace(ws)
+    e = Explorer.from_iteration(ws, "baseline", criterion="l1").wait()
+    e.close()
+    assert view.read_view(space, "baseline", "l1", None) is not None
+    assert view.read_view(space, "baseline", "taylor", None) is None  # ranked by another criterion
+    store.save(model, space.iteration_dir("baseline"))  # the model changed since: the view describes the old one
+    assert view.read_view(space, "baseline", "l1", None) is None
+    missing = open_panel(ws, "iter-009")
+    try:
         with pytest.raises(RuntimeError, match="iter-009"):
             missing.wait()
-        assert "iter-009" in missing.line.value
+        assert "iter-009" in missing.error_line.value and not missing.ready
     finally:
-        panel.close()
+        missing.close()
 
 
 def test_the_panel_plans_layer_by_layer_exactly_as_from_counts_plans_the_model(explorer):
@@ -702,14 +760,14 @@ def test_export_button_writes_the_applied_model_into_the_workspace_and_it_runs_i
     try:
         e.set_counts({"layer3.0.conv1": 100})
         e.apply()
-        e.export_format.value = "onnx"
-        e.export_button.click()
-        assert "exporting iter-001 as onnx" in e.export_line.value  # shown at once; the export runs in the background
+        e.exporter.format.value = "onnx"
+        e.exporter.button.click()
+        assert "exporting iter-001 as onnx" in e.exporter.line.value  # shown at once; the export runs in the background
         e.wait(600)
         assert e.error == ""
         path = tmp_path / "ws" / "exports" / "iter-001.onnx"
         assert path.is_file() and e.exported["path"] == str(path) and e.exported["iteration"] == "iter-001"
-        assert f"data-path='{path}'" in e.export_line.value
+        assert f"data-path='{path}'" in e.exporter.line.value
         assert sorted(p.name for p in path.parent.iterdir()) == ["iter-001.onnx"], "a temp file was left behind"
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         batch = x[:3]
@@ -731,13 +789,13 @@ def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_
         with pytest.raises(ValueError, match=r"'\.\./elsewhere' is not an iteration name"):
             e.workspace.export_path("../elsewhere", "onnx")
         (tmp_path / "ws" / "exports" / "baseline.onnx").mkdir(parents=True)  # in the way of the file
-        e.export_button.click()
+        e.exporter.button.click()
         e.wait(120)
         assert e.error.startswith("export: ") and "baseline.onnx: it is a directory" in e.error
-        assert "export of baseline failed" in e.export_line.value and e.exported == {}
+        assert "export of baseline failed" in e.exporter.line.value and e.exported == {}
 
-        e.export_format.value = "pt2"
-        e.export_button.click()
+        e.exporter.format.value = "pt2"
+        e.exporter.button.click()
         e.wait(600)
         assert e.error == ""
         path = tmp_path / "ws" / "exports" / "baseline.pt2"
@@ -750,10 +808,10 @@ def test_export_without_an_applied_model_ships_the_base_and_failures_name_their_
 
 
 def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured, monkeypatch):
-    import prune_explorer.widgets.explorer as explorer_module
+    import prune_explorer.model.export as export_module
 
     timed, exported = [], []
-    real_latency, real_export = explorer_module.onnxruntime_latency_ms, explorer_module.export_model
+    real_latency, real_export = export_module.onnxruntime_latency_ms, export_module.export_model
 
     def ort_latency(models, *args, **kwargs):
         timed.append([m if isinstance(m, nn.Module) else str(m) for m in models])
@@ -763,8 +821,8 @@ def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured
         exported.append(path)
         return real_export(model, path, **kwargs)
 
-    monkeypatch.setattr(explorer_module, "onnxruntime_latency_ms", ort_latency)
-    monkeypatch.setattr(explorer_module, "export_model", export)
+    monkeypatch.setattr(export_module, "onnxruntime_latency_ms", ort_latency)
+    monkeypatch.setattr(export_module, "export_model", export)
     model, trial, x, _ = captured
     e = Explorer(model, trial=trial, example_inputs=x[:1], onnxruntime_latency=True)
     try:
@@ -776,7 +834,7 @@ def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured
         e.wait(600)
         assert len(timed) == 1 and len(exported) == 1  # the base file once; the pruned module in memory
         (base_file, pruned), = timed
-        assert base_file == str(exported[0]) and pruned is e._previewed[1]
+        assert base_file == str(exported[0]) and pruned is e.planner.previewed[1]
         first = (e.preview["ort_latency_ms_before"], e.preview["ort_latency_ms_after"])
         assert all(ms > 0 for ms in first)
 
@@ -800,7 +858,7 @@ def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_
     try:
         e.set_counts({"layer2.0.conv1": 40})
         e.wait()
-        previewed, by_l1 = e._previewed[1], dict(e.plan_channels)
+        previewed, by_l1 = e.planner.previewed[1], dict(e.plan_channels)
         assert e.apply() is previewed  # no second surgery (the model lock may be busy with an export)
         e.table_editor.criterion.value = "l2"  # same counts, other ranks: another plan
         e.wait()
@@ -810,5 +868,111 @@ def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_
         expected = prune(model, e.plan(), x[:1], graph=e.graph)
         with torch.no_grad():
             assert torch.equal(fresh(x), expected(x))
+    finally:
+        e.close()
+
+
+def test_the_panels_fill_cuts_the_sessions_plan_and_the_loops_for_each_target(captured, tmp_path):
+    """Filters, MACs and latency: the panel's fill, the session's plan_for and the loop's step plan the
+    same channels from the same iteration (the loop stops at a floor no cut reaches: nothing queued)."""
+    import shutil
+
+    from prune_explorer.loop.step import StepTarget, latency_table, prune_step
+    from prune_explorer.workspace import Iteration, Workspace
+
+    model, trial, x, _ = captured
+    space = Workspace(tmp_path / "ws")
+    directory = space.iteration_dir("baseline")
+    store.save(model, directory)
+    shutil.copytree(trial, directory / "trial")
+    (directory / "metrics.json").write_text(json.dumps({"status": "completed", "input_shape": list(x.shape[1:])}))
+    e = Explorer.from_iteration(space.root, "baseline").wait()
+    try:
+        for fill, target, step in (
+                ({"n": 150}, {"filters": 150}, {"per_iteration": 150}),
+                ({"keep_macs": 0.6}, {"macs": 0.6}, {"target": StepTarget("macs", fraction=0.6)}),
+                ({"keep_latency": 0.95}, {"latency": 0.95},
+                 {"target": StepTarget("latency_ms", fraction=0.95), "latency": latency_table(space)})):
+            e.fill_lowest(scheme="all", **fill)
+            e.wait()
+            assert e.error == "", e.error
+            with space.queue(tracker=False) as queue:
+                done = prune_step(space, queue, Iteration("baseline", directory, 0.5), criterion="taylor",
+                                        scheme="all", hyperparameters={}, min_params=10 ** 12,
+                                        **{"per_iteration": 1, **step})
+            assert done.job is None and len(done.plan) > 0
+            expected = done.plan.resolve(e.graph)
+            assert e.plan().resolve(e.graph) == expected == e.session.plan_for(scheme="all", **target).resolve(e.graph)
+    finally:
+        e.close()
+
+
+def test_tick_labels_never_repeat_and_stay_in_range_over_many_spans():
+    from prune_explorer.widgets.scatter import ticks
+
+    assert [label for _, label in ticks(9.4e6, 11.2e6)] == ["9.5M", "10.0M", "10.5M", "11.0M"]
+    assert [label for _, label in ticks(0.42, 0.935, "%")] == ["50%", "60%", "70%", "80%", "90%"]
+    assert [label for _, label in ticks(0.91, 0.935, "%")] == ["91.0%", "91.5%", "92.0%", "92.5%", "93.0%", "93.5%"]
+    assert [label for _, label in ticks(6.5e5, 1.2e7, log=True)] == ["1M", "2M", "5M", "10M"]
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        unit = ["", "%", "ms"][rng.integers(3)]
+        lo = float(10 ** rng.uniform(-3, 9)) if unit != "%" else float(rng.uniform(0, 1))
+        hi = lo * float(1 + 10 ** rng.uniform(-4, 2)) if unit != "%" else min(1.0, lo + float(10 ** rng.uniform(-4, 0)))
+        log = unit != "%" and bool(rng.integers(2))
+        found = ticks(lo, hi, unit, log=log)
+        labels = [label for _, label in found]
+        assert found and len(set(labels)) == len(labels), (lo, hi, unit, log, labels)
+        assert all(lo - 1e-9 * abs(lo) <= v <= hi + 1e-9 * abs(hi) for v, _ in found), (lo, hi, found)
+
+
+def test_apply_shows_the_accuracy_right_after_the_cut_in_the_preview_and_a_mark_on_the_scatter(captured, tmp_path):
+    model, trial, x, y = captured
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", validation=(x, y)).wait()
+    try:
+        e.set_counts({"layer3.0.conv1": 200, "layer4.1.conv1": 400})
+        e.finetune.apply_button.click()
+        e.wait()
+        applied = e.applied
+        saved = store.load(applied["model_dir"])
+        assert applied["cut_accuracy"] == accuracy(saved, x, y) and applied["cut_examples"] == len(y)
+        assert f"data-value='{applied['cut_accuracy']}'" in e.preview_box.changes.value
+        mark = {p["iteration"]: p for p in e.scatter.canvas.points}[applied["iteration"]]
+        assert mark["cut"] == applied["cut_accuracy"] and mark["y"] is None and mark["status"] == "applied"
+        assert mark["x"] == float(applied["params_after"]) and e.history_size == 0  # not fine-tuned yet
+    finally:
+        e.close()
+
+
+class _WithAttention(nn.Module):
+    """A prunable conv pair, then attention: its out_proj is in no channel group (the trace takes
+    nn.MultiheadAttention as one call), and the groups around it are not prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        self.attn, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 2)
+
+    def forward(self, x):
+        t = self.conv2(torch.relu(self.conv1(x))).flatten(2).transpose(1, 2)
+        a, _ = self.attn(t, t, t)
+        return self.head(a.mean(1))
+
+
+def test_the_not_prunable_list_names_each_group_and_each_layer_in_no_group_with_its_reason():
+    model = _WithAttention().eval()
+    e = Explorer(model, example_inputs=torch.zeros(1, 3, 6, 6), criterion="l1").wait()
+    try:
+        graph = e.graph
+        assert list(e.table_editor.rows) == ["conv1"] and graph.unassigned == {"attn.out_proj": graph.unassigned["attn.out_proj"]}
+        shown = e.not_prunable
+        blocked = [g for g in graph.groups if not g.prunable]
+        assert shown.toggle.description == f"{len(blocked)} groups not prunable, 1 conv/linear layer in no group"
+        assert shown.body.value == ""  # folded until asked
+        shown.toggle.value = True
+        for group in blocked:
+            assert f"<code>{group.name}</code>" in shown.body.value and html.escape(group.reason) in shown.body.value
+        assert "<code>attn.out_proj</code>" in shown.body.value
+        assert html.escape(graph.unassigned["attn.out_proj"]) in shown.body.value
     finally:
         e.close()

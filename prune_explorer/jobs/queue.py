@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..model.trust import trusted_modules
-from ..workspace.layout import Layout, file_lock, read_metrics, trial_dir
+from ..workspace.layout import Layout, file_lock, read_cut_accuracy, read_metrics, trial_dir
 from .backends import make_backend
 from .base import (COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, check_script, new_id, record_path,
                    record_paths, scripts_allowed, training_script, with_trust)
@@ -82,6 +82,7 @@ def iteration_record(job: Job) -> dict[str, Any]:
         backend=job.backend,
         started=job.started,
         script=job.entry_point or result.script,
+        cut_accuracy=read_cut_accuracy(job.out_dir),  # measured when the step saved the pruned model
     )
 
 

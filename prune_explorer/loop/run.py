@@ -26,7 +26,7 @@ from ..masking import mask_values
 from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, Iteration, Workspace
 from ..workspace.layout import LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG
-from .step import StepTarget, latency_table, needs_trial, prune_step
+from .step import StepTarget, latency_table, needs_trial, prune_step, rank_iteration
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -326,6 +326,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     finally:
         queue.close()
     history = tracker.history()
+    _write_views(workspace, history, names[-1], config, criterion_fn)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs["stop_reason"] = reason
     workspace.write_file(RESULTS_CSV, lambda f: rows.to_csv(f, index=False))
@@ -334,6 +335,27 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
         print(format_history(rows))
         print(f"stopped: {reason}")
     return rows
+
+
+def _write_views(workspace: Workspace, history: pd.DataFrame, last: str, config: LoopConfig, criterion_fn) -> None:
+    """The panel's first view of this run: the history, and the last model ranked as the run ranks
+    (what `prune-explorer app` opens on "latest"). A failure costs only the fast first view."""
+    from ..model.costs import CostModel
+    from ..workspace import view
+
+    view.write_history(workspace, history)
+    if criterion_fn is not None or not workspace.has_model(last):
+        return
+    try:
+        ranked = rank_iteration(workspace, last, config.criterion, None, config.capture, config.image_size,
+                                config.dataset, config.normalization)
+        costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
+        asked = {"criterion": config.criterion, "normalization": config.normalization}
+        view.write_view(workspace, last, view.build(ranked.graph, costs, ranked.table, asked=asked,
+                                                    criterion=config.criterion, normalization=config.normalization,
+                                                    example_inputs=ranked.example_inputs))
+    except Exception as exc:  # the panel then draws once the model is loaded, as without a view
+        print(f"note: no first view for the panel written for {last}: {exc}", file=sys.stderr)
 
 
 def _step_targets(config: LoopConfig, workspace: Workspace):

@@ -1,4 +1,4 @@
-"""One pruning step: rank → plan → prune → save → submit, on an iteration of a workspace.
+"""One pruning step: rank → plan → prune → save → (cut accuracy) → submit, on an iteration of a workspace.
 
 The loop runs it K times; the panel (and the session object behind it) runs its parts one at a
 time — rank an iteration, plan a cut for a filter count or a MACs / latency target, prune, save,
@@ -146,10 +146,11 @@ def prune_step(workspace: Workspace, queue: "JobQueue", parent: Iteration, *, cr
     """Rank `parent`, plan its lowest `per_iteration` filters — or, with `target`, as many as bring it
     to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
     to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
-    written), save and submit."""
+    written), save, measure the accuracy right after the cut (`cut.record_cut`) and submit."""
     from ..model.costs import CostModel
     from ..model.measure import count
     from ..model.surgery import prune
+    from .cut import record_cut
 
     ranked = rank_iteration(workspace, parent.name, criterion, criterion_fn, capture, image_size, dataset,
                             normalization)
@@ -171,6 +172,7 @@ def prune_step(workspace: Workspace, queue: "JobQueue", parent: Iteration, *, cr
                                               f"below the floor of {min_params:,}")
     name = workspace.reserve_iteration()
     workspace.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+    record_cut(workspace, name, pruned, hyperparameters)  # the accuracy right after the cut, for the tracker
     job = submit(workspace, queue, name, parent=parent.name, plan=plan, criterion=criterion,
                  hyperparameters=hyperparameters, **submit_options)
     return Step(name, job, plan, params)

@@ -18,6 +18,7 @@ from ..workspace.layout import best_accuracy as best_of
 HISTORY_COLUMNS = [
     "iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
     "accuracy", "model_dir", "trial_dir", "job_id", "backend", "started", "run_id", "script",
+    "cut_accuracy",
 ]
 
 
@@ -26,7 +27,7 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=HISTORY_COLUMNS)
     for column in ("filters_removed", "params", "macs"):
         frame[column] = frame[column].astype("Int64")
-    for column in ("latency_ms", "accuracy"):
+    for column in ("latency_ms", "accuracy", "cut_accuracy"):
         frame[column] = frame[column].astype("float64")
     frame["started"] = pd.to_datetime(frame["started"])
     return frame.reset_index(drop=True)
@@ -43,7 +44,7 @@ def number(value: Any, field: str) -> float | None:
     return None if math.isnan(result) else result
 
 
-NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy")
+NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy", "cut_accuracy")
 TEXT_FIELDS = ("parent", "criterion", "model_dir", "trial_dir", "job_id", "backend", "script")
 
 
@@ -52,7 +53,9 @@ class IterationRecord:
     """One iteration as `Tracker.record` takes it (its keyword arguments, the one list of them), checked:
     a non-empty iteration, numbers refused by field name, the best accuracy else the max over epochs.
     `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is the
-    training script that ran the job (a user's entry point, or "prune_explorer.jobs.train")."""
+    training script that ran the job (a user's entry point, or "prune_explorer.jobs.train").
+    `cut_accuracy`: the pruned model's accuracy right after the cut, before fine-tuning (history column
+    `cut_accuracy`; `accuracy` is the fine-tuned best)."""
 
     iteration: str
     parent: str | None = None
@@ -71,6 +74,7 @@ class IterationRecord:
     backend: str | None = None
     started: float | None = None
     script: str | None = None
+    cut_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         self.iteration = str(self.iteration)

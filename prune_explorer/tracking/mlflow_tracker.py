@@ -186,6 +186,7 @@ class MlflowTracker:
                 "macs": data.metrics.get("macs"),
                 "latency_ms": data.metrics.get("latency_ms"),
                 "accuracy": data.metrics.get("best_accuracy"),
+                "cut_accuracy": data.metrics.get("cut_accuracy"),
                 "model_dir": data.params.get("model_dir"),
                 "trial_dir": data.params.get("trial_dir"),
                 "job_id": data.params.get("job_id"),

@@ -256,7 +256,7 @@ def _row(component: Any) -> dict[str, Any]:
 
     artifacts = _given(component.output_artifacts) or {}
     row = {field: value(field) for field in ("iteration", "parent", "status", "criterion",
-                                             "latency_ms", "job_id", "backend", "script")}
+                                             "latency_ms", "cut_accuracy", "job_id", "backend", "script")}
     for field in ("filters_removed", "params", "macs"):
         number = value(field)
         row[field] = None if number is None else int(number)

@@ -13,10 +13,6 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-# torch.fx tracing patches nn.Module.__call__ process-wide, so a forward pass on another thread
-# (latency, sensitivity) during a trace corrupts the trace. Every model-running task holds this.
-MODEL_LOCK = threading.RLock()
-
 
 class Background:
     def __init__(self, on_error: Callable[[str, BaseException], None]):

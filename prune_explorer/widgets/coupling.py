@@ -105,7 +105,7 @@ class CouplingView(W.VBox):
 
     def __init__(self):
         self.title = W.HTML("<i>select a layer (click its heatmap row or its name in the table)</i>")
-        self.table = W.HTML()
+        self.table = W.HTML(layout=W.Layout(width="100%"))  # as wide as its column: the table wraps inside
         self.table.add_class("pe-coupling-table")
         super().__init__([self.title, self.table])
         self.add_class("pe-coupling")
@@ -137,5 +137,6 @@ class CouplingView(W.VBox):
                         f"<td>{html.escape(' + '.join(row['roles']))}</td><td><code>{html.escape(row['module'])}</code></td>"
                         f"<td>{html.escape(row['type'])}</td><td>{'; '.join(cells)}</td></tr>")
         self.table.value = ("<div style='max-height:240px;overflow:auto'><table style='font-size:11px;line-height:1.3;"
-                            "white-space:nowrap'><tr><th>role</th><th>module</th><th>type</th>"
-                            f"<th>shape before → after</th></tr>{''.join(body)}</table></div>")
+                            "width:100%;table-layout:fixed;overflow-wrap:anywhere'><colgroup><col style='width:18%'>"
+                            "<col style='width:26%'><col style='width:18%'><col></colgroup><tr><th>role</th>"
+                            f"<th>module</th><th>type</th><th>shape before → after</th></tr>{''.join(body)}</table></div>")

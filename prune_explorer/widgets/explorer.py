@@ -1,65 +1,40 @@
-"""The Explorer panel: rank heatmap, per-layer editor, preview, apply/queue, jobs and history.
+"""The Explorer panel: layout and wiring over a `session.PruningSession`.
 
-A thin view over the library: the plan it shows is `PrunePlan.from_counts` on the library's
-RankTable, or the loop's own plan builder (`loop.step.plan_cut`), Apply is `surgery.prune` +
-`Workspace.save_pruned` (into an iteration the workspace reserved), Queue is `loop.step.submit` onto a `JobQueue`, the scatter is the
-tracker's `history()`. Everything a test needs to check lives in traitlets.
-Slow work (ranking, latency, sensitivity, re-basing) runs on background threads; failures land
-in the `error` trait and the panel's error line, never as a traceback.
+It draws the first view — heatmap, layer table, scatter, lineage — from a view dict (the
+workspace's view file, when `open_panel` opens an iteration: no torch imported yet), loads the
+session behind it and enables Apply, the latency preview and Export once the model is ready (shown,
+disabled until then). Every action is a session call; slow ones run on background workers and
+report into `error` / `status`, never as a traceback. What a test checks lives in traitlets.
+This module imports no torch: the session loads on first use.
 """
 from __future__ import annotations
 
 import html
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
-import torch
-from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe, validate
 
-from ..jobs.backends import BACKENDS
-from ..loop.step import StepTarget, plan_cut, submit
-from ..model.costs import CostModel
-from ..model.export import export_model, onnxruntime_latency_ms
-from ..model.graph import ChannelGraph
-from ..model.measure import latency, paired_latency_ms
-from ..model.plan import PrunePlan
-from ..model.surgery import prune
 from ..jobs.base import scripts_allowed
 from ..masking import mask
-from ..signals.ranking import WEIGHT_CRITERIA, rank
-from ..workspace import Workspace
-from .background import MODEL_LOCK, Background
-from .coupling import CouplingView, describe, members, shapes_after
-from .heatmap import RankHeatmap
-from .jobs_panel import JobsPanel, script_fields
-from .layer_table import LayerTable
-from .lineage import LineageTree, comparison
-from .preview import Preview
-from .scatter import HistoryScatter
-from .sensitivity import sensitivity_curve
+from ..session.messages import message
+from . import layout
+from .actions import Actions
+from .background import Background
+from .history import HistoryLink
+from .planning import Planner
 
-VALIDATION_EXAMPLES = 256
-TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
-EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
 # The preview also times each plan in ONNX Runtime: two dynamo exports (seconds, ≈ +430 MiB peak on
 # resnet18), too much for a notebook on Binder's 2 GiB beside a training job; the app turns it on.
 ONNXRUNTIME_LATENCY = False
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
-        return exc.args[0]
-    text = str(exc).strip() or type(exc).__name__
-    return text if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {text}"
+SESSION_PARTS = ("model", "x", "graph", "table", "costs", "trial", "queue", "tracker", "workspace")
 
 
 class Explorer(W.VBox):
-    """Open with `Explorer(model, trial=..., example_inputs=..., workspace=...)` or `Explorer.from_iteration(...)`."""
+    """`Explorer(model, trial=..., example_inputs=..., workspace=...)`, `Explorer.from_iteration(ws, name)`,
+    or `open_panel(ws)` (the first view at once, the model behind it)."""
 
     counts = Dict(help="{layer: filters to cut} as the layer table shows it")
     plan_channels = Dict(help="{layer: channel indices} of the current plan")
@@ -72,134 +47,74 @@ class Explorer(W.VBox):
     fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
     keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
-    applied = Dict(help="what the last Apply changed")
+    applied = Dict(help="what the last Apply changed, and cut_accuracy: its accuracy right after the cut")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
     last_job = Unicode(None, allow_none=True)
-    history_size = Int(0, help="iterations on the scatter")
+    history_size = Int(0, help="fine-tuned iterations on the scatter")
     selected_layer = Unicode(None, allow_none=True, help="the layer picked in the heatmap or the table")
     coupling = Dict(help="the selected layer's channel group: members, roles, tensor shapes before/after the plan")
     compared = Dict(help="the last comparison of two iterations (per-layer widths, params, MACs, accuracy)")
     exported = Dict(help="the last Export: iteration, path, format, bytes, max_abs_diff (ExportResult.as_dict())")
+    ready = Bool(False, help="the model is loaded: Apply, the latency preview and Export work")
+    first_view = Dict(help="open_panel: what started loading the model, and what was imported by then")
     error = Unicode("")
     status = Unicode("")
     busy = Bool(False)
 
-    def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
+    def __init__(self, model: Any = None, trial: Any = None, example_inputs: Any = None, *,
                  workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
-                 n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
-                 base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
+                 n_lowest: int = 200, normalization: str = "auto", validation: Any = None, backend: Any = "local",
+                 tracker: Any = "mlflow", base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
                  entry_point: str | None = None, source_dir: str | None = None,
-                 onnxruntime_latency: bool | None = None, trust_code: Any = None,
-                 scripts: bool | str | Path = True):
-        if example_inputs is None:
+                 onnxruntime_latency: bool | None = None, trust_code: Any = None, scripts: bool | str | Path = True,
+                 check: Any = None, session: Any = None, view: dict[str, Any] | None = None,
+                 history: list[dict[str, Any]] | None = None):
+        if session is None and model is not None and example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
-        self._bg = Background(self._background_failed)
-        self._lock = threading.RLock()
-        self.workspace = Workspace(workspace, trust_code=trust_code) if workspace is not None else None
-        self.scripts = scripts_allowed(scripts)  # where the script fields may point (False: no fields; the app)
-        self.train_args = dict(train_args or {})
-        self._validation_source = validation
-        self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.pruned_model: nn.Module | None = None
-        self._pending: dict[str, Any] | None = None
-        self._previewed: tuple[dict[str, int], nn.Module] | None = None  # (counts, the pruned model they give)
-        self._surgery: tuple[tuple, nn.Module] | None = None  # (plan key, the preview's pruned model): Apply reuses it
-        self._cuts_of, self._cuts, self._rows_of = None, {}, {}  # per-layer plans of one RankTable
-        self.history = None
-        self.queue = None
-        self.tracker = None
-        self._closed = threading.Event()
+        self.workers = Background(self._background_failed)  # one worker per kind; the controllers submit here
+        self.lock, self.closed = threading.RLock(), threading.Event()
+        self.session, self.history, self.pruned_model, self.shown_view, self.loading = None, None, None, None, None
+        self.load_failed = False
+        self._session_options = {"criterion": criterion, "validation": validation, "train_args": train_args,
+                                 "normalization": None if normalization == "auto" else normalization}
         self.onnxruntime_latency = ONNXRUNTIME_LATENCY if onnxruntime_latency is None else bool(onnxruntime_latency)
-        self._ort_ms: dict[tuple, tuple[float, float]] = {}  # plan key -> ONNX Runtime (before, after) ms
-        self._ort_base: tuple[nn.Module, Path] | None = None  # the base model's .onnx, exported once per base
-        self._ort_dir: str | None = None
-
-        self.error_line = W.HTML()
-        self.error_line.add_class("pe-error")
-        self.status_line = W.HTML()
-        self.status_line.add_class("pe-status")
-        self.heatmap = RankHeatmap()
-        self.table_editor = LayerTable(criterion, scheme, n_lowest)
-        self.preview_box = Preview()
-        self.apply_button = W.Button(description="Apply", button_style="primary", icon="scissors")
-        self.apply_button.add_class("pe-apply")
-        self.queue_button = W.Button(description="Queue fine-tune", button_style="success", icon="play")
-        self.queue_button.add_class("pe-queue")
-        hp = {"epochs": 1, "lr": 1e-3, "batch_size": 64,
-              **{k: v for k, v in self.train_args.items() if k in TUNED}, **(hyperparameters or {})}
-        self.epochs = W.BoundedIntText(value=int(hp["epochs"]), min=1, max=1000, description="epochs",
-                                       layout=W.Layout(width="160px"))
-        self.lr = W.BoundedFloatText(value=float(hp["lr"]), min=1e-7, max=10.0, step=1e-4, description="lr",
-                                     layout=W.Layout(width="160px"))
-        self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
-                                           layout=W.Layout(width="160px"))
-        # the training script of each queued job: empty = prune_explorer.jobs.train, else the user's own
-        self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
-                                  description="script", layout=W.Layout(width="240px"))
-        self.source_dir = W.Text(value=str(source_dir or ""), placeholder="(the script's folder)",
-                                 description="source dir", layout=W.Layout(width="240px"))
-        backend_name = backend if isinstance(backend, str) else backend.name
-        self.backend_choice = W.Dropdown(options=sorted({*BACKENDS, backend_name}), value=backend_name,
-                                         description="backend",
-                                         layout=W.Layout(width="200px"))
-        self.jobs_panel = JobsPanel(self.cancel)
-        self.scatter = HistoryScatter(self.rebase)
-        self.lineage = LineageTree(self.rebase, self.compare)
-        self.coupling_view = CouplingView()
-        self.export_format = W.ToggleButtons(options=EXPORT_FORMATS, value=EXPORT_FORMATS[0],
-                                             tooltips=["ONNX (ONNX Runtime)", "torch.export program (.pt2)"],
-                                             style={"button_width": "56px"})
-        self.export_format.add_class("pe-export-format")
-        self.export_button = W.Button(description="Export", icon="download",
-                                      tooltip="the applied model (else the base) as a file that runs without prune_explorer")
-        self.export_button.add_class("pe-export")
-        self.export_line = W.HTML()
-        self.export_line.add_class("pe-exported")
-        actions = W.VBox([
-            W.HTML("<b>Preview</b>"), self.preview_box,
-            W.HBox([self.apply_button, self.queue_button]),
-            W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
-            *([script_fields(self.entry_point, self.source_dir, self.scripts)] if self.scripts is not False else []),
-            W.HBox([self.export_format, self.export_button]), self.export_line,
-            W.HTML("<b>Coupled modules</b>"), self.coupling_view,
-        ], layout=W.Layout(width="40%", min_width="360px"))
-        super().__init__([
-            W.HTML("<h3 style='margin:4px 0'>prune_explorer</h3>"),
-            self.status_line, self.error_line,
-            W.HBox([W.VBox([W.HTML("<b>Filter ranks</b> <small>hover a cell for its filter; click a row to "
-                                   "select its layer</small>"), self.heatmap], layout=W.Layout(width="60%")), actions]),
-            W.HTML("<b>Layers</b>"), self.table_editor,
-            W.HBox([W.VBox([W.HTML("<b>History</b>"), self.scatter], layout=W.Layout(width="40%")),
-                    W.VBox([W.HTML("<b>Lineage</b> <small>click to base the next cut on it</small>"), self.lineage],
-                           layout=W.Layout(width="25%")),
-                    W.VBox([W.HTML("<b>Jobs</b>"), self.jobs_panel], layout=W.Layout(width="35%"))]),
-        ])
+        self.planner, self.actions = Planner(self), Actions(self)
+        self.scripts = scripts_allowed(scripts)  # where the script fields may point (False: no fields; the app)
+        self.history_link = HistoryLink(self, backend, tracker, poll_interval, check, scripts=self.scripts)
+        super().__init__(layout.build(self, criterion=criterion, scheme=scheme, n_lowest=n_lowest, backend=backend,
+                                      hyperparameters=hyperparameters, entry_point=entry_point, source_dir=source_dir,
+                                      scripts=self.scripts))
         self.add_class("pe-explorer")
-
-        self.criterion, self.scheme, self.n_lowest = criterion, scheme, n_lowest
+        self.criterion, self.scheme, self.n_lowest, self.normalization = criterion, scheme, n_lowest, normalization
         self.base_iteration = base_iteration
         self._wire()
-        self._load(model, trial, example_inputs)
-        if self.workspace is not None:  # MLflow & co. load off the main thread: the panel shows first
-            self._bg.submit("refresh", self._open_workspace, backend, tracker, poll_interval)
+        if view is not None:
+            self.show_view(view)
+        if history is not None:
+            self.history_link.show(history)
+        if session is None and model is not None:
+            from ..session import PruningSession
+            from ..workspace import Workspace
 
-    # --- opening -------------------------------------------------------------------------------
+            space = Workspace(workspace, trust_code=trust_code) if workspace is not None else None
+            session = PruningSession(model, example_inputs, trial=trial, workspace=space,
+                                     iteration=base_iteration, **self._session_options)
+        if session is not None:
+            self.attach(session)
+
     @classmethod
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
         """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe
-        and the training script of the job that made it."""
-        space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
-        model, x, trial, args = space.open_iteration(iteration)
-        for key, value in space.training_script(iteration).items():
-            kwargs.setdefault(key, value)
-        kwargs.setdefault("train_args", args)
-        kwargs.setdefault("example_inputs", x)
-        return cls(model, trial=trial, workspace=workspace, base_iteration=iteration, **kwargs)
+        and the training script of the job that made it (loaded before this returns)."""
+        from .opening import open_session
+
+        session = open_session(workspace, iteration, kwargs)
+        return cls(session=session, workspace=workspace, base_iteration=iteration, **kwargs)
 
     def _wire(self) -> None:
         t = self.table_editor
-        t.on_counts(self._counts_from_table)
+        t.on_counts(lambda counts: setattr(self, "counts", dict(counts)))
         t.criterion.observe(lambda c: setattr(self, "criterion", c["new"]), "value")
         t.scheme.observe(lambda c: setattr(self, "scheme", c["new"]), "value")
         t.n_lowest.observe(lambda c: setattr(self, "n_lowest", int(c["new"])), "value")
@@ -209,515 +124,158 @@ class Explorer(W.VBox):
         t.clear.on_click(lambda _: self.set_counts({}))
         t.sensitivity_all.on_click(lambda _: self.compute_sensitivity())
         self.heatmap.on_select(self.select_layer)
-        self.apply_button.on_click(lambda _: self._guarded(self.apply))
-        self.queue_button.on_click(lambda _: self._guarded(self.queue_finetune))
-        self.export_button.on_click(lambda _: self._guarded(self.export))
+        self.finetune.apply_button.on_click(lambda _: self.actions.pressed("apply"))
+        self.finetune.queue_button.on_click(lambda _: self.actions.pressed("queue_finetune"))
+        self.exporter.button.on_click(lambda _: self.guarded(self.export))
 
-    def _load(self, model: nn.Module, trial: Any, example_inputs: Any) -> None:
-        """Trace, open the trial and rank; a bad trial falls back to weight ranks with an error shown."""
-        model.eval()
-        with MODEL_LOCK:
-            graph = ChannelGraph.trace(model, example_inputs)
-            opened, problem = None, ""
-            if trial is not None:
-                try:
-                    opened = trial if hasattr(trial, "group_stats") else _open(trial, model, graph)
-                except Exception as exc:  # any reader failure is a message in the panel
-                    problem = f"trial {trial}: {_message(exc)}"
-            criterion = self.criterion
-            if opened is None and criterion not in WEIGHT_CRITERIA:
-                if not problem:
-                    problem = f"criterion {criterion!r} needs a trial; none was given"
-                criterion = "l1"
-                problem += "; ranking by l1 weight norms instead"
-            table = rank(model, example_inputs, trial=opened, criterion=criterion, graph=graph,
-                         normalize=self._normalize())
-            costs = CostModel(model, example_inputs, graph)
-        with self._lock:
-            self.model, self.x, self.graph, self.trial, self.table = model, example_inputs, graph, opened, table
-            self.costs = costs
-            self.pruned_model, self._pending, self._previewed = None, None, None
-            self._latency_table = None  # the latency fill's table, measured on this model when first asked
-            self._ort_ms, self._surgery = {}, None
-        self._showing_criterion(criterion)
-        self.error = problem
-        layers = [g.name for g in graph.prunable()]
-        self.heatmap.show(table, layers)
-        self.table_editor.show(graph.prunable(), self.costs.per_group(), self.compute_sensitivity, self.select_layer)
-        keep = self.selected_layer if self.selected_layer in layers else None
-        self.selected_layer = None
-        self.sensitivity = {}
-        self.applied = {}
-        self.table_editor.set_counts({})
+    # --- the view and the session --------------------------------------------------------------
+    def show_view(self, view: dict[str, Any]) -> None:
+        """Draw heatmap and table from a view (unless they already show it)."""
+        shown, self.shown_view = self.shown_view, view
+        self.table_editor.set_choices(view.get("criteria", [view["criterion"]]), view.get("normalizations", []))
+        self._showing_ranking(view["criterion"], view.get("normalization"))
+        layers = [g["name"] for g in view["groups"]]
+        if shown is None or shown["ranks"] != view["ranks"]:
+            self.heatmap.show(view["ranks"], layers)
+        if shown is None or shown["groups"] != view["groups"]:
+            self.table_editor.show(view["groups"], self.compute_sensitivity, self.select_layer)
+            self.not_prunable.show(view)
+        elif shown["ranks"] != view["ranks"]:
+            self._plan_changed()
+
+    def attach(self, session: Any) -> None:
+        """Work on `session`: show its ranks (unless the first view showed the same), keep the plan
+        when the ranks are those the user was cutting, and enable what needs the model."""
+        first, old, shown = self.session is None, self.session, self.shown_view
+        view = session.view()
+        same = shown is not None and shown["ranks"] == view["ranks"] and shown["groups"] == view["groups"]
+        with self.lock:
+            self.session, self.pruned_model, self.planner.previewed = session, None, None
+        self.base_iteration = session.iteration
+        self.show_view(view)
+        self.error = session.problem
+        if first:
+            self.finetune.adopt(session.train_args)
+            self.finetune.adopt_script(session.script)
+        keep = self.selected_layer if self.selected_layer in self.table_editor.rows else None
+        if not same:
+            self.selected_layer, self.sensitivity, self.applied = None, {}, {}
+            self.table_editor.set_counts({})
+        self.select_layer(keep or next(iter(self.table_editor.rows), None))
         self._plan_changed()
-        self._bg.submit("latency", self._measure_base_latency, model, example_inputs)
-        self.select_layer(keep or (layers[0] if layers else None))
-        self.status = f"{len(layers)} prunable groups, {len(table)} filters ranked by {criterion}"
+        self.workers.submit("latency", self.planner.measure_base_latency, session)
+        self.actions.prepare(session)
+        self.ready, self.busy = True, False
+        self.status = f"{len(view['groups'])} prunable groups, {len(view['ranks']['row'])} filters ranked by " \
+                      f"{session.criterion}"
+        if old is not None:
+            old.close(jobs=False)
+        if session.workspace is not None:
+            self.workers.submit("view", session.write_view)
+            if first:
+                self.workers.submit("refresh", self.history_link.open_jobs)
 
-    def _showing_criterion(self, criterion: str) -> None:
+    def _showing_ranking(self, criterion: str, normalization: str | None) -> None:
+        """Show the criterion and normalisation the ranks are by, without re-ranking."""
         self._quiet_criterion = True
         try:
-            self.criterion = criterion
-            self.table_editor.criterion.value = criterion
+            self.criterion = self.table_editor.criterion.value = criterion
+            self.normalization = self.table_editor.normalization.value = normalization or "auto"
         finally:
             self._quiet_criterion = False
 
-    def _open_workspace(self, backend: Any, tracker: Any, poll_interval: float) -> None:
-        from ..tracking import make_tracker
-
-        self.tracker = make_tracker(tracker, self.workspace.root)
-        self.queue = self._make_queue(backend)
-        if self._closed.is_set():  # closed while the tracker was loading
-            self.queue.close()
+    @observe("criterion", "normalization")
+    def _ranking_changed(self, change) -> None:
+        if getattr(self, "_quiet_criterion", True) or self.session is None:
             return
-        self.backend_choice.observe(self._backend_changed, "value")
-        self.refresh()
-        self._poller = threading.Thread(target=self._poll, args=(poll_interval,), name="explorer-poll", daemon=True)
-        self._poller.start()
-
-    def _make_queue(self, backend: Any):
-        queue = self.workspace.queue(backend, self.tracker, scripts=self.scripts)
-        queue.on_change(lambda job: self._bg.submit("refresh", self.refresh, latest_only=True))
-        return queue
-
-    def _backend_changed(self, change) -> None:
-        try:
-            old, self.queue = self.queue, self._make_queue(change["new"])
-            old.close()
-            self.error = ""
-        except Exception as exc:
-            self.error = f"backend {change['new']}: {_message(exc)}"
-
-    # --- plan ----------------------------------------------------------------------------------
-    def set_counts(self, counts: dict[str, int]) -> None:
-        """Set how many filters to cut per layer (the same as moving the sliders)."""
-        unknown = [k for k in counts if k not in self.table_editor.rows]
-        if unknown:
-            self.error = f"layer {unknown[0]!r} is not a prunable group of this model"
-            return
-        self.table_editor.set_counts(counts)
-
-    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
-                    keep_latency: float | None = None) -> None:
-        """Counts from `loop.step.plan_cut` (the loop's plan): the global lowest-N filters, or (fill_mode 'macs' / 'latency',
-        or `keep_macs` / `keep_latency` given) the lowest-ranked filters until `keep_fraction` of the
-        model's MACs or predicted latency is left. The latency table is measured on first use (on the
-        background "budget" worker; `wait()` waits for it)."""
-        t = self.table_editor
-        for mode, value in (("filters", n), ("macs", keep_macs), ("latency", keep_latency)):
-            if value is not None:
-                t.fill_mode.value = mode
-                (t.n_lowest if mode == "filters" else t.keep_fraction).value = value
-        if scheme is not None:
-            t.scheme.value = scheme
-        if self.fill_mode == "latency" and self._latency_table is None:
-            self.status = "measuring a per-layer latency table of this model (once)…"
-            self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
-            return
-        target = None if self.fill_mode == "filters" else \
-            StepTarget("macs" if self.fill_mode == "macs" else "latency_ms", fraction=self.keep_fraction)
-        try:
-            plan = plan_cut(self.table, self.graph, scheme=self.scheme, n=self.n_lowest, target=target,
-                            costs=self.costs, latency=self._latency_table)
-        except ValueError as exc:
-            self.error = _message(exc)
-            return
-        t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
-
-    def _measure_latency_table_then_fill(self, model: nn.Module) -> None:
-        from ..model.latency import LatencyTable
-
-        with MODEL_LOCK:
-            table = LatencyTable.measure(model, self.x, self.graph, self.costs)
-        if model is self.model:  # not re-based meanwhile
-            self._latency_table = table
-            self.status = f"latency table measured: {table.predict(self.costs):.2f} ms predicted for this model"
-            self.fill_lowest()
-
-    def plan(self) -> PrunePlan:
-        """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
-        layer's cut depends only on its own rows, so a slider move re-plans one layer, not the model."""
-        channels = {}
-        for layer, k in self.counts.items():
-            cut = self._layer_cut(layer, int(k))
-            if cut:
-                channels[layer] = cut
-        return PrunePlan(channels, layers=self.counts)
-
-    def _layer_cut(self, layer: str, k: int) -> list[int]:
-        table = self.table
-        if self._cuts_of is not table:
-            self._cuts_of, self._cuts = table, {}
-            self._rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
-        key = (layer, k)
-        if key not in self._cuts:
-            rows = self._rows_of.get(self.graph.group(layer).id, table.iloc[:0])
-            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
-        return self._cuts[key]
-
-    def _counts_from_table(self, counts: dict[str, int]) -> None:
-        self.counts = dict(counts)
+        self.workers.submit("rank", self.planner.rerank, self.criterion, latest_only=True)
 
     @observe("counts")
     def _plan_changed(self, _change=None) -> None:
-        try:
-            plan = self.plan()
-            removed = {gid: len(ix) for gid, ix in plan.resolve(self.graph).items()}
-        except ValueError as exc:
-            self.error = f"plan refused: {_message(exc)}"
-            return
-        if self.error.startswith("plan refused"):
-            self.error = ""
-        cost = self.costs.cost(removed)
-        self.plan_channels = {k: list(v) for k, v in plan.channels.items()}
-        self.plan_summary = plan.summary()
-        numbers = dict(self.preview)
-        numbers.update(params_before=self.costs.before.params, params_after=cost.params,
-                       macs_before=self.costs.before.macs, macs_after=cost.macs,
-                       filters_removed=sum(removed.values()), latency_ms_after=None)
-        key = _plan_key(plan)
-        if self.onnxruntime_latency:  # a plan seen before shows its ONNX Runtime numbers at once
-            ort = self._ort_ms.get(key) or (numbers.get("ort_latency_ms_before"), None)
-            if not removed:
-                ort = (ort[0], ort[0])
-            if ort[0] is None and not removed:  # nothing timed yet and nothing to time: no row
-                numbers.pop("ort_latency_ms_before", None)
-                numbers.pop("ort_latency_ms_after", None)
-            else:
-                numbers.update(ort_latency_ms_before=ort[0], ort_latency_ms_after=ort[1])
-        self.preview = numbers
-        self.heatmap.mark(self.plan_channels)
-        if not removed:
-            self._previewed = (dict(self.counts), self.model)
-            self._show_coupling()
-            self.preview = {**self.preview, "latency_ms_after": self.preview.get("latency_ms_before")}
-            return
-        self._show_coupling()
-        self._bg.submit("latency", self._measure_latency, plan, dict(self.counts), key, latest_only=True)
+        self.planner.changed()
 
-    @observe("preview")
-    def _show_preview(self, change) -> None:
-        self.preview_box.show(change["new"])
+    @observe("preview", "applied", "coupling")
+    def _show_part(self, change) -> None:
+        {"preview": lambda numbers: self.preview_box.show(numbers, self.ready),
+         "applied": self.preview_box.show_applied, "coupling": self.coupling_view.show}[change["name"]](change["new"])
 
-    @observe("applied")
-    def _show_applied(self, change) -> None:
-        self.preview_box.show_applied(change["new"])
+    @observe("ready")
+    def _enable(self, change) -> None:
+        self.finetune.ready(change["new"])
+        self.exporter.ready(change["new"])
+        self.preview_box.show(self.preview, change["new"])
 
-    @observe("coupling")
-    def _coupling_changed(self, change) -> None:
-        self.coupling_view.show(change["new"])
+    # --- what the controls do (the session does the work) ---------------------------------------
+    def plan(self):
+        return self.planner.plan()
 
-    def _measure_base_latency(self, model, x) -> None:
-        with MODEL_LOCK:
-            ms = latency(model, x, warmup=5, repeats=7)
-        self.preview = {**self.preview, "latency_ms_before": ms,
-                        **({"latency_ms_after": ms} if not self.counts else {})}
+    def set_counts(self, counts: dict[str, int]) -> None:
+        self.planner.set_counts(counts)
 
-    def _measure_latency(self, plan: PrunePlan, counts: dict[str, int], key: tuple) -> None:
-        """Prune for the plan (the coupling view's shapes after come from this model), then time the base
-        model and the pruned one in alternation, so both numbers see the same machine load."""
-        model = self.model
-        with MODEL_LOCK:
-            pruned = prune(model, plan, self.x, graph=self.graph)
-        if model is self.model:
-            self._surgery = (key, pruned)
-        if counts != self.counts:
-            return
-        self._previewed = (counts, pruned)
-        self._show_coupling()
-        with MODEL_LOCK:
-            before, after = paired_latency_ms([self.model, pruned], self.x, warmup=3, repeats=7)
-        if counts == self.counts:
-            self.preview = {**self.preview, "latency_ms_before": before, "latency_ms_after": after}
-        if self.onnxruntime_latency and key not in self._ort_ms:
-            self._bg.submit("ort-latency", self._measure_ort_latency, pruned, counts, key, latest_only=True)
+    def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
+                    keep_latency: float | None = None) -> None:
+        self.planner.fill_lowest(n, scheme, keep_macs, keep_latency)
 
-    def _measure_ort_latency(self, pruned: nn.Module, counts: dict[str, int], key: tuple) -> None:
-        """ONNX Runtime CPU ms of the base model and the plan's pruned one, timed in turn; cached per plan.
-        Each export takes seconds, so a plan the sliders have left is dropped between the steps."""
-        model, x = self.model, self.x
-        with MODEL_LOCK:
-            if counts != self.counts:
-                return
-            base = self._ort_base_file(model, x)
-            if counts != self.counts or model is not self.model:
-                return
-            before, after = onnxruntime_latency_ms([base, pruned], x, warmup=3, repeats=7)
-        if model is not self.model:
-            return
-        self._ort_ms[key] = (before, after)
-        if counts == self.counts:
-            self.preview = {**self.preview, "ort_latency_ms_before": before, "ort_latency_ms_after": after}
-
-    def _ort_base_file(self, model: nn.Module, x: Any) -> Path:
-        """The base model as a fixed-batch .onnx in the panel's temp folder, exported once per base model."""
-        if self._ort_base is not None and self._ort_base[0] is model:
-            return self._ort_base[1]
-        if self._ort_dir is None:
-            self._ort_dir = tempfile.mkdtemp(prefix="prune-explorer-ort-")
-        path = Path(self._ort_dir) / f"base-{id(model):x}.onnx"
-        export_model(model, path, example_inputs=x, dynamic_batch=False)
-        if self._ort_base is not None:
-            self._ort_base[1].unlink(missing_ok=True)
-        self._ort_base = (model, path)
-        return path
-
-    # --- selection and coupling ----------------------------------------------------------------
     def select_layer(self, layer: str | None) -> None:
-        """Select a layer (a heatmap row click or a table name click): highlighted in both, its
-        channel group's members shown in the coupling view."""
-        if layer is not None and layer not in self.table_editor.rows:
-            self.error = f"layer {layer!r} is not a prunable group of this model"
-            return
-        self.selected_layer = layer
-        self.heatmap.select(layer)
-        self.table_editor.select(layer)
-        self._show_coupling()
+        self.planner.select_layer(layer)
 
-    def _show_coupling(self) -> None:
-        layer = self.selected_layer
-        if layer is None or not hasattr(self, "graph"):
-            self.coupling = {}
-            return
-        group = self.graph.group(layer)
-        found = members(self.model, group)
-        previewed = self._previewed
-        after = None
-        if previewed is not None and previewed[0] == self.counts:
-            after = shapes_after(previewed[1], [m.module for m in found])
-        removed = int(self.counts.get(layer, 0))
-        self.coupling = describe(group, found, after, removed)
-
-    @observe("criterion")
-    def _criterion_changed(self, change) -> None:
-        if getattr(self, "_quiet_criterion", True) or not hasattr(self, "table"):
-            return
-        self._bg.submit("rank", self._rerank, change["new"], latest_only=True)
-
-    @observe("normalization")
-    def _normalization_changed(self, change) -> None:
-        if hasattr(self, "table"):
-            self._bg.submit("rank", self._rerank, self.criterion, latest_only=True)
-
-    def _normalize(self) -> str | None:
-        return None if self.normalization == "auto" else self.normalization
-
-    def _rerank(self, criterion: str) -> None:
-        if self.trial is None and criterion not in WEIGHT_CRITERIA:
-            self.error = f"criterion {criterion!r} needs a trial (captured activations and gradients); none is open"
-            return
-        self.busy, self.status = True, f"ranking by {criterion}…"
-        try:
-            with MODEL_LOCK:
-                table = rank(self.model, self.x, trial=self.trial, criterion=criterion, graph=self.graph,
-                             normalize=self._normalize())
-            counts = dict(self.counts)
-            self.table = table
-            self.heatmap.show(table, [g.name for g in self.graph.prunable()])
-            self.counts = {}
-            self.counts = counts
-            self.error = ""
-            self.status = f"{len(table)} filters ranked by {criterion} ({table['normalization'].iloc[0]})" \
-                if len(table) else f"no filters ranked by {criterion}"
-        finally:
-            self.busy = False
-
-    # --- sensitivity ---------------------------------------------------------------------------
     def compute_sensitivity(self, layer: str | None = None) -> None:
-        """Accuracy vs fraction cut of one layer (or every layer) alone, on a small validation subset."""
-        layers = [layer] if layer else list(self.table_editor.rows)
-        for name in layers:
-            self._bg.submit("sensitivity", self._sensitivity_of, name, self.model, self.x, self.graph, self.table)
+        self.planner.compute_sensitivity(layer)
 
-    def _sensitivity_of(self, layer, model, x, graph, table) -> None:
-        images, labels = self._validation_set()
-        with MODEL_LOCK:
-            points = sensitivity_curve(model, x, graph, table, layer, images, labels)
-        if model is not self.model:
-            return
-        self.sensitivity = {**self.sensitivity, layer: points}
-        self.table_editor.set_sensitivity(layer, points)
-
-    def _validation_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._validation is None:
-            self._validation = _validation_tensors(self._validation_source, self.train_args)
-        return self._validation
-
-    # --- apply / queue -------------------------------------------------------------------------
-    def apply(self) -> nn.Module:
-        """Run the surgery for the current plan and save the smaller model as a workspace iteration
-        (reserved by the workspace; applying again before queueing replaces it)."""
-        plan = self.plan()
-        removed = plan.resolve(self.graph)
-        if not removed:
-            raise ValueError("the plan cuts no filters: move a layer's slider or fill the lowest N first")
-        surgery = self._surgery
-        if surgery is not None and surgery[0] == _plan_key(plan):
-            pruned = surgery[1]  # the preview already ran this plan's surgery (and the model lock may be busy)
-        else:
-            with MODEL_LOCK:
-                pruned = prune(self.model, plan, self.x, graph=self.graph)
-        workspace = self.workspace or Workspace(Path.cwd() / "workspace")
-        iteration = self._pending["iteration"] if self._pending else workspace.reserve_iteration()
-        model_dir = workspace.save_pruned(iteration, pruned, plan, parent=self.base_iteration, criterion=self.criterion)
-        before = {g.name: g.size for g in self.graph.groups}
-        widths = {self.graph.groups[gid].name: (before[self.graph.groups[gid].name],
-                                                self.graph.groups[gid].size - len(ix)) for gid, ix in removed.items()}
-        self.pruned_model = pruned
-        self._pending = {"iteration": iteration, "plan": plan.summary()}
-        params_after = sum(p.numel() for p in pruned.parameters())
-        self.applied = {"iteration": iteration, "model_dir": str(model_dir),
-                        "filters_removed": sum(len(ix) for ix in removed.values()), "widths": widths,
-                        "params_before": self.costs.before.params, "params_after": params_after}
-        self.status = f"applied: {iteration} saved, {self.applied['filters_removed']} filters removed"
-        return pruned
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**self.train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
-
-    def training_script(self) -> dict[str, str | None]:
-        """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.jobs.train)."""
-        return {"entry_point": self.entry_point.value.strip() or None,
-                "source_dir": self.source_dir.value.strip() or None}
+    def apply(self):
+        return self.actions.apply()
 
     def queue_finetune(self):
-        """Send the applied model to the chosen backend (applying the current plan first if needed)."""
-        if self.queue is None:
-            raise ValueError("no workspace: open the Explorer with workspace=... to queue fine-tuning jobs")
-        if self._pending is None:
-            self.apply()
-        pending = self._pending
-        job = submit(self.workspace, self.queue, pending["iteration"], parent=self.base_iteration, plan=pending["plan"],
-                                    criterion=self.criterion, hyperparameters=self.hyperparameters(),
-                                    **self.training_script())
-        self._pending = None
-        self.last_job = job.id
-        self.status = f"queued {job.id} on {job.backend} → {job.iteration}"
-        self.refresh()
-        return job
+        return self.actions.queue_finetune()
 
-    # --- export --------------------------------------------------------------------------------
     def export(self, fmt: str | None = None):
-        """Export the applied model (else the base) to WORKSPACE/exports/<iteration>.<fmt> on the
-        "export" worker (the dynamo exporter takes seconds); `exported` and the export line show the file."""
-        fmt = fmt or self.export_format.value
-        if self.pruned_model is not None and self.applied:
-            model, name = self.pruned_model, self.applied["iteration"]
-        else:
-            model, name = self.model, self.base_iteration or "base"
-        path = (self.workspace or Workspace(Path.cwd() / "workspace")).export_path(name, fmt)
-        self.exported = {}
-        self._export_shows(f"⏳ exporting {name} as {fmt}…")
-        return self._bg.submit("export", self._export, model, name, path, fmt, self.x)
+        return self.actions.export(fmt)
 
-    def _export(self, model: nn.Module, name: str, path: Path, fmt: str, x: Any) -> None:
-        try:
-            with MODEL_LOCK:
-                result = export_model(model, path, format=fmt, example_inputs=x)
-        except Exception as exc:
-            self._export_shows(f"export of {name} failed: {_message(exc)}", failed=True)
-            raise
-        self.exported = {"iteration": name, **result.as_dict()}
-        self._export_shows(f"exported {name}: <code class='pe-export-path' data-path='{html.escape(str(path))}'>"
-                           f"{html.escape(str(path))}</code> ({result.bytes / 1e6:.1f} MB, {result.format} via "
-                           f"{result.exporter}, max |file − PyTorch| {result.max_abs_diff:.1e})", escaped=True)
-
-    def _export_shows(self, text: str, failed: bool = False, escaped: bool = False) -> None:
-        body = text if escaped else html.escape(text)
-        self.export_line.value = f"<div style='color:{'#b00020' if failed else 'inherit'}'>{body}</div>"
-
-    def cancel(self, job_id: str) -> None:
-        try:
-            self.queue.cancel(job_id)
-        except Exception as exc:
-            self.error = f"cancel {job_id}: {_message(exc)}"
-        self.refresh()
-
-    # --- jobs and history ----------------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-read jobs and the tracked history into the jobs list and the scatter."""
-        if self.queue is None:
-            return
-        with self._lock:
-            history = self.tracker.history()
-            self.history = history
-            self.jobs_panel.show(self.queue.jobs(), self.tracker, self._run_ids())
-            self.scatter.show(history, self.base_iteration)
-            self.lineage.show(history, self.base_iteration)
-            self.history_size = len(self.scatter.rows)
-
-    def _run_ids(self) -> dict[str, str]:
-        history = self.history
-        if history is None or history.empty or "run_id" not in history:
-            return {}
-        return {str(i): str(r) for i, r in zip(history["iteration"], history["run_id"]) if isinstance(r, str) and r}
-
-    def _poll(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            try:
-                if self.queue is not None and any(not j.done for j in self.queue.jobs()):
-                    self.jobs_panel.show(self.queue.jobs(), self.tracker, self._run_ids())
-            except Exception as exc:
-                self.error = f"jobs: {_message(exc)}"
-
-    def compare(self, a: str | None, b: str | None) -> None:
-        """Put two tracked iterations side by side: per-layer widths (their model.json), params, MACs, accuracy."""
-        try:
-            if not a or not b:
-                raise ValueError("compare: pick two iterations")
-            from ..model.store import load_spec
-
-            specs = {}
-            for name in dict.fromkeys([a, b]):
-                if self.workspace is None or not self.workspace.has_model(name):
-                    raise ValueError(f"compare: iteration {name!r} has no saved model in the workspace")
-                specs[name] = load_spec(self.workspace.iteration_dir(name))
-            self.compared = comparison(a, b, specs, self.history)
-            self.lineage.show_comparison(self.compared)
-        except (ValueError, FileNotFoundError) as exc:
-            self.compared = {}
-            self.lineage.show_comparison(None, _message(exc))
+        self.history_link.refresh()
 
     def rebase(self, iteration: str) -> None:
-        """Make a tracked iteration the base: load its model and trial and re-rank (in the background)."""
-        self._bg.submit("rank", self._rebase, iteration)
+        self.history_link.rebase(iteration)
 
-    def _rebase(self, iteration: str) -> None:
-        self.busy, self.status = True, f"loading {iteration}…"
-        try:
-            model, x, trial, args = self.workspace.open_iteration(iteration)
-            self.train_args = {**args, **{k: v for k, v in self.train_args.items() if k not in args}} if args else self.train_args
-            self.base_iteration = iteration
-            self._load(model, trial, x)
-            self.refresh()
-            self.status = f"based on {iteration}: " + self.status
-        finally:
-            self.busy = False
+    def compare(self, a: str | None, b: str | None) -> None:
+        self.history_link.compare(a, b)
+
+    def cancel(self, job_id: str) -> None:
+        self.history_link.cancel(job_id)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return self.finetune.hyperparameters(self.session.train_args if self.session else {})
+
+    def training_script(self) -> dict[str, str | None]:
+        return self.finetune.training_script()
 
     # --- housekeeping --------------------------------------------------------------------------
     def wait(self, timeout: float | None = 120) -> "Explorer":
-        """Block until background work (ranking, latency, sensitivity, refresh) is done; for tests and scripts."""
-        self._bg.wait(timeout)
+        """Block until background work (loading, ranking, latency, refresh) is done; for tests and scripts."""
+        if self.loading is not None:
+            self.loading.start("wait")
+        self.workers.wait(timeout)
+        if self.load_failed:
+            raise RuntimeError(f"the panel could not open: {self.error}")
         return self
 
     def close(self) -> None:
-        self._closed.set()
-        self._bg.shutdown()
-        if self._ort_dir is not None:
-            shutil.rmtree(self._ort_dir, ignore_errors=True)
-        if self.queue is not None:
-            self.queue.close()
+        self.closed.set()
+        self.workers.shutdown()
+        if self.session is not None:
+            self.session.close()
         super().close()
 
-    def _guarded(self, action) -> None:
+    def guarded(self, action) -> None:
+        """Run a control's action; a failure is the error line, not a traceback."""
         try:
             action()
             self.error = ""
         except Exception as exc:
-            self.error = _message(exc)
+            self.error = message(exc)
 
     def _background_failed(self, kind: str, exc: BaseException) -> None:
-        self.error = f"{kind}: {_message(exc)}"
+        self.error = f"{kind}: {message(exc)}"
 
     @validate("error", "status")
     def _masked(self, proposal) -> str:  # what the panel says never shows a credential (masking.py)
@@ -736,32 +294,6 @@ class Explorer(W.VBox):
         self.status_line.value = f"<span>{spinner}{html.escape(self.status)}</span>{base}"
 
 
-def _plan_key(plan: PrunePlan) -> tuple:
-    """A plan as a hashable key (its channels per layer): the ONNX Runtime cache's key."""
-    return tuple(sorted((layer, tuple(ix)) for layer, ix in plan.channels.items() if len(ix)))
+for _part in SESSION_PARTS:  # the session's model, graph, rank table, costs… as the panel's (None before it loads)
+    setattr(Explorer, _part, property(lambda self, part=_part: getattr(self.session, part, None)))
 
-
-def _open(trial: Any, model: nn.Module, graph: ChannelGraph):
-    from ..signals.trials import open_trial
-
-    path = str(trial)
-    if not path.startswith("s3://") and not Path(path).exists():
-        raise FileNotFoundError(f"no such trial directory: {path}")
-    return open_trial(path, model=model, graph=graph)
-
-
-def _validation_tensors(source: Any, train_args: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(source, (tuple, list)) and len(source) == 2:
-        return source[0][:VALIDATION_EXAMPLES], source[1][:VALIDATION_EXAMPLES]
-    if source is None:
-        if not train_args.get("dataset"):
-            raise ValueError("sensitivity needs validation data: pass validation=(images, labels) or "
-                             "train_args={'dataset': ...}")
-        from ..jobs.data import load_dataset
-
-        _, source, _, _ = load_dataset(train_args["dataset"], train_args.get("data_dir"),
-                                       image_size=train_args.get("image_size"), val_subset=VALIDATION_EXAMPLES,
-                                       subset=VALIDATION_EXAMPLES, download=False)
-    n = min(len(source), VALIDATION_EXAMPLES)
-    pairs = [source[i] for i in range(n)]
-    return torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])

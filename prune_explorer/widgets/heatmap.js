@@ -131,6 +131,16 @@ function render({ model, el }) {
     draws += 1;
     el.dataset.columns = String(cols);
     el.dataset.draws = String(draws);
+    if (!reported) requestAnimationFrame(report);
+  }
+
+  // Tell the kernel once the ranks are on screen: the panel loads the model only after its first view
+  // is painted, so torch's imports never compete with sending it.
+  let reported = false;
+  function report() {
+    if (reported || !el.isConnected || !data.layers.length) return;
+    reported = true;
+    model.send({ event: "drawn", draws });
   }
 
   function schedule() {

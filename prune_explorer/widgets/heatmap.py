@@ -21,24 +21,25 @@ ORDERS = ("sorted", "natural")
 
 
 class RankMatrix:
-    """A RankTable laid out as rows (layers) × columns (filters) in one display order.
+    """Filter ranks laid out as rows (layers) × columns (filters) in one display order.
 
-    Cell (r, c) holds the filter at position c of layer r: by rank (lowest first, ties by filter
-    index) for "sorted", by filter index for "natural". `rank` is the filter's position in its
-    layer's sorted order, 1 = the first to cut; `cell[layer][filter]` is its flat cell index.
+    `ranks` holds the rank table as columns (a view's `ranks`): `row` (index into `layers`, -1 for a
+    layer not shown), `filter`, `score`, `normalized`. Cell (r, c) holds the filter at position c of
+    layer r: by rank (lowest first, ties by filter index) for "sorted", by filter index for
+    "natural". `rank` is the filter's position in its layer's sorted order, 1 = the first to cut;
+    `cell[layer][filter]` is its flat cell index.
     """
 
-    def __init__(self, table, layers: list[str], order: str):
+    def __init__(self, ranks: dict, layers: list[str], order: str):
         if order not in ORDERS:
             raise ValueError(f"heatmap order: {order!r} is not one of {', '.join(ORDERS)}")
         self.layers = list(layers)
-        rows_of = {name: r for r, name in enumerate(self.layers)}
-        row = table["layer"].map(rows_of)
-        keep = row.notna().to_numpy()
-        row = row.to_numpy()[keep].astype(np.int64)
-        filt = table["filter"].to_numpy()[keep].astype(np.int64)
-        norm = table["normalized"].to_numpy(dtype=float)[keep]
-        score = table["score"].to_numpy(dtype=float)[keep]
+        row = np.asarray(ranks["row"], dtype=np.int64)
+        keep = (row >= 0) & (row < len(self.layers))
+        row = row[keep]
+        filt = np.asarray(ranks["filter"], dtype=np.int64)[keep]
+        norm = np.asarray(ranks["normalized"], dtype=float)[keep]
+        score = np.asarray(ranks["score"], dtype=float)[keep]
         self.widths = np.bincount(row, minlength=len(self.layers)).astype(np.int64)
         self.columns = int(self.widths.max()) if len(self.widths) and self.widths.max() > 0 else 1
         starts = np.concatenate([[0], np.cumsum(self.widths)[:-1]])
@@ -117,9 +118,9 @@ class RankHeatmap(W.VBox):
         super().__init__([self.order, self.canvas])
         self.order.observe(lambda _: self._draw(), "value")
 
-    def show(self, table, layers: list[str]) -> None:
-        """Draw a new RankTable; the cut is cleared until the next `mark`."""
-        self._table, self._layers, self._channels = table, list(layers), {}
+    def show(self, ranks: dict, layers: list[str]) -> None:
+        """Draw new ranks (a view's `ranks` columns); the cut is cleared until the next `mark`."""
+        self._table, self._layers, self._channels = ranks, list(layers), {}
         self._draw()
 
     def mark(self, channels: dict[str, list[int]]) -> None:
@@ -131,6 +132,10 @@ class RankHeatmap(W.VBox):
         with self.canvas.hold_sync():
             self.canvas.cut = mask.tobytes()
             self.canvas.cutline = lines
+
+    def on_drawn(self, callback) -> None:
+        """`callback()` once a browser has painted the ranks (heatmap.js reports its first draw)."""
+        self.canvas.on_msg(lambda _widget, content, _buffers: content.get("event") == "drawn" and callback())
 
     def on_select(self, callback) -> None:
         """`callback(layer)` when a row is clicked."""

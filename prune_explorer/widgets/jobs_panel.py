@@ -17,6 +17,7 @@ from ..masking import mask
 
 COLOURS = {"queued": "#777", "running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "stopped": "#ff7f0e"}
 TAIL_LINES = 6
+FOLDED_LINES, UNFOLDED_LINES = 2, 40  # a job's log in the panel: its latest lines, more on the toggle
 
 EPOCH = re.compile(r"epoch (\d+)/(\d+)((?: [A-Za-z_][\w.]*=\S+)*) \((\d+(?:\.\d+)?)s\)\s*$")
 BATCHES = re.compile(r"epoch (\d+)/(\d+): (\d+)/(\d+) batches\s*$")
@@ -110,9 +111,15 @@ class JobRow(W.VBox):
         self.record.add_class("pe-job-record")
         self.log_view = W.HTML()
         self.log_view.add_class("pe-job-log")
+        self.unfold = W.ToggleButton(value=False, description="more log", icon="chevron-down",
+                                     tooltip=f"show the last {UNFOLDED_LINES} lines of the job's log",
+                                     layout=W.Layout(width="110px", height="24px"))
+        self.unfold.add_class("pe-job-log-toggle")
+        self.unfold.observe(lambda _: self._show_log(), "value")
         self.progress: dict[str, Any] = {}
+        self._log_text = ""
         super().__init__([W.HBox([self.head, self.cancel]), W.HBox([self.bar, self.epochs]), self.record,
-                          self.log_view])
+                          self.log_view, self.unfold])
         self.add_class("pe-job")
 
     def show(self, job, tracker: Any = None, run_id: str | None = None) -> None:
@@ -137,9 +144,21 @@ class JobRow(W.VBox):
         self.epochs.value = (f"<span data-epoch='{p['epoch']}' data-epochs='{p['epochs']}'>epoch {p['epoch']}/"
                              f"{p['epochs'] or '?'}{acc_text}</span>")
         self.record.value = f"<small>recorded as {recorded_as(tracker, run_id)}</small>" if run_id else ""
-        tail = mask(clean_tail(text))
-        self.log_view.value = (f"<pre style='font-size:11px;margin:0;max-height:7em;overflow:auto'>{html.escape(tail)}</pre>"
-                               if tail else "")
+        self._log_text = text
+        self._show_log()
+
+    def _show_log(self) -> None:
+        """The job's own latest lines, wrapped (never wider than the panel); the toggle shows more."""
+        lines = UNFOLDED_LINES if self.unfold.value else FOLDED_LINES
+        tail = mask(clean_tail(self._log_text, lines))  # a job's log may print a credential
+        self.unfold.description, self.unfold.icon = ("less log", "chevron-up") if self.unfold.value else \
+            ("more log", "chevron-down")
+        self.unfold.layout.display = None if len(clean_tail(self._log_text, FOLDED_LINES + 1).splitlines()) > \
+            FOLDED_LINES or self.unfold.value else "none"
+        height = "max-height:24em;" if self.unfold.value else ""  # folded: its few lines whole, however they wrap
+        self.log_view.value = (f"<pre data-lines='{len(tail.splitlines())}' style='font-size:12px;line-height:1.4;"
+                               f"margin:0;{height}overflow:auto;white-space:pre-wrap;"
+                               f"overflow-wrap:anywhere'>{html.escape(tail)}</pre>" if tail else "")
 
 
 class JobsPanel(W.VBox):
@@ -161,14 +180,3 @@ class JobsPanel(W.VBox):
         ordered = [self.rows[j.id] for j in reversed(list(jobs)) if j.id in self.rows]
         if [r.job_id for r in ordered] != [getattr(c, "job_id", None) for c in self.children]:
             self.children = ordered or [self.empty]
-
-
-def script_fields(entry_point: W.Text, source_dir: W.Text, allowed: Any) -> W.Box:
-    """The training-script fields of the panel (shown only where scripts may run; `allowed`: True or a folder)."""
-    entry_point.add_class("pe-script")
-    source_dir.add_class("pe-source-dir")
-    if allowed is True:
-        return W.HBox([entry_point, source_dir])
-    note = W.HTML(f"<small>scripts run only from <code>{html.escape(str(allowed))}</code></small>")
-    note.add_class("pe-scripts-folder")
-    return W.VBox([W.HBox([entry_point, source_dir]), note])

@@ -1,88 +1,44 @@
 """Per-layer editor: one row per prunable channel group with a cut count and what it carries.
 
-Modelled on Sparsify's per-layer rows: name, kind, width, how many filters to cut, what is
-left, the params and MACs the group's modules carry, and a sensitivity sparkline computed on
-demand. Global controls sit above the rows: criterion, how scores of different layers compare
-(normalisation), scheme, and the fill, by a count of filters (lowest N) or by MACs or latency
-(cut the lowest-ranked filters until a fraction of the model's MACs or predicted latency is left).
+Modelled on Sparsify's per-layer rows: name, kind, width, how many filters to cut (slider and
+number), what is left, the params and MACs the group's channels pass through, and a sensitivity
+sparkline computed on demand. The rows are one anywidget (layer_table.js) drawn from the groups and
+the counts: a row of ten ipywidgets costs some thirty widget models, and resnet50's 37 rows
+over a thousand — seconds before the first view shows. Global controls sit above the rows:
+criterion, how scores of different layers compare (normalisation), scheme, and the fill, by a
+count of filters (lowest N) or by MACs or latency (cut the lowest-ranked filters until a fraction
+of the model's MACs or predicted latency is left).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-import bqplot as bq
+import anywidget
 import ipywidgets as W
+from traitlets import Dict, List, Unicode
 
-from ..model.costs import Cost
-from ..signals.ranking import CRITERIA, NORMALIZATIONS
-
+HERE = Path(__file__).parent
 DEFAULT_NORMALIZATION = "auto"  # the normalisation selector's "the criterion's own"
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
+class RowsCanvas(anywidget.AnyWidget):
+    """The rows' browser half (layer_table.js); the browser sets `counts` and `selected`, and sends
+    {"event": "sensitivity", "layer": name} for a row's sensitivity button."""
 
-
-def sparkline(points: Sequence[tuple[float, float]]) -> bq.Figure:
-    """A tiny accuracy-vs-fraction-cut curve."""
-    x, y = bq.LinearScale(min=0, max=1), bq.LinearScale(min=0, max=1)
-    line = bq.Lines(x=[p[0] for p in points], y=[p[1] for p in points], scales={"x": x, "y": y},
-                    colors=["#1f77b4"], marker="circle", marker_size=8,
-                    tooltip=bq.Tooltip(fields=["x", "y"], labels=["cut", "accuracy"], formats=[".0%", ".3f"]))
-    fig = bq.Figure(marks=[line], axes=[], fig_margin=dict(top=2, bottom=2, left=2, right=2),
-                    min_aspect_ratio=0.01, max_aspect_ratio=100,
-                    layout=W.Layout(width="110px", height="28px"))
-    fig.add_class("pe-sparkline")
-    return fig
-
-
-class LayerRow(W.HBox):
-    def __init__(self, layer: str, kind: str, size: int, carried: Cost, on_sensitivity: Callable[[str], None],
-                 on_select: Callable[[str], None] = lambda layer: None):
-        self.layer, self.size = layer, size
-        self.slider = W.IntSlider(value=0, min=0, max=max(size - 1, 0), continuous_update=False,
-                                  readout=False, layout=W.Layout(width="160px"))
-        self.slider.add_class("pe-count-slider")
-        self.count = W.BoundedIntText(value=0, min=0, max=max(size - 1, 0), layout=W.Layout(width="70px"))
-        self.count.add_class("pe-count")
-        W.link((self.slider, "value"), (self.count, "value"))
-        self.remaining = W.HTML(f"{size}", layout=W.Layout(width="60px"))
-        self.curve_box = W.Box(layout=W.Layout(width="116px", height="30px"))
-        probe = W.Button(icon="line-chart", tooltip=f"sensitivity of {layer}", layout=W.Layout(width="34px"))
-        probe.add_class("pe-sensitivity")
-        probe.on_click(lambda _: on_sensitivity(layer))
-        self.name = W.Button(description=layer, tooltip=f"select {layer}: its coupled modules show beside the preview",
-                             layout=W.Layout(width="210px"))
-        self.name.style.font_family = "monospace"
-        self.name.add_class("pe-layer-name")
-        self.name.on_click(lambda _: on_select(layer))
-        cells = [
-            self.name,
-            W.HTML(kind, layout=W.Layout(width="70px")),
-            W.HTML(str(size), layout=W.Layout(width="50px")),
-            self.slider, self.count, self.remaining,
-            W.HTML(_human(carried.params), layout=W.Layout(width="70px")),
-            W.HTML(_human(carried.macs), layout=W.Layout(width="70px")),
-            probe, self.curve_box,
-        ]
-        super().__init__(cells)
-        self.add_class("pe-layer-row")
-        self.count.observe(self._show_remaining, "value")
-
-    def _show_remaining(self, change) -> None:
-        self.remaining.value = str(self.size - change["new"])
+    _esm = HERE / "layer_table.js"
+    _css = HERE / "layer_table.css"
+    rows = List().tag(sync=True)        # [{name, kind, size, params, macs}]
+    counts = Dict().tag(sync=True)      # {name: filters to cut}
+    selected = Unicode("").tag(sync=True)
+    curves = Dict().tag(sync=True)      # {name: [[fraction cut, accuracy], ...]}
 
 
 class LayerTable(W.VBox):
     """Rows plus global controls. `on_counts(callback)` gets {layer: count} when any row changes."""
 
-    HEADER = ("layer", "kind", "width", "cut", "", "left", "params", "MACs", "", "sensitivity")
-
     def __init__(self, criterion: str, scheme: str, n_lowest: int):
-        self.criterion = W.Dropdown(options=sorted(CRITERIA), value=criterion, description="criterion")
+        self.criterion = W.Dropdown(options=[criterion], value=criterion, description="criterion")
         self.criterion.add_class("pe-criterion")
         self.scheme = W.ToggleButtons(options=["internal", "all"], value=scheme,
                                       tooltips=["block-internal groups only (the AWS example)", "every prunable group"])
@@ -90,8 +46,7 @@ class LayerTable(W.VBox):
         self.n_lowest = W.BoundedIntText(value=n_lowest, min=0, max=10**7, description="lowest N",
                                          layout=W.Layout(width="180px"))
         self.n_lowest.add_class("pe-n-lowest")
-        self.normalization = W.Dropdown(options=[("criterion's own", DEFAULT_NORMALIZATION)] +
-                                        [(name, name) for name in NORMALIZATIONS],
+        self.normalization = W.Dropdown(options=[("criterion's own", DEFAULT_NORMALIZATION)],
                                         value=DEFAULT_NORMALIZATION, description="normalise",
                                         layout=W.Layout(width="220px"))
         self.normalization.add_class("pe-normalization")
@@ -115,24 +70,34 @@ class LayerTable(W.VBox):
         controls = W.HBox([self.criterion, self.normalization, self.scheme, self.fill_mode, self.n_lowest,
                            self.keep_fraction, self.fill, self.clear, self.sensitivity_all],
                           layout=W.Layout(flex_flow="row wrap"))
-        widths = ("210px", "70px", "50px", "160px", "70px", "60px", "70px", "70px", "34px", "116px")
-        header = W.HBox([W.HTML(f"<b>{h}</b>", layout=W.Layout(width=w)) for h, w in zip(self.HEADER, widths)])
-        self.rows_box = W.VBox(layout=W.Layout(max_height="420px", overflow="auto"))
-        self.rows: dict[str, LayerRow] = {}
+        self.canvas = RowsCanvas(layout=W.Layout(width="100%"))
+        self.canvas.add_class("pe-layer-rows")
+        self.canvas.observe(lambda _: self._notify(), "counts")
+        self.rows: dict[str, dict[str, Any]] = {}
         self.selected: str | None = None
         self._callbacks: list[Callable[[dict[str, int]], None]] = []
-        self._quiet = False
-        super().__init__([controls, header, self.rows_box])
+        self._on_sensitivity: Callable[[str], None] = lambda layer: None
+        self._on_select: Callable[[str], None] = lambda layer: None
+        self.canvas.observe(self._picked, "selected")
+        self.canvas.on_msg(self._message)
+        super().__init__([controls, self.canvas])
         self.add_class("pe-layer-table")
 
-    def show(self, groups, carried: dict[int, Cost], on_sensitivity: Callable[[str], None],
+    def set_choices(self, criteria: Sequence[str], normalizations: Sequence[str]) -> None:
+        """The criteria and normalisations to offer (the ranking registries' names, from the view)."""
+        self.criterion.options = sorted(set(criteria) | {self.criterion.value})
+        keep = self.normalization.value
+        self.normalization.options = [("criterion's own", DEFAULT_NORMALIZATION)] + [(n, n) for n in normalizations]
+        self.normalization.value = keep if keep in (DEFAULT_NORMALIZATION, *normalizations) else DEFAULT_NORMALIZATION
+
+    def show(self, groups: Sequence[dict[str, Any]], on_sensitivity: Callable[[str], None],
              on_select: Callable[[str], None] = lambda layer: None) -> None:
-        self.rows = {g.name: LayerRow(g.name, g.kind, g.size, carried.get(g.id, Cost(0, 0)), on_sensitivity, on_select)
-                     for g in groups}
-        self.selected = None
-        for row in self.rows.values():
-            row.count.observe(self._changed, "value")
-        self.rows_box.children = list(self.rows.values())
+        """One row per group ({name, kind, size, params, macs}: a view's `groups`); counts start at 0."""
+        self.rows = {g["name"]: dict(g) for g in groups}
+        self.selected, self._on_sensitivity, self._on_select = None, on_sensitivity, on_select
+        with self.canvas.hold_sync():
+            self.canvas.rows = [{k: g[k] for k in ("name", "kind", "size", "params", "macs")} for g in groups]
+            self.canvas.counts, self.canvas.selected, self.canvas.curves = {}, "", {}
 
     def _show_fill_mode(self, change) -> None:
         by_cost = change["new"] != "filters"
@@ -144,38 +109,35 @@ class LayerTable(W.VBox):
         self._callbacks.append(callback)
 
     def counts(self) -> dict[str, int]:
-        return {layer: row.count.value for layer, row in self.rows.items() if row.count.value}
+        """{layer: filters to cut} of the rows that cut any (values the browser sent are clamped to the row)."""
+        found = {}
+        for layer, value in self.canvas.counts.items():
+            row = self.rows.get(layer)
+            if row is not None and int(value) > 0:
+                found[layer] = min(int(value), row["size"] - 1)
+        return found
 
     def set_counts(self, counts: dict[str, int]) -> None:
-        """Move every row at once and notify once."""
-        self._quiet = True
-        try:
-            for layer, row in self.rows.items():
-                value = int(counts.get(layer, 0))
-                row.count.value = value
-        finally:
-            self._quiet = False
+        """Move every row at once (one message to the browser) and notify once."""
+        self.canvas.counts = {layer: int(counts.get(layer, 0)) for layer in self.rows if int(counts.get(layer, 0))}
         self._notify()
 
     def select(self, layer: str | None) -> None:
         """Highlight one row (the layer the heatmap or the table picked); None clears it."""
-        for name, row in self.rows.items():  # unmark first: the page never shows two selected rows
-            if name != layer:
-                row.remove_class("pe-selected")
-                row.name.button_style = ""
-        if layer in self.rows:
-            self.rows[layer].add_class("pe-selected")
-            self.rows[layer].name.button_style = "warning"
         self.selected = layer if layer in self.rows else None
+        self.canvas.selected = self.selected or ""
 
     def set_sensitivity(self, layer: str, points) -> None:
-        row = self.rows.get(layer)
-        if row is not None:
-            row.curve_box.children = [sparkline(points)]
+        if layer in self.rows:
+            self.canvas.curves = {**self.canvas.curves, layer: [list(p) for p in points]}
 
-    def _changed(self, _change) -> None:
-        if not self._quiet:
-            self._notify()
+    def _picked(self, change) -> None:
+        if change["new"] and change["new"] != self.selected:
+            self._on_select(change["new"])
+
+    def _message(self, _widget, content, _buffers) -> None:
+        if content.get("event") == "sensitivity" and content.get("layer") in self.rows:
+            self._on_sensitivity(content["layer"])
 
     def _notify(self) -> None:
         counts = self.counts()

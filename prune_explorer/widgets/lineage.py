@@ -12,50 +12,40 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from ..session.compare import number as _number  # torch-free
 from .jobs_panel import COLOURS
+
+
+def records(history) -> list[dict[str, Any]]:
+    """History rows as dicts (a tracker's DataFrame, or the rows of the workspace's history view)."""
+    if history is None:
+        return []
+    return history.to_dict("records") if hasattr(history, "to_dict") else list(history)
+
+
+def _parent(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def tree(history) -> list[tuple[str, int, str]]:
     """(iteration, depth, prefix) in depth-first order; roots are rows whose parent is not in the history."""
-    if history is None or history.empty:
-        return []
-    names = [str(n) for n in history["iteration"].tolist()]
-    parents = {str(n): (None if p is None or (isinstance(p, float) and math.isnan(p)) else str(p))
-               for n, p in zip(history["iteration"], history["parent"])}
+    rows = records(history)
+    parents = {str(r["iteration"]): _parent(r.get("parent")) for r in rows}
     children: dict[str | None, list[str]] = {}
-    for name in names:
+    for name in (str(r["iteration"]) for r in rows):
         parent = parents[name] if parents[name] in parents else None
         children.setdefault(parent, []).append(name)
-    rows: list[tuple[str, int, str]] = []
+    shown: list[tuple[str, int, str]] = []
 
     def walk(name: str, depth: int, lead: str, last: bool) -> None:
-        rows.append((name, depth, lead + ("" if depth == 0 else ("└─ " if last else "├─ "))))
+        shown.append((name, depth, lead + ("" if depth == 0 else ("└─ " if last else "├─ "))))
         kids = sorted(children.get(name, []))
         for i, kid in enumerate(kids):
             walk(kid, depth + 1, lead + ("" if depth == 0 else ("   " if last else "│  ")), i == len(kids) - 1)
 
     for root in sorted(children.get(None, [])):
         walk(root, 0, "", True)
-    return rows
-
-
-def layer_widths(spec: dict[str, Any]) -> dict[str, int]:
-    """{module: output width} of every conv / linear / norm layer a model.json records."""
-    widths = {}
-    for name, record in spec.get("modules", {}).items():
-        for key in ("out_channels", "out_features", "num_features", "num_channels"):
-            if key in record:
-                widths[name] = int(record[key])
-                break
-    return widths
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
+    return shown
 
 
 def _human(value: float | None) -> str:
@@ -65,17 +55,6 @@ def _human(value: float | None) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{suffix}"
     return f"{value:.3g}"
-
-
-def comparison(a: str, b: str, specs: dict[str, dict], history) -> dict[str, Any]:
-    """Per-layer widths and the tracked numbers of iterations `a` and `b` (JSON-able)."""
-    wa, wb = layer_widths(specs[a]), layer_widths(specs[b])
-    layers = [{"layer": name, "a": wa.get(name), "b": wb.get(name)} for name in dict.fromkeys([*wa, *wb])]
-    rows = {str(r["iteration"]): r for r in history.to_dict("records")} if history is not None else {}
-    totals = {key: {"a": _number(rows.get(a, {}).get(key)), "b": _number(rows.get(b, {}).get(key))}
-              for key in ("params", "macs", "accuracy")}
-    return {"a": a, "b": b, "layers": layers, "totals": totals,
-            "changed": sum(1 for row in layers if row["a"] != row["b"])}
 
 
 def comparison_html(result: dict[str, Any]) -> str:
@@ -90,21 +69,27 @@ def comparison_html(result: dict[str, Any]) -> str:
         return f"{y - x:+.3f}" if not percent else f"{y - x:+g}"
 
     totals = []
-    for key, label in (("params", "params"), ("macs", "MACs"), ("accuracy", "accuracy")):
+    for key, label in (("params", "params"), ("macs", "MACs"), ("cut_accuracy", "accuracy after the cut"),
+                       ("accuracy", "accuracy fine-tuned")):
+        if key not in result["totals"]:
+            continue
         x, y = result["totals"][key]["a"], result["totals"][key]["b"]
-        shown = (lambda v: "–" if v is None else f"{v:.3f}") if key == "accuracy" else _human
+        shown = (lambda v: "–" if v is None else f"{v:.3f}") if "accuracy" in key else _human
         totals.append(f"<tr class='pe-compare-total' data-key='{key}'><td><b>{label}</b></td><td>{shown(x)}</td>"
-                      f"<td>{shown(y)}</td><td>{change(x, y, key != 'accuracy')}</td></tr>")
+                      f"<td>{shown(y)}</td><td>{change(x, y, 'accuracy' not in key)}</td></tr>")
     layers = []
     for row in result["layers"]:
         x, y = row["a"], row["b"]
         differs = x != y
         layers.append(f"<tr class='pe-compare-layer{' pe-compare-changed' if differs else ''}' "
-                      f"data-layer='{html.escape(row['layer'])}'><td><code>{html.escape(row['layer'])}</code></td>"
+                      f"data-layer='{html.escape(row['layer'])}'><td style='word-break:break-all'>"
+                      f"<code>{html.escape(row['layer'])}</code></td>"
                       f"<td>{'–' if x is None else x}</td><td>{'–' if y is None else y}</td>"
                       f"<td>{change(x, y, False) if differs else ''}</td></tr>")
     return (f"<div>{result['changed']} of {len(result['layers'])} layers differ in width</div>"
-            f"<div style='max-height:260px;overflow:auto'><table style='font-size:12px'>{head}{''.join(totals)}"
+            f"<div class='pe-compare-scroll' style='max-height:260px;max-width:100%;overflow:auto'>"
+            f"<table style='font-size:12px;width:100%;table-layout:fixed;border-collapse:collapse'>"
+            f"<colgroup><col style='width:46%'><col><col><col></colgroup>{head}{''.join(totals)}"
             f"{''.join(layers)}</table></div>")
 
 
@@ -130,7 +115,7 @@ class LineageTree(W.VBox):
         self.add_class("pe-lineage")
 
     def show(self, history, base: str | None) -> None:
-        rows = {str(r["iteration"]): r for r in history.to_dict("records")} if history is not None else {}
+        rows = {str(r["iteration"]): r for r in records(history)}
         shown = []
         for name, depth, prefix in tree(history):
             row = rows[name]

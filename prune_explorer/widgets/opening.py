@@ -1,87 +1,95 @@
-"""Open the panel before the model stack loads: a frame that shows at once and becomes the Explorer.
+"""Open the panel before the model stack loads: the first view from the workspace's view files.
 
-Importing torch, torchvision (which pulls in torch._dynamo) and reading the trial take seconds
-after the kernel is ready; this module imports only ipywidgets, so the frame — naming what it is
-loading — is on the page within a second, and the Explorer replaces it when its ranks are drawn.
-The tracker (MLflow), the job queue and the baseline's settings check load after that, in the
-Explorer's background (`check=`), so they never delay the heatmap.
+`open_panel` imports no torch: it finds the iteration, reads its view file and the workspace's
+history view (`workspace/view.py`) and returns an Explorer that draws heatmap, layer table, scatter
+and lineage from them at once. The session (torch, torchvision, the model, its trial and ranks)
+loads on the Explorer's background worker, and Apply, the latency preview and Export come on when it
+is ready; the tracker and the job queue load after that. Without a view file (an iteration never
+opened before) the panel shows its frame and draws everything when the session is ready, writing
+the view file for the next time.
 """
 from __future__ import annotations
 
-import html
 import os
+import sys
 import threading
-import time
 from typing import Any, Callable
 
-import ipywidgets as W
-from traitlets import Any as AnyTrait, Unicode
+from ..session.messages import message
+
+SESSION_OPTIONS = ("criterion", "validation", "train_args")
+HEAVY = ("torch", "torchvision", "smdebug", "mlflow", "pandas")  # what the first view is drawn without
+LOAD_AFTER_S = 2.0  # start loading the model this long after opening when no browser reported its first paint
 
 
-class OpeningPanel(W.VBox):
-    """Shows the loading stage, then holds the Explorer (`explorer`); `wait()` returns it once built."""
+def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch_threads: int | None = None,
+               load_after_s: float | None = LOAD_AFTER_S, **kwargs: Any):
+    """The panel on `iteration` ("latest": the newest completed one) of `workspace`, drawn at once; the
+    model loads once a browser painted the first view, `load_after_s` later without one (None: never
+    on its own), or at `wait()`."""
+    from ..workspace import Workspace, view
+    from .explorer import Explorer
 
-    stage = Unicode("")
-    error = Unicode("")
-    explorer = AnyTrait(None)
+    space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
+    name = space.start_point(iteration).name if iteration == "latest" else iteration
+    norm = kwargs.get("normalization", "auto")
+    shown = view.read_view(space, name, kwargs.get("criterion", "taylor"), None if norm == "auto" else norm)
+    explorer = Explorer(workspace=space.root, base_iteration=name, view=shown, history=view.read_history(space),
+                        **kwargs)
+    explorer.loading = Loading(explorer, lambda: open_session(space.root, name, kwargs, torch_threads),
+                               f"loading {name}", load_after_s)
+    return explorer
 
-    def __init__(self, workspace: str | os.PathLike, iteration: str = "latest", *,
-                 check: Callable[[Any], Any] | None = None, torch_threads: int | None = None, **explorer_kwargs: Any):
-        self._root, self._iteration, self._check = workspace, iteration, check
-        self._threads, self._kwargs = torch_threads, explorer_kwargs
-        self._built = threading.Event()
-        self._started = time.perf_counter()
-        self.line = W.HTML()
-        self.line.add_class("pe-opening-stage")
-        super().__init__([W.HTML("<h3 style='margin:4px 0'>prune_explorer</h3>"), self.line])
-        self.add_class("pe-opening")
-        self._set_stage("importing torch and the model stack")
-        threading.Thread(target=self._build, name="explorer-open", daemon=True).start()
 
-    def _set_stage(self, text: str) -> None:
-        self.stage = text
-        self.line.value = (f"<span>⏳ {html.escape(text)}… "
-                           f"<small>({time.perf_counter() - self._started:.1f} s)</small></span>")
+class Loading:
+    """The panel's session, opened on its "rank" worker once its first view is on screen.
 
-    def _build(self) -> None:
+    The model stack's imports hold the interpreter's lock for seconds; started while the kernel is
+    still sending the first view, they would delay it. So loading starts when the heatmap reports its
+    first paint, after `after_s` when no browser reports (a panel never displayed), or at `wait()`;
+    `first_view` records what had been imported when it started (the view was drawn without it).
+    """
+
+    def __init__(self, panel: Any, opener: Callable[[], Any], what: str, after_s: float | None):
+        self.panel, self._opener, self.what = panel, opener, what
+        self._lock = threading.Lock()
+        panel.status, panel.busy = f"{what}…", True
+        if panel.shown_view is None:  # nothing drawn to wait for
+            self.start("no first view")
+            return
+        panel.heatmap.on_drawn(lambda: self.start("browser"))
+        if after_s is not None:
+            timer = threading.Timer(after_s, self.start, ("timer",))
+            timer.daemon = True
+            timer.start()
+
+    def start(self, why: str) -> None:
+        with self._lock:
+            opener, self._opener = self._opener, None
+        if opener is None:
+            return
+        self.panel.first_view = {"load_started_by": why, "imported": [m for m in HEAVY if m in sys.modules]}
+        self.panel.workers.submit("rank", self._load, opener)
+
+    def _load(self, opener: Callable[[], Any]) -> None:
         try:
-            from ..workspace import Workspace
-            from .explorer import Explorer
-
-            if self._threads:
-                import torch
-
-                torch.set_num_threads(self._threads)
-            space = Workspace(self._root)
-            name = space.start_point(self._iteration).name if self._iteration == "latest" else self._iteration
-            self._set_stage(f"loading {name}: model, trial and ranks")
-            explorer = Explorer.from_iteration(space.root, name, **self._kwargs)
-            if self._check is not None:
-                explorer._bg.submit("refresh", self._check, space.root)
-            self.explorer = explorer
-            self.children = [explorer]
-        except Exception as exc:  # shown in the frame, never a traceback on a background thread
-            from ..masking import mask  # torch-free, like this module
-
-            self.error = mask(f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, KeyError)) else str(exc))
-            self.line.value = f"<div class='pe-error' style='color:#b00020'>⚠ {html.escape(self.error)}</div>"
-        finally:
-            self._built.set()
-
-    def wait(self, timeout: float | None = 300):
-        """The Explorer, once built and its background work done (for tests and scripts)."""
-        if not self._built.wait(timeout):
-            raise TimeoutError(f"the panel was not built within {timeout} s (stage: {self.stage})")
-        if self.explorer is None:
-            raise RuntimeError(f"the panel could not open: {self.error}")
-        return self.explorer.wait(timeout)
-
-    def close(self) -> None:
-        if self.explorer is not None:
-            self.explorer.close()
-        super().close()
+            self.panel.attach(opener())
+        except Exception as exc:  # shown in the panel, never a traceback on a background thread
+            self.panel.load_failed, self.panel.busy = True, False
+            self.panel.error = f"{self.what}: {message(exc)}"
 
 
-def open_panel(workspace: str | os.PathLike, iteration: str = "latest", **kwargs: Any) -> OpeningPanel:
-    """The panel on `iteration` ("latest": the newest completed one) of `workspace`, shown at once."""
-    return OpeningPanel(workspace, iteration, **kwargs)
+def open_session(workspace: str | os.PathLike, iteration: str, kwargs: dict[str, Any],
+                 torch_threads: int | None = None):
+    """The PruningSession an Explorer with these keyword arguments works on, for a workspace iteration."""
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    from ..session import PruningSession
+    from ..workspace import Workspace
+
+    options = {k: kwargs[k] for k in SESSION_OPTIONS if kwargs.get(k) is not None}
+    norm = kwargs.get("normalization", "auto")
+    space = Workspace(workspace, trust_code=kwargs.get("trust_code"))  # the model classes its files may name
+    return PruningSession.open(space, iteration, normalization=None if norm == "auto" else norm, **options)

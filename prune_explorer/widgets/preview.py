@@ -33,25 +33,38 @@ class Preview(W.VBox):
         self.changes.add_class("pe-applied")
         super().__init__([self.table, self.changes])
 
-    def show(self, numbers: dict) -> None:
+    def show(self, numbers: dict, ready: bool = True) -> None:
         rows = [("params", "params", ""), ("MACs", "macs", ""), ("PyTorch CPU", "latency_ms", "ms")]
         if "ort_latency_ms_before" in numbers:  # when the explorer times ONNX Runtime too
             rows.append(("ONNX Runtime CPU", "ort_latency_ms", "ms"))
+        waiting = "<td colspan='3' class='pe-waiting'><i>once the model has loaded</i></td>"
         body = "".join(
-            f"<tr data-key='{key}'><td>{label}</td><td>{_fmt(numbers.get(key + '_before'), unit)}</td>"
-            f"<td>{_fmt(numbers.get(key + '_after'), unit)}</td>"
-            f"<td>{_ratio(numbers.get(key + '_before'), numbers.get(key + '_after'))}</td></tr>"
-            for label, key, unit in rows
+            f"<tr data-key='{key}'><td>{label}</td>" + (waiting if not ready else
+                                                         f"<td>{_fmt(numbers.get(key + '_before'), unit)}</td>"
+                                                         f"<td>{_fmt(numbers.get(key + '_after'), unit)}</td>"
+                                                         f"<td>{_ratio(numbers.get(key + '_before'), numbers.get(key + '_after'))}</td>")
+            + "</tr>" for label, key, unit in rows
         )
         removed = numbers.get("filters_removed", 0)
         self.table.value = (f"<table class='pe-preview-table'><tr><th></th><th>before</th><th>after</th><th></th></tr>"
                             f"{body}</table><div>filters to cut: <b class='pe-removed'>{removed}</b></div>")
 
     def show_applied(self, applied: dict) -> None:
+        """What Apply saved, and its accuracy right after the cut once the "cut" worker measured it."""
         if not applied:
             self.changes.value = ""
             return
         layers = "".join(f"<li><code>{html.escape(k)}</code>: {v[0]} → {v[1]}</li>" for k, v in applied["widths"].items())
-        self.changes.value = (f"<div>applied: {applied['filters_removed']} filters removed, "
+        if applied.get("cut_accuracy") is not None:
+            cut = (f"accuracy right after the cut (no fine-tuning, {applied.get('cut_examples', '?')} validation "
+                   f"images): <b class='pe-cut-accuracy' data-value='{applied['cut_accuracy']}'>"
+                   f"{100 * applied['cut_accuracy']:.1f}%</b>")
+        elif applied.get("cut_note"):
+            cut = f"<span class='pe-cut-note'>{html.escape(applied['cut_note'])}</span>"
+        else:
+            cut = "<span class='pe-cut-pending'>⏳ measuring the accuracy right after the cut…</span>"
+        self.changes.value = (f"<div class='pe-applied-line' data-applies='{applied.get('applies', 0)}'>applied: "
+                              f"{applied['filters_removed']} filters removed, "
                               f"params {_fmt(applied['params_before'])} → {_fmt(applied['params_after'])}, "
-                              f"saved to <code>{html.escape(applied['model_dir'])}</code></div><ul>{layers}</ul>")
+                              f"saved to <code style='word-break:break-all'>{html.escape(applied['model_dir'])}</code>"
+                              f"</div><div>{cut}</div><ul>{layers}</ul>")

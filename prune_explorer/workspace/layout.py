@@ -3,11 +3,14 @@
     WORKSPACE/
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
+      iterations/<name>/cut.json   its accuracy right after the cut, before fine-tuning (the tracker's cut_accuracy)
+      iterations/<name>/view.json  the panel's first view of it (workspace/view.py: ranks, widths, costs)
       jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks and the workspace's
       exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
       results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
       latency_table.json           per-layer latencies measured once on the baseline (latency budgets)
+      history.json                 the last tracked history the panel saw (its first view's scatter and lineage)
 
 Folder and file names (`Layout`, a workspace's paths), the keys of metrics.json (`Metrics`: read,
 `job_metrics` / `failed_metrics`: written — best accuracy, else the max over the epochs; the input
@@ -46,6 +49,9 @@ RESULTS_CSV = "results.csv"
 RESULTS_PNG = "params_vs_accuracy.png"
 MLFLOW_DB = "mlflow.db"
 MLARTIFACTS = "mlartifacts"
+CUT_ACCURACY = "cut.json"
+VIEW = "view.json"
+HISTORY_VIEW = "history.json"
 _ITERATION = re.compile(r"iter-(\d+)")
 
 
@@ -84,6 +90,10 @@ class Layout:
         """Where iteration `name`'s pruned model waits for its fine-tuning job (the job's input)."""
         return self.iteration_dir(name) / PRUNED
 
+    def view_path(self, name: str) -> Path:
+        """Iteration `name`'s first view for the panel (`workspace.view`)."""
+        return self.iteration_dir(name) / VIEW
+
     def iteration_names(self) -> list[str]:
         """The iter-NNN folders there are, by number."""
         if not self.iterations_dir.is_dir():
@@ -94,6 +104,7 @@ class Layout:
     jobs_dir = _at_root(JOBS, "job records (`JobQueue`)")
     locks_dir = property(lambda self: self.jobs_dir / LOCKS, doc="per-job and per-decision file locks")
     exports_dir = _at_root(EXPORTS, "iterations' models as files that run without prune_explorer")
+    history_view_path = _at_root(HISTORY_VIEW, "the last tracked history the panel saw (`workspace.view`)")
     latency_table_path = _at_root(LATENCY_TABLE, "the baseline's per-layer latency table (`loop.step.latency_table`)")
     mlflow_db = _at_root(MLFLOW_DB, "the default MLflow store")
     mlartifacts = _at_root(MLARTIFACTS, "the default MLflow store's artifacts")
@@ -120,6 +131,24 @@ def train_log(out_dir: str | os.PathLike) -> Path:
 def sibling_dir(out_dir: str | os.PathLike, name: str) -> Path:
     """Iteration `name`'s folder beside the iteration folder `out_dir` (a job's parent, seen from the job)."""
     return Path(out_dir).parent / name
+
+
+def cut_path(out_dir: str | os.PathLike) -> Path:
+    """An iteration's record of its accuracy right after the cut, before fine-tuning."""
+    return Path(out_dir) / CUT_ACCURACY
+
+
+def cut_record(accuracy: float, examples: int, slice: dict[str, Any]) -> dict[str, Any]:
+    """What cut.json holds: the pruned model's accuracy on `examples` validation images (`slice`: which)."""
+    return {"accuracy": float(accuracy), "examples": int(examples), "slice": slice}
+
+
+def read_cut_accuracy(out_dir: str | os.PathLike) -> float | None:
+    """An iteration's accuracy right after its cut (cut.json), None when it was not measured."""
+    try:
+        return float(json.loads(cut_path(out_dir).read_text())["accuracy"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _field(key: str, doc: str) -> property:

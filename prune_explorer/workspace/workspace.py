@@ -22,8 +22,8 @@ from typing import IO, Any, Callable, Iterator
 from ..jobs.base import COMPLETED, STOPPED, TRUST_ARGUMENT, Job, read_records
 from ..jobs.queue import JobQueue
 from ..model.trust import trusted_modules
-from .layout import (BASELINE, Layout, atomic_write, file_lock, has_model, iteration_name, iteration_number,
-                     metrics_path, read_metrics, trial_dir, write_json)
+from .layout import (BASELINE, Layout, atomic_write, cut_path, cut_record, file_lock, has_model, iteration_name,
+                     iteration_number, metrics_path, read_metrics, trial_dir, write_json)
 
 NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}  # image side when a model's metrics record no input shape
 BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "seed", "epochs", "batch_size", "lr",
@@ -248,6 +248,7 @@ class Workspace(Layout):
         from ..model import store
 
         summary = plan.summary() if hasattr(plan, "summary") else dict(plan or {})
+        cut_path(self.iteration_dir(name)).unlink(missing_ok=True)  # measured for the model this replaces
         return store.save(pruned, self.pruned_dir(name),
                           metadata={"plan": summary, "criterion": criterion, "parent": parent})
 
@@ -259,6 +260,11 @@ class Workspace(Layout):
         if not metrics:
             raise FileNotFoundError(f"{metrics_path(directory)}: no metrics to mark stopped")
         write_json(metrics_path(directory), metrics.with_verdict(STOPPED, reason))
+
+    def write_cut_accuracy(self, name: str, accuracy: float, examples: int, slice: dict[str, Any]) -> Path:
+        """Record iteration `name`'s accuracy right after its cut (`layout.cut_record`); the queue hands
+        it to the tracker with the fine-tune's result (`layout.read_cut_accuracy`)."""
+        return write_json(cut_path(self.iteration_dir(name)), cut_record(accuracy, examples, slice))
 
     def export_path(self, name: str, fmt: str) -> Path:
         """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;

@@ -177,3 +177,27 @@ def open_and_run(page, lab: dict, notebook: str) -> None:
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
                            "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=120_000)
     page.evaluate(RUN_ALL)
+
+
+KERNEL_PRINT = """async (code) => {
+  const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  const future = kernel.requestExecute({code, store_history: false});
+  let text = '';
+  future.onIOPub = (msg) => {
+    if (msg.header.msg_type === 'stream') text += msg.content.text;
+    if (msg.header.msg_type === 'error') text += msg.content.ename + ': ' + msg.content.evalue;
+  };
+  await future.done;
+  return text;
+}"""
+
+
+def kernel_print(page, code: str) -> str:
+    """Run `code` in the kernel of the notebook open in `page` (after its cells) and return what it printed."""
+    return page.evaluate(KERNEL_PRINT, code)
+
+
+def wait_ready(page, timeout: float = 240_000) -> None:
+    """The panel's model has loaded: Apply is enabled (it is shown, disabled, before)."""
+    page.wait_for_function("() => { const b = document.querySelector('.pe-explorer .pe-apply'); return b && !b.disabled; }",
+                           timeout=timeout)

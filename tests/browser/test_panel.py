@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from playwright.sync_api import expect
 
-from browser.conftest import ROOT, open_and_run
+from browser.conftest import ROOT, open_and_run, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -42,6 +42,7 @@ def lab_page(browser, lab, served, artifacts):
     page = context.new_page()
     open_and_run(page, lab, "app.ipynb")
     expect(page.locator(".pe-explorer")).to_be_visible(timeout=RENDER_S)
+    wait_ready(page, RENDER_S)
     yield page
     page.screenshot(path=str(artifacts / "lab-final.png"), full_page=True)
     context.close()
@@ -142,7 +143,7 @@ def test_the_scatter_axis_toggle_redraws_the_history_by_macs_and_back(lab_page, 
     params brings the first drawing back."""
     page = lab_page
     scatter = page.locator(".pe-scatter")
-    label = scatter.locator("text.axislabel").filter(has_text="params")
+    label = scatter.locator("text.axislabel").filter(has_text="parameters (count)")
     expect(label).to_have_count(1)
     summary = page.locator(".pe-history-count span")
     expect(summary).to_have_attribute("data-axis", "params")
@@ -152,7 +153,7 @@ def test_the_scatter_axis_toggle_redraws_the_history_by_macs_and_back(lab_page, 
     page.locator(".pe-scatter-axis button", has_text="MACs").click()
     expect(summary).to_have_attribute("data-axis", "macs")
     expect(summary).to_have_attribute("data-count", points)  # every tracked iteration has its MACs
-    expect(scatter.locator("text.axislabel").filter(has_text="MACs")).to_have_count(1)
+    expect(scatter.locator("text.axislabel").filter(has_text="MACs (per image)")).to_have_count(1)
     page.wait_for_function("""(before) => {
         const now = [...document.querySelectorAll('.pe-scatter .axis .tick text')].map(t => t.textContent);
         return JSON.stringify(now) !== JSON.stringify(before);
@@ -160,6 +161,8 @@ def test_the_scatter_axis_toggle_redraws_the_history_by_macs_and_back(lab_page, 
     scatter.screenshot(path=str(artifacts / "lab-scatter-macs.png"))
     page.locator(".pe-scatter-axis button", has_text="params").click()
     expect(summary).to_have_attribute("data-axis", "params")
+    ticks = page.evaluate("() => [...document.querySelectorAll('.pe-scatter .pe-y-axis .tick text')].map(t => t.textContent)")
+    assert ticks and len(set(ticks)) == len(ticks) and all(t.endswith("%") for t in ticks), ticks
     expect(label).to_have_count(1)
 
 
@@ -178,11 +181,12 @@ def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_pa
     page = lab_page
     page.locator(".pe-fill").click()
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
-    # the PyTorch latency after: the preview's surgery is done, so Apply reuses it and never waits
-    # for the model lock behind an ONNX Runtime export of an earlier plan
+    # the PyTorch latency after: the preview's surgery is done, so Apply reuses it (it still saves under the
+    # model lock: torch.export swaps a module's tensors for fake ones while it traces, so the ONNX Runtime
+    # preview's export and a save of the same model never overlap)
     expect(page.locator(".pe-preview tr[data-key='latency_ms'] td").nth(2)).to_contain_text(" ms", timeout=RENDER_S)
     page.locator(".pe-apply").click()
-    expect(page.locator(".pe-applied")).to_contain_text("filters removed")
+    expect(page.locator(".pe-applied")).to_contain_text("filters removed", timeout=RENDER_S)  # on the panel's worker
     page.locator(".pe-export-format button", has_text="onnx").click()
     page.locator(".pe-export").click()
     expect(page.locator(".pe-exported")).to_contain_text("exporting iter-001 as onnx")
@@ -204,25 +208,56 @@ def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page
     page = lab_page
     page.locator(".pe-fill").click()
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
+    applies = int(page.locator(".pe-applied-line").get_attribute("data-applies"))  # the export test applied once
     page.locator(".pe-apply").click()
-    expect(page.locator(".pe-applied")).to_contain_text("filters removed")
+    expect(page.locator(".pe-applied-line")).to_have_attribute("data-applies", str(applies + 1), timeout=RENDER_S)
+    # the accuracy right after the cut: in the preview, and a hollow mark alone on the scatter until the fine-tune
+    shown = page.locator(".pe-applied .pe-cut-accuracy")
+    expect(shown).to_have_count(1, timeout=RENDER_S)
+    cut = float(shown.get_attribute("data-value"))
+    scatter = page.locator(".pe-scatter")
+    expect(scatter.locator(".pe-cut-mark[data-iteration='iter-001']")).to_have_count(1)
+    expect(scatter.locator(".pe-recovery")).to_have_count(0)
+    epochs = page.locator(".pe-epochs input")
+    epochs.fill("2")  # two epochs: a log of more lines than the folded view shows
+    epochs.press("Enter")
     page.locator(".pe-queue").click()
-    expect(page.locator(".pe-job")).to_have_count(2)
+    expect(page.locator(".pe-job")).to_have_count(2, timeout=RENDER_S)  # queued on the panel's worker
     status = page.locator(".pe-job").first.locator(".pe-job-status")
     expect(status).to_have_attribute("data-status", "completed", timeout=JOB_S)
     expect(page.locator(".pe-history-count span")).to_have_attribute("data-count", "2")
+    expect(page.locator(".pe-history-count span")).to_have_attribute("data-cut", "1")
     expect(page.locator(".pe-error")).to_have_text("")
+    # after its fine-tune: the tracked row carries the same number; its mark sits below the dot, joined
+    link = scatter.locator(".pe-recovery[data-iteration='iter-001']")
+    expect(link).to_have_count(1)
+    mark = scatter.locator(".pe-cut-mark[data-iteration='iter-001']")
+    dot = scatter.locator(".dot[data-iteration='iter-001']")
+    expect(dot).to_have_count(1)
+    geometry = {name: {k: float(loc.get_attribute(k)) for k in keys} for name, loc, keys in (
+        ("link", link, ("x1", "x2", "y1", "y2")), ("mark", mark, ("cx", "cy")), ("dot", dot, ("cx", "cy")))}
+    assert geometry["link"]["x1"] == geometry["link"]["x2"] == geometry["mark"]["cx"] == geometry["dot"]["cx"]
+    assert (geometry["link"]["y1"], geometry["link"]["y2"]) == (geometry["mark"]["cy"], geometry["dot"]["cy"])
+    assert f"{100 * cut:.1f}%" in mark.locator("title").text_content()
     job = page.locator(".pe-job").first
-    expect(job.locator(".pe-job-progress span")).to_have_attribute("data-epoch", "1")
+    expect(job.locator(".pe-job-progress span")).to_have_attribute("data-epoch", "2")
     expect(job.locator(".pe-job-record")).to_contain_text("MLflow run")
     expect(job.locator(".pe-job-log")).not_to_contain_text("INFO")
+    # the job's log, folded to its latest lines; the toggle unfolds it
+    log = job.locator(".pe-job-log pre")
+    folded = int(log.get_attribute("data-lines"))
+    assert 0 < folded <= 2
+    job.locator(".pe-job-log-toggle").click()
+    expect(log).not_to_have_attribute("data-lines", str(folded))
+    assert int(log.get_attribute("data-lines")) > folded
     page.locator(".pe-explorer").screenshot(path=str(artifacts / "lab-after-job.png"))
 
 
 def test_clicking_a_point_rebases_on_that_iteration(lab_page, artifacts):
     page = lab_page
     dots = page.locator(".pe-scatter .dot")
-    expect(dots).to_have_count(3)  # two iterations + the ring marking the base
+    expect(dots).to_have_count(2)  # two fine-tuned iterations (the base's ring is not a dot)
+    expect(page.locator(".pe-scatter .pe-base-ring")).to_have_count(1)
     dots.nth(1).click(force=True)
     expect(page.locator(".pe-status")).to_contain_text("based on iter-001", timeout=RENDER_S)
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("0")
@@ -243,6 +278,10 @@ def test_lineage_click_rebases_and_compare_shows_two_iterations(lab_page, artifa
     expect(result).to_contain_text("layers differ in width")
     expect(result.locator(".pe-compare-changed").first).to_be_visible()
     expect(result.locator(".pe-compare-total[data-key='params']")).to_contain_text("%")
+    # the table stays inside its column (long layer names wrap; the rest scrolls inside)
+    table = result.locator("table").bounding_box()
+    column = page.locator(".pe-lineage").bounding_box()
+    assert table["x"] >= column["x"] - 1 and table["x"] + table["width"] <= column["x"] + column["width"] + 1
     page.locator(".pe-lineage").screenshot(path=str(artifacts / "lab-lineage-compare.png"))
 
 
@@ -264,7 +303,7 @@ def test_a_bad_trial_path_is_an_error_in_the_panel(browser, lab, artifacts):
 
 
 def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    context = browser.new_context(viewport={"width": 1280, "height": 800})  # a projector's, the README's
     page = context.new_page()
     # Voila runs the whole app notebook before it sends the page: wait for the panel, not for "load"
     page.goto(voila["url"], wait_until="commit")
@@ -277,7 +316,13 @@ def test_voila_app_serves_the_panel(browser, voila, served, artifacts):
     count.press("Enter")
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("3")
     expect(page.locator(".pe-coupling-changed").first).to_be_visible(timeout=60_000)  # the shapes after, from surgery
-    page.locator(".pe-explorer").screenshot(path=str(artifacts / "voila-panel.png"))
-    if os.environ.get("PRUNE_EXPLORER_UPDATE_DOCS"):  # refresh the README's screenshot on request only
+    expect(page.locator(".pe-job").first).to_be_visible(timeout=RENDER_S)  # the queue (and tracker) loaded too
+    # the whole panel fits the width: nothing cut off at the right edge
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1280
+    page.screenshot(path=str(artifacts / "voila-panel.png"))  # what a 1280x800 screen shows first
+    page.locator(".pe-history-count").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "voila-history.png"))  # the scatter, lineage and jobs
+    if os.environ.get("PRUNE_EXPLORER_UPDATE_DOCS"):  # refresh the README's screenshots on request only
         shutil.copy(artifacts / "voila-panel.png", ROOT / "docs" / "panel.png")
+        shutil.copy(artifacts / "voila-history.png", ROOT / "docs" / "panel-history.png")
     context.close()

@@ -14,18 +14,9 @@ from torch import nn
 from ..model.graph import ChannelGraph
 from ..model.plan import PrunePlan
 from ..model.surgery import prune
+from ..loop.cut import accuracy
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 0.9)
-
-
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            logits = model(images[start:start + batch_size])
-            correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
-    return correct / max(len(images), 1)
 
 
 def sensitivity_curve(model: nn.Module, example_inputs: Any, graph: ChannelGraph, table: pd.DataFrame,
