@@ -90,7 +90,9 @@ def test_loop_prunes_fine_tunes_and_tracks_from_the_baseline(workspace):
     from prune_explorer.loop.cut import accuracy
 
     pruned = store.load(workspace / "iterations" / "iter-001" / "pruned")
-    _, val, _, _ = load_dataset("digits", val_subset=60, seed=0, download=False)
+    config = _config(workspace)  # the slice of the job's own validation set: its size, subset and seed
+    _, val, _, _ = load_dataset("digits", image_size=config.image_size, val_subset=config.val_subset, seed=config.seed,
+                                download=False)
     pairs = [with_channels(val, 3)[i] for i in range(min(1000, len(val)))]
     images, labels = torch.stack([p[0] for p in pairs]), torch.as_tensor([int(p[1]) for p in pairs])
     assert child["cut_accuracy"] == pytest.approx(accuracy(pruned, images, labels))
