@@ -86,6 +86,9 @@ class LoopConfig:
     # modules whose model classes model.json files and jobs may name (model/trust.py); a `model`
     # "pkg.mod:Class" given here is trusted as well: it is the caller's own choice
     trust_model_code: tuple[str, ...] = ()
+    # the model outputs that keep their shape and values (patterns of `model/graph/outputs.py`,
+    # e.g. ("!1.feats",)); empty: every output
+    outputs: tuple[str, ...] = ()
 
     def validate(self) -> "LoopConfig":
         if self.per_iteration < 1:
@@ -289,7 +292,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
         if config.criterion not in CRITERIA:
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
-    workspace = Workspace(config.workspace, trust_code=config.trusted)
+    workspace = Workspace(config.workspace, trust_code=config.trusted, outputs=tuple(config.outputs))
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
@@ -373,11 +376,10 @@ def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopCo
     """The baseline's MACs, or its latency as the table predicts it, on one example."""
     from ..model import store
     from ..model.costs import CostModel
-    from ..model.graph import ChannelGraph
 
     model = store.load(workspace.iteration_dir(BASELINE)).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
-    costs = CostModel(model, x, ChannelGraph.trace(model, x))
+    costs = CostModel(model, x, workspace.trace(model, x))
     return float(costs.before.macs) if unit == "macs" else latency.predict(costs)
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from .graph import ChannelGraph, split_inputs
+from .graph import ChannelGraph, kept_outputs
+from .inputs import call, split_inputs
 from .kinds import KINDS, recorded_kind
 
 TOLERANCE = 1e-4
@@ -126,9 +127,8 @@ def observing(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, list
 
 
 def forward(model: nn.Module, x: Any) -> Any:
-    """`model` on example inputs as the package reads them (`graph.split_inputs`)."""
-    args, kwargs = split_inputs(x)
-    return model(*args, **kwargs)
+    """`model` on example inputs as the package reads them (`model/inputs.py`)."""
+    return call(model, x)
 
 
 def difference(actual: Any, expected: Any, what: str = "output") -> float:
@@ -179,17 +179,19 @@ def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.G
                 t.copy_(torch.randn(t.shape, generator=gen))
 
 
-def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None) -> Checked:
+def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None, outputs: Any = None) -> Checked:
     """Random norms, a random plan on every prunable group, prune, and the largest difference from
-    the reference over every output and every detector head's raw output (eval mode; the model's
-    norms are randomised in place)."""
+    the reference over every kept output (`outputs`, as `ChannelGraph.trace` takes it, else the
+    graph's; None: all) and every detector head's raw output (eval mode; the model's norms are
+    randomised in place)."""
     from .plan import PrunePlan
     from .surgery import prune
 
     gen = torch.Generator().manual_seed(seed)
     randomize_norms(model, gen)
     model.eval()
-    graph = graph or ChannelGraph.trace(model, x)
+    graph = graph or ChannelGraph.trace(model, x, outputs=outputs)
+    outputs = graph.outputs if outputs is None else outputs
     randomize_channel_params(model, graph, gen)
     removed = random_plan(graph, gen)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -202,7 +204,7 @@ def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = 
     with observing(pruned, heads) as actual_heads, torch.no_grad():
         actual = forward(pruned, x)
     diffs = {name: difference(actual_heads[name], expected_heads[name], f"head {name}") for name in heads}
-    diffs["output"] = difference(actual, expected)
+    diffs["output"] = difference(kept_outputs(actual, outputs), kept_outputs(expected, outputs))
     return Checked(graph, removed, pruned, max(diffs.values()), unchanged, diffs)
 
 

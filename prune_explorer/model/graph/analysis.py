@@ -18,6 +18,7 @@ from torch.fx.node import map_aggregate
 from .channels import OPAQUE, Channels, Layout
 from ..kinds import leaf_types
 from .ops import OWN_LEAVES, aten_op, bind, function_op, module_op
+from .outputs import OutputSelection, output_nodes
 from .tracing import ParamRef, Traced, _scopes
 
 
@@ -66,9 +67,10 @@ class Call:
 
 
 class Analysis:
-    def __init__(self, model: nn.Module, traced: Traced):
+    def __init__(self, model: nn.Module, traced: Traced, outputs: OutputSelection | None = None):
         self.model = model
         self.traced = traced
+        self.outputs = outputs             # which outputs keep their channels (None: all)
         self.modules = dict(model.named_modules())
         self.channels = Channels()
         self.values: dict[torch.fx.Node, Any] = {}
@@ -257,11 +259,7 @@ class Analysis:
         if n.op == "get_attr":
             return self.opaque_like(result)
         if n.op == "output":
-            def mark(a):
-                layout = self.layout.get(a) if isinstance(a, torch.fx.Node) else None
-                if isinstance(layout, Layout):
-                    self.channels.output.append(layout.ids.reshape(-1))
-            map_aggregate(n.args, mark)
+            self._mark_outputs(n)
             return None
         if self.traced.route == "export" and (leaf := self._own_leaf(n)) is not None:
             return self._visit_own_leaf(n, result, leaf)
@@ -284,6 +282,18 @@ class Analysis:
                 self.touch(call.module, self.layout.get(a))
             self.touch(call.module, out)
         return out
+
+    def _mark_outputs(self, n: torch.fx.Node) -> None:
+        """The channels of every kept output (`outputs.py`; all by default) are never prunable."""
+        found = output_nodes(n, self.traced)
+        if self.outputs is not None:
+            self.outputs.check([path for path, _ in found if path is not None])
+        for path, a in found:
+            if self.outputs is not None and path is not None and not self.outputs(path):
+                continue
+            layout = self.layout.get(a) if isinstance(a, torch.fx.Node) else None
+            if isinstance(layout, Layout):
+                self.channels.output.append(layout.ids.reshape(-1))
 
     def _secondary(self, call: Call) -> None:
         """A Linear's features written beside the channels it passes through go on through
