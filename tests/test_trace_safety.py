@@ -1,6 +1,7 @@
 """Analysis never touches the user's model: every trace route (fx, a recorded forward, torch.export)
 and every refusal leaves parameters, buffers, plain attributes (present or absent before), hooks,
-the RNG state, the example inputs and the outputs exactly as they were; so does `prune`.
+the RNG state, the example inputs and the outputs exactly as they were; so do `prune` and what
+costs or times a model (`count`, `measure`, `paired_latency_ms`, `CostModel`, `LatencyTable.measure`).
 
 Each case keeps a deep copy made before anything ran (the twin) and compares the model with it
 after `trace` and `prune`: the same structure, the same tensor types and values, then the same
@@ -15,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune_explorer.model.costs import CostModel
 from prune_explorer.model.exactness import forward, random_plan
 from prune_explorer.model.graph import ROUTES, ChannelGraph
+from prune_explorer.model.latency import LatencyTable
+from prune_explorer.model.measure import count, measure, paired_latency_ms
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
 from ultralytics_models import yolo
@@ -258,5 +262,55 @@ def test_a_never_run_yolov8n_is_left_as_it_was(route):
     twin = copy.deepcopy(model)
     x = torch.randn(1, 3, 64, 64)
     _trace_and_prune(model, x, route, again=route is None)   # None: the recorded forward, and prune's own trace
+    assert type(detect.anchors) is torch.Tensor and detect.anchors.numel() == 0 and detect.shape is None
+    _assert_untouched(model, twin, x)
+
+
+# --- costs, latency and measurement run forwards too: on a private copy -----------------------------
+def _cost_and_time(model: nn.Module, x, graph=None) -> None:
+    """Everything that runs the model to cost or time it: count, measure, paired latency, the cost
+    model and the latency table (which also times each layer alone)."""
+    graph = graph or ChannelGraph.trace(model, x)
+    count(model, x)
+    measure(model, x, warmup=0, repeats=1)
+    paired_latency_ms([model, model], x, warmup=0, repeats=1)
+    costs = CostModel(model, x, graph)
+    LatencyTable.measure(model, x, graph, costs=costs, fractions=(0.5, 1.0), warmup=0, repeats=1)
+    LatencyTable.measure(model, x, graph, fractions=(1.0,), warmup=0, repeats=1)   # its own cost model
+
+
+@pytest.mark.parametrize("build", [CachesOnFirstForward, CachesWithoutControlFlow, TrainingMode],
+                         ids=["cache_on_first_forward", "caches_in_forward", "training_mode"])
+def test_costs_latency_and_measurement_leave_the_model_as_it_was(build):
+    torch.manual_seed(0)
+    model = build()
+    if build is not TrainingMode:
+        model.eval()
+    twin = copy.deepcopy(model)
+    x = X.clone()
+    _cost_and_time(model, x)
+    assert torch.equal(x, X), "the example input was written to"
+    if build is TrainingMode:
+        assert model.training and model.bn.training          # its modes as they were
+        model.eval(), twin.eval()
+    _assert_untouched(model, twin, X)
+
+
+def test_hooks_on_the_users_model_never_run_while_costing_or_timing():
+    model = CachesWithoutControlFlow().eval()
+    seen = []
+    model.conv.register_forward_hook(lambda *a: seen.append("conv"))
+    model.register_forward_pre_hook(lambda *a: seen.append("model"))
+    _cost_and_time(model, X)
+    assert seen == []
+
+
+def test_a_never_run_yolov8n_is_left_as_it_was_by_costs_latency_and_measurement():
+    """Its Detect head fills its anchor caches on the first forward: on the copy, never on the model."""
+    model = yolo("yolov8n")
+    detect = model.model[-1]
+    twin = copy.deepcopy(model)
+    x = torch.randn(1, 3, 64, 64)
+    _cost_and_time(model, x, ChannelGraph.trace(model, x, outputs="!1.feats"))
     assert type(detect.anchors) is torch.Tensor and detect.anchors.numel() == 0 and detect.shape is None
     _assert_untouched(model, twin, x)

@@ -64,8 +64,8 @@ def torchvision_example(name: str) -> tuple[nn.Module, Any]:
 DETECTION_SIZE = 128    # the side torchvision's detection transform resizes to (SSD keeps its own)
 
 
-def detection_example(name: str, size: int = DETECTION_SIZE,
-                      dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list[torch.Tensor]]:
+def detection_example(name: str, size: int = DETECTION_SIZE, dtype: torch.dtype = torch.float64,
+                      frozen_backbone: bool = False) -> tuple[nn.Module, list[torch.Tensor]]:
     """A torchvision detector with no weights (eval) and `[image]`: its transform resizes to `size`,
     a score threshold of 1e-3 keeps boxes from random weights, at most 20 detections per image (1
     where a keypoint or mask head runs per box). float64 by default: decoded boxes are pixel coordinates, where float32's rounding alone comes
@@ -75,6 +75,10 @@ def detection_example(name: str, size: int = DETECTION_SIZE,
     default init shrinks activations layer by layer (and starts the heads at std 0.01 with a prior
     bias), so deep features become constant across positions and thousands of anchors tie on their
     score to the last bit; which of tied boxes NMS keeps would then be float noise, not pruning.
+
+    `frozen_backbone`: the backbone's batch norms become `FrozenBatchNorm2d` (same statistics), as
+    torchvision builds the backbone of a detector with pretrained weights (`weights_backbone`) —
+    without downloading any.
     """
     import torchvision
 
@@ -88,6 +92,8 @@ def detection_example(name: str, size: int = DETECTION_SIZE,
         kwargs.update(score_thresh=1e-3, detections_per_img=20)
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, **kwargs).eval()
+    if frozen_backbone:
+        _freeze_batch_norms(model.backbone)
     heads = tuple(m for name, m in model.named_modules() if name in detection_heads(model))
     with torch.no_grad():
         for layer in model.modules():
@@ -98,6 +104,19 @@ def detection_example(name: str, size: int = DETECTION_SIZE,
                 if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.bias is not None:
                     layer.bias.normal_(0.0, 1.0)
     return model.to(dtype), [torch.rand(3, size, size, dtype=dtype)]
+
+
+def _freeze_batch_norms(module: nn.Module) -> None:
+    """Every BatchNorm2d under `module` replaced by a FrozenBatchNorm2d holding its statistics."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, child.eps)
+            frozen.load_state_dict({k: v for k, v in child.state_dict().items() if k != "num_batches_tracked"})
+            setattr(module, name, frozen)
+        else:
+            _freeze_batch_norms(child)
 
 
 def detection_heads(model: nn.Module) -> list[str]:
