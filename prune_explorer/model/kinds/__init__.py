@@ -31,9 +31,9 @@ from .norms import BatchNorm, ChannelNorm, ChannelParam, FrozenBatchNorm, GroupN
 from .sizes import SizeAttribute, SplitSizes
 
 __all__ = ["KINDS", "LayerKind", "CostShape", "Conv", "Depthwise", "Grouped", "ConvTranspose", "DepthwiseTranspose",
-           "Linear", "BatchNorm", "FrozenBatchNorm", "GroupNorm", "ChannelParam", "ChannelNorm", "LayerNorm", "SizeAttribute",
-           "SplitSizes", "register_layer_kind", "unregister_layer_kind", "kind", "recorded_kind", "width_record",
-           "registered_kind", "leaf_types", "replace_module", "OPS"]
+           "Linear", "BatchNorm", "FrozenBatchNorm", "GroupNorm", "ChannelParam", "ChannelNorm", "LayerNorm",
+           "SizeAttribute", "SplitSizes", "register_layer_kind", "unregister_layer_kind", "kind", "recorded_kind",
+           "width_record", "registered_kind", "leaf_types", "replace_module", "OPS"]
 
 KINDS: dict[str, LayerKind] = {k.name: k for k in (
     Conv(), Depthwise(), Grouped(), ConvTranspose(), DepthwiseTranspose(), Linear(), BatchNorm(), GroupNorm(),
