@@ -152,3 +152,17 @@ def test_a_detector_built_around_a_pretrained_backbone_prunes_whole_and_exactly(
     assert {sl.module for sl in graph.slices.values() if sl.kind == "frozen_batch_norm"} == frozen
     prunable, total = conv_filters(graph, within="backbone")
     assert prunable / total >= 0.90, (prunable, total)
+
+
+def test_ssd300_vgg16s_l2_norm_leaves_its_whole_backbone_prunable_and_exact():
+    """SSD's L2Norm (`scale_weight * F.normalize(x)` in the VGG extractor's forward) no longer pins
+    conv4_3: removed channels as zeros add nothing to the norm (93.8 % of backbone filters before)."""
+    model, images = detection_example("ssd300_vgg16")
+    result = check(model, images)
+    graph = result.graph
+    assert result.max_diff <= TOLERANCE and set(result.diffs) == {"head", "output"}, result.diffs
+    assert [site.what for site in graph.zeroed_inputs] == ["node normalize (normalize) in module backbone "
+                                                          "(SSDFeatureExtractorVGG)"]
+    conv4_3 = graph.group("backbone.features.21")
+    assert conv4_3.prunable and result.removed[conv4_3.id]
+    assert conv_filters(graph, within="backbone") == (8192, 8192)

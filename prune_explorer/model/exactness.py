@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .graph import ChannelGraph, kept_outputs
@@ -278,8 +279,10 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed: dict[int, l
 
     handles = [modules[name].register_forward_pre_hook(zeroing(axis, ix))
                for name, (axis, ix) in consumer_zero_positions(graph, removed).items()]
+    ops = {(site.function, site.index): (site.axis, torch.from_numpy(ix))
+           for site in getattr(graph, "zeroed_inputs", ()) if (ix := site.positions(removed)).size}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _ZeroingOps(ops) if ops else contextlib.nullcontext():
             weights = _root_weights(model, graph, removed)
             if not weights:
                 return forward(model, x)
@@ -288,6 +291,28 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed: dict[int, l
     finally:
         for h in handles:
             h.remove()
+
+
+class _ZeroingOps(TorchFunctionMode):
+    """The removed channels zeroed at the input of ops that are not layers (`graph.zeroed_inputs`:
+    no pre-hook reaches them), each found by its call order in the forward."""
+
+    def __init__(self, sites: dict[tuple[Any, int], tuple[int, torch.Tensor]]):
+        super().__init__()
+        self.sites = sites
+        self.functions = {fn for fn, _ in sites}
+        self.calls: dict[Any, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.functions:
+            index = self.calls.get(func, 0)
+            self.calls[func] = index + 1
+            site = self.sites.get((func, index))
+            if site is not None:
+                axis, positions = site
+                args = (args[0].clone().index_fill_(axis, positions, 0), *args[1:])
+        return func(*args, **kwargs)
 
 
 def _root_weights(model: nn.Module, graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, torch.Tensor]:

@@ -15,11 +15,11 @@ from torch import nn
 from ..kinds import KINDS, leaf_types
 from . import handlers_recorded  # noqa: F401 - registers RoI pooling, NMS, value reads, dtype-only ops
 from .coverage import unassigned
-from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, build
+from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, ZeroedInput, build
 from .outputs import OutputSelection, kept_outputs, selection
 from .routes import ROUTES, InputDependentPath, analyse, split_inputs
 
-__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "InputDependentPath", "ROUTES",
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "ZeroedInput", "InputDependentPath", "ROUTES",
            "split_inputs", "OutputSelection", "kept_outputs"]
 
 
@@ -28,13 +28,15 @@ class ChannelGraph:
 
     def __init__(self, groups: list[ChannelGroup], slices: dict[str, ModuleSlices], by_layer: dict[str, int],
                  ambiguous: dict[str, tuple[int, ...]], route: str = "fx", unassigned: dict[str, str] | None = None,
-                 keep: list[KeepOne] | tuple = (), outputs: Any = None):
+                 keep: list[KeepOne] | tuple = (), outputs: Any = None,
+                 zeroed_inputs: list[ZeroedInput] | tuple = ()):
         self.groups = groups
         self.slices = slices
         self.route = route          # "fx", "record" or "export": which route understood the model
         self.unassigned = dict(unassigned or {})   # conv/linear layers in no group -> why (never silent)
         self.keep = list(keep)      # parts of splits and slices a plan must not empty
         self.outputs = outputs      # the outputs kept (`outputs.py`'s spec as given; None: every output)
+        self.zeroed_inputs = list(zeroed_inputs)   # ops (not layers) the exactness reference zeroes inputs of
         self._by_layer = by_layer
         self._ambiguous = ambiguous
 
@@ -60,7 +62,8 @@ class ChannelGraph:
         analysis = analyse(model, example_inputs, tuple(leaf_modules) + leaf_types(), route, selected)
         built = build(analysis)
         return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route,
-                   unassigned(analysis, built.slices), built.keep, None if selected is None else selected.spec)
+                   unassigned(analysis, built.slices), built.keep, None if selected is None else selected.spec,
+                   built.zeroed_inputs)
 
     def group(self, layer_or_id: str | int) -> ChannelGroup:
         """The group a member layer name (or group id) names; ValueError otherwise."""

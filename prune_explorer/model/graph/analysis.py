@@ -88,6 +88,9 @@ class Analysis:
         self.refused_layers: dict[str, str] = {}   # conv/linear calls refused before they made a member
         self.input_end = 0                 # channel ids below this carry the model's inputs
         self.parts_written: set[torch.fx.Node] = set()   # views `(B, n, C / n, ...)` with n written
+        self.zeroed: list[tuple] = []      # ops the exactness reference zeroes the removed channels at the input
+        #   of: (function, its call index in the forward, channel axis, channel ids, description)
+        self._calls: dict[Any, int] = {}
         self._leaves = OWN_LEAVES + leaf_types()
         self._leaf_inputs: dict[tuple[str, int], torch.fx.Node] = {}   # export: own leaves' inputs
         # parameters and their views (unsqueeze, view, [:, None]): result dim -> parameter dim (or None)
@@ -141,6 +144,12 @@ class Analysis:
                 (list(scopes.values())[-1][0] if scopes else call.what)
             self.refused_layers.setdefault(key, text)
         return self.opaque_like(call.result)
+
+    def calls_of(self, target: Any) -> int:
+        """How many calls of `target` the walk saw before this one (the forward's call order)."""
+        index = self._calls.get(target, 0)
+        self._calls[target] = index + 1
+        return index
 
     def note(self, module: str | None, reason: str) -> None:
         """The first reason a call in `module` was refused: what `graph.unassigned` says of its layers."""
