@@ -99,6 +99,8 @@ def test_the_workspace_and_the_loop_carry_the_selection(tmp_path):
     config = loop_config(build_parser().parse_args(["run", "--outputs", "0, !1.feats"]))
     assert config.outputs == ("0", "!1.feats")
     assert loop_config(build_parser().parse_args(["run"])).outputs == ()
+    with pytest.raises(ValueError, match="give a path"):
+        loop_config(build_parser().parse_args(["run", "--outputs", "0,!"])).validate()
 
 
 def test_cli_rank_takes_the_selection(tmp_path, capsys):

@@ -113,6 +113,10 @@ class LoopConfig:
             raise ValueError(f"target_scope must be one of {TARGET_SCOPES}, got {self.target_scope!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
+        if self.outputs:
+            from ..model.graph.outputs import selection
+
+            selection(tuple(self.outputs))      # the patterns' form; the paths are checked at the first trace
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
         from ..jobs.data import DATASETS, NORMALIZATIONS
