@@ -199,7 +199,8 @@ def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.G
                 t.copy_(torch.randn(t.shape, generator=gen))
 
 
-def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None, outputs: Any = None) -> Checked:
+def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None,
+          outputs: Any = None) -> Checked:
     """Random norms, a random plan on every prunable group, prune, and the largest difference from
     the reference over every kept output (`outputs`, as `ChannelGraph.trace` takes it, else the
     graph's; None: all) and every detector head's raw output (eval mode; the model's norms are

@@ -75,7 +75,7 @@ class LatencyTable:
         if graph is None:
             with torch.no_grad():
                 graph = ChannelGraph.trace(model, example_inputs)
-        model = private_copy(model, share_tensors=False)   # every forward below runs here: the caller's stays as it was
+        model = private_copy(model, share_tensors=False)   # every forward below runs on this copy
         costs = costs or CostModel(model, example_inputs, graph)
         prunable = {g.id for g in graph.prunable()}
         modules = dict(model.named_modules())

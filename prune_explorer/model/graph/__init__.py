@@ -19,8 +19,8 @@ from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, ZeroedInput, build
 from .outputs import OutputSelection, kept_outputs, selection
 from .routes import ROUTES, InputDependentPath, analyse, split_inputs
 
-__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "ZeroedInput", "InputDependentPath", "ROUTES",
-           "split_inputs", "OutputSelection", "kept_outputs"]
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "ZeroedInput", "InputDependentPath",
+           "ROUTES", "split_inputs", "OutputSelection", "kept_outputs"]
 
 
 class ChannelGraph:

@@ -24,7 +24,6 @@ from typing import Any, Callable, Iterable, Sequence
 from torch.utils._pytree import GetAttrKey, MappingKey, SequenceKey, tree_flatten_with_path
 
 Path = tuple[Any, ...]
-Spec = "str | Sequence[str] | Callable[[Path], bool] | None"
 
 
 class OutputSelectionError(ValueError):

@@ -198,7 +198,7 @@ def trace_export(model: nn.Module, args: tuple, kwargs: dict | None = None) -> T
     return traced
 
 
-def _export_output_paths(program) -> list | None:
+def _export_output_paths(program) -> list:
     """The path of each value of the exported output node: user outputs in the order of the
     output structure (`call_spec.out_spec`), anything else (a mutated buffer) None."""
     from torch.utils._pytree import tree_unflatten
@@ -207,12 +207,8 @@ def _export_output_paths(program) -> list | None:
 
     specs = program.graph_signature.output_specs
     user = [i for i, spec in enumerate(specs) if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
-    try:
-        structure = tree_unflatten(list(range(len(user))), program.call_spec.out_spec)
-    except Exception:  # noqa: BLE001 - an output structure pytree cannot rebuild: every output kept
-        return None
     paths: list = [None] * len(specs)
-    for path, index in leaves(structure):
+    for path, index in leaves(tree_unflatten(list(range(len(user))), program.call_spec.out_spec)):
         paths[user[index]] = path
     return paths
 
