@@ -5,7 +5,10 @@ time (median of RUNS, each including the route's check of the path with another 
 prunable groups and the share of prunable conv filters, or the first line of the route's refusal.
 Models: the ones fx cannot trace — ultralytics YOLOv8n / YOLO11n from yaml (if ultralytics is
 installed; AGPL, a benchmark/test extra), resnet18 behind a Python branch on the input's size,
-torchvision's detectors — and resnet18 as fx takes it, for scale.
+torchvision's detectors — and resnet18 as fx takes it, for scale. YOLO also with its neck's feature
+maps selected away (`outputs="!1.feats"`: its default eval output less the loss's inputs), and a
+detector also with its backbone's norms frozen as torchvision builds it for pretrained weights.
+`--models` picks rows by a substring of their label.
 """
 from __future__ import annotations
 
@@ -41,9 +44,10 @@ class SizeBranch(nn.Module):
 
 
 def examples():
+    """(label, model, example inputs, outputs kept: None for all)."""
     torch.manual_seed(0)
-    yield "resnet18", torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224)
-    yield "resnet18 + size branch", SizeBranch().eval(), torch.randn(1, 3, 224, 224)
+    yield "resnet18", torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 224, 224), None
+    yield "resnet18 + size branch", SizeBranch().eval(), torch.randn(1, 3, 224, 224), None
     try:
         os.environ.setdefault("YOLO_OFFLINE", "1")
         from ultralytics import YOLO
@@ -51,20 +55,24 @@ def examples():
         print("(ultralytics not installed: no YOLO rows)")
     else:
         for name in ("yolov8n", "yolo11n"):
-            yield f"{name} (yaml, 320)", YOLO(f"{name}.yaml").model.eval(), torch.randn(1, 3, 320, 320)
+            yield f"{name} (yaml, 320)", YOLO(f"{name}.yaml").model.eval(), torch.randn(1, 3, 320, 320), None
+            yield f"{name} (yaml, 320) !1.feats", YOLO(f"{name}.yaml").model.eval(), torch.randn(1, 3, 320, 320), \
+                "!1.feats"
     for name in DETECTORS:
         model, x = detection_example(name)
-        yield f"{name} (128)", model, x
+        yield f"{name} (128)", model, x, None
+    model, x = detection_example(DETECTORS[0], frozen_backbone=True)
+    yield f"{DETECTORS[0]} (128) frozen norms", model, x, None
 
 
-def measure(model, x, route: str) -> str:
+def measure(model, x, route: str, outputs=None) -> str:
     times = []
     for _ in range(RUNS):
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                graph = ChannelGraph.trace(model, x, route=route)
+                graph = ChannelGraph.trace(model, x, route=route, outputs=outputs)
         except ValueError as err:
             return f"refused after {time.perf_counter() - start:.2f} s ({str(err).split(' says ', 1)[-1][:70]})"
         times.append(time.perf_counter() - start)
@@ -76,11 +84,15 @@ def measure(model, x, route: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", default=",".join(ROUTES))
+    parser.add_argument("--models", default="", help="comma-separated substrings of the rows' labels (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for label, model, x in examples():
+    wanted = [w for w in args.models.split(",") if w]
+    for label, model, x, outputs in examples():
+        if wanted and not any(w in label for w in wanted):
+            continue
         for route in args.routes.split(","):
-            print(f"routes {label:42} {route:7} {measure(model, x, route)}", flush=True)
+            print(f"routes {label:42} {route:7} {measure(model, x, route, outputs)}", flush=True)
 
 
 if __name__ == "__main__":

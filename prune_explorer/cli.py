@@ -72,6 +72,7 @@ def _add_rank(sub) -> None:
     p.add_argument("--scheme", default="internal", choices=("all", "internal"),
                    help="groups the --target-macs plan may cut (default internal, as `run`)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
+    _add_outputs_option(p)
     _add_trust_option(p)
     p.set_defaults(func=_rank)
 
@@ -84,10 +85,10 @@ def _rank(args) -> int:
     try:
         model = _rank_model(args.model, args.num_classes, args.trust_model_code)
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
-                           trust_code=args.trust_model_code)
+                           trust_code=args.trust_model_code, outputs=args.outputs or None)
         normalize = "none" if args.no_normalize else args.normalization
         session = PruningSession(trial.model, _example_inputs(example, trial.meta, trial.path), trial=trial,
-                                 criterion=args.criterion, normalization=normalize)
+                                 graph=trial.graph, criterion=args.criterion, normalization=normalize)
         table = session.table
     except ValueError as exc:
         print(f"prune-explorer rank: {exc}", file=sys.stderr)
@@ -137,6 +138,20 @@ def _print_budget_plan(session, fraction: float, scheme: str) -> None:
           f"reaches {budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
     for layer, removed in plan.summary().items():
         print(f"  {layer}: -{removed}")
+
+
+def _add_outputs_option(p) -> None:
+    p.add_argument("--outputs", type=_patterns, default=None, metavar="PATHS",
+                   help="comma-separated paths of the model outputs that must keep their shape and values, e.g. "
+                        "'0,1.boxes' or '!1.feats' (all but that one); the others may change shape and their "
+                        "channels become prunable (default: every output)")
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not found:
+        raise argparse.ArgumentTypeError("give at least one output path, e.g. 0 or '!1.feats'")
+    return found
 
 
 def _add_trust_option(p) -> None:
@@ -273,6 +288,7 @@ def _add_run(sub) -> None:
     _add_tracker_options(p)
     _add_backend_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
+    _add_outputs_option(p)
     _add_trust_option(p)
     p.set_defaults(func=_run)
 

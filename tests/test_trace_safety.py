@@ -1,6 +1,7 @@
 """Analysis never touches the user's model: every trace route (fx, a recorded forward, torch.export)
 and every refusal leaves parameters, buffers, plain attributes (present or absent before), hooks,
-the RNG state, the example inputs and the outputs exactly as they were; so does `prune`.
+the RNG state, the example inputs and the outputs exactly as they were; so do `prune` and what
+costs or times a model (`count`, `measure`, `paired_latency_ms`, `CostModel`, `LatencyTable.measure`).
 
 Each case keeps a deep copy made before anything ran (the twin) and compares the model with it
 after `trace` and `prune`: the same structure, the same tensor types and values, then the same
@@ -15,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune_explorer.model.costs import CostModel
 from prune_explorer.model.exactness import forward, random_plan
 from prune_explorer.model.graph import ROUTES, ChannelGraph
+from prune_explorer.model.latency import LatencyTable
+from prune_explorer.model.measure import count, measure, paired_latency_ms
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
 from ultralytics_models import yolo
@@ -144,12 +148,25 @@ def _trace_and_prune(model: nn.Module, x, route: str | None, again: bool = True)
         prune(model, PrunePlan(removed), x)              # prune traces again itself
 
 
+def _cost_and_time(model: nn.Module, x, graph=None) -> None:
+    """Everything that runs the model to cost or time it: count, measure, paired latency, the cost
+    model and the latency table (which also times each layer alone)."""
+    graph = graph or ChannelGraph.trace(model, x)
+    count(model, x)
+    measure(model, x, warmup=0, repeats=1)
+    paired_latency_ms([model, model], x, warmup=0, repeats=1)
+    costs = CostModel(model, x, graph)
+    LatencyTable.measure(model, x, graph, costs=costs, fractions=(0.5, 1.0), warmup=0, repeats=1)
+    LatencyTable.measure(model, x, graph, fractions=(1.0,), warmup=0, repeats=1)   # its own cost model
+
+
 X = torch.randn(2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("route", (None,) + ROUTES)
+@pytest.mark.parametrize("route", (None,) + ROUTES + ("costs",))
 @pytest.mark.parametrize("build", [CachesWithoutControlFlow, TrainingMode], ids=["caches_in_forward", "training_mode"])
 def test_every_route_leaves_the_model_its_inputs_and_the_rng_as_they_were(build, route):
+    """... and so do costs, latency and measurement ("costs")."""
     torch.manual_seed(0)
     model = build()
     if build is not TrainingMode:
@@ -157,10 +174,14 @@ def test_every_route_leaves_the_model_its_inputs_and_the_rng_as_they_were(build,
     twin = copy.deepcopy(model)
     x = X.clone()
     rng = torch.get_rng_state()
-    _trace_and_prune(model, x, route)
+    if route == "costs":
+        _cost_and_time(model, x)
+    else:
+        _trace_and_prune(model, x, route)
     assert torch.equal(x, X), "the example input was written to"
     assert torch.equal(torch.get_rng_state(), rng), "tracing drew from the global RNG"
     if build is TrainingMode:
+        assert model.training and model.bn.training          # its modes as they were
         model.eval(), twin.eval()
     _assert_untouched(model, twin, X)
 
@@ -173,6 +194,7 @@ def test_a_cache_filled_on_the_first_forward_stays_empty(route):
     assert graph.route == (route or "record") and graph.group("conv").prunable
     assert model.shape is None and model.anchors is None
     _trace_and_prune(model, X, route)
+    _cost_and_time(model, X, graph)
     _assert_untouched(model, twin, X)
 
 
@@ -236,7 +258,7 @@ def test_refused_plans_leave_the_model_as_it_was():
     _assert_untouched(model, twin, X)
 
 
-def test_hooks_on_the_users_model_never_run_during_analysis():
+def test_hooks_on_the_users_model_never_run_during_analysis_costing_or_timing():
     model = CachesWithoutControlFlow().eval()
     seen = []
     model.conv.register_forward_hook(lambda *a: seen.append("conv"))
@@ -244,19 +266,24 @@ def test_hooks_on_the_users_model_never_run_during_analysis():
     for route in ROUTES:
         graph = ChannelGraph.trace(model, X, route=route)
         prune(model, PrunePlan(random_plan(graph, torch.Generator().manual_seed(0))), X, graph=graph)
+    _cost_and_time(model, X)
     assert seen == []
     with torch.no_grad():
         model(X)
     assert seen == ["model", "conv"]
 
 
-@pytest.mark.parametrize("route", [None, pytest.param("export", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("route", [None, "costs", pytest.param("export", marks=pytest.mark.slow)])
 def test_a_never_run_yolov8n_is_left_as_it_was(route):
-    """The issue's case: torch.export on the live model left FakeTensors in Detect's anchors/strides."""
+    """The issue's case: torch.export on the live model left FakeTensors in Detect's anchors/strides;
+    costing and timing ran the model itself, filling them ("costs": now on a private copy too)."""
     model = yolo("yolov8n")
     detect = model.model[-1]
     twin = copy.deepcopy(model)
     x = torch.randn(1, 3, 64, 64)
-    _trace_and_prune(model, x, route, again=route is None)   # None: the recorded forward, and prune's own trace
+    if route == "costs":
+        _cost_and_time(model, x, ChannelGraph.trace(model, x, outputs="!1.feats"))
+    else:
+        _trace_and_prune(model, x, route, again=route is None)   # None: the recorded forward, and prune's own trace
     assert type(detect.anchors) is torch.Tensor and detect.anchors.numel() == 0 and detect.shape is None
     _assert_untouched(model, twin, x)

@@ -71,14 +71,13 @@ def rank_iteration(workspace: Workspace, name: str, criterion: str = "taylor", c
     """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2);
     `normalization` as `rank`'s `normalize` (None: the criterion's own)."""
     from ..model import store
-    from ..model.graph import ChannelGraph
     from ..signals.ranking import rank
     from ..signals.trials import open_trial
 
     directory = workspace.iteration_dir(name)
     model = store.load(directory, trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(name, model, image_size=image_size, dataset=dataset)
-    graph = ChannelGraph.trace(model, x)
+    graph = workspace.trace(model, x)  # keeping the workspace's `outputs`
     trial = None
     if capture != "none" and needs_trial(criterion, criterion_fn):
         trial = open_trial(trial_dir(directory), model=model, example_inputs=x, graph=graph)
@@ -122,7 +121,7 @@ def latency_table(workspace: Workspace, image_size: int | None = None, dataset: 
                                 "which is not trained yet")
     model = store.load(workspace.iteration_dir(BASELINE), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=image_size, dataset=dataset)
-    table = LatencyTable.measure(model, x, progress=progress)
+    table = LatencyTable.measure(model, x, workspace.trace(model, x), progress=progress)
     table.save(path)   # a temp file beside it, then a rename
     return table
 

@@ -19,7 +19,9 @@ from torch.overrides import TorchFunctionMode
 
 from .graph import ChannelGraph, ModuleSlices
 from .kinds import KINDS, CostShape, LayerKind
-from .measure import _eval_no_grad, _forward, count
+from .clone import private_copy
+from .inputs import call
+from .measure import _eval_no_grad, count_own
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,10 @@ class CostModel:
 
     def __init__(self, model: nn.Module, example_inputs: Any, graph: ChannelGraph):
         self.graph = graph
-        measured = count(model, example_inputs)
+        own = private_copy(model, share_tensors=False)    # its forwards run here: `model` stays as it was
+        measured = count_own(own, example_inputs)
         self.before = Cost(int(measured.params), int(measured.macs))
-        self._members = _members(model, example_inputs, graph)
+        self._members = _members(own, example_inputs, graph)
         self._base_terms = {name: _terms(m, {}) for name, m in self._members.items()}
         self._touching: dict[int, list[str]] = {}
         for name, member in self._members.items():
@@ -211,7 +214,7 @@ def _members(model: nn.Module, example_inputs: Any, graph: ChannelGraph) -> dict
     ops = _OpShapes(weights)
     try:
         with _eval_no_grad(model), ops:
-            _forward(model, example_inputs)
+            call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()

@@ -15,9 +15,11 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from .graph import ChannelGraph, split_inputs
+from .graph import ChannelGraph, kept_outputs
+from .inputs import call, split_inputs
 from .kinds import KINDS, recorded_kind
 
 TOLERANCE = 1e-4
@@ -63,8 +65,8 @@ def torchvision_example(name: str) -> tuple[nn.Module, Any]:
 DETECTION_SIZE = 128    # the side torchvision's detection transform resizes to (SSD keeps its own)
 
 
-def detection_example(name: str, size: int = DETECTION_SIZE,
-                      dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list[torch.Tensor]]:
+def detection_example(name: str, size: int = DETECTION_SIZE, dtype: torch.dtype = torch.float64,
+                      frozen_backbone: bool = False) -> tuple[nn.Module, list[torch.Tensor]]:
     """A torchvision detector with no weights (eval) and `[image]`: its transform resizes to `size`,
     a score threshold of 1e-3 keeps boxes from random weights, at most 20 detections per image (1
     where a keypoint or mask head runs per box). float64 by default: decoded boxes are pixel coordinates, where float32's rounding alone comes
@@ -74,6 +76,10 @@ def detection_example(name: str, size: int = DETECTION_SIZE,
     default init shrinks activations layer by layer (and starts the heads at std 0.01 with a prior
     bias), so deep features become constant across positions and thousands of anchors tie on their
     score to the last bit; which of tied boxes NMS keeps would then be float noise, not pruning.
+
+    `frozen_backbone`: the backbone's batch norms become `FrozenBatchNorm2d` (same statistics), as
+    torchvision builds the backbone of a detector with pretrained weights (`weights_backbone`) —
+    without downloading any.
     """
     import torchvision
 
@@ -87,6 +93,8 @@ def detection_example(name: str, size: int = DETECTION_SIZE,
         kwargs.update(score_thresh=1e-3, detections_per_img=20)
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, **kwargs).eval()
+    if frozen_backbone:
+        _freeze_batch_norms(model.backbone)
     heads = tuple(m for name, m in model.named_modules() if name in detection_heads(model))
     with torch.no_grad():
         for layer in model.modules():
@@ -97,6 +105,19 @@ def detection_example(name: str, size: int = DETECTION_SIZE,
                 if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.bias is not None:
                     layer.bias.normal_(0.0, 1.0)
     return model.to(dtype), [torch.rand(3, size, size, dtype=dtype)]
+
+
+def _freeze_batch_norms(module: nn.Module) -> None:
+    """Every BatchNorm2d under `module` replaced by a FrozenBatchNorm2d holding its statistics."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, child.eps)
+            frozen.load_state_dict({k: v for k, v in child.state_dict().items() if k != "num_batches_tracked"})
+            setattr(module, name, frozen)
+        else:
+            _freeze_batch_norms(child)
 
 
 def detection_heads(model: nn.Module) -> list[str]:
@@ -126,9 +147,8 @@ def observing(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, list
 
 
 def forward(model: nn.Module, x: Any) -> Any:
-    """`model` on example inputs as the package reads them (`graph.split_inputs`)."""
-    args, kwargs = split_inputs(x)
-    return model(*args, **kwargs)
+    """`model` on example inputs as the package reads them (`model/inputs.py`)."""
+    return call(model, x)
 
 
 def difference(actual: Any, expected: Any, what: str = "output") -> float:
@@ -179,17 +199,20 @@ def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.G
                 t.copy_(torch.randn(t.shape, generator=gen))
 
 
-def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None) -> Checked:
+def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = None,
+          outputs: Any = None) -> Checked:
     """Random norms, a random plan on every prunable group, prune, and the largest difference from
-    the reference over every output and every detector head's raw output (eval mode; the model's
-    norms are randomised in place)."""
+    the reference over every kept output (`outputs`, as `ChannelGraph.trace` takes it, else the
+    graph's; None: all) and every detector head's raw output (eval mode; the model's norms are
+    randomised in place)."""
     from .plan import PrunePlan
     from .surgery import prune
 
     gen = torch.Generator().manual_seed(seed)
     randomize_norms(model, gen)
     model.eval()
-    graph = graph or ChannelGraph.trace(model, x)
+    graph = graph or ChannelGraph.trace(model, x, outputs=outputs)
+    outputs = graph.outputs if outputs is None else outputs
     randomize_channel_params(model, graph, gen)
     removed = random_plan(graph, gen)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -202,7 +225,7 @@ def check(model: nn.Module, x: Any, seed: int = 0, graph: ChannelGraph | None = 
     with observing(pruned, heads) as actual_heads, torch.no_grad():
         actual = forward(pruned, x)
     diffs = {name: difference(actual_heads[name], expected_heads[name], f"head {name}") for name in heads}
-    diffs["output"] = difference(actual, expected)
+    diffs["output"] = difference(kept_outputs(actual, outputs), kept_outputs(expected, outputs))
     return Checked(graph, removed, pruned, max(diffs.values()), unchanged, diffs)
 
 
@@ -257,8 +280,10 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed: dict[int, l
 
     handles = [modules[name].register_forward_pre_hook(zeroing(axis, ix))
                for name, (axis, ix) in consumer_zero_positions(graph, removed).items()]
+    ops = {(site.function, site.index): (site.axis, torch.from_numpy(ix))
+           for site in getattr(graph, "zeroed_inputs", ()) if (ix := site.positions(removed)).size}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _ZeroingOps(ops) if ops else contextlib.nullcontext():
             weights = _root_weights(model, graph, removed)
             if not weights:
                 return forward(model, x)
@@ -267,6 +292,28 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed: dict[int, l
     finally:
         for h in handles:
             h.remove()
+
+
+class _ZeroingOps(TorchFunctionMode):
+    """The removed channels zeroed at the input of ops that are not layers (`graph.zeroed_inputs`:
+    no pre-hook reaches them), each found by its call order in the forward."""
+
+    def __init__(self, sites: dict[tuple[Any, int], tuple[int, torch.Tensor]]):
+        super().__init__()
+        self.sites = sites
+        self.functions = {fn for fn, _ in sites}
+        self.calls: dict[Any, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.functions:
+            index = self.calls.get(func, 0)
+            self.calls[func] = index + 1
+            site = self.sites.get((func, index))
+            if site is not None:
+                axis, positions = site
+                args = (args[0].clone().index_fill_(axis, positions, 0), *args[1:])
+        return func(*args, **kwargs)
 
 
 def _root_weights(model: nn.Module, graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, torch.Tensor]:

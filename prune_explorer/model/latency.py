@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..workspace.layout import write_json
+from .clone import private_copy
 from .costs import CostModel
 from .kinds import KINDS
 from .measure import median_latency_ms
@@ -74,6 +75,7 @@ class LatencyTable:
         if graph is None:
             with torch.no_grad():
                 graph = ChannelGraph.trace(model, example_inputs)
+        model = private_copy(model, share_tensors=False)   # every forward below runs on this copy
         costs = costs or CostModel(model, example_inputs, graph)
         prunable = {g.id for g in graph.prunable()}
         modules = dict(model.named_modules())
@@ -170,7 +172,8 @@ def _widths(member, side: str, fractions, prunable: set[int]) -> list[int]:
 
 def _recorded_inputs(model: nn.Module, example_inputs: Any, names: set[str]) -> dict[str, list[torch.Tensor]]:
     """Each module's inputs, one per call, from one forward pass (the shapes its timing uses)."""
-    from .measure import _eval_no_grad, _forward
+    from .inputs import call
+    from .measure import _eval_no_grad
 
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     modules = dict(model.named_modules())
@@ -183,7 +186,7 @@ def _recorded_inputs(model: nn.Module, example_inputs: Any, names: set[str]) -> 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
         with _eval_no_grad(model):
-            _forward(model, example_inputs)
+            call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()

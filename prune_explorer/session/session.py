@@ -63,13 +63,15 @@ class PruningSession:
     """`PruningSession(model, example_inputs, trial=..., workspace=...)` or `PruningSession.open(workspace, iteration)`.
 
     A trial that cannot be read, or a criterion that needs one when there is none, ranks by l1
-    weight norms instead; `problem` says why (the panel shows it).
+    weight norms instead; `problem` says why (the panel shows it). `graph`: the model's channel graph
+    when already traced (a trial's), else traced here keeping `outputs` (default: the workspace's).
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, trial: Any = None, criterion: str = "taylor",
                  normalization: str | None = None, workspace: str | Path | Workspace | None = None,
                  iteration: str | None = None, train_args: dict[str, Any] | None = None, validation: Any = None,
-                 script: dict[str, str | None] | None = None, queue: Any = None, tracker: Any = None):
+                 script: dict[str, str | None] | None = None, queue: Any = None, tracker: Any = None,
+                 graph: Any = None, outputs: Any = None):
         if example_inputs is None:
             raise ValueError("a pruning session needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         self.workspace = workspace if isinstance(workspace, Workspace) or workspace is None else Workspace(workspace)
@@ -82,7 +84,10 @@ class PruningSession:
         self.model, self.x = model.eval(), example_inputs
         self.asked = {"criterion": criterion, "normalization": normalization}  # before any fallback
         with MODEL_LOCK:
-            self.graph = ChannelGraph.trace(model, example_inputs)
+            if graph is None:  # the outputs kept: given, else the workspace's (model/graph/outputs.py)
+                outputs = outputs if outputs is not None else getattr(self.workspace, "outputs", None)
+                graph = ChannelGraph.trace(model, example_inputs, outputs=outputs)
+            self.graph = graph
             self.trial, self.problem = self._open_trial(trial)
             self.costs = CostModel(model, example_inputs, self.graph)
         if self.trial is None and criterion not in WEIGHT_CRITERIA:

@@ -48,7 +48,7 @@ def _example_inputs(example_inputs: Any, meta: dict, path: str) -> Any:
                      "(CLI: --input-size 3,64,64)")
 
 
-def _trace(model: nn.Module, example_inputs: Any):
+def _trace(model: nn.Module, example_inputs: Any, outputs: Any = None):
     from ..model.graph import ChannelGraph
 
-    return ChannelGraph.trace(model, example_inputs)
+    return ChannelGraph.trace(model, example_inputs, outputs=outputs)

@@ -50,11 +50,12 @@ class Iteration:
 class Workspace(Layout):
     """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
 
-    def __init__(self, root: str | os.PathLike, *, trust_code: Any = None):
+    def __init__(self, root: str | os.PathLike, *, trust_code: Any = None, outputs: Any = None):
         super().__init__(Path(root).resolve())
         self.root.mkdir(parents=True, exist_ok=True)
         # the modules whose model classes its model.json files may name (model/trust.py); its jobs get them too
         self.trust_code = trusted_modules(trust_code)
+        self.outputs = outputs or None   # the model outputs kept when its models are traced (None: every one)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -241,6 +242,12 @@ class Workspace(Layout):
                            "(not in this workspace, or its job has not finished)")
         model = store.load(self.iteration_dir(name), trust_code=self.trust_code)
         return model, self.example_inputs(name), self.trial_dir(name), self.fine_tune_recipe(name)
+
+    def trace(self, model: Any, example_inputs: Any):
+        """The channel graph of one of its models, keeping the workspace's `outputs` (`ChannelGraph.trace`)."""
+        from ..model.graph import ChannelGraph
+
+        return ChannelGraph.trace(model, example_inputs, outputs=self.outputs)
 
     # --- the pruned model (a step's output, a job's input) ------------------------------
     def save_pruned(self, name: str, pruned: Any, plan: Any, parent: str | None, criterion: str | None) -> Path:

@@ -15,11 +15,12 @@ from torch import nn
 from ..kinds import KINDS, leaf_types
 from . import handlers_recorded  # noqa: F401 - registers RoI pooling, NMS, value reads, dtype-only ops
 from .coverage import unassigned
-from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, build
+from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, ZeroedInput, build
+from .outputs import OutputSelection, kept_outputs, selection
 from .routes import ROUTES, InputDependentPath, analyse, split_inputs
 
-__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "InputDependentPath", "ROUTES",
-           "split_inputs"]
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "ZeroedInput", "InputDependentPath",
+           "ROUTES", "split_inputs", "OutputSelection", "kept_outputs"]
 
 
 class ChannelGraph:
@@ -27,12 +28,15 @@ class ChannelGraph:
 
     def __init__(self, groups: list[ChannelGroup], slices: dict[str, ModuleSlices], by_layer: dict[str, int],
                  ambiguous: dict[str, tuple[int, ...]], route: str = "fx", unassigned: dict[str, str] | None = None,
-                 keep: list[KeepOne] | tuple = ()):
+                 keep: list[KeepOne] | tuple = (), outputs: Any = None,
+                 zeroed_inputs: list[ZeroedInput] | tuple = ()):
         self.groups = groups
         self.slices = slices
         self.route = route          # "fx", "record" or "export": which route understood the model
         self.unassigned = dict(unassigned or {})   # conv/linear layers in no group -> why (never silent)
         self.keep = list(keep)      # parts of splits and slices a plan must not empty
+        self.outputs = outputs      # the outputs kept (`outputs.py`'s spec as given; None: every output)
+        self.zeroed_inputs = list(zeroed_inputs)   # ops (not layers) the exactness reference zeroes inputs of
         self._by_layer = by_layer
         self._ambiguous = ambiguous
 
@@ -41,18 +45,25 @@ class ChannelGraph:
 
     @classmethod
     def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = (),
-              route: str | None = None) -> "ChannelGraph":
+              route: str | None = None, outputs: Any = None) -> "ChannelGraph":
         """Trace `model` once and find its groups; `model` itself is never changed (a private copy is traced).
 
         `example_inputs`: a tuple is the positional arguments, a dict the keyword arguments, anything
         else (a tensor, a list of images) the one argument. Routes, in order: torch.fx, a recorded
         forward, torch.export (`routes.py`); `route="fx" | "record" | "export"` takes only that one.
         The registered layer kinds' module types are leaves, as `leaf_modules` are.
+
+        `outputs`: which outputs must keep their shape and values (`outputs.py`: a path pattern such
+        as `"!1.feats"`, a list of them, or a callable on an output's path); None keeps every output.
+        A selected-away output's channels are pruned like an inner tensor's, so in the pruned model
+        that output may change shape and values.
         """
-        analysis = analyse(model, example_inputs, tuple(leaf_modules) + leaf_types(), route)
+        selected = selection(outputs)
+        analysis = analyse(model, example_inputs, tuple(leaf_modules) + leaf_types(), route, selected)
         built = build(analysis)
         return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route,
-                   unassigned(analysis, built.slices), built.keep)
+                   unassigned(analysis, built.slices), built.keep, None if selected is None else selected.spec,
+                   built.zeroed_inputs)
 
     def group(self, layer_or_id: str | int) -> ChannelGroup:
         """The group a member layer name (or group id) names; ValueError otherwise."""

@@ -18,6 +18,7 @@ from torch.fx.node import map_aggregate
 from .channels import OPAQUE, Channels, Layout
 from ..kinds import leaf_types
 from .ops import OWN_LEAVES, aten_op, bind, function_op, module_op
+from .outputs import OutputSelection, output_nodes
 from .tracing import ParamRef, Traced, _scopes
 
 
@@ -66,9 +67,10 @@ class Call:
 
 
 class Analysis:
-    def __init__(self, model: nn.Module, traced: Traced):
+    def __init__(self, model: nn.Module, traced: Traced, outputs: OutputSelection | None = None):
         self.model = model
         self.traced = traced
+        self.outputs = outputs             # which outputs keep their channels (None: all)
         self.modules = dict(model.named_modules())
         self.channels = Channels()
         self.values: dict[torch.fx.Node, Any] = {}
@@ -86,6 +88,9 @@ class Analysis:
         self.refused_layers: dict[str, str] = {}   # conv/linear calls refused before they made a member
         self.input_end = 0                 # channel ids below this carry the model's inputs
         self.parts_written: set[torch.fx.Node] = set()   # views `(B, n, C / n, ...)` with n written
+        self.zeroed: list[tuple] = []      # ops the exactness reference zeroes the removed channels at the input
+        #   of: (function, its call index in the forward, channel axis, channel ids, description)
+        self._calls: dict[Any, int] = {}
         self._leaves = OWN_LEAVES + leaf_types()
         self._leaf_inputs: dict[tuple[str, int], torch.fx.Node] = {}   # export: own leaves' inputs
         # parameters and their views (unsqueeze, view, [:, None]): result dim -> parameter dim (or None)
@@ -139,6 +144,12 @@ class Analysis:
                 (list(scopes.values())[-1][0] if scopes else call.what)
             self.refused_layers.setdefault(key, text)
         return self.opaque_like(call.result)
+
+    def calls_of(self, target: Any) -> int:
+        """How many calls of `target` the walk saw before this one (the forward's call order)."""
+        index = self._calls.get(target, 0)
+        self._calls[target] = index + 1
+        return index
 
     def note(self, module: str | None, reason: str) -> None:
         """The first reason a call in `module` was refused: what `graph.unassigned` says of its layers."""
@@ -257,11 +268,7 @@ class Analysis:
         if n.op == "get_attr":
             return self.opaque_like(result)
         if n.op == "output":
-            def mark(a):
-                layout = self.layout.get(a) if isinstance(a, torch.fx.Node) else None
-                if isinstance(layout, Layout):
-                    self.channels.output.append(layout.ids.reshape(-1))
-            map_aggregate(n.args, mark)
+            self._mark_outputs(n)
             return None
         if self.traced.route == "export" and (leaf := self._own_leaf(n)) is not None:
             return self._visit_own_leaf(n, result, leaf)
@@ -284,6 +291,18 @@ class Analysis:
                 self.touch(call.module, self.layout.get(a))
             self.touch(call.module, out)
         return out
+
+    def _mark_outputs(self, n: torch.fx.Node) -> None:
+        """The channels of every kept output (`outputs.py`; all by default) are never prunable."""
+        found = output_nodes(n, self.traced)
+        if self.outputs is not None:
+            self.outputs.check([path for path, _ in found if path is not None])
+        for path, a in found:
+            if self.outputs is not None and path is not None and not self.outputs(path):
+                continue
+            layout = self.layout.get(a) if isinstance(a, torch.fx.Node) else None
+            if isinstance(layout, Layout):
+                self.channels.output.append(layout.ids.reshape(-1))
 
     def _secondary(self, call: Call) -> None:
         """A Linear's features written beside the channels it passes through go on through

@@ -7,6 +7,7 @@ filter order, so a rank table's `filter` is that producer's filter index.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,19 +101,40 @@ class ModuleSlices:
 
     def positions(self, side: str, removed: dict[int, list[int]]) -> np.ndarray:
         """Positions along one dim (expanded by its factor) that carry removed channels."""
-        groups = self.out_group if side == "out" else self.in_group
-        channels = self.out_channel if side == "out" else self.in_channel
-        if groups is None:
-            return np.zeros(0, dtype=np.int64)
-        hit = np.zeros(groups.size, dtype=bool)
-        for g, ix in removed.items():
-            at = groups == g
-            hit[at] = np.isin(channels[at], ix)
-        index = np.flatnonzero(hit)
-        factor = self.out_factor if side == "out" else self.in_factor
-        if factor > 1:
-            index = (index[:, None] * factor + np.arange(factor)).reshape(-1)
-        return index
+        if side == "out":
+            return _positions(self.out_group, self.out_channel, removed, self.out_factor)
+        return _positions(self.in_group, self.in_channel, removed, self.in_factor)
+
+
+def _positions(groups: np.ndarray | None, channels: np.ndarray | None, removed: dict[int, list[int]],
+               factor: int = 1) -> np.ndarray:
+    if groups is None:
+        return np.zeros(0, dtype=np.int64)
+    hit = np.zeros(groups.size, dtype=bool)
+    for g, ix in removed.items():
+        at = groups == g
+        hit[at] = np.isin(channels[at], ix)
+    index = np.flatnonzero(hit)
+    if factor > 1:
+        index = (index[:, None] * factor + np.arange(factor)).reshape(-1)
+    return index
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroedInput:
+    """An op that is not a layer but whose input the exactness reference zeroes the removed channels
+    at, as at a layer's (`F.normalize` over the channels): the `index`-th call of `function` in the
+    forward, its channels along `axis` (group and channel per position)."""
+
+    function: Any
+    index: int
+    axis: int
+    group: np.ndarray = field(repr=False)
+    channel: np.ndarray = field(repr=False)
+    what: str = ""
+
+    def positions(self, removed: dict[int, list[int]]) -> np.ndarray:
+        return _positions(self.group, self.channel, removed)
 
 
 def _runs(groups: np.ndarray | None) -> tuple[tuple[int, int], ...] | None:
@@ -134,6 +156,7 @@ class Built:
     by_layer: dict[str, int]
     ambiguous: dict[str, tuple[int, ...]]
     keep: list["KeepOne"] = field(default_factory=list)
+    zeroed_inputs: list[ZeroedInput] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -325,7 +348,8 @@ def build(an: Analysis) -> Built:
     sides = [(m.out, f"the outputs of {name}") for name, m in tensors.items() if m.out is not None] + \
         [(m.inp, f"the inputs of {name}") for name, m in tensors.items() if m.inp is not None]
     keep = _keep(ch.keep + sides, gid_of, cls_of, groups)
-    return Built(groups, slices, by_layer, ambiguous, keep)
+    zeroed = [ZeroedInput(fn, index, axis, gid_of(ids), cls_of(ids), what) for fn, index, axis, ids, what in an.zeroed]
+    return Built(groups, slices, by_layer, ambiguous, keep, zeroed)
 
 
 def _keep(parts, gid_of, cls_of, groups: list[ChannelGroup]) -> list[KeepOne]:

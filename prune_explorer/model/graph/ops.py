@@ -90,6 +90,7 @@ FAMILIES: tuple[Family, ...] = (
            aten=("layer_norm", "native_layer_norm")),
     Family("group_norm", _f("group_norm") + _t("group_norm"), ("input", "num_groups", "weight", "bias", "eps"),
            aten=("group_norm", "native_group_norm")),
+    Family("normalize", _f("normalize"), ("input", "p", "dim", "eps", "out")),
     Family("prelu", _f("prelu") + _t("prelu"), ("input", "weight"), methods=("prelu",), method_names=("weight",),
            aten=("prelu", "_prelu_kernel")),
     Family("unary", _f(*_UNARY) + _t(*_UNARY) + (operator.neg, operator.abs), ("input",),

@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .outputs import leaves as output_leaves
 from .ops import OWN_LEAVES, RECORDED_LEAVES, VALUE_READ_METHODS as VALUE_READS
 from .tracing import ParamRef, Traced
 
@@ -149,9 +150,10 @@ class _Recorder:
                 self.nodes[t] = self._create("placeholder", f"input_{i}", (), {}, _meta(t))
 
     def output(self, out: Any) -> None:
-        leaves, _ = tree_flatten(out)
+        found = [(path, t) for path, t in output_leaves(out) if isinstance(t, torch.Tensor)]
         self.busy += 1
-        self.graph.output([self.node_of(t) for t in leaves if isinstance(t, torch.Tensor)])
+        self.traced.output_paths = [path for path, _ in found]
+        self.graph.output([self.node_of(t) for _, t in found])
 
     # --- torch calls ------------------------------------------------------------------------------
     def function(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> Any:

@@ -11,7 +11,7 @@ is checked: recorded (exported) again with another input — other spatial sizes
 and if the ops that carry channels differ, an `InputDependentPath` warning names the first op
 that differs and its module.
 
-Example inputs follow the package's convention (`model.measure`): a tuple is the positional
+Example inputs follow the package's convention (`model/inputs.py`): a tuple is the positional
 arguments, a dict the keyword arguments, anything else — a tensor, a list of images (torchvision
 detectors) — is the one argument.
 """
@@ -29,8 +29,10 @@ from torch.fx.node import map_aggregate
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..clone import private_copy
+from ..inputs import split_inputs
 from .analysis import Analysis
 from .channels import Layout
+from .outputs import OutputSelection, OutputSelectionError
 from .recording import record
 from .tracing import _scopes, run_fx, trace_export, trace_fx
 
@@ -41,26 +43,19 @@ class InputDependentPath(UserWarning):
     """The recorded (or exported) path differs for another input: the graph holds for the example's path only."""
 
 
-def split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """(args, kwargs): a tuple is the positional arguments, a dict the keyword arguments, anything
-    else (a tensor, a list of images) the one argument."""
-    if isinstance(example_inputs, tuple):
-        return example_inputs, {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    return (example_inputs,), {}
-
-
 def analyse(model: nn.Module, example_inputs: Any, leaf_modules: tuple[type, ...] = (),
-            route: str | None = None) -> Analysis:
-    """The walked graph from the first route that understands `model` (or only `route`)."""
+            route: str | None = None, outputs: OutputSelection | None = None) -> Analysis:
+    """The walked graph from the first route that understands `model` (or only `route`); `outputs`:
+    which outputs keep their channels (`outputs.py`; None: all)."""
     if route is not None and route not in ROUTES:
         raise ValueError(f"unknown trace route {route!r}: choose one of {', '.join(ROUTES)}")
     args, kwargs = split_inputs(example_inputs)
     errors: dict[str, BaseException] = {}
     for name in ROUTES if route is None else (route,):
         try:
-            analysis = _ROUTES[name](model, args, kwargs, tuple(leaf_modules))
+            analysis = _ROUTES[name](model, args, kwargs, tuple(leaf_modules), outputs)
+        except OutputSelectionError:
+            raise                # the selection does not fit the outputs: no other route would do better
         except Exception as err:  # noqa: BLE001 - each route raises its own kinds; the next may understand
             errors[name] = err
             continue
@@ -71,23 +66,25 @@ def analyse(model: nn.Module, example_inputs: Any, leaf_modules: tuple[type, ...
                      "leaf_modules=(...)") from errors[next(reversed(errors))]
 
 
-def _fx(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...]) -> Analysis:
+def _fx(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...],
+        outputs: OutputSelection | None) -> Analysis:
     copy = private_copy(model, share_tensors=True)
     if kwargs:                   # fx's graph takes every argument by position
         bound = inspect.signature(copy.forward).bind(*args, **kwargs)
         bound.apply_defaults()
         args = bound.args
     traced, constants = trace_fx(copy, leaf_types)
-    analysis = Analysis(copy, traced)
+    analysis = Analysis(copy, traced, outputs)
     analysis.fx_leaves = leaf_types          # `sizes.answer` traces again with the same leaves
     run_fx(copy, traced, constants, args, analysis.visit)
     return analysis
 
 
-def _recorded(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...]) -> Analysis:
+def _recorded(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...],
+              outputs: OutputSelection | None) -> Analysis:
     copy = private_copy(model, share_tensors=False)
     recorded = record(copy, args, kwargs, leaf_types)
-    analysis = _walk(copy, recorded.traced)
+    analysis = _walk(copy, recorded.traced, outputs)
     checked = _check_path(analysis, model, args, kwargs, lambda m, a, k: record(m, a, k, leaf_types).traced,
                           "recorded")
     if not checked and recorded.value_reads:
@@ -97,9 +94,10 @@ def _recorded(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[typ
     return analysis
 
 
-def _exported(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...]) -> Analysis:
+def _exported(model: nn.Module, args: tuple, kwargs: dict, leaf_types: tuple[type, ...],
+              outputs: OutputSelection | None) -> Analysis:
     copy = private_copy(model, share_tensors=True)
-    analysis = _walk(copy, trace_export(copy, args, kwargs))
+    analysis = _walk(copy, trace_export(copy, args, kwargs), outputs)
     _check_path(analysis, model, args, kwargs, trace_export, "exported")
     return analysis
 
@@ -108,8 +106,8 @@ _ROUTES: dict[str, Callable[..., Analysis]] = {"fx": _fx, "record": _recorded, "
 _ROUTE_NAMES = {"fx": "torch.fx", "record": "a recorded forward", "export": "torch.export"}
 
 
-def _walk(model: nn.Module, traced) -> Analysis:
-    analysis = Analysis(model, traced)
+def _walk(model: nn.Module, traced, outputs: OutputSelection | None = None) -> Analysis:
+    analysis = Analysis(model, traced, outputs)
     for node in traced.graph.nodes:
         analysis.visit(node, node.meta.get("val"))
     return analysis

@@ -49,6 +49,9 @@ class Traced:
     params: dict[torch.fx.Node, ParamRef] = field(default_factory=dict)
     module_outputs: dict[torch.fx.Node, list[tuple[str, int]]] = field(default_factory=dict)
     leaf_calls: dict[torch.fx.Node, int] = field(default_factory=dict)
+    # the output node's flat list of values, each with its path in the model's output structure
+    # (None: not a user output); unset for fx, whose output node holds the structure itself
+    output_paths: list | None = None
 
 
 def _meta(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -180,6 +183,7 @@ def trace_export(model: nn.Module, args: tuple, kwargs: dict | None = None) -> T
         if node.op == "placeholder" and node.name in lifted and lifted[node.name] in named:
             module, _, attr = lifted[node.name].rpartition(".")
             traced.params[node] = ParamRef(module, attr, named[lifted[node.name]])
+    traced.output_paths = _export_output_paths(program)
     scopes = {node: _scopes(node) for node in graph.nodes}
     for node in graph.nodes:
         if node.op != "call_function":
@@ -192,6 +196,21 @@ def trace_export(model: nn.Module, args: tuple, kwargs: dict | None = None) -> T
         if node in traced.module_outputs:  # innermost module first, as fx reports them
             traced.module_outputs[node].sort(key=lambda c: -c[0].count("."))
     return traced
+
+
+def _export_output_paths(program) -> list:
+    """The path of each value of the exported output node: user outputs in the order of the
+    output structure (`call_spec.out_spec`), anything else (a mutated buffer) None."""
+    from torch.utils._pytree import tree_unflatten
+
+    from .outputs import leaves
+
+    specs = program.graph_signature.output_specs
+    user = [i for i, spec in enumerate(specs) if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+    paths: list = [None] * len(specs)
+    for path, index in leaves(tree_unflatten(list(range(len(user))), program.call_spec.out_spec)):
+        paths[user[index]] = path
+    return paths
 
 
 def _scopes(node: torch.fx.Node) -> dict[str, tuple[str, int]]:

@@ -27,13 +27,13 @@ from torch import nn
 
 from .base import CostShape, LayerKind
 from .convs import Conv, ConvTranspose, Depthwise, DepthwiseTranspose, Grouped, Linear
-from .norms import BatchNorm, ChannelNorm, ChannelParam, GroupNorm, LayerNorm
+from .norms import BatchNorm, ChannelNorm, ChannelParam, FrozenBatchNorm, GroupNorm, LayerNorm
 from .sizes import SizeAttribute, SplitSizes
 
 __all__ = ["KINDS", "LayerKind", "CostShape", "Conv", "Depthwise", "Grouped", "ConvTranspose", "DepthwiseTranspose",
-           "Linear", "BatchNorm", "GroupNorm", "ChannelParam", "ChannelNorm", "LayerNorm", "SizeAttribute",
-           "SplitSizes", "register_layer_kind", "unregister_layer_kind", "kind", "recorded_kind", "width_record",
-           "registered_kind", "leaf_types", "replace_module", "OPS"]
+           "Linear", "BatchNorm", "FrozenBatchNorm", "GroupNorm", "ChannelParam", "ChannelNorm", "LayerNorm",
+           "SizeAttribute", "SplitSizes", "register_layer_kind", "unregister_layer_kind", "kind", "recorded_kind",
+           "width_record", "registered_kind", "leaf_types", "replace_module", "OPS"]
 
 KINDS: dict[str, LayerKind] = {k.name: k for k in (
     Conv(), Depthwise(), Grouped(), ConvTranspose(), DepthwiseTranspose(), Linear(), BatchNorm(), GroupNorm(),
@@ -80,6 +80,12 @@ def unregister_layer_kind(name: str) -> None:
         raise ValueError(f"layer kind {name!r} is built in")
     KINDS.pop(name, None)
     _REGISTERED[:] = [k for k in _REGISTERED if k.name != name]
+
+
+# Layer types of other libraries the package prunes, registered as a user's would be (graph leaves
+# of their op family), and kept like built-in kinds: never replaced nor removed.
+for _kind in (FrozenBatchNorm,):
+    BUILT_IN = BUILT_IN | {register_layer_kind(_kind).name}
 
 
 def kind(name: str) -> LayerKind:

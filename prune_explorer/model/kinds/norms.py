@@ -38,6 +38,25 @@ class BatchNorm(LayerKind):
         return s.in_dim * out, 0
 
 
+class FrozenBatchNorm(BatchNorm):
+    """torchvision's `FrozenBatchNorm2d` (the backbones of its pretrained detectors): a batch norm
+    whose affine and statistics are buffers, written out in its forward. A registered kind
+    (`kinds/__init__.py`), so the graph takes each call as one batch norm instead of tracing into
+    arithmetic on buffers it would refuse. It has no width attribute: its tensors' length is its
+    width (store resizes them from the file)."""
+
+    name = "frozen_batch_norm"
+    width_attrs = ()
+
+    def __init__(self):
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        self.module_types = (FrozenBatchNorm2d,)
+
+    def expected_shapes(self, module):
+        return {}
+
+
 class GroupNorm(BatchNorm):
     """GroupNorm with one channel per group (per-channel statistics, like instance norm)."""
 

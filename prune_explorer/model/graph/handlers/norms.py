@@ -55,6 +55,35 @@ def group_norm(an, call):
     return _wrap(call, layout)
 
 
+@handler("normalize")
+def normalize(an, call):
+    """`F.normalize`: x / max(‖x‖_p, eps) over `dim`. Over another dim each channel is normalised
+    on its own. Over the channel axis (SSD's L2Norm), a removed channel that counts as zero adds
+    nothing to a p-norm (p > 0), so the pruned model's norm over the kept channels is the norm
+    with the removed ones zeroed at this op's input — where the exactness reference zeroes them,
+    as at a layer's input (`graph.zeroed_inputs`); the channels pass through."""
+    index = an.calls_of(call.node.target)
+    x = call.arg("input")
+    layout = an.layout_of(x)
+    if not isinstance(layout, Layout):
+        return _wrap(call, an.opaque_like(_result(call)))
+    nd = len(an.shape(x))
+    dim, p = call.arg("dim", 1), call.arg("p", 2.0)
+    dims = {dim % nd} if isinstance(dim, int) else {d % nd for d in dim} if isinstance(dim, (tuple, list)) else None
+    if dims is None:
+        return an.not_understood(call)
+    if not dims & set(layout.axes):
+        return _passed_on(an, call, x, layout)
+    if dims != set(layout.axes) or len(dims) != 1 or layout.factor != 1:
+        an.refuse(layout, f"{call.what} normalises across the channels together with other dims")
+        return _wrap(call, layout)
+    if not isinstance(p, (int, float)) or not p > 0:
+        an.refuse(layout, f"{call.what} takes a norm over the channels (p={p!r}) that removed channels would change")
+        return _wrap(call, layout)
+    an.zeroed.append((call.node.target, index, layout.axis, layout.ids, call.what))
+    return _passed_on(an, call, x, layout)
+
+
 @handler("channel_norm")
 def pruned_channel_norm(an, call):
     """A norm pruning made before (`PrunedChannelNorm`, a leaf): cut again, it stays one."""
