@@ -325,7 +325,8 @@ class CaptureHook:
     def _step_writer(self) -> FileWriter:
         if self._writer is None:
             self._start_trial()
-            self._writer = FileWriter(trial_dir=self.out_dir, step=self._step, worker=self.worker)
+            self._writer = FileWriter(trial_dir=self.out_dir, step=self._step, worker=self.worker,
+                                      write_checksum=True)  # real CRC32C per record: the reader verifies it
         return self._writer
 
     def _write_tensor(self, name: str, value: torch.Tensor | np.ndarray) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import struct
@@ -34,13 +35,13 @@ from . import smdebug_compat
 from .capture import COMPACT_COUNTS, COMPACT_LATER, COMPACT_STATS, META_FILE
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.tfevent.proto.event_pb2 import Event
-from smdebug.core.tfrecord.record_reader import masked_crc32c
-from smdebug.core.tfrecord.record_writer import CHECKSUM_MAGIC_BYTES
 from smdebug.core.tfrecord.tensor_reader import TensorReader
 from smdebug.core.utils import is_s3
 
+from .crc import PLACEHOLDER, masked_crc32c
+
 TapKey = tuple[str, int]
-_MAGIC_CRC = masked_crc32c(CHECKSUM_MAGIC_BYTES)
+LOGGER = logging.getLogger("prune_explorer.trials")
 _EVENT_FILE = re.compile(r"(?:^|/)events/\d+/(\d+)_(.+)\.tfevents$")
 
 
@@ -93,6 +94,7 @@ class Trial:
     model: nn.Module | None = None
     graph: Any = None
     untrained_model: bool = False  # `model` was built from the recorded architecture: its weights are not the trained ones
+    checksums: str = "verified"  # "unverified": records written with smdebug's placeholder checksum (a warning said so)
 
     @property
     def has_gradients(self) -> bool:
@@ -186,18 +188,46 @@ class _Source:
 
 
 # --- reading records ------------------------------------------------------------------------------
-class _CheckedReader(TensorReader):
-    """smdebug's record reader, refusing truncated records and bad checksums with the file's name."""
+class _Checksums:
+    """Records read without a checksum to verify (smdebug's placeholder), counted across reader threads."""
 
-    def __init__(self, data: bytes, filename: str):
+    def __init__(self):
+        self.placeholders = 0
+        self.files: set[str] = set()
+        self._lock = threading.Lock()
+
+    def unverified(self, filename: str) -> None:
+        with self._lock:
+            self.placeholders += 1
+            self.files.add(filename)
+
+    def warning(self, path: str) -> str:
+        return (f"{path}: {self.placeholders} records in {len(self.files)} event files carry smdebug's placeholder "
+                "checksum (written without write_checksum), so their bytes are not verified")
+
+
+class _CheckedReader(TensorReader):
+    """smdebug's record reader, refusing truncated records and bad checksums with the file's name.
+
+    Every record's payload checksum is verified (masked CRC32C); smdebug's placeholder, written when
+    a writer was not asked for checksums, is counted in `checks` (the trial warns once) instead.
+    `offset` is where `data` starts in the file and `name` the tensor an index says it holds."""
+
+    def __init__(self, data: bytes, filename: str, checks: "_Checksums | None" = None, offset: int = 0,
+                 name: str | None = None):
         super().__init__(memoryview(data))
-        self.filename = filename
+        self.filename, self.checks, self.offset, self.name = filename, checks, offset, name
+        self.records = 0
 
     def _take(self, n: int, what: str):
         if self.position + n > self.max_pos:
-            raise ValueError(f"{self.filename}: truncated event file ({what} at byte {self.position} "
+            raise ValueError(f"{self.filename}: truncated event file ({what} at byte {self.offset + self.position} "
                              f"needs {n} bytes, {self.max_pos - self.position} left)")
         return self._read(n)
+
+    def _record(self, start: int) -> str:
+        index = f"record {self.records}" if self.name is None else f"the record of {self.name!r}"
+        return f"{index} at byte {self.offset + start}"
 
     def read_record(self, check: str = "minimal"):
         start = self.position
@@ -205,11 +235,18 @@ class _CheckedReader(TensorReader):
         (length,) = struct.unpack("Q", length_bytes)
         (length_crc,) = struct.unpack("I", self._take(4, "length checksum"))
         if length_crc != masked_crc32c(length_bytes):
-            raise ValueError(f"{self.filename}: bad CRC in the record header at byte {start}")
+            raise ValueError(f"{self.filename}: {self._record(start)}: bad CRC of the record length (the file is corrupt)")
         payload = self._take(length, "record payload")
         (payload_crc,) = struct.unpack("I", self._take(4, "payload checksum"))
-        if payload_crc != _MAGIC_CRC and payload_crc != masked_crc32c(bytes(payload)):
-            raise ValueError(f"{self.filename}: bad CRC in the record payload at byte {start}")
+        if payload_crc == PLACEHOLDER:
+            if self.checks is not None:
+                self.checks.unverified(self.filename)
+        else:
+            computed = masked_crc32c(payload)
+            if payload_crc != computed:
+                raise ValueError(f"{self.filename}: {self._record(start)}: bad CRC of the payload (stored "
+                                 f"{payload_crc:#010x}, computed {computed:#010x}): the file is corrupt")
+        self.records += 1
         return payload
 
     def tensors(self) -> Iterator[tuple[str, int, np.ndarray]]:
@@ -360,6 +397,7 @@ class _Reducer:
         self.steps: set[int] = set()
         self.compact_steps = 0
         self._weights_lock = threading.Lock()
+        self.checks = _Checksums()
 
     def run(self) -> Trial:
         files, complete, message = self._event_files()
@@ -385,12 +423,14 @@ class _Reducer:
             schemes.discard("full/aws")
             schemes.add("aws" if "aws" in schemes or "full" not in schemes else "full")
         unused = [f"{n} ({why})" for n, why in sorted(self.unused.items())]
+        if self.checks.placeholders:
+            LOGGER.warning(self.checks.warning(self.source.path))
         steps_used = self.compact_steps if "compact" in schemes else len(self.steps)
         return Trial(
             path=self.source.path, complete=complete, message=message, steps=sorted(self.steps),
             steps_used=steps_used, schemes=sorted(schemes), taps=dict(sorted(self.taps.items())),
             weights=_LazyWeights(self), weight_norms=self.norms, unused=unused, meta=self.meta,
-            model=self.model, graph=self.graph,
+            model=self.model, graph=self.graph, checksums="unverified" if self.checks.placeholders else "verified",
         )
 
     def _event_files(self) -> tuple[list[str], bool, str]:
@@ -457,7 +497,7 @@ class _Reducer:
         """Every tensor of one event file; with its index, read and parse only the records ranking uses."""
         records = self._indexed_records(rel)
         if records is None:
-            yield from _CheckedReader(self.source.read(rel), filename).tensors()
+            yield from _CheckedReader(self.source.read(rel), filename, self.checks).tensors()
             return
         wanted = []
         for name, start, length in records:
@@ -476,7 +516,7 @@ class _Reducer:
                 if len(data) < length:
                     raise ValueError(f"{filename}: truncated event file (record {name!r} at byte {start} "
                                      f"needs {length} bytes, {len(data)} left)")
-                yield from _CheckedReader(data, filename).tensors()
+                yield from _CheckedReader(data, filename, self.checks, start, name).tensors()
 
     def _indexed_records(self, rel: str) -> list[tuple[str, int, int]] | None:
         index = self.index_of.get(os.path.basename(rel)[: -len(".tfevents")])
@@ -560,7 +600,7 @@ class _Reducer:
                 data = read_range(start, length)
             if len(data) < length:
                 raise ValueError(f"{filename}: truncated event file (record {tag!r} at byte {start})")
-            for _, step, value in _CheckedReader(data, filename).tensors():
+            for _, step, value in _CheckedReader(data, filename, self.checks, start, tag).tensors():
                 self._keep_weight(tag, name, step, value)
         self.deferred.clear()
         return self.weights
