@@ -62,7 +62,8 @@ def _add_rank(sub) -> None:
     p.add_argument("trial", help="trial directory or s3:// prefix")
     p.add_argument("--model", default=None,
                    help="torchvision architecture name or a saved model directory (default: as recorded in the trial)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of --model ARCH")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of --model ARCH (default: as the trial records, or its job's metrics.json)")
     p.add_argument("--input-size", default=None, help="C,H,W of one example, e.g. 3,64,64 (default: as recorded)")
     _add_criterion_options(p, "taylor")
     p.add_argument("--no-normalize", action="store_true", help="the same as --normalization none (raw scores)")
@@ -79,14 +80,14 @@ def _rank(args) -> int:
     from .signals.ranking import rank
     from .signals.trials import open_trial
 
-    model = _rank_model(args.model, args.num_classes)
-    example = _rank_example(args.input_size)
+    normalize = "none" if args.no_normalize else args.normalization
     try:
+        model = _rank_model(args.model, args.num_classes, args.trial)
+        example = _rank_example(args.input_size)
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
-        normalize = "none" if args.no_normalize else args.normalization
         table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
-    except ValueError as exc:
-        print(f"prune-explorer rank: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as exc:  # a bad trial, model directory, file or name: one line
+        print(f"prune-explorer rank: {_one_line(exc)}", file=sys.stderr)
         return 2
     if not trial.complete:
         print(f"note: {trial.message}", file=sys.stderr)
@@ -128,31 +129,48 @@ def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> N
         print(f"  {layer}: -{removed}")
 
 
-def _add_criterion_options(p, default: str) -> None:
+def _add_criterion_options(p, default: str | None, shown: str = "taylor") -> None:
     """--criterion and --normalization; the library checks the names (its registries import torch)."""
     p.add_argument("--criterion", default=default,
                    help="taylor, taylor_aws, taylor_global, taylor_flops, mean_activation, apoz (from the trial) or "
                         "l1, l2 (weights); taylor_global is Molchanov 2019's squared gate gradient, compared across "
-                        "layers unnormalised; taylor_flops is the same per MAC saved")
+                        f"layers unnormalised; taylor_flops is the same per MAC saved (default {shown})")
     p.add_argument("--normalization", default=None, metavar="{l2,none,flops}",
                    help="how scores of different layers compare (not the input --normalize): l2 per layer, none "
                         "(raw), flops (per MAC one channel costs); default: the criterion's own (taylor_global "
                         "none, taylor_flops flops, others l2)")
 
 
-def _rank_model(spec: str | None, num_classes: int | None):
+def _rank_model(spec: str | None, num_classes: int | None, trial: str):
+    """--model: a saved model directory, or an architecture built with the trial's class count."""
     if spec is None:
         return None
-    import os
-
-    if os.path.isdir(spec):
+    if os.path.isdir(spec) or os.sep in spec:
         from .model.store import load
 
+        if not os.path.isfile(os.path.join(spec, "model.json")):
+            raise FileNotFoundError(f"--model {spec}: not a saved model directory (no model.json in it)")
         return load(spec)
     from .model.zoo import build_model
 
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    return build_model(spec, **kwargs)
+    classes = num_classes if num_classes is not None else _trial_classes(trial)
+    return build_model(spec, **({} if classes is None else {"num_classes": classes}))
+
+
+def _trial_classes(trial: str) -> int | None:
+    """The class count a local trial records: its model's constructor arguments, else its job's metrics.json."""
+    import json
+
+    from .signals.capture import META_FILE
+
+    try:
+        meta = json.loads(Path(trial, META_FILE).read_text())
+        classes = ((meta.get("model") or {}).get("kwargs") or {}).get("num_classes")
+        if classes is None:
+            classes = json.loads((Path(trial).resolve().parent / "metrics.json").read_text()).get("num_classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(classes) if isinstance(classes, int) else None
 
 
 def _rank_example(size: str | None):
@@ -163,8 +181,16 @@ def _rank_example(size: str | None):
     try:
         dims = [int(v) for v in size.split(",")]
     except ValueError:
-        raise SystemExit(f"prune-explorer rank: --input-size must look like 3,64,64, got {size!r}") from None
+        raise ValueError(f"--input-size must look like 3,64,64, got {size!r}") from None
     return torch.zeros(1, *dims)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as the one line the CLI prints: an OSError with its file, a KeyError without quotes."""
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.strerror or ""):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split("\n")[:1]) if len(text) > 400 else text.replace("\n", " ")
 
 
 def _write_csv_atomic(table, path: str) -> None:
@@ -184,36 +210,59 @@ def _write_csv_atomic(table, path: str) -> None:
 
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
+RUN_DESCRIPTION = """\
+The headless loop: baseline, then rank -> prune -> fine-tune until a stop.
+
+On a workspace that has a recorded recipe (WORKSPACE/iterations/*/recipe.json, or an older
+loop_config.json), every setting not given is taken from the recipe of the lineage it continues
+(the defaults below are for a new workspace), so `run --workspace W --iterations 3` is "3 more of
+the same". A fine-tuning setting given with another value is refused, naming it, unless
+--new-recipe (a new branch, marked in `history`); model, data, validation set and input size never
+change on a workspace. A second run on a busy workspace is refused, naming the first.
+
+Exit codes: 0 the run ended normally (the iterations asked for, the accuracy rule, the parameter
+floor or a budget ended it); 1 a fine-tuning job failed or was stopped by a fault (killed, disk
+full, an error), or other work failed; 2 refused before any work (a bad input, another recipe, a
+busy workspace)."""
+
+
 def _add_run(sub) -> None:
     from .loop import LoopConfig
 
     d = LoopConfig()
-    p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
-    p.add_argument("--workspace", default=d.workspace, help="jobs, iterations and the MLflow store live here")
-    p.add_argument("--dataset", default=d.dataset, help="digits (default), fashion-mnist, imagefolder, caltech101")
+    p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop",
+                       description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workspace", default=d.workspace,
+                   help=f"jobs, iterations and the MLflow store live here (default ./{d.workspace})")
+    p.add_argument("--dataset", default=None,
+                   help=f"{d.dataset} (default; scikit-learn's built-in set), fashion-mnist, imagefolder, caltech101")
     p.add_argument("--data-dir", default=None,
                    help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 "
-                        "layout); with --backend sagemaker an s3:// URI becomes the jobs' train channel")
+                        "layout), checked before any work; with --backend sagemaker an s3:// URI becomes the jobs' "
+                        "train channel (default: none; fashion-mnist: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
-    p.add_argument("--model", default=d.model,
-                   help="torchvision architecture name, 'pkg.module:Class', or a saved model directory")
+    p.add_argument("--model", default=None,
+                   help="torchvision architecture name, 'pkg.module:Class', or a saved model directory "
+                        f"(default {d.model})")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help="constructor arguments of the baseline architecture, e.g. '{\"image_size\": 64}'")
     p.add_argument("--weights", default=None,
                    help="pretrained start of the baseline: a torchvision weights enum (IMAGENET1K_V1, downloaded) "
-                        "or a local state-dict file; the head is replaced for the data's classes")
+                        "or a local state-dict file; the head is replaced for the data's classes (default: none)")
     p.add_argument("--normalize", default=None,
                    help="input normalisation: dataset | imagenet (default: imagenet with --weights, else the data's own)")
     p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="light training augmentation (default: on with --weights and for image folders)")
     p.add_argument("--entry-point", default=None, metavar="SCRIPT",
-                   help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. src/train.py")
+                   help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. "
+                        "src/train.py (default: prune_explorer.jobs.train)")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    _add_criterion_options(p, d.criterion)
-    p.add_argument("--per-iteration", type=int, default=d.per_iteration,
-                   help="filters removed per iteration (when no --target-macs/--target-latency is given)")
+    _add_criterion_options(p, None, d.criterion)
+    p.add_argument("--per-iteration", type=int, default=None,
+                   help="filters removed per iteration, when no --target-macs/--target-latency is given; more than "
+                        f"the model's groups can give is refused (default {d.per_iteration})")
     budget = p.add_argument_group("budgets (instead of --per-iteration)")
     budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
                         help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
@@ -221,30 +270,42 @@ def _add_run(sub) -> None:
     budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
                         help="the same for latency, predicted by a per-layer table measured once on the baseline on "
                              "this machine (WORKSPACE/latency_table.json)")
-    budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
+    budget.add_argument("--target-scope", default=None, choices=("iteration", "overall"),
                         help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
                              "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
-    p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
+    p.add_argument("--iterations", type=int, default=d.iterations,
+                   help=f"at most this many new prune iterations (default {d.iterations}; 0: the baseline only)")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "
                         "iteration), baseline, or an iteration name such as iter-003")
-    p.add_argument("--min-params", type=int, default=d.min_params, help="stop before going below this many params")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs per iteration")
-    p.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs)
-    p.add_argument("--subset", type=int, default=None, help="training examples (per-class stratified)")
-    p.add_argument("--val-subset", type=int, default=None, help="validation examples")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (train.py's default 1e-3)")
+    p.add_argument("--new-recipe", action="store_true", default=None,
+                   help="fine-tuning settings other than the recorded ones start a new branch (a new recipe id in "
+                        "history) instead of being refused")
+    p.add_argument("--min-params", type=int, default=None,
+                   help=f"stop before going below this many params (default {d.min_params}: no floor)")
+    p.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs per iteration (default {d.epochs})")
+    p.add_argument("--baseline-epochs", type=int, default=None,
+                   help=f"training epochs of the baseline (default {d.baseline_epochs})")
+    p.add_argument("--subset", type=int, default=None,
+                   help="training examples, drawn per class (default: the full training set)")
+    p.add_argument("--val-subset", type=int, default=None,
+                   help="validation examples, drawn per class (default: the full validation set)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels (default: the data's own; 224 for image folders)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: train.py's 1e-3)")
     p.add_argument("--baseline-lr", type=float, default=None, help="learning rate of the baseline job (default: --lr)")
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
                    help="per job: constant (default) or cosine decay over the job's steps")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--scheme", default=d.scheme, choices=("all", "internal"),
-                   help="'internal': only block-internal channels (the AWS example); 'all': every prunable group")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help="stop when accuracy drops more than this (fraction) below the previous iteration")
+    p.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default: train.py's 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the subsets, the split and the training (default {d.seed})")
+    p.add_argument("--scheme", default=None, choices=("all", "internal"),
+                   help="'internal' (default): only block-internal channels (the AWS example); 'all': every "
+                        "prunable group")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="stop when accuracy drops more than this (fraction) below the previous iteration "
+                        f"(default {d.threshold})")
     p.add_argument("--backend", default=d.backend, choices=("local", "sagemaker"),
                    help="where fine-tuning jobs run: local processes (default) or SageMaker training jobs")
     p.add_argument("--tracker", default=d.tracker, choices=("mlflow", "sagemaker-experiments"),
@@ -258,7 +319,7 @@ def _add_run(sub) -> None:
                          "SageMaker session's default bucket)")
     sm.add_argument("--instance-type", default=None, help="training instance type (default ml.g4dn.xlarge)")
     sm.add_argument("--instance-count", type=int, default=d.instance_count,
-                    help="instances per job (more than one: torchrun across them)")
+                    help="instances per job (more than one: torchrun across them; default 1)")
     sm.add_argument("--debugger", default=None, action=argparse.BooleanOptionalAction,
                     help="also run the accuracy rule as a SageMaker Debugger rule (default on; the rule always "
                          "runs inside the job too)")
@@ -284,22 +345,28 @@ def loop_config(args: argparse.Namespace):
     """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
     from .loop import LoopConfig
 
-    fields = set(LoopConfig.__dataclass_fields__)
-    return LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    fields = set(LoopConfig.__dataclass_fields__) - {"given"}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return LoopConfig(**given, given=tuple(given))
 
 
 def _run(args) -> int:
-    from .loop import format_history, run_loop
+    from .loop import format_history, run_loop, summary
+    from .loop.checks import Refused
+    from .workspace.run_lock import WorkspaceBusy
 
     try:
         rows = run_loop(loop_config(args), progress=not args.quiet)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (Refused, WorkspaceBusy) as exc:
+        print(f"prune-explorer run: refused: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"prune-explorer run: {exc}", file=sys.stderr)
         return 1
     if args.quiet:  # run_loop prints the summary itself when it shows progress
         print(format_history(rows))
-        print(f"stopped: {rows.attrs['stop_reason']}")
-    return 0
+        print(summary(rows))
+    return 1 if rows.attrs.get("failed") else 0
 
 
 def _add_history(sub) -> None:
@@ -324,13 +391,34 @@ def _history(args) -> int:
                         experiment=args.experiment, region=args.region)
     try:
         history = loop_tracker(config.validate()).history()
-    except ValueError as exc:
-        print(f"prune-explorer history: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 — a store that is not MLflow's, an unreachable server: one line
+        where = args.tracking_uri or Path(args.workspace) / "mlflow.db"
+        print(f"prune-explorer history: cannot read {where}: {_one_line(exc)}", file=sys.stderr)
         return 1
+    legend = _with_recipes(history, Path(args.workspace))
     print(format_history(history))
+    for line in legend:
+        print(line)
     if args.csv:
-        history.to_csv(args.csv, index=False)
+        try:
+            _write_csv_atomic(history, args.csv)
+        except OSError as exc:
+            print(f"prune-explorer history: --csv {args.csv}: {_one_line(exc)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _with_recipes(history, root: Path) -> list[str]:
+    """Add the recipe id of each iteration (loop/recipe.py) to `history`; the legend lines of those recipes."""
+    if history.empty or not (root / "iterations").is_dir():
+        return []
+    from .loop import recipe
+    from .workspace import Workspace
+
+    workspace = Workspace(root)
+    names = history["iteration"].tolist()
+    history["recipe"] = history["iteration"].map(recipe.ids(workspace, names)).fillna("")
+    return recipe.legend(workspace, names)
 
 
 # --- export (model/export) ---------------------------------------------------------------------
@@ -363,8 +451,8 @@ def _export(args) -> int:
         onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
         result = export_model(model_dir, output, format=args.format, example_inputs=example,
                               dynamic_batch=not args.static_batch, **onnx_only)
-    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
-        print(f"prune-explorer export: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as exc:  # a bad model, a missing file, a full disk: named, one line
+        print(f"prune-explorer export: {_one_line(exc)}", file=sys.stderr)
         return 1
     opset = f", opset {result.opset}" if result.opset else ""
     batch = "any batch size" if result.dynamic_batch else "fixed batch"
@@ -417,6 +505,9 @@ def _add_app(sub) -> None:
     p.add_argument("--workspace", default="workspace", help="workspace folder the app opens (default ./workspace, where `make demo` writes)")
     p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default: the one shipped in prune_explorer/widgets/)")
     p.add_argument("--fast", action="store_true", help="small digits setup (PRUNE_EXPLORER_FAST=1)")
+    p.add_argument("--demo", action="store_true",
+                   help="on a workspace without a baseline, train the demo's in the page's kernel without asking "
+                        "(without it the app says what it would train and asks, or refuses when it cannot ask)")
     p.set_defaults(func=_app)
 
 
@@ -425,7 +516,8 @@ def app_command(args) -> tuple[list[str], dict[str, str]]:
     notebook = Path(args.notebook)
     if not notebook.is_file():
         raise SystemExit(f"prune-explorer app: no app notebook at {notebook} (pass --notebook PATH)")
-    env = {**os.environ, "PRUNE_EXPLORER_WORKSPACE": str(Path(args.workspace).resolve())}
+    env = {**os.environ, "PRUNE_EXPLORER_WORKSPACE": str(Path(args.workspace).resolve()),
+           "PRUNE_EXPLORER_APP_TRAIN_BASELINE": "1" if getattr(args, "demo", False) else "0"}
     if args.fast:
         env["PRUNE_EXPLORER_FAST"] = "1"
     cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={args.port}", f"--Voila.ip={args.ip}",
@@ -434,15 +526,43 @@ def app_command(args) -> tuple[list[str], dict[str, str]]:
 
 
 def _app(args) -> int:
-    import subprocess
+    from .widgets.serve import serve
 
+    workspace = Path(args.workspace).resolve()
+    if not (workspace / "iterations" / "baseline" / "model.json").is_file() and not args.demo:
+        if not _confirm_baseline(workspace, args.fast):
+            return 2
+        args.demo = True
     cmd, env = app_command(args)
     print(f"prune-explorer app: http://{args.ip}:{args.port}/ (workspace {env['PRUNE_EXPLORER_WORKSPACE']})")
-    return subprocess.call(cmd, env=env)
+    return serve(cmd, env, workspace)
+
+
+def _confirm_baseline(workspace: Path, fast: bool) -> bool:
+    """A workspace without a baseline: say what the app would train, and ask (a terminal) or refuse."""
+    from .widgets.setup import describe_baseline
+
+    print(f"prune-explorer app: {workspace} has no baseline model. The app's page would first train one in its "
+          f"kernel: {describe_baseline(small=fast or None)}; the page shows 'Running…' until it is done.", file=sys.stderr)
+    if not sys.stdin.isatty():
+        print("prune-explorer app: refused: pass --demo to train it there, or open a workspace that has one "
+              f"(`prune-explorer demo --workspace {workspace}` makes one with the same baseline)", file=sys.stderr)
+        return False
+    try:
+        answer = input("Train it now? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("prune-explorer app: nothing started", file=sys.stderr)
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="prune-explorer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"prune-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app, _add_export):
         add(sub)

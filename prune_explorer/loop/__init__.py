@@ -6,11 +6,11 @@ from __future__ import annotations
 from .rules import ACCURACY_SCALAR, AccuracyDropRule, RuleResult, read_accuracies
 from .run import (LOOP_BACKENDS, LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG, SCHEMES, TARGET_SCOPES, LoopConfig,
                   completed_iterations, demo_config, format_history, is_s3, job_hyperparameters, loop_tracker,
-                  plot_history, pretrained_demo_config, run_loop, sagemaker_backend)
+                  plot_history, pretrained_demo_config, run_loop, sagemaker_backend, summary)
 
 __all__ = [
     "ACCURACY_SCALAR", "AccuracyDropRule", "RuleResult", "read_accuracies",
     "LOOP_BACKENDS", "LOOP_CONFIG", "RESULTS_CSV", "RESULTS_PNG", "SCHEMES", "TARGET_SCOPES", "LoopConfig",
     "completed_iterations", "demo_config", "format_history", "is_s3", "job_hyperparameters", "loop_tracker",
-    "plot_history", "pretrained_demo_config", "run_loop", "sagemaker_backend",
+    "plot_history", "pretrained_demo_config", "run_loop", "sagemaker_backend", "summary",
 ]

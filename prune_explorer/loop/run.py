@@ -7,11 +7,15 @@ run continues from it). A second run on the same workspace continues from its ne
 iteration (`start_from`), so "K more iterations" is one command. Jobs run where `backend` says
 (local processes, or SageMaker training jobs) and are tracked where `tracker` says (MLflow, or
 SageMaker Experiments), as in the panel; the workspace on disk is `workspace.Workspace`'s.
-Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (the whole lineage of the last
-model) and returns that lineage's history as a DataFrame.
+Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (every iteration of the workspace,
+each with its parent and recipe) and returns the lineage of the run's last model as a DataFrame.
+Before any work it checks every input and the recipe (`checks`, `recipe`) and takes the
+workspace's run lock; it exits normally at K iterations, the floor, the rule or a target, and says
+FAILED (`attrs["failed"]`) when a job failed or was stopped by anything but the rule.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -23,6 +27,7 @@ import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
+from . import checks, recipe
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -81,8 +86,15 @@ class LoopConfig:
     capture: str = "compact"
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
+    new_recipe: bool = False  # fine-tuning settings other than the lineage's recorded ones start a marked branch
+    # the fields the caller set (the CLI: the flags given); a continued run takes the recorded recipe for
+    # the others (loop/recipe.py). None: every field is as the caller wants it.
+    given: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> "LoopConfig":
+        from .checks import check_numbers
+
+        check_numbers(self)  # every number in range (lr, batch size, subset, min-params, ...)
         if self.per_iteration < 1:
             raise ValueError(f"per_iteration must be >= 1, got {self.per_iteration}")
         if self.iterations < 0:
@@ -262,33 +274,66 @@ def loop_tracker(config: LoopConfig):
 
 def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backend: Any = None,
              tracker: Any = None) -> pd.DataFrame:
-    """Run the loop; returns this run's iterations (history rows) with `attrs["stop_reason"]`.
+    """Run the loop; returns this run's iterations (history rows) with `attrs["stop_reason"]` and
+    `attrs["failed"]` (True when a job failed or was stopped by anything but the accuracy rule).
 
     `backend` (a name or a Backend) and `tracker` (a Tracker) default to what `config` names.
     `criterion_fn(group, model, trial) -> scores` (a ranking criterion callable) replaces the named
     criterion, e.g. a random ranking in benchmarks; `config.criterion` is still the tracked name.
+    Everything is checked before any work (`checks.Refused`: a bad input, another recipe than the
+    lineage's — `recipe.resolve` —, a --per-iteration the model cannot give) and the run holds the
+    workspace (`Workspace.run_lock`: a second run on it is refused, naming the first).
     """
+    with _refusing():
+        config.validate()
+        if criterion_fn is None:
+            from ..signals.ranking import CRITERIA
+
+            if config.criterion not in CRITERIA:
+                raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
+        checks.check_paths(config)
+    workspace = Workspace(config.workspace)
+    with workspace.run_lock():
+        return _run_locked(config, workspace, progress, criterion_fn, backend, tracker)
+
+
+@contextlib.contextmanager
+def _refusing():
+    """Checks before any work: what they raise becomes a `checks.Refused` (CLI exit 2)."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        raise checks.refusal(exc) from exc
+
+
+def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criterion_fn, backend: Any,
+                tracker: Any) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     from .rules import AccuracyDropRule
 
-    config.validate()
-    if criterion_fn is None:
-        from ..signals.ranking import CRITERIA
-
-        if config.criterion not in CRITERIA:
-            raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
-    workspace = Workspace(config.workspace)
+    with _refusing():
+        start = workspace.start_point(config.start_from)
+        resolved = recipe.resolve(config, workspace, start.name)
+        config = resolved.config.validate()
+        baseline_config = recipe.for_baseline(config, workspace)
+    for line in recipe.describe(resolved, start.name):
+        print(line, file=sys.stderr)
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
     workspace.write_json(LOOP_CONFIG, asdict(config))
+    failed = False
     try:
-        workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True),
-                                  **config.script)
+        workspace.ensure_baseline(queue, config.model,
+                                  baseline_config.hyperparameters(config.baseline_epochs, baseline=True),
+                                  **baseline_config.script)
+        recipe.record_baseline(workspace, baseline_config)
         previous = workspace.start_point(config.start_from)
+        with _refusing():
+            checks.check_capacity(config, workspace, previous)
         names = workspace.lineage(previous.name)
-        if progress and previous.name != BASELINE and config.iterations:
+        if previous.name != BASELINE and config.iterations:
             how = (" (the newest completed iteration; --from baseline branches from the baseline instead)"
                    if config.start_from == "latest" else "")
             print(f"continuing from {previous.name} in {workspace.root}{how}", file=sys.stderr)
@@ -308,13 +353,18 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
                 reason = f"next iteration: {step.reason}"
                 break
             name = step.name
+            recipe.write(workspace, name, resolved, parent=previous.name)
+            _warn_if_capped(config, step, previous.name)
             job = queue.wait(step.job.id)
             names.append(name)
             if job.status == STOPPED and (job.result or {}).get("reason"):
                 reason = f"{name}: accuracy rule fired in job {job.id}: {job.result['reason']}"
                 break
             if job.status != COMPLETED:
+                failed = True
                 reason = f"{name}: fine-tuning job {job.id} {job.status}: {job.message}"
+                if _disk_full(job.message) and workspace.discard_pruned(name):
+                    reason += f"\n(the disk is full: {workspace.iteration_dir(name) / 'pruned'} was removed)"
                 break
             accuracies = [e["val_accuracy"] for e in job.result.get("epochs", [])]
             verdict = rule.evaluate(previous.accuracy, accuracies)
@@ -330,14 +380,39 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     finally:
         queue.close()
     history = tracker.history()
+    history["recipe"] = history["iteration"].map(recipe.ids(workspace, history["iteration"].tolist())).fillna("")
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
-    rows.attrs["stop_reason"] = reason
-    workspace.write_file(RESULTS_CSV, lambda path: rows.to_csv(path, index=False))
-    workspace.write_file(RESULTS_PNG, lambda path: plot_history(rows, path))
+    rows.attrs.update(stop_reason=reason, failed=failed)
+    # every iteration of the workspace (all lineages, the panel's too), never only this run's
+    workspace.write_file(RESULTS_CSV, lambda path: history.to_csv(path, index=False))
+    workspace.write_file(RESULTS_PNG, lambda path: plot_history(history, path))
     if progress:
         print(format_history(rows))
-        print(f"stopped: {reason}")
+        print(summary(rows))
     return rows
+
+
+def summary(rows: pd.DataFrame) -> str:
+    """The run's last lines: why it stopped, and whether that is a normal end (exit 0) or a failure (exit 1)."""
+    reason = rows.attrs.get("stop_reason", "")
+    if rows.attrs.get("failed"):
+        return f"stopped: {reason}\nrun FAILED (exit code 1): a fine-tuning job did not complete"
+    return f"stopped: {reason}\nrun ended normally (exit code 0)"
+
+
+def _warn_if_capped(config: LoopConfig, step: Any, parent: str) -> None:
+    """A filter-count step that could not cut `per_iteration` (every other group at one channel) says so."""
+    if config.target_macs is not None or config.target_latency is not None or step.plan is None:
+        return
+    removed = sum(step.plan.summary().values())
+    if removed < config.per_iteration:
+        print(f"warning: {step.name} cuts {removed:,} filters of {parent}, not --per-iteration "
+              f"{config.per_iteration:,}: the other {config.scheme} channel groups are at one channel", file=sys.stderr)
+
+
+def _disk_full(message: str | None) -> bool:
+    return bool(message) and ("No space left on device" in message or "os error 28" in message
+                              or "[Errno 28]" in message)
 
 
 def _step_targets(config: LoopConfig, workspace: Workspace):
@@ -389,8 +464,9 @@ def format_history(history: pd.DataFrame) -> str:
     """The summary table printed at the end of a run and by `prune-explorer history`."""
     if history.empty:
         return "(no tracked iterations)"
-    view = history[["iteration", "parent", "status", "criterion", "filters_removed", "params", "macs",
-                    "latency_ms", "accuracy"]].copy()
+    columns = ["iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
+               "accuracy"] + [c for c in ("recipe",) if c in history and history[c].astype(bool).any()]
+    view = history[columns].copy()
     view["accuracy"] = view["accuracy"].map(lambda a: "" if pd.isna(a) else f"{100 * a:.2f}%")
     view["latency_ms"] = view["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     for column in ("filters_removed", "params", "macs"):
@@ -399,7 +475,8 @@ def format_history(history: pd.DataFrame) -> str:
 
 
 def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Params (log scale) vs best accuracy, one point per iteration, labelled."""
+    """Params (log scale) vs best accuracy, one point per iteration, labelled, a line from each to its parent
+    (every lineage of the workspace, branches included)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -408,7 +485,12 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
     figure = Figure(figsize=(6, 4), dpi=100)
     axes = figure.subplots()
     done = history.dropna(subset=["params", "accuracy"])
-    axes.plot(done["params"].astype(float), 100 * done["accuracy"], "o-")
+    at = {row["iteration"]: (float(row["params"]), 100 * row["accuracy"]) for _, row in done.iterrows()}
+    for _, row in done.iterrows():
+        if row.get("parent") in at:
+            (x0, y0), (x1, y1) = at[row["parent"]], at[row["iteration"]]
+            axes.plot([x0, x1], [y0, y1], "-", color="C0", linewidth=1)
+    axes.plot(done["params"].astype(float), 100 * done["accuracy"], "o", color="C0")
     for _, row in done.iterrows():
         axes.annotate(row["iteration"], (float(row["params"]), 100 * row["accuracy"]), fontsize=7,
                       xytext=(3, 3), textcoords="offset points")

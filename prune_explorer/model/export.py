@@ -450,8 +450,10 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. a full disk: name the file it was for
+            raise OSError(exc.errno, f"cannot write the export: {exc.strerror or exc}", str(path)) from exc
         raise
 
 

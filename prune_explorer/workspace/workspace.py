@@ -3,7 +3,8 @@
     WORKSPACE/
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
-      jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks
+      iterations/<name>/recipe.json   the run's recipe that made it (loop/recipe.py)
+      jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks (workspace-run: the run's)
       exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
       results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
@@ -47,6 +48,7 @@ DEFAULT_SCRIPT = "prune_explorer.jobs.train"  # metrics.json `script` of a job w
 FORMER_DEFAULT_SCRIPT = "prune_explorer.train"  # the same module before it moved into jobs/ (older workspaces)
 _ITERATION = re.compile(r"iter-(\d+)")
 LATENCY_TABLE = "latency_table.json"
+RUN_LOCK = "workspace-run"  # jobs/.locks/workspace-run: held by the one headless run working on the workspace
 
 
 @dataclass(frozen=True)
@@ -395,7 +397,11 @@ class Workspace:
             return Step(None, None, plan, params, f"pruning {parent.name} further would leave {params:,} params, "
                                                   f"below the floor of {min_params:,}")
         name = self.reserve_iteration()
-        self.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+        try:
+            self.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+        except BaseException:  # e.g. a full disk: the save left nothing, and the reserved name goes too
+            shutil.rmtree(self.iteration_dir(name), ignore_errors=True)
+            raise
         job = self.submit(queue, name, parent=parent.name, plan=plan, criterion=criterion,
                           hyperparameters=hyperparameters, **submit_options)
         return Step(name, job, plan, params)
@@ -440,6 +446,18 @@ class Workspace:
 
     def write_json(self, relative: str, data: Any) -> Path:
         return self.write_file(relative, lambda path: Path(path).write_text(json.dumps(data, indent=1, default=str)))
+
+    def discard_pruned(self, name: str) -> bool:
+        """Remove iteration `name`'s job input (pruned/), e.g. after its job failed for disk space."""
+        pruned = self.iteration_dir(name) / PRUNED
+        shutil.rmtree(pruned, ignore_errors=True)
+        return not pruned.exists()
+
+    def run_lock(self):
+        """Hold the workspace for one headless run (`run_lock.hold`): WorkspaceBusy when another run has it."""
+        from .run_lock import hold
+
+        return hold(self.root / "jobs" / ".locks" / RUN_LOCK, self.root)
 
     @contextmanager
     def _lock(self, what: str) -> Iterator[None]:
