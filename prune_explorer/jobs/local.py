@@ -155,6 +155,8 @@ class LocalBackend:
             return
         job.status = FAILED
         why = "exit code unknown" if code is None else f"exit code {code}"
+        if code is not None and code < 0:  # ended by a signal: say which (SIGKILL: killed, or out of memory)
+            why = f"killed by {_signal_name(-code)} ({why})"
         if state == "failed" and metrics.get("reason"):
             why += f" ({metrics['reason']})"
         elif metrics is None:
@@ -200,6 +202,13 @@ def _read_status(path: Path, since: float) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -52,14 +52,15 @@ def check_numbers(config: Any) -> None:
         value = getattr(config, name)
         if value is None:
             continue
+        named = f"{name} ({flag(name)})"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RefusedValue(f"{flag(name)} must be a finite number, got {value!r}")
+            raise RefusedValue(f"{named} must be a finite number, got {value!r}")
         if name in AT_LEAST_ONE and (value < 1 or value != int(value)):
-            raise RefusedValue(f"{flag(name)} must be a whole number >= 1, got {value!r}")
+            raise RefusedValue(f"{named} must be a whole number >= 1, got {value!r}")
         if name in POSITIVE and value <= 0:
-            raise RefusedValue(f"{flag(name)} must be > 0, got {value!r}")
+            raise RefusedValue(f"{named} must be > 0, got {value!r}")
         if name in NON_NEGATIVE and value < 0:
-            raise RefusedValue(f"{flag(name)} must be >= 0, got {value!r}")
+            raise RefusedValue(f"{named} must be >= 0, got {value!r}")
 
 
 def check_paths(config: Any) -> None:

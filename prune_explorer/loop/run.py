@@ -325,9 +325,10 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
     workspace.write_json(LOOP_CONFIG, asdict(config))
     failed = False
     try:
-        workspace.ensure_baseline(queue, config.model,
-                                  baseline_config.hyperparameters(config.baseline_epochs, baseline=True),
-                                  **baseline_config.script)
+        with _refusing():  # a baseline trained with other settings is refused, naming them
+            workspace.ensure_baseline(queue, config.model,
+                                      baseline_config.hyperparameters(config.baseline_epochs, baseline=True),
+                                      **baseline_config.script)
         recipe.record_baseline(workspace, baseline_config)
         previous = workspace.start_point(config.start_from)
         with _refusing():
