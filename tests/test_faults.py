@@ -4,7 +4,7 @@ message, a non-zero exit where asked-for work did not happen, and leaves every e
 byte-identical (hashed before and after).
 
 Jobs are real `prune_explorer.jobs.train` processes; `tests/fault_injection/sitecustomize.py` (on
-their PYTHONPATH) pauses one inside an optimizer step or makes its model save fail as on a full
+their PYTHONPATH, `conftest.fault_env`) pauses one inside an optimizer step or makes its model save fail as on a full
 disk, so every test acts on a known state, never after a sleep.
 """
 from __future__ import annotations
@@ -12,26 +12,24 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import fault_env, wait_for_file
 from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import Job
 from prune_explorer.loop import LoopConfig, run_loop
 from prune_explorer.workspace import BASELINE, Workspace
 
 pytestmark = pytest.mark.slow
-FAULTS = Path(__file__).parent / "fault_injection"
 SETTINGS = dict(dataset="digits", image_size=8, subset=120, val_subset=60, batch_size=30, baseline_epochs=1,
                 epochs=1, per_iteration=48, threshold=1.0)
 WAIT_S = 600  # the longest a test waits for a job to reach its fault (a loaded machine is slow, never wrong)
@@ -61,13 +59,6 @@ def digest(root: Path, names=(BASELINE, "iter-001")) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def fault_env(**faults: str) -> dict[str, str]:
-    """The environment of a CLI run whose jobs load the fault injection (and this checkout)."""
-    paths = [str(FAULTS), os.environ.get("PYTHONPATH", "")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PRUNE_EXPLORER_SMDEBUG_LOG": "",
-            **faults}
-
-
 def start_run(workspace: Path, *args: str, **faults: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "prune_explorer.cli", "run", f"--workspace={workspace}", "--quiet",
                              *args], env=fault_env(**faults), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -75,13 +66,7 @@ def start_run(workspace: Path, *args: str, **faults: str) -> subprocess.Popen:
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    """Until `path` exists (the fault point is reached), failing if `proc` ends first."""
-    deadline = time.monotonic() + WAIT_S
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended ({proc.returncode}) before the fault point:\n{proc.stdout.read()}")
-        assert time.monotonic() < deadline, f"no {path} after {WAIT_S} s"
-        time.sleep(0.05)
+    wait_for_file(path, proc, WAIT_S)
 
 
 def job_of(workspace: Path, iteration: str) -> Job:

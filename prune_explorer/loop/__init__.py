@@ -3,6 +3,7 @@ accuracy-drop stop rule (`rules`, also imported by every fine-tuning job and upl
 SageMaker Debugger rule)."""
 from __future__ import annotations
 
+from . import checks, recipe
 from .rules import ACCURACY_SCALAR, AccuracyDropRule, RuleResult, read_accuracies
 from .run import (LOOP_BACKENDS, LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG, SCHEMES, TARGET_SCOPES, LoopConfig,
                   completed_iterations, demo_config, format_history, is_s3, job_hyperparameters, loop_tracker,

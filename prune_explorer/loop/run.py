@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
+from ..workspace.workspace import DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT
 from . import checks, recipe
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -322,7 +323,6 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
-    workspace.write_json(LOOP_CONFIG, asdict(config))
     failed = False
     try:
         with _refusing():  # a baseline trained with other settings is refused, naming them
@@ -333,6 +333,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
         previous = workspace.start_point(config.start_from)
         with _refusing():
             checks.check_capacity(config, workspace, previous)
+        workspace.write_json(LOOP_CONFIG, asdict(config))  # what this run does, once it is not refused
         names = workspace.lineage(previous.name)
         if previous.name != BASELINE and config.iterations:
             how = (" (the newest completed iteration; --from baseline branches from the baseline instead)"
@@ -465,8 +466,11 @@ def format_history(history: pd.DataFrame) -> str:
     """The summary table printed at the end of a run and by `prune-explorer history`."""
     if history.empty:
         return "(no tracked iterations)"
+    own_script = history.get("script", pd.Series(dtype=object)).map(
+        lambda s: isinstance(s, str) and s not in ("", DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT))
     columns = ["iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
-               "accuracy"] + [c for c in ("recipe",) if c in history and history[c].astype(bool).any()]
+               "accuracy"] + [c for c in ("recipe",) if c in history and history[c].astype(bool).any()] \
+        + (["script"] if own_script.any() else [])  # the training script, when a job ran the user's own
     view = history[columns].copy()
     view["accuracy"] = view["accuracy"].map(lambda a: "" if pd.isna(a) else f"{100 * a:.2f}%")
     view["latency_ms"] = view["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
