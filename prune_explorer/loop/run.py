@@ -26,6 +26,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
+from ..masking import mask_values
+from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 from ..workspace.workspace import DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT
 from . import checks, recipe
@@ -87,6 +89,9 @@ class LoopConfig:
     capture: str = "compact"
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
+    # modules whose model classes model.json files and jobs may name (model/trust.py); a `model`
+    # "pkg.mod:Class" given here is trusted as well: it is the caller's own choice
+    trust_model_code: tuple[str, ...] = ()
     new_recipe: bool = False  # fine-tuning settings other than the lineage's recorded ones start a marked branch
     # the fields the caller set (the CLI: the flags given); a continued run takes the recorded recipe for
     # the others (loop/recipe.py). None: every field is as the caller wants it.
@@ -158,6 +163,12 @@ class LoopConfig:
             args.update(weights=self.weights, model_kwargs=self.model_kwargs or None)
         args.update(self.train_args)
         return {k: v for k, v in args.items() if v is not None}
+
+    @property
+    def trusted(self) -> tuple[str, ...]:
+        """The modules this run trusts: `trust_model_code` and the module of a "pkg.mod:Class" `model`."""
+        own = module_of(self.model)
+        return trusted_modules([*trusted_modules(self.trust_model_code), *([own] if own else [])])
 
     @property
     def script(self) -> dict[str, str | None]:
@@ -293,7 +304,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
             if config.criterion not in CRITERIA:
                 raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
         checks.check_paths(config)
-    workspace = Workspace(config.workspace)
+    workspace = Workspace(config.workspace, trust_code=config.trusted)
     with workspace.run_lock():
         return _run_locked(config, workspace, progress, criterion_fn, backend, tracker)
 
@@ -333,7 +344,8 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
         previous = workspace.start_point(config.start_from)
         with _refusing():
             checks.check_capacity(config, workspace, previous)
-        workspace.write_json(LOOP_CONFIG, asdict(config))  # what this run does, once it is not refused
+        # what this run does, once it is not refused; a tracking URI's user:token@ stays out
+        workspace.write_json(LOOP_CONFIG, mask_values(asdict(config)))
         names = workspace.lineage(previous.name)
         if previous.name != BASELINE and config.iterations:
             how = (" (the newest completed iteration; --from baseline branches from the baseline instead)"

@@ -27,7 +27,8 @@ from torch import nn
 
 from .. import __version__
 from .kinds import KINDS, RECORDED, recorded_kind, replace_module, width_record
-from .zoo import base_spec, build_model, tag_base
+from .trust import UntrustedCode
+from .zoo import base_spec, build_from_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
 FORMAT_VERSION = 3   # 3: records of kind "channel_norm" (a PrunedChannelNorm in place of a base norm)
@@ -284,8 +285,13 @@ def load_spec(directory: str | os.PathLike) -> dict[str, Any]:
     return spec
 
 
-def load(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild the saved model (base architecture, narrowed layers, weights) in eval mode."""
+def load(directory: str | os.PathLike, *, trust_code: Any = None) -> nn.Module:
+    """Rebuild the saved model (base architecture, narrowed layers, weights) in eval mode.
+
+    A torchvision base is always rebuilt; a "package.module:Class" base only when it is registered
+    (`prune_explorer.register_model`) or its module is in `trust_code` (e.g. ["mypkg"]): loading a
+    directory from someone else never imports or runs code its model.json names (`trust.py`).
+    """
     directory = Path(directory)
     spec = load_spec(directory)
     spec_path = directory / SPEC_FILE
@@ -294,7 +300,9 @@ def load(directory: str | os.PathLike) -> nn.Module:
         raise FileNotFoundError(f"{weights_path}: missing; model.json has no weights beside it")
     arch, kwargs = spec["base"]["arch"], spec["base"]["kwargs"]
     try:
-        model = build_model(arch, **kwargs)
+        model = build_from_spec(spec["base"], trust_code=trust_code, where=f"{spec_path}: field 'base.arch'")
+    except UntrustedCode:
+        raise
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{spec_path}: field 'base' ({arch!r}, {kwargs}) cannot be built: {exc}") from exc
     _narrow_layers(model, spec["modules"], spec_path)

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from ..masking import mask
 from .base import history_frame, number
 
 MAX_NAME = 120
@@ -151,7 +152,7 @@ class SageMakerExperimentsTracker:
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
                       backend=backend, script=script, **numbers)
         parameters = _parameters(values, plan_summary, accuracies, shapes)
-        artifacts = {f: shapes.TrialComponentArtifact(value=str(v))
+        artifacts = {f: shapes.TrialComponentArtifact(value=mask(str(v)))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
         optional = {"output_artifacts": artifacts} if artifacts else {}
         trial = trial_name(self.experiment_name, iteration)
@@ -255,7 +256,7 @@ def _parameters(values: Mapping[str, Any], plan_summary: Mapping[str, Any] | Non
     out = {}
     for field in _STRING_FIELDS:
         if values[field] is not None:
-            out[field] = shapes.TrialComponentParameterValue(string_value=str(values[field]))
+            out[field] = shapes.TrialComponentParameterValue(string_value=mask(str(values[field])))
     for field in _NUMBER_FIELDS:
         if values[field] is not None:
             out[field] = shapes.TrialComponentParameterValue(number_value=float(values[field]))

@@ -1,125 +1,34 @@
-"""`prune-explorer app`'s process: Voila in a session of its own, stopped whole on SIGTERM / SIGINT.
+"""What `prune-explorer app` runs: Voila, with the XSRF cookie set before the page starts streaming.
 
-Voila starts a kernel per page (each in its own session, jupyter_client's default) and a kernel
-starts fine-tuning jobs (each in its own session too, jobs/local.py), so killing Voila alone left
-kernels and a training job running (issue 22). On SIGTERM, SIGINT or SIGHUP `serve` cancels the
-workspace's running jobs that descend from Voila (through the job queue: killed, their records
-"stopped"), asks Voila to shut down (it stops its kernels), then kills whatever of its process tree
-is left after a grace period. Imports neither ipywidgets nor torch.
+Voila streams its page while the notebook runs, so the `_xsrf` cookie Jupyter's templates would set
+comes after the headers left and never reaches the browser; the page's unload beacon then posts an
+empty `_xsrf` and, with the XSRF check on, its kernel is never shut down. Voila's pre-launch hook
+runs before the first byte is sent: reading the handler's `xsrf_token` there sets the cookie, the
+beacon carries it back, and the check stays on (`python -m prune_explorer.widgets.serve` takes
+Voila's own arguments).
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-from pathlib import Path
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-GRACE_S = 10.0
+from typing import Any
 
 
-class _Stop(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+def set_xsrf_cookie(handler: Any, notebook: Any = None, cwd: str | None = None) -> Any:
+    """Voila's prelaunch hook: give the page its `_xsrf` cookie while headers can still be set."""
+    handler.xsrf_token  # noqa: B018  (reading it sets the cookie)
+    return notebook
 
 
-def serve(cmd: list[str], env: dict[str, str], workspace: Path, grace_s: float = GRACE_S) -> int:
-    """Run the app server until it exits (its exit code) or a stop signal arrives (128 + the signal),
-    then stop its whole process tree: jobs, kernels, Voila."""
-    def raise_stop(signum, frame):
-        raise _Stop(signum)
+def main(argv: list[str] | None = None) -> None:
+    from voila.app import Voila
 
-    previous = {s: signal.signal(s, raise_stop) for s in STOP_SIGNALS}
-    proc = None
-    try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        return proc.wait()
-    except _Stop as stop:
-        for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C does not cut the shutdown short
-        print(f"prune-explorer app: {signal.Signals(stop.signum).name}: stopping the app, its kernels and jobs",
-              file=sys.stderr)
-        if proc is not None:
-            stop_tree(proc, workspace, grace_s)
-        return 128 + stop.signum
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    class App(Voila):
+        def initialize(self, argv: Any = None) -> None:
+            super().initialize(argv)
+            self.voila_configuration.prelaunch_hook = set_xsrf_cookie
+
+    App.launch_instance(argv)
 
 
-def stop_tree(proc: subprocess.Popen, workspace: Path, grace_s: float = GRACE_S) -> list[int]:
-    """Stop `proc` and every process under it; returns the pids that were still running."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    _cancel_jobs(workspace, {p.pid for p in tree})
-    _signal(proc.pid, signal.SIGTERM, group=True)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    alive = [p for p in tree if _running(p)]
-    for p in alive:
-        _signal(p.pid, signal.SIGTERM, group=_leads_group(p))
-    _, still = psutil.wait_procs(alive, timeout=grace_s)
-    for p in still:
-        _signal(p.pid, signal.SIGKILL, group=_leads_group(p))
-    psutil.wait_procs(still, timeout=grace_s)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    return [p.pid for p in alive]
-
-
-def _cancel_jobs(workspace: Path, pids: set[int]) -> None:
-    """Cancel the workspace's running local jobs started under the app (their records say 'stopped')."""
-    if not (workspace / "jobs").is_dir():
-        return
-    from ..jobs.base import RUNNING, Job
-    from ..jobs.queue import JobQueue
-
-    ours = []
-    for path in (workspace / "jobs").glob("*.json"):
-        try:
-            job = Job.load(path)
-        except (OSError, ValueError):
-            continue
-        if job.status == RUNNING and job.backend == "local" and job.backend_id and int(job.backend_id) in pids:
-            ours.append(job.id)
-    if not ours:
-        return
-    queue = JobQueue(workspace, tracker=False)
-    try:
-        for job_id in ours:
-            queue.cancel(job_id)
-            print(f"prune-explorer app: cancelled job {job_id}", file=sys.stderr)
-    finally:
-        queue.close()
-
-
-def _running(process) -> bool:
-    import psutil
-
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _leads_group(process) -> bool:
-    try:
-        return os.getpgid(process.pid) == process.pid
-    except ProcessLookupError:
-        return False
-
-
-def _signal(pid: int, sig: int, group: bool) -> None:
-    try:
-        os.killpg(pid, sig) if group else os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -14,6 +14,8 @@ from ..workspace import BASELINE, Workspace
 
 WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
 APP_TRAIN_ENV = "PRUNE_EXPLORER_APP_TRAIN_BASELINE"  # "0": the app was not asked to train a baseline
+TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"  # set by `prune-explorer app --trust-model-code`
+SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"  # set by `prune-explorer app --allow-scripts DIR`
 
 
 def fast() -> bool:
@@ -56,17 +58,27 @@ def describe_baseline(model: str = "resnet18", small: bool | None = None) -> str
             f"{' ' + hp['lr_schedule'] if hp.get('lr_schedule') else ''}")
 
 
-def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> str:
+def served_options() -> dict[str, Any]:
+    """What the `prune-explorer app` launch allowed, for every panel and queue in the app: the modules
+    model files may name (`trust_code`) and where training scripts may come from (`scripts`: a
+    folder, or False — no script fields, prune_explorer.train only)."""
+    return {"trust_code": os.environ.get(TRUST_ENV) or None, "scripts": os.environ.get(SCRIPTS_ENV) or False}
+
+
+def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None, *,
+                    trust_code: Any = None, scripts: Any = True) -> str:
     """Train and track the baseline iteration once (reused when already in the workspace and trained
-    with these settings — the loop's check — refused with the differences named otherwise)."""
+    with these settings — the loop's check — refused with the differences named otherwise).
+    `trust_code` / `scripts`: as `JobQueue`'s (the app passes `served_options()`)."""
     hp = baseline_hyperparameters(epochs)
-    space = Workspace(root)
-    with space.queue() as queue:
+    space = Workspace(root, trust_code=trust_code)
+    with space.queue(scripts=scripts) as queue:
         space.ensure_baseline(queue, model, hp)
     return BASELINE
 
 
-def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> bool:
+def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None,
+                        **options: Any) -> bool:
     """Train the baseline when the workspace has none (True); else leave it (False) without importing
     the tracker or the job queue, so a panel on an existing workspace opens fast. `ensure_baseline`
     then checks its settings in the panel's background.
@@ -79,5 +91,5 @@ def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs
         raise RuntimeError(f"{Path(root)} has no baseline, and this app was not asked to train one: start it with "
                            f"`prune-explorer app --demo` (trains {describe_baseline(model)}), or make one first "
                            "with `prune-explorer demo`")
-    ensure_baseline(root, model, epochs)
+    ensure_baseline(root, model, epochs, **options)
     return True
