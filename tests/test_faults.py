@@ -236,8 +236,9 @@ def test_prune_explorer_app_stops_voila_its_kernel_and_the_job_on_sigterm(tmp_pa
 
     from conftest import free_port
 
-    workspace, mark, port = tmp_path / "ws", tmp_path / "mid-epoch", free_port()
+    workspace, mark, port, token = tmp_path / "ws", tmp_path / "mid-epoch", free_port(), "t0ken" * 8
     env = fault_env(FAULT_JOB_OUT=str(workspace / "iterations" / BASELINE), FAULT_PAUSE_MARK=str(mark),
+                    PRUNE_EXPLORER_APP_TOKEN=token,
                     JUPYTER_PLATFORM_DIRS="1", JUPYTER_CONFIG_DIR=str(tmp_path / ".config"),
                     JUPYTER_DATA_DIR=str(tmp_path / ".data"), JUPYTER_RUNTIME_DIR=str(tmp_path / ".runtime"),
                     IPYTHONDIR=str(tmp_path / ".ipython"))
@@ -249,7 +250,7 @@ def test_prune_explorer_app_stops_voila_its_kernel_and_the_job_on_sigterm(tmp_pa
     try:
         page = subprocess.Popen([sys.executable, "-c", f"import urllib.request, time\n"
                                  f"while True:\n"
-                                 f"    try: urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=900).read(); break\n"
+                                 f"    try: urllib.request.urlopen('http://127.0.0.1:{port}/?token={token}', timeout=900).read(); break\n"
                                  f"    except OSError: time.sleep(0.2)\n"], env=env)  # the page runs the notebook
         wait_for(mark, app)  # the kernel's baseline job is mid-epoch
         tree = psutil.Process(app.pid).children(recursive=True)
