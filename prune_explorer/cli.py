@@ -47,9 +47,11 @@ def _demo(args) -> int:
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
         print(f"  {done} of them already in {workspace}/ (delete it to start over)")
     try:
-        run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        rows = run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"prune-explorer demo: {exc}", file=sys.stderr)
+        return 1
+    if rows.attrs.get("failed"):  # a job failed: the summary above says which
         return 1
     print(f"results: {workspace}/results.csv, plot: {workspace}/params_vs_accuracy.png; "
           f"open the panel with `make lab` (notebooks/) or `prune-explorer app --workspace {workspace}`")

@@ -132,7 +132,7 @@ def check_capacity(config: Any, workspace: Any, start: Any) -> None:
         return
     from ..model import store
 
-    model = store.load(workspace.iteration_dir(start.name)).eval()
+    model = store.load(workspace.iteration_dir(start.name), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(start.name, model, image_size=config.image_size, dataset=config.dataset)
     capacity = filter_capacity(model, x, config.scheme)
     if config.per_iteration > capacity:
