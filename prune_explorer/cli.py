@@ -86,7 +86,7 @@ def _rank(args) -> int:
     normalize = "none" if args.no_normalize else args.normalization
     try:
         model = _rank_model(args.model, args.num_classes, args.trial, args.trust_model_code)
-        example = _rank_example(args.input_size)
+        example = None if args.input_size is None else _example_batch(args.input_size, "--input-size")
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
                            trust_code=args.trust_model_code)
         table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
@@ -174,36 +174,10 @@ def _rank_model(spec: str | None, num_classes: int | None, trial: str, trust_cod
         return load(spec, trust_code=trust_code)
     from .model.zoo import build_model
 
-    classes = num_classes if num_classes is not None else _trial_classes(trial)
+    from .signals.capture import recorded_classes
+
+    classes = num_classes if num_classes is not None else recorded_classes(trial)
     return build_model(spec, **({} if classes is None else {"num_classes": classes}))
-
-
-def _trial_classes(trial: str) -> int | None:
-    """The class count a local trial records: its model's constructor arguments, else its job's metrics.json."""
-    import json
-
-    from .signals.capture import META_FILE
-
-    try:
-        meta = json.loads(Path(trial, META_FILE).read_text())
-        classes = ((meta.get("model") or {}).get("kwargs") or {}).get("num_classes")
-        if classes is None:
-            classes = json.loads((Path(trial).resolve().parent / "metrics.json").read_text()).get("num_classes")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return int(classes) if isinstance(classes, int) else None
-
-
-def _rank_example(size: str | None):
-    if size is None:
-        return None
-    import torch
-
-    try:
-        dims = [int(v) for v in size.split(",")]
-    except ValueError:
-        raise ValueError(f"--input-size must look like 3,64,64, got {size!r}") from None
-    return torch.zeros(1, *dims)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -231,20 +205,11 @@ def _write_csv_atomic(table, path: str) -> None:
 
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
-RUN_DESCRIPTION = """\
-The headless loop: baseline, then rank -> prune -> fine-tune until a stop.
-
-On a workspace that has a recorded recipe (WORKSPACE/iterations/*/recipe.json, or an older
-loop_config.json), every setting not given is taken from the recipe of the lineage it continues
-(the defaults below are for a new workspace), so `run --workspace W --iterations 3` is "3 more of
-the same". A fine-tuning setting given with another value is refused, naming it, unless
---new-recipe (a new branch, marked in `history`); model, data, validation set and input size never
-change on a workspace. A second run on a busy workspace is refused, naming the first.
-
-Exit codes: 0 the run ended normally (the iterations asked for, the accuracy rule, the parameter
-floor or a budget ended it); 1 a fine-tuning job failed or was stopped by a fault (killed, disk
-full, an error), or other work failed; 2 refused before any work (a bad input, another recipe, a
-busy workspace)."""
+RUN_DESCRIPTION = """The headless loop: baseline, then rank -> prune -> fine-tune until a stop. On a workspace with a
+recorded recipe (iterations/*/recipe.json, an older loop_config.json) a setting not given is the recorded one of the
+lineage it continues (the defaults below are a new workspace's); another fine-tuning setting is refused unless
+--new-recipe (a branch, marked in `history`); model, data, validation set and input never change. Exit codes: 0 a
+normal end (the iterations, the rule, the floor, a budget); 1 a job failed or was stopped by a fault; 2 refused."""
 
 
 def _add_run(sub) -> None:
@@ -253,19 +218,15 @@ def _add_run(sub) -> None:
     d = LoopConfig()
     p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop",
                        description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workspace", default=d.workspace,
-                   help=f"jobs, iterations and the MLflow store live here (default ./{d.workspace})")
-    p.add_argument("--dataset", default=None,
-                   help=f"{d.dataset} (default; scikit-learn's built-in set), fashion-mnist, imagefolder, caltech101")
+    p.add_argument("--workspace", default=d.workspace, help=f"jobs, iterations and MLflow runs live here (default ./{d.workspace})")
+    p.add_argument("--dataset", default=None, help=f"{d.dataset} (default; scikit-learn's), fashion-mnist, imagefolder, caltech101")
     p.add_argument("--data-dir", default=None,
-                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 "
-                        "layout), checked before any work; with --backend sagemaker an s3:// URI becomes the jobs' "
-                        "train channel (default: none; fashion-mnist: /usr/share/datasets/fashion-mnist)")
+                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 layout), checked "
+                        "before any work; an s3:// URI with --backend sagemaker (default: fashion-mnist's system copy)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
     p.add_argument("--model", default=None,
-                   help="torchvision architecture name, 'pkg.module:Class', or a saved model directory "
-                        f"(default {d.model})")
+                   help=f"torchvision architecture name, 'pkg.module:Class', or a saved model directory (default {d.model})")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help="constructor arguments of the baseline architecture, e.g. '{\"image_size\": 64}'")
     p.add_argument("--weights", default=None,
@@ -281,9 +242,8 @@ def _add_run(sub) -> None:
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
     _add_criterion_options(p, None, d.criterion)
-    p.add_argument("--per-iteration", type=int, default=None,
-                   help="filters removed per iteration, when no --target-macs/--target-latency is given; more than "
-                        f"the model's groups can give is refused (default {d.per_iteration})")
+    p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration without a --target-*; "
+                   f"more than the model's groups can give is refused (default {d.per_iteration})")
     budget = p.add_argument_group("budgets (instead of --per-iteration)")
     budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
                         help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
@@ -294,39 +254,29 @@ def _add_run(sub) -> None:
     budget.add_argument("--target-scope", default=None, choices=("iteration", "overall"),
                         help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
                              "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
-    p.add_argument("--iterations", type=int, default=d.iterations,
-                   help=f"at most this many new prune iterations (default {d.iterations}; 0: the baseline only)")
+    p.add_argument("--iterations", type=int, default=d.iterations, help=f"at most this many new iterations (default {d.iterations})")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "
                         "iteration), baseline, or an iteration name such as iter-003")
-    p.add_argument("--new-recipe", action="store_true", default=None,
-                   help="fine-tuning settings other than the recorded ones start a new branch (a new recipe id in "
-                        "history) instead of being refused")
-    p.add_argument("--min-params", type=int, default=None,
-                   help=f"stop before going below this many params (default {d.min_params}: no floor)")
+    p.add_argument("--new-recipe", action="store_true", default=None, help="fine-tuning settings other than the "
+                   "recorded ones start a new branch (a new recipe id in history) instead of being refused")
+    p.add_argument("--min-params", type=int, default=None, help=f"stop before going below this many params (default {d.min_params})")
     p.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs per iteration (default {d.epochs})")
-    p.add_argument("--baseline-epochs", type=int, default=None,
-                   help=f"training epochs of the baseline (default {d.baseline_epochs})")
-    p.add_argument("--subset", type=int, default=None,
-                   help="training examples, drawn per class (default: the full training set)")
-    p.add_argument("--val-subset", type=int, default=None,
-                   help="validation examples, drawn per class (default: the full validation set)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="image side in pixels (default: the data's own; 224 for image folders)")
+    p.add_argument("--baseline-epochs", type=int, default=None, help=f"epochs of the baseline (default {d.baseline_epochs})")
+    p.add_argument("--subset", type=int, default=None, help="training examples, per class (default: the full training set)")
+    p.add_argument("--val-subset", type=int, default=None, help="validation examples (default: the full validation set)")
+    p.add_argument("--image-size", type=int, default=None, help="image side (default: the data's own; 224 for image folders)")
     p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: train.py's 1e-3)")
     p.add_argument("--baseline-lr", type=float, default=None, help="learning rate of the baseline job (default: --lr)")
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
                    help="per job: constant (default) or cosine decay over the job's steps")
     p.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default: train.py's 0)")
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"seed of the subsets, the split and the training (default {d.seed})")
-    p.add_argument("--scheme", default=None, choices=("all", "internal"),
-                   help="'internal' (default): only block-internal channels (the AWS example); 'all': every "
-                        "prunable group")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="stop when accuracy drops more than this (fraction) below the previous iteration "
-                        f"(default {d.threshold})")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of the subsets, split and training (default {d.seed})")
+    p.add_argument("--scheme", default=None, choices=("all", "internal"), help="'internal' (default): only "
+                   "block-internal channels (the AWS example); 'all': every prunable group")
+    p.add_argument("--threshold", type=float, default=None, help="stop when accuracy drops more than this (fraction) "
+                   f"below the previous iteration (default {d.threshold})")
     p.add_argument("--backend", default=d.backend, choices=("local", "sagemaker"),
                    help="where fine-tuning jobs run: local processes (default) or SageMaker training jobs")
     p.add_argument("--tracker", default=d.tracker, choices=("mlflow", "sagemaker-experiments"),
@@ -417,7 +367,9 @@ def _history(args) -> int:
         where = args.tracking_uri or Path(args.workspace) / "mlflow.db"
         print(f"prune-explorer history: cannot read {where}: {_one_line(exc)}", file=sys.stderr)
         return 1
-    legend = _with_recipes(history, Path(args.workspace))
+    from .loop.recipe import annotate
+
+    legend = annotate(history, Path(args.workspace))
     print(format_history(history))
     for line in legend:
         print(line)
@@ -428,19 +380,6 @@ def _history(args) -> int:
             print(f"prune-explorer history: --csv {args.csv}: {_one_line(exc)}", file=sys.stderr)
             return 1
     return 0
-
-
-def _with_recipes(history, root: Path) -> list[str]:
-    """Add the recipe id of each iteration (loop/recipe.py) to `history`; the legend lines of those recipes."""
-    if history.empty or not (root / "iterations").is_dir():
-        return []
-    from .loop import recipe
-    from .workspace import Workspace
-
-    workspace = Workspace(root)
-    names = history["iteration"].tolist()
-    history["recipe"] = history["iteration"].map(recipe.ids(workspace, names)).fillna("")
-    return recipe.legend(workspace, names)
 
 
 # --- export (model/export) ---------------------------------------------------------------------
@@ -467,7 +406,7 @@ def _export(args) -> int:
     try:
         model_dir, workspace = _export_source(args.iteration, Path(args.workspace))
         if args.input_shape:
-            example = _export_example(args.input_shape)
+            example = _example_batch(args.input_shape)
         else:  # a workspace iteration: the workspace knows its inputs; a bare directory: its metrics.json
             example = workspace.example_inputs(model_dir.name) if workspace is not None else None
         output = Path(args.output or f"{model_dir.name}.{args.format}")
@@ -485,14 +424,14 @@ def _export(args) -> int:
     return 0
 
 
-def _export_example(shape: str):
-    """--input-shape C,H,W as a one-example zero batch."""
+def _example_batch(shape: str, flag: str = "--input-shape"):
+    """C,H,W (a flag's value) as a one-example zero batch."""
     import torch
 
     try:
         dims = [int(v) for v in shape.split(",")]
     except ValueError:
-        raise ValueError(f"--input-shape must look like 3,64,64, got {shape!r}") from None
+        raise ValueError(f"{flag} must look like 3,64,64, got {shape!r}") from None
     return torch.zeros(1, *dims)
 
 
@@ -604,13 +543,14 @@ def _loopback(ip: str) -> bool:
 
 
 def _app(args) -> int:
+    from .widgets.setup import confirm_baseline
     from .widgets.supervise import supervise
 
     from .masking import unmasked
 
     workspace = Path(args.workspace).resolve()
     if not (workspace / "iterations" / "baseline" / "model.json").is_file() and not args.demo:
-        if not _confirm_baseline(workspace, args.fast):
+        if not confirm_baseline(workspace, args.fast):
             return 2
         args.demo = True
     cmd, env = app_command(args)
@@ -624,24 +564,6 @@ def _app(args) -> int:
     return supervise(cmd, env, workspace)
 
 
-def _confirm_baseline(workspace: Path, fast: bool) -> bool:
-    """A workspace without a baseline: say what the app would train, and ask (a terminal) or refuse."""
-    from .widgets.setup import describe_baseline
-
-    print(f"prune-explorer app: {workspace} has no baseline model. The app's page would first train one in its "
-          f"kernel: {describe_baseline(small=fast or None)}; the page shows 'Running…' until it is done.", file=sys.stderr)
-    if not sys.stdin.isatty():
-        print("prune-explorer app: refused: pass --demo to train it there, or open a workspace that has one "
-              f"(`prune-explorer demo --workspace {workspace}` makes one with the same baseline)", file=sys.stderr)
-        return False
-    try:
-        answer = input("Train it now? [y/N] ")
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() in ("y", "yes"):
-        return True
-    print("prune-explorer app: nothing started", file=sys.stderr)
-    return False
 
 
 def build_parser() -> argparse.ArgumentParser:

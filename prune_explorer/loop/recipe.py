@@ -151,6 +151,18 @@ def ids(workspace: Any, names: list[str]) -> dict[str, str]:
     return found
 
 
+def annotate(history: Any, root: str | os.PathLike) -> list[str]:
+    """Add each iteration's recipe id to a history DataFrame (column "recipe"); the legend of those recipes."""
+    from ..workspace import Workspace
+
+    if history.empty or not (Path(root) / "iterations").is_dir():
+        return []
+    workspace = Workspace(root)
+    names = history["iteration"].tolist()
+    history["recipe"] = history["iteration"].map(ids(workspace, names)).fillna("")
+    return legend(workspace, names)
+
+
 def legend(workspace: Any, names: list[str]) -> list[str]:
     """One line per recipe among `names`: its id, its fine-tuning settings, and what a branch changed."""
     lines, seen = [], set()

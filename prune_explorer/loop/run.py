@@ -394,7 +394,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
     finally:
         queue.close()
     history = tracker.history()
-    history["recipe"] = history["iteration"].map(recipe.ids(workspace, history["iteration"].tolist())).fillna("")
+    recipe.annotate(history, workspace.root)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs.update(stop_reason=reason, failed=failed)
     # every iteration of the workspace (all lineages, the panel's too), never only this run's

@@ -385,6 +385,21 @@ class CaptureHook:
         write_text(self.out_dir, META_FILE, json.dumps(meta, indent=1))
 
 
+def recorded_classes(trial_dir: str | os.PathLike) -> int | None:
+    """The class count a local trial records: its model's constructor arguments (prune_explorer.json),
+    else those of the job that wrote it (metrics.json beside the trial); None when neither says."""
+    from pathlib import Path
+
+    try:
+        meta = json.loads(Path(trial_dir, META_FILE).read_text())
+        classes = ((meta.get("model") or {}).get("kwargs") or {}).get("num_classes")
+        if classes is None:
+            classes = json.loads((Path(trial_dir).resolve().parent / "metrics.json").read_text()).get("num_classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return classes if isinstance(classes, int) else None
+
+
 # --- helpers --------------------------------------------------------------------------------------
 def _tap_key(tap: Any) -> TapKey:
     if hasattr(tap, "module") and hasattr(tap, "call"):

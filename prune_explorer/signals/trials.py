@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,17 +30,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import smdebug_compat
 from .capture import COMPACT_COUNTS, COMPACT_LATER, COMPACT_STATS, META_FILE
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
-from smdebug.core.tfevent.proto.event_pb2 import Event
-from smdebug.core.tfrecord.tensor_reader import TensorReader
 from smdebug.core.utils import is_s3
 
-from .crc import PLACEHOLDER, masked_crc32c
+from .records import Checksums, CheckedReader
 
 TapKey = tuple[str, int]
-LOGGER = logging.getLogger("prune_explorer.trials")
+LOGGER = logging.getLogger("prune_explorer.trials")  # a trial read without checksums to verify: one warning
 _EVENT_FILE = re.compile(r"(?:^|/)events/\d+/(\d+)_(.+)\.tfevents$")
 
 
@@ -188,109 +184,6 @@ class _Source:
             raise ValueError(f"{self.name(META_FILE)}: not valid JSON ({e})") from None
 
 
-# --- reading records ------------------------------------------------------------------------------
-class _Checksums:
-    """Records read without a checksum to verify (smdebug's placeholder), counted across reader threads."""
-
-    def __init__(self):
-        self.placeholders = 0
-        self.files: set[str] = set()
-        self._lock = threading.Lock()
-
-    def unverified(self, filename: str) -> None:
-        with self._lock:
-            self.placeholders += 1
-            self.files.add(filename)
-
-    def warning(self, path: str) -> str:
-        return (f"{path}: {self.placeholders} records in {len(self.files)} event files carry smdebug's placeholder "
-                "checksum (written without write_checksum), so their bytes are not verified")
-
-
-class _CheckedReader(TensorReader):
-    """smdebug's record reader, refusing truncated records and bad checksums with the file's name.
-
-    Every record's payload checksum is verified (masked CRC32C); smdebug's placeholder, written when
-    a writer was not asked for checksums, is counted in `checks` (the trial warns once) instead.
-    `offset` is where `data` starts in the file and `name` the tensor an index says it holds."""
-
-    def __init__(self, data: bytes, filename: str, checks: "_Checksums | None" = None, offset: int = 0,
-                 name: str | None = None):
-        super().__init__(memoryview(data))
-        self.filename, self.checks, self.offset, self.name = filename, checks, offset, name
-        self.records = 0
-
-    def _take(self, n: int, what: str):
-        if self.position + n > self.max_pos:
-            raise ValueError(f"{self.filename}: truncated event file ({what} at byte {self.offset + self.position} "
-                             f"needs {n} bytes, {self.max_pos - self.position} left)")
-        return self._read(n)
-
-    def _record(self, start: int) -> str:
-        index = f"record {self.records}" if self.name is None else f"the record of {self.name!r}"
-        return f"{index} at byte {self.offset + start}"
-
-    def read_record(self, check: str = "minimal"):
-        start = self.position
-        length_bytes = bytes(self._take(8, "record length"))
-        (length,) = struct.unpack("Q", length_bytes)
-        (length_crc,) = struct.unpack("I", self._take(4, "length checksum"))
-        if length_crc != masked_crc32c(length_bytes):
-            raise ValueError(f"{self.filename}: {self._record(start)}: bad CRC of the record length (the file is corrupt)")
-        payload = self._take(length, "record payload")
-        (payload_crc,) = struct.unpack("I", self._take(4, "payload checksum"))
-        if payload_crc == PLACEHOLDER:
-            if self.checks is not None:
-                self.checks.unverified(self.filename)
-        else:
-            computed = masked_crc32c(payload)
-            if payload_crc != computed:
-                raise ValueError(f"{self.filename}: {self._record(start)}: bad CRC of the payload (stored "
-                                 f"{payload_crc:#010x}, computed {computed:#010x}): the file is corrupt")
-        self.records += 1
-        return payload
-
-    def tensors(self) -> Iterator[tuple[str, int, np.ndarray]]:
-        for event in self._events():
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                if value.WhichOneof("value") != "tensor":
-                    continue
-                yield value.tag, event.step, _tensor_array(value.tensor, value.tag, self.filename)
-
-    def _events(self) -> Iterator[Event]:
-        from google.protobuf.message import DecodeError
-
-        while self.has_data():
-            start = self.position
-            payload = self.read_record()
-            event = Event()
-            try:
-                event.ParseFromString(bytes(payload))
-            except DecodeError as e:
-                raise ValueError(f"{self.filename}: corrupt event record at byte {start} ({e})") from None
-            yield event
-
-
-def _tensor_array(proto, tag: str, filename: str) -> np.ndarray:
-    shape = [d.size for d in proto.tensor_shape.dim]
-    try:
-        dtype = smdebug_compat.as_dtype(proto.dtype)
-    except KeyError:
-        raise ValueError(f"{filename}: tensor {tag!r} has unsupported dtype code {proto.dtype}") from None
-    if proto.tensor_content:
-        data = np.frombuffer(proto.tensor_content, dtype=dtype)
-        if data.size != int(np.prod(shape)):
-            raise ValueError(f"{filename}: tensor {tag!r} holds {data.size} values for shape {shape}")
-        return data.reshape(shape)
-    for field_name in ("float_val", "double_val", "int_val", "int64_val", "bool_val"):
-        values = getattr(proto, field_name, ())
-        if len(values):
-            return np.asarray(values, dtype=dtype).reshape(shape or [len(values)])
-    return np.zeros(shape, dtype=dtype)
-
-
 # --- names ----------------------------------------------------------------------------------------
 _COMPACT_TAP = re.compile(rf"^compact/(.+)_(\d+)/({'|'.join(COMPACT_STATS + COMPACT_LATER + COMPACT_COUNTS)})$")
 _COMPACT_NORM = re.compile(r"^compact/(.+)/weight_(l1|l2)$")
@@ -398,7 +291,7 @@ class _Reducer:
         self.steps: set[int] = set()
         self.compact_steps = 0
         self._weights_lock = threading.Lock()
-        self.checks = _Checksums()
+        self.checks = Checksums()
 
     def run(self) -> Trial:
         files, complete, message = self._event_files()
@@ -498,7 +391,7 @@ class _Reducer:
         """Every tensor of one event file; with its index, read and parse only the records ranking uses."""
         records = self._indexed_records(rel)
         if records is None:
-            yield from _CheckedReader(self.source.read(rel), filename, self.checks).tensors()
+            yield from CheckedReader(self.source.read(rel), filename, self.checks).tensors()
             return
         wanted = []
         for name, start, length in records:
@@ -517,7 +410,7 @@ class _Reducer:
                 if len(data) < length:
                     raise ValueError(f"{filename}: truncated event file (record {name!r} at byte {start} "
                                      f"needs {length} bytes, {len(data)} left)")
-                yield from _CheckedReader(data, filename, self.checks, start, name).tensors()
+                yield from CheckedReader(data, filename, self.checks, start, name).tensors()
 
     def _indexed_records(self, rel: str) -> list[tuple[str, int, int]] | None:
         index = self.index_of.get(os.path.basename(rel)[: -len(".tfevents")])
@@ -601,7 +494,7 @@ class _Reducer:
                 data = read_range(start, length)
             if len(data) < length:
                 raise ValueError(f"{filename}: truncated event file (record {tag!r} at byte {start})")
-            for _, step, value in _CheckedReader(data, filename, self.checks, start, tag).tensors():
+            for _, step, value in CheckedReader(data, filename, self.checks, start, tag).tensors():
                 self._keep_weight(tag, name, step, value)
         self.deferred.clear()
         return self.weights

@@ -93,3 +93,24 @@ def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs
                            "with `prune-explorer demo`")
     ensure_baseline(root, model, epochs, **options)
     return True
+
+
+def confirm_baseline(root: str | os.PathLike, small: bool = False) -> bool:
+    """`prune-explorer app` on a workspace without a baseline: say what the page would train, then ask
+    (a terminal) or refuse (no terminal: --demo says yes)."""
+    import sys
+
+    print(f"prune-explorer app: {root} has no baseline model. The app's page would first train one in its kernel: "
+          f"{describe_baseline(small=small or None)}; the page shows 'Running…' until it is done.", file=sys.stderr)
+    if not sys.stdin.isatty():
+        print("prune-explorer app: refused: pass --demo to train it there, or open a workspace that has one "
+              f"(`prune-explorer demo --workspace {root}` makes one with the same baseline)", file=sys.stderr)
+        return False
+    try:
+        answer = input("Train it now? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("prune-explorer app: nothing started", file=sys.stderr)
+    return False
