@@ -303,7 +303,8 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
             if config.criterion not in CRITERIA:
                 raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
-        checks.check_paths(config)
+        if not (Path(config.workspace) / "iterations").is_dir():  # nothing recorded: refuse before making it
+            checks.check_paths(config)
     workspace = Workspace(config.workspace, trust_code=config.trusted)
     with workspace.run_lock():
         return _run_locked(config, workspace, progress, criterion_fn, backend, tracker)
@@ -328,6 +329,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
         start = workspace.start_point(config.start_from)
         resolved = recipe.resolve(config, workspace, start.name)
         config = resolved.config.validate()
+        checks.check_paths(config)  # the run's own paths and the recorded ones it takes
         baseline_config = recipe.for_baseline(config, workspace)
     for line in recipe.describe(resolved, start.name):
         print(line, file=sys.stderr)
