@@ -1,10 +1,17 @@
-"""Every torchvision classification model: trace, a random plan on every prunable group, the
-exactness contract, and the share of prunable conv filters. Prints one row per model.
+"""Every torchvision classification, segmentation and detection model: trace, a random plan on
+every prunable group, the exactness contract, and the share of prunable conv filters. Prints one
+row per model.
+
+Segmentation models: their output dict compared (`out`, and `aux` where built). Detectors
+(`exactness.detection_example`: eval, float64, one 128x128 image as a list): the heads' raw outputs
+before NMS and the post-processed detections compared; `backbone` is the share of prunable conv
+filters in the backbone and FPN (`conv_filters(graph, "backbone")`).
 
 Share of prunable conv filters = (output channels of convolutions whose channel group is
 prunable and can lose at least one channel) / (output channels of all convolutions, any
 `groups`), each conv counted once (`prune_explorer.model.exactness.conv_filters`).
-Status: `exact` (max |pruned - reference| <= 1e-4), `INEXACT`, or the error.
+Status: `exact` (max |pruned - reference| <= 1e-4), `INEXACT`, or the error. `no group`: conv and
+linear layers in no channel group (`graph.unassigned`, each with its reason).
 """
 from __future__ import annotations
 
@@ -17,6 +24,10 @@ import torchvision
 
 from prune_explorer.model.exactness import LARGE_TORCHVISION, TOLERANCE, check, conv_filters, torchvision_example
 
+FAMILIES = {"classification": torchvision.models, "segmentation": torchvision.models.segmentation,
+            "detection": torchvision.models.detection}
+
+
 def sweep(name: str) -> dict:
     start = time.perf_counter()
     model, x = torchvision_example(name)
@@ -27,13 +38,16 @@ def sweep(name: str) -> dict:
                 "seconds": time.perf_counter() - start}
     prunable, total = conv_filters(result.graph)
     groups = result.graph.groups
+    in_backbone, backbone = conv_filters(result.graph, "backbone")
     return {
+        "backbone": in_backbone / backbone if isinstance(x, list) and backbone else None,
         "model": name,
         "status": "exact" if result.max_diff <= TOLERANCE and result.input_unchanged else f"INEXACT {result.max_diff:.2e}",
         "share": prunable / total if total else 0.0,
         "filters": total,
         "groups": f"{len(result.graph.prunable())}/{len(groups)}",
         "route": result.graph.route,
+        "unassigned": len(result.graph.unassigned),
         "seconds": time.perf_counter() - start,
     }
 
@@ -41,20 +55,26 @@ def sweep(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="include the models over ~1 GB")
-    parser.add_argument("models", nargs="*", help="only these (default: every classification model)")
+    parser.add_argument("--family", action="append", choices=sorted(FAMILIES),
+                        help="only these families (default: all three)")
+    parser.add_argument("models", nargs="*", help="only these (default: every model of the families)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    names = args.models or [n for family in (args.family or FAMILIES)
+                            for n in torchvision.models.list_models(module=FAMILIES[family])]
     if not args.all:
         names = [n for n in names if n not in LARGE_TORCHVISION]
-    print(f"{'model':24} {'conv filters prunable':>22} {'filters':>8} {'groups':>9} {'route':>6} {'s':>5}  status")
+    print(f"{'model':38} {'conv filters prunable':>22} {'backbone':>9} {'filters':>8} {'groups':>9} {'route':>6} "
+          f"{'no group':>8} {'s':>5}  status")
     exact = 0
     for name in names:
         row = sweep(name)
         exact += row["status"] == "exact"
         share = f"{100 * row['share']:.1f} %" if "share" in row else "-"
-        print(f"{row['model']:24} {share:>22} {row.get('filters', '-'):>8} {row.get('groups', '-'):>9} "
-              f"{row.get('route', '-'):>6} {row['seconds']:5.1f}  {row['status']}", flush=True)
+        backbone = f"{100 * row['backbone']:.1f} %" if row.get("backbone") is not None else "-"
+        print(f"{row['model']:38} {share:>22} {backbone:>9} {row.get('filters', '-'):>8} {row.get('groups', '-'):>9} "
+              f"{row.get('route', '-'):>6} {row.get('unassigned', '-'):>8} {row['seconds']:5.1f}  {row['status']}",
+              flush=True)
     print(f"zoo: {exact} of {len(names)} models exact")
     sys.exit(0 if exact == len(names) else 1)
 

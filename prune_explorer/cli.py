@@ -75,6 +75,7 @@ def _add_rank(sub) -> None:
     p.add_argument("--scheme", default="internal", choices=("all", "internal"),
                    help="groups the --target-macs plan may cut (default internal, as `run`)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
+    _add_outputs_option(p)
     _add_trust_option(p)
     p.set_defaults(func=_rank)
 
@@ -88,7 +89,7 @@ def _rank(args) -> int:
         model = _rank_model(args.model, args.num_classes, args.trial, args.trust_model_code)
         example = None if args.input_size is None else _example_batch(args.input_size, "--input-size")
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
-                           trust_code=args.trust_model_code)
+                           trust_code=args.trust_model_code, outputs=args.outputs or None)
         table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
     except (ValueError, OSError, KeyError) as exc:  # a bad trial, model directory, file or name: one line
         print(f"prune-explorer rank: {_one_line(exc)}", file=sys.stderr)
@@ -103,6 +104,7 @@ def _rank(args) -> int:
     how = table["normalization"].iloc[0] if len(table) else normalize
     print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _print_unassigned(trial.graph)
     if args.target_macs is not None:
         try:
             _print_budget_plan(trial, example, table, args.target_macs, args.scheme)
@@ -113,6 +115,18 @@ def _rank(args) -> int:
         _write_csv_atomic(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
+
+
+def _print_unassigned(graph, limit: int = 10) -> None:
+    """The conv and linear layers no channel group holds, each with the graph's reason (never silent)."""
+    unassigned = list(getattr(graph, "unassigned", {}).items()) if graph is not None else []
+    if not unassigned:
+        return
+    print(f"not in any channel group ({len(unassigned)} conv/linear layers):")
+    for layer, reason in unassigned[:limit]:
+        print(f"  {layer}: {reason}")
+    if len(unassigned) > limit:
+        print(f"  ... and {len(unassigned) - limit} more")
 
 
 def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> None:
@@ -131,6 +145,20 @@ def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> N
           f"{budget['reached']:,.0f} MACs ({budget['reached'] / budget['before']:.1%})")
     for layer, removed in plan.summary().items():
         print(f"  {layer}: -{removed}")
+
+
+def _add_outputs_option(p) -> None:
+    p.add_argument("--outputs", type=_patterns, default=None, metavar="PATHS",
+                   help="comma-separated paths of the model outputs that must keep their shape and values, e.g. "
+                        "'0,1.boxes' or '!1.feats' (all but that one); the others may change shape and their "
+                        "channels become prunable (default: every output)")
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not found:
+        raise argparse.ArgumentTypeError("give at least one output path, e.g. 0 or '!1.feats'")
+    return found
 
 
 def _add_trust_option(p) -> None:
@@ -295,6 +323,7 @@ def _add_run(sub) -> None:
                     help="also run the accuracy rule as a SageMaker Debugger rule (default on; the rule always "
                          "runs inside the job too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
+    _add_outputs_option(p)
     _add_trust_option(p)
     p.set_defaults(func=_run)
 

@@ -149,14 +149,17 @@ def test_a_pruned_model_prunes_again_exactly(name):
     assert again.pruned.norm.num_channels < once.norm.num_channels
 
 
+@pytest.mark.parametrize("route", ["record", "export"])
 @pytest.mark.parametrize("norm", [LayerNorm2d(8), nn.GroupNorm(2, 8)], ids=["layer_norm_2d", "group_norm"])
-def test_torch_export_route_prunes_the_norm_and_the_pruned_norm_again(norm):
+def test_recorded_and_exported_routes_prune_the_norm_and_the_pruned_norm_again(norm, route):
     model = _randomised(ShapeBranch(norm))
-    first = check(model, X)
-    assert first.graph.route == "export" and first.graph.group("stem").prunable
+    assert ChannelGraph.trace(model, X).route == "record"        # fx cannot take the branch
+    first = check(model, X, graph=ChannelGraph.trace(model, X, route=route))
+    assert first.graph.route == route and first.graph.group("stem").prunable
     assert first.max_diff <= TOLERANCE
-    second = check(first.pruned, X, seed=2)   # its PrunedChannelNorm is one call, as fx's leaf
-    assert second.graph.route == "export" and second.graph.group("stem").prunable
+    again = ChannelGraph.trace(first.pruned, X, route=route)     # its PrunedChannelNorm is one call, as fx's leaf
+    second = check(first.pruned, X, seed=2, graph=again)
+    assert second.graph.route == route and second.graph.group("stem").prunable
     assert second.max_diff <= TOLERANCE
 
 
@@ -191,3 +194,47 @@ def test_pruned_norm_trains_only_its_kept_affine():
     pruned(X).sum().backward()
     assert pruned.norm.weight.grad.shape == (6,) and pruned.norm.weight.grad.abs().sum() > 0
     assert model.norm.weight.grad is None
+
+
+# --- an L2 norm over the channels (SSD's L2Norm) ------------------------------------------------------
+class L2Normed(nn.Module):
+    """SSD's L2Norm written in the forward: a learned per-channel scale times `F.normalize` over the
+    channels; a second `F.normalize` over the width normalises each channel on its own."""
+
+    def __init__(self, p=2.0, dim=1):
+        super().__init__()
+        self.p, self.dim = p, dim
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(8) + 1)
+        self.head, self.side = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        scaled = self.scale.view(1, -1, 1, 1) * F.normalize(y, p=self.p, dim=self.dim)
+        return self.head(scaled) + self.side(F.normalize(y, dim=-1))
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, float("inf")])
+@pytest.mark.parametrize("route", ["fx", "record"])
+def test_an_l2_norm_over_the_channels_prunes_exactly_with_no_module_to_replace(route, p):
+    """Removed channels as zeros add nothing to a p-norm: the pruned model's norm over the kept
+    channels equals the reference's, whose removed channels are zeroed at the op's input."""
+    model, x = L2Normed(p).eval(), torch.randn(2, 3, 6, 6)
+    graph = ChannelGraph.trace(model, x, route=route)
+    assert graph.group("conv").prunable and {"head", "side"} <= set(graph.group("conv").consumers)
+    assert [(site.index, site.axis) for site in graph.zeroed_inputs] == [(0, 1)]   # the first call, not the second
+    result = check(model, x, graph=graph)
+    assert result.removed[graph.group("conv").id] and result.max_diff <= TOLERANCE
+    assert result.pruned.scale.numel() == 8 - len(result.removed[graph.group("conv").id])
+    graph.zeroed_inputs = []                       # a reference that does not zero the op's input differs
+    assert check(model, x, graph=graph).max_diff > 1e-2
+
+
+@pytest.mark.parametrize(("model", "route", "reason"), [
+    (L2Normed(p=-1.0), None, "p=-1.0"),
+    (L2Normed(dim=(1, 2)), None, "together with other dims"),
+    (L2Normed(), "export", "reduces over the channel axis"),   # export spells it out as a norm, an expand, a div
+])
+def test_norms_over_the_channels_that_removed_channels_would_change_stay_refused(model, route, reason):
+    graph = ChannelGraph.trace(model.eval(), torch.randn(2, 3, 6, 6), route=route)
+    assert not graph.group("conv").prunable and reason in graph.group("conv").reason

@@ -186,13 +186,27 @@ def test_se_multiply_merges_gate_and_features():
     assert "features.1.block.1.fc1" in gate.consumers
 
 
-def test_unknown_model_structure_raises_clear_error():
-    class DataDependent(nn.Module):
+def test_a_model_no_route_can_run_raises_a_clear_error_naming_each_route():
+    class Broken(nn.Module):
         def forward(self, x):
-            return x if x.sum() > 0 else -x
+            return x.view(7, -1)           # 48 elements: no route can run it
 
-    with pytest.raises(ValueError, match="DataDependent"):
-        ChannelGraph.trace(DataDependent(), torch.randn(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="Broken") as err:
+        ChannelGraph.trace(Broken(), torch.randn(1, 3, 4, 4))
+    assert all(route in str(err.value) for route in ("torch.fx", "a recorded forward", "torch.export"))
+
+
+def test_data_dependent_python_is_recorded():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x if x.sum() > 0 else -x)
+
+    graph = ChannelGraph.trace(DataDependent(), torch.randn(1, 3, 4, 4))
+    assert graph.route == "record" and graph.group("conv").kind == "output"
 
 
 def test_tracing_leaves_the_model_as_it_was_even_with_tensor_constants():

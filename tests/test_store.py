@@ -309,7 +309,7 @@ def test_files_are_json_and_safetensors_and_load_never_unpickles(tmp_path, monke
     model = narrowed_resnet18()
     save(model, tmp_path / "m")
     spec = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert spec["format"] == "prune_explorer.model" and spec["format_version"] == 3
+    assert spec["format"] == "prune_explorer.model" and spec["format_version"] == 4
     with safetensors.safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as f:
         assert set(f.keys()) == set(model.state_dict())
 

@@ -117,11 +117,8 @@ def _check_data(config: Any) -> None:
             raise RefusedPath(f"--data-dir {data_dir}: no such folder")
 
 
-def filter_capacity(model: Any, example_inputs: Any, scheme: str) -> int:
-    """How many filters a plan can remove from `model` under `scheme`: each eligible group keeps one."""
-    from ..model.graph import ChannelGraph
-
-    graph = ChannelGraph.trace(model, example_inputs)
+def filter_capacity(graph: Any, scheme: str) -> int:
+    """How many filters a plan can remove from a channel graph's groups under `scheme`: each keeps one."""
     return sum(g.size - 1 for g in graph.prunable("internal" if scheme == "internal" else None))
 
 
@@ -134,7 +131,7 @@ def check_capacity(config: Any, workspace: Any, start: Any) -> None:
 
     model = store.load(workspace.iteration_dir(start.name), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(start.name, model, image_size=config.image_size, dataset=config.dataset)
-    capacity = filter_capacity(model, x, config.scheme)
+    capacity = filter_capacity(workspace.trace(model, x), config.scheme)  # the workspace's outputs kept
     if config.per_iteration > capacity:
         raise RefusedValue(f"--per-iteration {config.per_iteration:,}: the {config.scheme} channel groups of "
                            f"{start.name} can give at most {capacity:,} filters (each group keeps one channel); "

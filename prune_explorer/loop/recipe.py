@@ -31,7 +31,7 @@ IDENTITY = ("model", "weights", "model_kwargs", "dataset", "data_dir", "val_subs
 FINE_TUNE = ("epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "subset", "seed", "augment", "capture",
              "entry_point", "source_dir", "train_args")
 STEERING = (("criterion", "normalization"), ("per_iteration", "target_macs", "target_latency", "target_scope"),
-            ("scheme",), ("threshold",), ("min_params",))
+            ("scheme",), ("threshold",), ("min_params",), ("outputs",))
 FIELDS = IDENTITY + FINE_TUNE + tuple(f for group in STEERING for f in group)
 RECIPE_FILE = "recipe.json"
 LEGACY_FILE = "loop_config.json"  # what runs before recipes recorded: the last run's whole LoopConfig

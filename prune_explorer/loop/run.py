@@ -92,6 +92,9 @@ class LoopConfig:
     # modules whose model classes model.json files and jobs may name (model/trust.py); a `model`
     # "pkg.mod:Class" given here is trusted as well: it is the caller's own choice
     trust_model_code: tuple[str, ...] = ()
+    # the model outputs that keep their shape and values (patterns of `model/graph/outputs.py`,
+    # e.g. ("!1.feats",)); empty: every output
+    outputs: tuple[str, ...] = ()
     new_recipe: bool = False  # fine-tuning settings other than the lineage's recorded ones start a marked branch
     # the fields the caller set (the CLI: the flags given); a continued run takes the recorded recipe for
     # the others (loop/recipe.py). None: every field is as the caller wants it.
@@ -123,6 +126,10 @@ class LoopConfig:
             raise ValueError(f"target_scope must be one of {TARGET_SCOPES}, got {self.target_scope!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
+        if self.outputs:
+            from ..model.graph.outputs import selection
+
+            selection(tuple(self.outputs))      # the patterns' form; the paths are checked at the first trace
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
         from ..jobs.data import DATASETS, NORMALIZATIONS
@@ -333,6 +340,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
         baseline_config = recipe.for_baseline(config, workspace)
     for line in recipe.describe(resolved, start.name):
         print(line, file=sys.stderr)
+    workspace = Workspace(config.workspace, trust_code=config.trusted, outputs=tuple(config.outputs))  # as resolved
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
@@ -453,11 +461,10 @@ def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopCo
     """The baseline's MACs, or its latency as the table predicts it, on one example."""
     from ..model import store
     from ..model.costs import CostModel
-    from ..model.graph import ChannelGraph
 
     model = store.load(workspace.iteration_dir(BASELINE)).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
-    costs = CostModel(model, x, ChannelGraph.trace(model, x))
+    costs = CostModel(model, x, workspace.trace(model, x))
     return float(costs.before.macs) if unit == "macs" else latency.predict(costs)
 
 

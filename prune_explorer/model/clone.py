@@ -106,3 +106,101 @@ def _plain(value: Any, memo: dict[int, Any]) -> Any:
         new = kind((_plain(k, memo), _plain(v, memo)) for k, v in value.items())
     memo[id(value)] = new
     return new
+
+
+# --- a private copy for analysis ------------------------------------------------------------------
+_HOOK_DICTS = frozenset(("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks"))
+
+
+_NOT_IN_FORWARD = frozenset(("_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                             "_load_state_dict_post_hooks", "_non_persistent_buffers_set"))
+
+
+def private_copy(module: nn.Module, *, share_tensors: bool) -> nn.Module:
+    """A copy of the module tree that tracing may change at will: the user's model stays as it was.
+
+    Every module is a new object with its own `__dict__`, so what a forward assigns (a detection
+    head's cached `anchors`, `self.shape`; fx's Proxies, torch.export's FakeTensors) lands on the
+    copy. Parameters and buffers are the user's own objects when `share_tensors` (fx and
+    torch.export never compute on them), else clones (a real forward may update buffers in place:
+    batch norm in training mode). Tensors kept in plain attributes are always cloned; containers
+    are copied; other objects go to `copy.deepcopy` with the same memo (shared as they are when
+    they cannot be copied). Hooks are left behind: analysis never runs the user's hooks (fx never
+    did), so a hook that records activations sees no trace.
+    """
+    memo: dict[int, Any] = {}
+    for mod in module.modules():
+        for tensors in (mod._parameters, mod._buffers):
+            for t in tensors.values():
+                if t is not None and id(t) not in memo:
+                    memo[id(t)] = t if share_tensors else _as_own(t)
+    return _private(module, memo)
+
+
+def _as_own(t: torch.Tensor) -> torch.Tensor:
+    value = t.detach().clone()
+    return nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else value
+
+
+def _private(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    found = memo.get(id(module))
+    if found is not None:
+        return found
+    cls = type(module)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__dict__.items():
+        kind = type(value)
+        if kind in _ATOMIC_TYPES or (kind is tuple and all(type(v) in _ATOMIC_TYPES for v in value)):
+            state[key] = value                     # immutable: shared, as deepcopy shares it
+        elif key in _HOOK_DICTS:
+            state[key] = type(value)()
+        elif key in _NOT_IN_FORWARD:
+            state[key] = value                     # state-dict hooks: no forward reads or writes them
+        elif key == "_modules":
+            state[key] = {name: None if child is None else _private(child, memo) for name, child in value.items()}
+        elif key in ("_parameters", "_buffers"):
+            state[key] = {name: None if t is None else memo[id(t)] for name, t in value.items()}
+        else:
+            state[key] = _private_value(value, memo)
+    new.__dict__.update(state)
+    for slot in _slots(cls):
+        if hasattr(module, slot):
+            setattr(new, slot, _private_value(getattr(module, slot), memo))
+    return new
+
+
+def _slots(cls: type) -> tuple[str, ...]:
+    found = _SLOTS.get(cls)
+    if found is None:
+        found = _SLOTS[cls] = tuple(s for c in cls.__mro__ for s in vars(c).get("__slots__", ())
+                                    if s not in ("__dict__", "__weakref__"))
+    return found
+
+
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _private_value(value: Any, memo: dict[int, Any]) -> Any:
+    kind = type(value)
+    if kind in _ATOMIC_TYPES or isinstance(value, _ATOMIC):
+        return value
+    found = memo.get(id(value))
+    if found is not None:
+        return found
+    if isinstance(value, torch.Tensor):
+        new = _as_own(value)
+    elif isinstance(value, nn.Module):
+        new = _private(value, memo)
+    elif kind in (list, dict, OrderedDict, set, frozenset, tuple):
+        new = (kind((_private_value(k, memo), _private_value(v, memo)) for k, v in value.items())
+               if kind in (dict, OrderedDict) else kind(_private_value(v, memo) for v in value))
+    else:
+        try:
+            new = copy.deepcopy(value, memo)
+        except Exception:  # noqa: BLE001 - a lock, a file, a generator: shared as it is
+            new = value
+    memo[id(value)] = new
+    return new

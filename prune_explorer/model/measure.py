@@ -2,6 +2,10 @@
 
 MACs come from torch's own `FlopCounterMode` (flops / 2), so every op torch knows how to count is
 counted the same way for the base and the pruned model; there is no hand-written counter here.
+
+Measuring never changes the caller's model: every forward here runs on a private copy
+(`clone.private_copy`, tensors cloned), so what a forward writes — a detection head's cached
+anchors, a counter, a buffer — lands on the copy, and the model's own hooks do not run.
 """
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+
+from .clone import private_copy
+from .inputs import call, split_inputs
 
 
 @dataclass(frozen=True)
@@ -32,11 +40,16 @@ class ModelCost:
 def count(model: nn.Module, example_inputs: Any) -> ModelCost:
     """Parameters (shared ones once) and MACs of one forward pass on `example_inputs` (whole batch).
 
-    Runs in eval mode under no_grad; the model's training flag is restored afterwards.
+    Runs in eval mode under no_grad, on a private copy (`model` is left as it was).
     """
+    return count_own(private_copy(model, share_tensors=False), example_inputs)
+
+
+def count_own(model: nn.Module, example_inputs: Any) -> ModelCost:
+    """`count` on a model the caller owns (its private copy): the forward runs on `model` itself."""
     params = sum(p.numel() for p in model.parameters())
     with _eval_no_grad(model), FlopCounterMode(display=False) as counter:
-        _forward(model, example_inputs)
+        call(model, example_inputs)
     return ModelCost(params=params, macs=int(counter.get_total_flops() // 2))
 
 
@@ -55,25 +68,27 @@ def paired_latency_ms(
     """Median milliseconds per model, timing the models in turn within each repeat.
 
     Interleaving makes a before/after comparison fair on a busy machine: a burst of load from
-    elsewhere slows both sides of the same round instead of only one model.
+    elsewhere slows both sides of the same round instead of only one model. Each model is timed
+    as a private copy (made before the clock starts), so the models are left as they were.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     sync = _synchronizer(example_inputs)
+    models = [private_copy(model, share_tensors=False) for model in models]
     times: list[list[float]] = [[] for _ in models]
     with ExitStack() as stack:
         for model in models:
             stack.enter_context(_eval_no_grad(model))
         for _ in range(warmup):
             for model in models:
-                _forward(model, example_inputs)
+                call(model, example_inputs)
         for _ in range(repeats):
             for model, model_times in zip(models, times):
                 sync()
                 start = time.perf_counter()
-                _forward(model, example_inputs)
+                call(model, example_inputs)
                 sync()
                 model_times.append((time.perf_counter() - start) * 1000.0)
     return [float(statistics.median(t)) for t in times]
@@ -103,14 +118,6 @@ def measure(
     return ModelCost(params=cost.params, macs=cost.macs, latency_ms=ms)
 
 
-def _forward(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, tuple):
-        return model(*example_inputs)
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    return model(example_inputs)
-
-
 @contextmanager
 def _eval_no_grad(model: nn.Module) -> Iterator[None]:
     modes = {m: m.training for m in model.modules()}
@@ -124,10 +131,8 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
 
 
 def _synchronizer(example_inputs: Any):
-    tensors = [example_inputs] if isinstance(example_inputs, torch.Tensor) else [
-        t for t in (example_inputs.values() if isinstance(example_inputs, dict) else example_inputs)
-        if isinstance(t, torch.Tensor)
-    ]
+    args, kwargs = split_inputs(example_inputs)
+    tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
     if any(t.is_cuda for t in tensors):
         return torch.cuda.synchronize
     return lambda: None

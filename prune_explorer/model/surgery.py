@@ -19,14 +19,17 @@ from .plan import PrunePlan
 
 
 def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: ChannelGraph | None = None,
-          round_to: int | None = None) -> nn.Module:
+          round_to: int | None = None, outputs: Any = None) -> nn.Module:
     """Return a pruned copy of `model`; the input model is never changed.
+
+    `outputs`: which outputs keep their shape and values when `graph` is traced here (as
+    `ChannelGraph.trace` takes it; a given graph carries its own).
 
     Sliced tensors are built first and handed to the module-tree copy (`clone.clone`, deepcopy's
     semantics) through its memo, so each tensor is copied once (the slice), not copied and then sliced.
     """
     if graph is None:
-        graph = ChannelGraph.trace(model, example_inputs)
+        graph = ChannelGraph.trace(model, example_inputs, outputs=outputs)
     removed = plan.resolve(graph)
     if round_to:
         for gid, ix in removed.items():
@@ -67,7 +70,23 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
         if new is not module:
             replace_module(pruned, sl.module, new)
             new_modules[sl.module] = new
+    rewritten = [sl.name for sl, _, _ in resized if KINDS[sl.kind].attribute]
+    if rewritten:
+        _check_runs(pruned, example_inputs, rewritten)
     return pruned
+
+
+def _check_runs(pruned: nn.Module, example_inputs: Any, rewritten: list[str]) -> None:
+    """Widths the forward reads were rewritten: the pruned model must still run on the example."""
+    from .inputs import call
+    from .measure import _eval_no_grad
+
+    try:
+        with _eval_no_grad(pruned):
+            call(pruned, example_inputs)
+    except Exception as exc:  # whatever the user's forward raises
+        raise ValueError(f"the pruned model does not run after surgery rewrote {', '.join(rewritten)}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def _tensors(model: nn.Module):

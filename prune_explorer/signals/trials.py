@@ -102,8 +102,9 @@ class Trial:
 
 
 def open_trial(path_or_s3_uri: str | os.PathLike, model: nn.Module | None = None, example_inputs: Any = None,
-               graph: Any = None, progress: bool = False, trust_code: Any = None) -> Trial:
-    """Read a trial once and reduce it per channel against `model`'s channel groups.
+               graph: Any = None, progress: bool = False, trust_code: Any = None, outputs: Any = None) -> Trial:
+    """Read a trial once and reduce it per channel against `model`'s channel groups (traced with
+    `outputs`, as `ChannelGraph.trace` takes it, unless `graph` is given).
 
     Without `model`, the model recorded by `CaptureHook` (prune_explorer.json) is rebuilt: a
     "package.module:Class" there only when registered or its module is in `trust_code` (model/trust.py).
@@ -115,7 +116,7 @@ def open_trial(path_or_s3_uri: str | os.PathLike, model: nn.Module | None = None
         model, untrained = _model_from_meta(meta, source.path, trust_code)
     if graph is None:
         example_inputs = _example_inputs(example_inputs, meta, source.path)
-        graph = _trace(model, example_inputs)
+        graph = _trace(model, example_inputs, outputs)
     trial = _Reducer(source, model, graph, meta, progress).run()
     trial.untrained_model = untrained
     return trial
@@ -570,7 +571,7 @@ def _example_inputs(example_inputs: Any, meta: dict, path: str) -> Any:
                      "(CLI: --input-size 3,64,64)")
 
 
-def _trace(model: nn.Module, example_inputs: Any):
+def _trace(model: nn.Module, example_inputs: Any, outputs: Any = None):
     from ..model.graph import ChannelGraph
 
-    return ChannelGraph.trace(model, example_inputs)
+    return ChannelGraph.trace(model, example_inputs, outputs=outputs)

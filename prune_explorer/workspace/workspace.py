@@ -102,11 +102,12 @@ class Step:
 class Workspace:
     """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
 
-    def __init__(self, root: str | os.PathLike, *, trust_code: Any = None):
+    def __init__(self, root: str | os.PathLike, *, trust_code: Any = None, outputs: Any = None):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         # the modules whose model classes its model.json files may name (model/trust.py); its jobs get them too
         self.trust_code = trusted_modules(trust_code)
+        self.outputs = outputs or None   # the model outputs kept when its models are traced (None: every one)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -317,20 +318,25 @@ class Workspace:
         return model, self.example_inputs(name), self.trial_dir(name), self.fine_tune_recipe(name)
 
     # --- the step --------------------------------------------------------------------------
+    def trace(self, model: Any, example_inputs: Any):
+        """The channel graph of one of its models, keeping the workspace's `outputs` (`ChannelGraph.trace`)."""
+        from ..model.graph import ChannelGraph
+
+        return ChannelGraph.trace(model, example_inputs, outputs=self.outputs)
+
     def rank_iteration(self, name: str, criterion: str = "taylor", criterion_fn: Callable | None = None,
                        capture: str = "compact", image_size: int | None = None,
                        dataset: str | None = None, normalization: str | None = None) -> Ranked:
         """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2);
         `normalization` as `rank`'s `normalize` (None: the criterion's own)."""
         from ..model import store
-        from ..model.graph import ChannelGraph
         from ..signals.ranking import rank
         from ..signals.trials import open_trial
 
         directory = self.iteration_dir(name)
         model = store.load(directory, trust_code=self.trust_code).eval()
         x = self.example_inputs(name, model, image_size=image_size, dataset=dataset)
-        graph = ChannelGraph.trace(model, x)
+        graph = self.trace(model, x)
         trial = None
         if capture != "none" and (criterion_fn is not None or criterion not in WEIGHT_CRITERIA):
             trial = open_trial(directory / "trial", model=model, example_inputs=x, graph=graph)
@@ -351,7 +357,7 @@ class Workspace:
                                     "which is not trained yet")
         model = store.load(self.iteration_dir(BASELINE), trust_code=self.trust_code).eval()
         x = self.example_inputs(BASELINE, model, image_size=image_size, dataset=dataset)
-        table = LatencyTable.measure(model, x, progress=progress)
+        table = LatencyTable.measure(model, x, self.trace(model, x), progress=progress)
         table.save(path)   # a temp file beside it, then a rename
         return table
 

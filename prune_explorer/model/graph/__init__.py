@@ -1,8 +1,10 @@
 """Channel groups of a model: which channels must be removed together, and which cannot be removed.
 
-Built from operators, not module types (see ARCHITECTURE.md, model/graph): `tracing` (fx, with
-torch.export where fx fails), `ops` (the op registry), `handlers` (one per op family),
-`analysis` (the walk), `channels` (ids and couplings), `groups` (groups, slices, taps).
+Built from operators, not module types (see ARCHITECTURE.md, model/graph): `routes` (which route
+understands the model, on a private copy), `tracing` (fx; torch.export), `recording` (one real
+forward recorded), `ops` (the op registry), `handlers` (one per op family), `analysis` (the walk),
+`channels` (ids and couplings), `groups` (groups, slices, taps), `sizes` (widths written in the
+code), `coverage` (layers in no group).
 """
 from __future__ import annotations
 
@@ -10,21 +12,31 @@ from typing import Any, Iterable
 
 from torch import nn
 
-from .analysis import Analysis
-from .groups import ChannelGroup, ModuleSlices, Tap, build
-from .tracing import run_fx, trace_export, trace_fx
+from ..kinds import KINDS, leaf_types
+from . import handlers_recorded  # noqa: F401 - registers RoI pooling, NMS, value reads, dtype-only ops
+from .coverage import unassigned
+from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, ZeroedInput, build
+from .outputs import OutputSelection, kept_outputs, selection
+from .routes import ROUTES, InputDependentPath, analyse, split_inputs
 
-__all__ = ["ChannelGraph", "ChannelGroup", "ModuleSlices", "Tap"]
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap", "ZeroedInput", "InputDependentPath",
+           "ROUTES", "split_inputs", "OutputSelection", "kept_outputs"]
 
 
 class ChannelGraph:
     """Channel groups of one model, and how each member's tensors map onto them."""
 
     def __init__(self, groups: list[ChannelGroup], slices: dict[str, ModuleSlices], by_layer: dict[str, int],
-                 ambiguous: dict[str, tuple[int, ...]], route: str = "fx"):
+                 ambiguous: dict[str, tuple[int, ...]], route: str = "fx", unassigned: dict[str, str] | None = None,
+                 keep: list[KeepOne] | tuple = (), outputs: Any = None,
+                 zeroed_inputs: list[ZeroedInput] | tuple = ()):
         self.groups = groups
         self.slices = slices
-        self.route = route          # "fx" or "export": which tracer understood the model
+        self.route = route          # "fx", "record" or "export": which route understood the model
+        self.unassigned = dict(unassigned or {})   # conv/linear layers in no group -> why (never silent)
+        self.keep = list(keep)      # parts of splits and slices a plan must not empty
+        self.outputs = outputs      # the outputs kept (`outputs.py`'s spec as given; None: every output)
+        self.zeroed_inputs = list(zeroed_inputs)   # ops (not layers) the exactness reference zeroes inputs of
         self._by_layer = by_layer
         self._ambiguous = ambiguous
 
@@ -32,27 +44,26 @@ class ChannelGraph:
         return f"ChannelGraph({len(self.groups)} groups, {len(self.prunable())} prunable, via {self.route})"
 
     @classmethod
-    def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> "ChannelGraph":
-        """Trace `model` once (fx + meta shapes; torch.export where fx fails) and find its groups."""
-        inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-        try:
-            traced, constants = trace_fx(model, tuple(leaf_modules))
-            analysis = Analysis(model, traced)
-            run_fx(model, traced, constants, inputs, analysis.visit)
-        except Exception as fx_error:  # fx raises many types; export may still understand the model
-            try:
-                traced = trace_export(model, inputs)
-            except Exception as export_error:
-                raise ValueError(
-                    f"cannot trace {type(model).__name__}: torch.fx says {_first_line(fx_error)}; torch.export "
-                    f"says {_first_line(export_error)}. Pass the offending module types as leaf_modules=(...)"
-                ) from export_error
-            analysis = Analysis(model, traced)
-            for node in traced.graph.nodes:
-                analysis.visit(node, node.meta.get("val"))
-        analysis.finish()
+    def trace(cls, model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = (),
+              route: str | None = None, outputs: Any = None) -> "ChannelGraph":
+        """Trace `model` once and find its groups; `model` itself is never changed (a private copy is traced).
+
+        `example_inputs`: a tuple is the positional arguments, a dict the keyword arguments, anything
+        else (a tensor, a list of images) the one argument. Routes, in order: torch.fx, a recorded
+        forward, torch.export (`routes.py`); `route="fx" | "record" | "export"` takes only that one.
+        The registered layer kinds' module types are leaves, as `leaf_modules` are.
+
+        `outputs`: which outputs must keep their shape and values (`outputs.py`: a path pattern such
+        as `"!1.feats"`, a list of them, or a callable on an output's path); None keeps every output.
+        A selected-away output's channels are pruned like an inner tensor's, so in the pruned model
+        that output may change shape and values.
+        """
+        selected = selection(outputs)
+        analysis = analyse(model, example_inputs, tuple(leaf_modules) + leaf_types(), route, selected)
         built = build(analysis)
-        return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route)
+        return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route,
+                   unassigned(analysis, built.slices), built.keep, None if selected is None else selected.spec,
+                   built.zeroed_inputs)
 
     def group(self, layer_or_id: str | int) -> ChannelGroup:
         """The group a member layer name (or group id) names; ValueError otherwise."""
@@ -70,7 +81,14 @@ class ChannelGraph:
     def prunable(self, kind: str | None = None) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable and (kind is None or g.kind == kind)]
 
+    def filter_members(self, group_id: int) -> list[ModuleSlices]:
+        """Members with filters (their layer kind's `has_filters`) whose output carries the group."""
+        if not hasattr(self, "_filters"):
+            found: dict[int, list[ModuleSlices]] = {}
+            for sl in self.slices.values():
+                if KINDS[sl.kind].has_filters:
+                    for g in sl.out_touches:
+                        found.setdefault(g, []).append(sl)
+            self._filters = found
+        return self._filters.get(group_id, [])
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from ..kinds import registered_kind
 from ..norms import PrunedChannelNorm
 
 ACTIVATION_MODULES = (
@@ -74,7 +75,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("conv", _f("conv1d", "conv2d", "conv3d") + _t("conv1d", "conv2d", "conv3d"),
            ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
            aten=("conv1d", "conv2d", "conv3d", "convolution", "_convolution")),
-    Family("conv_transpose", _f("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"), ("input", "weight"),
+    Family("conv_transpose", _f("conv_transpose1d", "conv_transpose2d", "conv_transpose3d") +
+           _t("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+           ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
            aten=("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")),
     Family("linear", _f("linear"), ("input", "weight", "bias"), aten=("linear",)),
     Family("batch_norm", _f("batch_norm") + _t("batch_norm"),
@@ -87,6 +90,7 @@ FAMILIES: tuple[Family, ...] = (
            aten=("layer_norm", "native_layer_norm")),
     Family("group_norm", _f("group_norm") + _t("group_norm"), ("input", "num_groups", "weight", "bias", "eps"),
            aten=("group_norm", "native_group_norm")),
+    Family("normalize", _f("normalize"), ("input", "p", "dim", "eps", "out")),
     Family("prelu", _f("prelu") + _t("prelu"), ("input", "weight"), methods=("prelu",), method_names=("weight",),
            aten=("prelu", "_prelu_kernel")),
     Family("unary", _f(*_UNARY) + _t(*_UNARY) + (operator.neg, operator.abs), ("input",),
@@ -103,9 +107,16 @@ FAMILIES: tuple[Family, ...] = (
     Family("chunk", _t("chunk"), ("input", "chunks", "dim"), methods=("chunk",), method_names=("chunks", "dim"),
            aten=("chunk",)),
     Family("split", _t("split"), ("input", "split_size", "dim"), methods=("split",), method_names=("split_size", "dim"),
-           aten=("split", "split_with_sizes", "unbind")),
+           aten=("split", "split_with_sizes")),
+    Family("unbind", _t("unbind"), ("input", "dim"), methods=("unbind",), method_names=("dim",), aten=("unbind",)),
     Family("getitem", (operator.getitem,), ("input", "index")),
     Family("slice", (), (), aten=("slice", "select")),
+    Family("narrow", _t("narrow"), ("input", "dim", "start", "length"), methods=("narrow",),
+           method_names=("dim", "start", "length"), aten=("narrow",)),
+    Family("pixel_shuffle", _f("pixel_shuffle") + _t("pixel_shuffle"), ("input", "upscale_factor"),
+           aten=("pixel_shuffle",)),
+    Family("pixel_unshuffle", _f("pixel_unshuffle") + _t("pixel_unshuffle"), ("input", "downscale_factor"),
+           aten=("pixel_unshuffle",)),
     Family("permute", _t("permute"), ("input", "dims"), methods=("permute",), method_names=("*dims",),
            aten=("permute",)),
     Family("transpose", _t("transpose", "swapaxes", "swapdims"), ("input", "dim0", "dim1"),
@@ -157,6 +168,7 @@ class ModuleOp:
     handler: str
     params: Callable[[nn.Module], dict[str, str | None]]
     constants: Callable[[nn.Module], dict[str, Any]] = lambda m: {}
+    kind: str | None = None             # a registered layer kind: the kind of the member it makes
 
 
 def _present(m: nn.Module, *names: str) -> dict[str, str | None]:
@@ -175,6 +187,8 @@ MODULE_OPS: tuple[tuple[type, ModuleOp], ...] = (
     (nn.PReLU, ModuleOp("prelu", lambda m: _present(m, "weight"))),
     (PrunedChannelNorm, ModuleOp("channel_norm", lambda m: _present(m, "weight", "bias"))),
     (nn.ChannelShuffle, ModuleOp("channel_shuffle", lambda m: {}, lambda m: {"groups": m.groups})),
+    (nn.PixelShuffle, ModuleOp("pixel_shuffle", lambda m: {}, lambda m: {"upscale_factor": m.upscale_factor})),
+    (nn.PixelUnshuffle, ModuleOp("pixel_unshuffle", lambda m: {}, lambda m: {"downscale_factor": m.downscale_factor})),
     (nn.Flatten, ModuleOp("reshape", lambda m: {})),
     (nn.Unflatten, ModuleOp("reshape", lambda m: {})),
     (nn.Softmax, ModuleOp("softmax", lambda m: {}, lambda m: {"dim": m.dim})),
@@ -186,6 +200,11 @@ MODULE_OPS: tuple[tuple[type, ModuleOp], ...] = (
 
 
 def module_op(module: nn.Module) -> ModuleOp | None:
+    """How a leaf module maps onto an op family: a registered layer kind's (`kinds.register_layer_kind`)
+    first, then torch.nn's."""
+    custom = registered_kind(module)
+    if custom is not None:
+        return ModuleOp(custom.op, custom.params, custom.constants, kind=custom.name)
     for types, op in MODULE_OPS:
         if isinstance(module, types):
             return op
@@ -225,3 +244,47 @@ def bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
     for key, value in kwargs.items():
         bound["input" if key == "self" else key] = value
     return bound
+
+
+# --- torchvision's RoI pooling and values read into Python (handlers: `handlers_recorded.py`) ----
+# RoI pooling is per channel: region k of channel c comes from channel c of the features; the boxes
+# never carry channels. `MultiScaleRoIAlign` is one call in a recording (a leaf, like torch.nn's).
+RECORDED_LEAVES: tuple[type, ...] = ()
+try:
+    import torchvision.ops as _tv_ops
+    from torchvision.ops import roi_align as _roi_align_fn, roi_pool as _roi_pool_fn
+
+    RECORDED_LEAVES = (_tv_ops.MultiScaleRoIAlign,)
+    MODULE_OPS += ((_tv_ops.MultiScaleRoIAlign, ModuleOp("multiscale_roi_pool", lambda m: {},
+                                                         lambda m: {"featmap_names": tuple(m.featmap_names)})),)
+    _ROI_NAMES = ("input", "boxes", "spatial_scale", "pooled_height", "pooled_width", "sampling_ratio", "aligned")
+    for _fn in (torch.ops.torchvision.roi_align, torch.ops.torchvision.roi_pool):
+        FUNCTIONS[_fn] = ("roi_pool", _ROI_NAMES)
+    FUNCTIONS[_roi_align_fn] = ("roi_pool", ("input", "boxes", "output_size", "spatial_scale", "sampling_ratio",
+                                            "aligned"))
+    FUNCTIONS[_roi_pool_fn] = ("roi_pool", ("input", "boxes", "output_size", "spatial_scale"))
+    ATEN["roi_align"] = ATEN["roi_pool"] = "roi_pool"
+    FUNCTIONS[torch.ops.torchvision.nms] = ("boxes", ("boxes", "scores", "iou_threshold"))
+    ATEN["nms"] = "boxes"
+except (ImportError, AttributeError):  # pragma: no cover - torchvision is a dependency
+    pass
+
+VALUE_READ_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "numpy",
+                      "__array__", "__format__")
+for _m in VALUE_READ_METHODS:
+    METHODS.setdefault(_m, ("value_read", ("input",)))
+ATEN.setdefault("_local_scalar_dense", "value_read")
+
+# `x.type_as(other)`, `x.to(other)`: `other` gives a dtype and a device, none of its values
+for _m in ("type_as", "to"):
+    METHODS[_m] = ("like", ("input", "other"))
+# `x.new_zeros(size)`: only x's dtype and device; `torch.zeros_like(x)`: x's shape, so its width
+# follows x's (pruned) channels
+for _m in ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"):
+    METHODS[_m] = ("fresh", ("input",))
+for _fn in _t("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like"):
+    FUNCTIONS[_fn] = ("like", ("input",))
+for _m in ("zero_", "fill_"):
+    METHODS.setdefault(_m, ("like", ("input",)))
+# `x.expand(b, c, h, w)`: a channel width written as a number is refused (`handlers_recorded.expand_to`)
+METHODS["expand"] = ("expand_to", ("input", "*sizes"))

@@ -1,16 +1,20 @@
-"""Turn a model into a graph of operators with shapes: torch.fx first, torch.export where fx fails.
+"""Turn a model into a graph of operators with shapes: torch.fx, and torch.export (`routes.py`
+decides which runs, always on a private copy of the user's model; `recording.py` is the third).
 
 fx (≈ 10 ms on resnet18) keeps torch.nn's own modules as leaves and traces through everything
 else, so a third-party Conv2d subclass that calls `F.conv2d(x, self.weight)` shows up as that
 functional call on that module's parameter. Shapes come from running the fx graph on the meta
-device. Where fx cannot trace (Python control flow on shapes), torch.export (≈ 0.3 s) gives an
-ATen graph specialised on the example inputs, with every parameter lifted under its name and
-every node's module scope recorded.
+device. torch.export (≈ 0.3 s) gives an ATen graph specialised on the example inputs, with every
+parameter lifted under its name and every node's module scope recorded.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx
@@ -41,10 +45,13 @@ class Traced:
     """What the analysis walks: nodes in order, with values, parameters and module scopes."""
 
     graph: torch.fx.Graph
-    route: str                                       # "fx" | "export"
+    route: str                                       # "fx" | "record" | "export"
     params: dict[torch.fx.Node, ParamRef] = field(default_factory=dict)
     module_outputs: dict[torch.fx.Node, list[tuple[str, int]]] = field(default_factory=dict)
     leaf_calls: dict[torch.fx.Node, int] = field(default_factory=dict)
+    # the output node's flat list of values, each with its path in the model's output structure
+    # (None: not a user output); unset for fx, whose output node holds the structure itself
+    output_paths: list | None = None
 
 
 def _meta(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -85,6 +92,16 @@ class _Tracer(torch.fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def iter(self, obj: torch.fx.Proxy):
+        """Iterating a split at sizes the code lists (`zip(convs, x.split(self.sizes, 1))`): as many
+        parts as sizes. fx only unpacks a proxy into names; anything else it cannot count."""
+        node = obj.node
+        sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
+                                                                           node.kwargs.get("split_size"))
+        if node.target in (torch.split, "split") and isinstance(sizes, (list, tuple)):
+            return iter([obj[i] for i in range(len(sizes))])
+        return super().iter(obj)
+
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         name = self.path_of_module(m)
         index = self.calls.get(name, 0)
@@ -102,7 +119,7 @@ def trace_fx(model: nn.Module, leaf_types: tuple[type, ...]) -> tuple[Traced, di
 
     No GraphModule: its code generation would never run. fx stores tensors created in `forward`
     (`torch.tensor(2.0)`) as `_tensor_constant*` attributes of the traced module; they are taken
-    back off `model` here, so tracing leaves the user's model as it was.
+    back off `model` here (the private copy `routes.py` traces: the user's model is never seen).
     """
     tracer = _Tracer(leaf_types)
     before = set(vars(model))
@@ -148,9 +165,15 @@ def run_fx(model: nn.Module, traced: Traced, constants: dict[str, Any], inputs: 
         MetaRun(traced.graph, model, constants, visit).run(*meta_inputs)
 
 
-def trace_export(model: nn.Module, inputs: tuple) -> Traced:
-    """torch.export's ATen graph; module calls recovered from each node's `nn_module_stack`."""
-    program = torch.export.export(model, tuple(inputs), strict=False)
+def trace_export(model: nn.Module, args: tuple, kwargs: dict | None = None) -> Traced:
+    """torch.export's ATen graph; module calls recovered from each node's `nn_module_stack`.
+
+    `model` must be a private copy: export assigns FakeTensors to whatever the forward caches on
+    its modules. Quiet: a failed export prints its partial graph (thousands of lines) to stderr,
+    and warns about the attributes it saw assigned; neither says anything about the user's model.
+    """
+    with _quiet():
+        program = torch.export.export(model, tuple(args), kwargs or None, strict=False)
     graph = program.graph
     signature = program.graph_signature
     named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
@@ -160,6 +183,7 @@ def trace_export(model: nn.Module, inputs: tuple) -> Traced:
         if node.op == "placeholder" and node.name in lifted and lifted[node.name] in named:
             module, _, attr = lifted[node.name].rpartition(".")
             traced.params[node] = ParamRef(module, attr, named[lifted[node.name]])
+    traced.output_paths = _export_output_paths(program)
     scopes = {node: _scopes(node) for node in graph.nodes}
     for node in graph.nodes:
         if node.op != "call_function":
@@ -172,6 +196,21 @@ def trace_export(model: nn.Module, inputs: tuple) -> Traced:
         if node in traced.module_outputs:  # innermost module first, as fx reports them
             traced.module_outputs[node].sort(key=lambda c: -c[0].count("."))
     return traced
+
+
+def _export_output_paths(program) -> list:
+    """The path of each value of the exported output node: user outputs in the order of the
+    output structure (`call_spec.out_spec`), anything else (a mutated buffer) None."""
+    from torch.utils._pytree import tree_unflatten
+
+    from .outputs import leaves
+
+    specs = program.graph_signature.output_specs
+    user = [i for i, spec in enumerate(specs) if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+    paths: list = [None] * len(specs)
+    for path, index in leaves(tree_unflatten(list(range(len(user))), program.call_spec.out_spec)):
+        paths[user[index]] = path
+    return paths
 
 
 def _scopes(node: torch.fx.Node) -> dict[str, tuple[str, int]]:
@@ -191,3 +230,20 @@ def _clean_path(path: str) -> str:
     if "L['self']" in path or "[" in path:
         path = path.replace("L['self']", "").replace("['", ".").replace("']", "").replace("[", ".").replace("]", "")
     return path.strip(".")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No stderr, warnings or log lines from torch.export while it runs."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch._dynamo",
+                                                    "torch.fx.experimental.symbolic_shapes", "torch._subclasses")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
