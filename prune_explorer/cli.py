@@ -112,7 +112,9 @@ def _rank(args) -> int:
             print(f"prune-explorer rank: {exc}", file=sys.stderr)
             return 2
     if args.csv:
-        _write_csv_atomic(table, args.csv)
+        from .loop.history import write_csv
+
+        write_csv(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
 
@@ -214,22 +216,6 @@ def _one_line(exc: BaseException) -> str:
         return f"{exc.filename}: {exc.strerror or exc}"
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     return " ".join(text.split("\n")[:1]) if len(text) > 400 else text.replace("\n", " ")
-
-
-def _write_csv_atomic(table, path: str) -> None:
-    import os
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rank.", suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            table.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
@@ -381,33 +367,24 @@ def _add_history(sub) -> None:
 
 
 def _history(args) -> int:
-    from pathlib import Path
+    from .loop.history import format_history, read_history, write_csv
 
-    from .loop import LoopConfig, format_history, loop_tracker
-
-    if args.tracker == "mlflow" and args.tracking_uri is None and not (Path(args.workspace) / "mlflow.db").exists():
-        print(f"prune-explorer history: no MLflow store at {Path(args.workspace) / 'mlflow.db'}", file=sys.stderr)
-        return 1
-    config = LoopConfig(workspace=args.workspace, tracker=args.tracker, tracking_uri=args.tracking_uri,
-                        experiment=args.experiment, region=args.region)
     try:
-        history = loop_tracker(config.validate()).history()
+        history, legend = read_history(args.workspace, args.tracker, args.tracking_uri, args.experiment, args.region)
+    except FileNotFoundError as exc:
+        print(f"prune-explorer history: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 — a store that is not MLflow's, an unreachable server: one line
         where = args.tracking_uri or Path(args.workspace) / "mlflow.db"
         print(f"prune-explorer history: cannot read {where}: {_one_line(exc)}", file=sys.stderr)
         return 1
-    from .loop.recipe import annotate
-
-    legend = annotate(history, Path(args.workspace))
-    print(format_history(history))
-    for line in legend:
-        print(line)
-    if args.csv:
-        try:
-            _write_csv_atomic(history, args.csv)
-        except OSError as exc:
-            print(f"prune-explorer history: --csv {args.csv}: {_one_line(exc)}", file=sys.stderr)
-            return 1
+    print("\n".join([format_history(history), *legend]))
+    try:
+        if args.csv:
+            write_csv(history, args.csv)
+    except OSError as exc:
+        print(f"prune-explorer history: --csv {args.csv}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

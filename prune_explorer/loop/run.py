@@ -29,8 +29,8 @@ from ..jobs.base import COMPLETED, STOPPED
 from ..masking import mask_values
 from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
-from ..workspace.workspace import DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT
 from . import checks, recipe
+from .history import format_history, plot_history
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -481,48 +481,3 @@ def job_hyperparameters(config: LoopConfig, workspace: Workspace, previous: Iter
 def completed_iterations(workspace: str | os.PathLike) -> list[str]:
     """Names of the workspace's iter-NNN iterations whose fine-tuning completed, oldest first."""
     return Workspace(workspace).completed_iterations()
-
-
-def format_history(history: pd.DataFrame) -> str:
-    """The summary table printed at the end of a run and by `prune-explorer history`."""
-    if history.empty:
-        return "(no tracked iterations)"
-    own_script = history.get("script", pd.Series(dtype=object)).map(
-        lambda s: isinstance(s, str) and s not in ("", DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT))
-    columns = ["iteration", "parent", "status", "criterion", "filters_removed", "params", "macs", "latency_ms",
-               "accuracy"] + [c for c in ("recipe",) if c in history and history[c].astype(bool).any()] \
-        + (["script"] if own_script.any() else [])  # the training script, when a job ran the user's own
-    view = history[columns].copy()
-    view["accuracy"] = view["accuracy"].map(lambda a: "" if pd.isna(a) else f"{100 * a:.2f}%")
-    view["latency_ms"] = view["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    for column in ("filters_removed", "params", "macs"):
-        view[column] = view[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}").astype(object)
-    return view.astype(object).fillna("").to_string(index=False)
-
-
-def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Params (log scale) vs best accuracy, one point per iteration, labelled, a line from each to its parent
-    (every lineage of the workspace, branches included)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    axes = figure.subplots()
-    done = history.dropna(subset=["params", "accuracy"])
-    at = {row["iteration"]: (float(row["params"]), 100 * row["accuracy"]) for _, row in done.iterrows()}
-    for _, row in done.iterrows():
-        if row.get("parent") in at:
-            (x0, y0), (x1, y1) = at[row["parent"]], at[row["iteration"]]
-            axes.plot([x0, x1], [y0, y1], "-", color="C0", linewidth=1)
-    axes.plot(done["params"].astype(float), 100 * done["accuracy"], "o", color="C0")
-    for _, row in done.iterrows():
-        axes.annotate(row["iteration"], (float(row["params"]), 100 * row["accuracy"]), fontsize=7,
-                      xytext=(3, 3), textcoords="offset points")
-    axes.set_xscale("log")
-    axes.set_xlabel("parameters")
-    axes.set_ylabel("validation accuracy (%)")
-    axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
