@@ -49,7 +49,7 @@ app: $(STAMP)
 BENCH_WORKSPACE ?= bench-workspace
 
 bench: $(STAMP)
-	@for b in surgery zoo ranking capture criterion panel; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
+	@for b in surgery zoo ranking trial_crc capture criterion panel; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
 	@echo "== quality"; $(PY) benchmarks/quality.py --workspace $(BENCH_WORKSPACE)/quality
 	@echo "== allocation"; $(PY) benchmarks/allocation.py --workspace $(BENCH_WORKSPACE)/quality
 

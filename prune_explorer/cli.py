@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from .workspace.layout import BASELINE, MODEL_SPEC, Layout, has_model  # standard library only: the CLI starts without torch
+
 
 def _add_demo(sub) -> None:
     p = sub.add_parser(
@@ -47,9 +49,11 @@ def _demo(args) -> int:
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
         print(f"  {done} of them already in {workspace}/ (delete it to start over)")
     try:
-        run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        rows = run_loop(dataclasses.replace(config, iterations=max(0, config.iterations - done)))
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"prune-explorer demo: {exc}", file=sys.stderr)
+        return 1
+    if rows.attrs.get("failed"):  # a job failed: the summary above says which
         return 1
     print(f"results: {workspace}/results.csv, plot: {workspace}/params_vs_accuracy.png; "
           f"open the panel with `make lab` (notebooks/) or `prune-explorer app --workspace {workspace}`")
@@ -62,7 +66,8 @@ def _add_rank(sub) -> None:
     p.add_argument("trial", help="trial directory or s3:// prefix")
     p.add_argument("--model", default=None,
                    help="torchvision architecture name or a saved model directory (default: as recorded in the trial)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of --model ARCH")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of --model ARCH (default: as the trial records, or its job's metrics.json)")
     p.add_argument("--input-size", default=None, help="C,H,W of one example, e.g. 3,64,64 (default: as recorded)")
     _add_criterion_options(p, "taylor")
     p.add_argument("--no-normalize", action="store_true", help="the same as --normalization none (raw scores)")
@@ -81,17 +86,17 @@ def _rank(args) -> int:
     from .session import PruningSession
     from .signals.trials import _example_inputs, open_trial
 
-    example = _rank_example(args.input_size)
+    normalize = "none" if args.no_normalize else args.normalization
     try:
-        model = _rank_model(args.model, args.num_classes, args.trust_model_code)
+        model = _rank_model(args.model, args.num_classes, args.trial, args.trust_model_code)
+        example = None if args.input_size is None else _example_batch(args.input_size, "--input-size")
         trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
                            trust_code=args.trust_model_code, outputs=args.outputs or None)
-        normalize = "none" if args.no_normalize else args.normalization
         session = PruningSession(trial.model, _example_inputs(example, trial.meta, trial.path), trial=trial,
                                  graph=trial.graph, criterion=args.criterion, normalization=normalize)
         table = session.table
-    except ValueError as exc:
-        print(f"prune-explorer rank: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as exc:  # a bad trial, model directory, file or name: one line
+        print(f"prune-explorer rank: {_one_line(exc)}", file=sys.stderr)
         return 2
     if not trial.complete:
         print(f"note: {trial.message}", file=sys.stderr)
@@ -111,7 +116,9 @@ def _rank(args) -> int:
             print(f"prune-explorer rank: {exc}", file=sys.stderr)
             return 2
     if args.csv:
-        _write_csv_atomic(table, args.csv)
+        from .loop.history import write_csv
+
+        write_csv(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
 
@@ -170,83 +177,85 @@ def _module_names(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _add_criterion_options(p, default: str) -> None:
+def _add_criterion_options(p, default: str | None, shown: str = "taylor") -> None:
     """--criterion and --normalization; the library checks the names (its registries import torch)."""
     p.add_argument("--criterion", default=default,
                    help="taylor, taylor_aws, taylor_global, taylor_flops, mean_activation, apoz (from the trial) or "
                         "l1, l2 (weights); taylor_global is Molchanov 2019's squared gate gradient, compared across "
-                        "layers unnormalised; taylor_flops is the same per MAC saved")
+                        f"layers unnormalised; taylor_flops is the same per MAC saved (default {shown})")
     p.add_argument("--normalization", default=None, metavar="{l2,none,flops}",
                    help="how scores of different layers compare (not the input --normalize): l2 per layer, none "
                         "(raw), flops (per MAC one channel costs); default: the criterion's own (taylor_global "
                         "none, taylor_flops flops, others l2)")
 
 
-def _rank_model(spec: str | None, num_classes: int | None, trust_code: tuple[str, ...] = ()):
-    """--model: a saved model directory (its model.json through the trust gate), else the name typed."""
+def _rank_model(spec: str | None, num_classes: int | None, trial: str, trust_code: tuple[str, ...] = ()):
+    """--model: a saved model directory (its model.json through the trust gate), else an architecture
+    built with the trial's class count."""
     if spec is None:
         return None
-    import os
-
-    if os.path.isdir(spec):
+    if os.path.isdir(spec) or os.sep in spec:
         from .model.store import load
 
+        if not has_model(spec):
+            raise FileNotFoundError(f"--model {spec}: not a saved model directory (no {MODEL_SPEC} in it)")
         return load(spec, trust_code=trust_code)
     from .model.zoo import build_model
 
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    return build_model(spec, **kwargs)
+    from .signals.capture import recorded_classes
+
+    classes = num_classes if num_classes is not None else recorded_classes(trial)
+    return build_model(spec, **({} if classes is None else {"num_classes": classes}))
 
 
-def _rank_example(size: str | None):
-    if size is None:
-        return None
-    import torch
-
-    try:
-        dims = [int(v) for v in size.split(",")]
-    except ValueError:
-        raise SystemExit(f"prune-explorer rank: --input-size must look like 3,64,64, got {size!r}") from None
-    return torch.zeros(1, *dims)
-
-
-def _write_csv_atomic(table, path: str) -> None:
-    from .workspace.layout import atomic_write
-
-    atomic_write(path, lambda f: table.to_csv(f, index=False))
+def _one_line(exc: BaseException) -> str:
+    """An exception as the one line the CLI prints: an OSError with its file, a KeyError without quotes."""
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.strerror or ""):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split("\n")[:1]) if len(text) > 400 else text.replace("\n", " ")
 
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
+RUN_DESCRIPTION = """The headless loop: baseline, then rank -> prune -> fine-tune until a stop. On a workspace with a
+recorded recipe (iterations/*/recipe.json, an older loop_config.json) a setting not given is the recorded one of the
+lineage it continues (the defaults below are a new workspace's); another fine-tuning setting is refused unless
+--new-recipe (a branch, marked in `history`); model, data, validation set and input never change. Exit codes: 0 a
+normal end (the iterations, the rule, the floor, a budget); 1 a job failed or was stopped by a fault; 2 refused."""
+
+
 def _add_run(sub) -> None:
     from .loop import LoopConfig
 
     d = LoopConfig()
-    p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
-    p.add_argument("--workspace", default=d.workspace, help="jobs, iterations and the MLflow store live here")
-    p.add_argument("--dataset", default=d.dataset, help="digits (default), fashion-mnist, imagefolder, caltech101")
+    p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop",
+                       description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workspace", default=d.workspace, help=f"jobs, iterations and MLflow runs live here (default ./{d.workspace})")
+    p.add_argument("--dataset", default=None, help=f"{d.dataset} (default; scikit-learn's), fashion-mnist, imagefolder, caltech101")
     p.add_argument("--data-dir", default=None,
-                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 "
-                        "layout); with --backend sagemaker an s3:// URI becomes the jobs' train channel")
+                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 layout), checked "
+                        "before any work; an s3:// URI with --backend sagemaker (default: fashion-mnist's system copy)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
-    p.add_argument("--model", default=d.model,
-                   help="torchvision architecture name, 'pkg.module:Class', or a saved model directory")
+    p.add_argument("--model", default=None,
+                   help=f"torchvision architecture name, 'pkg.module:Class', or a saved model directory (default {d.model})")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help="constructor arguments of the baseline architecture, e.g. '{\"image_size\": 64}'")
     p.add_argument("--weights", default=None,
                    help="pretrained start of the baseline: a torchvision weights enum (IMAGENET1K_V1, downloaded) "
-                        "or a local state-dict file; the head is replaced for the data's classes")
+                        "or a local state-dict file; the head is replaced for the data's classes (default: none)")
     p.add_argument("--normalize", default=None,
                    help="input normalisation: dataset | imagenet (default: imagenet with --weights, else the data's own)")
     p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="light training augmentation (default: on with --weights and for image folders)")
     p.add_argument("--entry-point", default=None, metavar="SCRIPT",
-                   help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. src/train.py")
+                   help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. "
+                        "src/train.py (default: prune_explorer.jobs.train)")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    _add_criterion_options(p, d.criterion)
-    p.add_argument("--per-iteration", type=int, default=d.per_iteration,
-                   help="filters removed per iteration (when no --target-macs/--target-latency is given)")
+    _add_criterion_options(p, None, d.criterion)
+    p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration without a --target-*; "
+                   f"more than the model's groups can give is refused (default {d.per_iteration})")
     budget = p.add_argument_group("budgets (instead of --per-iteration)")
     budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
                         help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
@@ -254,30 +263,32 @@ def _add_run(sub) -> None:
     budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
                         help="the same for latency, predicted by a per-layer table measured once on the baseline on "
                              "this machine (WORKSPACE/latency_table.json)")
-    budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
+    budget.add_argument("--target-scope", default=None, choices=("iteration", "overall"),
                         help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
                              "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
-    p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
+    p.add_argument("--iterations", type=int, default=d.iterations, help=f"at most this many new iterations (default {d.iterations})")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "
                         "iteration), baseline, or an iteration name such as iter-003")
-    p.add_argument("--min-params", type=int, default=d.min_params, help="stop before going below this many params")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs per iteration")
-    p.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs)
-    p.add_argument("--subset", type=int, default=None, help="training examples (per-class stratified)")
-    p.add_argument("--val-subset", type=int, default=None, help="validation examples")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (train.py's default 1e-3)")
+    p.add_argument("--new-recipe", action="store_true", default=None, help="fine-tuning settings other than the "
+                   "recorded ones start a new branch (a new recipe id in history) instead of being refused")
+    p.add_argument("--min-params", type=int, default=None, help=f"stop before going below this many params (default {d.min_params})")
+    p.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs per iteration (default {d.epochs})")
+    p.add_argument("--baseline-epochs", type=int, default=None, help=f"epochs of the baseline (default {d.baseline_epochs})")
+    p.add_argument("--subset", type=int, default=None, help="training examples, per class (default: the full training set)")
+    p.add_argument("--val-subset", type=int, default=None, help="validation examples (default: the full validation set)")
+    p.add_argument("--image-size", type=int, default=None, help="image side (default: the data's own; 224 for image folders)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: train.py's 1e-3)")
     p.add_argument("--baseline-lr", type=float, default=None, help="learning rate of the baseline job (default: --lr)")
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
                    help="per job: constant (default) or cosine decay over the job's steps")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--scheme", default=d.scheme, choices=("all", "internal"),
-                   help="'internal': only block-internal channels (the AWS example); 'all': every prunable group")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help="stop when accuracy drops more than this (fraction) below the previous iteration")
+    p.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default: train.py's 0)")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of the subsets, split and training (default {d.seed})")
+    p.add_argument("--scheme", default=None, choices=("all", "internal"), help="'internal' (default): only "
+                   "block-internal channels (the AWS example); 'all': every prunable group")
+    p.add_argument("--threshold", type=float, default=None, help="stop when accuracy drops more than this (fraction) "
+                   f"below the previous iteration (default {d.threshold})")
     from .jobs.backends import BACKENDS
 
     p.add_argument("--backend", default=d.backend, choices=tuple(BACKENDS),
@@ -347,23 +358,28 @@ def loop_config(args: argparse.Namespace):
     """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
     from .loop import LoopConfig
 
-    fields = set(LoopConfig.__dataclass_fields__)
-    config = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return LoopConfig(**config, backend_options=_backend_options(args))
+    fields = set(LoopConfig.__dataclass_fields__) - {"given", "backend_options"}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return LoopConfig(**given, given=tuple(given), backend_options=_backend_options(args))
 
 
 def _run(args) -> int:
-    from .loop import format_history, run_loop
+    from .loop import format_history, run_loop, summary
+    from .loop.checks import Refused
+    from .workspace.run_lock import WorkspaceBusy
 
     try:
         rows = run_loop(loop_config(args), progress=not args.quiet)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (Refused, WorkspaceBusy) as exc:
+        print(f"prune-explorer run: refused: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"prune-explorer run: {exc}", file=sys.stderr)
         return 1
     if args.quiet:  # run_loop prints the summary itself when it shows progress
         print(format_history(rows))
-        print(f"stopped: {rows.attrs['stop_reason']}")
-    return 0
+        print(summary(rows))
+    return 1 if rows.attrs.get("failed") else 0
 
 
 def _add_history(sub) -> None:
@@ -377,23 +393,24 @@ def _add_history(sub) -> None:
 
 
 def _history(args) -> int:
-    from .loop import LoopConfig, format_history, loop_tracker
-    from .workspace import Layout
+    from .loop.history import format_history, read_history, write_csv
 
-    store = Layout(args.workspace).mlflow_db
-    if args.tracker == "mlflow" and args.tracking_uri is None and not store.exists():
-        print(f"prune-explorer history: no MLflow store at {store}", file=sys.stderr)
-        return 1
-    config = LoopConfig(workspace=args.workspace, tracker=args.tracker, tracking_uri=args.tracking_uri,
-                        experiment=args.experiment, region=args.region)
     try:
-        history = loop_tracker(config.validate()).history()
-    except ValueError as exc:
+        history, legend = read_history(args.workspace, args.tracker, args.tracking_uri, args.experiment, args.region)
+    except FileNotFoundError as exc:
         print(f"prune-explorer history: {exc}", file=sys.stderr)
         return 1
-    print(format_history(history))
-    if args.csv:
-        history.to_csv(args.csv, index=False)
+    except Exception as exc:  # noqa: BLE001 — a store that is not MLflow's, an unreachable server: one line
+        where = args.tracking_uri or Layout(args.workspace).mlflow_db
+        print(f"prune-explorer history: cannot read {where}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print("\n".join([format_history(history), *legend]))
+    try:
+        if args.csv:
+            write_csv(history, args.csv)
+    except OSError as exc:
+        print(f"prune-explorer history: --csv {args.csv}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -421,15 +438,15 @@ def _export(args) -> int:
     try:
         model_dir, workspace = _export_source(args.iteration, Path(args.workspace))
         if args.input_shape:
-            example = _export_example(args.input_shape)
+            example = _example_batch(args.input_shape)
         else:  # a workspace iteration: the workspace knows its inputs; a bare directory: its metrics.json
             example = workspace.example_inputs(model_dir.name) if workspace is not None else None
         output = Path(args.output or f"{model_dir.name}.{args.format}")
         onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
         result = export_model(model_dir, output, format=args.format, example_inputs=example,
                               dynamic_batch=not args.static_batch, trust_code=args.trust_model_code, **onnx_only)
-    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
-        print(f"prune-explorer export: {exc}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as exc:  # a bad model, a missing file, a full disk: named, one line
+        print(f"prune-explorer export: {_one_line(exc)}", file=sys.stderr)
         return 1
     opset = f", opset {result.opset}" if result.opset else ""
     batch = "any batch size" if result.dynamic_batch else "fixed batch"
@@ -439,14 +456,14 @@ def _export(args) -> int:
     return 0
 
 
-def _export_example(shape: str):
-    """--input-shape C,H,W as a one-example zero batch."""
+def _example_batch(shape: str, flag: str = "--input-shape"):
+    """C,H,W (a flag's value) as a one-example zero batch."""
     import torch
 
     try:
         dims = [int(v) for v in shape.split(",")]
     except ValueError:
-        raise ValueError(f"--input-shape must look like 3,64,64, got {shape!r}") from None
+        raise ValueError(f"{flag} must look like 3,64,64, got {shape!r}") from None
     return torch.zeros(1, *dims)
 
 
@@ -487,6 +504,9 @@ def _add_app(sub) -> None:
     p.add_argument("--workspace", default="workspace", help="workspace folder the app opens (default ./workspace, where `make demo` writes)")
     p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default: the one shipped in prune_explorer/widgets/)")
     p.add_argument("--fast", action="store_true", help="small digits setup (PRUNE_EXPLORER_FAST=1)")
+    p.add_argument("--demo", action="store_true",
+                   help="on a workspace without a baseline, train the demo's in the page's kernel without asking "
+                        "(without it the app says what it would train and asks, or refuses when it cannot ask)")
     p.add_argument("--token", default=None,
                    help=f"the token every request must carry (default ${APP_TOKEN_ENV}, else a random one, printed "
                         "in the URL); the page is the panel, and the panel queues jobs on this machine")
@@ -513,6 +533,7 @@ def app_command(args) -> tuple[list[str], dict[str, str]]:
         raise SystemExit(f"prune-explorer app: no app notebook at {notebook} (pass --notebook PATH)")
     env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", TRUST_ENV, SCRIPTS_ENV)}
     env["PRUNE_EXPLORER_WORKSPACE"] = str(Path(args.workspace).resolve())
+    env["PRUNE_EXPLORER_APP_TRAIN_BASELINE"] = "1" if getattr(args, "demo", False) else "0"  # widgets/setup.py
     if args.fast:
         env["PRUNE_EXPLORER_FAST"] = "1"
     if args.trust_model_code:
@@ -557,10 +578,16 @@ def _loopback(ip: str) -> bool:
 
 
 def _app(args) -> int:
-    import subprocess
+    from .widgets.setup import confirm_baseline
+    from .widgets.supervise import supervise
 
     from .masking import unmasked
 
+    workspace = Path(args.workspace).resolve()
+    if not has_model(Layout(workspace).iteration_dir(BASELINE)) and not args.demo:
+        if not confirm_baseline(workspace, args.fast):
+            return 2
+        args.demo = True
     cmd, env = app_command(args)
     print(f"prune-explorer app: {app_url(args, env)} (workspace {env['PRUNE_EXPLORER_WORKSPACE']})",
           file=unmasked(sys.stdout), flush=True)  # the one secret shown: the app's own token, to its user
@@ -569,11 +596,16 @@ def _app(args) -> int:
     elif not _loopback(args.ip):
         print(f"prune-explorer app: listening on {args.ip} over plain HTTP: the token is visible to the network; "
               "put a TLS proxy in front for anything but a trusted network", file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    return supervise(cmd, env, workspace)
+
+
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="prune-explorer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"prune-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app, _add_export):
         add(sub)

@@ -10,6 +10,7 @@ import itertools
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,28 @@ def require(condition: bool, what: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI but missing: {what}")
     pytest.skip(f"missing: {what}")
+
+
+FAULT_INJECTION = Path(__file__).parent / "fault_injection"  # sitecustomize.py: faults inside real jobs
+
+
+def fault_env(**faults: str) -> dict[str, str]:
+    """The environment of a process whose jobs load `FAULT_INJECTION` (and this checkout); `faults`
+    are its FAULT_* variables (see fault_injection/sitecustomize.py)."""
+    paths = [str(FAULT_INJECTION), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PRUNE_EXPLORER_SMDEBUG_LOG": "",
+            **faults}
+
+
+def wait_for_file(path: Path, proc, timeout: float = 600) -> None:
+    """Until `path` exists (a fault point reached: a condition, not a delay), failing if `proc` ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the process ended ({proc.returncode}) before {path} appeared:\n{out}")
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
 
 
 _PORTS = itertools.count()

@@ -12,7 +12,7 @@ from torch import nn
 
 from prune_explorer.signals import smdebug_compat
 from prune_explorer.signals.capture import CaptureHook
-from prune_explorer.signals.trials import _CheckedReader
+from prune_explorer.signals.records import CheckedReader
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
 from smdebug.core.collection_manager import CollectionManager
 from smdebug.core.tfevent.summary import scalar_summary
@@ -54,7 +54,7 @@ def test_every_dtype_round_trips_through_smdebug_writer_and_readers(tmp_path, dt
     assert back.dtype == value.dtype and np.array_equal(back, value)
 
     event_file = next((tmp_path / "events").rglob("*.tfevents"))
-    [(tag, step, ours)] = list(_CheckedReader(event_file.read_bytes(), str(event_file)).tensors())
+    [(tag, step, ours)] = list(CheckedReader(event_file.read_bytes(), str(event_file)).tensors())
     assert (tag, step) == (f"t_{dtype}", 0)
     assert ours.dtype == value.dtype and np.array_equal(ours, value)
 

@@ -77,10 +77,29 @@ def test_fashion_mnist_three_channels_and_resize(tmp_path):
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "system")
     with pytest.raises(FileNotFoundError) as info:
-        load_dataset("fashion-mnist", tmp_path / "mine", download=False)
+        load_dataset("fashion-mnist", download=False)
     message = str(info.value)
-    assert str(tmp_path / "mine") in message and str(tmp_path / "system") in message
+    assert str(tmp_path / "system") in message
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+def test_a_wrong_data_dir_is_an_error_never_the_system_copy(tmp_path, monkeypatch):
+    """Issue 22: `--data-dir` with a typo trained on the system Fashion-MNIST, exit 0."""
+    system = tmp_path / "system"
+    system.mkdir()
+    fake_fashion_dir(system)
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
+    assert len(load_dataset("fashion-mnist", download=False)[0]) == 40  # the system copy without --data-dir
+    for wrong in (tmp_path / "typo", tmp_path / "empty"):
+        if wrong.name == "empty":
+            wrong.mkdir()
+        with pytest.raises(FileNotFoundError) as info:
+            load_dataset("fashion-mnist", wrong, download=False)
+        message = str(info.value)
+        assert f"--data-dir {wrong}" in message and "train-images-idx3-ubyte" in message
+        assert ("no such folder" in message) == (wrong.name == "typo")
+        assert data.fashion_mnist_dir_problem(wrong).startswith(str(wrong))
+    assert data.fashion_mnist_dir_problem(system) is None
 
 
 def test_system_fashion_mnist_subset_is_per_class():

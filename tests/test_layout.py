@@ -42,6 +42,7 @@ OTHER_FORMATS = {
     ("tracking/base.py", "best_accuracy"): "a number Tracker.record takes (IterationRecord.best_accuracy)",
     ("tracking/mlflow_tracker.py", "best_accuracy"): "the MLflow metric of Tracker.record's best_accuracy",
     ("tracking/sagemaker_experiments.py", "best_accuracy"): "the Experiments metric of Tracker.record's best_accuracy",
+    ("loop/checks.py", "iterations"): "LoopConfig's field `iterations` (how many steps), not the folder",
     ("workspace/view.py", "input_shape"): "a field of the panel's view file (its own JSON, written and read there)",
     ("widgets/jobs_panel.py", "val_accuracy"): "a field of the job log's epoch line and of the panel's progress",
 }

@@ -173,7 +173,7 @@ def test_from_names_where_to_continue_and_an_unknown_start_is_refused(workspace)
         run_loop(_config(workspace, start_from="iter-009"), progress=False)
     assert cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "60", "--image-size",
                      "8", "--quiet", "--baseline-epochs", "1", "--val-subset", "40", "--batch-size", "30",
-                     "--from", "nowhere"]) == 1
+                     "--from", "nowhere"]) == 2  # refused before any work
     rows = run_loop(_config(workspace, iterations=0, start_from="iter-001"), progress=False)
     assert rows["iteration"].tolist() == ["baseline", "iter-001"]
     assert rows.attrs["stop_reason"] == "no new iterations asked for; the lineage ends at iter-001"
@@ -234,10 +234,13 @@ def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
 
 def test_a_baseline_trained_with_other_settings_is_refused_not_reused(workspace):
     jobs_before = len(JobQueue(workspace, tracker=False).jobs())
+    with pytest.raises(ValueError, match=r"--baseline-epochs 2 differs from the recorded 1 .*use another --workspace"):
+        run_loop(_config(workspace, baseline_epochs=2), progress=False)
+    (workspace / "iterations" / "baseline" / "recipe.json").unlink()  # without a recorded recipe: the baseline check
     with pytest.raises(ValueError, match=r"baseline was trained with other settings: .*epochs=1 \(this run: 2\)"):
         run_loop(_config(workspace, baseline_epochs=2), progress=False)
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--subset", "500", "--quiet"])
-    assert code == 1
+    assert code == 2  # refused before any work
     assert len(JobQueue(workspace, tracker=False).jobs()) == jobs_before
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,8 +67,11 @@ def test_the_cli_loop_starts_from_pretrained_weights_and_every_child_keeps_the_d
     assert history["script"].tolist() == ["prune_explorer.jobs.train"] * 2
     assert json.loads((workspace / "loop_config.json").read_text())["weights"] == str(imagenet_weights)
 
-    # the same workspace from scratch is another baseline: refused by name before any job runs
-    assert cli_main(["run", "--workspace", str(workspace), *QUICK]) == 1
+    # another pretrained start is another baseline: refused by name before any job runs (leaving --weights
+    # out would continue this lineage with its recorded weights: loop/recipe.py)
+    other = tmp_path / "other-weights.pth"
+    other.write_bytes(imagenet_weights.read_bytes())
+    assert cli_main(["run", "--workspace", str(workspace), "--weights", str(other), *QUICK]) == 2
     assert len(_jobs(workspace)) == 2
 
 
@@ -92,8 +96,11 @@ def test_the_cli_loop_runs_the_users_own_script_for_every_job(tmp_path, capsys):
     assert history["params"].iloc[1] < history["params"].iloc[0]
 
     capsys.readouterr()
-    assert cli_main(["run", "--workspace", str(workspace), "--data-dir", str(data), *QUICK]) == 1  # train.py now
-    assert "entry_point='train.py' (this run: None)" in capsys.readouterr().err
+    other = tmp_path / "other"  # another script on this lineage: refused by name (loop/recipe.py)
+    shutil.copytree(EXAMPLE, other)
+    assert cli_main(["run", "--workspace", str(workspace), "--entry-point", str(other / "train.py"),
+                     "--source-dir", str(other), *QUICK]) == 2
+    assert f"--entry-point {str(other / 'train.py')!r} differs from the recorded" in capsys.readouterr().err
     assert len(_jobs(workspace)) == 2
 
 

@@ -71,7 +71,7 @@ def test_prune_explorer_app_from_the_wheel_serves_its_page(installed):
     log = installed["tmp"] / "app.log"
     token = secrets.token_hex(16)  # the app's token from the environment: off the command line
     with open(log, "w") as out:
-        app = subprocess.Popen([str(installed["bin"] / "prune-explorer"), "app", "--fast", f"--port={port}",
+        app = subprocess.Popen([str(installed["bin"] / "prune-explorer"), "app", "--fast", "--demo", f"--port={port}",
                                 f"--workspace={workspace}"], env={**installed["env"], "PRUNE_EXPLORER_APP_TOKEN": token},
                                cwd=installed["tmp"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -33,6 +33,7 @@ _FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+FASHION_MNIST_FILES = tuple(stem for stems in _FASHION_FILES.values() for stem in stems)
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -61,9 +62,10 @@ def load_dataset(
     per-channel mean/std over three channels: what pretrained weights expect; image folders always).
     `augment` (training split only): image folders default to the AWS example's RandomResizedCrop
     + flip, grey sets to none; True gives grey sets random shifts up to 1/8 (and flips for
-    Fashion-MNIST). Fashion-MNIST is looked for in `data_dir` (idx files, plain or .gz, or
-    torchvision's FashionMNIST/raw/ layout), then in /usr/share/datasets/fashion-mnist (Debian
-    package dataset-fashion-mnist), then downloaded by torchvision when `download` is true; its
+    Fashion-MNIST). Fashion-MNIST is read from `data_dir` (idx files, plain or .gz, or
+    torchvision's FashionMNIST/raw/ layout) — only there: a folder without them is an error, never
+    a silent switch to another copy — or, without `data_dir`, from /usr/share/datasets/fashion-mnist
+    (Debian package dataset-fashion-mnist); torchvision downloads it when `download` is true; its
     test split is the validation set. Caltech101 is torchvision's layout under `data_dir`
     (`caltech101/101_ObjectCategories/<class>/*.jpg`, BACKGROUND_Google left out), downloaded by
     torchvision when `download` is true. Digits, Caltech101 and single-folder ImageFolder trees
@@ -182,9 +184,10 @@ def _fashion_from_dir(directory: Path):
 
 
 def _fashion_mnist(data_dir, *, download: bool):
-    looked = []
-    for directory in ([Path(data_dir)] if data_dir else []) + [FASHION_MNIST_SYSTEM_DIR]:
-        looked.append(str(directory))
+    """The idx files from `data_dir` when given (never another folder: a wrong path is an error, not
+    the system copy), else from the Debian package's folder; torchvision's download when allowed."""
+    directories = [Path(data_dir)] if data_dir else [FASHION_MNIST_SYSTEM_DIR]
+    for directory in directories:
         arrays = _fashion_from_dir(directory)
         if arrays is not None:
             return arrays[0], arrays[1], 10
@@ -192,13 +195,25 @@ def _fashion_mnist(data_dir, *, download: bool):
         arrays = _fashion_download(Path(data_dir) if data_dir else Path.home() / ".cache" / "prune_explorer")
         if arrays is not None:
             return arrays[0], arrays[1], 10
+    where = (f"--data-dir {data_dir}" + ("" if Path(data_dir).is_dir() else " (no such folder)")) if data_dir \
+        else str(FASHION_MNIST_SYSTEM_DIR)
     raise FileNotFoundError(
-        "Fashion-MNIST not found: looked for train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
-        f"t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz) in {', '.join(looked)}"
-        f"{'; the torchvision download failed' if download else ''}. "
-        "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass "
-        "--data-dir pointing at a folder holding those files (or let torchvision download them: --download)."
+        f"Fashion-MNIST not found in {where}: looked for {', '.join(FASHION_MNIST_FILES)} (each may be .gz, or "
+        f"under FashionMNIST/raw/){'; the torchvision download failed' if download else ''}. "
+        + ("Pass the folder that holds them, or leave --data-dir out to use the system copy "
+           f"({FASHION_MNIST_SYSTEM_DIR}), or let torchvision download them into it (--download)." if data_dir else
+           "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), pass --data-dir pointing at "
+           "a folder holding those files, or let torchvision download them (--download).")
     )
+
+
+def fashion_mnist_dir_problem(data_dir: str | os.PathLike) -> str | None:
+    """Why `data_dir` holds no Fashion-MNIST (None when it does): what the loop checks before any job."""
+    directory = Path(data_dir)
+    if not directory.is_dir():
+        return f"{directory}: no such folder"
+    missing = [stem for stem in FASHION_MNIST_FILES if _find_idx(directory, stem) is None]
+    return f"{directory}: no {', '.join(missing)} (.gz or plain, or under FashionMNIST/raw/)" if missing else None
 
 
 def _fashion_download(root: Path):

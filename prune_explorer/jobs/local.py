@@ -156,6 +156,8 @@ class LocalBackend:
             return
         job.status = FAILED
         why = "exit code unknown" if code is None else f"exit code {code}"
+        if code is not None and code < 0:  # ended by a signal: say which (SIGKILL: killed, or out of memory)
+            why = f"killed by {_signal_name(-code)} ({why})"
         if state == FAILED and metrics.reason:
             why += f" ({metrics.reason})"
         elif metrics is None:
@@ -200,6 +202,13 @@ def _read_status(out_dir: str | os.PathLike, since: float) -> Metrics | None:
         return read_metrics(out_dir, missing_ok=False)
     except (OSError, ValueError):
         return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -7,11 +7,15 @@ run continues from it). A second run on the same workspace continues from its ne
 iteration (`start_from`), so "K more iterations" is one command. Jobs run where `backend` says
 (local processes, or SageMaker training jobs) and are tracked where `tracker` says (MLflow, or
 SageMaker Experiments), as in the panel; the workspace on disk is `workspace.Workspace`'s.
-Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (the whole lineage of the last
-model) and returns that lineage's history as a DataFrame.
+Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (every iteration of the workspace,
+each with its parent and recipe) and returns the lineage of the run's last model as a DataFrame.
+Before any work it checks every input and the recipe (`checks`, `recipe`) and takes the
+workspace's run lock; it exits normally at K iterations, the floor, the rule or a target, and says
+FAILED (`attrs["failed"]`) when a job failed or was stopped by anything but the rule.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -25,8 +29,10 @@ from ..jobs.base import COMPLETED, STOPPED
 from ..masking import mask_values
 from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, Iteration, Workspace
-from ..workspace.layout import LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG
+from ..workspace.layout import LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG, Layout
 from .step import StepTarget, latency_table, needs_trial, prune_step, rank_iteration
+from . import checks, recipe
+from .history import format_history, plot_history
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -87,6 +93,10 @@ class LoopConfig:
     # the model outputs that keep their shape and values (patterns of `model/graph/outputs.py`,
     # e.g. ("!1.feats",)); empty: every output
     outputs: tuple[str, ...] = ()
+    new_recipe: bool = False  # fine-tuning settings other than the lineage's recorded ones start a marked branch
+    # the fields the caller set (the CLI: the flags given); a continued run takes the recorded recipe for
+    # the others (loop/recipe.py). None: every field is as the caller wants it.
+    given: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "loop config") -> "LoopConfig":
@@ -105,6 +115,9 @@ class LoopConfig:
         return cls(**data)
 
     def validate(self) -> "LoopConfig":
+        from .checks import check_numbers
+
+        check_numbers(self)  # every number in range (lr, batch size, subset, min-params, ...)
         if self.per_iteration < 1:
             raise ValueError(f"per_iteration must be >= 1, got {self.per_iteration}")
         if self.iterations < 0:
@@ -266,33 +279,71 @@ def loop_tracker(config: LoopConfig):
 
 def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backend: Any = None,
              tracker: Any = None) -> pd.DataFrame:
-    """Run the loop; returns this run's iterations (history rows) with `attrs["stop_reason"]`.
+    """Run the loop; returns this run's iterations (history rows) with `attrs["stop_reason"]` and
+    `attrs["failed"]` (True when a job failed or was stopped by anything but the accuracy rule).
 
     `backend` (a name or a Backend) and `tracker` (a Tracker) default to what `config` names.
     `criterion_fn(group, model, trial) -> scores` (a ranking criterion callable) replaces the named
     criterion, e.g. a random ranking in benchmarks; `config.criterion` is still the tracked name.
+    Everything is checked before any work (`checks.Refused`: a bad input, another recipe than the
+    lineage's — `recipe.resolve` —, a --per-iteration the model cannot give) and the run holds the
+    workspace (`Workspace.run_lock`: a second run on it is refused, naming the first).
     """
+    with _refusing():
+        config.validate()
+        if criterion_fn is None:
+            from ..signals.ranking import CRITERIA
+
+            if config.criterion not in CRITERIA:
+                raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
+        if not Layout(config.workspace).is_workspace():  # nothing recorded: refuse before making it
+            checks.check_paths(config)
+    workspace = Workspace(config.workspace, trust_code=config.trusted)
+    with workspace.run_lock():
+        return _run_locked(config, workspace, progress, criterion_fn, backend, tracker)
+
+
+@contextlib.contextmanager
+def _refusing():
+    """Checks before any work: what they raise becomes a `checks.Refused` (CLI exit 2)."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        raise checks.refusal(exc) from exc
+
+
+def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criterion_fn, backend: Any,
+                tracker: Any) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     from .rules import AccuracyDropRule
 
-    config.validate()
-    if criterion_fn is None:
-        from ..signals.ranking import CRITERIA
-
-        if config.criterion not in CRITERIA:
-            raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
-    workspace = Workspace(config.workspace, trust_code=config.trusted, outputs=tuple(config.outputs))
+    with _refusing():
+        start = workspace.start_point(config.start_from)
+        resolved = recipe.resolve(config, workspace, start.name)
+        config = resolved.config.validate()
+        checks.check_paths(config)  # the run's own paths and the recorded ones it takes
+        baseline_config = recipe.for_baseline(config, workspace)
+    for line in recipe.describe(resolved, start.name):
+        print(line, file=sys.stderr)
+    workspace = Workspace(config.workspace, trust_code=config.trusted, outputs=tuple(config.outputs))  # as resolved
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else loop_backend(config), tracker)
     rule = AccuracyDropRule(config.threshold)
-    workspace.write_json(LOOP_CONFIG, mask_values(asdict(config)))  # a tracking URI's user:token@ stays out
+    failed = False
     try:
-        workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True),
-                                  **config.script)
+        with _refusing():  # a baseline trained with other settings is refused, naming them
+            workspace.ensure_baseline(queue, config.model,
+                                      baseline_config.hyperparameters(config.baseline_epochs, baseline=True),
+                                      **baseline_config.script)
+        recipe.record_baseline(workspace, baseline_config)
         previous = workspace.start_point(config.start_from)
+        with _refusing():
+            checks.check_capacity(config, workspace, previous)
+        # what this run does, once it is not refused; a tracking URI's user:token@ stays out
+        workspace.write_json(LOOP_CONFIG, mask_values(asdict(config)))
         names = workspace.lineage(previous.name)
-        if progress and previous.name != BASELINE and config.iterations:
+        if previous.name != BASELINE and config.iterations:
             how = (" (the newest completed iteration; --from baseline branches from the baseline instead)"
                    if config.start_from == "latest" else "")
             print(f"continuing from {previous.name} in {workspace.root}{how}", file=sys.stderr)
@@ -312,13 +363,18 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
                 reason = f"next iteration: {step.reason}"
                 break
             name = step.name
+            recipe.write(workspace, name, resolved, parent=previous.name)
+            _warn_if_capped(config, step, previous.name)
             job = queue.wait(step.job.id)
             names.append(name)
             if job.status == STOPPED and job.metrics.reason:
                 reason = f"{name}: accuracy rule fired in job {job.id}: {job.metrics.reason}"
                 break
             if job.status != COMPLETED:
+                failed = True
                 reason = f"{name}: fine-tuning job {job.id} {job.status}: {job.message}"
+                if _disk_full(job.message) and workspace.discard_pruned(name):
+                    reason += f"\n(the disk is full: {workspace.pruned_dir(name)} was removed)"
                 break
             accuracies = job.metrics.accuracies
             verdict = rule.evaluate(previous.accuracy, accuracies)
@@ -334,13 +390,15 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
         queue.close()
     history = tracker.history()
     _write_views(workspace, history, names[-1], config, criterion_fn)
+    recipe.annotate(history, workspace.root)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
-    rows.attrs["stop_reason"] = reason
-    workspace.write_file(RESULTS_CSV, lambda f: rows.to_csv(f, index=False))
-    workspace.write_file(RESULTS_PNG, lambda f: plot_history(rows, f), binary=True)
+    rows.attrs.update(stop_reason=reason, failed=failed)
+    # every iteration of the workspace (all lineages, the panel's too), never only this run's
+    workspace.write_file(RESULTS_CSV, lambda f: history.to_csv(f, index=False))
+    workspace.write_file(RESULTS_PNG, lambda f: plot_history(history, f), binary=True)
     if progress:
         print(format_history(rows))
-        print(f"stopped: {reason}")
+        print(summary(rows))
     return rows
 
 
@@ -363,6 +421,29 @@ def _write_views(workspace: Workspace, history: pd.DataFrame, last: str, config:
                                                     example_inputs=ranked.example_inputs))
     except Exception as exc:  # the panel then draws once the model is loaded, as without a view
         print(f"note: no first view for the panel written for {last}: {exc}", file=sys.stderr)
+
+
+def summary(rows: pd.DataFrame) -> str:
+    """The run's last lines: why it stopped, and whether that is a normal end (exit 0) or a failure (exit 1)."""
+    reason = rows.attrs.get("stop_reason", "")
+    if rows.attrs.get("failed"):
+        return f"stopped: {reason}\nrun FAILED (exit code 1): a fine-tuning job did not complete"
+    return f"stopped: {reason}\nrun ended normally (exit code 0)"
+
+
+def _warn_if_capped(config: LoopConfig, step: Any, parent: str) -> None:
+    """A filter-count step that could not cut `per_iteration` (every other group at one channel) says so."""
+    if config.target_macs is not None or config.target_latency is not None or step.plan is None:
+        return
+    removed = sum(step.plan.summary().values())
+    if removed < config.per_iteration:
+        print(f"warning: {step.name} cuts {removed:,} filters of {parent}, not --per-iteration "
+              f"{config.per_iteration:,}: the other {config.scheme} channel groups are at one channel", file=sys.stderr)
+
+
+def _disk_full(message: str | None) -> bool:
+    return bool(message) and ("No space left on device" in message or "os error 28" in message
+                              or "[Errno 28]" in message)
 
 
 def _step_targets(config: LoopConfig, workspace: Workspace):
@@ -407,38 +488,3 @@ def job_hyperparameters(config: LoopConfig, workspace: Workspace, previous: Iter
 def completed_iterations(workspace: str | os.PathLike) -> list[str]:
     """Names of the workspace's iter-NNN iterations whose fine-tuning completed, oldest first."""
     return Workspace(workspace).completed_iterations()
-
-
-def format_history(history: pd.DataFrame) -> str:
-    """The summary table printed at the end of a run and by `prune-explorer history`."""
-    if history.empty:
-        return "(no tracked iterations)"
-    view = history[["iteration", "parent", "status", "criterion", "filters_removed", "params", "macs",
-                    "latency_ms", "accuracy"]].copy()
-    view["accuracy"] = view["accuracy"].map(lambda a: "" if pd.isna(a) else f"{100 * a:.2f}%")
-    view["latency_ms"] = view["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    for column in ("filters_removed", "params", "macs"):
-        view[column] = view[column].map(lambda v: "" if pd.isna(v) else f"{int(v):,}").astype(object)
-    return view.astype(object).fillna("").to_string(index=False)
-
-
-def plot_history(history: pd.DataFrame, path: Any) -> None:
-    """Params (log scale) vs best accuracy, one point per iteration, labelled; `path` a file name or a binary file."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    axes = figure.subplots()
-    done = history.dropna(subset=["params", "accuracy"])
-    axes.plot(done["params"].astype(float), 100 * done["accuracy"], "o-")
-    for _, row in done.iterrows():
-        axes.annotate(row["iteration"], (float(row["params"]), 100 * row["accuracy"]), fontsize=7,
-                      xytext=(3, 3), textcoords="offset points")
-    axes.set_xscale("log")
-    axes.set_xlabel("parameters")
-    axes.set_ylabel("validation accuracy (%)")
-    axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, format="png")

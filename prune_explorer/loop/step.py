@@ -7,6 +7,7 @@ would cut. The workspace only gives names, folders and writes; this module holds
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -170,7 +171,11 @@ def prune_step(workspace: Workspace, queue: "JobQueue", parent: Iteration, *, cr
         return Step(None, None, plan, params, f"pruning {parent.name} further would leave {params:,} params, "
                                               f"below the floor of {min_params:,}")
     name = workspace.reserve_iteration()
-    workspace.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+    try:
+        workspace.save_pruned(name, pruned, plan, parent=parent.name, criterion=criterion)
+    except BaseException:  # e.g. a full disk: the save left nothing, and the reserved name goes too
+        shutil.rmtree(workspace.iteration_dir(name), ignore_errors=True)
+        raise
     record_cut(workspace, name, pruned, hyperparameters)  # the accuracy right after the cut, for the tracker
     job = submit(workspace, queue, name, parent=parent.name, plan=plan, criterion=criterion,
                  hyperparameters=hyperparameters, **submit_options)

@@ -204,7 +204,7 @@ def _write_onnx(source: _Source, example, path: Path, *, dynamic_batch: bool, ex
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    atomic_write(path, lambda f: f.write(proto.SerializeToString()), binary=True)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()), binary=True, what="the export")
     return opset_used, diff
 
 
@@ -222,7 +222,7 @@ def _write_pt2(source: _Source, example, path: Path, *, dynamic_batch: bool, exp
     diff = _check(source, example, dynamic_batch, "torch.export.load", runner)
     metadata = _metadata(source, example, dynamic_batch, diff, exporter="torch.export", opset=None)
     atomic_write(path, lambda f: torch.export.save(program, f, extra_files={METADATA_FILE: json.dumps(metadata)}),
-                 binary=True)
+                 binary=True, what="the export")
     return None, diff
 
 

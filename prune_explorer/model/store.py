@@ -11,6 +11,7 @@ with renames, so a crash leaves either the previous model or the new one, never 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -220,10 +221,23 @@ def _write_model(directory: Path, spec_text: str, tensors: dict[str, torch.Tenso
         raise NotADirectoryError(f"cannot save a model to {directory}: it is a file")
     directory.parent.mkdir(parents=True, exist_ok=True)
     has_other_files = directory.exists() and any(p.name not in MODEL_FILES for p in directory.iterdir())
-    if has_other_files:
-        _replace_files_in(directory, spec_text, tensors, save_id)
-    else:
-        _swap_directory(directory, spec_text, tensors, save_id)
+    try:
+        if has_other_files:
+            _replace_files_in(directory, spec_text, tensors, save_id)
+        else:
+            _swap_directory(directory, spec_text, tensors, save_id)
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise _write_error(exc, directory) from exc
+
+
+def _write_error(exc: BaseException, directory: Path) -> OSError:
+    """A failed write as an OSError naming the model directory (safetensors' Rust writer reports a full
+    disk as a SafetensorError quoting "os error 28"); nothing was left behind by the caller."""
+    if isinstance(exc, OSError) and exc.filename == str(directory):
+        return exc
+    code = getattr(exc, "errno", None) or (errno.ENOSPC if "os error 28" in str(exc) else errno.EIO)
+    why = os.strerror(code) if code == errno.ENOSPC else (getattr(exc, "strerror", None) or str(exc))
+    return OSError(code, f"cannot save the model: {why}", str(directory))
 
 
 def _swap_directory(directory: Path, spec_text: str, tensors: dict[str, torch.Tensor], save_id: str) -> None:

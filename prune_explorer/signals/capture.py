@@ -326,7 +326,8 @@ class CaptureHook:
     def _step_writer(self) -> FileWriter:
         if self._writer is None:
             self._start_trial()
-            self._writer = FileWriter(trial_dir=self.out_dir, step=self._step, worker=self.worker)
+            self._writer = FileWriter(trial_dir=self.out_dir, step=self._step, worker=self.worker,
+                                      write_checksum=True)  # real CRC32C per record: the reader verifies it
         return self._writer
 
     def _write_tensor(self, name: str, value: torch.Tensor | np.ndarray) -> None:
@@ -385,6 +386,21 @@ class CaptureHook:
             "model": self.model_info or _base_spec(self.model),
         }
         write_text(self.out_dir, META_FILE, json.dumps(meta, indent=1))
+
+
+def recorded_classes(trial_dir: str | os.PathLike) -> int | None:
+    """The class count a local trial records: its model's constructor arguments (prune_explorer.json),
+    else those of the job that wrote it (metrics.json beside the trial); None when neither says."""
+    from pathlib import Path
+
+    try:
+        meta = json.loads(Path(trial_dir, META_FILE).read_text())
+        classes = ((meta.get("model") or {}).get("kwargs") or {}).get("num_classes")
+        if classes is None:
+            classes = layout.read_metrics(Path(trial_dir).resolve().parent).get("num_classes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return classes if isinstance(classes, int) else None
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -14,6 +14,15 @@ reader maps two integer types wrongly. Everything is patched in place, once, on 
 
 Never pin numpy<2 for smdebug: import this module instead.
 
+5. Checksums: smdebug's record writer computes TFRecord's masked CRC32C in pure Python (≈ 2 MB/s).
+   `record_writer.masked_crc32c` becomes `signals.crc.masked_crc32c` (google-crc32c, the same
+   numbers), so a writer asked for checksums (`write_checksum=True`, as `CaptureHook` asks) costs
+   next to nothing. smdebug's readers, in their default "minimal" check, accept only the placeholder
+   a writer puts there without checksums; `read_record` of `TensorReader` and `RecordReader` is
+   replaced so "minimal" accepts the placeholder or a payload checksum that verifies ("full" still
+   insists on a real one). `loop/rules.py` carries the same replacement for Debugger's rule
+   container, where this package is absent.
+
 4. Logging: smdebug's logger prints INFO lines straight to stdout (`RULE_JOB_STOP_SIGNAL_FILENAME:
    None` on import), which breaks progress bars and fills every job's log. `route_logging()`
    (run here before any other smdebug import) hands its records to the `prune_explorer.smdebug`
@@ -71,11 +80,16 @@ import smdebug.core.tfevent.event_file_reader as _event_file_reader  # noqa: E40
 import smdebug.core.tfevent.proto.types_pb2 as _types_pb2  # noqa: E402
 import smdebug.core.tfevent.summary as _summary  # noqa: E402
 import smdebug.core.tfevent.util as _util  # noqa: E402
+import smdebug.core.tfrecord.record_reader as _record_reader  # noqa: E402
+import smdebug.core.tfrecord.record_writer as _record_writer  # noqa: E402
+import smdebug.core.tfrecord.tensor_reader as _tensor_reader  # noqa: E402
 import smdebug.core.writer as _writer  # noqa: E402
 from smdebug.core.tfevent.proto.summary_pb2 import Summary  # noqa: E402
 from smdebug.core.tfevent.proto.tensor_pb2 import TensorProto  # noqa: E402
 from smdebug.core.tfevent.proto.tensor_shape_pb2 import TensorShapeProto  # noqa: E402
 from smdebug.exceptions import SMDebugRuntimeError  # noqa: E402
+
+from .crc import PLACEHOLDER, masked_crc32c  # noqa: E402
 
 _PATCHED = "_prune_explorer_numpy2"
 
@@ -124,6 +138,24 @@ def as_dtype(proto_dtype: int):
     return _READ_DTYPES[proto_dtype]
 
 
+def read_record(read, check: str = "minimal") -> bytes:
+    """One TFRecord through `read(n)`: the length's checksum verified ("minimal", "full"), the payload's
+    verified unless it is smdebug's placeholder ("minimal" only)."""
+    import struct
+
+    length_bytes = read(8)
+    (length,) = struct.unpack("Q", length_bytes)
+    (length_crc,) = struct.unpack("I", read(4))
+    if check in ("minimal", "full") and length_crc != masked_crc32c(length_bytes):
+        raise SMDebugRuntimeError(f"bad CRC of the record length ({length_crc:#010x})")
+    payload = read(length)
+    (payload_crc,) = struct.unpack("I", read(4))
+    placeholder_ok = check == "minimal" and payload_crc == PLACEHOLDER
+    if check in ("minimal", "full") and not placeholder_ok and payload_crc != masked_crc32c(payload):
+        raise SMDebugRuntimeError(f"bad CRC of the record payload ({payload_crc:#010x})")
+    return payload
+
+
 def install() -> None:
     """Install the replacements (idempotent)."""
     if getattr(_util, _PATCHED, False):
@@ -133,6 +165,10 @@ def install() -> None:
     _summary.scalar_summary = scalar_summary
     _writer.scalar_summary = scalar_summary
     _event_file_reader.as_dtype = as_dtype
+    _record_writer.masked_crc32c = masked_crc32c
+    _tensor_reader.TensorReader.read_record = lambda self, check="minimal": read_record(self._read, check)
+    _record_reader.RecordReader.read_record = lambda self, check="minimal": read_record(self._reader.read, check)
+    _tensor_reader.TensorReader._prune_explorer_crc = _record_reader.RecordReader._prune_explorer_crc = True
     setattr(_util, _PATCHED, True)
 
 

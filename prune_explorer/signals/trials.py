@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,19 +29,15 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import smdebug_compat
 from .capture import COMPACT_COUNTS, COMPACT_LATER, COMPACT_STATS, META_FILE
 from .trial_model import _example_inputs, _model_from_meta, _trace  # noqa: F401  (the CLI's _example_inputs)
+from .records import Checksums, CheckedReader
 from .trial_names import _Names
 from smdebug.core.access_layer.utils import END_OF_JOB_FILENAME
-from smdebug.core.tfevent.proto.event_pb2 import Event
-from smdebug.core.tfrecord.record_reader import masked_crc32c
-from smdebug.core.tfrecord.record_writer import CHECKSUM_MAGIC_BYTES
-from smdebug.core.tfrecord.tensor_reader import TensorReader
 from smdebug.core.utils import is_s3
 
 TapKey = tuple[str, int]
-_MAGIC_CRC = masked_crc32c(CHECKSUM_MAGIC_BYTES)
+LOGGER = logging.getLogger("prune_explorer.trials")  # a trial read without checksums to verify: one warning
 _EVENT_FILE = re.compile(r"(?:^|/)events/\d+/(\d+)_(.+)\.tfevents$")
 
 
@@ -94,6 +90,7 @@ class Trial:
     model: nn.Module | None = None
     graph: Any = None
     untrained_model: bool = False  # `model` was built from the recorded architecture: its weights are not the trained ones
+    checksums: str = "verified"  # "unverified": records written with smdebug's placeholder checksum (a warning said so)
 
     @property
     def has_gradients(self) -> bool:
@@ -188,72 +185,6 @@ class _Source:
             raise ValueError(f"{self.name(META_FILE)}: not valid JSON ({e})") from None
 
 
-# --- reading records ------------------------------------------------------------------------------
-class _CheckedReader(TensorReader):
-    """smdebug's record reader, refusing truncated records and bad checksums with the file's name."""
-
-    def __init__(self, data: bytes, filename: str):
-        super().__init__(memoryview(data))
-        self.filename = filename
-
-    def _take(self, n: int, what: str):
-        if self.position + n > self.max_pos:
-            raise ValueError(f"{self.filename}: truncated event file ({what} at byte {self.position} "
-                             f"needs {n} bytes, {self.max_pos - self.position} left)")
-        return self._read(n)
-
-    def read_record(self, check: str = "minimal"):
-        start = self.position
-        length_bytes = bytes(self._take(8, "record length"))
-        (length,) = struct.unpack("Q", length_bytes)
-        (length_crc,) = struct.unpack("I", self._take(4, "length checksum"))
-        if length_crc != masked_crc32c(length_bytes):
-            raise ValueError(f"{self.filename}: bad CRC in the record header at byte {start}")
-        payload = self._take(length, "record payload")
-        (payload_crc,) = struct.unpack("I", self._take(4, "payload checksum"))
-        if payload_crc != _MAGIC_CRC and payload_crc != masked_crc32c(bytes(payload)):
-            raise ValueError(f"{self.filename}: bad CRC in the record payload at byte {start}")
-        return payload
-
-    def tensors(self) -> Iterator[tuple[str, int, np.ndarray]]:
-        for event in self._events():
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                if value.WhichOneof("value") != "tensor":
-                    continue
-                yield value.tag, event.step, _tensor_array(value.tensor, value.tag, self.filename)
-
-    def _events(self) -> Iterator[Event]:
-        from google.protobuf.message import DecodeError
-
-        while self.has_data():
-            start = self.position
-            payload = self.read_record()
-            event = Event()
-            try:
-                event.ParseFromString(bytes(payload))
-            except DecodeError as e:
-                raise ValueError(f"{self.filename}: corrupt event record at byte {start} ({e})") from None
-            yield event
-
-
-def _tensor_array(proto, tag: str, filename: str) -> np.ndarray:
-    shape = [d.size for d in proto.tensor_shape.dim]
-    try:
-        dtype = smdebug_compat.as_dtype(proto.dtype)
-    except KeyError:
-        raise ValueError(f"{filename}: tensor {tag!r} has unsupported dtype code {proto.dtype}") from None
-    if proto.tensor_content:
-        data = np.frombuffer(proto.tensor_content, dtype=dtype)
-        if data.size != int(np.prod(shape)):
-            raise ValueError(f"{filename}: tensor {tag!r} holds {data.size} values for shape {shape}")
-        return data.reshape(shape)
-    for field_name in ("float_val", "double_val", "int_val", "int64_val", "bool_val"):
-        values = getattr(proto, field_name, ())
-        if len(values):
-            return np.asarray(values, dtype=dtype).reshape(shape or [len(values)])
-    return np.zeros(shape, dtype=dtype)
 
 
 # --- reduction ------------------------------------------------------------------------------------
@@ -303,6 +234,7 @@ class _Reducer:
         self.steps: set[int] = set()
         self.compact_steps = 0
         self._weights_lock = threading.Lock()
+        self.checks = Checksums()
 
     def run(self) -> Trial:
         files, complete, message = self._event_files()
@@ -328,12 +260,14 @@ class _Reducer:
             schemes.discard("full/aws")
             schemes.add("aws" if "aws" in schemes or "full" not in schemes else "full")
         unused = [f"{n} ({why})" for n, why in sorted(self.unused.items())]
+        if self.checks.placeholders:
+            LOGGER.warning(self.checks.warning(self.source.path))
         steps_used = self.compact_steps if "compact" in schemes else len(self.steps)
         return Trial(
             path=self.source.path, complete=complete, message=message, steps=sorted(self.steps),
             steps_used=steps_used, schemes=sorted(schemes), taps=dict(sorted(self.taps.items())),
             weights=_LazyWeights(self), weight_norms=self.norms, unused=unused, meta=self.meta,
-            model=self.model, graph=self.graph,
+            model=self.model, graph=self.graph, checksums="unverified" if self.checks.placeholders else "verified",
         )
 
     def _event_files(self) -> tuple[list[str], bool, str]:
@@ -400,7 +334,7 @@ class _Reducer:
         """Every tensor of one event file; with its index, read and parse only the records ranking uses."""
         records = self._indexed_records(rel)
         if records is None:
-            yield from _CheckedReader(self.source.read(rel), filename).tensors()
+            yield from CheckedReader(self.source.read(rel), filename, self.checks).tensors()
             return
         wanted = []
         for name, start, length in records:
@@ -419,7 +353,7 @@ class _Reducer:
                 if len(data) < length:
                     raise ValueError(f"{filename}: truncated event file (record {name!r} at byte {start} "
                                      f"needs {length} bytes, {len(data)} left)")
-                yield from _CheckedReader(data, filename).tensors()
+                yield from CheckedReader(data, filename, self.checks, start, name).tensors()
 
     def _indexed_records(self, rel: str) -> list[tuple[str, int, int]] | None:
         index = self.index_of.get(os.path.basename(rel)[: -len(".tfevents")])
@@ -503,7 +437,7 @@ class _Reducer:
                 data = read_range(start, length)
             if len(data) < length:
                 raise ValueError(f"{filename}: truncated event file (record {tag!r} at byte {start})")
-            for _, step, value in _CheckedReader(data, filename).tensors():
+            for _, step, value in CheckedReader(data, filename, self.checks, start, tag).tensors():
                 self._keep_weight(tag, name, step, value)
         self.deferred.clear()
         return self.weights

@@ -13,6 +13,7 @@ from typing import Any
 from ..workspace import BASELINE, Workspace
 
 WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
+APP_TRAIN_ENV = "PRUNE_EXPLORER_APP_TRAIN_BASELINE"  # "0": the app was not asked to train a baseline
 TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"  # set by `prune-explorer app --trust-model-code`
 SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"  # set by `prune-explorer app --allow-scripts DIR`
 
@@ -21,9 +22,10 @@ def fast() -> bool:
     return os.environ.get("PRUNE_EXPLORER_FAST", "").lower() in {"1", "true", "yes"}
 
 
-def train_args() -> dict[str, Any]:
-    """train.py arguments (dataset, sizes, batch, the demo's fine-tuning recipe) for the notebooks' jobs."""
-    if fast():
+def train_args(small: bool | None = None) -> dict[str, Any]:
+    """train.py arguments (dataset, sizes, batch, the demo's fine-tuning recipe) for the notebooks' jobs
+    (`small`: the digits setup; None: as `fast()` says)."""
+    if fast() if small is None else small:
         return dict(dataset="digits", image_size=16, subset=256, val_subset=128, batch_size=32, capture="compact")
     from ..loop import demo_config
 
@@ -33,6 +35,27 @@ def train_args() -> dict[str, Any]:
 
 def workspace(default: str = "workspace") -> Path:
     return Path(os.environ.get(WORKSPACE_ENV, default)).resolve()
+
+
+def baseline_hyperparameters(epochs: int | None = None, small: bool | None = None) -> dict[str, Any]:
+    """The arguments of the baseline job the notebooks and the app train: the small digits setup when
+    `small` (None: `fast()`), else the demo's baseline recipe (its own learning rate)."""
+    if fast() if small is None else small:
+        return {**train_args(True), "epochs": epochs or 1}
+    from ..loop import demo_config
+
+    config = demo_config()
+    return config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
+
+
+def describe_baseline(model: str = "resnet18", small: bool | None = None) -> str:
+    """What training the baseline means, in one line (what `prune-explorer app` asks before it starts)."""
+    hp = baseline_hyperparameters(small=small)
+    images = f"{hp['subset']:,} training images" if hp.get("subset") else "the full training set"
+    size = f", {hp['image_size']} px" if hp.get("image_size") else ""
+    return (f"{model} on {hp.get('dataset')} ({images}{size}), {hp['epochs']} epoch(s), batch {hp.get('batch_size')}"
+            f"{', lr ' + str(hp['lr']) if hp.get('lr') else ''}"
+            f"{' ' + hp['lr_schedule'] if hp.get('lr_schedule') else ''}")
 
 
 def served_options() -> dict[str, Any]:
@@ -47,13 +70,7 @@ def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: in
     """Train and track the baseline iteration once (reused when already in the workspace and trained
     with these settings — the loop's check — refused with the differences named otherwise).
     `trust_code` / `scripts`: as `JobQueue`'s (the app passes `served_options()`)."""
-    if fast():
-        hp = {**train_args(), "epochs": epochs or 1}
-    else:  # the demo's baseline recipe (its own learning rate)
-        from ..loop import demo_config
-
-        config = demo_config()
-        hp = config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
+    hp = baseline_hyperparameters(epochs)
     space = Workspace(root, trust_code=trust_code)
     with space.queue(scripts=scripts) as queue:
         space.ensure_baseline(queue, model, hp)
@@ -64,8 +81,36 @@ def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs
                         **options: Any) -> bool:
     """Train the baseline when the workspace has none (True); else leave it (False) without importing
     the tracker or the job queue, so a panel on an existing workspace opens fast. `ensure_baseline`
-    then checks its settings in the panel's background."""
+    then checks its settings in the panel's background.
+
+    Under `prune-explorer app` ($PRUNE_EXPLORER_APP_TRAIN_BASELINE set) it trains only when the app
+    was told to (--demo, or the user said yes): never a silent 6-epoch job behind a "Running…" page."""
     if Workspace(root).has_model(BASELINE):
         return False
+    if os.environ.get(APP_TRAIN_ENV, "1") != "1":
+        raise RuntimeError(f"{Path(root)} has no baseline, and this app was not asked to train one: start it with "
+                           f"`prune-explorer app --demo` (trains {describe_baseline(model)}), or make one first "
+                           "with `prune-explorer demo`")
     ensure_baseline(root, model, epochs, **options)
     return True
+
+
+def confirm_baseline(root: str | os.PathLike, small: bool = False) -> bool:
+    """`prune-explorer app` on a workspace without a baseline: say what the page would train, then ask
+    (a terminal) or refuse (no terminal: --demo says yes)."""
+    import sys
+
+    print(f"prune-explorer app: {root} has no baseline model. The app's page would first train one in its kernel: "
+          f"{describe_baseline(small=small or None)}; the page shows 'Running…' until it is done.", file=sys.stderr)
+    if not sys.stdin.isatty():
+        print("prune-explorer app: refused: pass --demo to train it there, or open a workspace that has one "
+              f"(`prune-explorer demo --workspace {root}` makes one with the same baseline)", file=sys.stderr)
+        return False
+    try:
+        answer = input("Train it now? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("prune-explorer app: nothing started", file=sys.stderr)
+    return False

@@ -3,9 +3,11 @@
     WORKSPACE/
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
+      iterations/<name>/recipe.json   the recipe of the run that made it (loop/recipe.py)
       iterations/<name>/cut.json   its accuracy right after the cut, before fine-tuning (the tracker's cut_accuracy)
       iterations/<name>/view.json  the panel's first view of it (workspace/view.py: ranks, widths, costs)
       jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks and the workspace's
+                                   (workspace-run: held by the one headless run)
       exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
       results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
@@ -50,6 +52,8 @@ RESULTS_PNG = "params_vs_accuracy.png"
 MLFLOW_DB = "mlflow.db"
 MLARTIFACTS = "mlartifacts"
 CUT_ACCURACY = "cut.json"
+RECIPE = "recipe.json"
+RUN_LOCK = "workspace-run"
 VIEW = "view.json"
 HISTORY_VIEW = "history.json"
 _ITERATION = re.compile(r"iter-(\d+)")
@@ -90,6 +94,10 @@ class Layout:
         """Where iteration `name`'s pruned model waits for its fine-tuning job (the job's input)."""
         return self.iteration_dir(name) / PRUNED
 
+    def recipe_path(self, name: str) -> Path:
+        """The recipe of the run that made iteration `name` (`loop/recipe.py`)."""
+        return self.iteration_dir(name) / RECIPE
+
     def view_path(self, name: str) -> Path:
         """Iteration `name`'s first view for the panel (`workspace.view`)."""
         return self.iteration_dir(name) / VIEW
@@ -103,6 +111,8 @@ class Layout:
 
     jobs_dir = _at_root(JOBS, "job records (`JobQueue`)")
     locks_dir = property(lambda self: self.jobs_dir / LOCKS, doc="per-job and per-decision file locks")
+    run_lock_path = property(lambda self: self.locks_dir / RUN_LOCK,
+                             doc="held by the one headless run working on the workspace (`workspace/run_lock.py`)")
     exports_dir = _at_root(EXPORTS, "iterations' models as files that run without prune_explorer")
     history_view_path = _at_root(HISTORY_VIEW, "the last tracked history the panel saw (`workspace.view`)")
     latency_table_path = _at_root(LATENCY_TABLE, "the baseline's per-layer latency table (`loop.step.latency_table`)")
@@ -274,10 +284,11 @@ def write_metrics(directories: Iterable[str | os.PathLike | None], metrics: dict
 
 # --- writes and locks ----------------------------------------------------------------------------
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary: bool = False,
-                 replace: bool = True) -> bool:
+                 replace: bool = True, what: str = "the file") -> bool:
     """Write `path` through `write(open file)` into a temp file beside it, then one rename: readers
     never see half a file and a failure leaves none. The umask applies (not mkstemp's 0600).
-    `replace=False` never replaces a file another process put there first (then False)."""
+    `replace=False` never replaces a file another process put there first (then False). An OSError
+    that names no file (a full disk) is raised again naming `path`: "cannot write `what`: why"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -295,6 +306,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, binary:
         except FileExistsError:
             return False
         return True
+    except OSError as exc:
+        if exc.filename is None:  # e.g. a full disk: name the file it was for
+            raise OSError(exc.errno, f"cannot write {what}: {exc.strerror or exc}", str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

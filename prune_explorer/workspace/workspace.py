@@ -4,8 +4,8 @@ Its layout — every folder and file name, metrics.json's keys, the atomic write
 `Workspace` builds on it: names (the baseline, then `iter-NNN`, each reserved with an exclusive
 mkdir, so a panel and `prune-explorer run` on one workspace never take the same one), lineage (each
 iteration's parent, from the job that made it), the baseline (trained once, and refused when it was
-trained with other settings), an iteration's example inputs and fine-tuning recipe, locks and
-writes. The step rank → plan → prune → save → submit that runs on it is `loop.step`'s. Jobs write
+trained with other settings), an iteration's example inputs and fine-tuning recipe, locks (the
+run lock: one headless run a workspace, `run_lock.py`) and writes. The step rank → plan → prune → save → submit that runs on it is `loop.step`'s. Jobs write
 only into the folder it gives them.
 """
 from __future__ import annotations
@@ -292,6 +292,18 @@ class Workspace(Layout):
 
     def write_json(self, relative: str, data: Any) -> Path:
         return write_json(self.root / relative, data)
+
+    def discard_pruned(self, name: str) -> bool:
+        """Remove iteration `name`'s job input (pruned/), e.g. after its job failed for disk space."""
+        pruned = self.pruned_dir(name)
+        shutil.rmtree(pruned, ignore_errors=True)
+        return not pruned.exists()
+
+    def run_lock(self):
+        """Hold the workspace for one headless run (`run_lock.hold`): WorkspaceBusy when another run has it."""
+        from .run_lock import hold
+
+        return hold(self.run_lock_path, self.root)
 
     @contextmanager
     def _lock(self, what: str) -> Iterator[None]:
