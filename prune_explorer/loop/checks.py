@@ -16,7 +16,7 @@ from ..workspace.layout import MODEL_SPEC, has_model
 
 POSITIVE = ("lr", "baseline_lr")  # learning rates: finite and > 0 (None: train.py's default)
 AT_LEAST_ONE = ("batch_size", "subset", "val_subset", "image_size", "epochs", "baseline_epochs", "per_iteration",
-                "instance_count")
+                "instance_count")  # instance_count: a backend option (LoopConfig.backend_options)
 NON_NEGATIVE = ("weight_decay", "min_params", "seed", "iterations")
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")  # model.zoo's local state-dict files
 
@@ -50,8 +50,9 @@ def flag(name: str) -> str:
 
 def check_numbers(config: Any) -> None:
     """Every number of the run in its range (the loop's own checks are in LoopConfig.validate)."""
+    options = dict(getattr(config, "backend_options", None) or {})  # e.g. SageMaker's instance_count
     for name in POSITIVE + AT_LEAST_ONE + NON_NEGATIVE:
-        value = getattr(config, name)
+        value = getattr(config, name) if hasattr(config, name) else options.get(name)
         if value is None:
             continue
         named = f"{name} ({flag(name)})"
