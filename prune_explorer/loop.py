@@ -30,6 +30,9 @@ TARGET_SCOPES = ("iteration", "overall")
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "params_vs_accuracy.png"
 LOOP_CONFIG = "loop_config.json"
+# The recipe `prune-explorer run`, `demo --pretrained` and the panel start from: the best one measured on
+# the pretrained demo (BENCHMARKS.md, "Recipe"; benchmarks/_common.py RECIPES holds the ones compared).
+DEFAULT_RECIPE: dict[str, Any] = dict(criterion="taylor", target_macs=None, target_scope="iteration", distill=None)
 
 
 @dataclass
@@ -47,12 +50,12 @@ class LoopConfig:
     normalize: str | None = None  # train.py's: None = the pretrained default (imagenet) or the data's own
     augment: bool | None = None  # train.py's: None = on for a pretrained start and image folders
     download: bool = False  # let torchvision download Fashion-MNIST / Caltech101 when absent (needs internet)
-    criterion: str = "taylor"
+    criterion: str = DEFAULT_RECIPE["criterion"]
     normalization: str | None = None  # l2 | none | flops (signals.ranking.NORMALIZATIONS); None: the criterion's own
     per_iteration: int = 200  # filters per iteration, when no target is given
-    target_macs: float | None = None  # keep this fraction of the MACs (see target_scope); replaces per_iteration
+    target_macs: float | None = DEFAULT_RECIPE["target_macs"]  # keep this fraction of the MACs (see target_scope); replaces per_iteration
     target_latency: float | None = None  # keep this fraction of the predicted latency (a latency table of the baseline)
-    target_scope: str = "iteration"  # "iteration": of each parent's; "overall": of the baseline's after all iterations
+    target_scope: str = DEFAULT_RECIPE["target_scope"]  # "iteration": of each parent's; "overall": of the baseline's after all iterations
     iterations: int = 5
     min_params: int = 0
     epochs: int = 1
@@ -79,6 +82,9 @@ class LoopConfig:
     weight_decay: float | None = None
     seed: int = 0
     capture: str = "compact"
+    distill: str | None = DEFAULT_RECIPE["distill"]  # fine-tune from a teacher: "baseline" | "parent" (jobs/distill.py); None: plain
+    distill_alpha: float | None = None  # the soft-target weight (None: the job contract's, 0.9)
+    distill_temperature: float | None = None  # the softmax temperature (None: the job contract's, 4)
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
 
@@ -126,6 +132,16 @@ class LoopConfig:
         if is_s3(self.data_dir) and self.backend != "sagemaker":
             raise ValueError(f"data_dir {self.data_dir!r} is on S3: only backend 'sagemaker' reads it "
                              f"(its jobs' train channel); give a local folder for backend {self.backend!r}")
+        from .jobs.distill import DISTILL_TEACHERS
+
+        if self.distill is not None and self.distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill must be one of {DISTILL_TEACHERS} (the teacher), got {self.distill!r}")
+        if self.distill is None and (self.distill_alpha, self.distill_temperature) != (None, None):
+            raise ValueError("distill_alpha / distill_temperature need distill (baseline or parent)")
+        if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha is the soft-target weight, in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature is not None and self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
         if self.source_dir is not None and self.entry_point is None:
             raise ValueError(f"source_dir {self.source_dir!r} needs entry_point (the training script in it)")
         return self
@@ -143,6 +159,9 @@ class LoopConfig:
                     download=self.download or None)
         if baseline:
             args.update(weights=self.weights, model_kwargs=self.model_kwargs or None)
+        elif self.distill is not None:  # Workspace.submit turns the name into the job's --teacher
+            args.update(distill=self.distill, distill_alpha=self.distill_alpha,
+                        distill_temperature=self.distill_temperature)
         args.update(self.train_args)
         return {k: v for k, v in args.items() if v is not None}
 
@@ -200,7 +219,7 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
         sizes.update(subset=None, val_subset=None)
     return LoopConfig(
         workspace=str(workspace), dataset=dataset, data_dir=data_dir, model=PRETRAINED_ARCH,
-        model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, criterion="taylor",
+        model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, **DEFAULT_RECIPE,
         per_iteration=1000, epochs=1, scheme="internal", threshold=0.10, batch_size=64,
         baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4, **sizes)
 

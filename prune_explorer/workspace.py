@@ -41,6 +41,7 @@ BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "
 UNSET_SETTINGS = {"weights": None, "model_kwargs": {}, "entry_point": None}  # compared even when a run leaves them out
 PER_JOB_RULE = ("baseline_accuracy", "stop_rule_threshold")  # set for each job from its parent, never inherited
 BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule is not a fine-tune's
+PER_JOB_TEACHER = ("teacher",)  # the teacher's folder, resolved from `distill` for each job (`teacher_dir`)
 BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fine-tune loads a saved model
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
 DEFAULT_SCRIPT = "prune_explorer.train"  # metrics.json `script` of a job without an entry point
@@ -289,7 +290,8 @@ class Workspace:
         job = self.made_by(name)
         if job is None:
             return {}
-        recipe = {k: v for k, v in job.hyperparameters.items() if k not in PER_JOB_RULE + BASELINE_START}
+        recipe = {k: v for k, v in job.hyperparameters.items()
+                  if k not in PER_JOB_RULE + PER_JOB_TEACHER + BASELINE_START}
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
         return {**self.data_recipe(name), **recipe}
@@ -363,8 +365,25 @@ class Workspace:
         pruned = self.iteration_dir(name) / PRUNED
         if not (pruned / "model.json").is_file():
             raise FileNotFoundError(f"{pruned}: no pruned model saved for {name} (apply a plan first)")
+        if hyperparameters.get("distill") is not None:  # the teacher's folder, for this job
+            hyperparameters = {**hyperparameters, "teacher": str(self.teacher_dir(hyperparameters["distill"], parent))}
         return queue.submit(pruned, out_dir=self.iteration_dir(name), parent=parent, plan=plan, criterion=criterion,
                             hyperparameters=hyperparameters, iteration=name, **submit_options)
+
+    def teacher_dir(self, distill: str, parent: str | None) -> Path:
+        """The saved model a fine-tune of `parent`'s child distills from: the workspace's baseline, or
+        the parent itself (`distill` "baseline" | "parent")."""
+        from .jobs.distill import DISTILL_TEACHERS
+
+        if distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill: the teacher is one of {DISTILL_TEACHERS}, got {distill!r}")
+        name = BASELINE if distill == "baseline" else parent
+        if name is None:
+            raise ValueError("distill 'parent': this job has no parent iteration to learn from")
+        if not self.has_model(name):
+            raise FileNotFoundError(f"distill {distill!r}: {self.iteration_dir(name)} holds no saved model "
+                                    "(model.json) to teach from")
+        return self.iteration_dir(name)
 
     def prune_step(self, queue: JobQueue, parent: Iteration, *, criterion: str, per_iteration: int,
                    scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
