@@ -29,7 +29,7 @@ def _demo(args) -> int:
     import dataclasses
 
     from . import demo
-    from .loop import completed_iterations, demo_config, pretrained_demo_config, run_loop
+    from .loop import completed_iterations, demo_config, describe_recipe, pretrained_demo_config, run_loop
 
     try:
         status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
@@ -41,8 +41,7 @@ def _demo(args) -> int:
     workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
     config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
     name = demo.PRETRAINED_NAME if args.pretrained else config.model
-    print(f"\n- pruning loop: {name} on {config.dataset}, {config.iterations} iterations of "
-          f"{config.per_iteration} filters ({config.criterion}), workspace {workspace}/")
+    print(f"\n- pruning loop: {name} on {config.dataset}, {describe_recipe(config)}, workspace {workspace}/")
     done = len(completed_iterations(workspace))
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
         print(f"  {done} of them already in {workspace}/ (delete it to start over)")
@@ -224,6 +223,14 @@ def _add_run(sub) -> None:
     budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
                         help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
                              "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
+    distill = p.add_argument_group("distillation (jobs/distill.py)")
+    distill.add_argument("--distill", default=d.distill or "none", choices=("baseline", "parent", "none"),
+                         help="fine-tune each pruned model from a frozen teacher: the baseline or the parent "
+                              f"iteration; none: plain cross-entropy (default {d.distill or 'none'})")
+    distill.add_argument("--distill-alpha", type=float, default=None, metavar="A",
+                         help="weight of the teacher's soft targets, (1-A)*CE + A*T^2*KL (default 0.9)")
+    distill.add_argument("--distill-temperature", type=float, default=None, metavar="T",
+                         help="softmax temperature of the distillation term (default 4)")
     p.add_argument("--iterations", type=int, default=d.iterations, help="at most this many prune iterations")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "
@@ -285,7 +292,10 @@ def loop_config(args: argparse.Namespace):
     from .loop import LoopConfig
 
     fields = set(LoopConfig.__dataclass_fields__)
-    return LoopConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if given.get("distill") == "none":
+        given["distill"] = None
+    return LoopConfig(**given)
 
 
 def _run(args) -> int:

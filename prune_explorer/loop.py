@@ -171,6 +171,20 @@ class LoopConfig:
         return {"entry_point": self.entry_point, "source_dir": self.source_dir}
 
 
+def describe_recipe(config: LoopConfig) -> str:
+    """The run's recipe in words: its steps, criterion and fine-tune (`demo` prints it)."""
+    fraction, what = ((config.target_macs, "MACs") if config.target_macs is not None else
+                      (config.target_latency, "latency") if config.target_latency is not None else (None, None))
+    if fraction is None:
+        steps = f"{config.iterations} iterations of {config.per_iteration} filters"
+    elif config.target_scope == "overall":
+        steps = f"{config.iterations} equal steps to {fraction:g} of the baseline's {what}"
+    else:
+        steps = f"{config.iterations} iterations keeping {fraction:g} of the parent's {what} each"
+    tune = f", distilled from the {config.distill}" if config.distill else ""
+    return f"{steps} ({config.criterion}{tune})"
+
+
 def is_s3(location: str | None) -> bool:
     return isinstance(location, str) and location.startswith("s3://")
 

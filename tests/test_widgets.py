@@ -558,6 +558,33 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
         e.close()
 
 
+def test_the_teacher_control_distils_the_queued_fine_tune_from_the_baseline(captured, tmp_path):
+    """Issue 21: the panel's teacher dropdown and its `distill` trait; the queued job gets the teacher's folder."""
+    from prune_explorer.loop import DEFAULT_RECIPE
+
+    model, trial, x, _ = captured
+    ws = tmp_path / "ws"
+    store.save(model, ws / "iterations" / "baseline")
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=ws, base_iteration="baseline",
+                 train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32),
+                 hyperparameters=dict(epochs=1, batch_size=32)).wait()
+    try:
+        assert e.distill == e.teacher_choice.value == (DEFAULT_RECIPE["distill"] or "none")
+        e.teacher_choice.value = "baseline"  # what a user picks
+        assert e.distill == "baseline" and e.hyperparameters()["distill"] == "baseline"
+        e.fill_lowest(n=100, scheme="internal")
+        e.queue_button.click()
+        assert e.error == "" and e.last_job
+        job = e.queue.get(e.last_job)
+        assert job.hyperparameters["distill"] == "baseline"
+        assert job.hyperparameters["teacher"] == str(ws / "iterations" / "baseline")
+        e.queue.cancel(job.id)
+        e.distill = "none"  # the trait drives the control, and a plain fine-tune sends no teacher
+        assert e.teacher_choice.value == "none" and "distill" not in e.hyperparameters()
+    finally:
+        e.close()
+
+
 # --- lineage tree and compare ------------------------------------------------------------------------------------
 def test_lineage_tree_shows_branches_marks_the_base_and_a_click_rebases(captured, tmp_path):
     from prune_explorer.widgets.lineage import tree

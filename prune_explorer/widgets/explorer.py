@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
+from ..loop import DEFAULT_RECIPE
 from ..model.costs import CostModel
 from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
@@ -41,7 +42,8 @@ from .sensitivity import sensitivity_curve
 
 WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
-TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
+TUNED = ("epochs", "lr", "batch_size", "distill")  # training arguments the panel has its own controls for
+TEACHERS = ("none", "baseline", "parent")  # the fine-tune's teacher: plain, or distilled (jobs/distill.py)
 EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
 # The preview also times each plan in ONNX Runtime: two dynamo exports (seconds, ≈ +430 MiB peak on
 # resnet18), too much for a notebook on Binder's 2 GiB beside a training job; the app turns it on.
@@ -80,6 +82,7 @@ class Explorer(W.VBox):
     error = Unicode("")
     status = Unicode("")
     busy = Bool(False)
+    distill = Unicode("none", help="the queued fine-tune's teacher: none (plain), baseline or parent (distilled)")
 
     def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
                  workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
@@ -129,6 +132,12 @@ class Explorer(W.VBox):
                                      layout=W.Layout(width="160px"))
         self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
                                            layout=W.Layout(width="160px"))
+        self.distill = hp.get("distill") or DEFAULT_RECIPE["distill"] or "none"
+        self.teacher_choice = W.Dropdown(options=TEACHERS, value=self.distill, description="teacher",
+                                         tooltip="distil each fine-tune from the baseline or the parent (frozen)",
+                                         layout=W.Layout(width="200px"))
+        self.teacher_choice.add_class("pe-teacher")
+        W.link((self.teacher_choice, "value"), (self, "distill"))
         # the training script of each queued job: empty = prune_explorer.train, else the user's own
         self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.train",
                                   description="script", layout=W.Layout(width="240px"))
@@ -154,7 +163,7 @@ class Explorer(W.VBox):
         actions = W.VBox([
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
-            W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
+            W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]), self.teacher_choice,
             W.HBox([self.entry_point, self.source_dir]),
             W.HBox([self.export_format, self.export_button]), self.export_line,
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
@@ -573,7 +582,13 @@ class Explorer(W.VBox):
         return pruned
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
+        """The queued job's training arguments: the inherited recipe, the panel's controls, its teacher."""
+        args = {k: v for k, v in self.train_args.items() if k != "distill"}
+        if self.distill != "none":  # Workspace.submit turns it into the job's --teacher
+            args["distill"] = self.distill
+        else:
+            args = {k: v for k, v in args.items() if k not in ("distill_alpha", "distill_temperature")}
+        return {**args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
 
     def training_script(self) -> dict[str, str | None]:
         """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.train)."""
