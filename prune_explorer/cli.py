@@ -218,8 +218,15 @@ def _add_run(sub) -> None:
                         help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
                              "(of each parent's, or of the baseline's with --target-scope overall)")
     budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
-                        help="the same for latency, predicted by a per-layer table measured once on the baseline on "
-                             "this machine (WORKSPACE/latency_table.json)")
+                        help="the same for latency: in PyTorch eager predicted by a per-layer table measured once on "
+                             "the baseline (WORKSPACE/latency_table.json); in ONNX Runtime (--latency-runtime) "
+                             "measured on each cut model")
+    budget.add_argument("--latency-runtime", default=d.latency_runtime, choices=("pytorch", "onnxruntime"),
+                        help="where latency is measured and the model ships (default pytorch); onnxruntime also "
+                             "rounds every cut to ORT's channel block unless --round-to says otherwise")
+    budget.add_argument("--round-to", type=int, default=None, metavar="N",
+                        help="keep every cut group's width a multiple of N (default: the latency runtime's channel "
+                             "block, 16 with AVX-512 / 8 with AVX2 for onnxruntime, none for pytorch; 0: off)")
     budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
                         help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
                              "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")

@@ -55,6 +55,9 @@ class LoopConfig:
     per_iteration: int = 200  # filters per iteration, when no target is given
     target_macs: float | None = DEFAULT_RECIPE["target_macs"]  # keep this fraction of the MACs (see target_scope); replaces per_iteration
     target_latency: float | None = None  # keep this fraction of the predicted latency (a latency table of the baseline)
+    latency_runtime: str = "pytorch"  # where latency targets are measured and the model ships: pytorch | onnxruntime
+    round_to: int | None = None  # keep every cut group's width a multiple of this (None: the latency runtime's
+    # channel block when it has one, ONNX Runtime's 16 with AVX-512 / 8 with AVX2; 0 or 1: no rounding)
     target_scope: str = DEFAULT_RECIPE["target_scope"]  # "iteration": of each parent's; "overall": of the baseline's after all iterations
     iterations: int = 5
     min_params: int = 0
@@ -107,6 +110,12 @@ class LoopConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{name} is the fraction of the cost to keep, in (0, 1), got {value}")
+        from .model.runtimes import RUNTIMES
+
+        if self.latency_runtime not in RUNTIMES:
+            raise ValueError(f"latency_runtime must be one of {tuple(RUNTIMES)}, got {self.latency_runtime!r}")
+        if self.round_to is not None and self.round_to < 0:
+            raise ValueError(f"round_to must be >= 0 (0: no rounding), got {self.round_to}")
         if self.target_scope not in TARGET_SCOPES:
             raise ValueError(f"target_scope must be one of {TARGET_SCOPES}, got {self.target_scope!r}")
         if not 0.0 <= self.threshold <= 1.0:
@@ -164,6 +173,16 @@ class LoopConfig:
                         distill_temperature=self.distill_temperature)
         args.update(self.train_args)
         return {k: v for k, v in args.items() if v is not None}
+
+    @property
+    def channel_multiple(self) -> int | None:
+        """The rounding every plan of this run uses: `round_to`, else the latency runtime's channel block."""
+        if self.round_to is not None:
+            return self.round_to if self.round_to > 1 else None
+        from .model.runtimes import get_runtime
+
+        block = get_runtime(self.latency_runtime).block_size()
+        return block if block > 1 else None
 
     @property
     def script(self) -> dict[str, str | None]:
@@ -329,14 +348,15 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
                   else f"no new iterations asked for; the lineage ends at {previous.name}")
         targets = _step_targets(config, workspace) if config.iterations else None
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
+        round_to = config.channel_multiple
         for i in bar:
-            target, latency = targets(i) if targets else (None, None)
+            target, latency = targets(i, previous) if targets else (None, None)
             step = workspace.prune_step(
                 queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
                 scheme=config.scheme, hyperparameters=job_hyperparameters(config, workspace, previous),
                 min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
                 image_size=config.image_size, dataset=config.dataset, normalization=config.normalization,
-                target=target, latency=latency, **config.script)
+                target=target, latency=latency, round_to=round_to, **config.script)
             if step.job is None:
                 reason = f"next iteration: {step.reason}"
                 break
@@ -374,21 +394,56 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
 
 def _step_targets(config: LoopConfig, workspace: Workspace):
-    """i -> (StepTarget or None, latency table or None) for this run's i-th iteration.
+    """(i, parent) -> (StepTarget or None, latency table or None) for this run's i-th iteration.
 
     "iteration" scope: each iteration keeps `target_*` of its parent's cost. "overall": the run ends
     at `target_*` of the baseline's cost, with the same ratio at every iteration (each step aims
-    from where its parent landed, so the within-one-filter slack does not add up).
+    from where its parent landed, so the within-one-filter slack does not add up). A latency target
+    in a runtime other than PyTorch eager is measured there (`model/runtime_budget.py`), where the
+    parent landed included.
     """
     fraction, unit = ((config.target_macs, "macs") if config.target_macs is not None else
                       (config.target_latency, "latency_ms") if config.target_latency is not None else (None, None))
     if fraction is None:
         return None
+    if unit == "latency_ms" and config.latency_runtime != "pytorch":
+        return _measured_targets(config, workspace, fraction)
     latency = workspace.latency_table(config.image_size, config.dataset) if unit == "latency_ms" else None
     if config.target_scope == "iteration":
-        return lambda i: (StepTarget(unit, fraction=fraction), latency)
+        return lambda i, parent: (StepTarget(unit, fraction=fraction), latency)
     final = fraction * _baseline_cost(workspace, unit, latency, config)
-    return lambda i: (StepTarget(unit, final=final, steps=config.iterations - i), latency)
+    return lambda i, parent: (StepTarget(unit, final=final, steps=config.iterations - i), latency)
+
+
+def _measured_targets(config: LoopConfig, workspace: Workspace, fraction: float):
+    """Latency targets as ratios measured in `config.latency_runtime`: of the parent's latency, or (overall)
+    the ratio left to the final `fraction` of the baseline's, from the parent/baseline ratio measured now."""
+    runtime = config.latency_runtime
+    if config.target_scope == "iteration":
+        return lambda i, parent: (StepTarget("latency_ratio", fraction=fraction, runtime=runtime), None)
+
+    def target(i: int, parent: Iteration):
+        left = config.iterations - i
+        landed = 1.0 if parent.name == BASELINE else _measured_ratio(workspace, parent.name, config)
+        step = (fraction / landed) ** (1.0 / left) if landed > fraction else None
+        if step is None:
+            raise ValueError(f"{parent.name} already keeps {landed:.3f} of the baseline's {runtime} latency, "
+                             f"at or below the target {fraction}")
+        return StepTarget("latency_ratio", fraction=min(step, 0.999), runtime=runtime), None
+
+    return target
+
+
+def _measured_ratio(workspace: Workspace, name: str, config: LoopConfig) -> float:
+    """Iteration `name`'s latency over the baseline's in the run's runtime, timed in turn (per-round median)."""
+    from .model import store
+    from .model.runtimes import interleaved, ratio_timing
+
+    base = store.load(workspace.iteration_dir(BASELINE)).eval()
+    model = store.load(workspace.iteration_dir(name)).eval()
+    x = workspace.example_inputs(BASELINE, base, image_size=config.image_size, dataset=config.dataset)
+    before, after = interleaved(config.latency_runtime, [base, model], x, repeats=15)
+    return ratio_timing(after, before).median
 
 
 def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopConfig) -> float:

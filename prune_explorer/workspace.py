@@ -78,6 +78,7 @@ class StepTarget:
     fraction: float | None = None
     final: float | None = None
     steps: int = 1
+    runtime: str | None = None  # unit "latency_ratio": the runtime the cut is measured in (model/runtime_budget.py)
 
     def value(self, before: float) -> float:
         if self.final is None:
@@ -389,9 +390,11 @@ class Workspace:
                    scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
                    criterion_fn: Callable | None = None, capture: str = "compact",
                    image_size: int | None = None, dataset: str | None = None, normalization: str | None = None,
-                   target: StepTarget | None = None, latency: Any = None, **submit_options: Any) -> Step:
+                   target: StepTarget | None = None, latency: Any = None, round_to: int | None = None,
+                   **submit_options: Any) -> Step:
         """Rank `parent`, plan its lowest `per_iteration` filters — or, with `target`, as many as bring it
-        to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
+        to the target's MACs or latency (`latency`: a LatencyTable; unit "latency_ratio": measured in the
+        target's runtime), every touched group keeping a multiple of `round_to` — prune, and, unless nothing is left
         to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
         written), save and submit."""
         from .model.measure import count
@@ -399,7 +402,7 @@ class Workspace:
 
         ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
         try:
-            plan = _plan(ranked, per_iteration, scheme, target, latency)
+            plan = _plan(ranked, per_iteration, scheme, target, latency, round_to)
         except ValueError as exc:
             if target is None:
                 raise
@@ -468,23 +471,29 @@ class Workspace:
             yield
 
 
-def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any):
+def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any,
+          round_to: int | None = None):
     """The step's plan: the lowest `per_iteration` filters, or down to the target."""
     from .model.plan import PrunePlan
 
     if target is None:
-        return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
+        return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme, round_to=round_to)
     from .model.costs import CostModel
 
     costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
     if target.unit == "macs":
-        return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs,
+        return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, round_to=round_to,
                                 target_macs=target.value(costs.before.macs))
+    if target.unit == "latency_ratio":  # measured in the deployment runtime, relative to the parent
+        from .model.runtime_budget import plan_to_latency
+
+        return plan_to_latency(ranked.table, ranked.graph, ranked.model, ranked.example_inputs, target.value(1.0),
+                               runtime=target.runtime or "onnxruntime", scheme=scheme, round_to=round_to, costs=costs)
     if target.unit != "latency_ms":
-        raise ValueError(f"target unit must be 'macs' or 'latency_ms', got {target.unit!r}")
+        raise ValueError(f"target unit must be 'macs', 'latency_ms' or 'latency_ratio', got {target.unit!r}")
     if latency is None:
         raise ValueError("a latency target needs a latency table (Workspace.latency_table())")
-    return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, latency=latency,
+    return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, latency=latency, round_to=round_to,
                             target_latency_ms=target.value(latency.predict(costs)))
 
 

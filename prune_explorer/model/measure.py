@@ -5,10 +5,8 @@ counted the same way for the base and the pruned model; there is no hand-written
 """
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,28 +53,12 @@ def paired_latency_ms(
     """Median milliseconds per model, timing the models in turn within each repeat.
 
     Interleaving makes a before/after comparison fair on a busy machine: a burst of load from
-    elsewhere slows both sides of the same round instead of only one model.
+    elsewhere slows both sides of the same round instead of only one model. The samples and their
+    spread: `runtimes.interleaved` (any runtime; this is its "pytorch" one).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    sync = _synchronizer(example_inputs)
-    times: list[list[float]] = [[] for _ in models]
-    with ExitStack() as stack:
-        for model in models:
-            stack.enter_context(_eval_no_grad(model))
-        for _ in range(warmup):
-            for model in models:
-                _forward(model, example_inputs)
-        for _ in range(repeats):
-            for model, model_times in zip(models, times):
-                sync()
-                start = time.perf_counter()
-                _forward(model, example_inputs)
-                sync()
-                model_times.append((time.perf_counter() - start) * 1000.0)
-    return [float(statistics.median(t)) for t in times]
+    from .runtimes import interleaved
+
+    return [t.median for t in interleaved("pytorch", models, example_inputs, warmup=warmup, repeats=repeats)]
 
 
 latency = median_latency_ms
@@ -121,13 +103,3 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
-
-
-def _synchronizer(example_inputs: Any):
-    tensors = [example_inputs] if isinstance(example_inputs, torch.Tensor) else [
-        t for t in (example_inputs.values() if isinstance(example_inputs, dict) else example_inputs)
-        if isinstance(t, torch.Tensor)
-    ]
-    if any(t.is_cuda for t in tensors):
-        return torch.cuda.synchronize
-    return lambda: None
