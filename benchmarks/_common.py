@@ -246,10 +246,10 @@ def _evaluate(model_dir: str | Path, config: LoopConfig) -> np.ndarray:
     import torch
     from torch.utils.data import DataLoader
 
-    from prune_explorer.data import load_dataset
+    from prune_explorer.jobs.data import load_dataset
     from prune_explorer.jobs.queue import read_metrics
     from prune_explorer.model import store
-    from prune_explorer.train import first_conv_in_channels
+    from prune_explorer.jobs.train import first_conv_in_channels
 
     model = store.load(model_dir).eval()
     normalize = (read_metrics(model_dir).get("data_recipe") or {}).get("normalize")

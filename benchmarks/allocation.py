@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from prune_explorer.model.plan import PrunePlan
     from prune_explorer.signals.ranking import rank
     from prune_explorer.model.surgery import prune
-    from prune_explorer.train import train
+    from prune_explorer.jobs.train import train
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _common import correct_per_example

@@ -45,7 +45,7 @@ def recapture(workspace: Path, iteration: str = BASELINE) -> Path:
     args += [f"--{k}={v}" for k, v in recipe.items() if v is not None]  # normalize, augment: as the job fed it
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".recapture-") as scratch:
         out = Path(scratch) / "out"
-        done = subprocess.run([sys.executable, "-m", "prune_explorer.train", f"--out-dir={out}", *args],
+        done = subprocess.run([sys.executable, "-m", "prune_explorer.jobs.train", f"--out-dir={out}", *args],
                               capture_output=True, text=True, env=os.environ)
         if done.returncode != 0:
             raise SystemExit(f"{directory}: re-capture failed:\n{done.stderr[-3000:]}")

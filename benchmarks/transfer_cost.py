@@ -37,7 +37,7 @@ def _cpu() -> float:
 
 def throughput(config: LoopConfig) -> dict[str, float]:
     """Training and evaluation images per second (wall) and CPU ms per image of the demo's model."""
-    from prune_explorer.data import load_dataset
+    from prune_explorer.jobs.data import load_dataset
     from prune_explorer.model.zoo import build_model, replace_head
     from prune_explorer.signals.capture import CaptureHook
 
@@ -78,7 +78,7 @@ def job_overhead(config: LoopConfig) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         args = config.hyperparameters(1, baseline=True)
         args.update(subset=config.batch_size, val_subset=config.batch_size, max_steps=1, out_dir=tmp)
-        command = [sys.executable, "-m", "prune_explorer.train", "--model", config.model]
+        command = [sys.executable, "-m", "prune_explorer.jobs.train", "--model", config.model]
         for key, value in args.items():
             command += [f"--{key.replace('_', '-')}", json.dumps(value) if isinstance(value, dict) else str(value)]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)

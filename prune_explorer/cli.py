@@ -207,7 +207,7 @@ def _add_run(sub) -> None:
     p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
                    help="light training augmentation (default: on with --weights and for image folders)")
     p.add_argument("--entry-point", default=None, metavar="SCRIPT",
-                   help="your own training script (honouring prune_explorer.job) for every job, e.g. src/train.py")
+                   help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. src/train.py")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
     _add_criterion_options(p, d.criterion)
@@ -289,7 +289,7 @@ def _add_tracker_options(p) -> None:
 
 
 def _json_object(text: str) -> dict:
-    from .job import json_object  # imported when used: building the parser stays torch-free
+    from .jobs.contract import json_object  # imported when used: building the parser stays torch-free
 
     return json_object(text)
 

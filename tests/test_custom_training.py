@@ -64,7 +64,7 @@ def prune_from_trial(parent: Path, out: Path):
 
 def check_iterations(tracker: MlflowTracker, baseline, child) -> None:
     """What both backends must leave: two tracked iterations made by the user's script."""
-    from prune_explorer.rules import read_accuracies
+    from prune_explorer.loop.rules import read_accuracies
 
     for job in (baseline, child):
         assert job.status == COMPLETED, job.message

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from conftest import require
-from prune_explorer import data
-from prune_explorer.data import labels_of, load_dataset, read_idx, stratified_indices
+from prune_explorer.jobs import data
+from prune_explorer.jobs.data import labels_of, load_dataset, read_idx, stratified_indices
 
 
 def write_idx(path, array: np.ndarray) -> None:

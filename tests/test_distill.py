@@ -17,7 +17,7 @@ import torch
 from prune_explorer import job
 from prune_explorer.jobs.distill import Teacher, distill_loss, weights_digest
 from prune_explorer.model import store
-from prune_explorer.train import train
+from prune_explorer.jobs.train import train
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLE = TESTS.parent / "examples" / "custom_training"

@@ -1,4 +1,4 @@
-"""The job contract (prune_explorer.job): arguments, SageMaker locations, what a job leaves, exit codes."""
+"""The job contract (prune_explorer.jobs.contract): arguments, SageMaker locations, what a job leaves, exit codes."""
 from __future__ import annotations
 
 import json
@@ -89,7 +89,7 @@ def test_a_job_records_its_epochs_the_batches_it_saw_and_its_unread_flags(tmp_pa
     assert seen["std"] == pytest.approx(batches[0].std((0, 2, 3), unbiased=False).tolist(), abs=1e-5)
     assert metrics["input_shape"] == [3, 6, 6] and metrics["unused_hyperparameters"] == ["subset"]
     assert metrics["params"] == sum(p.numel() for p in store.load(tmp_path).parameters())
-    from prune_explorer.rules import read_accuracies
+    from prune_explorer.loop.rules import read_accuracies
 
     assert read_accuracies(tmp_path / "trial") == [0.25, 0.5]
 

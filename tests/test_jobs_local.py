@@ -1,4 +1,4 @@
-"""JobQueue + LocalBackend with real `python -m prune_explorer.train` processes on sklearn digits."""
+"""JobQueue + LocalBackend with real `python -m prune_explorer.jobs.train` processes on sklearn digits."""
 from __future__ import annotations
 
 import os
@@ -147,7 +147,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 def test_hyperparameters_become_arguments_that_train_py_parses(tmp_path):
     from prune_explorer.jobs.local import train_arguments
-    from prune_explorer.train import parse_args
+    from prune_explorer.jobs.train import parse_args
 
     job = Job(id="job-x", backend="local", model="resnet18", out_dir=str(tmp_path / "out"),
               hyperparameters=dict(QUICK, model_kwargs={"num_classes": 10}, lr=0.05, data_dir=None))

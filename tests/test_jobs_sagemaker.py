@@ -69,7 +69,7 @@ def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_pa
     assert rule["RuleParameters"]["rule_to_invoke"] == "AccuracyDropSmdebugRule"
     assert rule["RuleParameters"]["threshold"] == "0.1"
     assert "previous_accuracy" not in rule["RuleParameters"]  # a baseline has no parent to compare with
-    rules_source = Path(__import__("prune_explorer.rules").rules.__file__).read_bytes()
+    rules_source = Path(__import__("prune_explorer.loop.rules").loop.rules.__file__).read_bytes()
     assert s3_bytes(aws, rule["RuleParameters"]["source_s3_uri"]) == rules_source
 
     experiment = described["ExperimentConfig"]
@@ -82,7 +82,7 @@ def test_start_creates_a_training_job_with_every_config(aws, saved_model, tmp_pa
     assert set(channels) == {"code", "model"}
     with tarfile.open(fileobj=io.BytesIO(s3_bytes(aws, channels["code"]))) as tar:
         names = set(tar.getnames())
-    assert {"prune_explorer/train.py", "prune_explorer/jobs/sagemaker_entry.py", "prune_explorer/rules.py",
+    assert {"prune_explorer/jobs/train.py", "prune_explorer/jobs/sagemaker_entry.py", "prune_explorer/loop/rules.py",
             "requirements.txt"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     for filename in ("model.json", "model.safetensors"):
@@ -114,7 +114,7 @@ def test_a_job_with_its_own_script_ships_its_source_dir_and_names_its_entry_poin
     with tarfile.open(fileobj=io.BytesIO(s3_bytes(aws, code))) as tar:
         names = set(tar.getnames())
         requirements = tar.extractfile("requirements.txt").read().decode().splitlines()
-    assert {"train.py", "helpers/util.py", "prune_explorer/job.py", "prune_explorer/train.py"} <= names
+    assert {"train.py", "helpers/util.py", "prune_explorer/jobs/contract.py", "prune_explorer/jobs/train.py"} <= names
     assert not any(".git" in n or "__pycache__" in n for n in names)
     assert requirements[-1] == "timm>=1.0" and "smdebug>=1.0.34" in requirements  # ours, then the script's
     assert code != sm.upload_source()  # the package alone is another tarball
@@ -152,7 +152,7 @@ def test_the_entry_point_is_found_inside_its_source_dir_or_refused_naming_it(tmp
 
 
 def test_a_local_weights_file_travels_as_the_weights_channel(aws, tmp_path, monkeypatch):
-    from prune_explorer.job import JobSpec, resolve_locations
+    from prune_explorer.jobs.contract import JobSpec, resolve_locations
 
     weights = tmp_path / "resnet18-imagenet.pth"
     weights.write_bytes(b"state dict bytes")
@@ -511,12 +511,12 @@ def test_entry_runs_one_process_or_torchrun_across_hosts_and_gpus():
 
     hyper = {"lr": "0.01", "epochs": "2"}
     single = train_command(hyper, {"hosts": ["algo-1"], "current_host": "algo-1"}, gpus=1, python="py")
-    assert single == ["py", "-m", "prune_explorer.train", "--epochs", "2", "--lr", "0.01"]
+    assert single == ["py", "-m", "prune_explorer.jobs.train", "--epochs", "2", "--lr", "0.01"]
 
     multi = train_command(hyper, {"hosts": ["algo-1", "algo-2"], "current_host": "algo-2"}, gpus=4, python="py")
     assert multi[:3] == ["py", "-m", "torch.distributed.run"]
     assert {"--nnodes=2", "--nproc_per_node=4", "--node_rank=1", "--master_addr=algo-1"} <= set(multi)
-    assert multi[-6:] == ["-m", "prune_explorer.train", "--epochs", "2", "--lr", "0.01"]
+    assert multi[-6:] == ["-m", "prune_explorer.jobs.train", "--epochs", "2", "--lr", "0.01"]
 
     gpus = train_command(hyper, {}, gpus=2, python="py")
     assert "--nnodes=1" in gpus and "--nproc_per_node=2" in gpus

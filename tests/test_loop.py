@@ -63,7 +63,7 @@ class RuleIgnoringBackend(LocalBackend):
         keep = {k: v for k, v in job.hyperparameters.items() if k not in ("stop_rule_threshold", "baseline_accuracy")}
         from prune_explorer.jobs.local import train_arguments
 
-        return [self.python, "-m", "prune_explorer.train",
+        return [self.python, "-m", "prune_explorer.jobs.train",
                 *train_arguments(type(job)(**{**vars(job), "hyperparameters": keep}))]
 
 

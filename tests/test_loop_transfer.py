@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from prune_explorer.cli import build_parser, loop_config, main as cli_main
-from prune_explorer.data import IMAGENET_MEAN, IMAGENET_STD
+from prune_explorer.jobs.data import IMAGENET_MEAN, IMAGENET_STD
 from prune_explorer.jobs import JobQueue
 from prune_explorer.model import store
 from prune_explorer.tracking import MlflowTracker
@@ -74,7 +74,7 @@ def test_the_cli_loop_starts_from_pretrained_weights_and_every_child_keeps_the_d
 
     history = MlflowTracker(workspace).history().set_index("iteration")
     assert history.loc["iter-001", "parent"] == BASELINE and history.loc["iter-001", "filters_removed"] == 48
-    assert history["script"].tolist() == ["prune_explorer.train"] * 2
+    assert history["script"].tolist() == ["prune_explorer.jobs.train"] * 2
     assert json.loads((workspace / "loop_config.json").read_text())["weights"] == str(imagenet_weights)
 
     # the same workspace from scratch is another baseline: refused by name before any job runs
@@ -127,6 +127,21 @@ def test_a_baseline_with_other_weights_or_another_script_is_refused_naming_them(
                                "model_kwargs={}")):
             with pytest.raises(ValueError, match=r"other settings: .*" + named.replace("(", r"\(").replace(")", r"\)")):
                 space.ensure_baseline(queue, **{**ok, **change})
+        assert queue.jobs() == []
+
+
+def test_a_baseline_trained_before_train_py_moved_into_jobs_is_still_the_default_script(tmp_path):
+    from prune_explorer.model.zoo import build_model
+
+    space = Workspace(tmp_path / "ws")
+    directory = space.iteration_dir(BASELINE)
+    store.save(build_model("resnet18", num_classes=10), directory)
+    trained = {"model": "resnet18", "dataset": "digits", "model_kwargs": {}}
+    (directory / "metrics.json").write_text(json.dumps({"config": trained, "script": "prune_explorer.train"}))
+    with space.queue(tracker=False) as queue:
+        assert space.ensure_baseline(queue, "resnet18", {"dataset": "digits"}).name == BASELINE
+        with pytest.raises(ValueError, match=r"entry_point=None \(this run: 'src/train.py'\)"):
+            space.ensure_baseline(queue, "resnet18", {"dataset": "digits"}, entry_point="src/train.py")
         assert queue.jobs() == []
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from prune_explorer import data
-from prune_explorer.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
+from prune_explorer.jobs import data
+from prune_explorer.jobs.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from prune_explorer.model import store
-from prune_explorer.train import train
+from prune_explorer.jobs.train import train
 
 COLOUR = (200, 120, 40)  # every image one flat colour: any crop or resize of it keeps the pixel values
 CLASSES = ("accordion", "airplanes", "anchor")

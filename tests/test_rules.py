@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer.rules import AccuracyDropRule, read_accuracies
+from prune_explorer.loop.rules import AccuracyDropRule, read_accuracies
 
 
 def test_fires_only_beyond_the_threshold():
@@ -85,7 +85,7 @@ def run_smdebug_rule(trial_path, previous_accuracy, threshold, mode="best"):
     from smdebug.rules.rule_invoker import invoke_rule
     from smdebug.trials import create_trial
 
-    from prune_explorer.rules import AccuracyDropSmdebugRule
+    from prune_explorer.loop.rules import AccuracyDropSmdebugRule
 
     trial = create_trial(str(trial_path))
     # parameters arrive as strings from a SageMaker rule configuration
@@ -114,7 +114,7 @@ def test_rules_file_stands_alone_as_a_sagemaker_custom_rule():
     """Debugger's rule container loads the uploaded file by itself, without this package."""
     import importlib.util
 
-    import prune_explorer.rules as packaged
+    import prune_explorer.loop.rules as packaged
 
     spec = importlib.util.spec_from_file_location("uploaded_rule", packaged.__file__)
     module = importlib.util.module_from_spec(spec)
@@ -122,3 +122,4 @@ def test_rules_file_stands_alone_as_a_sagemaker_custom_rule():
     from smdebug.rules.rule import Rule
 
     assert issubclass(module.AccuracyDropSmdebugRule, Rule)
+

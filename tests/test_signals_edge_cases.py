@@ -126,7 +126,7 @@ def test_a_model_the_trial_rebuilt_from_its_architecture_ranks_by_the_trials_tra
 
 
 def test_smdebug_info_lines_go_to_the_project_logger_not_the_screen():
-    code = ("import prune_explorer.signals.trials, prune_explorer.rules, smdebug.rules.rule; "
+    code = ("import prune_explorer.signals.trials, prune_explorer.loop.rules, smdebug.rules.rule; "
             "import logging; print('level', logging.getLogger('prune_explorer.smdebug').getEffectiveLevel())")
     env = {**os.environ, "PRUNE_EXPLORER_SMDEBUG_LOG": ""}
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -139,12 +139,22 @@ def test_smdebug_info_lines_go_to_the_project_logger_not_the_screen():
 
 
 @pytest.mark.parametrize("first", ["module", "package"])
-def test_prune_explorer_train_is_the_module_in_any_import_order(first):
-    steps = {"module": "import prune_explorer.train; from prune_explorer import train",
-             "package": "from prune_explorer import train; import prune_explorer.train"}
+def test_prune_explorer_jobs_train_is_the_module_in_any_import_order(first):
+    steps = {"module": "import prune_explorer.jobs.train; from prune_explorer.jobs import train",
+             "package": "from prune_explorer.jobs import train; import prune_explorer.jobs.train"}
     code = (f"{steps[first]}; import types, prune_explorer; "
-            "assert isinstance(train, types.ModuleType) and isinstance(prune_explorer.train, types.ModuleType); "
+            "assert isinstance(train, types.ModuleType) and isinstance(prune_explorer.jobs.train, types.ModuleType); "
             "assert prune_explorer.fine_tune is train.train; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("first", ["module", "package"])
+def test_from_prune_explorer_import_job_is_the_job_contract_in_any_import_order(first):
+    steps = {"module": "import prune_explorer.jobs.contract; from prune_explorer import job",
+             "package": "from prune_explorer import job; import prune_explorer.jobs.contract"}
+    code = (f"{steps[first]}; import prune_explorer; "
+            "assert job is prune_explorer.jobs.contract is prune_explorer.job and callable(job.start); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 

@@ -70,7 +70,7 @@ def test_a_completed_job_is_one_row_with_the_jobs_numbers(behind_queue):
     assert abs(row["started"] - _started(good)) < pd.Timedelta(milliseconds=2)  # the job's start, not the record's
     assert tracker.accuracies("baseline") == pytest.approx([e["val_accuracy"] for e in good.result["epochs"]])
     assert tracker.run_id("baseline") == row["run_id"]
-    assert row["script"] == good.result["script"] == "prune_explorer.train"  # the script that ran the job
+    assert row["script"] == good.result["script"] == "prune_explorer.jobs.train"  # the script that ran the job
 
 
 def test_a_failed_job_is_a_failed_row_with_its_plan_and_parent(behind_queue):

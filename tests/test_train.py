@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from prune_explorer import data
-from prune_explorer.train import EXIT_STOPPED, TrainConfig, main, parse_args, train
+from prune_explorer.jobs import data
+from prune_explorer.jobs.train import EXIT_STOPPED, TrainConfig, main, parse_args, train
 
 TESTS = Path(__file__).resolve().parent
 SMALL_CNN = "test_train:SmallCNN"  # importable: pytest puts tests/ on sys.path; subprocesses get PYTHONPATH
@@ -88,7 +88,7 @@ def test_saved_model_is_the_best_epoch(trained):
 
 
 def test_trial_holds_accuracy_per_epoch_for_the_rule(trained):
-    from prune_explorer.rules import read_accuracies
+    from prune_explorer.loop.rules import read_accuracies
 
     out, metrics = trained
     assert read_accuracies(out / "trial") == pytest.approx([e["val_accuracy"] for e in metrics["epochs"]])
@@ -239,7 +239,7 @@ def test_torchrun_two_processes_write_one_model_and_one_record(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "prune_explorer.train", "--dataset", "digits", "--model", SMALL_CNN, "--epochs", "2",
+           "-m", "prune_explorer.jobs.train", "--dataset", "digits", "--model", SMALL_CNN, "--epochs", "2",
            "--lr", "0.1", "--batch-size", "32", "--capture-every", "10", "--measure-latency", "false",
            "--out-dir", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -3,7 +3,7 @@
 Everything about training is this script's: its data pipeline (image files in class folders,
 read with PIL into memory, split per class by seed), its augmentation (random shifts, brightness
 and contrast jitter), its loss (cross-entropy with label smoothing), optimiser (AdamW with a cosine
-schedule) and mixed precision on a GPU. What makes it a job is `prune_explorer.job`: it gets the
+schedule) and mixed precision on a GPU. What makes it a job is the job contract (`from prune_explorer import job`): it gets the
 model to fine-tune (the baseline architecture, or the pruned model of an iteration), wraps the
 loop with the capture hook (the trial the next ranking reads), reports each epoch (the stop rule
 runs there) and, on leaving the `with` block, saves the best epoch's model and metrics.json. Given a

@@ -100,7 +100,7 @@ def training_script(entry_point: str | os.PathLike | None,
 
     As the SageMaker SDK's estimators take them: `entry_point="train.py", source_dir="src/"`; an
     entry point given as a path into the source dir ("src/train.py") or alone (its folder is then
-    the source dir) works too. The script must honour the job contract (`prune_explorer.job`).
+    the source dir) works too. The script must honour the job contract (`prune_explorer.jobs.contract`).
     """
     if entry_point is None:
         if source_dir is not None:

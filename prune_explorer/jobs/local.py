@@ -1,6 +1,6 @@
 """Run a fine-tuning job as a separate Python process on this machine.
 
-Each job is `python -m prune_explorer.train ... --out-dir OUT` — or, for a job with an
+Each job is `python -m prune_explorer.jobs.train ... --out-dir OUT` — or, for a job with an
 `entry_point`, `python SOURCE_DIR/ENTRY_POINT ...` (the user's script, with SOURCE_DIR on the
 import path and run from the queue's working directory) — in its own session (process group), so
 cancelling kills the whole tree and a crash never takes the caller down. Output goes to
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .base import COMPLETED, FAILED, RUNNING, STOPPED, Job
 
-TRAIN_MODULE = "prune_explorer.train"
-EXIT_STOPPED = 3  # prune_explorer.job: the job's own stop rule fired
+TRAIN_MODULE = "prune_explorer.jobs.train"
+EXIT_STOPPED = 3  # prune_explorer.jobs.contract: the job's own stop rule fired
 LOG_TAIL_LINES = 20
 
 

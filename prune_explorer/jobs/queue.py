@@ -169,8 +169,8 @@ class JobQueue:
                entry_point: str | Path | None = None, source_dir: str | Path | None = None) -> Job:
         """Queue a job and return at once; the worker starts it when a slot is free.
 
-        `entry_point` / `source_dir`: the user's own training script (honouring `prune_explorer.job`)
-        instead of `prune_explorer.train`, e.g. `entry_point="train.py", source_dir="src/"`.
+        `entry_point` / `source_dir`: the user's own training script (honouring `prune_explorer.jobs.contract`)
+        instead of `prune_explorer.jobs.train`, e.g. `entry_point="train.py", source_dir="src/"`.
         """
         script = training_script(entry_point, source_dir)
         if out_dir is None:

@@ -285,7 +285,7 @@ class SageMakerBackend:
         channels = {"code": code_uri, **self.inputs}
         model_uri = self.upload_model(job.model, name)
         if model_uri:
-            channels["model"] = model_uri  # the job reads it from SM_CHANNEL_MODEL (prune_explorer.job)
+            channels["model"] = model_uri  # the job reads it from SM_CHANNEL_MODEL (prune_explorer.jobs.contract)
         else:
             hyperparameters.setdefault("model", job.model)
         teacher = hyperparameters.pop("teacher", None)
@@ -332,8 +332,8 @@ class SageMakerBackend:
         return spec
 
     def rule_configuration(self, previous_accuracy: float | None, shapes: Any) -> Any:
-        """The accuracy-drop rule as a Debugger custom rule (rules.py, class AccuracyDropSmdebugRule)."""
-        rules_py = self.package_dir / "rules.py"
+        """The accuracy-drop rule as a Debugger custom rule (loop/rules.py, class AccuracyDropSmdebugRule)."""
+        rules_py = self.package_dir / "loop" / "rules.py"
         if not rules_py.is_file():
             raise FileNotFoundError(f"{rules_py}: the accuracy-drop rule source is missing (needed with debugger=True)")
         data = rules_py.read_bytes()

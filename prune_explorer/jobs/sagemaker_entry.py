@@ -4,7 +4,7 @@ The job's entrypoint unpacks the source tarball into /opt/ml/code and runs
 `python -m prune_explorer.jobs.sagemaker_entry`. This module does what the SageMaker training
 toolkit would otherwise do, so any image with Python and torch serves: install the
 shipped requirements, export the `SM_*` variables the job contract reads, and start the job —
-`prune_explorer.train`, or the user's script named by the `sagemaker_program` hyperparameter (or
+`prune_explorer.jobs.train`, or the user's script named by the `sagemaker_program` hyperparameter (or
 `SAGEMAKER_PROGRAM`, as the toolkit takes an estimator's entry point), run from /opt/ml/code —
 through torchrun when the job has more than one instance or more than one GPU. Hyperparameters
 named `sagemaker_*` are the platform's, not the job's: they are not passed on. On failure
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 ML_ROOT = Path("/opt/ml")
-TRAIN_MODULE = "prune_explorer.train"
+TRAIN_MODULE = "prune_explorer.jobs.train"
 MASTER_PORT = 29500
 FAILURE_TAIL_LINES = 20
-RULE_STOPPED_EXIT = 3  # prune_explorer.job: stopped by the accuracy-drop rule; its model and metrics are valid
+RULE_STOPPED_EXIT = 3  # prune_explorer.jobs.contract: stopped by the accuracy-drop rule; its model and metrics are valid
 PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 PROGRAM_HYPERPARAMETER = "sagemaker_program"
 PLATFORM_PREFIX = "sagemaker_"
@@ -89,7 +89,7 @@ def train_command(
 ) -> list[str]:
     """One process per machine, or torchrun with one worker per GPU across all hosts.
 
-    `program`: the user's script (a path from /opt/ml/code); None runs prune_explorer.train.
+    `program`: the user's script (a path from /opt/ml/code); None runs prune_explorer.jobs.train.
     """
     hosts = list(resource_config.get("hosts") or ["algo-1"])
     current = resource_config.get("current_host") or hosts[0]

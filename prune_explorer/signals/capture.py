@@ -207,7 +207,7 @@ class CaptureHook:
             self._weights_due = True
 
     def save_scalar(self, name: str, value: float) -> None:
-        """Record `scalar/{name}` at the current step (e.g. an epoch's accuracy, read by rules.py)."""
+        """Record `scalar/{name}` at the current step (e.g. an epoch's accuracy, read by loop/rules.py)."""
         if self._closed:
             raise RuntimeError("CaptureHook is closed")
         if self._step < 0:

@@ -64,7 +64,7 @@ class Tracker(Protocol):
                script: str | None = None, hyperparameters: dict[str, Any] | None = None) -> str:
         """Record one iteration (replacing what history shows for it); returns its run id.
         `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is
-        the training script that ran the job (a user's entry point, or "prune_explorer.train").
+        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train").
         `hyperparameters`: the job's settings worth comparing across runs (the queue sends the
         distillation's, `jobs.queue.TRACKED_HYPERPARAMETERS`), recorded as the store's parameters."""
 

@@ -138,8 +138,8 @@ class Explorer(W.VBox):
                                          layout=W.Layout(width="200px"))
         self.teacher_choice.add_class("pe-teacher")
         W.link((self.teacher_choice, "value"), (self, "distill"))
-        # the training script of each queued job: empty = prune_explorer.train, else the user's own
-        self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.train",
+        # the training script of each queued job: empty = prune_explorer.jobs.train, else the user's own
+        self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
                                   description="script", layout=W.Layout(width="240px"))
         self.source_dir = W.Text(value=str(source_dir or ""), placeholder="(the script's folder)",
                                  description="source dir", layout=W.Layout(width="240px"))
@@ -591,7 +591,7 @@ class Explorer(W.VBox):
         return {**args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
 
     def training_script(self) -> dict[str, str | None]:
-        """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.train)."""
+        """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.jobs.train)."""
         return {"entry_point": self.entry_point.value.strip() or None,
                 "source_dir": self.source_dir.value.strip() or None}
 
@@ -768,7 +768,7 @@ def _validation_tensors(source: Any, train_args: dict[str, Any]) -> tuple[torch.
         if not train_args.get("dataset"):
             raise ValueError("sensitivity needs validation data: pass validation=(images, labels) or "
                              "train_args={'dataset': ...}")
-        from ..data import load_dataset
+        from ..jobs.data import load_dataset
 
         _, source, _, _ = load_dataset(train_args["dataset"], train_args.get("data_dir"),
                                        image_size=train_args.get("image_size"), val_subset=VALIDATION_EXAMPLES,

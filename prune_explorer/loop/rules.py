@@ -7,7 +7,7 @@ model: a job is only judged a failure when even its best epoch is too far down. 
 compares the latest evaluation instead, as the AWS example's rule did.
 
 This file is self-contained (standard library, plus smdebug for the `Rule` subclass), so it can be
-uploaded as a SageMaker Debugger custom rule: source `prune_explorer/rules.py`, class
+uploaded as a SageMaker Debugger custom rule: source `prune_explorer/loop/rules.py`, class
 `AccuracyDropSmdebugRule`, rule parameters `previous_accuracy` and `threshold` (and optionally
 `mode`, `tensor_name`).
 """
@@ -133,7 +133,7 @@ def _scalar(value) -> float:
 
 
 try:  # in the package: smdebug's INFO lines go to the project's logger (not in Debugger's rule container)
-    from .signals.smdebug_compat import route_logging as _route_smdebug_logging
+    from ..signals.smdebug_compat import route_logging as _route_smdebug_logging
 except ImportError:
     pass
 else:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .jobs.base import COMPLETED, STOPPED, Job
-from .jobs.queue import JobQueue, file_lock, read_metrics
+from ..jobs.base import COMPLETED, STOPPED, Job
+from ..jobs.queue import JobQueue, file_lock, read_metrics
 
 BASELINE = "baseline"
 PRUNED = "pruned"
@@ -44,7 +44,8 @@ BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule 
 PER_JOB_TEACHER = ("teacher",)  # the teacher's folder, resolved from `distill` for each job (`teacher_dir`)
 BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fine-tune loads a saved model
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
-DEFAULT_SCRIPT = "prune_explorer.train"  # metrics.json `script` of a job without an entry point
+DEFAULT_SCRIPT = "prune_explorer.jobs.train"  # metrics.json `script` of a job without an entry point
+FORMER_DEFAULT_SCRIPT = "prune_explorer.train"  # the same module before it moved into jobs/ (older workspaces)
 _ITERATION = re.compile(r"iter-(\d+)")
 LATENCY_TABLE = "latency_table.json"
 
@@ -242,8 +243,8 @@ class Workspace:
         directory = self.iteration_dir(BASELINE)
         metrics = read_metrics(directory)
         trained = dict(metrics.get("config") or {})
-        if metrics.get("script"):  # what ran it: "prune_explorer.train" or the user's script file
-            trained["entry_point"] = None if metrics["script"] == DEFAULT_SCRIPT else metrics["script"]
+        if metrics.get("script"):  # what ran it: "prune_explorer.jobs.train" or the user's script file
+            trained["entry_point"] = None if metrics["script"] in (DEFAULT_SCRIPT, FORMER_DEFAULT_SCRIPT) else metrics["script"]
         differ = [f"{k}={trained[k]!r} (this run: {wanted[k]!r})" for k in settings
                   if k in wanted and k in trained and not _same_setting(k, trained[k], wanted[k])]
         if differ:
@@ -304,7 +305,7 @@ class Workspace:
 
     def open_iteration(self, name: str):
         """(model, example inputs, trial dir or None, fine-tuning recipe) of an iteration with a saved model."""
-        from .model import store
+        from ..model import store
 
         if not self.has_model(name):
             raise KeyError(f"iteration {name!r} has no saved model in {self.iteration_dir(name)} "
@@ -318,10 +319,10 @@ class Workspace:
                        dataset: str | None = None, normalization: str | None = None) -> Ranked:
         """Load an iteration's model, trace it and rank its filters (from its trial unless l1/l2);
         `normalization` as `rank`'s `normalize` (None: the criterion's own)."""
-        from .model import store
-        from .model.graph import ChannelGraph
-        from .signals.ranking import rank
-        from .signals.trials import open_trial
+        from ..model import store
+        from ..model.graph import ChannelGraph
+        from ..signals.ranking import rank
+        from ..signals.trials import open_trial
 
         directory = self.iteration_dir(name)
         model = store.load(directory).eval()
@@ -336,8 +337,8 @@ class Workspace:
     def latency_table(self, image_size: int | None = None, dataset: str | None = None, progress: bool = False):
         """The per-layer latency table of the baseline model (measured on first use on this machine,
         then read from WORKSPACE/latency_table.json); it serves every iteration pruned from it."""
-        from .model import store
-        from .model.latency import LatencyTable
+        from ..model import store
+        from ..model.latency import LatencyTable
 
         path = self.root / LATENCY_TABLE
         if path.is_file():
@@ -353,7 +354,7 @@ class Workspace:
 
     def save_pruned(self, name: str, pruned: Any, plan: Any, parent: str | None, criterion: str | None) -> Path:
         """Save a pruned model as iteration `name`'s job input (iterations/<name>/pruned/)."""
-        from .model import store
+        from ..model import store
 
         summary = plan.summary() if hasattr(plan, "summary") else dict(plan or {})
         return store.save(pruned, self.iteration_dir(name) / PRUNED,
@@ -374,7 +375,7 @@ class Workspace:
     def teacher_dir(self, distill: str, parent: str | None) -> Path:
         """The saved model a fine-tune of `parent`'s child distills from: the workspace's baseline, or
         the parent itself (`distill` "baseline" | "parent")."""
-        from .jobs.distill import DISTILL_TEACHERS
+        from ..jobs.distill import DISTILL_TEACHERS
 
         if distill not in DISTILL_TEACHERS:
             raise ValueError(f"distill: the teacher is one of {DISTILL_TEACHERS}, got {distill!r}")
@@ -397,8 +398,8 @@ class Workspace:
         target's runtime), every touched group keeping a multiple of `round_to` — prune, and, unless nothing is left
         to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
         written), save and submit."""
-        from .model.measure import count
-        from .model.surgery import prune
+        from ..model.measure import count
+        from ..model.surgery import prune
 
         ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
         try:
@@ -435,7 +436,7 @@ class Workspace:
     def export_path(self, name: str, fmt: str) -> Path:
         """WORKSPACE/exports/<name>.<fmt>: where iteration `name`'s model is exported (the folder is made;
         `model.export.export_model` writes the file through a temp file and one rename)."""
-        from .model.export import FORMATS
+        from ..model.export import FORMATS
 
         if fmt not in FORMATS:
             raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -474,18 +475,18 @@ class Workspace:
 def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any,
           round_to: int | None = None):
     """The step's plan: the lowest `per_iteration` filters, or down to the target."""
-    from .model.plan import PrunePlan
+    from ..model.plan import PrunePlan
 
     if target is None:
         return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme, round_to=round_to)
-    from .model.costs import CostModel
+    from ..model.costs import CostModel
 
     costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
     if target.unit == "macs":
         return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, round_to=round_to,
                                 target_macs=target.value(costs.before.macs))
     if target.unit == "latency_ratio":  # measured in the deployment runtime, relative to the parent
-        from .model.runtime_budget import plan_to_latency
+        from ..model.runtime_budget import plan_to_latency
 
         return plan_to_latency(ranked.table, ranked.graph, ranked.model, ranked.example_inputs, target.value(1.0),
                                runtime=target.runtime or "onnxruntime", scheme=scheme, round_to=round_to, costs=costs)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model.measure import ModelCost, count, paired_latency_ms
-from .model.zoo import build_model
+from ..model.measure import ModelCost, count, paired_latency_ms
+from ..model.zoo import build_model
 
 LATENCY_BATCH = 8
 LATENCY_THREADS = 1  # one thread: steady numbers on a shared machine, and the demo stays under 30 s
@@ -79,11 +79,11 @@ def main(setup: SurgeryDemo = RESNET18) -> int:
 
 
 def _run(setup: SurgeryDemo) -> int:
-    from .model.graph import ChannelGraph
-    from .model.plan import PrunePlan
-    from .model.store import load, save
-    from .model.surgery import prune
-    from .signals.ranking import rank
+    from ..model.graph import ChannelGraph
+    from ..model.plan import PrunePlan
+    from ..model.store import load, save
+    from ..model.surgery import prune
+    from ..signals.ranking import rank
 
     torch.manual_seed(0)
     size = setup.image_size

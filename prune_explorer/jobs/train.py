@@ -1,11 +1,11 @@
 """Fine-tuning entry point: one iteration's training job, the project's own user of the job contract.
 
-Runs the same way as a plain process (`python -m prune_explorer.train ...`), under torchrun
+Runs the same way as a plain process (`python -m prune_explorer.jobs.train ...`), under torchrun
 (DDP: gloo on CPU, nccl on GPU) and inside a SageMaker training container, where hyperparameters
 arrive as `--key value` arguments and data/model/output locations as SM_* environment variables.
 It fine-tunes a model (a saved model directory or a torchvision/user architecture name, optionally
 from pretrained `--weights` with a new head), evaluates every epoch, captures a trial for the next
-ranking, keeps the best epoch's model and writes `metrics.json` — all through `prune_explorer.job`,
+ranking, keeps the best epoch's model and writes `metrics.json` — all through `prune_explorer.jobs.contract`,
 which any other training script can use the same way. With `--teacher` (a saved model, the
 baseline or the parent: `--distill`) each batch's loss is Hinton's distillation loss against the
 frozen teacher's logits (`jobs/distill.py`). Only rank 0 writes files.
@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import NORMALIZATIONS, labels_of, load_dataset, with_channels
-from .job import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, flag, optional,
-                  build_parser as contract_parser, resolve_locations as contract_locations)
+from .contract import (EXIT_STOPPED, JobContext, JobSpec, RuleStopped, all_sum, flag, optional,
+                       build_parser as contract_parser, resolve_locations as contract_locations)
 
 LR_SCHEDULES = ("constant", "cosine")
 __all__ = ["EXIT_STOPPED", "TrainConfig", "build_parser", "first_conv_in_channels", "main", "parse_args", "train"]
@@ -106,7 +106,7 @@ TRAIN_HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The contract's options and this script's recipe, one `--name` each."""
-    return contract_parser(TrainConfig, TRAIN_TYPES, TRAIN_HELP, prog="python -m prune_explorer.train",
+    return contract_parser(TrainConfig, TRAIN_TYPES, TRAIN_HELP, prog="python -m prune_explorer.jobs.train",
                            description=__doc__.split("\n\n")[0])
 
 

@@ -1,6 +1,6 @@
 """The job contract: what a fine-tuning job receives and what it must leave behind.
 
-Any script that honours it — `prune_explorer.train` or a team's own training code — can be an
+Any script that honours it — `prune_explorer.jobs.train` or a team's own training code — can be an
 iteration's job, locally, under torchrun or in a SageMaker container.
 
 A job RECEIVES (as `--key value` arguments; locations also from SageMaker's `SM_*` variables):
@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from .jobs.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DISTILL_TEACHERS, Teacher, distill_loss
+from .distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DISTILL_TEACHERS, Teacher, distill_loss
 
 EXIT_COMPLETED, EXIT_STOPPED = 0, 3
 SAGEMAKER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
@@ -415,7 +415,7 @@ class _Capture:
     """The CaptureHook, plus the per-epoch scalars the stop rule reads."""
 
     def __init__(self, model: nn.Module, path: Path, mode: str, every: int):
-        from .signals.capture import CaptureHook
+        from ..signals.capture import CaptureHook
 
         self.path = path
         self.hook = CaptureHook(model, str(path), mode=mode, save_every=every)
@@ -460,7 +460,7 @@ class JobContext:
         self._read: set[str] = set()
         self._rule = None
         if self.spec.stop_rule_threshold is not None:
-            from .rules import AccuracyDropRule
+            from ..loop.rules import AccuracyDropRule
 
             self._rule = AccuracyDropRule(self.spec.stop_rule_threshold, self.spec.stop_rule_mode)
         torch.manual_seed(self.spec.seed)
@@ -539,14 +539,14 @@ class JobContext:
         and `--model-kwargs` (without weights, `num_classes` goes to the constructor). With
         `num_classes` the head is fitted to the data (`fit_head`) unless `fit_head=False`.
         """
-        from .model.zoo import build_model
+        from ..model.zoo import build_model
 
         spec = self.spec
         if spec.model is None:
             raise ValueError("no model to fine-tune: pass --model (a saved model directory or an architecture name)")
         source = Path(spec.model)
         if (source / "model.json").is_file():
-            from .model.store import load
+            from ..model.store import load
 
             model, self.built = load(source), False
         elif source.exists() or os.sep in spec.model:
@@ -567,7 +567,7 @@ class JobContext:
 
         The outputs are counted on `example_inputs` when given, else read from the last Linear layer.
         """
-        from .model.zoo import output_size, replace_head
+        from ..model.zoo import output_size, replace_head
 
         outputs = output_size(model, example_inputs)
         if outputs is not None and outputs != num_classes and self.built and self.spec.weights is not None:
@@ -779,8 +779,8 @@ class JobContext:
 
     def _save(self, model: nn.Module, example: torch.Tensor, status: str, reason: str | None,
               extra: dict[str, Any]) -> dict[str, Any]:
-        from .model.measure import count, latency
-        from .model.store import save
+        from ..model.measure import count, latency
+        from ..model.store import save
 
         cost = count(model, example)
         unused = sorted(set(self.spec.hyperparameters) - self._read)
@@ -818,7 +818,7 @@ class JobContext:
 
 
 def _program() -> str | None:
-    """What runs this job: the module for `python -m` ("prune_explorer.train"), else the script's file name."""
+    """What runs this job: the module for `python -m` ("prune_explorer.jobs.train"), else the script's file name."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name not in ("__main__", None):
         return spec.name

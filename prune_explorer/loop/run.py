@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .jobs.base import COMPLETED, STOPPED
-from .workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
+from ..jobs.base import COMPLETED, STOPPED
+from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SCHEMES = ("all", "internal")
@@ -100,7 +100,7 @@ class LoopConfig:
             raise ValueError(f"epochs and baseline_epochs must be >= 1, got {self.epochs}, {self.baseline_epochs}")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        from .signals.ranking import NORMALIZATIONS as SCORE_NORMALIZATIONS
+        from ..signals.ranking import NORMALIZATIONS as SCORE_NORMALIZATIONS
 
         if self.normalization is not None and self.normalization not in SCORE_NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {tuple(SCORE_NORMALIZATIONS)}, got {self.normalization!r}")
@@ -110,7 +110,7 @@ class LoopConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{name} is the fraction of the cost to keep, in (0, 1), got {value}")
-        from .model.runtimes import RUNTIMES
+        from ..model.runtimes import RUNTIMES
 
         if self.latency_runtime not in RUNTIMES:
             raise ValueError(f"latency_runtime must be one of {tuple(RUNTIMES)}, got {self.latency_runtime!r}")
@@ -122,7 +122,7 @@ class LoopConfig:
             raise ValueError(f"threshold must be an accuracy drop in [0, 1], got {self.threshold}")
         if self.capture == "none" and self.criterion not in WEIGHT_CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} needs a trial; capture='none' only works with l1/l2")
-        from .data import DATASETS, NORMALIZATIONS
+        from ..jobs.data import DATASETS, NORMALIZATIONS
 
         if self.entry_point is None and self.dataset.lower().replace("_", "-") not in DATASETS + ("fashionmnist",):
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
@@ -130,7 +130,7 @@ class LoopConfig:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.backend not in LOOP_BACKENDS:
             raise ValueError(f"backend must be one of {tuple(LOOP_BACKENDS)}, got {self.backend!r}")
-        from .tracking import TRACKERS
+        from ..tracking import TRACKERS
 
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker must be one of {tuple(TRACKERS)}, got {self.tracker!r}")
@@ -141,7 +141,7 @@ class LoopConfig:
         if is_s3(self.data_dir) and self.backend != "sagemaker":
             raise ValueError(f"data_dir {self.data_dir!r} is on S3: only backend 'sagemaker' reads it "
                              f"(its jobs' train channel); give a local folder for backend {self.backend!r}")
-        from .jobs.distill import DISTILL_TEACHERS
+        from ..jobs.distill import DISTILL_TEACHERS
 
         if self.distill is not None and self.distill not in DISTILL_TEACHERS:
             raise ValueError(f"distill must be one of {DISTILL_TEACHERS} (the teacher), got {self.distill!r}")
@@ -179,7 +179,7 @@ class LoopConfig:
         """The rounding every plan of this run uses: `round_to`, else the latency runtime's channel block."""
         if self.round_to is not None:
             return self.round_to if self.round_to > 1 else None
-        from .model.runtimes import get_runtime
+        from ..model.runtimes import get_runtime
 
         block = get_runtime(self.latency_runtime).block_size()
         return block if block > 1 else None
@@ -242,7 +242,7 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
     `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
     scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
     """
-    from .demo import PRETRAINED_ARCH, pretrained_kwargs, pretrained_weights
+    from ..demo import PRETRAINED_ARCH, pretrained_kwargs, pretrained_weights
 
     size = 32 if fast else 64
     dataset, data_dir = _demo_data("demo --pretrained")
@@ -271,7 +271,7 @@ def sagemaker_backend(config: LoopConfig):
     the SageMaker session's defaults (its execution role, its default bucket)."""
     import boto3
 
-    from .jobs.sagemaker import BUCKET_ENV, ROLE_ENV, SageMakerBackend
+    from ..jobs.sagemaker import BUCKET_ENV, ROLE_ENV, SageMakerBackend
 
     session = boto3.Session(region_name=config.region) if config.region else boto3.Session()
     role = config.role or os.environ.get(ROLE_ENV) or _session_default("role", session)
@@ -305,7 +305,7 @@ LOOP_BACKENDS: dict[str, Callable[[LoopConfig], Any]] = {
 
 def loop_tracker(config: LoopConfig):
     """The tracker the loop records into (config.tracker, with its URI / experiment / region)."""
-    from .tracking import make_tracker
+    from ..tracking import make_tracker
 
     if config.tracker == "mlflow":
         return make_tracker("mlflow", config.workspace, tracking_uri=config.tracking_uri, experiment=config.experiment)
@@ -326,7 +326,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
     config.validate()
     if criterion_fn is None:
-        from .signals.ranking import CRITERIA
+        from ..signals.ranking import CRITERIA
 
         if config.criterion not in CRITERIA:
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
@@ -436,8 +436,8 @@ def _measured_targets(config: LoopConfig, workspace: Workspace, fraction: float)
 
 def _measured_ratio(workspace: Workspace, name: str, config: LoopConfig) -> float:
     """Iteration `name`'s latency over the baseline's in the run's runtime, timed in turn (per-round median)."""
-    from .model import store
-    from .model.runtimes import interleaved, ratio_timing
+    from ..model import store
+    from ..model.runtimes import interleaved, ratio_timing
 
     base = store.load(workspace.iteration_dir(BASELINE)).eval()
     model = store.load(workspace.iteration_dir(name)).eval()
@@ -448,9 +448,9 @@ def _measured_ratio(workspace: Workspace, name: str, config: LoopConfig) -> floa
 
 def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopConfig) -> float:
     """The baseline's MACs, or its latency as the table predicts it, on one example."""
-    from .model import store
-    from .model.costs import CostModel
-    from .model.graph import ChannelGraph
+    from ..model import store
+    from ..model.costs import CostModel
+    from ..model.graph import ChannelGraph
 
     model = store.load(workspace.iteration_dir(BASELINE)).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
