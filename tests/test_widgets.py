@@ -821,6 +821,35 @@ def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured
     assert not exported[0].exists()  # the panel's temp folder goes with it
 
 
+def test_with_onnxruntime_latency_the_panels_plans_keep_orts_channel_block(captured):
+    """Issue 21: a panel timing ONNX Runtime rounds every cut to ORT's block by default; the sliders and
+    the fill keep each touched group at a multiple of it."""
+    from prune_explorer.model.runtimes import onnxruntime_block_size
+
+    model, trial, x, _ = captured
+    block = onnxruntime_block_size()
+    ort = Explorer(model, trial=trial, example_inputs=x[:1], onnxruntime_latency=True)
+    try:
+        assert ort.round_to == block
+    finally:
+        ort.close()
+    e = Explorer(model, trial=trial, example_inputs=x[:1])
+    try:
+        e.wait(120)
+        assert e.round_to == 0  # PyTorch only: any width
+        e.set_counts({"layer3.0.conv1": 100})
+        assert len(e.plan_channels["layer3.0.conv1"]) == 100
+        e.round_to = block
+        e.set_counts({"layer3.0.conv1": 100})  # 156 left is not a multiple: the nearest multiple is kept
+        kept = 256 - len(e.plan_channels["layer3.0.conv1"])
+        assert kept % block == 0 and abs(kept - 156) <= block // 2
+        e.fill_lowest(n=300, scheme="internal")
+        widths = {g.name: g.size for g in e.graph.prunable("internal")}
+        assert e.plan_channels and all((widths[layer] - len(ix)) % block == 0 for layer, ix in e.plan_channels.items())
+    finally:
+        e.close()
+
+
 def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_path):
     model, trial, x, _ = captured
     e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=tmp_path / "ws", criterion="l1")

@@ -12,10 +12,11 @@ secant step on log latency against log MACs until the measured ratio is within `
 target. The plan returned is the measured one at or below the target closest to it; `plan.budget`
 records every measurement.
 
-The ratio is that of the two models' lower quartiles over the rounds (`latency_ratio`): other
-processes only ever add time, and on the shared 2-core machine at load 8–10 six repeated
-measurements of one EfficientNet-Lite0 pair gave 0.695–0.733 this way, against 0.69–0.78 for the
-median of per-round ratios and 0.65–0.78 for the ratio of minimums.
+The ratio is that of the two models' medians over many short rounds (`latency_ratio`, `SECONDS` of
+rounds, up to 500): on the shared 2-core machine at load 10–11, five repeated 200-round measurements
+of one EfficientNet-Lite0 pair gave 0.687–0.708 this way, against 0.663–0.709 for the median of
+per-round ratios and 0.655–0.720 for the ratio of lower quartiles; 20-round measurements scattered
+over ±8 %.
 """
 from __future__ import annotations
 
@@ -28,18 +29,19 @@ from .plan import PrunePlan
 from .runtimes import LatencyRuntime, Timing, get_runtime, interleaved, ratio_timing
 
 TOLERANCE = 0.02  # a measured ratio within 2 % of the target ends the search (the check after the cut allows 5 %)
+SECONDS = 8.0  # of interleaved rounds per measurement (at least `repeats` rounds)
 MAX_MEASUREMENTS = 7
 
 
 def latency_ratio(after: Timing, before: Timing) -> float:
-    """after/before as the ratio of their lower quartiles (module docstring: the steadiest on a busy machine)."""
-    return after.q1 / before.q1
+    """after/before as the ratio of their medians over the same rounds (module docstring: the steadiest here)."""
+    return after.median / before.median
 
 
 def plan_to_latency(table: Any, graph: Any, model: nn.Module, example_inputs: Any, target_ratio: float, *,
                     runtime: LatencyRuntime | str = "onnxruntime", scheme: str = "all", round_to: int | None = None,
                     costs: Any = None, tolerance: float = TOLERANCE, max_measurements: int = MAX_MEASUREMENTS,
-                    repeats: int = 25, warmup: int = 3) -> PrunePlan:
+                    repeats: int = 20, warmup: int = 3, seconds: float = SECONDS) -> PrunePlan:
     """The lowest-ranked channels whose removal brings `model`'s latency in `runtime` to `target_ratio` of
     its own, measured (module docstring). ValueError when even the deepest cut the scheme allows stays above."""
     from .costs import CostModel
@@ -62,12 +64,14 @@ def plan_to_latency(table: Any, graph: Any, model: nn.Module, example_inputs: An
         except ValueError:
             return None  # deeper than the scheme can cut
         pruned = prune(model, plan, example_inputs, graph=graph)
-        before, after = interleaved(runtime, [base, pruned], example_inputs, warmup=warmup, repeats=repeats)
+        before, after = interleaved(runtime, [base, pruned], example_inputs, warmup=warmup, repeats=repeats,
+                                    seconds=seconds)
         ratio, rounds = latency_ratio(after, before), ratio_timing(after, before)
         plans[fraction] = plan
         measured.append({"macs_fraction": round(plan.budget["reached"] / full, 5), "ratio": ratio,
                          "per_round_median": rounds.median, "per_round_q1": rounds.q1, "per_round_q3": rounds.q3,
-                         "ms_before": before.q1, "ms_after": after.q1, "clock": after.clock})
+                         "ms_before": before.median, "ms_after": after.median, "rounds": len(after.samples),
+                         "clock": after.clock})
         return ratio
 
     low, high = 0.0, 1.0  # MACs fractions known to land below / above the target

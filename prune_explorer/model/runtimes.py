@@ -109,10 +109,14 @@ def default_clock(runtime: "LatencyRuntime | str", example_inputs: Any = None) -
     return "cpu" if threads == 1 and not on_gpu else "wall"
 
 
+MAX_ROUNDS = 500
+
+
 def interleaved(runtime: "LatencyRuntime | str", models: Sequence[Any], example_inputs: Any, *, warmup: int = 3,
-                repeats: int = 10, clock: str | None = None) -> list[Timing]:
+                repeats: int = 10, clock: str | None = None, seconds: float | None = None) -> list[Timing]:
     """Every model's samples from `repeats` rounds, each round running every model once in turn, on
-    `clock` (None: `default_clock`)."""
+    `clock` (None: `default_clock`). With `seconds`, more rounds (up to MAX_ROUNDS) until about that
+    much time goes into them, estimated from the warm-up rounds: short models get many rounds."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
@@ -128,9 +132,13 @@ def interleaved(runtime: "LatencyRuntime | str", models: Sequence[Any], example_
     times: list[list[float]] = [[] for _ in models]
     with contextlib.ExitStack() as stack:
         runs = [stack.enter_context(runtime.session(model, example_inputs)) for model in models]
-        for _ in range(warmup):
+        started = time.perf_counter()
+        for _ in range(max(warmup, 1 if seconds else 0)):
             for run in runs:
                 run()
+        if seconds:
+            per_round = (time.perf_counter() - started) / max(warmup, 1)
+            repeats = max(repeats, min(MAX_ROUNDS, int(seconds / max(per_round, 1e-6))))
         for _ in range(repeats):
             for run, samples in zip(runs, times):
                 sync()

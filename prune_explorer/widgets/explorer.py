@@ -70,6 +70,8 @@ class Explorer(W.VBox):
     normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
     fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
     keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
+    round_to = Int(0, help="every cut group keeps a multiple of this many channels (0: any width); with ONNX Runtime "
+                           "latency on, ORT's channel block by default (16 with AVX-512, 8 with AVX2)")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -109,6 +111,10 @@ class Explorer(W.VBox):
         self.tracker = None
         self._closed = threading.Event()
         self.onnxruntime_latency = ONNXRUNTIME_LATENCY if onnxruntime_latency is None else bool(onnxruntime_latency)
+        if self.onnxruntime_latency:  # plans for ORT keep its blocked layout (model/runtimes.py)
+            from ..model.runtimes import onnxruntime_block_size
+
+            self.round_to = onnxruntime_block_size() if onnxruntime_block_size() > 1 else 0
         self._ort_ms: dict[tuple, tuple[float, float]] = {}  # plan key -> ONNX Runtime (before, after) ms
         self._ort_base: tuple[nn.Module, Path] | None = None  # the base model's .onnx, exported once per base
         self._ort_dir: str | None = None
@@ -319,14 +325,16 @@ class Explorer(W.VBox):
             self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
             return
         try:
+            round_to = self.round_to if self.round_to > 1 else None
             if self.fill_mode == "filters":
-                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme, round_to=round_to)
             elif self.fill_mode == "macs":
-                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, round_to=round_to,
                                         target_macs=self.keep_fraction * self.costs.before.macs)
             else:
                 latency = self._latency_table
                 plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, latency=latency,
+                                        round_to=round_to,
                                         target_latency_ms=self.keep_fraction * latency.predict(self.costs))
         except ValueError as exc:
             self.error = _message(exc)
@@ -358,14 +366,20 @@ class Explorer(W.VBox):
         if self._cuts_of is not table:
             self._cuts_of, self._cuts = table, {}
             self._rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
-        key = (layer, k)
+        round_to = self.round_to if self.round_to > 1 else None
+        key = (layer, k, round_to)
         if key not in self._cuts:
             rows = self._rows_of.get(self.graph.group(layer).id, table.iloc[:0])
-            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
+            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}, round_to=round_to).channels.get(layer, [])
         return self._cuts[key]
 
     def _counts_from_table(self, counts: dict[str, int]) -> None:
         self.counts = dict(counts)
+
+    @observe("round_to")
+    def _rounding_changed(self, _change=None) -> None:
+        if hasattr(self, "table") and self.counts:  # the same counts, rounded anew
+            self._plan_changed()
 
     @observe("counts")
     def _plan_changed(self, _change=None) -> None:
