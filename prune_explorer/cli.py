@@ -184,9 +184,9 @@ def _write_csv_atomic(table, path: str) -> None:
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
 def _add_run(sub) -> None:
-    from .loop import LoopConfig
+    from .loop import DEFAULT_RECIPE, LoopConfig
 
-    d = LoopConfig()
+    d, recipe = LoopConfig(), DEFAULT_RECIPE
     p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
     p.add_argument("--workspace", default=d.workspace, help="jobs, iterations and the MLflow store live here")
     p.add_argument("--dataset", default=d.dataset, help="digits (default), fashion-mnist, imagefolder, caltech101")
@@ -210,13 +210,15 @@ def _add_run(sub) -> None:
                    help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. src/train.py")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    _add_criterion_options(p, d.criterion)
-    p.add_argument("--per-iteration", type=int, default=d.per_iteration,
-                   help="filters removed per iteration (when no --target-macs/--target-latency is given)")
+    _add_criterion_options(p, recipe["criterion"])
+    p.add_argument("--per-iteration", type=int, default=None,
+                   help=f"filters removed per iteration (default {d.per_iteration} when the recipe has no MACs "
+                        "target; giving it replaces the default recipe's --target-macs)")
     budget = p.add_argument_group("budgets (instead of --per-iteration)")
     budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
                         help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
-                             "(of each parent's, or of the baseline's with --target-scope overall)")
+                             "(of each parent's, or of the baseline's with --target-scope overall); default: the "
+                             f"recipe's, {recipe['target_macs']} (unless --per-iteration or --target-latency is given)")
     budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
                         help="the same for latency: in PyTorch eager predicted by a per-layer table measured once on "
                              "the baseline (WORKSPACE/latency_table.json); in ONNX Runtime (--latency-runtime) "
@@ -227,13 +229,14 @@ def _add_run(sub) -> None:
     budget.add_argument("--round-to", type=int, default=None, metavar="N",
                         help="keep every cut group's width a multiple of N (default: the latency runtime's channel "
                              "block, 16 with AVX-512 / 8 with AVX2 for onnxruntime, none for pytorch; 0: off)")
-    budget.add_argument("--target-scope", default=d.target_scope, choices=("iteration", "overall"),
-                        help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
-                             "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
+    budget.add_argument("--target-scope", default=None, choices=("iteration", "overall"),
+                        help="iteration: every iteration keeps FRACTION of its parent's cost; overall: the run ends at "
+                             "FRACTION of the baseline's, the same ratio at each of --iterations (default: the recipe's, "
+                             f"{recipe['target_scope']}, with its MACs target, else {d.target_scope})")
     distill = p.add_argument_group("distillation (jobs/distill.py)")
-    distill.add_argument("--distill", default=d.distill or "none", choices=("baseline", "parent", "none"),
+    distill.add_argument("--distill", default=recipe["distill"] or "none", choices=("baseline", "parent", "none"),
                          help="fine-tune each pruned model from a frozen teacher: the baseline or the parent "
-                              f"iteration; none: plain cross-entropy (default {d.distill or 'none'})")
+                              f"iteration; none: plain cross-entropy (default: the recipe's, {recipe['distill'] or 'none'})")
     distill.add_argument("--distill-alpha", type=float, default=None, metavar="A",
                          help="weight of the teacher's soft targets, (1-A)*CE + A*T^2*KL (default 0.9)")
     distill.add_argument("--distill-temperature", type=float, default=None, metavar="T",
@@ -295,13 +298,18 @@ def _json_object(text: str) -> dict:
 
 
 def loop_config(args: argparse.Namespace):
-    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
-    from .loop import LoopConfig
+    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one), with the
+    default recipe's budget (loop.DEFAULT_RECIPE) unless a filter count or another target is given."""
+    from .loop import DEFAULT_RECIPE, LoopConfig
 
     fields = set(LoopConfig.__dataclass_fields__)
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if given.get("distill") == "none":
         given["distill"] = None
+    own_budget = any(k in given for k in ("per_iteration", "target_macs", "target_latency"))
+    if not own_budget and DEFAULT_RECIPE["target_macs"] is not None:
+        given["target_macs"] = DEFAULT_RECIPE["target_macs"]
+        given.setdefault("target_scope", DEFAULT_RECIPE["target_scope"])
     return LoopConfig(**given)
 
 

@@ -4,13 +4,13 @@ SageMaker Debugger rule)."""
 from __future__ import annotations
 
 from .rules import ACCURACY_SCALAR, AccuracyDropRule, RuleResult, read_accuracies
-from .run import (DEFAULT_RECIPE, LOOP_BACKENDS, LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG, SCHEMES, TARGET_SCOPES,
+from .run import (DEFAULT_RECIPE, LOOP_BACKENDS, RECIPE_ITERATIONS, LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG, SCHEMES, TARGET_SCOPES,
                   LoopConfig, completed_iterations, demo_config, describe_recipe, format_history, is_s3,
                   job_hyperparameters, loop_tracker, plot_history, pretrained_demo_config, run_loop, sagemaker_backend)
 
 __all__ = [
     "ACCURACY_SCALAR", "AccuracyDropRule", "RuleResult", "read_accuracies",
-    "DEFAULT_RECIPE", "LOOP_BACKENDS", "LOOP_CONFIG", "RESULTS_CSV", "RESULTS_PNG", "SCHEMES", "TARGET_SCOPES", "LoopConfig",
+    "DEFAULT_RECIPE", "LOOP_BACKENDS", "RECIPE_ITERATIONS", "LOOP_CONFIG", "RESULTS_CSV", "RESULTS_PNG", "SCHEMES", "TARGET_SCOPES", "LoopConfig",
     "completed_iterations", "demo_config", "describe_recipe", "format_history", "is_s3", "job_hyperparameters", "loop_tracker",
     "plot_history", "pretrained_demo_config", "run_loop", "sagemaker_backend",
 ]

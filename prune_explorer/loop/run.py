@@ -32,7 +32,9 @@ RESULTS_PNG = "params_vs_accuracy.png"
 LOOP_CONFIG = "loop_config.json"
 # The recipe `prune-explorer run`, `demo --pretrained` and the panel start from: the best one measured on
 # the pretrained demo (BENCHMARKS.md, "Recipe"; benchmarks/_common.py RECIPES holds the ones compared).
+# LoopConfig's own field defaults stay the plain library ones (per_iteration filters, no teacher).
 DEFAULT_RECIPE: dict[str, Any] = dict(criterion="taylor", target_macs=None, target_scope="iteration", distill=None)
+RECIPE_ITERATIONS = 7  # the pretrained demo's iterations: a MACs target in the recipe is reached in this many steps
 
 
 @dataclass
@@ -50,15 +52,15 @@ class LoopConfig:
     normalize: str | None = None  # train.py's: None = the pretrained default (imagenet) or the data's own
     augment: bool | None = None  # train.py's: None = on for a pretrained start and image folders
     download: bool = False  # let torchvision download Fashion-MNIST / Caltech101 when absent (needs internet)
-    criterion: str = DEFAULT_RECIPE["criterion"]
+    criterion: str = "taylor"
     normalization: str | None = None  # l2 | none | flops (signals.ranking.NORMALIZATIONS); None: the criterion's own
     per_iteration: int = 200  # filters per iteration, when no target is given
-    target_macs: float | None = DEFAULT_RECIPE["target_macs"]  # keep this fraction of the MACs (see target_scope); replaces per_iteration
+    target_macs: float | None = None  # keep this fraction of the MACs (see target_scope); replaces per_iteration
     target_latency: float | None = None  # keep this fraction of the predicted latency (a latency table of the baseline)
     latency_runtime: str = "pytorch"  # where latency targets are measured and the model ships: pytorch | onnxruntime
     round_to: int | None = None  # keep every cut group's width a multiple of this (None: the latency runtime's
     # channel block when it has one, ONNX Runtime's 16 with AVX-512 / 8 with AVX2; 0 or 1: no rounding)
-    target_scope: str = DEFAULT_RECIPE["target_scope"]  # "iteration": of each parent's; "overall": of the baseline's after all iterations
+    target_scope: str = "iteration"  # "iteration": of each parent's; "overall": of the baseline's after all iterations
     iterations: int = 5
     min_params: int = 0
     epochs: int = 1
@@ -85,7 +87,7 @@ class LoopConfig:
     weight_decay: float | None = None
     seed: int = 0
     capture: str = "compact"
-    distill: str | None = DEFAULT_RECIPE["distill"]  # fine-tune from a teacher: "baseline" | "parent" (jobs/distill.py); None: plain
+    distill: str | None = None  # fine-tune from a teacher: "baseline" | "parent" (jobs/distill.py); None: plain
     distill_alpha: float | None = None  # the soft-target weight (None: the job contract's, 0.9)
     distill_temperature: float | None = None  # the softmax temperature (None: the job contract's, 4)
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
@@ -247,7 +249,7 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
     size = 32 if fast else 64
     dataset, data_dir = _demo_data("demo --pretrained")
     sizes = dict(subset=256, val_subset=128, iterations=1, baseline_epochs=1) if fast else \
-        dict(subset=2500, val_subset=2000, iterations=7, baseline_epochs=4)
+        dict(subset=2500, val_subset=2000, iterations=RECIPE_ITERATIONS, baseline_epochs=4)
     if dataset == "digits":
         sizes.update(subset=None, val_subset=None)
     return LoopConfig(

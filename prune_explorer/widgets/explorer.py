@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
-from ..loop import DEFAULT_RECIPE
+from ..loop import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..model.costs import CostModel
 from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
@@ -87,7 +87,7 @@ class Explorer(W.VBox):
     distill = Unicode("none", help="the queued fine-tune's teacher: none (plain), baseline or parent (distilled)")
 
     def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
-                 workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
+                 workspace: str | Path | None = None, criterion: str | None = None, scheme: str = "internal",
                  n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
@@ -95,6 +95,7 @@ class Explorer(W.VBox):
                  onnxruntime_latency: bool | None = None):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
+        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (loop.DEFAULT_RECIPE)
         self._bg = Background(self._background_failed)
         self._lock = threading.RLock()
         self.workspace = Workspace(workspace) if workspace is not None else None
@@ -190,6 +191,9 @@ class Explorer(W.VBox):
         self.criterion, self.scheme, self.n_lowest = criterion, scheme, n_lowest
         self.base_iteration = base_iteration
         self._wire()
+        if DEFAULT_RECIPE["target_macs"] is not None:  # the fill cuts one of the recipe's equal steps to its MACs target
+            self.fill_mode = "macs"
+            self.keep_fraction = round(DEFAULT_RECIPE["target_macs"] ** (1.0 / RECIPE_ITERATIONS), 3)
         self._load(model, trial, example_inputs)
         if self.workspace is not None:  # MLflow & co. load off the main thread: the panel shows first
             self._bg.submit("refresh", self._open_workspace, backend, tracker, poll_interval)
