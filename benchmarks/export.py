@@ -30,7 +30,7 @@ from prune_explorer.model.measure import count
 from prune_explorer.model.runtimes import OnnxRuntimeCPU, interleaved, ratio_timing
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from surgery import l1_table
+from prune_explorer.signals.ranking import rank
 
 FRACTION = 0.3
 SHAPE = (3, 224, 224)
@@ -106,7 +106,7 @@ def main() -> None:
     base = torchvision.models.resnet18(weights=None, num_classes=101).eval()
     x = torch.zeros(1, *SHAPE)
     graph = ChannelGraph.trace(base, x)
-    table = l1_table(base, graph)
+    table = rank(base, x, criterion="l1", graph=graph)  # L1 per filter, normalised per layer
     counts = {g.name: int(round(FRACTION * g.size)) for g in graph.prunable()}
     block = LoopConfig(latency_runtime="onnxruntime").channel_multiple  # what a run targeting ORT rounds to
     default = f"30%, widths multiples of {block} (the default for onnxruntime)"
