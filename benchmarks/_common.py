@@ -440,6 +440,13 @@ def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = Tr
     print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_macs_goal)))
     for line in macs_goal_lines(baseline, macs_goals, at_macs_goal):
         print(line)
+    both = {m: both_goals_row(c, baseline) for m, c in curves.items()}
+    print(f"at each method's first model <= 1/{1 / GOAL_FRACTION:.0f} of the params and <= "
+          f"1/{1 / GOAL_MACS_FRACTION:.0f} of the MACs: " + ", ".join(
+              f"{m} {r['iteration']} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params, {int(r['macs']):,} MACs"
+              f"{'' if reached else ', never both: its smallest'})" for m, (r, reached) in both.items()))
+    at_both = paired_differences({m: r for m, (r, _) in both.items()}, config)
+    print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_both)))
     print(cost_line(root, list(curves)))
     if recipe is None:
         return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest, at_macs_goal)
