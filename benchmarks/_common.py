@@ -37,7 +37,7 @@ GOAL_SE = 2.0  # ... and ahead of per-layer Taylor and random by more than 2 sta
 
 
 # The recipes issue 21 compares, as the LoopConfig settings that make them: the package's default recipe
-# (`prune_explorer.loop.DEFAULT_RECIPE`) must be one of these, and the report's last line is about it.
+# (`prune_explorer.recipe.DEFAULT_RECIPE`) must be one of these, and the report's last line is about it.
 RECIPES: dict[str, dict] = {
     "taylor": dict(criterion="taylor", target_macs=None, target_scope="iteration", distill=None),
     "taylor-distill": dict(criterion="taylor", target_macs=None, target_scope="iteration", distill="baseline"),
@@ -49,8 +49,8 @@ RECIPES: dict[str, dict] = {
 
 
 def default_recipe() -> str:
-    """The benchmark method whose settings are the package's default recipe (`loop.DEFAULT_RECIPE`)."""
-    from prune_explorer.loop import DEFAULT_RECIPE
+    """The benchmark method whose settings are the package's default recipe (`recipe.DEFAULT_RECIPE`)."""
+    from prune_explorer.recipe import DEFAULT_RECIPE
 
     found = [name for name, settings in RECIPES.items() if settings == DEFAULT_RECIPE]
     if not found:

@@ -184,7 +184,8 @@ def _write_csv_atomic(table, path: str) -> None:
 
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
 def _add_run(sub) -> None:
-    from .loop import DEFAULT_RECIPE, LoopConfig
+    from .loop import LoopConfig
+    from .recipe import DEFAULT_RECIPE
 
     d, recipe = LoopConfig(), DEFAULT_RECIPE
     p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop")
@@ -299,8 +300,9 @@ def _json_object(text: str) -> dict:
 
 def loop_config(args: argparse.Namespace):
     """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one), with the
-    default recipe's budget (loop.DEFAULT_RECIPE) unless a filter count or another target is given."""
-    from .loop import DEFAULT_RECIPE, LoopConfig
+    default recipe's budget (recipe.DEFAULT_RECIPE) unless a filter count or another target is given."""
+    from .loop import LoopConfig
+    from .recipe import DEFAULT_RECIPE
 
     fields = set(LoopConfig.__dataclass_fields__)
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}

@@ -46,7 +46,8 @@ def captured(tmp_path_factory):
 @pytest.fixture
 def explorer(captured):
     model, trial, x, y = captured
-    e = Explorer(model, trial=trial, example_inputs=x[:1], validation=(x, y), n_lowest=120)
+    e = Explorer(model, trial=trial, example_inputs=x[:1], validation=(x, y), n_lowest=120, criterion="taylor")
+    e.fill_mode = "filters"  # the mechanics below, whatever the default recipe (tests/test_recipe_defaults.py)
     yield e.wait()
     e.close()
 
@@ -560,7 +561,7 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
 
 def test_the_teacher_control_distils_the_queued_fine_tune_from_the_baseline(captured, tmp_path):
     """Issue 21: the panel's teacher dropdown and its `distill` trait; the queued job gets the teacher's folder."""
-    from prune_explorer.loop import DEFAULT_RECIPE
+    from prune_explorer.recipe import DEFAULT_RECIPE
 
     model, trial, x, _ = captured
     ws = tmp_path / "ws"
@@ -821,31 +822,28 @@ def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured
     assert not exported[0].exists()  # the panel's temp folder goes with it
 
 
-def test_with_onnxruntime_latency_the_panels_plans_keep_orts_channel_block(captured):
-    """Issue 21: a panel timing ONNX Runtime rounds every cut to ORT's block by default; the sliders and
-    the fill keep each touched group at a multiple of it."""
+def test_a_model_for_onnxruntime_keeps_orts_channel_block_in_every_plan(captured):
+    """Issue 21: "ships to onnxruntime" (the `latency_runtime` trait) rounds every cut to ORT's block; the
+    sliders and the fill keep each touched group at a multiple of it; back to pytorch, any width."""
     from prune_explorer.model.runtimes import onnxruntime_block_size
 
     model, trial, x, _ = captured
     block = onnxruntime_block_size()
-    ort = Explorer(model, trial=trial, example_inputs=x[:1], onnxruntime_latency=True)
-    try:
-        assert ort.round_to == block
-    finally:
-        ort.close()
-    e = Explorer(model, trial=trial, example_inputs=x[:1])
+    e = Explorer(model, trial=trial, example_inputs=x[:1], criterion="taylor")
     try:
         e.wait(120)
-        assert e.round_to == 0  # PyTorch only: any width
+        assert (e.latency_runtime, e.round_to) == ("pytorch", 0)  # PyTorch eager: any width
         e.set_counts({"layer3.0.conv1": 100})
         assert len(e.plan_channels["layer3.0.conv1"]) == 100
-        e.round_to = block
-        e.set_counts({"layer3.0.conv1": 100})  # 156 left is not a multiple: the nearest multiple is kept
-        kept = 256 - len(e.plan_channels["layer3.0.conv1"])
+        e.runtime_choice.value = "onnxruntime"  # what a user picks
+        assert e.latency_runtime == "onnxruntime" and e.round_to == block
+        kept = 256 - len(e.plan_channels["layer3.0.conv1"])  # the same count, rounded anew
         assert kept % block == 0 and abs(kept - 156) <= block // 2
         e.fill_lowest(n=300, scheme="internal")
         widths = {g.name: g.size for g in e.graph.prunable("internal")}
         assert e.plan_channels and all((widths[layer] - len(ix)) % block == 0 for layer, ix in e.plan_channels.items())
+        e.latency_runtime = "pytorch"
+        assert e.runtime_choice.value == "pytorch" and e.round_to == 0
     finally:
         e.close()
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
+from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -30,11 +31,6 @@ TARGET_SCOPES = ("iteration", "overall")
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "params_vs_accuracy.png"
 LOOP_CONFIG = "loop_config.json"
-# The recipe `prune-explorer run`, `demo --pretrained` and the panel start from: the best one measured on
-# the pretrained demo (BENCHMARKS.md, "Recipe"; benchmarks/_common.py RECIPES holds the ones compared).
-# LoopConfig's own field defaults stay the plain library ones (per_iteration filters, no teacher).
-DEFAULT_RECIPE: dict[str, Any] = dict(criterion="taylor", target_macs=None, target_scope="iteration", distill=None)
-RECIPE_ITERATIONS = 7  # the pretrained demo's iterations: a MACs target in the recipe is reached in this many steps
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe
 
-from ..loop import DEFAULT_RECIPE, RECIPE_ITERATIONS
+from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..model.costs import CostModel
 from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
@@ -70,8 +70,10 @@ class Explorer(W.VBox):
     normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
     fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
     keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
-    round_to = Int(0, help="every cut group keeps a multiple of this many channels (0: any width); with ONNX Runtime "
-                           "latency on, ORT's channel block by default (16 with AVX-512, 8 with AVX2)")
+    latency_runtime = Unicode("pytorch", help="where the model ships: 'pytorch' or 'onnxruntime' (the latency fill "
+                                              "is measured there, and plans round to its channel block)")
+    round_to = Int(0, help="every cut group keeps a multiple of this many channels (0: any width); set from "
+                           "latency_runtime: ORT's channel block (16 with AVX-512, 8 with AVX2), none for PyTorch")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -95,7 +97,7 @@ class Explorer(W.VBox):
                  onnxruntime_latency: bool | None = None):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
-        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (loop.DEFAULT_RECIPE)
+        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (recipe.DEFAULT_RECIPE)
         self._bg = Background(self._background_failed)
         self._lock = threading.RLock()
         self.workspace = Workspace(workspace) if workspace is not None else None
@@ -112,10 +114,6 @@ class Explorer(W.VBox):
         self.tracker = None
         self._closed = threading.Event()
         self.onnxruntime_latency = ONNXRUNTIME_LATENCY if onnxruntime_latency is None else bool(onnxruntime_latency)
-        if self.onnxruntime_latency:  # plans for ORT keep its blocked layout (model/runtimes.py)
-            from ..model.runtimes import onnxruntime_block_size
-
-            self.round_to = onnxruntime_block_size() if onnxruntime_block_size() > 1 else 0
         self._ort_ms: dict[tuple, tuple[float, float]] = {}  # plan key -> ONNX Runtime (before, after) ms
         self._ort_base: tuple[nn.Module, Path] | None = None  # the base model's .onnx, exported once per base
         self._ort_dir: str | None = None
@@ -145,6 +143,11 @@ class Explorer(W.VBox):
                                          layout=W.Layout(width="200px"))
         self.teacher_choice.add_class("pe-teacher")
         W.link((self.teacher_choice, "value"), (self, "distill"))
+        self.runtime_choice = W.Dropdown(options=("pytorch", "onnxruntime"), value="pytorch", description="ships to",
+                                         tooltip="the runtime the model is for: latency fill measured there, widths "
+                                                 "rounded to its channel block", layout=W.Layout(width="220px"))
+        self.runtime_choice.add_class("pe-runtime")
+        W.link((self.runtime_choice, "value"), (self, "latency_runtime"))
         # the training script of each queued job: empty = prune_explorer.jobs.train, else the user's own
         self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
                                   description="script", layout=W.Layout(width="240px"))
@@ -170,7 +173,8 @@ class Explorer(W.VBox):
         actions = W.VBox([
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
-            W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]), self.teacher_choice,
+            W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
+            W.HBox([self.teacher_choice, self.runtime_choice]),
             W.HBox([self.entry_point, self.source_dir]),
             W.HBox([self.export_format, self.export_button]), self.export_line,
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
@@ -324,6 +328,10 @@ class Explorer(W.VBox):
                 (t.n_lowest if mode == "filters" else t.keep_fraction).value = value
         if scheme is not None:
             t.scheme.value = scheme
+        if self.fill_mode == "latency" and self.latency_runtime != "pytorch":
+            self.status = f"measuring cuts in {self.latency_runtime} until the model keeps {self.keep_fraction:g} of its latency…"
+            self._bg.submit("budget", self._measured_fill, self.model, self.keep_fraction, latest_only=True)
+            return
         if self.fill_mode == "latency" and self._latency_table is None:
             self.status = "measuring a per-layer latency table of this model (once)…"
             self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
@@ -344,6 +352,22 @@ class Explorer(W.VBox):
             self.error = _message(exc)
             return
         t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def _measured_fill(self, model: nn.Module, fraction: float) -> None:
+        """The latency fill in a deployment runtime: cut models measured there (model/runtime_budget.py)."""
+        from ..model.runtime_budget import plan_to_latency
+
+        with MODEL_LOCK:
+            try:
+                plan = plan_to_latency(self.table, self.graph, model, self.x, fraction, runtime=self.latency_runtime,
+                                       scheme=self.scheme, round_to=self.round_to or None, costs=self.costs)
+            except ValueError as exc:
+                self.error = _message(exc)
+                return
+        if model is self.model:
+            self.status = (f"{self.latency_runtime}: {plan.budget['reached']:.3f} of the latency measured, "
+                           f"{len(plan.budget['measurements'])} cuts timed")
+            self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
 
     def _measure_latency_table_then_fill(self, model: nn.Module) -> None:
         from ..model.latency import LatencyTable
@@ -379,6 +403,14 @@ class Explorer(W.VBox):
 
     def _counts_from_table(self, counts: dict[str, int]) -> None:
         self.counts = dict(counts)
+
+    @observe("latency_runtime")
+    def _runtime_changed(self, change) -> None:
+        """A model for ONNX Runtime keeps widths in multiples of ORT's block (model/runtimes.py); PyTorch any."""
+        from ..model.runtimes import get_runtime
+
+        block = get_runtime(change["new"]).block_size()
+        self.round_to = block if block > 1 else 0
 
     @observe("round_to")
     def _rounding_changed(self, _change=None) -> None:
