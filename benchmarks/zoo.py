@@ -4,7 +4,8 @@ exactness contract, and the share of prunable conv filters. Prints one row per m
 Share of prunable conv filters = (output channels of convolutions whose channel group is
 prunable and can lose at least one channel) / (output channels of all convolutions, any
 `groups`), each conv counted once (`prune_explorer.model.exactness.conv_filters`).
-Status: `exact` (max |pruned - reference| <= 1e-4), `INEXACT`, or the error.
+Status: `exact` (max |pruned - reference| <= 1e-4), `INEXACT`, or the error. `no group`: conv and
+linear layers in no channel group (`graph.unassigned`, each with its reason).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def sweep(name: str) -> dict:
         "filters": total,
         "groups": f"{len(result.graph.prunable())}/{len(groups)}",
         "route": result.graph.route,
+        "unassigned": len(result.graph.unassigned),
         "seconds": time.perf_counter() - start,
     }
 
@@ -47,14 +49,16 @@ def main() -> None:
     names = args.models or torchvision.models.list_models(module=torchvision.models)
     if not args.all:
         names = [n for n in names if n not in LARGE_TORCHVISION]
-    print(f"{'model':24} {'conv filters prunable':>22} {'filters':>8} {'groups':>9} {'route':>6} {'s':>5}  status")
+    print(f"{'model':24} {'conv filters prunable':>22} {'filters':>8} {'groups':>9} {'route':>6} {'no group':>8} "
+          f"{'s':>5}  status")
     exact = 0
     for name in names:
         row = sweep(name)
         exact += row["status"] == "exact"
         share = f"{100 * row['share']:.1f} %" if "share" in row else "-"
         print(f"{row['model']:24} {share:>22} {row.get('filters', '-'):>8} {row.get('groups', '-'):>9} "
-              f"{row.get('route', '-'):>6} {row['seconds']:5.1f}  {row['status']}", flush=True)
+              f"{row.get('route', '-'):>6} {row.get('unassigned', '-'):>8} {row['seconds']:5.1f}  {row['status']}",
+              flush=True)
     print(f"zoo: {exact} of {len(names)} models exact")
     sys.exit(0 if exact == len(names) else 1)
 

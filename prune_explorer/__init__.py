@@ -15,6 +15,8 @@ _EXPORTS = {  # public name -> "module" (same attribute name) or ("module", "att
     "ChannelGroup": "model.graph",
     "Tap": "model.graph",
     "PrunePlan": "model.plan",
+    "LayerKind": "model.kinds",
+    "register_layer_kind": "model.kinds",
     "prune": "model.surgery",
     "count": "model.measure",
     "latency": "model.measure",

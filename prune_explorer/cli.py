@@ -71,6 +71,7 @@ def _add_rank(sub) -> None:
     p.add_argument("--scheme", default="internal", choices=("all", "internal"),
                    help="groups the --target-macs plan may cut (default internal, as `run`)")
     p.add_argument("--csv", default=None, help="write the RankTable here")
+    _add_trust_option(p)
     p.set_defaults(func=_rank)
 
 
@@ -78,10 +79,11 @@ def _rank(args) -> int:
     from .signals.ranking import rank
     from .signals.trials import open_trial
 
-    model = _rank_model(args.model, args.num_classes)
     example = _rank_example(args.input_size)
     try:
-        trial = open_trial(args.trial, model=model, example_inputs=example, progress=True)
+        model = _rank_model(args.model, args.num_classes, args.trust_model_code)
+        trial = open_trial(args.trial, model=model, example_inputs=example, progress=True,
+                           trust_code=args.trust_model_code)
         normalize = "none" if args.no_normalize else args.normalization
         table = rank(trial.model, example, trial=trial, criterion=args.criterion, normalize=normalize)
     except ValueError as exc:
@@ -97,6 +99,7 @@ def _rank(args) -> int:
     how = table["normalization"].iloc[0] if len(table) else normalize
     print(f"criterion {args.criterion}, normalisation {how}, {trial.steps_used} steps, schemes {', '.join(trial.schemes)}")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    _print_unassigned(trial.graph)
     if args.target_macs is not None:
         try:
             _print_budget_plan(trial, example, table, args.target_macs, args.scheme)
@@ -107,6 +110,18 @@ def _rank(args) -> int:
         _write_csv_atomic(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
     return 0
+
+
+def _print_unassigned(graph, limit: int = 10) -> None:
+    """The conv and linear layers no channel group holds, each with the graph's reason (never silent)."""
+    unassigned = list(getattr(graph, "unassigned", {}).items()) if graph is not None else []
+    if not unassigned:
+        return
+    print(f"not in any channel group ({len(unassigned)} conv/linear layers):")
+    for layer, reason in unassigned[:limit]:
+        print(f"  {layer}: {reason}")
+    if len(unassigned) > limit:
+        print(f"  ... and {len(unassigned) - limit} more")
 
 
 def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> None:
@@ -127,6 +142,22 @@ def _print_budget_plan(trial, example, table, fraction: float, scheme: str) -> N
         print(f"  {layer}: -{removed}")
 
 
+def _add_trust_option(p) -> None:
+    p.add_argument("--trust-model-code", type=_module_names, default=(), metavar="MODULES",
+                   help="comma-separated modules (and the modules under them) whose nn.Module classes a model.json, "
+                        "trial or job may name, e.g. mypkg.models; without it only torchvision architectures are "
+                        "rebuilt from files and nothing else is imported or run")
+
+
+def _module_names(text: str) -> tuple[str, ...]:
+    from .model.trust import trusted_modules  # torch-free
+
+    try:
+        return trusted_modules(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _add_criterion_options(p, default: str) -> None:
     """--criterion and --normalization; the library checks the names (its registries import torch)."""
     p.add_argument("--criterion", default=default,
@@ -139,7 +170,8 @@ def _add_criterion_options(p, default: str) -> None:
                         "none, taylor_flops flops, others l2)")
 
 
-def _rank_model(spec: str | None, num_classes: int | None):
+def _rank_model(spec: str | None, num_classes: int | None, trust_code: tuple[str, ...] = ()):
+    """--model: a saved model directory (its model.json through the trust gate), else the name typed."""
     if spec is None:
         return None
     import os
@@ -147,7 +179,7 @@ def _rank_model(spec: str | None, num_classes: int | None):
     if os.path.isdir(spec):
         from .model.store import load
 
-        return load(spec)
+        return load(spec, trust_code=trust_code)
     from .model.zoo import build_model
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -281,6 +313,7 @@ def _add_run(sub) -> None:
                     help="also run the accuracy rule as a SageMaker Debugger rule (default on; the rule always "
                          "runs inside the job too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
+    _add_trust_option(p)
     p.set_defaults(func=_run)
 
 
@@ -374,6 +407,7 @@ def _add_export(sub) -> None:
     p.add_argument("--exporter", default="dynamo", choices=("dynamo", "torchscript"),
                    help="ONNX exporter: dynamo (default) or the deprecated TorchScript one")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    _add_trust_option(p)
     p.set_defaults(func=_export)
 
 
@@ -389,7 +423,7 @@ def _export(args) -> int:
         output = Path(args.output or f"{model_dir.name}.{args.format}")
         onnx_only = {"exporter": args.exporter, "opset": args.opset} if args.format == "onnx" else {}
         result = export_model(model_dir, output, format=args.format, example_inputs=example,
-                              dynamic_batch=not args.static_batch, **onnx_only)
+                              dynamic_batch=not args.static_batch, trust_code=args.trust_model_code, **onnx_only)
     except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
         print(f"prune-explorer export: {exc}", file=sys.stderr)
         return 1
@@ -438,33 +472,96 @@ APP_NOTEBOOK = Path(__file__).resolve().parent / "widgets" / "app.ipynb"  # pack
 
 
 def _add_app(sub) -> None:
-    p = sub.add_parser("app", help="the Explorer panel as a web app (Voila, one kernel per page)")
+    p = sub.add_parser("app", help="the Explorer panel as a web app (Voila, one kernel per page), behind a token")
     p.add_argument("--port", type=int, default=8866, help="port to listen on (default 8866)")
-    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--ip", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other address needs the token, and the "
+                        "token crosses the network in plain HTTP: put a TLS proxy in front)")
     p.add_argument("--workspace", default="workspace", help="workspace folder the app opens (default ./workspace, where `make demo` writes)")
     p.add_argument("--notebook", default=str(APP_NOTEBOOK), help="the app notebook (default: the one shipped in prune_explorer/widgets/)")
     p.add_argument("--fast", action="store_true", help="small digits setup (PRUNE_EXPLORER_FAST=1)")
+    p.add_argument("--token", default=None,
+                   help=f"the token every request must carry (default ${APP_TOKEN_ENV}, else a random one, printed "
+                        "in the URL); the page is the panel, and the panel queues jobs on this machine")
+    p.add_argument("--no-token", action="store_true",
+                   help="no authentication at all: refused unless --ip is a loopback address")
+    p.add_argument("--allow-scripts", default=None, metavar="DIR",
+                   help="show the panel's training-script fields and run scripts from DIR (and only from DIR); "
+                        "without it the app runs prune_explorer.train only")
+    _add_trust_option(p)
     p.set_defaults(func=_app)
 
 
+APP_TOKEN_ENV = "PRUNE_EXPLORER_APP_TOKEN"
+TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"   # read by widgets/setup.served_options in the app's kernel
+SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"
+
+
 def app_command(args) -> tuple[list[str], dict[str, str]]:
-    """The Voila command line and environment `prune-explorer app` runs."""
+    """The Voila command line and environment `prune-explorer app` runs: token authentication (the
+    token travels in JUPYTER_TOKEN, not on the command line) and the XSRF check on, as a Jupyter
+    server has them; `app_url(args, env)` is the URL to open."""
     notebook = Path(args.notebook)
     if not notebook.is_file():
         raise SystemExit(f"prune-explorer app: no app notebook at {notebook} (pass --notebook PATH)")
-    env = {**os.environ, "PRUNE_EXPLORER_WORKSPACE": str(Path(args.workspace).resolve())}
+    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", TRUST_ENV, SCRIPTS_ENV)}
+    env["PRUNE_EXPLORER_WORKSPACE"] = str(Path(args.workspace).resolve())
     if args.fast:
         env["PRUNE_EXPLORER_FAST"] = "1"
-    cmd = [sys.executable, "-m", "voila", str(notebook), f"--port={args.port}", f"--Voila.ip={args.ip}",
-           "--no-browser", "--Voila.tornado_settings=disable_check_xsrf=True"]
-    return cmd, env
+    if args.trust_model_code:
+        env[TRUST_ENV] = ",".join(args.trust_model_code)
+    if args.allow_scripts is not None:
+        folder = Path(args.allow_scripts).resolve()
+        if not folder.is_dir():
+            raise SystemExit(f"prune-explorer app: --allow-scripts {args.allow_scripts}: no such folder")
+        env[SCRIPTS_ENV] = str(folder)
+    cmd = [sys.executable, "-m", "prune_explorer.widgets.serve", str(notebook), f"--port={args.port}",
+           f"--Voila.ip={args.ip}", "--no-browser"]  # Voila, its XSRF cookie set before the page streams
+    if args.no_token:
+        if args.token is not None:
+            raise SystemExit("prune-explorer app: --token and --no-token contradict each other")
+        if not _loopback(args.ip):
+            raise SystemExit(f"prune-explorer app: --no-token with --ip {args.ip} would let anyone who reaches "
+                             "the port run jobs on this machine; drop --no-token (the default token protects it)")
+        return cmd, env
+    import secrets
+
+    token = args.token or os.environ.get(APP_TOKEN_ENV) or secrets.token_hex(24)
+    env["JUPYTER_TOKEN"] = token
+    return [*cmd, "--Voila.auto_token=True"], env
+
+
+def app_url(args, env: dict[str, str]) -> str:
+    """Where the app answers, with its token when it has one."""
+    host = f"[{args.ip}]" if ":" in args.ip else args.ip
+    token = env.get("JUPYTER_TOKEN")
+    return f"http://{host}:{args.port}/" + (f"?token={token}" if token else "")
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _app(args) -> int:
     import subprocess
 
+    from .masking import unmasked
+
     cmd, env = app_command(args)
-    print(f"prune-explorer app: http://{args.ip}:{args.port}/ (workspace {env['PRUNE_EXPLORER_WORKSPACE']})")
+    print(f"prune-explorer app: {app_url(args, env)} (workspace {env['PRUNE_EXPLORER_WORKSPACE']})",
+          file=unmasked(sys.stdout), flush=True)  # the one secret shown: the app's own token, to its user
+    if "JUPYTER_TOKEN" not in env:
+        print("prune-explorer app: no token: anyone who can reach this port can use the panel", file=sys.stderr)
+    elif not _loopback(args.ip):
+        print(f"prune-explorer app: listening on {args.ip} over plain HTTP: the token is visible to the network; "
+              "put a TLS proxy in front for anything but a trusted network", file=sys.stderr)
     return subprocess.call(cmd, env=env)
 
 
@@ -477,8 +574,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .masking import MaskedStream
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = MaskedStream(out), MaskedStream(err)  # no credential reaches the terminal
+    try:
+        return int(args.func(args) or 0)
+    except Exception:  # unexpected: its traceback (an MLflow error quotes the tracking URI), masked, exit 1
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 if __name__ == "__main__":

@@ -45,3 +45,14 @@ def moto_server():
 
     with local_moto_endpoint(bucket=None) as endpoint:
         yield endpoint["endpoint"]
+
+
+def assert_nothing_silent(model, graph) -> None:
+    """Every conv and linear is in a channel group or listed in graph.unassigned with a reason."""
+    from torch import nn
+
+    grouped = {name for g in graph.groups for name in g.layers}
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    missing = [n for n in layers if n not in grouped and not graph.unassigned.get(n)]
+    assert not missing, missing
+    assert all(reason for reason in graph.unassigned.values())

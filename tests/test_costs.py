@@ -76,3 +76,20 @@ def test_changes_one_group_at_a_time_add_up_to_the_cost_of_the_plan(name):
     one = costs.channel_macs()
     internal = graph.group("layer1.0.conv1")
     assert one[internal.id] == costs.before.macs - costs.cost({internal.id: 1}).macs > 0
+
+
+def test_cost_model_equals_prune_and_count_on_user_patterns_given_the_channels():
+    """Splits, slices, token mixing, convs on the root's parameters, pixel shuffles, transposed
+    convs: given the channels (not just how many), the cost is exact even where a layer holds only
+    some channels of a group (a split's part, a slice)."""
+    from test_user_patterns import MODELS as PATTERNS
+
+    for name in ("mixnet", "cspnet", "ghostnet", "mlp_mixer", "gmlp", "functional", "espcn", "unet", "res2net"):
+        cls, shape = PATTERNS[name]
+        torch.manual_seed(0)
+        model, x = cls().eval(), torch.randn(*shape)
+        graph = ChannelGraph.trace(model, x)
+        removed = random_plan(graph, torch.Generator().manual_seed(3))
+        expected = count(prune(model, PrunePlan(removed), x, graph=graph), x)
+        actual = CostModel(model, x, graph).cost(removed)
+        assert (actual.params, actual.macs) == (expected.params, expected.macs), name

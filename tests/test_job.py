@@ -58,7 +58,8 @@ def test_sagemaker_locations_and_the_model_channel(tmp_path, monkeypatch):
 
 
 def test_a_job_records_its_epochs_the_batches_it_saw_and_its_unread_flags(tmp_path):
-    spec = job.parse_spec(["--model", SMALL_CNN, "--model-kwargs", '{"in_channels": 3, "width": 4}',
+    spec = job.parse_spec(["--model", SMALL_CNN, "--trust-model-code", "test_train",
+                           "--model-kwargs", '{"in_channels": 3, "width": 4}',
                            "--out-dir", str(tmp_path), "--measure-latency", "false", "--capture-every", "1",
                            "--label-smoothing", "0.3", "--subset", "100"])
     torch.manual_seed(0)
@@ -88,14 +89,15 @@ def test_a_job_records_its_epochs_the_batches_it_saw_and_its_unread_flags(tmp_pa
     assert seen["mean"] == pytest.approx(batches[0].mean((0, 2, 3)).tolist(), abs=1e-5)
     assert seen["std"] == pytest.approx(batches[0].std((0, 2, 3), unbiased=False).tolist(), abs=1e-5)
     assert metrics["input_shape"] == [3, 6, 6] and metrics["unused_hyperparameters"] == ["subset"]
-    assert metrics["params"] == sum(p.numel() for p in store.load(tmp_path).parameters())
+    assert metrics["params"] == sum(p.numel() for p in store.load(tmp_path, trust_code=["test_train"]).parameters())
     from prune_explorer.loop.rules import read_accuracies
 
     assert read_accuracies(tmp_path / "trial") == [0.25, 0.5]
 
 
 def test_the_best_epoch_is_the_model_saved(tmp_path):
-    spec = job.JobSpec(model=SMALL_CNN, model_kwargs={"in_channels": 1, "width": 4}, out_dir=str(tmp_path),
+    spec = job.JobSpec(model=SMALL_CNN, trust_model_code=("test_train",), model_kwargs={"in_channels": 1, "width": 4},
+                       out_dir=str(tmp_path),
                        capture="none", measure_latency=False)
     x = torch.randn(4, 1, 5, 5)
     with job.JobContext(spec) as run:
@@ -108,13 +110,13 @@ def test_the_best_epoch_is_the_model_saved(tmp_path):
         with torch.no_grad():
             model.fc.weight.add_(1.0)
         run.report(0.5)
-    saved = store.load(tmp_path)
+    saved = store.load(tmp_path, trust_code=["test_train"])
     assert torch.equal(saved.fc.weight, best["fc.weight"])
     assert json.loads((tmp_path / "metrics.json").read_text())["best_accuracy"] == 0.9
 
 
 def test_a_job_that_never_reports_fails_saying_so(tmp_path):
-    spec = job.JobSpec(model=SMALL_CNN, out_dir=str(tmp_path), capture="none")
+    spec = job.JobSpec(model=SMALL_CNN, trust_model_code=("test_train",), out_dir=str(tmp_path), capture="none")
     with pytest.raises(RuntimeError, match="reported no epoch"), job.JobContext(spec) as run:
         run.load_model(num_classes=10)
     failed = json.loads((tmp_path / "metrics.json").read_text())
@@ -138,7 +140,8 @@ def digits(tmp_path_factory):
 
 
 def test_the_stop_rule_ends_a_users_script_with_exit_code_3_after_saving(digits, tmp_path):
-    proc = _run_example(tmp_path, "--model", SMALL_CNN, "--model-kwargs", '{"in_channels": 3, "width": 4}',
+    proc = _run_example(tmp_path, "--model", SMALL_CNN, "--trust-model-code", "test_train",
+                        "--model-kwargs", '{"in_channels": 3, "width": 4}',
                         "--data-dir", str(digits), "--out-dir", "out", "--epochs", "5", "--image-size", "8",
                         "--lr", "1e-6", "--capture", "none", "--measure-latency", "false",
                         "--stop-rule-threshold", "0.1", "--baseline-accuracy", "0.99")

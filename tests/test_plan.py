@@ -112,3 +112,13 @@ def test_from_counts_removes_k_lowest_per_layer(graph):
 def test_module_called_for_two_groups_is_ambiguous(graph):
     with pytest.raises(ValueError, match="layer1.0.relu.*several channel groups"):
         PrunePlan({"layer1.0.relu": [1]}).resolve(graph)
+
+
+def test_a_count_or_other_non_list_is_refused_naming_the_layer():
+    with pytest.raises(ValueError, match=r"layer 'conv1': expected a list of channel indices to remove, got 5; .*"
+                                         r"from_counts\(table, graph, \{'conv1': 5\}\)"):
+        PrunePlan({"conv1": 5})
+    with pytest.raises(ValueError, match=r"group 3: expected a list of channel indices to remove, got 'ab'"):
+        PrunePlan({3: "ab"})
+    with pytest.raises(ValueError, match="maps layer names"):
+        PrunePlan([("conv1", [1])])

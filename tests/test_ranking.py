@@ -185,3 +185,29 @@ def test_cli_rank_finds_the_pruned_model_saved_beside_its_trial(tmp_path, capsys
     assert main(["rank", str(tmp_path / "trial"), "--csv", str(out)]) == 0
     table = pd.read_csv(out)
     assert (table.layer == "layer3.0.conv1").sum() == 256 - 13
+
+
+class WithUnusedHead(nn.Module):
+    """A second head built but never called (an auxiliary classifier left over from training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+        self.aux = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_cli_rank_lists_the_layers_no_group_holds_with_the_reason(tmp_path, capsys):
+    from prune_explorer.model.zoo import build_model
+
+    model = build_model(f"{__name__}:WithUnusedHead")
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 2])
+    with CaptureHook(model, tmp_path / "trial", save_every=1) as hook:
+        hook.step()
+        nn.functional.cross_entropy(model(x), y).backward()
+    assert main(["rank", str(tmp_path / "trial"), "--criterion", "l1", "--trust-model-code", __name__]) == 0
+    printed = capsys.readouterr().out
+    assert "not in any channel group (1 conv/linear layers):\n  aux: not called in the forward pass" in printed

@@ -3,8 +3,13 @@
 Blocks cover what third-party code does: grouped convs, channels-last blocks (permute, LayerNorm,
 Linear on the last axis, a per-channel gamma), channels-first LayerNorm2d and GroupNorm across
 channels (all prunable: a norm across channels becomes a PrunedChannelNorm), channel shuffles,
-chunks, conv/norm subclasses that call the functional op on their own parameters, and a
-shape-dependent branch (which fx cannot trace, so those nets go through torch.export).
+chunks, conv/norm subclasses that call the functional op on their own parameters, a
+shape-dependent branch (which fx cannot trace, so those nets go through torch.export), U-Net
+steps (a strided conv, a transposed conv back, a skip concat), pixel shuffle and unshuffle, unbind
+of a view's parts, slices and splits at unequal sizes held in module attributes (and split sizes
+written as numbers, refused), convs on parameters of the root module, token-mixing Linears over
+the flattened positions, and Linear features reshaped into a channel map. A second property runs
+token MLPs on (B, T, F) inputs. Every conv and linear is in a group or listed with a reason.
 """
 from __future__ import annotations
 
@@ -14,13 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import assert_nothing_silent
 from prune_explorer.model.graph import ChannelGraph
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from prune_explorer.model.exactness import TOLERANCE, randomize_norms, reference_output
+from prune_explorer.model.exactness import TOLERANCE, check, randomize_norms, reference_output
 
 BLOCKS = ("conv", "bn", "relu", "residual", "concat", "depthwise", "se", "grouped", "channels_last", "shuffle",
-          "chunk", "subclass", "shape_branch", "layer_norm_2d", "group_norm")
+          "chunk", "subclass", "shape_branch", "layer_norm_2d", "group_norm", "unet", "pixel_shuffle",
+          "pixel_unshuffle", "unbind", "slice", "split", "literal_split", "root_param", "token_mix", "fc_map")
+EVEN = ("grouped", "shuffle", "chunk", "group_norm", "unbind")
 
 
 class FunctionalConv(nn.Conv2d):
@@ -74,6 +82,125 @@ class ShapeBranch(nn.Module):
         return self.conv(x)
 
 
+class UNetStep(nn.Module):
+    """Down by a strided conv, up by a transposed conv (grouped when it can be), then the skip concat."""
+
+    def __init__(self, c: int, k: int):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(c, k, 3, stride=2, padding=1), nn.BatchNorm2d(k), nn.ReLU())
+        self.up = nn.ConvTranspose2d(k, k, 2, stride=2, groups=2 if k % 2 == 0 else 1)
+        self.bn = nn.BatchNorm2d(k)
+
+    def forward(self, x):
+        return torch.cat([x, self.bn(self.up(self.down(x)))], dim=1)
+
+
+class PixelShuffleStep(nn.Module):
+    """ESPCN's upsampling (conv to C r², pixel shuffle), then a strided conv back to the map's size."""
+
+    def __init__(self, c: int, k: int):
+        super().__init__()
+        self.expand = nn.Conv2d(c, 4 * k, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.back = nn.Conv2d(k, c, 2, stride=2)
+
+    def forward(self, x):
+        return x + self.back(torch.relu(self.shuffle(self.expand(x))))
+
+
+class PixelUnshuffleStep(nn.Module):
+    def __init__(self, c: int, k: int):
+        super().__init__()
+        self.mix = nn.Conv2d(4 * c, k, 1)
+        self.bn = nn.BatchNorm2d(4 * c)
+        self.up = nn.ConvTranspose2d(k, c, 2, stride=2)
+
+    def forward(self, x):
+        return x + self.up(self.mix(self.bn(F.pixel_unshuffle(x, 2))))
+
+
+class UnbindStep(nn.Module):
+    """A view into two halves, unbound: each half goes its own way, channel i with channel i + C/2."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.gate = nn.Conv2d(c // 2, c // 2, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        a, b = x.view(n, 2, c // 2, h, w).unbind(1)
+        return torch.cat([a * torch.sigmoid(self.gate(b)), b], dim=1)
+
+
+class SliceStep(nn.Module):
+    """GhostNet's module: a conv, a cheap depthwise copy, the concat sliced to `self.out` channels."""
+
+    def __init__(self, c: int, k: int):
+        super().__init__()
+        self.out = c + k - 1
+        self.primary = nn.Conv2d(c, (self.out + 1) // 2 + 1, 1)
+        self.cheap = nn.Conv2d(self.primary.out_channels, self.primary.out_channels, 3, padding=1,
+                               groups=self.primary.out_channels)
+
+    def forward(self, x):
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], dim=1)[:, :self.out]
+
+
+class SplitStep(nn.Module):
+    """MixConv: channels split at unequal sizes (a module attribute), one kernel size per part."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.sizes = [c - c // 3, c // 3] if c >= 3 else [c]
+        self.convs = nn.ModuleList(nn.Conv2d(n, n, 2 * i + 1, padding=i, groups=n) for i, n in enumerate(self.sizes))
+
+    def forward(self, x):
+        parts = torch.split(x, self.sizes, dim=1)
+        return torch.cat([conv(p) for conv, p in zip(self.convs, parts)], dim=1)
+
+
+class LiteralSplit(nn.Module):
+    """Split sizes written as numbers in the code: refused, naming the split."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.pre = nn.Conv2d(c, 6, 1)
+        self.a, self.b = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        a, b = torch.split(self.pre(x), [4, 2], dim=1)
+        return torch.cat([self.a(a), self.b(b)], dim=1)
+
+
+class TokenMix(nn.Module):
+    """MLP-Mixer's token mixing: the positions flattened, a Linear over them and back, channels passed through."""
+
+    def __init__(self, c: int, k: int, positions: int = 36):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+        self.mix1 = nn.Linear(positions, 2 * k)
+        self.mix2 = nn.Linear(2 * k, positions)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        tokens = self.norm(x.flatten(2).transpose(1, 2)).transpose(1, 2)         # (B, C, T)
+        return x + self.mix2(F.gelu(self.mix1(tokens))).view(n, c, h, w)
+
+
+class FeatureMap(nn.Module):
+    """Pooled features through a Linear, viewed as a channel map (`self.c` channels) that gates the input."""
+
+    def __init__(self, c: int, positions: int = 36):
+        super().__init__()
+        self.c = c
+        self.fc = nn.Linear(c, c * positions)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        return x * torch.sigmoid(self.fc(x.mean((2, 3))).view(n, self.c, h, w))
+
+
 def shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
     n, c, h, w = x.size()
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
@@ -89,7 +216,7 @@ class Generated(nn.Module):
         c = width
         self.stem = nn.Conv2d(3, c, 3, padding=1)
         for kind, k in blocks:
-            if kind in ("grouped", "shuffle", "chunk", "group_norm") and c % 2:
+            if kind in EVEN and c % 2:
                 kind = "conv"
             if kind == "conv":
                 block, c = nn.Conv2d(c, k, 3, padding=1), k
@@ -117,6 +244,29 @@ class Generated(nn.Module):
                 block = nn.GroupNorm(2, c)
             elif kind == "subclass":
                 block, c = nn.Sequential(FunctionalConv(c, k, 3), FunctionalNorm(k)), k
+            elif kind == "unet":
+                block, c = UNetStep(c, k), c + k
+            elif kind == "pixel_shuffle":
+                block = PixelShuffleStep(c, k)
+            elif kind == "pixel_unshuffle":
+                block = PixelUnshuffleStep(c, k)
+            elif kind == "unbind":
+                block = UnbindStep(c)
+            elif kind == "slice":
+                block = SliceStep(c, k)
+                c = block.out
+            elif kind == "split":
+                block = SplitStep(c)
+            elif kind == "literal_split":
+                block, c = LiteralSplit(c), 6
+            elif kind == "root_param":
+                block = nn.Identity()
+                self.register_parameter(f"w{len(self.body)}", nn.Parameter(torch.randn(k, c, 3, 3) * 0.3))
+                c = k
+            elif kind == "token_mix":
+                block = TokenMix(c, k)
+            elif kind == "fc_map":
+                block = FeatureMap(c)
             else:
                 block = ShapeBranch(c)
             self.kinds.append(kind)
@@ -126,7 +276,7 @@ class Generated(nn.Module):
 
     def forward(self, x):
         x = self.stem(x)
-        for kind, block in zip(self.kinds, self.body):
+        for i, (kind, block) in enumerate(zip(self.kinds, self.body)):
             if kind == "residual":
                 x = x + block(x)
             elif kind == "concat":
@@ -139,6 +289,8 @@ class Generated(nn.Module):
             elif kind == "chunk":
                 a, b = torch.chunk(x, 2, dim=1)
                 x = torch.cat([block(a), b], dim=1)
+            elif kind == "root_param":
+                x = F.relu(F.conv2d(x, getattr(self, f"w{i}"), padding=1))
             else:
                 x = block(x)
         return self.fc(torch.flatten(self.pool(x), 1))
@@ -148,6 +300,11 @@ nets = st.tuples(
     st.lists(st.tuples(st.sampled_from(BLOCKS), st.integers(2, 6)), min_size=1, max_size=6),
     st.sampled_from(["pool", "flatten"]),
 )
+
+
+def empties_a_part(graph, channels: dict[int, list[int]]) -> bool:
+    return any(keep.emptied({g: ix for g, ix in channels.items() if not breaks_a_rule(graph.groups[g], ix)})
+               for keep in graph.keep)
 
 
 def breaks_a_rule(group, indices: list[int]) -> bool:
@@ -175,6 +332,9 @@ def test_random_plan_is_refused_or_exact(net, seed, data):
     assert graph.route == ("export" if "shape_branch" in model.kinds else "fx")
     assert all(g.prunable or g.reason for g in graph.groups)
     assert not any("normalises across the channels" in (g.reason or "") for g in graph.groups)
+    assert_nothing_silent(model, graph)
+    if "literal_split" in model.kinds:     # split sizes written as numbers: refused, naming the op
+        assert any("split" in (g.reason or "") and "[4, 2]" in g.reason for g in graph.groups)
     channels: dict[int, list[int]] = {}
     for group in data.draw(st.lists(st.sampled_from(graph.groups), max_size=4, unique_by=lambda g: g.id)):
         if group.blocks and data.draw(st.booleans()):   # often a plan that keeps the grouped conv's rule
@@ -187,8 +347,8 @@ def test_random_plan_is_refused_or_exact(net, seed, data):
         removed = PrunePlan(channels).resolve(graph)
     except ValueError as err:
         bad = [g for g, ix in channels.items() if breaks_a_rule(graph.groups[g], ix)]
-        assert bad, f"refused a valid plan: {err}"
-        assert any(graph.groups[g].name in str(err) for g in bad)
+        assert bad or empties_a_part(graph, channels), f"refused a valid plan: {err}"
+        assert any(graph.groups[g].name in str(err) for g in bad or channels)
         return
     pruned = prune(model, PrunePlan(channels), x, graph=graph)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -199,3 +359,51 @@ def test_random_plan_is_refused_or_exact(net, seed, data):
     removed_total = sum(len(ix) for ix in removed.values())
     if removed_total:
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+class TokenMLP(nn.Module):
+    """A token MLP on (B, T, F) inputs: Linears on the last dim, LayerNorm, a residual stream, a
+    token-mixing Linear over T (channels passed through), pooled over T into the head."""
+
+    def __init__(self, layers: list[tuple[str, int]], features: int = 5, tokens: int = 7):
+        super().__init__()
+        self.kinds = [kind for kind, _ in layers]
+        self.inp = nn.Linear(features, 6)
+        self.body = nn.ModuleList()
+        for kind, k in layers:
+            if kind == "mlp":
+                self.body.append(nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 2 * k), nn.GELU(), nn.Linear(2 * k, 6)))
+            elif kind == "token":
+                self.body.append(nn.Sequential(nn.Linear(tokens, k), nn.GELU(), nn.Linear(k, tokens)))
+            else:
+                self.body.append(nn.Linear(6, 6))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for kind, block in zip(self.kinds, self.body):
+            if kind == "token":
+                x = x + block(x.transpose(1, 2)).transpose(1, 2)
+            elif kind == "mlp":
+                x = x + block(x)
+            else:
+                x = F.relu(block(x))
+        return self.head(x.mean(1))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers=st.lists(st.tuples(st.sampled_from(["mlp", "token", "linear"]), st.integers(2, 5)), min_size=1,
+                       max_size=4), seed=st.integers(0, 2**16))
+def test_token_mlps_on_b_t_f_inputs_prune_exactly(layers, seed):
+    torch.manual_seed(seed)
+    model = TokenMLP(layers).eval()
+    randomize_norms(model, torch.Generator().manual_seed(seed))
+    x = torch.randn(2, 7, 5)
+    result = check(model, x, seed=seed)
+    assert result.max_diff <= TOLERANCE and result.input_unchanged
+    assert_nothing_silent(model, result.graph)
+    hidden = [g for g in result.graph.prunable() if g.name in {f"body.{i}.1" for i, k in enumerate(model.kinds)
+                                                               if k == "mlp"} | {f"body.{i}.0" for i, k in
+                                                                                 enumerate(model.kinds) if k == "token"}]
+    assert len(hidden) == sum(k in ("mlp", "token") for k in model.kinds)     # every hidden width prunes
+    assert result.graph.group("inp").prunable                                  # and the residual stream

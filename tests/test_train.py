@@ -38,7 +38,9 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-FAST = dict(dataset="digits", model=SMALL_CNN, lr=0.1, batch_size=32, capture_every=10, measure_latency=False)
+TRUST = ("test_train",)  # the module SMALL_CNN names: jobs build it only when told to trust it
+FAST = dict(dataset="digits", model=SMALL_CNN, lr=0.1, batch_size=32, capture_every=10, measure_latency=False,
+            trust_model_code=TRUST)
 
 
 def accuracy_of(model: nn.Module, dataset) -> float:
@@ -82,7 +84,7 @@ def test_saved_model_is_the_best_epoch(trained):
     from prune_explorer.model.store import load
 
     out, metrics = trained
-    model = load(out)
+    model = load(out, trust_code=TRUST)
     _, val, _, _ = data.load_dataset("digits")
     assert accuracy_of(model, val) == pytest.approx(metrics["best_accuracy"], abs=1e-9)
 
@@ -112,13 +114,14 @@ def test_pretrained_weights_keep_their_features_and_get_a_new_head(tmp_path):
     metrics = train(dict(FAST, model_kwargs={"num_classes": 5}, weights=str(tmp_path / "five.pth"), epochs=1,
                          max_steps=1, lr=1e-12, capture="none", out_dir=str(tmp_path / "out")))
     assert metrics["num_classes"] == 10
-    tuned = load(tmp_path / "out")
+    tuned = load(tmp_path / "out", trust_code=TRUST)
     assert tuned.fc.out_features == 10
     assert torch.allclose(tuned.conv2.weight, pretrained.conv2.weight, atol=1e-6)
 
 
 def test_stop_rule_ends_the_job_with_exit_code_3(tmp_path):
-    code = main(["--dataset", "digits", "--model", SMALL_CNN, "--epochs", "4", "--max-steps", "2",
+    code = main(["--dataset", "digits", "--model", SMALL_CNN, "--trust-model-code", "test_train",
+                 "--epochs", "4", "--max-steps", "2",
                  "--capture", "none", "--measure-latency", "false",
                  "--stop-rule-threshold", "0.1", "--baseline-accuracy", "0.95", "--out-dir", str(tmp_path)])
     assert code == EXIT_STOPPED
@@ -215,7 +218,8 @@ def test_sagemaker_environment_is_honoured(tmp_path, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
-    code = main(["--model", SMALL_CNN, "--model_kwargs", '{"in_channels": 3}', "--epochs", "1",
+    code = main(["--model", SMALL_CNN, "--trust-model-code", "test_train",
+                 "--model_kwargs", '{"in_channels": 3}', "--epochs", "1",
                  "--batch_size", "8", "--image_size", "8", "--capture_every", "1", "--measure_latency", "false"])
     assert code == 0
     assert (tmp_path / "model" / "model.json").is_file() and (tmp_path / "model" / "metrics.json").is_file()
@@ -239,7 +243,8 @@ def test_torchrun_two_processes_write_one_model_and_one_record(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "prune_explorer.jobs.train", "--dataset", "digits", "--model", SMALL_CNN, "--epochs", "2",
+           "-m", "prune_explorer.jobs.train", "--dataset", "digits", "--model", SMALL_CNN,
+           "--trust-model-code", "test_train", "--epochs", "2",
            "--lr", "0.1", "--batch-size", "32", "--capture-every", "10", "--measure-latency", "false",
            "--out-dir", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -252,5 +257,5 @@ def test_torchrun_two_processes_write_one_model_and_one_record(tmp_path):
 
     _, val, _, _ = data.load_dataset("digits")
     # each validation example is counted once across the two processes
-    assert accuracy_of(load(out), val) == pytest.approx(metrics["best_accuracy"], abs=1e-9)
+    assert accuracy_of(load(out, trust_code=TRUST), val) == pytest.approx(metrics["best_accuracy"], abs=1e-9)
     assert metrics["best_accuracy"] > 0.3

@@ -7,6 +7,7 @@ torch download) and holds only the wheel itself, so nothing from the source tree
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import site
@@ -68,12 +69,13 @@ def test_prune_explorer_app_from_the_wheel_serves_its_page(installed):
     port = free_port()
     workspace = installed["tmp"] / "workspace"
     log = installed["tmp"] / "app.log"
+    token = secrets.token_hex(16)  # the app's token from the environment: off the command line
     with open(log, "w") as out:
         app = subprocess.Popen([str(installed["bin"] / "prune-explorer"), "app", "--fast", f"--port={port}",
-                                f"--workspace={workspace}"], env=installed["env"], cwd=installed["tmp"],
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                f"--workspace={workspace}"], env={**installed["env"], "PRUNE_EXPLORER_APP_TOKEN": token},
+                               cwd=installed["tmp"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        page = _page(f"http://127.0.0.1:{port}/", app, log)
+        page = _page(f"http://127.0.0.1:{port}/?token={token}", app, log)
     finally:
         os.killpg(app.pid, signal.SIGTERM)
         try:

@@ -1,4 +1,5 @@
-"""Every torchvision classification model: trace, a random plan on every prunable group, exact.
+"""Every torchvision classification model: trace, a random plan on every prunable group, exact;
+every conv and linear in a channel group or listed in `graph.unassigned` with a reason.
 
 Runs in `make test` (CI); ≈ 6 min on 2 cores. Left out (over ~1 GB of weights):
 regnet_y_128gf, vit_h_14, vit_l_16, vit_l_32 (`exactness.LARGE_TORCHVISION`).
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import assert_nothing_silent
 from prune_explorer.model.exactness import LARGE_TORCHVISION, TOLERANCE, check, conv_filters, torchvision_example
 
 MODELS = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in LARGE_TORCHVISION]
@@ -28,6 +30,7 @@ def test_torchvision_model_traces_and_prunes_exactly(name):
     assert result.max_diff <= TOLERANCE, result.max_diff
     graph = result.graph
     assert all(g.prunable or g.reason for g in graph.groups)
+    assert_nothing_silent(model, graph)
     prunable, total = conv_filters(graph)
     if name in TRANSFORMERS:
         hidden = [g for g in graph.prunable() if "mlp" in g.name]

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..masking import mask
+
 QUEUED, RUNNING, COMPLETED, FAILED, STOPPED = "queued", "running", "completed", "failed", "stopped"
 STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED, STOPPED)
 FINAL = frozenset({COMPLETED, FAILED, STOPPED})
@@ -56,11 +58,12 @@ class Job:
         return Path(self.out_dir) / "train.log"
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the job's log, credentials masked (it goes into messages, records and the panel)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return mask("\n".join(text.splitlines()[-lines:]))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,8 +80,8 @@ class Job:
         target = directory / f"{self.id}.json"
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.id}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1, sort_keys=True)
+            with os.fdopen(fd, "w") as f:  # a message quoting a log or an error keeps no credential
+                json.dump({**self.to_json(), "message": mask(self.message)}, f, indent=1, sort_keys=True)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -124,6 +127,48 @@ def training_script(entry_point: str | os.PathLike | None,
     if script.suffix != ".py":
         raise ValueError(f"entry_point {str(entry_point)!r}: expected a Python script (.py)")
     return {"entry_point": script.as_posix(), "source_dir": str(root)}
+
+
+def scripts_allowed(scripts: bool | str | os.PathLike | None) -> bool | Path:
+    """Where user training scripts may come from: True anywhere, False (or None) nowhere, else a folder."""
+    if isinstance(scripts, bool):
+        return scripts
+    if scripts is None:
+        return False
+    root = Path(scripts).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"scripts folder {str(scripts)!r}: no such folder (where training scripts may come from)")
+    return root
+
+
+def check_script(entry_point: str | None, source_dir: str | None, allowed: bool | Path) -> None:
+    """Refuse a job's own training script unless `allowed` lets it run (ValueError naming the script).
+
+    The script and its source dir (which goes on the import path) must both lie inside an allowed
+    folder, symlinks resolved.
+    """
+    if not entry_point or allowed is True:
+        return
+    root = Path(source_dir or ".").resolve()
+    script = (root / entry_point).resolve()
+    if allowed is False:
+        raise ValueError(f"training script {str(script)!r}: user scripts are off here, so jobs run only "
+                         "prune_explorer.train (the app: launch it with --allow-scripts DIR to run scripts from DIR)")
+    for path in (root, script):
+        if not path.is_relative_to(allowed):
+            raise ValueError(f"training script {str(script)!r} (source dir {str(root)!r}) is outside {str(allowed)!r}, "
+                             "the only folder scripts may run from here")
+
+
+TRUST_ARGUMENT = "trust_model_code"  # the job contract's option (`--trust-model-code a,b`)
+
+
+def with_trust(hyperparameters: dict[str, Any], trust: tuple[str, ...]) -> dict[str, Any]:
+    """A job's arguments with `trust` (module names, comma-separated) in place of any a record carried."""
+    out = {k: v for k, v in hyperparameters.items() if k.replace("-", "_") != TRUST_ARGUMENT}
+    if trust:
+        out[TRUST_ARGUMENT] = ",".join(trust)
+    return out
 
 
 class Backend(Protocol):

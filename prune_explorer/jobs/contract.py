@@ -99,6 +99,7 @@ class JobSpec:
     distill: str | None = None  # which model the teacher is (baseline | parent), for the record
     distill_alpha: float = DEFAULT_ALPHA
     distill_temperature: float = DEFAULT_TEMPERATURE
+    trust_model_code: tuple[str, ...] = ()  # modules a "pkg.mod:Class" model may come from (model/trust.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # the script's own (`--key value` beyond these)
 
     @classmethod
@@ -168,6 +169,8 @@ CONTRACT_HELP = {
     "distill": "which model the teacher is: baseline | parent (recorded; the teacher itself is --teacher)",
     "distill_alpha": "weight of the teacher's soft targets: (1-a)*CE + a*T^2*KL",
     "distill_temperature": "softmax temperature T of the distillation term",
+    "trust_model_code": "comma-separated modules whose nn.Module classes --model (or its model.json) may name, e.g. "
+                        "mypkg; without it only torchvision architectures and registered classes are built",
 }
 
 
@@ -194,6 +197,20 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def module_names(text: str) -> tuple[str, ...]:
+    """Module names as a command line gives them: "a,b" (or a JSON list)."""
+    from ..model.trust import trusted_modules
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    try:
+        return trusted_modules(value if isinstance(value, (str, list)) else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -212,6 +229,7 @@ CONTRACT_TYPES: dict[str, Callable[[str], Any]] = {
     "stop_rule_threshold": optional(float), "stop_rule_mode": str, "baseline_accuracy": optional(float),
     "device": optional(str), "measure_latency": flag,
     "teacher": optional(str), "distill": optional(str), "distill_alpha": float, "distill_temperature": float,
+    "device": optional(str), "measure_latency": flag, "trust_model_code": module_names,
 }
 
 
@@ -372,8 +390,22 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def mask_output() -> None:
+    """Mask credentials in everything this process prints from now on (a job's log; `masking.py`)."""
+    from ..masking import MaskedStream
+
+    if not isinstance(sys.stdout, MaskedStream):
+        sys.stdout = MaskedStream(sys.stdout)
+    if not isinstance(sys.stderr, MaskedStream):
+        sys.stderr = MaskedStream(sys.stderr)
+
+
 def write_metrics(spec, metrics: dict[str, Any]) -> None:
-    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set."""
+    """metrics.json beside the model, and in SageMaker's output-data and checkpoint folders when set
+    (credentials masked: its config and reason are read back and shown)."""
+    from ..masking import mask_values
+
+    metrics = mask_values(metrics)
     targets: list[Path] = []
     for directory in (spec.out_dir, spec.metrics_dir, spec.checkpoint_dir):
         if directory and Path(directory).resolve() not in targets:
@@ -539,7 +571,7 @@ class JobContext:
         and `--model-kwargs` (without weights, `num_classes` goes to the constructor). With
         `num_classes` the head is fitted to the data (`fit_head`) unless `fit_head=False`.
         """
-        from ..model.zoo import build_model
+        from ..model.zoo import build_from_spec
 
         spec = self.spec
         if spec.model is None:
@@ -548,14 +580,16 @@ class JobContext:
         if (source / "model.json").is_file():
             from ..model.store import load
 
-            model, self.built = load(source), False
+            model, self.built = load(source, trust_code=spec.trust_model_code), False
         elif source.exists() or os.sep in spec.model:
             raise FileNotFoundError(f"--model {spec.model}: not a saved model directory (no model.json in it)")
         else:
             kwargs = dict(spec.model_kwargs)
             if spec.weights is None and num_classes is not None:
                 kwargs.setdefault("num_classes", num_classes)
-            model, self.built = build_model(spec.model, weights=spec.weights, **kwargs), True
+            model = build_from_spec({"arch": spec.model, "kwargs": kwargs}, trust_code=spec.trust_model_code,
+                                    where="--model", weights=spec.weights)
+            self.built = True
         self.model = model
         if num_classes is not None and fit_head:
             self.fit_head(model, num_classes, example_inputs)
@@ -826,6 +860,10 @@ def _program() -> str | None:
 
 
 def start(argv: Sequence[str] | None = None, *, log_prefix: str = "job") -> JobContext:
-    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group."""
+    """Parse this job's arguments (sys.argv by default) and SageMaker's environment; join torchrun's group.
+
+    A job is a process of its own: from here on what it prints (its log) has credentials masked.
+    """
+    mask_output()
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None
     return JobContext(parse_spec(argv, prog=prog), log_prefix=log_prefix)

@@ -26,7 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .base import COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, new_id, training_script
+from ..model.trust import trusted_modules
+from .base import (COMPLETED, FAILED, QUEUED, RUNNING, STOPPED, Backend, Job, check_script, new_id, scripts_allowed,
+                   training_script, with_trust)
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,17 @@ class JobQueue:
     `on_change` callbacks run with the changed Job, from the worker thread (or from the caller's
     thread for submit/cancel/refresh). `tracker=None` records into `MlflowTracker(workspace)`;
     `False` records nothing; any `tracking.Tracker` works.
+
+    What jobs may run is this queue's to say, never a job record's (records are files anyone with
+    the workspace can edit): `trust_code` (module names, `model/trust.py`) goes to every job it
+    starts as the `trust_model_code` argument, replacing whatever a record says; `scripts` is where
+    a job's own training script may come from — True: anywhere (the default: your code), False: no
+    user scripts (only prune_explorer.train), a folder: scripts under it only (the served app).
     """
 
     def __init__(self, workspace: str | Path, backend: "str | Backend" = "local", max_parallel: int = 1,
-                 tracker: Any = None, poll_interval: float = 0.5):
+                 tracker: Any = None, poll_interval: float = 0.5, *, trust_code: Any = None,
+                 scripts: bool | str | Path = True):
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
         self.workspace = Path(workspace)
@@ -147,6 +156,8 @@ class JobQueue:
         self.backend = make_backend(backend)
         self.max_parallel = max_parallel
         self.poll_interval = poll_interval
+        self.trust_code = trusted_modules(trust_code)
+        self.scripts = scripts_allowed(scripts)
         self._tracker = tracker
         self._backends: dict[str, Backend] = {self.backend.name: self.backend}
         self._jobs: dict[str, Job] = {}
@@ -173,6 +184,7 @@ class JobQueue:
         instead of `prune_explorer.jobs.train`, e.g. `entry_point="train.py", source_dir="src/"`.
         """
         script = training_script(entry_point, source_dir)
+        check_script(script["entry_point"], script["source_dir"], self.scripts)
         if out_dir is None:
             out_dir = self.workspace / "iterations" / (iteration or new_id("it"))
         out_dir = Path(out_dir).resolve()
@@ -437,6 +449,8 @@ class JobQueue:
                 self._apply(job, current)
                 return True
             try:
+                check_script(current.entry_point, current.source_dir, self.scripts)
+                current.hyperparameters = with_trust(current.hyperparameters, self.trust_code)
                 self.backend.start(current)
             except Exception as exc:
                 current.status = FAILED

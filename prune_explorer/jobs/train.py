@@ -282,4 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from .contract import mask_output
+
+    mask_output()  # the job's log (train.log, CloudWatch) shows no credential
     sys.exit(main())

@@ -23,6 +23,8 @@ import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
 from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
+from ..masking import mask_values
+from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -88,6 +90,9 @@ class LoopConfig:
     distill_temperature: float | None = None  # the softmax temperature (None: the job contract's, 4)
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
+    # modules whose model classes model.json files and jobs may name (model/trust.py); a `model`
+    # "pkg.mod:Class" given here is trusted as well: it is the caller's own choice
+    trust_model_code: tuple[str, ...] = ()
 
     def validate(self) -> "LoopConfig":
         if self.per_iteration < 1:
@@ -181,6 +186,12 @@ class LoopConfig:
 
         block = get_runtime(self.latency_runtime).block_size()
         return block if block > 1 else None
+
+    @property
+    def trusted(self) -> tuple[str, ...]:
+        """The modules this run trusts: `trust_model_code` and the module of a "pkg.mod:Class" `model`."""
+        own = module_of(self.model)
+        return trusted_modules([*trusted_modules(self.trust_model_code), *([own] if own else [])])
 
     @property
     def script(self) -> dict[str, str | None]:
@@ -328,11 +339,11 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
         if config.criterion not in CRITERIA:
             raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
-    workspace = Workspace(config.workspace)
+    workspace = Workspace(config.workspace, trust_code=config.trusted)
     tracker = tracker if tracker is not None else loop_tracker(config)
     queue = workspace.queue(backend if backend is not None else LOOP_BACKENDS[config.backend](config), tracker)
     rule = AccuracyDropRule(config.threshold)
-    workspace.write_json(LOOP_CONFIG, asdict(config))
+    workspace.write_json(LOOP_CONFIG, mask_values(asdict(config)))  # a tracking URI's user:token@ stays out
     try:
         workspace.ensure_baseline(queue, config.model, config.hyperparameters(config.baseline_epochs, baseline=True),
                                   **config.script)

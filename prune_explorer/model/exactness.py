@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph
+from .kinds import KINDS, recorded_kind
 
 TOLERANCE = 1e-4
 
@@ -48,19 +49,20 @@ def torchvision_example(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
-    """Random norm statistics and affine (batch, layer and group norms), so a wrong slice cannot hide
-    behind identity norms."""
+    """Random norm statistics and affine (every module whose layer kind `normalizes`: batch, layer and
+    group norms), so a wrong slice cannot hide behind identity norms."""
     with torch.no_grad():
         for mod in model.modules():
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                n = mod.num_features
-                if mod.running_mean is not None:
-                    mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                    mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-                for t in (mod.weight, mod.bias):
-                    if t is not None:
-                        t.copy_(torch.randn(t.shape, generator=gen))
+            kind = recorded_kind(mod)
+            if kind is None or not kind.normalizes:
+                continue
+            mean, var = getattr(mod, "running_mean", None), getattr(mod, "running_var", None)
+            if isinstance(mean, torch.Tensor) and isinstance(var, torch.Tensor):
+                mean.copy_(torch.randn(mean.shape, generator=gen) * 0.5)
+                var.copy_(torch.rand(var.shape, generator=gen) + 0.5)
+            for t in (getattr(mod, "weight", None), getattr(mod, "bias", None)):
+                if isinstance(t, torch.Tensor):
+                    t.copy_(torch.randn(t.shape, generator=gen))
 
 
 def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.Generator) -> None:
@@ -69,7 +71,7 @@ def randomize_channel_params(model: nn.Module, graph: ChannelGraph, gen: torch.G
     modules = dict(model.named_modules())
     with torch.no_grad():
         for sl in graph.slices.values():
-            if sl.kind == "channel_param" and sl.module in modules:
+            if KINDS[sl.kind].multiplies and sl.module in modules:
                 t = getattr(modules[sl.module], sl.params["tensor"])
                 t.copy_(torch.randn(t.shape, generator=gen))
 
@@ -115,6 +117,12 @@ def random_plan(graph: ChannelGraph, gen: torch.Generator) -> dict[int, list[int
             continue
         k = int(torch.randint(1, group.size, (1,), generator=gen))
         plan[group.id] = sorted(torch.randperm(group.size, generator=gen)[:k].tolist())
+    for keep in getattr(graph, "keep", ()):     # a part the code splits or slices off keeps a channel
+        while keep.emptied(plan):
+            g, channels = next(iter(keep.channels.items()))
+            plan[g].remove(channels[0])
+            if not plan[g]:
+                del plan[g]
     return plan
 
 
@@ -122,7 +130,7 @@ def consumer_zero_positions(graph: ChannelGraph, removed: dict[int, list[int]]) 
     """Input axis and positions of each consumer (conv/linear) that carry removed channels."""
     positions = {}
     for sl in graph.slices.values():
-        if sl.in_group is None:
+        if sl.in_group is None or not sl.module:      # the root's own: `_root_weights`
             continue
         index = sl.positions("in", removed)
         if index.size:
@@ -145,10 +153,26 @@ def reference_output(model: nn.Module, graph: ChannelGraph, removed: dict[int, l
                for name, (axis, ix) in consumer_zero_positions(graph, removed).items()]
     try:
         with torch.no_grad():
-            return model(x)
+            weights = _root_weights(model, graph, removed)
+            return torch.func.functional_call(model, weights, (x,)) if weights else model(x)
     finally:
         for h in handles:
             h.remove()
+
+
+def _root_weights(model: nn.Module, graph: ChannelGraph, removed: dict[int, list[int]]) -> dict[str, torch.Tensor]:
+    """A conv or linear on a parameter of the root module runs in the model's own forward, where no
+    pre-hook sees its input: its removed inputs are zeroed in its weight instead (the same thing for
+    a conv or linear), passed in without touching the model."""
+    weights = {}
+    for sl in graph.slices.values():
+        if sl.module or sl.in_group is None:
+            continue
+        index = sl.positions("in", removed)
+        if index.size:
+            attr = sl.params["weight"]
+            weights[attr] = KINDS[sl.kind].zero_inputs(getattr(model, attr).detach(), torch.from_numpy(index), sl)
+    return weights
 
 
 def conv_filters(graph: ChannelGraph) -> tuple[int, int]:
@@ -156,7 +180,7 @@ def conv_filters(graph: ChannelGraph) -> tuple[int, int]:
     once per conv; prunable when its channel group is prunable and can lose at least one channel."""
     prunable = total = 0
     for sl in graph.slices.values():
-        if sl.kind not in ("conv", "depthwise", "grouped") or sl.out_group is None:
+        if not KINDS[sl.kind].conv_filters or sl.out_group is None:
             continue
         for g in sl.out_group.tolist():
             total += 1

@@ -80,6 +80,7 @@ def export_model(
     dynamic_batch: bool = True,
     exporter: str = "dynamo",
     opset: int | None = None,
+    trust_code: Any = None,
 ) -> ExportResult:
     """Write `model` (a module or a saved model directory) to `path` as ONNX or `.pt2`.
 
@@ -87,7 +88,8 @@ def export_model(
     tuple of tensors) defaults, for a model directory, to one zero image of the `input_shape` its
     metrics.json records. With `dynamic_batch` the file accepts any batch size. `exporter` and
     `opset` apply to ONNX only. Raises ExportError naming the model (and op/module) that cannot be
-    exported; nothing is written then.
+    exported; nothing is written then. `trust_code`: as `store.load`'s, for a directory whose
+    model.json names a "package.module:Class".
     """
     fmt = _format_of(path, format)
     if fmt != "onnx" and (exporter != "dynamo" or opset is not None):
@@ -97,7 +99,7 @@ def export_model(
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot export to {path}: it is a directory; give a file name such as model.{fmt}")
-    source = _source_of(model)
+    source = _source_of(model, trust_code)
     example = _as_tuple(example_inputs if example_inputs is not None else recorded_example_inputs(model))
     start = time.perf_counter()
     with _eval_no_grad(source.model):
@@ -393,7 +395,7 @@ def _metadata(source: _Source, example, dynamic_batch: bool, diff: float, *, exp
     return meta
 
 
-def _source_of(model: Any) -> _Source:
+def _source_of(model: Any, trust_code: Any = None) -> _Source:
     from .zoo import base_spec
 
     if isinstance(model, nn.Module):
@@ -405,7 +407,7 @@ def _source_of(model: Any) -> _Source:
     directory = Path(model)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a module and not a saved model directory")
-    loaded = store.load(directory)
+    loaded = store.load(directory, trust_code=trust_code)
     return _Source(model=loaded, name=str(directory), base=store.load_spec(directory)["base"])
 
 

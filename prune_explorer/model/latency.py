@@ -30,7 +30,6 @@ from .kinds import KINDS
 
 FORMAT = 1
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
-TIMED_KINDS = ("conv", "depthwise", "grouped", "linear", "batch_norm", "group_norm")
 
 
 @dataclass
@@ -79,7 +78,7 @@ class LatencyTable:
         prunable = {g.id for g in graph.prunable()}
         modules = dict(model.named_modules())
         members = {name: m for name, m in costs.members().items()
-                   if m.slices.kind in TIMED_KINDS and (m.slices.out_touches | m.slices.in_touches) & prunable}
+                   if KINDS[m.slices.kind].timed and (m.slices.out_touches | m.slices.in_touches) & prunable}
         calls = _recorded_inputs(model, example_inputs, {m.slices.module for m in members.values()})
         total = _median_ms(model, example_inputs, warmup, max(repeats, 10))
         layers: dict[str, LayerGrid] = {}
@@ -171,9 +170,10 @@ def _widths(member, side: str, fractions, prunable: set[int]) -> list[int]:
     """Grid widths along one side: the fractions of its full width, multiples of the conv groups."""
     full = member.out_full if side == "out" else member.in_full
     touches = member.slices.out_touches if side == "out" else member.slices.in_touches
-    if member.slices.kind == "depthwise" and side == "in" or not touches & prunable:
+    kind = KINDS[member.slices.kind]
+    if kind.in_follows_out and side == "in" or not touches & prunable:
         return [full]
-    step = member.slices.groups if member.slices.kind == "grouped" else 1
+    step = kind.width_step(member.slices, side)
     step *= member.out_factor if side == "out" else member.in_factor
     return sorted({max(step, int(round(f * full / step)) * step) for f in fractions} | {full})
 
@@ -212,7 +212,8 @@ def _time_at(module: nn.Module, member, out: int, inp: int, inputs: list[torch.T
              repeats: int) -> float:
     """Median ms of `module` narrowed to `out` x `inp` (the kind's own slicing), on its recorded inputs."""
     sl, kind = member.slices, KINDS[member.slices.kind]
-    out_ix, in_ix = _kept(out, member.out_full, sl, "out"), _kept(inp, member.in_full, sl, "in")
+    out_ix = kind.timing_positions(out, member.out_full, sl, "out")
+    in_ix = kind.timing_positions(inp, member.in_full, sl, "in")
     narrowed = copy.copy(module)
     narrowed._parameters, narrowed._buffers = dict(module._parameters), dict(module._buffers)
     with torch.no_grad():
@@ -224,25 +225,16 @@ def _time_at(module: nn.Module, member, out: int, inp: int, inputs: list[torch.T
                     narrowed._parameters[attr] = nn.Parameter(value, requires_grad=False)
                 else:
                     narrowed._buffers[attr] = value
-    kind.set_widths(narrowed, sl, out, None if sl.kind == "depthwise" else inp)
+    kind.set_widths(narrowed, sl, out, None if kind.in_follows_out else inp)
     narrowed.training = False          # not .eval(): that would reach the original's (shared) children
-    channels = out if sl.kind in ("depthwise", "batch_norm", "group_norm") else inp
-    axis = -1 if sl.kind == "linear" else 1
-    xs = tuple(_narrow_input(x, axis, channels) for x in inputs)
+    channels = out if kind.in_follows_out else inp
+    xs = tuple(_narrow_input(x, kind.channel_axis, channels) for x in inputs)
 
     class Calls(nn.Module):
         def forward(self, *args):
             return [narrowed(a) for a in args]
 
     return _median_ms(Calls(), xs, warmup, repeats)
-
-
-def _kept(width: int, full: int, sl, side: str) -> torch.Tensor:
-    """Positions kept along one side: the first ones, equally from every conv group of a grouped conv."""
-    if sl.kind == "grouped":
-        per_full, per = full // sl.groups, width // sl.groups
-        return (torch.arange(sl.groups)[:, None] * per_full + torch.arange(per)).reshape(-1)
-    return torch.arange(width)
 
 
 def _narrow_input(x: torch.Tensor, axis: int, channels: int) -> torch.Tensor:

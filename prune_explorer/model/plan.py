@@ -1,6 +1,7 @@
 """PrunePlan: which channels of which channel group to remove, validated against a ChannelGraph."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:  # pandas is only needed by the builders
@@ -19,7 +20,9 @@ class PrunePlan:
     """
 
     def __init__(self, channels: dict[str | int, Iterable[int]], layers: Iterable[str] = ()):
-        self.channels: dict[str | int, list[int]] = {key: list(ix) for key, ix in channels.items()}
+        if not isinstance(channels, Mapping):
+            raise ValueError(f"a plan maps layer names (or group ids) to channel indices, got {type(channels).__name__}")
+        self.channels: dict[str | int, list[int]] = {key: _indices(key, ix) for key, ix in channels.items()}
         self.layers: tuple[str, ...] = tuple(layers)
         self.budget: dict | None = None   # set by `lowest`: what it aimed at and where it landed
 
@@ -60,6 +63,11 @@ class PrunePlan:
                 )
             resolved[group.id] = ints
             named_by[group.id] = key
+        for keep in getattr(graph, "keep", ()):
+            if keep.emptied(resolved):
+                names = ", ".join(repr(graph.groups[g].name) for g in keep.channels)
+                raise ValueError(f"layer {names}: this plan removes every channel of {keep.label}; a part the "
+                                 "code splits or slices off must keep at least one")
         return dict(sorted(resolved.items()))
 
     def summary(self) -> dict:
@@ -92,6 +100,7 @@ class PrunePlan:
         rows = _ordered(table, graph)
         rows = rows[rows["group"].isin(list(eligible))]
         step = round_to or 1
+        keeps = _keeps_by_group(graph)
         pending: dict[int, list[int]] = {g: [] for g in eligible}
         chosen: dict[int, list[int]] = {g: [] for g in eligible}
         full: set[int] = set()
@@ -111,6 +120,9 @@ class PrunePlan:
                 continue
             if not budget.allows(len(pending[g])):
                 full.add(g)
+                continue
+            if _would_empty(keeps.get(g, ()), chosen, g, pending[g]):
+                pending[g] = []
                 continue
             budget.take(g, len(pending[g]))
             chosen[g].extend(pending[g])
@@ -147,7 +159,7 @@ class PrunePlan:
             if group.blocks:
                 channels[layer] = _lowest_per_block(group, ranked, k, layer)
             else:
-                channels[layer] = sorted(int(f) for f in ranked[:k])
+                channels[layer] = _lowest_keeping(_keeps_by_group(graph).get(group.id, ()), group.id, ranked, k)
         return cls(channels, layers=counts)
 
 
@@ -283,6 +295,43 @@ def _lowest_per_block(group, ranked: list[int], k: int, layer: str) -> list[int]
     for block in group.blocks:
         chosen += sorted(block, key=lambda f: order.get(f, len(order)))[:per]
     return sorted(int(f) for f in chosen)
+
+
+def _keeps_by_group(graph) -> dict[int, list]:
+    found: dict[int, list] = {}
+    for keep in getattr(graph, "keep", ()):
+        for g in keep.channels:
+            found.setdefault(g, []).append(keep)
+    return found
+
+
+def _would_empty(keeps, chosen: dict[int, list[int]], group: int, more: list[int]) -> bool:
+    """Taking `more` channels of `group` on top of `chosen` would empty a part the code names."""
+    if not keeps:
+        return False
+    after = {**chosen, group: list(chosen.get(group, ())) + list(more)}
+    return any(keep.emptied(after) for keep in keeps)
+
+
+def _lowest_keeping(keeps, group: int, ranked: list[int], k: int) -> list[int]:
+    """The k lowest-ranked channels, passing over any that would empty a part the code names."""
+    chosen: list[int] = []
+    for f in ranked:
+        if len(chosen) == k:
+            break
+        if not _would_empty(keeps, {group: chosen}, group, [int(f)]):
+            chosen.append(int(f))
+    return sorted(chosen)
+
+
+def _indices(key: str | int, indices) -> list[int]:
+    """The channel indices given for one layer, as a list; a count or any non-iterable is refused."""
+    label = f"layer {key!r}" if isinstance(key, str) else f"group {key!r}"
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        hint = (f"; to remove the {indices} lowest-ranked channels use PrunePlan.from_counts(table, graph, "
+                f"{{{key!r}: {indices}}})" if isinstance(indices, int) and not isinstance(indices, bool) else "")
+        raise ValueError(f"{label}: expected a list of channel indices to remove, got {indices!r}{hint}")
+    return list(indices)
 
 
 def _check_round_to(round_to: int | None) -> None:

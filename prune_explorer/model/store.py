@@ -1,7 +1,7 @@
 """Save and load a (pruned) model without pickle: `model.json` + `model.safetensors`.
 
 `model.json` names the base architecture (rebuilt with `zoo.build_model`), the width attributes of
-every conv / norm / linear layer (which attributes: the layer-kind registry, `kinds.py`), and the
+every conv / norm / linear layer (which attributes: the layer-kind registry, `kinds/`), and the
 other tensors whose shape pruning changed (a per-channel `layer_scale`). `load` builds the base,
 narrows those modules *in place* (so subclasses with their own constructors and forward code,
 e.g. a Conv2d subclass or LayerNorm2d, stay what they are) — except where pruning replaced a
@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .kinds import KINDS, RECORDED, recorded_kind, replace_module, width_record
-from .zoo import base_spec, build_model, tag_base
+from .kinds import KINDS, recorded_kind, recorded_kinds, replace_module, width_record
+from .trust import UntrustedCode
+from .zoo import base_spec, build_from_spec, build_model, tag_base
 
 FORMAT = "prune_explorer.model"
-FORMAT_VERSION = 3   # 3: records of kind "channel_norm" (a PrunedChannelNorm in place of a base norm)
+FORMAT_VERSION = 4   # 3: records of kind "channel_norm" (a PrunedChannelNorm in place of a base norm);
+#                      4: "sizes", module attributes pruning rewrote (split sizes, slice bounds: kinds/sizes.py)
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_FILES = (SPEC_FILE, WEIGHTS_FILE)
@@ -72,7 +74,9 @@ def save(
         for name, module in model.named_modules(remove_duplicate=False)
         if (record := module_record(module)) is not None
     }
-    resized = _resized_beyond_records(model, base, records)
+    reference = _reference(base)
+    resized = _resized_beyond_records(model, reference, base, records)
+    sizes = _sizes_beyond_records(model, reference, records)
     tensors, tied = _flat_tensors(model.state_dict())
     save_id = uuid.uuid4().hex
     spec = {
@@ -83,6 +87,7 @@ def save(
         "modules": records,
         "tied": tied,
         "resized": resized,
+        "sizes": sizes,
         "params": sum(p.numel() for p in model.parameters()),
         "metadata": dict(metadata or {}),
         "saved_with": {"prune_explorer": __version__, "torch": torch.__version__},
@@ -115,13 +120,44 @@ def _resolve_base(model: nn.Module, arch: str | None, arch_kwargs: dict[str, Any
     return {"arch": arch, "kwargs": kwargs}
 
 
-def _resized_beyond_records(model: nn.Module, base: dict[str, Any], records: dict[str, Any]) -> dict[str, list[int]]:
-    """Tensors outside recorded layers whose shape differs from the base ({name: shape}: load
-    resizes them); fails at save time, not load time, for a tensor the base does not have."""
+def _reference(base: dict[str, Any]) -> nn.Module | None:
+    """The base architecture built on "meta" (no memory), to tell what pruning changed."""
     try:
         with torch.device("meta"):
-            reference = build_model(base["arch"], **base["kwargs"])
+            return build_model(base["arch"], **base["kwargs"])
     except Exception:  # a base that cannot be built on "meta": load() still checks every tensor
+        return None
+
+
+def _sizes_beyond_records(model: nn.Module, reference: nn.Module | None, records: dict[str, Any]) -> dict[str, Any]:
+    """{module.attribute: value} for int and int-list attributes that differ from the base and no
+    width record holds (the split sizes and slice bounds surgery rewrote); load sets them."""
+    if reference is None:
+        return {}
+    ref_modules = dict(reference.named_modules(remove_duplicate=False))
+    found: dict[str, Any] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        ref = ref_modules.get(name)
+        if ref is None:
+            continue
+        recorded = set(records.get(name, {}))
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or attr == "training" or attr in recorded or not _is_size(value):
+                continue
+            if vars(ref).get(attr, value) != value:
+                found[f"{name}.{attr}" if name else attr] = list(value) if isinstance(value, tuple) else value
+    return found
+
+
+def _is_size(value: Any) -> bool:
+    return type(value) is int or (isinstance(value, (list, tuple)) and bool(value) and all(type(v) is int for v in value))
+
+
+def _resized_beyond_records(model: nn.Module, reference: nn.Module | None, base: dict[str, Any],
+                            records: dict[str, Any]) -> dict[str, list[int]]:
+    """Tensors outside recorded layers whose shape differs from the base ({name: shape}: load
+    resizes them); fails at save time, not load time, for a tensor the base does not have."""
+    if reference is None:
         return {}
     ref_modules = dict(reference.named_modules(remove_duplicate=False))
     resized: dict[str, list[int]] = {}
@@ -270,8 +306,13 @@ def load_spec(directory: str | os.PathLike) -> dict[str, Any]:
     return spec
 
 
-def load(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild the saved model (base architecture, narrowed layers, weights) in eval mode."""
+def load(directory: str | os.PathLike, *, trust_code: Any = None) -> nn.Module:
+    """Rebuild the saved model (base architecture, narrowed layers, weights) in eval mode.
+
+    A torchvision base is always rebuilt; a "package.module:Class" base only when it is registered
+    (`prune_explorer.register_model`) or its module is in `trust_code` (e.g. ["mypkg"]): loading a
+    directory from someone else never imports or runs code its model.json names (`trust.py`).
+    """
     directory = Path(directory)
     spec = load_spec(directory)
     spec_path = directory / SPEC_FILE
@@ -280,10 +321,13 @@ def load(directory: str | os.PathLike) -> nn.Module:
         raise FileNotFoundError(f"{weights_path}: missing; model.json has no weights beside it")
     arch, kwargs = spec["base"]["arch"], spec["base"]["kwargs"]
     try:
-        model = build_model(arch, **kwargs)
+        model = build_from_spec(spec["base"], trust_code=trust_code, where=f"{spec_path}: field 'base.arch'")
+    except UntrustedCode:
+        raise
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{spec_path}: field 'base' ({arch!r}, {kwargs}) cannot be built: {exc}") from exc
     _narrow_layers(model, spec["modules"], spec_path)
+    _set_sizes(model, spec.get("sizes", {}), spec_path)
     state = _read_weights(weights_path, spec)
     for tied_name, source in spec["tied"].items():
         if source not in state:
@@ -324,9 +368,10 @@ def _validate_spec(spec: Any, path: Path) -> None:
             raise ValueError(f"{path}: field {field!r} must be an object")
         key = "kind" if version >= 2 else "type"
         kind = record.get(key)
-        known = sorted(k.name for k in RECORDED) if version >= 2 else sorted(_V1_TYPES)
+        known = sorted(k.name for k in recorded_kinds()) if version >= 2 else sorted(_V1_TYPES)
         if kind not in known:
-            raise ValueError(f"{path}: field '{field}.{key}' is {kind!r}, expected one of {known}")
+            hint = " (a kind of your own: register it with register_layer_kind before load)" if version >= 2 else ""
+            raise ValueError(f"{path}: field '{field}.{key}' is {kind!r}, expected one of {known}{hint}")
     tied = _expect(spec, "tied", dict, path)
     for name, source in tied.items():
         if not isinstance(source, str):
@@ -334,6 +379,11 @@ def _validate_spec(spec: Any, path: Path) -> None:
     _expect(spec, "metadata", dict, path)
     if version >= 2:
         _expect(spec, "resized", dict, path)
+    if version >= 4:
+        for name, value in _expect(spec, "sizes", dict, path).items():
+            if not _is_size(value) or (isinstance(value, list) and any(v < 0 for v in value)):
+                raise ValueError(f"{path}: field 'sizes.{name}' is {value!r}, expected an integer or a list of "
+                                 "non-negative integers")
 
 
 def _expect(obj: dict, key: str, kind: type, path: Path, prefix: str = "") -> Any:
@@ -378,6 +428,20 @@ def _narrow_layers(model: nn.Module, records: dict[str, dict], spec_path: Path) 
                 raise ValueError(f"{spec_path}: field '{field}.{attr}' is {record[attr]!r}, expected a positive "
                                  "integer (or a list of them)")
             setattr(current, attr, value)
+
+
+def _set_sizes(model: nn.Module, sizes: dict[str, Any], spec_path: Path) -> None:
+    """Give the rebuilt base the attributes pruning rewrote (a list stays the base's type)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for key, value in sizes.items():
+        name, _, attr = key.rpartition(".")
+        module = modules.get(name)
+        current = vars(module).get(attr) if module is not None else None
+        if module is None or not _is_size(current):
+            raise ValueError(f"{spec_path}: field 'sizes.{key}': the base model has no integer attribute {key!r}")
+        if isinstance(current, (list, tuple)) != isinstance(value, list):
+            raise ValueError(f"{spec_path}: field 'sizes.{key}' is {value!r} but the base model's is {current!r}")
+        setattr(module, attr, type(current)(value) if isinstance(current, (list, tuple)) else value)
 
 
 def _check_widths(model: nn.Module, state: dict[str, torch.Tensor], records: dict[str, dict], path: Path) -> None:

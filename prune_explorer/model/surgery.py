@@ -67,7 +67,22 @@ def prune(model: nn.Module, plan: PrunePlan, example_inputs: Any, graph: Channel
         if new is not module:
             replace_module(pruned, sl.module, new)
             new_modules[sl.module] = new
+    rewritten = [sl.name for sl, _, _ in resized if KINDS[sl.kind].attribute]
+    if rewritten:
+        _check_runs(pruned, example_inputs, rewritten)
     return pruned
+
+
+def _check_runs(pruned: nn.Module, example_inputs: Any, rewritten: list[str]) -> None:
+    """Widths the forward reads were rewritten: the pruned model must still run on the example."""
+    from .measure import _eval_no_grad, _forward
+
+    try:
+        with _eval_no_grad(pruned):
+            _forward(pruned, tuple(example_inputs) if isinstance(example_inputs, list) else example_inputs)
+    except Exception as exc:  # whatever the user's forward raises
+        raise ValueError(f"the pruned model does not run after surgery rewrote {', '.join(rewritten)}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def _tensors(model: nn.Module):

@@ -1,18 +1,21 @@
 """Build a model by name and remember how it was built, so a pruned copy can be rebuilt from disk.
 
 `build_model` tags every model it returns with `BASE_ATTR` ({"arch", "kwargs"}); `store.save`
-reads the tag to know which base to rebuild before narrowing layers again.
+reads the tag to know which base to rebuild before narrowing layers again. `build_from_spec`
+rebuilds from such a spec read from a file, through the trust gate (`trust.py`): a file's
+"package.module:Class" is imported only when the user trusts that module.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .trust import registered, user_constructor
 
 BASE_ATTR = "prune_explorer_base"
 
@@ -25,20 +28,39 @@ def build_model(arch: str, *, weights: str | Path | None = None, **kwargs: Any) 
     `weights` is optional: a local state-dict file (.pth/.pt/.bin via `torch.load(weights_only=True)`,
     or .safetensors), or a torchvision weights enum name such as "IMAGENET1K_V1" (downloaded by
     torchvision; needs internet). Keyword arguments go to the constructor and are recorded, so they
-    must be JSON values.
+    must be JSON values. `arch` is the caller's own choice, so its module is imported; it must name
+    an nn.Module subclass (or a classmethod of one), checked before it is called. A name read from a
+    file goes through `build_from_spec` instead.
     """
+    return _build(arch, weights, kwargs, trust_code=None, where=f"build_model({arch!r})", caller_named=True)
+
+
+def build_from_spec(spec: dict[str, Any], *, trust_code: Any = None, where: str,
+                    weights: str | Path | None = None) -> nn.Module:
+    """Rebuild the model a spec read from a file names ({"arch", "kwargs"}: model.json's `base`, a
+    trial's `model`, a job's --model): torchvision names always; "package.module:Class" only from
+    the registry or a module in `trust_code` (`trust.user_constructor`). `where` names the field
+    for errors, e.g. "DIR/model.json: field 'base.arch'"."""
+    return _build(spec["arch"], weights, dict(spec.get("kwargs") or {}), trust_code=trust_code, where=where)
+
+
+def _build(arch: str, weights: str | Path | None, kwargs: dict[str, Any], *, trust_code: Any, where: str,
+           caller_named: bool = False) -> nn.Module:
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"arch must be a non-empty string, got {arch!r}")
     _check_json_kwargs(arch, kwargs)
     weights_path = _local_weights_path(weights)
     enum_weights = None if weights is None or weights_path is not None else str(weights)
-    if ":" in arch:
+    if ":" in arch or registered(arch) is not None:
         if enum_weights is not None:
             raise ValueError(
                 f"weights={weights!r} is neither an existing file nor usable with user model {arch!r}: "
                 "pass a local state-dict path (.pth/.pt/.bin/.safetensors)"
             )
-        model = _build_user_model(arch, kwargs)
+        constructor = user_constructor(arch, trust_code=trust_code, where=where, caller_named=caller_named)
+        model = constructor(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"user model {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     else:
         model = _build_torchvision_model(arch, enum_weights, kwargs)
     if weights_path is not None:
@@ -84,25 +106,6 @@ def _build_torchvision_model(arch: str, weights: str | None, kwargs: dict[str, A
             f"'package.module:ClassName'{hint}"
         )
     return torchvision.models.get_model(arch, weights=weights, **kwargs)
-
-
-def _build_user_model(arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    module_name, _, class_name = arch.partition(":")
-    if not module_name or not class_name:
-        raise ValueError(f"user model {arch!r} must look like 'package.module:ClassName'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"user model {arch!r}: cannot import module {module_name!r}: {exc}") from exc
-    target: Any = module
-    for part in class_name.split("."):
-        if not hasattr(target, part):
-            raise ValueError(f"user model {arch!r}: module {module_name!r} has no attribute {class_name!r}")
-        target = getattr(target, part)
-    model = target(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"user model {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
 
 
 def _local_weights_path(weights: str | Path | None) -> Path | None:

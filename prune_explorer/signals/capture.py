@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model.kinds import recorded_kind
 from . import smdebug_compat  # noqa: F401  (installs the numpy-2 fixes before smdebug writes)
 from smdebug.core.access_layer.utils import has_training_ended, training_has_ended
 from smdebug.core.collection import Collection
@@ -343,9 +344,11 @@ class CaptureHook:
         with torch.no_grad():
             for name in self._weight_modules:
                 # norms of filters only: a norm layer (possibly affine=False, weight None) has none
-                if not isinstance(modules[name], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                module = modules[name]
+                kind = recorded_kind(module)
+                if kind is None or not kind.has_filters:
                     continue
-                flat = modules[name].weight.detach().reshape(modules[name].weight.shape[0], -1).double()
+                flat = kind.filters(module.weight.detach(), getattr(module, "groups", 1)).double()
                 self._write_tensor(weight_norm_name(name, "l1"), flat.abs().sum(1))
                 self._write_tensor(weight_norm_name(name, "l2"), flat.pow(2).sum(1).sqrt())
         self._write_tensor("compact/steps", np.array([self._pending_steps], np.int64))
@@ -358,7 +361,7 @@ class CaptureHook:
             module = modules[name]
             for pname, param in module.named_parameters(recurse=False):
                 self._write_tensor(param_name(self._model_cls, f"{name}.{pname}"), param.detach())
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            if isinstance(getattr(module, "running_mean", None), torch.Tensor):
                 self._write_tensor(f"{name}.running_mean_output_0", module.running_mean)
                 self._write_tensor(f"{name}.running_var_output_0", module.running_var)
 
@@ -419,14 +422,16 @@ def _trace(model: nn.Module, example_inputs: Any):
 
 
 def _weight_modules(model: nn.Module, graph: Any) -> list[str]:
-    """Modules whose weights ranking may need: members of prunable groups (all conv/linear/bn without a graph)."""
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+    """Modules whose weights ranking may need: layers with filters (the layer-kind registry's) and
+    norms with running statistics, in prunable groups (all of them without a graph)."""
     modules = dict(model.named_modules())
-    if graph is None:
-        names = [n for n, m in modules.items() if isinstance(m, kinds)]
-    else:
-        names = sorted({n for g in graph.prunable() for n in g.layers if n in modules})
-    return [n for n in names if isinstance(modules[n], kinds)]
+    names = list(modules) if graph is None else sorted({n for g in graph.prunable() for n in g.layers if n in modules})
+
+    def weighted(module: nn.Module) -> bool:
+        kind = recorded_kind(module)
+        return kind is not None and (kind.has_filters or isinstance(getattr(module, "running_mean", None), torch.Tensor))
+
+    return [n for n in names if weighted(modules[n])]
 
 
 def _base_spec(model: nn.Module) -> dict | None:

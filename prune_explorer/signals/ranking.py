@@ -23,8 +23,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..model.kinds import KINDS
+
 COLUMNS = ["layer", "filter", "score", "normalized", "group", "criterion", "steps", "normalization"]
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 Criterion = Callable[[Any, nn.Module, Any], np.ndarray]
 
@@ -48,38 +49,54 @@ def _trial_criterion(stat: Callable[[Any], np.ndarray | None], needs_gradients: 
             raise ValueError(f"trial {trial.path}, layer {group.name}: {requires[1]}")
         return np.sum([stat(p) for p in parts if not needs_gradients or p.has_gradients], axis=0)
 
+    score.needs_trial = True
     return score
 
 
 def _weight_criterion(norm: Callable[[np.ndarray], np.ndarray], key: str) -> Criterion:
-    def score(group, model, trial) -> np.ndarray:
+    def score(group, model, trial, graph=None) -> np.ndarray:
+        """Per channel: the norm of its filters in each member with filters that produces the group
+        (several filters per channel — a pixel shuffle's r², a shuffle — count as one row), summed
+        over those members."""
+        if graph is None:
+            graph = trial.graph if trial is not None and getattr(trial, "graph", None) is not None else None
+        if graph is None:
+            raise ValueError(f"layer {group.name}: weight criteria need the model's ChannelGraph (rank passes it)")
         modules = dict(model.named_modules())
         # a job keeps its best epoch's weights while the trial saw the last step's: the trial's
         # norms stand in only for a model it rebuilt from an architecture name (fresh weights)
         trained = trial if trial is not None and trial.untrained_model and trial.model is model else None
         total = np.zeros(group.size)
-        used = 0
-        for name in group.producers:
-            if not isinstance(modules.get(name), _WEIGHTED):
-                continue
-            total += _filter_norm(name, modules[name], trained, norm, key)
-            used += 1
-        if not used:
+        members = graph.filter_members(group.id)
+        if not members:
             raise ValueError(f"layer {group.name}: no conv/linear producer to take a weight norm of")
+        for sl in members:
+            per_filter = _filter_norm(sl, modules[sl.module], trained, norm, key)
+            at = sl.out_group == group.id
+            channels, values = sl.out_channel[at], per_filter[at]
+            if channels.size == group.size and (channels == np.arange(group.size)).all():
+                total += values
+            elif key == "l1":
+                total += np.bincount(channels, weights=values, minlength=group.size)
+            else:
+                total += np.sqrt(np.bincount(channels, weights=values ** 2, minlength=group.size))
         return total
 
+    score.uses_graph = True
     return score
 
 
-def _filter_norm(name: str, module: nn.Module, trained, norm, key: str) -> np.ndarray:
+def _filter_norm(sl, module: nn.Module, trained, norm, key: str) -> np.ndarray:
     """Per-filter norms of the model's weights, or of the trial's (`trained`) when given and saved."""
-    if trained is not None and name in trained.weight_norms and key in trained.weight_norms[name]:
+    kind, name, attr = KINDS[sl.kind], sl.module, sl.params["weight"]
+    groups = sl.groups
+    if trained is not None and attr == "weight" and name in trained.weight_norms and key in trained.weight_norms[name]:
         return trained.weight_norms[name][key]
-    if trained is not None and f"{name}.weight" in trained.weights:
+    if trained is not None and attr == "weight" and f"{name}.weight" in trained.weights:
         weight = np.asarray(trained.weights[f"{name}.weight"], dtype=np.float64)
-        return norm(weight.reshape(weight.shape[0], -1))
+        return norm(kind.filters(weight, groups))
     # the model's own weights: torch accumulates in float64 without a float64 copy (2x faster)
-    flat = module.weight.detach().flatten(1)
+    flat = kind.filters(getattr(module, attr).detach(), groups)
     return torch.linalg.vector_norm(flat, ord=_ORDER[key], dim=1, dtype=torch.float64).cpu().numpy()
 
 
@@ -111,6 +128,7 @@ def taylor_flops(group, model, trial) -> np.ndarray:
 
 
 taylor_flops.normalization = "flops"
+taylor_flops.needs_trial = True
 mean_activation = _trial_criterion(lambda s: _per_example(s.activation, s.examples))
 apoz = _trial_criterion(lambda s: 1.0 - _per_example(s.zeros, s.examples))
 l1 = _weight_criterion(lambda w: np.abs(w).sum(1), "l1")
@@ -208,13 +226,19 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
     context = _Context(model, example_inputs, graph, trial)
     steps = trial.steps_used if trial is not None and name not in WEIGHT_CRITERIA else 0
     frames = []
-    modules = dict(model.named_modules())
+    uses_graph = getattr(score_fn, "uses_graph", False)
     for group in sorted(graph.prunable(), key=lambda g: g.id):
-        if not _addressable(group, modules):
-            warnings.warn(f"layer {group.name}: its {group.size} channels are tied across several filters of each "
-                          "producer (channel shuffles), so no filter score names them; not ranked", stacklevel=2)
+        if not graph.filter_members(group.id):
+            warnings.warn(f"layer {group.name}: no conv/linear produces its channels, so no filter score names "
+                          "them; not ranked", stacklevel=2)
             continue
-        scores = np.asarray(score_fn(group, model, trial), dtype=np.float64)
+        if getattr(score_fn, "needs_trial", False) and not group.taps:
+            warnings.warn(f"layer {group.name}: no module output carries its {group.size} channels one per position "
+                          "(channel shuffles, pixel shuffles), so a trial cannot score them; not ranked (l1 and l2 "
+                          "rank them)", stacklevel=2)
+            continue
+        scores = np.asarray(score_fn(group, model, trial, graph=graph) if uses_graph else score_fn(group, model, trial),
+                            dtype=np.float64)
         if scores.shape != (group.size,):
             raise ValueError(f"criterion {name} gave {scores.shape} scores for layer {group.name} "
                              f"with {group.size} channels")
@@ -234,12 +258,6 @@ def rank(model: nn.Module, example_inputs: Any, trial=None, criterion: str | Cri
         "steps": steps,
         "normalization": how,
     })[COLUMNS]
-
-
-def _addressable(group, modules: dict[str, nn.Module]) -> bool:
-    """Some producer conv/linear has exactly one filter per channel of the group."""
-    return any(isinstance(modules.get(p), _WEIGHTED) and modules[p].weight.shape[0] == group.size
-               for p in group.producers)
 
 
 def _trace(model: nn.Module, example_inputs: Any):

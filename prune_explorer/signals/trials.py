@@ -104,16 +104,17 @@ class Trial:
 
 
 def open_trial(path_or_s3_uri: str | os.PathLike, model: nn.Module | None = None, example_inputs: Any = None,
-               graph: Any = None, progress: bool = False) -> Trial:
+               graph: Any = None, progress: bool = False, trust_code: Any = None) -> Trial:
     """Read a trial once and reduce it per channel against `model`'s channel groups.
 
-    Without `model`, the model recorded by `CaptureHook` (prune_explorer.json) is rebuilt.
+    Without `model`, the model recorded by `CaptureHook` (prune_explorer.json) is rebuilt: a
+    "package.module:Class" there only when registered or its module is in `trust_code` (model/trust.py).
     """
     source = _Source(str(path_or_s3_uri))
     meta = source.meta()
     untrained = False
     if model is None:
-        model, untrained = _model_from_meta(meta, source.path)
+        model, untrained = _model_from_meta(meta, source.path, trust_code)
     if graph is None:
         example_inputs = _example_inputs(example_inputs, meta, source.path)
         graph = _trace(model, example_inputs)
@@ -602,7 +603,7 @@ class _LazyWeights(Mapping):
 
 
 # --- the model a trial was captured from ----------------------------------------------------------
-def _model_from_meta(meta: dict, path: str) -> tuple[nn.Module, bool]:
+def _model_from_meta(meta: dict, path: str, trust_code: Any = None) -> tuple[nn.Module, bool]:
     """The model a trial was captured on, and whether it was built untrained: the saved model beside
     it (train.py writes OUT/trial next to OUT/model.json, with the pruned widths), else the recorded
     model directory, else the base arch (fresh weights: True)."""
@@ -610,16 +611,18 @@ def _model_from_meta(meta: dict, path: str) -> tuple[nn.Module, bool]:
     if not is_s3(path)[0] and os.path.exists(beside):
         from ..model.store import load
 
-        return load(os.path.dirname(beside)), False
+        return load(os.path.dirname(beside), trust_code=trust_code), False
     spec = meta.get("model") or {}
     if spec.get("model_dir"):
         from ..model.store import load
 
-        return load(spec["model_dir"]), False
+        return load(spec["model_dir"], trust_code=trust_code), False
     if spec.get("arch"):
-        from ..model.zoo import build_model
+        from ..model.zoo import build_from_spec
 
-        return build_model(spec["arch"], **spec.get("kwargs", {})), True
+        where = f"{path}/{META_FILE}: field 'model.arch'"
+        return build_from_spec({"arch": spec["arch"], "kwargs": spec.get("kwargs") or {}}, trust_code=trust_code,
+                               where=where), True
     raise ValueError(f"{path}: the trial does not record its model ({META_FILE} missing or without 'model'); "
                      "pass model= (CLI: --model ARCH|SPEC_DIR)")
 

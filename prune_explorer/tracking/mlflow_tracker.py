@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from ..masking import mask
 from .base import decoded, history_frame, number
 
 ITERATION_TAG = "prune_explorer.iteration"
@@ -27,11 +28,14 @@ PARENT_TAG = "prune_explorer.parent"
 _RECORD_PARAMS = ("parent", "criterion", "model_dir", "trial_dir", "job_id", "backend", "script", "iteration")
 _RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 def _quiet_mlflow() -> None:
-    """No telemetry, no progress bars, no INFO lines about creating tables."""
+    """No telemetry, no progress bars, no INFO lines about creating tables, no run links printed."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # MLflow prints "View run … at: <tracking URI>" on every finished run, user:token@ included, from the
+    # queue's worker thread into a notebook's output; the panel says where a run is, masked
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     import mlflow  # noqa: F401  (configures its loggers on import; quieten them afterwards)
 
     for name in ("mlflow", "mlflow.store.db.utils", "alembic"):
@@ -150,9 +154,9 @@ class MlflowTracker:
         clash = sorted(set(hyperparameters or {}) & (set(strings) | {"iteration"}))
         if clash:
             raise ValueError(f"record: hyperparameter(s) {', '.join(clash)} would overwrite the record's own fields")
-        run_params = [Param(k, str(v)) for k, v in strings.items() if v is not None]
+        run_params = [Param(k, mask(str(v))) for k, v in strings.items() if v is not None]  # no credential in a run
         run_params.append(Param("iteration", iteration))
-        run_params += [Param(k, v if isinstance(v, str) else json.dumps(v))
+        run_params += [Param(k, mask(v if isinstance(v, str) else json.dumps(v)))
                        for k, v in (hyperparameters or {}).items() if v is not None]
         tags = [RunTag(ITERATION_TAG, iteration), RunTag(STATUS_TAG, str(status)),
                 RunTag(PARENT_TAG, parent or "")]

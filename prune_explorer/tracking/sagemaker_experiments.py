@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from ..masking import mask
 from .base import decoded, history_frame, number
 
 MAX_NAME = 120
@@ -153,7 +154,7 @@ class SageMakerExperimentsTracker:
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
                       backend=backend, script=script, **numbers)
         parameters = _parameters(values, plan_summary, accuracies, shapes, hyperparameters)
-        artifacts = {f: shapes.TrialComponentArtifact(value=str(v))
+        artifacts = {f: shapes.TrialComponentArtifact(value=mask(str(v)))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
         optional = {"output_artifacts": artifacts} if artifacts else {}
         trial = trial_name(self.experiment_name, iteration)
@@ -274,11 +275,11 @@ def _parameters(values: Mapping[str, Any], plan_summary: Mapping[str, Any] | Non
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[field] = shapes.TrialComponentParameterValue(number_value=float(value))
         elif value is not None:
-            text = value if isinstance(value, str) else json.dumps(value)
+            text = mask(value if isinstance(value, str) else json.dumps(value))
             out[field] = shapes.TrialComponentParameterValue(string_value=text[:MAX_STRING_PARAMETER])
     for field in _STRING_FIELDS:
         if values[field] is not None:
-            out[field] = shapes.TrialComponentParameterValue(string_value=str(values[field]))
+            out[field] = shapes.TrialComponentParameterValue(string_value=mask(str(values[field])))
     for field in _NUMBER_FIELDS:
         if values[field] is not None:
             out[field] = shapes.TrialComponentParameterValue(number_value=float(values[field]))

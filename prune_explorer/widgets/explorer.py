@@ -19,7 +19,7 @@ from typing import Any
 import ipywidgets as W
 import torch
 from torch import nn
-from traitlets import Bool, Dict, Float, Int, Unicode, observe
+from traitlets import Bool, Dict, Float, Int, Unicode, observe, validate
 
 from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..model.costs import CostModel
@@ -28,12 +28,14 @@ from ..model.graph import ChannelGraph
 from ..model.measure import latency, paired_latency_ms
 from ..model.plan import PrunePlan
 from ..model.surgery import prune
+from ..jobs.base import scripts_allowed
+from ..masking import mask
 from ..signals.ranking import rank
 from ..workspace import Workspace
 from .background import MODEL_LOCK, Background
 from .coupling import CouplingView, describe, members, shapes_after
 from .heatmap import RankHeatmap
-from .jobs_panel import JobsPanel
+from .jobs_panel import JobsPanel, script_fields
 from .layer_table import LayerTable
 from .lineage import LineageTree, comparison
 from .preview import Preview
@@ -94,13 +96,15 @@ class Explorer(W.VBox):
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
                  entry_point: str | None = None, source_dir: str | None = None,
-                 onnxruntime_latency: bool | None = None):
+                 onnxruntime_latency: bool | None = None, trust_code: Any = None,
+                 scripts: bool | str | Path = True):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
         criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (recipe.DEFAULT_RECIPE)
         self._bg = Background(self._background_failed)
         self._lock = threading.RLock()
-        self.workspace = Workspace(workspace) if workspace is not None else None
+        self.workspace = Workspace(workspace, trust_code=trust_code) if workspace is not None else None
+        self.scripts = scripts_allowed(scripts)  # where the script fields may point (False: no fields; the app)
         self.train_args = dict(train_args or {})
         self._validation_source = validation
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -175,7 +179,7 @@ class Explorer(W.VBox):
             W.HBox([self.apply_button, self.queue_button]),
             W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
             W.HBox([self.teacher_choice, self.runtime_choice]),
-            W.HBox([self.entry_point, self.source_dir]),
+            *([script_fields(self.entry_point, self.source_dir, self.scripts)] if self.scripts is not False else []),
             W.HBox([self.export_format, self.export_button]), self.export_line,
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
         ], layout=W.Layout(width="40%", min_width="360px"))
@@ -207,7 +211,7 @@ class Explorer(W.VBox):
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
         """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe
         and the training script of the job that made it."""
-        space = Workspace(workspace)
+        space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
         model, x, trial, args = space.open_iteration(iteration)
         for key, value in space.training_script(iteration).items():
             kwargs.setdefault(key, value)
@@ -294,7 +298,7 @@ class Explorer(W.VBox):
         self._poller.start()
 
     def _make_queue(self, backend: Any):
-        queue = self.workspace.queue(backend, self.tracker)
+        queue = self.workspace.queue(backend, self.tracker, scripts=self.scripts)
         queue.on_change(lambda job: self._bg.submit("refresh", self.refresh, latest_only=True))
         return queue
 
@@ -783,6 +787,10 @@ class Explorer(W.VBox):
 
     def _background_failed(self, kind: str, exc: BaseException) -> None:
         self.error = f"{kind}: {_message(exc)}"
+
+    @validate("error", "status")
+    def _masked(self, proposal) -> str:  # what the panel says never shows a credential (masking.py)
+        return mask(proposal["value"])
 
     @observe("error")
     def _show_error(self, change) -> None:

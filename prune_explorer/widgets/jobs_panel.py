@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from ..masking import mask
+
 COLOURS = {"queued": "#777", "running": "#1f77b4", "completed": "#2ca02c", "failed": "#d62728", "stopped": "#ff7f0e"}
 TAIL_LINES = 6
 
@@ -85,9 +87,9 @@ def recorded_as(tracker: Any, run_id: str | None) -> str:
     """Where the tracker keeps this job's iteration: an MLflow run or a SageMaker Experiments trial component."""
     if not run_id:
         return ""
-    if hasattr(tracker, "tracking_uri"):
+    if hasattr(tracker, "tracking_uri"):  # a server's URI may carry user:token@: masked
         return (f"MLflow run <code class='pe-job-run'>{html.escape(run_id)}</code> in experiment "
-                f"{html.escape(str(getattr(tracker, 'experiment', '')))} ({html.escape(str(tracker.tracking_uri))})")
+                f"{html.escape(str(getattr(tracker, 'experiment', '')))} ({html.escape(mask(str(tracker.tracking_uri)))})")
     experiment = getattr(tracker, "experiment_name", None) or getattr(tracker, "experiment", "")
     return (f"SageMaker Experiments trial component <code class='pe-job-run'>{html.escape(run_id)}</code> "
             f"in experiment {html.escape(str(experiment))}")
@@ -115,7 +117,7 @@ class JobRow(W.VBox):
 
     def show(self, job, tracker: Any = None, run_id: str | None = None) -> None:
         colour = COLOURS.get(job.status, "#000")
-        message = f" — {html.escape(job.message)}" if job.message else ""
+        message = f" — {html.escape(mask(job.message))}" if job.message else ""
         accuracy = (job.result or {}).get("best_accuracy")
         acc = f", accuracy {accuracy:.3f}" if isinstance(accuracy, (int, float)) else ""
         self.head.value = (f"<code>{html.escape(job.id)}</code> → <code>{html.escape(str(job.iteration))}</code> "
@@ -135,7 +137,7 @@ class JobRow(W.VBox):
         self.epochs.value = (f"<span data-epoch='{p['epoch']}' data-epochs='{p['epochs']}'>epoch {p['epoch']}/"
                              f"{p['epochs'] or '?'}{acc_text}</span>")
         self.record.value = f"<small>recorded as {recorded_as(tracker, run_id)}</small>" if run_id else ""
-        tail = clean_tail(text)
+        tail = mask(clean_tail(text))
         self.log_view.value = (f"<pre style='font-size:11px;margin:0;max-height:7em;overflow:auto'>{html.escape(tail)}</pre>"
                                if tail else "")
 
@@ -159,3 +161,14 @@ class JobsPanel(W.VBox):
         ordered = [self.rows[j.id] for j in reversed(list(jobs)) if j.id in self.rows]
         if [r.job_id for r in ordered] != [getattr(c, "job_id", None) for c in self.children]:
             self.children = ordered or [self.empty]
+
+
+def script_fields(entry_point: W.Text, source_dir: W.Text, allowed: Any) -> W.Box:
+    """The training-script fields of the panel (shown only where scripts may run; `allowed`: True or a folder)."""
+    entry_point.add_class("pe-script")
+    source_dir.add_class("pe-source-dir")
+    if allowed is True:
+        return W.HBox([entry_point, source_dir])
+    note = W.HTML(f"<small>scripts run only from <code>{html.escape(str(allowed))}</code></small>")
+    note.add_class("pe-scripts-folder")
+    return W.VBox([W.HBox([entry_point, source_dir]), note])

@@ -61,7 +61,9 @@ class OpeningPanel(W.VBox):
             self.explorer = explorer
             self.children = [explorer]
         except Exception as exc:  # shown in the frame, never a traceback on a background thread
-            self.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, KeyError)) else str(exc)
+            from ..masking import mask  # torch-free, like this module
+
+            self.error = mask(f"{type(exc).__name__}: {exc}" if not isinstance(exc, (ValueError, KeyError)) else str(exc))
             self.line.value = f"<div class='pe-error' style='color:#b00020'>⚠ {html.escape(self.error)}</div>"
         finally:
             self._built.set()

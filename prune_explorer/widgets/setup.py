@@ -13,6 +13,8 @@ from typing import Any
 from ..workspace import BASELINE, Workspace
 
 WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
+TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"  # set by `prune-explorer app --trust-model-code`
+SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"  # set by `prune-explorer app --allow-scripts DIR`
 
 
 def fast() -> bool:
@@ -33,9 +35,18 @@ def workspace(default: str = "workspace") -> Path:
     return Path(os.environ.get(WORKSPACE_ENV, default)).resolve()
 
 
-def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> str:
+def served_options() -> dict[str, Any]:
+    """What the `prune-explorer app` launch allowed, for every panel and queue in the app: the modules
+    model files may name (`trust_code`) and where training scripts may come from (`scripts`: a
+    folder, or False — no script fields, prune_explorer.train only)."""
+    return {"trust_code": os.environ.get(TRUST_ENV) or None, "scripts": os.environ.get(SCRIPTS_ENV) or False}
+
+
+def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None, *,
+                    trust_code: Any = None, scripts: Any = True) -> str:
     """Train and track the baseline iteration once (reused when already in the workspace and trained
-    with these settings — the loop's check — refused with the differences named otherwise)."""
+    with these settings — the loop's check — refused with the differences named otherwise).
+    `trust_code` / `scripts`: as `JobQueue`'s (the app passes `served_options()`)."""
     if fast():
         hp = {**train_args(), "epochs": epochs or 1}
     else:  # the demo's baseline recipe (its own learning rate)
@@ -43,17 +54,18 @@ def ensure_baseline(root: str | os.PathLike, model: str = "resnet18", epochs: in
 
         config = demo_config()
         hp = config.hyperparameters(epochs or config.baseline_epochs, baseline=True)
-    space = Workspace(root)
-    with space.queue() as queue:
+    space = Workspace(root, trust_code=trust_code)
+    with space.queue(scripts=scripts) as queue:
         space.ensure_baseline(queue, model, hp)
     return BASELINE
 
 
-def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None) -> bool:
+def train_baseline_once(root: str | os.PathLike, model: str = "resnet18", epochs: int | None = None,
+                        **options: Any) -> bool:
     """Train the baseline when the workspace has none (True); else leave it (False) without importing
     the tracker or the job queue, so a panel on an existing workspace opens fast. `ensure_baseline`
     then checks its settings in the panel's background."""
     if Workspace(root).has_model(BASELINE):
         return False
-    ensure_baseline(root, model, epochs)
+    ensure_baseline(root, model, epochs, **options)
     return True

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..jobs.base import COMPLETED, STOPPED, Job
+from ..jobs.base import COMPLETED, STOPPED, TRUST_ARGUMENT, Job
 from ..jobs.queue import JobQueue, file_lock, read_metrics
+from ..model.trust import trusted_modules
 
 BASELINE = "baseline"
 PRUNED = "pruned"
@@ -101,9 +102,11 @@ class Step:
 class Workspace:
     """WORKSPACE/ on disk; every write into it goes through here (or through the queue and trackers it feeds)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, trust_code: Any = None):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        # the modules whose model classes its model.json files may name (model/trust.py); its jobs get them too
+        self.trust_code = trusted_modules(trust_code)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -117,7 +120,7 @@ class Workspace:
 
     def queue(self, backend: Any = "local", tracker: Any = None, **options: Any) -> JobQueue:
         """The JobQueue over this workspace's job records."""
-        return JobQueue(self.root, backend=backend, tracker=tracker, **options)
+        return JobQueue(self.root, backend=backend, tracker=tracker, **{"trust_code": self.trust_code, **options})
 
     # --- names and lineage -----------------------------------------------------------------
     def reserve_iteration(self) -> str:
@@ -293,7 +296,7 @@ class Workspace:
         if job is None:
             return {}
         recipe = {k: v for k, v in job.hyperparameters.items()
-                  if k not in PER_JOB_RULE + PER_JOB_TEACHER + BASELINE_START}
+                  if k not in PER_JOB_RULE + PER_JOB_TEACHER + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
         return {**self.data_recipe(name), **recipe}
@@ -310,7 +313,7 @@ class Workspace:
         if not self.has_model(name):
             raise KeyError(f"iteration {name!r} has no saved model in {self.iteration_dir(name)} "
                            "(not in this workspace, or its job has not finished)")
-        model = store.load(self.iteration_dir(name))
+        model = store.load(self.iteration_dir(name), trust_code=self.trust_code)
         return model, self.example_inputs(name), self.trial_dir(name), self.fine_tune_recipe(name)
 
     # --- the step --------------------------------------------------------------------------
@@ -325,7 +328,7 @@ class Workspace:
         from ..signals.trials import open_trial
 
         directory = self.iteration_dir(name)
-        model = store.load(directory).eval()
+        model = store.load(directory, trust_code=self.trust_code).eval()
         x = self.example_inputs(name, model, image_size=image_size, dataset=dataset)
         graph = ChannelGraph.trace(model, x)
         trial = None
@@ -346,7 +349,7 @@ class Workspace:
         if not self.has_model(BASELINE):
             raise FileNotFoundError(f"{self.iteration_dir(BASELINE)}: a latency table is measured on the baseline, "
                                     "which is not trained yet")
-        model = store.load(self.iteration_dir(BASELINE)).eval()
+        model = store.load(self.iteration_dir(BASELINE), trust_code=self.trust_code).eval()
         x = self.example_inputs(BASELINE, model, image_size=image_size, dataset=dataset)
         table = LatencyTable.measure(model, x, progress=progress)
         table.save(path)   # a temp file beside it, then a rename

@@ -127,24 +127,35 @@ def lab(served) -> dict:
         _stop(proc)
 
 
-@pytest.fixture(scope="session")
-def voila(served) -> dict:
-    """`prune-explorer app` (the CLI's own Voila command line) on the served workspace."""
-    from argparse import Namespace
-
-    from prune_explorer.cli import app_command
+def start_app(served: dict, *flags: str) -> tuple[subprocess.Popen, dict]:
+    """`prune-explorer app FLAGS` (the CLI's own Voila command line and environment) on the served
+    workspace; returns the process and {"url", "token", "log", "base"}."""
+    from prune_explorer.cli import app_command, app_url, build_parser
 
     root, env = served["root"], served["env"]
-    port = free_port()
-    cmd, app_env = app_command(Namespace(notebook=str(root / "app.ipynb"), port=port, ip="127.0.0.1",
-                                         workspace=env["PRUNE_EXPLORER_WORKSPACE"], fast=True))
-    log = root / "voila.log"
+    args = build_parser().parse_args(["app", "--notebook", str(root / "app.ipynb"), "--port", str(free_port()),
+                                      "--workspace", env["PRUNE_EXPLORER_WORKSPACE"], "--fast", *flags])
+    cmd, app_env = app_command(args)
+    log = root / f"voila-{args.port}.log"
+    passed = {k: v for k, v in app_env.items() if k.startswith("PRUNE_") or k == "JUPYTER_TOKEN"}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env={**env, **{k: v for k, v in app_env.items() if k.startswith("PRUNE_")}},
+        proc = subprocess.Popen(cmd, env={**{k: v for k, v in env.items() if k != "JUPYTER_TOKEN"}, **passed},
                                 stdout=out, stderr=subprocess.STDOUT, cwd=root)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/voila/static/", proc, log)
-        yield {"url": f"http://127.0.0.1:{port}/", "log": log}
+        _wait_ready(f"http://127.0.0.1:{args.port}/voila/static/", proc, log)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, {"url": app_url(args, app_env), "token": app_env.get("JUPYTER_TOKEN"), "log": log,
+                  "base": f"http://127.0.0.1:{args.port}/"}
+
+
+@pytest.fixture(scope="session")
+def voila(served) -> dict:
+    """`prune-explorer app` as launched by default (a random token, XSRF checked, no script fields)."""
+    proc, app = start_app(served)
+    try:
+        yield app
     finally:
         _stop(proc)
 

@@ -10,21 +10,26 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from ..kinds import KINDS, leaf_types
 from .analysis import Analysis
-from .groups import ChannelGroup, ModuleSlices, Tap, build
+from .coverage import unassigned
+from .groups import ChannelGroup, KeepOne, ModuleSlices, Tap, build
 from .tracing import run_fx, trace_export, trace_fx
 
-__all__ = ["ChannelGraph", "ChannelGroup", "ModuleSlices", "Tap"]
+__all__ = ["ChannelGraph", "ChannelGroup", "KeepOne", "ModuleSlices", "Tap"]
 
 
 class ChannelGraph:
     """Channel groups of one model, and how each member's tensors map onto them."""
 
     def __init__(self, groups: list[ChannelGroup], slices: dict[str, ModuleSlices], by_layer: dict[str, int],
-                 ambiguous: dict[str, tuple[int, ...]], route: str = "fx"):
+                 ambiguous: dict[str, tuple[int, ...]], route: str = "fx", unassigned: dict[str, str] | None = None,
+                 keep: list[KeepOne] | tuple = ()):
         self.groups = groups
         self.slices = slices
         self.route = route          # "fx" or "export": which tracer understood the model
+        self.unassigned = dict(unassigned or {})   # conv/linear layers in no group -> why (never silent)
+        self.keep = list(keep)      # parts of splits and slices a plan must not empty
         self._by_layer = by_layer
         self._ambiguous = ambiguous
 
@@ -36,8 +41,10 @@ class ChannelGraph:
         """Trace `model` once (fx + meta shapes; torch.export where fx fails) and find its groups."""
         inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
         try:
-            traced, constants = trace_fx(model, tuple(leaf_modules))
+            leaves = tuple(leaf_modules) + leaf_types()
+            traced, constants = trace_fx(model, leaves)
             analysis = Analysis(model, traced)
+            analysis.fx_leaves = leaves
             run_fx(model, traced, constants, inputs, analysis.visit)
         except Exception as fx_error:  # fx raises many types; export may still understand the model
             try:
@@ -52,7 +59,8 @@ class ChannelGraph:
                 analysis.visit(node, node.meta.get("val"))
         analysis.finish()
         built = build(analysis)
-        return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route)
+        return cls(built.groups, built.slices, built.by_layer, built.ambiguous, analysis.traced.route,
+                   unassigned(analysis, built.slices), built.keep)
 
     def group(self, layer_or_id: str | int) -> ChannelGroup:
         """The group a member layer name (or group id) names; ValueError otherwise."""
@@ -69,6 +77,17 @@ class ChannelGraph:
 
     def prunable(self, kind: str | None = None) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable and (kind is None or g.kind == kind)]
+
+    def filter_members(self, group_id: int) -> list[ModuleSlices]:
+        """Members with filters (their layer kind's `has_filters`) whose output carries the group."""
+        if not hasattr(self, "_filters"):
+            found: dict[int, list[ModuleSlices]] = {}
+            for sl in self.slices.values():
+                if KINDS[sl.kind].has_filters:
+                    for g in sl.out_touches:
+                        found.setdefault(g, []).append(sl)
+            self._filters = found
+        return self._filters.get(group_id, [])
 
 
 def _first_line(exc: BaseException) -> str:

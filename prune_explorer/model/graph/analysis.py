@@ -1,4 +1,4 @@
-"""Walk a traced graph once, following channel ids through every op (handlers in `handlers.py`).
+"""Walk a traced graph once, following channel ids through every op (handlers in the `handlers` package).
 
 What it collects: each tensor's `Layout`, the *members* (tensors that surgery slices: a conv's
 weight and bias, a norm's affine and statistics, a per-channel parameter) with the channel ids
@@ -16,6 +16,7 @@ from torch import nn
 from torch.fx.node import map_aggregate
 
 from .channels import OPAQUE, Channels, Layout
+from ..kinds import leaf_types
 from .ops import OWN_LEAVES, aten_op, bind, function_op, module_op
 from .tracing import ParamRef, Traced, _scopes
 
@@ -50,6 +51,7 @@ class Call:
     module: str | None = None            # call_module target (leaf torch.nn module)
     params: dict[str, ParamRef | None] = field(default_factory=dict)   # a leaf module's own tensors
     constants: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None              # a registered layer kind's module: the member's kind
 
     @property
     def what(self) -> str:
@@ -77,6 +79,14 @@ class Analysis:
         self.consumer_inputs: list[torch.fx.Node] = []      # inputs of convs/linears, in graph order
         self._tensor_args: dict[torch.fx.Node, list[torch.fx.Node]] = {}
         self.deferred: list[Any] = []      # checks that need the whole walk: callables run by finish()
+        self.sizes: list[Any] = []         # widths written in the code (`sizes.SizeQuestion`), answered by finish()
+        self.secondary: dict[torch.fx.Node, Layout] = {}   # a Linear's features on the last dim while the
+        #   channels it passes through sit on another axis (a token MLP): followed into the next Linear only
+        self.notes: dict[str, str] = {}    # module -> the first refusal of a call in it (graph.unassigned)
+        self.refused_layers: dict[str, str] = {}   # conv/linear calls refused before they made a member
+        self.input_end = 0                 # channel ids below this carry the model's inputs
+        self.parts_written: set[torch.fx.Node] = set()   # views `(B, n, C / n, ...)` with n written
+        self._leaves = OWN_LEAVES + leaf_types()
         self._leaf_inputs: dict[tuple[str, int], torch.fx.Node] = {}   # export: own leaves' inputs
         # parameters and their views (unsqueeze, view, [:, None]): result dim -> parameter dim (or None)
         self.param_views: dict[torch.fx.Node, tuple[ParamRef, tuple[int | None, ...]]] = {
@@ -116,7 +126,28 @@ class Analysis:
         text = reason or f"{call.what} is not understood"
         for a in self.tensor_args(call):
             self.refuse(self.layout.get(a), text)
+            self.refuse(self.secondary.get(a), text)
+            if (ref := self.param(a)) is not None:
+                self.note(ref.module or ref.attr, text)
+        self.note(call.module, text)
+        scopes = _scopes(call.node)
+        if scopes:
+            self.note(list(scopes.values())[-1][0], text)
+        if call.handler in ("conv", "conv_transpose", "linear"):
+            ref = self.param(call.arg("weight")) if call.module is None else None
+            key = call.module or (ref.module or ref.attr if ref is not None else None) or \
+                (list(scopes.values())[-1][0] if scopes else call.what)
+            self.refused_layers.setdefault(key, text)
         return self.opaque_like(call.result)
+
+    def note(self, module: str | None, reason: str) -> None:
+        """The first reason a call in `module` was refused: what `graph.unassigned` says of its layers."""
+        if module is not None:
+            self.notes.setdefault(module, reason)
+
+    def is_input(self, layout: Any) -> bool:
+        """The layout carries only the model's inputs (whose channel axis the graph guessed as dim 1)."""
+        return isinstance(layout, Layout) and layout.ids.size > 0 and int(layout.ids.max()) < self.input_end
 
     def opaque_like(self, result: Any) -> Any:
         if isinstance(result, torch.Tensor):
@@ -177,10 +208,13 @@ class Analysis:
         return self._scope_index.get(module, [])
 
     def finish(self) -> None:
-        """Checks that need the whole graph walked (what a module's forward does around an op)."""
+        """Checks that need the whole graph walked (what a module's forward does around an op), and
+        the widths written in the code (which module attribute holds each)."""
         for check in self.deferred:
             check(self)
         self.deferred.clear()
+        if self.sizes:
+            self.finish_sizes()
 
     # --- the walk ---------------------------------------------------------------------------------
     def visit(self, n: torch.fx.Node, result: Any) -> None:
@@ -191,7 +225,7 @@ class Analysis:
         """torch.export traces into every module: the scope of one of this package's own leaf
         modules (outermost), which is handled as one call like fx's leaf."""
         for name, call in _scopes(n).values():
-            if isinstance(self.modules.get(name), OWN_LEAVES):
+            if isinstance(self.modules.get(name), self._leaves):
                 return name, call
         return None
 
@@ -206,7 +240,7 @@ class Analysis:
         op = module_op(mod)
         params = {role: (ParamRef(name, attr, getattr(mod, attr)) if attr else None) for role, attr in op.params(mod).items()}
         call = Call(n, op.handler, {"input": self._leaf_inputs.get(key)}, result, f"module {name} ({type(mod).__name__})",
-                    module=name, params=params, constants=op.constants(mod))
+                    module=name, params=params, constants=op.constants(mod), kind=op.kind)
         out = self.handlers[call.handler](self, call)
         self.touch(name, out)
         return out
@@ -216,7 +250,9 @@ class Analysis:
             if n in self.traced.params:
                 return OPAQUE
             if isinstance(result, torch.Tensor) and result.dim() >= 2:
-                return Layout((1,), self.channels.new(result.shape[1], reason="carries the model input"))
+                layout = Layout((1,), self.channels.new(result.shape[1], reason="carries the model input"))
+                self.input_end = self.channels.total
+                return layout
             return self.opaque_like(result)
         if n.op == "get_attr":
             return self.opaque_like(result)
@@ -239,14 +275,39 @@ class Analysis:
             return self.not_understood(Call(n, "", {}, result, what))
         if self._param_view(call):
             return OPAQUE
-        if call.handler in ("conv", "linear") and self.is_tensor(call.arg("input")):
+        if call.handler in ("conv", "conv_transpose", "linear") and self.is_tensor(call.arg("input")):
             self.consumer_inputs.append(call.arg("input"))
+        self._secondary(call)
         out = self.handlers[call.handler](self, call)
         if call.module is not None:
             for a in self.tensor_args(call):
                 self.touch(call.module, self.layout.get(a))
             self.touch(call.module, out)
         return out
+
+    def _secondary(self, call: Call) -> None:
+        """A Linear's features written beside the channels it passes through go on through
+        elementwise ops into the next Linear; anything else that reads them refuses them."""
+        for a in self.tensor_args(call):
+            features = self.secondary.get(a)
+            if features is None:
+                continue
+            if call.handler == "unary" and len(self.tensor_args(call)) == 1 and \
+                    isinstance(call.result, torch.Tensor) and call.result.shape == self.shape(a):
+                self.secondary[call.node] = features
+            elif call.handler in ("permute", "transpose", "movedim"):
+                self.refuse(features, f"{call.what} moves the features a Linear wrote on the last dim onto the "
+                                      "positions: their number is the positions' (a token-mixing MLP's output)")
+            elif not (call.handler == "linear" and a is call.arg("input")):
+                self.refuse(features, f"{call.what} reads the features a Linear wrote on the last dim while the "
+                                      "channels it passed through sit on another dim (the graph follows such "
+                                      "features through elementwise ops into the next Linear only)")
+
+    def finish_sizes(self) -> None:
+        """Answer the widths the walk found written in the code (one more fx trace, of a copy)."""
+        from .sizes import answer
+
+        answer(self)
 
     _VIEW_HANDLERS = ("unary", "reshape", "expand", "getitem")
 
@@ -278,7 +339,8 @@ class Analysis:
             params = {role: (ParamRef(n.target, attr, getattr(mod, attr)) if attr else None)
                       for role, attr in op.params(mod).items()}
             args = bind(("input",), n.args, n.kwargs)
-            return Call(n, op.handler, args, result, what, module=n.target, params=params, constants=op.constants(mod))
+            return Call(n, op.handler, args, result, what, module=n.target, params=params, constants=op.constants(mod),
+                        kind=op.kind)
         if n.op == "call_method":
             found = self._method(n.target)
             label = str(n.target)

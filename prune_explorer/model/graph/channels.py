@@ -73,6 +73,7 @@ class Channels:
     residual: list[np.ndarray] = field(default_factory=list)
     balanced: list[tuple[np.ndarray, int, str]] = field(default_factory=list)
     equal_parts: list[list[np.ndarray]] = field(default_factory=list)
+    keep: list[tuple[np.ndarray, str]] = field(default_factory=list)   # parts that must keep a channel
 
     def new(self, size: int, producer: str | None = None, reason: str | None = None) -> np.ndarray:
         ids = np.arange(self.total, self.total + size, dtype=np.int64)
@@ -99,6 +100,10 @@ class Channels:
     def balance(self, ids: np.ndarray, blocks: int, rule: str) -> None:
         """`ids` split into `blocks` equal runs must lose the same number of channels from each."""
         self.balanced.append((np.asarray(ids).reshape(-1), blocks, rule))
+
+    def keep_one(self, ids: np.ndarray, label: str) -> None:
+        """At least one of these positions must stay (a part of a split or a slice the code names)."""
+        self.keep.append((np.asarray(ids).reshape(-1), label))
 
     def atom_of(self, ids: np.ndarray) -> np.ndarray:
         starts = np.fromiter((a.start for a in self.atoms), dtype=np.int64, count=len(self.atoms))

@@ -133,6 +133,19 @@ class Built:
     slices: dict[str, ModuleSlices]
     by_layer: dict[str, int]
     ambiguous: dict[str, tuple[int, ...]]
+    keep: list["KeepOne"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KeepOne:
+    """Channels of which a plan must keep at least one (a part of a split or slice the code names:
+    an empty part would leave a layer without inputs). `channels`: group id -> channel indices."""
+
+    label: str
+    channels: dict
+
+    def emptied(self, removed: dict[int, list[int]]) -> bool:
+        return all(g in removed and set(ix) <= set(removed[g]) for g, ix in self.channels.items())
 
 
 def build(an: Analysis) -> Built:
@@ -221,18 +234,26 @@ def build(an: Analysis) -> Built:
     for name, m in an.members.items():
         og = gid_of(m.out) if m.out is not None else None
         ig = gid_of(m.inp) if m.inp is not None else None
+        extra = dict(m.extra)
+        if "through" in extra:     # a Linear over another dim: the channels it passes through, per group
+            gids, classes = gid_of(extra["through"]), cls_of(extra["through"])
+            extra["through_full"] = int(gids.size)
+            extra["through"] = {int(g): int((gids == g).sum()) for g in np.unique(gids).tolist() if g >= 0}
+            extra["through_classes"] = {g: classes[gids == g] for g in extra["through"]}
         sl = ModuleSlices(
             name, m.module, m.kind, dict(m.params), og, cls_of(m.out) if m.out is not None else None,
             ig, cls_of(m.inp) if m.inp is not None else None, m.in_factor, m.out_factor, m.in_axis, m.groups,
             m.param_dim, frozenset(groups_in(m.out)) if og is not None else frozenset(),
-            frozenset(groups_in(m.inp)) if ig is not None else frozenset(), dict(m.extra))
+            frozenset(groups_in(m.inp)) if ig is not None else frozenset(), extra)
         slices[name] = sl
+        label = m.module or m.name            # a root module's parameter: its own name
         for g in sl.out_touches:
-            producers[g].add(m.module)
-            members[g].add(m.module)
+            if KINDS[m.kind].produces:
+                producers[g].add(label)
+            members[g].add(label)
         for g in sl.in_touches:
-            consumers[g].add(m.module)
-            members[g].add(m.module)
+            consumers[g].add(label)
+            members[g].add(label)
     for module, id_lists in an.touched.items():
         for ids in id_lists.values():
             for g in groups_in(ids):
@@ -243,10 +264,11 @@ def build(an: Analysis) -> Built:
     for name, sl in slices.items():
         out_groups = sorted(sl.out_touches)
         if KINDS[sl.kind].has_filters and out_groups:
-            by_layer.setdefault(sl.module, out_groups[0])
+            if sl.module:
+                by_layer.setdefault(sl.module, out_groups[0])
             by_layer.setdefault(name, out_groups[0])
     for name, sl in slices.items():
-        for key in (sl.module, name):
+        for key in (sl.module, name) if sl.module else (name,):
             if key in by_layer or key in ambiguous:
                 continue
             out_groups = sorted(sl.out_touches)
@@ -282,7 +304,7 @@ def build(an: Analysis) -> Built:
             why.insert(0, "carries the model output")
         kind = "output" if output[g] else "residual" if residual[g] else "internal"
         producer_names = sorted(producers[g], key=lambda n: order.get(n, len(order)))
-        filters = [sl.module for sl in filters_of[g]]
+        filters = [sl.module or sl.name for sl in filters_of[g]]
         named = sorted(set(filters), key=lambda n: order.get(n, len(order))) or producer_names or [
             ch.atoms[a].producer for a in by_comp[with_producer[g]] if ch.atoms[a].producer]
         groups.append(ChannelGroup(
@@ -299,7 +321,36 @@ def build(an: Analysis) -> Built:
             blocks=blocks.get(g, ()),
             rule=rules.get(g),
         ))
-    return Built(groups, slices, by_layer, ambiguous)
+    tensors = {name: m for name, m in an.members.items() if KINDS[m.kind].produces}
+    sides = [(m.out, f"the outputs of {name}") for name, m in tensors.items() if m.out is not None] + \
+        [(m.inp, f"the inputs of {name}") for name, m in tensors.items() if m.inp is not None]
+    keep = _keep(ch.keep + sides, gid_of, cls_of, groups)
+    return Built(groups, slices, by_layer, ambiguous, keep)
+
+
+def _keep(parts, gid_of, cls_of, groups: list[ChannelGroup]) -> list[KeepOne]:
+    """The keep-one constraints a plan can break: parts of splits and slices, and a layer's inputs or
+    outputs that hold only some channels of their groups (a conv cannot lose all its filters). A part
+    with a position no plan removes, or holding every channel of a group, never empties."""
+    found, seen = [], set()
+    for ids, label in parts:
+        ids = np.asarray(ids).reshape(-1)
+        gids = gid_of(ids)
+        if not gids.size or (gids < 0).any():
+            continue
+        classes = cls_of(ids)
+        channels = {}
+        for g in np.unique(gids).tolist():
+            held = set(classes[gids == g].tolist())
+            if not groups[g].prunable or len(held) == groups[g].size:
+                channels = None
+                break
+            channels[int(g)] = tuple(sorted(held))
+        key = None if channels is None else tuple(sorted(channels.items()))
+        if channels and key not in seen:
+            seen.add(key)
+            found.append(KeepOne(label, channels))
+    return found
 
 
 def _balance(ch, gid_of, cls_of, reasons, n_groups):

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from ..kinds import registered_kind
 from ..norms import PrunedChannelNorm
 
 ACTIVATION_MODULES = (
@@ -74,7 +75,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("conv", _f("conv1d", "conv2d", "conv3d") + _t("conv1d", "conv2d", "conv3d"),
            ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
            aten=("conv1d", "conv2d", "conv3d", "convolution", "_convolution")),
-    Family("conv_transpose", _f("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"), ("input", "weight"),
+    Family("conv_transpose", _f("conv_transpose1d", "conv_transpose2d", "conv_transpose3d") +
+           _t("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+           ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
            aten=("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")),
     Family("linear", _f("linear"), ("input", "weight", "bias"), aten=("linear",)),
     Family("batch_norm", _f("batch_norm") + _t("batch_norm"),
@@ -103,9 +106,16 @@ FAMILIES: tuple[Family, ...] = (
     Family("chunk", _t("chunk"), ("input", "chunks", "dim"), methods=("chunk",), method_names=("chunks", "dim"),
            aten=("chunk",)),
     Family("split", _t("split"), ("input", "split_size", "dim"), methods=("split",), method_names=("split_size", "dim"),
-           aten=("split", "split_with_sizes", "unbind")),
+           aten=("split", "split_with_sizes")),
+    Family("unbind", _t("unbind"), ("input", "dim"), methods=("unbind",), method_names=("dim",), aten=("unbind",)),
     Family("getitem", (operator.getitem,), ("input", "index")),
     Family("slice", (), (), aten=("slice", "select")),
+    Family("narrow", _t("narrow"), ("input", "dim", "start", "length"), methods=("narrow",),
+           method_names=("dim", "start", "length"), aten=("narrow",)),
+    Family("pixel_shuffle", _f("pixel_shuffle") + _t("pixel_shuffle"), ("input", "upscale_factor"),
+           aten=("pixel_shuffle",)),
+    Family("pixel_unshuffle", _f("pixel_unshuffle") + _t("pixel_unshuffle"), ("input", "downscale_factor"),
+           aten=("pixel_unshuffle",)),
     Family("permute", _t("permute"), ("input", "dims"), methods=("permute",), method_names=("*dims",),
            aten=("permute",)),
     Family("transpose", _t("transpose", "swapaxes", "swapdims"), ("input", "dim0", "dim1"),
@@ -157,6 +167,7 @@ class ModuleOp:
     handler: str
     params: Callable[[nn.Module], dict[str, str | None]]
     constants: Callable[[nn.Module], dict[str, Any]] = lambda m: {}
+    kind: str | None = None             # a registered layer kind: the kind of the member it makes
 
 
 def _present(m: nn.Module, *names: str) -> dict[str, str | None]:
@@ -175,6 +186,8 @@ MODULE_OPS: tuple[tuple[type, ModuleOp], ...] = (
     (nn.PReLU, ModuleOp("prelu", lambda m: _present(m, "weight"))),
     (PrunedChannelNorm, ModuleOp("channel_norm", lambda m: _present(m, "weight", "bias"))),
     (nn.ChannelShuffle, ModuleOp("channel_shuffle", lambda m: {}, lambda m: {"groups": m.groups})),
+    (nn.PixelShuffle, ModuleOp("pixel_shuffle", lambda m: {}, lambda m: {"upscale_factor": m.upscale_factor})),
+    (nn.PixelUnshuffle, ModuleOp("pixel_unshuffle", lambda m: {}, lambda m: {"downscale_factor": m.downscale_factor})),
     (nn.Flatten, ModuleOp("reshape", lambda m: {})),
     (nn.Unflatten, ModuleOp("reshape", lambda m: {})),
     (nn.Softmax, ModuleOp("softmax", lambda m: {}, lambda m: {"dim": m.dim})),
@@ -186,6 +199,11 @@ MODULE_OPS: tuple[tuple[type, ModuleOp], ...] = (
 
 
 def module_op(module: nn.Module) -> ModuleOp | None:
+    """How a leaf module maps onto an op family: a registered layer kind's (`kinds.register_layer_kind`)
+    first, then torch.nn's."""
+    custom = registered_kind(module)
+    if custom is not None:
+        return ModuleOp(custom.op, custom.params, custom.constants, kind=custom.name)
     for types, op in MODULE_OPS:
         if isinstance(module, types):
             return op

@@ -85,6 +85,16 @@ class _Tracer(torch.fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def iter(self, obj: torch.fx.Proxy):
+        """Iterating a split at sizes the code lists (`zip(convs, x.split(self.sizes, 1))`): as many
+        parts as sizes. fx only unpacks a proxy into names; anything else it cannot count."""
+        node = obj.node
+        sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
+                                                                           node.kwargs.get("split_size"))
+        if node.target in (torch.split, "split") and isinstance(sizes, (list, tuple)):
+            return iter([obj[i] for i in range(len(sizes))])
+        return super().iter(obj)
+
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         name = self.path_of_module(m)
         index = self.calls.get(name, 0)
