@@ -22,8 +22,9 @@ from prune_explorer.jobs.train import train
 TESTS = Path(__file__).resolve().parent
 EXAMPLE = TESTS.parent / "examples" / "custom_training"
 SMALL_CNN = "test_train:SmallCNN"
+TRUST = ("test_train",)  # the module SMALL_CNN names: jobs and loads build it only when told to trust it
 FAST = dict(dataset="digits", model=SMALL_CNN, lr=0.1, batch_size=32, capture_every=10, measure_latency=False,
-            seed=0)
+            seed=0, trust_model_code=TRUST)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,17 +79,18 @@ def test_the_loss_sends_gradients_to_the_student_only_and_refuses_other_shapes()
 
 
 def test_the_teacher_is_frozen_and_running_it_changes_nothing(teacher_dir):
-    teacher = Teacher(teacher_dir)
+    teacher = Teacher(teacher_dir, trust_code=TRUST)
     assert not teacher.model.training and not any(p.requires_grad for p in teacher.model.parameters())
     x = torch.randn(8, 1, 8, 8)
     teacher.model.train()  # a careless script: its batch-norm statistics must still not move
     logits = teacher.logits(x)
     assert logits.shape == (8, 10) and logits.grad_fn is None and not teacher.model.training
     record = teacher.record()
-    assert record["weights_sha256_before"] == record["weights_sha256_after"] == weights_digest(store.load(teacher_dir))
+    saved = store.load(teacher_dir, trust_code=TRUST)
+    assert record["weights_sha256_before"] == record["weights_sha256_after"] == weights_digest(saved)
     assert record["calls"] == 1 and record["seconds"] >= 0
     with pytest.raises(FileNotFoundError, match="not a saved model directory"):
-        Teacher(teacher_dir.parent)
+        Teacher(teacher_dir.parent, trust_code=TRUST)
 
 
 def test_a_distilled_job_uses_the_teacher_per_batch_and_leaves_its_weights_unchanged(teacher_dir, tmp_path):
@@ -106,7 +108,7 @@ def test_a_distilled_job_uses_the_teacher_per_batch_and_leaves_its_weights_uncha
     assert "teacher" not in plain and plain["epochs"][0]["cpu_seconds"] > 0
 
     def weights(name):
-        return store.load(tmp_path / name).state_dict()
+        return store.load(tmp_path / name, trust_code=TRUST).state_dict()
 
     # the same start, data and seed: alpha 0 trains exactly as plain cross-entropy, alpha 0.9 does not
     assert all(torch.equal(a, b) for a, b in zip(weights("plain").values(), weights("zero").values()))
@@ -118,8 +120,6 @@ def test_a_users_own_script_distills_through_the_contract(teacher_dir, tmp_path)
     from make_digits import make_digits
 
     data = make_digits(tmp_path / "digits", per_class=6, size=8)
-    student = tmp_path / "student"
-    store.save(store.load(teacher_dir), student)  # a copy to fine-tune, so the teacher is a separate model
     # the example reads 3-channel images: a 3-channel teacher trained by the script itself
     path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
@@ -129,12 +129,13 @@ def test_a_users_own_script_distills_through_the_contract(teacher_dir, tmp_path)
                                "--capture", "none", "--measure-latency", "false", "--epochs", "1", *args],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
-    made = run("--model", SMALL_CNN, "--model-kwargs", '{"in_channels": 3, "width": 4}', "--out-dir", "teacher3")
+    made = run("--model", SMALL_CNN, "--model-kwargs", '{"in_channels": 3, "width": 4}', "--out-dir", "teacher3",
+               "--trust-model-code", "test_train")
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     teacher3 = tmp_path / "teacher3"
     before = sha256(teacher3 / "model.safetensors")
     done = run("--model", str(teacher3), "--out-dir", "kd", "--teacher", str(teacher3), "--distill", "baseline",
-               "--distill-temperature", "2")
+               "--distill-temperature", "2", "--trust-model-code", "test_train")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
     assert metrics["teacher"]["calls"] >= 1 and metrics["teacher"]["temperature"] == 2.0
@@ -167,8 +168,8 @@ def test_the_workspace_turns_distill_into_the_jobs_teacher(teacher_dir, tmp_path
     from prune_explorer.workspace import BASELINE, Workspace
 
     space = Workspace(tmp_path / "ws")
-    store.save(store.load(teacher_dir), space.iteration_dir(BASELINE))
-    store.save(store.load(teacher_dir), space.iteration_dir("iter-001"))
+    store.save(store.load(teacher_dir, trust_code=TRUST), space.iteration_dir(BASELINE))
+    store.save(store.load(teacher_dir, trust_code=TRUST), space.iteration_dir("iter-001"))
     assert space.teacher_dir("baseline", "iter-001") == space.iteration_dir(BASELINE)
     assert space.teacher_dir("parent", "iter-001") == space.iteration_dir("iter-001")
     with pytest.raises(FileNotFoundError, match="iter-007 holds no saved model"):

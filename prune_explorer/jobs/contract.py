@@ -627,7 +627,7 @@ class JobContext:
         if self._teacher is None:
             if self.spec.teacher is None:
                 raise ValueError("this job has no teacher: pass --teacher (a saved model directory) to distill")
-            self._teacher = Teacher(self.spec.teacher, self.device)
+            self._teacher = Teacher(self.spec.teacher, self.device, trust_code=self.spec.trust_model_code)
             self.log(f"teacher {self.spec.teacher} ({self.spec.distill or 'given'}), frozen; "
                      f"alpha={self.spec.distill_alpha} T={self.spec.distill_temperature}")
         return self._teacher.model

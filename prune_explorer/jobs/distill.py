@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,13 +54,13 @@ def weights_digest(model: nn.Module) -> str:
 class Teacher:
     """A saved model loaded frozen for distillation; `logits(x)` runs it without gradients and keeps time."""
 
-    def __init__(self, directory: str | Path, device: torch.device | str = "cpu"):
+    def __init__(self, directory: str | Path, device: torch.device | str = "cpu", trust_code: Any = None):
         from ..model.store import load
 
         self.directory = Path(directory)
         if not (self.directory / "model.json").is_file():
             raise FileNotFoundError(f"teacher {self.directory}: not a saved model directory (no model.json in it)")
-        self.model = load(self.directory).eval().requires_grad_(False).to(device)
+        self.model = load(self.directory, trust_code=trust_code).eval().requires_grad_(False).to(device)
         self.digest_before = weights_digest(self.model)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
