@@ -18,21 +18,13 @@ from prune_explorer import job
 from prune_explorer.jobs.distill import Teacher, distill_loss, weights_digest
 from prune_explorer.model import store
 from prune_explorer.jobs.train import train
+from test_train import TRUST, one_thread  # noqa: F401  (one_thread: the module's autouse fixture)
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLE = TESTS.parent / "examples" / "custom_training"
 SMALL_CNN = "test_train:SmallCNN"
-TRUST = ("test_train",)  # the module SMALL_CNN names: jobs and loads build it only when told to trust it
 FAST = dict(dataset="digits", model=SMALL_CNN, lr=0.1, batch_size=32, capture_every=10, measure_latency=False,
             seed=0, trust_model_code=TRUST)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
