@@ -92,3 +92,55 @@ class Teacher:
             self.cpu_seconds += time.process_time() - cpu
             self.calls += 1
             self._started = None
+
+
+class Distilling:
+    """The job contract's teacher (mixed into `JobContext`, which sets `spec`, `device`, `log` and
+    `_teacher = None`): `distilling`, `teacher()`, `teacher_logits(x)`, `distill_loss(...)`."""
+
+    spec: Any
+    device: Any
+    _teacher: Teacher | None
+
+    @property
+    def distilling(self) -> bool:
+        """Whether this job has a teacher (--teacher, or SageMaker's teacher channel)."""
+        return self.spec.teacher is not None
+
+    def teacher(self) -> nn.Module:
+        """The teacher model, loaded once, frozen (eval, no parameter requires grad) on the job's device.
+
+        Its forwards are timed (metrics.json `teacher`: calls, seconds, and its weights' digest before
+        and after, which must be equal). `teacher_logits(x)` runs it without gradients."""
+        if self._teacher is None:
+            if self.spec.teacher is None:
+                raise ValueError("this job has no teacher: pass --teacher (a saved model directory) to distill")
+            self._teacher = Teacher(self.spec.teacher, self.device, trust_code=self.spec.trust_model_code)
+            self.log(f"teacher {self.spec.teacher} ({self.spec.distill or 'given'}), frozen; "
+                     f"alpha={self.spec.distill_alpha} T={self.spec.distill_temperature}")
+        return self._teacher.model
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits on a batch (eval mode, no gradients)."""
+        self.teacher()
+        return self._teacher.logits(x)
+
+    def distill_loss(self, student_logits: torch.Tensor, teacher_logits_or_inputs: torch.Tensor,
+                     targets: torch.Tensor, *, inputs: bool | None = None) -> torch.Tensor:
+        """(1 − alpha)·CE + alpha·T²·KL(teacher ‖ student) at this job's --distill-alpha and
+        --distill-temperature (`jobs.distill.distill_loss`).
+
+        The second argument is the teacher's logits when it has the student logits' shape, else the
+        batch the teacher is run on; `inputs=True` says it is the batch whatever its shape."""
+        given = teacher_logits_or_inputs
+        as_inputs = inputs if inputs is not None else given.shape != student_logits.shape
+        teacher_logits = self.teacher_logits(given) if as_inputs else given
+        return distill_loss(student_logits, teacher_logits, targets, self.spec.distill_alpha,
+                            self.spec.distill_temperature)
+
+    def teacher_record(self) -> dict:
+        """metrics.json's `teacher` entry: where it came from, what it cost, that it did not change."""
+        if self._teacher is None:
+            return {}
+        return {"teacher": {**self._teacher.record(), "distill": self.spec.distill, "alpha": self.spec.distill_alpha,
+                            "temperature": self.spec.distill_temperature}}
