@@ -16,7 +16,8 @@ below 1/3 of the baseline's parameters (a point fixed before looking at accuraci
 verdict; each method's wall and CPU time per iteration (the teacher's share for the distilled ones,
 issue 21) and, for each `X-distill` beside `X`, the paired difference at both points. Last line (over
 the seeds run, their mean), about the package's default recipe (`recipe.DEFAULT_RECIPE`, one of
-`_common.RECIPES`) at its first model at or below 1/3 of the params and 1/2 of the MACs:
+`_common.RECIPES`) at its first model at or below 1/3 of the params and 1/2 of the MACs — when
+--methods runs it; otherwise per-layer Taylor's first model at or below 1/3 of the params:
 `transfer: baseline A%, <default recipe> B% at P params (1/K of baseline), drop D points`.
 
     python benchmarks/transfer.py --workspace bench-workspace/transfer            # both seeds
@@ -126,9 +127,7 @@ def main(argv=None) -> int:
     if not seeds:
         parser.error(f"--report: no seed-N folders in {root}")
     methods = [m for m in args.methods.split(",") if m]
-    recipe = default_recipe()
-    if recipe not in [REFERENCE, *methods]:
-        parser.error(f"--methods: add {recipe}, the package's default recipe (the last line is about it)")
+    recipe = default_recipe() if default_recipe() in [REFERENCE, *methods] else None  # else Taylor's line at 1/3
     summaries = []
     for seed in seeds:
         folder = root / f"seed-{seed}"
