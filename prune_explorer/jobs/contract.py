@@ -14,6 +14,9 @@ A job RECEIVES (as `--key value` arguments; locations also from SageMaker's `SM_
   where to write           `--out-dir` (SM_MODEL_DIR), `--checkpoint-dir` (SM_CHECKPOINT_DIR, the
                            trial goes to DIR/trial), `--metrics-dir` (SM_OUTPUT_DATA_DIR)
   the stop rule            `--stop-rule-threshold`, `--baseline-accuracy`, `--stop-rule-mode`
+  a teacher (optional)     `--teacher` a saved model directory to distill from (SageMaker: the
+                           `teacher` channel, SM_CHANNEL_TEACHER), `--distill-alpha`,
+                           `--distill-temperature`; `--distill` names it (baseline | parent)
 
 A job LEAVES in its out dir: the best epoch's model (model.json + model.safetensors), metrics.json
 (per-epoch records, best/final accuracy, params, MACs, latency, status, input shape, the first
@@ -32,6 +35,7 @@ A script honours it in a few lines::
                 hook.step()
                 ...                                   # the script's own step
             run.report(val_accuracy=accuracy)         # the stop rule runs here
+    # with a teacher: loss = run.distill_loss(model(x), x, y)   (its logits, frozen, per batch)
     # leaving the block saves the best epoch's model and writes metrics.json
 """
 from __future__ import annotations
@@ -56,6 +60,7 @@ from .distributed import Dist, ShardSampler, all_sum, init_distributed  # noqa: 
 from .spec import (  # noqa: F401
     CAPTURE_MODES, CONTRACT_HELP, CONTRACT_TYPES, SAGEMAKER_CHECKPOINT_DIR, STOP_RULE_MODES, JobSpec, build_parser,
     flag, json_object, module_names, optional, parse_spec, resolve_locations, script_hyperparameters, trial_dir)
+from .distill import Distilling, Teacher  # noqa: F401  (a script's teacher, through the contract)
 
 EXIT_COMPLETED, EXIT_STOPPED = 0, 3
 LOG_EVERY_S = 30.0
@@ -128,7 +133,7 @@ class _Capture:
         self.hook.close()
 
 
-class JobContext:
+class JobContext(Distilling):
     """One running job: its spec, process rank and device, and the record it leaves.
 
     Use it as a context manager (`with job.start() as run:`): leaving the block normally saves the
@@ -152,6 +157,8 @@ class JobContext:
         self._example: torch.Tensor | None = None
         self._first_batch: dict[str, Any] | None = None
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu = time.process_time()
+        self._teacher: Teacher | None = None
         self._samplers: list[Any] = []
         self._read: set[str] = set()
         self._rule = None
@@ -322,6 +329,7 @@ class JobContext:
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
             self._epoch_started = time.perf_counter()
+            self._epoch_cpu = time.process_time()
             yield epoch
 
     def evaluate(self, model: nn.Module, loader, loss: nn.Module | None = None) -> tuple[float, float]:
@@ -352,7 +360,7 @@ class JobContext:
         model = self._register(model)
         epoch = epoch or len(self.records) + 1
         seconds = time.perf_counter() - self._epoch_started
-        record = layout.epoch_record(epoch, val_accuracy, seconds, values)
+        record = layout.epoch_record(epoch, val_accuracy, seconds, values, time.process_time() - self._epoch_cpu)
         self.records.append(record)
         numbers = {k: v for k, v in record.items() if k not in layout.EPOCH_BOOKKEEPING}
         for name, value in numbers.items():
@@ -452,7 +460,8 @@ class JobContext:
                       latency_ms=latency(model, example) if self.spec.measure_latency else None),
             trial=str(self._capture.path) if self._capture.path is not None else None, model=str(self.spec.out_dir),
             input_shape=list(example.shape[1:]), first_batch=self._first_batch, world_size=self.dist.world_size,
-            baseline_accuracy=self.spec.baseline_accuracy, script=_program(), unused=unused, extra=extra,
+            baseline_accuracy=self.spec.baseline_accuracy, script=_program(), unused=unused,
+            extra={**self.teacher_record(), **extra},
             config=asdict(self.spec))
         metadata = {"accuracy": self.best_accuracy, "source": self.spec.model}
         if "dataset" in extra:

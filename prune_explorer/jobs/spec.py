@@ -20,6 +20,9 @@ from ..workspace.layout import has_model
 SAGEMAKER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
 CAPTURE_MODES = ("compact", "full", "none")
 STOP_RULE_MODES = ("best", "latest")
+DISTILL_TEACHERS = ("baseline", "parent")  # which model of the workspace teaches (loop.step.submit resolves it)
+DEFAULT_ALPHA = 0.9        # weight of the soft-target term; CRD's KD baseline (Tian et al. 2020), Hinton's
+DEFAULT_TEMPERATURE = 4.0  # "considerably lower weight on the hard targets", at its usual T = 4
 
 
 # --- what a job receives -------------------------------------------------------------------------
@@ -51,6 +54,10 @@ class JobSpec:
     baseline_accuracy: float | None = None
     device: str | None = None
     measure_latency: bool = True
+    teacher: str | None = None  # a saved model directory to distill from (default: SM_CHANNEL_TEACHER)
+    distill: str | None = None  # which model the teacher is (baseline | parent), for the record
+    distill_alpha: float = DEFAULT_ALPHA
+    distill_temperature: float = DEFAULT_TEMPERATURE
     trust_model_code: tuple[str, ...] = ()  # modules a "pkg.mod:Class" model may come from (model/trust.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # the script's own (`--key value` beyond these)
 
@@ -72,6 +79,12 @@ class JobSpec:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.stop_rule_mode not in STOP_RULE_MODES:
             raise ValueError(f"stop_rule_mode must be 'best' or 'latest', got {self.stop_rule_mode!r}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha is the soft-target weight, in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
+        if self.distill is not None and self.distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill must be one of {DISTILL_TEACHERS}, got {self.distill!r}")
         if self.stop_rule_threshold is not None and self.baseline_accuracy is None:
             raise ValueError("--stop-rule-threshold needs --baseline-accuracy (the previous iteration's accuracy)")
         return self
@@ -116,6 +129,10 @@ CONTRACT_HELP = {
     "baseline_accuracy": "the previous iteration's accuracy, for the stop rule",
     "device": "cpu | cuda (default: cuda when available)",
     "measure_latency": "measure CPU latency of the final model (true/false)",
+    "teacher": "saved model directory to distill from (default: the SageMaker teacher channel)",
+    "distill": "which model the teacher is: baseline | parent (recorded; the teacher itself is --teacher)",
+    "distill_alpha": "weight of the teacher's soft targets: (1-a)*CE + a*T^2*KL",
+    "distill_temperature": "softmax temperature T of the distillation term",
     "trust_model_code": "comma-separated modules whose nn.Module classes --model (or its model.json) may name, e.g. "
                         "mypkg; without it only torchvision architectures and registered classes are built",
 }
@@ -175,6 +192,7 @@ CONTRACT_TYPES: dict[str, Callable[[str], Any]] = {
     "max_steps": optional(int), "capture": str, "capture_every": int,
     "stop_rule_threshold": optional(float), "stop_rule_mode": str, "baseline_accuracy": optional(float),
     "device": optional(str), "measure_latency": flag, "trust_model_code": module_names,
+    "teacher": optional(str), "distill": optional(str), "distill_alpha": float, "distill_temperature": float,
 }
 
 
@@ -242,6 +260,10 @@ def resolve_locations(spec):
     if resolved.weights and weights_channel and not Path(resolved.weights).exists() \
             and (Path(weights_channel) / resolved.weights).is_file():
         resolved.weights = str(Path(weights_channel) / resolved.weights)  # a local file shipped as a channel
+    if resolved.teacher is None:
+        channel = env.get("SM_CHANNEL_TEACHER")
+        if channel and has_model(channel):
+            resolved.teacher = channel
     if resolved.data_dir is None:
         resolved.data_dir = env.get("SM_CHANNEL_TRAIN")
     if resolved.val_dir is None and resolved.data_dir == env.get("SM_CHANNEL_TRAIN"):

@@ -10,9 +10,10 @@ from .. import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("ACCURACY_SCALAR", "AccuracyDropRule", "RuleResult", "read_accuracies"), "rules"),
-    **dict.fromkeys(("LOOP_CONFIG", "RESULTS_CSV", "RESULTS_PNG", "SCHEMES", "TARGET_SCOPES", "LoopConfig",
-                     "completed_iterations", "demo_config", "is_s3", "job_hyperparameters", "loop_backend",
-                     "loop_tracker", "pretrained_demo_config", "run_loop", "summary"), "run"),
+    **dict.fromkeys(("DEFAULT_RECIPE", "LOOP_CONFIG", "RECIPE_ITERATIONS", "RESULTS_CSV", "RESULTS_PNG", "SCHEMES",
+                     "TARGET_SCOPES", "LoopConfig", "completed_iterations", "demo_config", "describe_recipe", "is_s3",
+                     "job_hyperparameters", "loop_backend", "loop_tracker", "pretrained_demo_config", "run_loop",
+                     "summary"), "run"),
     **dict.fromkeys(("format_history", "plot_history", "read_history", "write_csv"), "history"),
     **dict.fromkeys(("Ranked", "Step", "StepTarget", "latency_table", "plan_cut", "prune_step", "rank_iteration",
                      "submit"), "step"),

@@ -30,9 +30,9 @@ from .checks import RefusedValue
 IDENTITY = ("model", "weights", "model_kwargs", "dataset", "data_dir", "val_subset", "image_size", "normalize",
             "baseline_epochs", "baseline_lr")
 FINE_TUNE = ("epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "subset", "seed", "augment", "capture",
-             "entry_point", "source_dir", "train_args")
+             "entry_point", "source_dir", "train_args", "distill", "distill_alpha", "distill_temperature")
 STEERING = (("criterion", "normalization"), ("per_iteration", "target_macs", "target_latency", "target_scope"),
-            ("scheme",), ("threshold",), ("min_params",), ("outputs",))
+            ("scheme",), ("threshold",), ("min_params",), ("outputs",), ("latency_runtime", "round_to"))
 FIELDS = IDENTITY + FINE_TUNE + tuple(f for group in STEERING for f in group)
 LEGACY_FILE = LOOP_CONFIG  # what runs before recipes recorded: the last run's whole LoopConfig
 _PATHS = ("data_dir", "weights", "source_dir")

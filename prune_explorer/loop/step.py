@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..jobs.queue import JobQueue
     from ..model.plan import PrunePlan
 
-TARGET_UNITS = ("macs", "latency_ms")
+TARGET_UNITS = ("macs", "latency_ms", "latency_ratio")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Ranked:
 
 @dataclass(frozen=True)
 class StepTarget:
-    """What one prune step cuts the parent down to, in `unit` ("macs" or "latency_ms"): `fraction`
+    """What one prune step cuts the parent down to, in `unit` ("macs", "latency_ms", or "latency_ratio":
+    measured in `runtime`, relative to the parent): `fraction`
     of the parent's cost, or — towards an overall `final` value `steps` iterations away — the same
     ratio at every step, so the last one lands on it."""
 
@@ -43,6 +44,7 @@ class StepTarget:
     fraction: float | None = None
     final: float | None = None
     steps: int = 1
+    runtime: str | None = None  # unit "latency_ratio": the runtime the cut is measured in (model/runtime_budget.py)
 
     def value(self, before: float) -> float:
         if self.final is None:
@@ -87,23 +89,34 @@ def rank_iteration(workspace: Workspace, name: str, criterion: str = "taylor", c
 
 
 def plan_cut(table: Any, graph: Any, *, scheme: str, n: int | None = None, target: StepTarget | None = None,
-             costs: Any = None, latency: Any = None) -> "PrunePlan":
+             costs: Any = None, latency: Any = None, round_to: int | None = None, model: Any = None,
+             example_inputs: Any = None) -> "PrunePlan":
     """The plan of a step: the lowest `n` filters, or the lowest-ranked filters until `target` of the
-    model's MACs or predicted latency is left (`costs`: the model's CostModel; `latency`: a LatencyTable).
-    The one plan builder of the loop, the panel and the CLI."""
+    model's MACs, predicted latency (`latency`: a LatencyTable) or latency measured in a runtime
+    ("latency_ratio": `model` and `example_inputs` cut and timed there) is left (`costs`: the model's
+    CostModel); every touched group keeps a multiple of `round_to` channels. The one plan builder of
+    the loop, the panel and the CLI."""
     from ..model.plan import PrunePlan
 
     if target is None:
-        return PrunePlan.lowest(table, graph, n=n, scheme=scheme)
+        return PrunePlan.lowest(table, graph, n=n, scheme=scheme, round_to=round_to)
     if target.unit not in TARGET_UNITS:
         raise ValueError(f"target unit must be one of {TARGET_UNITS}, got {target.unit!r}")
     if costs is None:
         raise ValueError("a MACs or latency target needs the model's costs (model.costs.CostModel)")
     if target.unit == "macs":
-        return PrunePlan.lowest(table, graph, scheme=scheme, costs=costs, target_macs=target.value(costs.before.macs))
+        return PrunePlan.lowest(table, graph, scheme=scheme, costs=costs, round_to=round_to,
+                                target_macs=target.value(costs.before.macs))
+    if target.unit == "latency_ratio":  # measured in the deployment runtime, relative to the parent
+        from ..model.runtime_budget import plan_to_latency
+
+        if model is None or example_inputs is None:
+            raise ValueError("a latency_ratio target needs the model and its example inputs (it times cuts)")
+        return plan_to_latency(table, graph, model, example_inputs, target.value(1.0),
+                               runtime=target.runtime or "onnxruntime", scheme=scheme, round_to=round_to, costs=costs)
     if latency is None:
         raise ValueError("a latency target needs a latency table (loop.step.latency_table())")
-    return PrunePlan.lowest(table, graph, scheme=scheme, costs=costs, latency=latency,
+    return PrunePlan.lowest(table, graph, scheme=scheme, costs=costs, latency=latency, round_to=round_to,
                             target_latency_ms=target.value(latency.predict(costs)))
 
 
@@ -130,10 +143,13 @@ def latency_table(workspace: Workspace, image_size: int | None = None, dataset: 
 def submit(workspace: Workspace, queue: "JobQueue", name: str, *, parent: str | None, plan: Any,
            criterion: str | None, hyperparameters: dict[str, Any], **submit_options: Any) -> Job:
     """Queue the fine-tuning of iteration `name`'s pruned model (saved by `Workspace.save_pruned`); its
-    outputs land in the iteration's folder. Further keyword arguments go to `JobQueue.submit` as they are."""
+    outputs land in the iteration's folder; a `distill` hyperparameter ("baseline" | "parent") becomes the
+    job's `teacher` folder (`Workspace.teacher_dir`). Further keyword arguments go to `JobQueue.submit`."""
     pruned = workspace.pruned_dir(name)
     if not workspace.has_model(name, pruned=True):
         raise FileNotFoundError(f"{pruned}: no pruned model saved for {name} (apply a plan first)")
+    if hyperparameters.get("distill") is not None:  # the teacher's folder, for this job
+        hyperparameters = {**hyperparameters, "teacher": str(workspace.teacher_dir(hyperparameters["distill"], parent))}
     return queue.submit(pruned, out_dir=workspace.iteration_dir(name), parent=parent, plan=plan, criterion=criterion,
                         hyperparameters=hyperparameters, iteration=name, **submit_options)
 
@@ -142,9 +158,11 @@ def prune_step(workspace: Workspace, queue: "JobQueue", parent: Iteration, *, cr
                scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
                criterion_fn: Callable | None = None, capture: str = "compact",
                image_size: int | None = None, dataset: str | None = None, normalization: str | None = None,
-               target: StepTarget | None = None, latency: Any = None, **submit_options: Any) -> Step:
+               target: StepTarget | None = None, latency: Any = None, round_to: int | None = None,
+               **submit_options: Any) -> Step:
     """Rank `parent`, plan its lowest `per_iteration` filters — or, with `target`, as many as bring it
-    to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
+    to the target's MACs or latency (`latency`: a LatencyTable; unit "latency_ratio": measured in the
+    target's runtime), every touched group keeping a multiple of `round_to` — prune, and, unless nothing is left
     to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
     written), save, measure the accuracy right after the cut (`cut.record_cut`) and submit."""
     from ..model.costs import CostModel
@@ -157,7 +175,7 @@ def prune_step(workspace: Workspace, queue: "JobQueue", parent: Iteration, *, cr
     costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph) if target is not None else None
     try:
         plan = plan_cut(ranked.table, ranked.graph, scheme=scheme, n=per_iteration, target=target, costs=costs,
-                        latency=latency)
+                        latency=latency, round_to=round_to, model=ranked.model, example_inputs=ranked.example_inputs)
     except ValueError as exc:
         if target is None:
             raise

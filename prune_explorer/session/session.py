@@ -9,6 +9,7 @@ and reads the tracked history. Methods are synchronous; the panel runs the slow 
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -162,31 +163,32 @@ class PruningSession:
                         normalize=normalization)
 
     # --- plans -----------------------------------------------------------------------------------
-    def plan(self, counts: dict[str, int]) -> PrunePlan:
-        """`PrunePlan.from_counts(table, graph, counts)`, asked one layer at a time and cached: each
-        layer's cut depends only on its own rows, so a slider move re-plans one layer, not the model."""
+    def plan(self, counts: dict[str, int], round_to: int | None = None) -> PrunePlan:
+        """`PrunePlan.from_counts(table, graph, counts, round_to=)`, asked one layer at a time and cached:
+        each layer's cut depends only on its own rows, so a slider move re-plans one layer, not the model."""
         table = self.table
         channels = {}
         for layer, k in counts.items():
-            picked = self._layer_cut(table, layer, int(k))
+            picked = self._layer_cut(table, layer, int(k), round_to if round_to and round_to > 1 else None)
             if picked:
                 channels[layer] = picked
         return PrunePlan(channels, layers=counts)
 
-    def _layer_cut(self, table, layer: str, k: int) -> list[int]:
+    def _layer_cut(self, table, layer: str, k: int, round_to: int | None = None) -> list[int]:
         """`from_counts`'s cut of one layer: its k lowest filters (from each group's order, sorted once per
-        table, so a slider move costs a slice); grouped-conv blocks and refusals go through from_counts."""
+        table, so a slider move costs a slice); grouped-conv blocks, rounding and refusals go through from_counts."""
         if self._cuts_of is not table:
             self._index(table)
-        key = (layer, k)
+        key = (layer, k, round_to)
         if key not in self._cuts:
             group = self.graph.group(layer)
             order = self._order.get(group.id)
-            if 0 < k < group.size and not group.blocks and order is not None and len(order) >= k:
+            if round_to is None and 0 < k < group.size and not group.blocks and order is not None and len(order) >= k:
                 self._cuts[key] = sorted(int(f) for f in order[:k])
             else:
                 rows = self._rows_of.get(group.id, table.iloc[:0])
-                self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
+                self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k},
+                                                        round_to=round_to).channels.get(layer, [])
         return self._cuts[key]
 
     def _index(self, table) -> None:
@@ -198,18 +200,26 @@ class PruningSession:
         self._rows_of, self._order, self._cuts, self._cuts_of = rows_of, order, {}, table
 
     def plan_for(self, *, filters: int | None = None, macs: float | None = None, latency: float | None = None,
-                 scheme: str = "internal") -> PrunePlan:
+                 scheme: str = "internal", round_to: int | None = None, runtime: str | None = None) -> PrunePlan:
         """The plan the loop's step would cut (`loop.step.plan_cut`): the lowest `filters`, or the
-        lowest-ranked filters until the fraction `macs` of the MACs or `latency` of the predicted latency is left."""
+        lowest-ranked filters until the fraction `macs` of the MACs or `latency` of the latency is left —
+        predicted by the latency table, or with a `runtime` other than "pytorch" measured there on cut
+        models; every touched group keeps a multiple of `round_to` channels."""
         given = [name for name, value in (("filters", filters), ("macs", macs), ("latency", latency))
                  if value is not None]
         if len(given) != 1:
             raise ValueError(f"plan_for: give one of filters, macs or latency, got {given or 'none'}")
+        round_to = round_to if round_to and round_to > 1 else None
         if filters is not None:
-            return plan_cut(self.table, self.graph, scheme=scheme, n=int(filters))
-        target = StepTarget("macs", fraction=macs) if macs is not None else StepTarget("latency_ms", fraction=latency)
-        return plan_cut(self.table, self.graph, scheme=scheme, target=target, costs=self.costs,
-                        latency=self.latency_table() if latency is not None else None)
+            return plan_cut(self.table, self.graph, scheme=scheme, n=int(filters), round_to=round_to)
+        measured = latency is not None and runtime not in (None, "pytorch")
+        target = (StepTarget("macs", fraction=macs) if macs is not None else
+                  StepTarget("latency_ratio", fraction=latency, runtime=runtime) if measured else
+                  StepTarget("latency_ms", fraction=latency))
+        with MODEL_LOCK if measured else contextlib.nullcontext():  # a measured fill runs the model
+            return plan_cut(self.table, self.graph, scheme=scheme, target=target, costs=self.costs, round_to=round_to,
+                            latency=self.latency_table() if target.unit == "latency_ms" else None,
+                            model=self.model, example_inputs=self.x)
 
     def latency_table(self):
         """The per-layer latency table a latency target plans with: for an iteration of a workspace the

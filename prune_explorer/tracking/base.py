@@ -7,8 +7,9 @@ store. The contract test suite (tests/test_tracker_contract.py) runs against eve
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import pandas as pd
@@ -33,6 +34,16 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def decoded(text: Any) -> Any:
+    """A parameter read back from a store that keeps text: its JSON value when it parses, else the text."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def number(value: Any, field: str) -> float | None:
     """A record's numeric field as a float (NaN as None); ValueError naming the field otherwise."""
     if value is None:
@@ -55,7 +66,9 @@ class IterationRecord:
     `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is the
     training script that ran the job (a user's entry point, or "prune_explorer.jobs.train").
     `cut_accuracy`: the pruned model's accuracy right after the cut, before fine-tuning (history column
-    `cut_accuracy`; `accuracy` is the fine-tuned best)."""
+    `cut_accuracy`; `accuracy` is the fine-tuned best). `hyperparameters`: the job's settings worth
+    comparing across runs (the queue sends the distillation's, `jobs.queue.TRACKED_HYPERPARAMETERS`),
+    recorded as the store's parameters; one named like a field of the record is refused."""
 
     iteration: str
     parent: str | None = None
@@ -75,6 +88,7 @@ class IterationRecord:
     started: float | None = None
     script: str | None = None
     cut_accuracy: float | None = None
+    hyperparameters: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.iteration = str(self.iteration)
@@ -84,6 +98,10 @@ class IterationRecord:
         self.best_accuracy = best_of(self.best_accuracy, self.accuracies)
         for field in NUMBER_FIELDS:
             setattr(self, field, number(getattr(self, field), field))
+        self.hyperparameters = {k: v for k, v in dict(self.hyperparameters or {}).items() if v is not None}
+        clash = sorted(set(self.hyperparameters) & RECORD_FIELDS)
+        if clash:
+            raise ValueError(f"record: hyperparameter(s) {', '.join(clash)} would overwrite the record's own fields")
 
     @property
     def numbers(self) -> dict[str, float | None]:
@@ -94,6 +112,9 @@ class IterationRecord:
         return {field: getattr(self, field) for field in TEXT_FIELDS}
 
 
+RECORD_FIELDS = frozenset(f.name for f in fields(IterationRecord)) - {"hyperparameters"}
+
+
 @runtime_checkable
 class Tracker(Protocol):
     """Iteration history: where finished jobs are recorded and the panel's scatter reads from."""
@@ -101,6 +122,9 @@ class Tracker(Protocol):
     def record(self, iteration: str, **fields: Any) -> str:
         """Record one iteration (replacing what history shows for it); returns its run id. `fields`:
         those of `IterationRecord` (an unknown one is a TypeError)."""
+
+    def hyperparameters(self, iteration: str) -> dict[str, Any]:
+        """The hyperparameters recorded with the iteration (its latest record); KeyError when not recorded."""
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change a recorded iteration's status (e.g. 'stopped' by the rule); KeyError when not recorded."""

@@ -7,6 +7,7 @@ opening a sqlite store runs schema checks. Implements the `tracking.base.Tracker
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import pandas as pd
 
 from ..masking import mask
 from ..workspace.layout import Layout, atomic_write
-from .base import IterationRecord, history_frame
+from .base import RECORD_FIELDS, IterationRecord, decoded, history_frame
 
 ITERATION_TAG = "prune_explorer.iteration"
 STATUS_TAG = "prune_explorer.status"
@@ -127,6 +128,8 @@ class MlflowTracker:
         metrics += [Metric("accuracy", a, now, step) for step, a in enumerate(record.accuracies, 1) if a is not None]
         run_params = [Param(k, mask(str(v))) for k, v in record.texts.items() if v is not None]  # no credential
         run_params.append(Param("iteration", iteration))
+        run_params += [Param(k, mask(v if isinstance(v, str) else json.dumps(v)))
+                       for k, v in record.hyperparameters.items()]
         tags = [RunTag(ITERATION_TAG, iteration), RunTag(STATUS_TAG, str(status)),
                 RunTag(PARENT_TAG, record.parent or "")]
         with self._lock:
@@ -196,6 +199,13 @@ class MlflowTracker:
                 "script": data.params.get("script"),
             }
         return history_frame(rows.values())
+
+    def hyperparameters(self, iteration: str) -> dict[str, Any]:
+        """The hyperparameters recorded with an iteration: its run's params beyond the record's own fields."""
+        runs = self._runs(str(iteration))
+        if not runs:
+            raise KeyError(f"no tracked iteration {iteration!r}")
+        return {k: decoded(v) for k, v in runs[-1].data.params.items() if k not in RECORD_FIELDS}
 
     def accuracies(self, iteration: str) -> list[float]:
         """Accuracy per epoch of one iteration, in step order."""

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from ..masking import mask
-from .base import NUMBER_FIELDS, IterationRecord, history_frame
+from .base import NUMBER_FIELDS, RECORD_FIELDS, IterationRecord, decoded, history_frame
 
 MAX_NAME = 120
 MAX_STRING_PARAMETER = 2500
@@ -124,7 +124,7 @@ class SageMakerExperimentsTracker:
         accuracies = [a for a in record.accuracies if a is not None]
         values = dict(iteration=iteration, parent=record.parent, criterion=record.criterion, status=status,
                       job_id=job_id, backend=record.backend, script=record.script, **record.numbers)
-        parameters = _parameters(values, record.plan_summary, accuracies, shapes)
+        parameters = _parameters(values, record.plan_summary, accuracies, shapes, record.hyperparameters)
         model_dir, trial_dir = record.model_dir, record.trial_dir
         artifacts = {f: shapes.TrialComponentArtifact(value=mask(str(v)))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
@@ -208,6 +208,18 @@ class SageMakerExperimentsTracker:
         latest.update(parameters=parameters, status=shapes.TrialComponentStatus(
             primary_status=_PRIMARY_STATUS.get(status, "InProgress"), message=status))
 
+    def hyperparameters(self, iteration: str) -> dict[str, Any]:
+        """The hyperparameters recorded with the iteration's latest job (its parameters beyond the record's own)."""
+        components = self._components(iteration)
+        if not components:
+            raise KeyError(f"no tracked iteration {iteration!r} in experiment {self.experiment_name}")
+        out = {}
+        for field, parameter in (_given(components[-1].parameters) or {}).items():
+            if field not in RECORD_FIELDS:  # the rest: hyperparameters
+                number = _given(parameter.number_value)
+                out[field] = number if number is not None else decoded(_given(parameter.string_value))
+        return out
+
     def accuracies(self, iteration: str) -> list[float]:
         """Accuracy per epoch of the iteration's latest job, in step order."""
         components = self._components(iteration)
@@ -226,8 +238,14 @@ def _started(component: Any) -> datetime.datetime:
 
 
 def _parameters(values: Mapping[str, Any], plan_summary: Mapping[str, Any] | None,
-                accuracies: list[float], shapes: Any) -> dict[str, Any]:
-    out = {}
+                accuracies: list[float], shapes: Any, hyperparameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out = {}  # hyperparameters first: IterationRecord refused any named like the record's own fields
+    for field, value in (hyperparameters or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[field] = shapes.TrialComponentParameterValue(number_value=float(value))
+        elif value is not None:
+            text = mask(value if isinstance(value, str) else json.dumps(value))
+            out[field] = shapes.TrialComponentParameterValue(string_value=text[:MAX_STRING_PARAMETER])
     for field in _STRING_FIELDS:
         if values[field] is not None:
             out[field] = shapes.TrialComponentParameterValue(string_value=mask(str(values[field])))

@@ -12,9 +12,12 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..jobs.backends import BACKENDS  # the backend list is the registry's (a backend registered later shows too)
-TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
-DEFAULTS = {"epochs": 1, "lr": 1e-3, "batch_size": 64}
+from ..jobs.backends import BACKENDS
+from ..recipe import DEFAULT_RECIPE  # the backend list is the registry's (a backend registered later shows too)
+TUNED = ("epochs", "lr", "batch_size", "distill")  # training arguments the panel has its own controls for
+TEACHERS = ("none", "baseline", "parent")  # the fine-tune's teacher: plain, or distilled (jobs/distill.py)
+RUNTIMES = ("pytorch", "onnxruntime")  # where the model ships: the latency fill is measured there (model/runtimes.py)
+DEFAULTS = {"epochs": 1, "lr": 1e-3, "batch_size": 64, "distill": DEFAULT_RECIPE["distill"]}
 EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
 WAITING = "waiting for the model to load"
 
@@ -33,7 +36,13 @@ class FineTuneControls(W.VBox):
         self.epochs = W.BoundedIntText(value=1, min=1, max=1000, description="epochs", layout=small)
         self.lr = W.BoundedFloatText(value=1e-3, min=1e-7, max=10.0, step=1e-4, description="lr", layout=small)
         self.batch_size = W.BoundedIntText(value=64, min=1, max=65536, description="batch", layout=small)
-        for field, name in ((self.epochs, "epochs"), (self.lr, "lr"), (self.batch_size, "batch")):
+        self.teacher = W.Dropdown(options=TEACHERS, value="none", description="teacher", layout=W.Layout(width="200px"),
+                                  tooltip="distil each fine-tune from the baseline or the parent (frozen)")
+        self.runtime = W.Dropdown(options=RUNTIMES, value="pytorch", description="ships to", layout=small,
+                                  tooltip="the runtime the model is for: latency fill measured there, widths "
+                                          "rounded to its channel block")
+        for field, name in ((self.epochs, "epochs"), (self.lr, "lr"), (self.batch_size, "batch"),
+                            (self.teacher, "teacher"), (self.runtime, "runtime")):
             field.add_class(f"pe-{name}")
         self.adopt({})
         self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
@@ -45,13 +54,14 @@ class FineTuneControls(W.VBox):
         self.ready(False)
         fields = [script_fields(self.entry_point, self.source_dir, scripts)] if scripts is not False else []
         super().__init__([_row(self.apply_button, self.queue_button), _row(self.epochs, self.lr),
-                          _row(self.batch_size, self.backend), *fields])
+                          _row(self.batch_size, self.backend), _row(self.teacher, self.runtime), *fields])
 
     def adopt(self, train_args: dict[str, Any]) -> None:
-        """Epochs, lr and batch from the inherited recipe, unless given to the panel."""
+        """Epochs, lr, batch and teacher from the inherited recipe, unless given to the panel."""
         values = {**DEFAULTS, **{k: v for k, v in train_args.items() if k in TUNED}, **self._given}
         self.epochs.value, self.lr.value = int(values["epochs"]), float(values["lr"])
         self.batch_size.value = int(values["batch_size"])
+        self.teacher.value = values["distill"] or "none"
 
     def adopt_script(self, script: dict[str, str | None]) -> None:
         """The base iteration's training script, where the fields are still empty."""
@@ -60,7 +70,14 @@ class FineTuneControls(W.VBox):
                 field.value = str(script[key])
 
     def hyperparameters(self, train_args: dict[str, Any]) -> dict[str, Any]:
-        return {**train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
+        """The queued job's training arguments: the inherited recipe, these controls, the teacher (a name:
+        `loop.step.submit` turns it into the job's --teacher folder)."""
+        args = {k: v for k, v in train_args.items() if k != "distill"}
+        if self.teacher.value != "none":
+            args["distill"] = self.teacher.value
+        else:
+            args = {k: v for k, v in args.items() if k not in ("distill_alpha", "distill_temperature")}
+        return {**args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
 
     def training_script(self) -> dict[str, str | None]:
         """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.jobs.train)."""

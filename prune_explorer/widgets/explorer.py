@@ -19,6 +19,7 @@ from traitlets import Bool, Dict, Float, Int, Unicode, observe, validate
 
 from ..jobs.base import scripts_allowed
 from ..masking import mask
+from ..recipe import DEFAULT_RECIPE
 from ..session.messages import message
 from . import layout
 from .actions import Actions
@@ -46,6 +47,10 @@ class Explorer(W.VBox):
     normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
     fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
     keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
+    latency_runtime = Unicode("pytorch", help="where the model ships: 'pytorch' or 'onnxruntime' (the latency fill "
+                                              "is measured there, and plans round to its channel block)")
+    round_to = Int(0, help="every cut group keeps a multiple of this many channels (0: any width; ORT's block)")
+    distill = Unicode("none", help="the queued fine-tune's teacher: none (plain), baseline or parent (distilled)")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed, and cut_accuracy: its accuracy right after the cut")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -62,7 +67,7 @@ class Explorer(W.VBox):
     busy = Bool(False)
 
     def __init__(self, model: Any = None, trial: Any = None, example_inputs: Any = None, *,
-                 workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
+                 workspace: str | Path | None = None, criterion: str | None = None, scheme: str = "internal",
                  n_lowest: int = 200, normalization: str = "auto", validation: Any = None, backend: Any = "local",
                  tracker: Any = "mlflow", base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
@@ -72,6 +77,7 @@ class Explorer(W.VBox):
                  history: list[dict[str, Any]] | None = None):
         if session is None and model is not None and example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
+        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (recipe.py)
         self.workers = Background(self._background_failed)  # one worker per kind; the controllers submit here
         self.lock, self.closed = threading.RLock(), threading.Event()
         self.session, self.history, self.pruned_model, self.shown_view, self.loading = None, None, None, None, None
@@ -127,6 +133,9 @@ class Explorer(W.VBox):
         self.finetune.apply_button.on_click(lambda _: self.actions.pressed("apply"))
         self.finetune.queue_button.on_click(lambda _: self.actions.pressed("queue_finetune"))
         self.exporter.button.on_click(lambda _: self.guarded(self.export))
+        W.link((self.finetune.teacher, "value"), (self, "distill"))
+        W.link((self.finetune.runtime, "value"), (self, "latency_runtime"))
+        self.observe(self.planner.runtime_changed, "latency_runtime")
 
     # --- the view and the session --------------------------------------------------------------
     def show_view(self, view: dict[str, Any]) -> None:
@@ -190,7 +199,7 @@ class Explorer(W.VBox):
             return
         self.workers.submit("rank", self.planner.rerank, self.criterion, latest_only=True)
 
-    @observe("counts")
+    @observe("counts", "round_to")
     def _plan_changed(self, _change=None) -> None:
         self.planner.changed()
 
@@ -206,42 +215,9 @@ class Explorer(W.VBox):
         self.preview_box.show(self.preview, change["new"])
 
     # --- what the controls do (the session does the work) ---------------------------------------
-    def plan(self):
-        return self.planner.plan()
-
-    def set_counts(self, counts: dict[str, int]) -> None:
-        self.planner.set_counts(counts)
-
     def fill_lowest(self, n: int | None = None, scheme: str | None = None, keep_macs: float | None = None,
                     keep_latency: float | None = None) -> None:
         self.planner.fill_lowest(n, scheme, keep_macs, keep_latency)
-
-    def select_layer(self, layer: str | None) -> None:
-        self.planner.select_layer(layer)
-
-    def compute_sensitivity(self, layer: str | None = None) -> None:
-        self.planner.compute_sensitivity(layer)
-
-    def apply(self):
-        return self.actions.apply()
-
-    def queue_finetune(self):
-        return self.actions.queue_finetune()
-
-    def export(self, fmt: str | None = None):
-        return self.actions.export(fmt)
-
-    def refresh(self) -> None:
-        self.history_link.refresh()
-
-    def rebase(self, iteration: str) -> None:
-        self.history_link.rebase(iteration)
-
-    def compare(self, a: str | None, b: str | None) -> None:
-        self.history_link.compare(a, b)
-
-    def cancel(self, job_id: str) -> None:
-        self.history_link.cancel(job_id)
 
     def hyperparameters(self) -> dict[str, Any]:
         return self.finetune.hyperparameters(self.session.train_args if self.session else {})
@@ -294,6 +270,13 @@ class Explorer(W.VBox):
         self.status_line.value = f"<span>{spinner}{html.escape(self.status)}</span>{base}"
 
 
+# the controls' actions, each its controller's method of the same name (plan, set_counts, apply, rebase…)
+DELEGATED = {"planner": ("plan", "set_counts", "select_layer", "compute_sensitivity"),
+             "actions": ("apply", "queue_finetune", "export"),
+             "history_link": ("refresh", "rebase", "compare", "cancel")}
+for _owner, _names in DELEGATED.items():
+    for _name in _names:
+        setattr(Explorer, _name, lambda self, *args, _o=_owner, _n=_name, **kw: getattr(getattr(self, _o), _n)(*args, **kw))
 for _part in SESSION_PARTS:  # the session's model, graph, rank table, costs… as the panel's (None before it loads)
     setattr(Explorer, _part, property(lambda self, part=_part: getattr(self.session, part, None)))
 

@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import anywidget
 import ipywidgets as W
+
+from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from traitlets import Dict, List, Unicode
 
 HERE = Path(__file__).parent
@@ -61,6 +63,9 @@ class LayerTable(W.VBox):
                                                 layout=W.Layout(width="160px", display="none"))
         self.keep_fraction.add_class("pe-keep-fraction")
         self.fill_mode.observe(self._show_fill_mode, "value")
+        if DEFAULT_RECIPE["target_macs"] is not None:  # the fill cuts one of the default recipe's equal MACs steps
+            self.keep_fraction.value = round(DEFAULT_RECIPE["target_macs"] ** (1.0 / RECIPE_ITERATIONS), 3)
+            self.fill_mode.value = "macs"
         self.fill = W.Button(description="fill lowest N", button_style="info")
         self.fill.add_class("pe-fill")
         self.clear = W.Button(description="clear")

@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from ..recipe import DEFAULT_RECIPE
 from ..session.messages import message
 
 SESSION_OPTIONS = ("criterion", "validation", "train_args")
@@ -33,7 +34,8 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
     space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
     name = space.start_point(iteration).name if iteration == "latest" else iteration
     norm = kwargs.get("normalization", "auto")
-    shown = view.read_view(space, name, kwargs.get("criterion", "taylor"), None if norm == "auto" else norm)
+    criterion = kwargs.get("criterion") or DEFAULT_RECIPE["criterion"]  # the panel's default: the recipe's
+    shown = view.read_view(space, name, criterion, None if norm == "auto" else norm)
     explorer = Explorer(workspace=space.root, base_iteration=name, view=shown, history=view.read_history(space),
                         **kwargs)
     explorer.loading = Loading(explorer, lambda: open_session(space.root, name, kwargs, torch_threads),
@@ -90,6 +92,7 @@ def open_session(workspace: str | os.PathLike, iteration: str, kwargs: dict[str,
     from ..workspace import Workspace
 
     options = {k: kwargs[k] for k in SESSION_OPTIONS if kwargs.get(k) is not None}
+    options.setdefault("criterion", DEFAULT_RECIPE["criterion"])  # the panel's default: the recipe's
     norm = kwargs.get("normalization", "auto")
     space = Workspace(workspace, trust_code=kwargs.get("trust_code"))  # the model classes its files may name
     return PruningSession.open(space, iteration, normalization=None if norm == "auto" else norm, **options)

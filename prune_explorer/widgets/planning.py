@@ -33,7 +33,7 @@ class Planner:
         """The current counts as a PrunePlan (`PrunePlan.from_counts`, one layer at a time)."""
         if self.session is None:
             raise ValueError(LOADING)
-        return self.session.plan(self.panel.counts)
+        return self.session.plan(self.panel.counts, round_to=self.panel.round_to)
 
     def set_counts(self, counts: dict[str, int]) -> None:
         """How many filters to cut per layer (the same as moving the sliders)."""
@@ -60,6 +60,12 @@ class Planner:
         if session is None:
             panel.error = f"fill: {LOADING}"
             return
+        measured = panel.fill_mode == "latency" and panel.latency_runtime != "pytorch"
+        if measured:  # cut models timed in the runtime the model ships to: seconds, on the "budget" worker
+            panel.status = f"measuring cuts in {panel.latency_runtime} until the model keeps {panel.keep_fraction:g} " \
+                           "of its latency…"
+            panel.workers.submit("budget", self._measured_fill, session, panel.keep_fraction, latest_only=True)
+            return
         if panel.fill_mode == "latency" and not session.has_latency_table:
             panel.status = "measuring a per-layer latency table of this model (once)…"
             panel.workers.submit("budget", self._measure_latency_table_then_fill, session, latest_only=True)
@@ -67,11 +73,32 @@ class Planner:
         target = {"filters": {"filters": panel.n_lowest}, "macs": {"macs": panel.keep_fraction},
                   "latency": {"latency": panel.keep_fraction}}[panel.fill_mode]
         try:
-            plan = session.plan_for(scheme=panel.scheme, **target)
+            plan = session.plan_for(scheme=panel.scheme, round_to=panel.round_to, **target)
         except ValueError as exc:
             panel.error = str(exc)
             return
         t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def _measured_fill(self, session, fraction: float) -> None:
+        """The latency fill in a deployment runtime: cut models measured there (model/runtime_budget.py)."""
+        panel = self.panel
+        try:
+            plan = session.plan_for(latency=fraction, scheme=panel.scheme, round_to=panel.round_to,
+                                    runtime=panel.latency_runtime)
+        except ValueError as exc:
+            panel.error = str(exc)
+            return
+        if session is self.session:
+            panel.status = (f"{panel.latency_runtime}: {plan.budget['reached']:.3f} of the latency measured, "
+                            f"{len(plan.budget['measurements'])} cuts timed")
+            panel.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def runtime_changed(self, change) -> None:
+        """A model for ONNX Runtime keeps widths in multiples of ORT's block (model/runtimes.py); PyTorch any."""
+        from ..model.runtimes import get_runtime
+
+        block = get_runtime(change["new"]).block_size()
+        self.panel.round_to = block if block > 1 else 0
 
     def _measure_latency_table_then_fill(self, session) -> None:
         table = session.latency_table()

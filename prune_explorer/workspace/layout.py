@@ -180,6 +180,8 @@ class Metrics(dict):
     macs = _field("macs", "the saved model's MACs per example")
     config = _section("config", "the job's parsed arguments (`JobSpec`)")
     data_recipe = _section("data_recipe", "how the job fed its model (train.py's normalize / augment)")
+    teacher = _section("teacher", "a distilled job's teacher: model, distill, alpha, temperature, cost, digests")
+    num_classes = _field("num_classes", "the classes of the model's head, when the job recorded them")
 
     @property
     def epochs(self) -> list[dict[str, Any]]:
@@ -265,12 +267,27 @@ def failed_metrics(reason: str, config: dict[str, Any]) -> Metrics:
     return Metrics({"status": "failed", "reason": reason, "config": config})
 
 
-def epoch_record(epoch: int, val_accuracy: float, seconds: float, values: dict[str, Any]) -> dict[str, Any]:
-    """One entry of metrics.json's `epochs`: its number, the script's numbers, accuracy, wall time."""
-    return {"epoch": epoch, **values, "val_accuracy": float(val_accuracy), "seconds": seconds}
+def epoch_record(epoch: int, val_accuracy: float, seconds: float, values: dict[str, Any],
+                 cpu_seconds: float | None = None) -> dict[str, Any]:
+    """One entry of metrics.json's `epochs`: its number, the script's numbers, accuracy, wall and CPU time."""
+    return {"epoch": epoch, **values, "val_accuracy": float(val_accuracy), "seconds": seconds,
+            "cpu_seconds": cpu_seconds}
 
 
-EPOCH_BOOKKEEPING = ("epoch", "seconds")  # an epoch record's fields that are not the job's numbers
+EPOCH_BOOKKEEPING = ("epoch", "seconds", "cpu_seconds")  # an epoch record's fields that are not the job's numbers
+
+
+def teacher_record(*, model: str | os.PathLike, calls: int, seconds: float, cpu_seconds: float, digest_before: str,
+                   digest_after: str) -> dict[str, Any]:
+    """A distillation teacher as metrics.json's `teacher` entry keeps it: where it came from, what its
+    forwards cost, and its weights' digest before and after (equal: it was frozen)."""
+    return {"model": str(model), "calls": calls, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "weights_sha256_before": digest_before, "weights_sha256_after": digest_after}
+
+
+def teacher_metrics(record: dict[str, Any], distill: str | None, alpha: float, temperature: float) -> dict[str, Any]:
+    """metrics.json's extra field of a distilled job (`jobs/distill.py`): the teacher and its settings."""
+    return {"teacher": {**record, "distill": distill, "alpha": alpha, "temperature": temperature}}
 
 
 def write_metrics(directories: Iterable[str | os.PathLike | None], metrics: dict[str, Any]) -> list[Path]:

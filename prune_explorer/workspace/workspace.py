@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Iterator
 from ..jobs.base import COMPLETED, STOPPED, TRUST_ARGUMENT, Job, read_records
 from ..jobs.queue import JobQueue
 from ..model.trust import trusted_modules
-from .layout import (BASELINE, Layout, atomic_write, cut_path, cut_record, file_lock, has_model, iteration_name,
+from .layout import (BASELINE, MODEL_SPEC, Layout, atomic_write, cut_path, cut_record, file_lock, has_model, iteration_name,
                      iteration_number, metrics_path, read_metrics, trial_dir, write_json)
 
 NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28}  # image side when a model's metrics record no input shape
@@ -32,6 +32,7 @@ BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "
 UNSET_SETTINGS = {"weights": None, "model_kwargs": {}, "entry_point": None}  # compared even when a run leaves them out
 PER_JOB_RULE = ("baseline_accuracy", "stop_rule_threshold")  # set for each job from its parent, never inherited
 BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule is not a fine-tune's
+PER_JOB_TEACHER = ("teacher",)  # the teacher's folder, resolved from `distill` for each job (`teacher_dir`)
 BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fine-tune loads a saved model
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
 DEFAULT_SCRIPT = "prune_explorer.jobs.train"  # metrics.json `script` of a job without an entry point
@@ -223,7 +224,7 @@ class Workspace(Layout):
         if job is None:
             return {}
         recipe = {k: v for k, v in job.hyperparameters.items()
-                  if k not in PER_JOB_RULE + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
+                  if k not in PER_JOB_RULE + PER_JOB_TEACHER + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
         return {**self.data_recipe(name), **recipe}
@@ -258,6 +259,21 @@ class Workspace(Layout):
         cut_path(self.iteration_dir(name)).unlink(missing_ok=True)  # measured for the model this replaces
         return store.save(pruned, self.pruned_dir(name),
                           metadata={"plan": summary, "criterion": criterion, "parent": parent})
+
+    def teacher_dir(self, distill: str, parent: str | None) -> Path:
+        """The saved model a fine-tune of `parent`'s child distills from: the workspace's baseline, or
+        the parent itself (`distill` "baseline" | "parent")."""
+        from ..jobs.spec import DISTILL_TEACHERS
+
+        if distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill: the teacher is one of {DISTILL_TEACHERS}, got {distill!r}")
+        name = BASELINE if distill == "baseline" else parent
+        if name is None:
+            raise ValueError("distill 'parent': this job has no parent iteration to learn from")
+        if not self.has_model(name):
+            raise FileNotFoundError(f"distill {distill!r}: {self.iteration_dir(name)} holds no saved model "
+                                    f"({MODEL_SPEC}) to teach from")
+        return self.iteration_dir(name)
 
     # --- verdicts and run outputs ----------------------------------------------------------
     def mark_stopped(self, name: str, reason: str) -> None:

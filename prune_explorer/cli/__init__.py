@@ -1,4 +1,5 @@
-"""The `prune-explorer` command. Each subcommand is a thin shell over library functions."""
+"""The `prune-explorer` command. Each subcommand is a thin shell over library functions: `demo`, `rank`,
+`export` and `app` here, `run` and `history` in `run.py`, the options they share in `options.py`."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from .workspace.layout import BASELINE, MODEL_SPEC, Layout, has_model  # standard library only: the CLI starts without torch
+from ..workspace.layout import BASELINE, MODEL_SPEC, Layout, has_model  # standard library only: the CLI starts without torch
+from .options import (_add_criterion_options, _add_outputs_option, _add_trust_option, _json_object,  # noqa: F401
+                      _module_names, _one_line)
+from .run import _add_history, _add_run, loop_config  # noqa: F401  (loop_config: the tests' and notebooks')
 
 
 def _add_demo(sub) -> None:
@@ -30,8 +34,8 @@ def _add_demo(sub) -> None:
 def _demo(args) -> int:
     import dataclasses
 
-    from . import demo
-    from .loop import completed_iterations, demo_config, pretrained_demo_config, run_loop
+    from .. import demo
+    from ..loop import completed_iterations, demo_config, describe_recipe, pretrained_demo_config, run_loop
 
     try:
         status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
@@ -43,8 +47,7 @@ def _demo(args) -> int:
     workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
     config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
     name = demo.PRETRAINED_NAME if args.pretrained else config.model
-    print(f"\n- pruning loop: {name} on {config.dataset}, {config.iterations} iterations of "
-          f"{config.per_iteration} filters ({config.criterion}), workspace {workspace}/")
+    print(f"\n- pruning loop: {name} on {config.dataset}, {describe_recipe(config)}, workspace {workspace}/")
     done = len(completed_iterations(workspace))
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
         print(f"  {done} of them already in {workspace}/ (delete it to start over)")
@@ -83,8 +86,8 @@ def _add_rank(sub) -> None:
 
 
 def _rank(args) -> int:
-    from .session import PruningSession
-    from .signals.trials import _example_inputs, open_trial
+    from ..session import PruningSession
+    from ..signals.trials import _example_inputs, open_trial
 
     normalize = "none" if args.no_normalize else args.normalization
     try:
@@ -116,7 +119,7 @@ def _rank(args) -> int:
             print(f"prune-explorer rank: {exc}", file=sys.stderr)
             return 2
     if args.csv:
-        from .loop.history import write_csv
+        from ..loop.history import write_csv
 
         write_csv(table, args.csv)
         print(f"wrote {len(table)} rows to {args.csv}")
@@ -147,271 +150,23 @@ def _print_budget_plan(session, fraction: float, scheme: str) -> None:
         print(f"  {layer}: -{removed}")
 
 
-def _add_outputs_option(p) -> None:
-    p.add_argument("--outputs", type=_patterns, default=None, metavar="PATHS",
-                   help="comma-separated paths of the model outputs that must keep their shape and values, e.g. "
-                        "'0,1.boxes' or '!1.feats' (all but that one); the others may change shape and their "
-                        "channels become prunable (default: every output)")
-
-
-def _patterns(text: str) -> tuple[str, ...]:
-    found = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not found:
-        raise argparse.ArgumentTypeError("give at least one output path, e.g. 0 or '!1.feats'")
-    return found
-
-
-def _add_trust_option(p) -> None:
-    p.add_argument("--trust-model-code", type=_module_names, default=(), metavar="MODULES",
-                   help="comma-separated modules (and the modules under them) whose nn.Module classes a model.json, "
-                        "trial or job may name, e.g. mypkg.models; without it only torchvision architectures are "
-                        "rebuilt from files and nothing else is imported or run")
-
-
-def _module_names(text: str) -> tuple[str, ...]:
-    from .model.trust import trusted_modules  # torch-free
-
-    try:
-        return trusted_modules(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _add_criterion_options(p, default: str | None, shown: str = "taylor") -> None:
-    """--criterion and --normalization; the library checks the names (its registries import torch)."""
-    p.add_argument("--criterion", default=default,
-                   help="taylor, taylor_aws, taylor_global, taylor_flops, mean_activation, apoz (from the trial) or "
-                        "l1, l2 (weights); taylor_global is Molchanov 2019's squared gate gradient, compared across "
-                        f"layers unnormalised; taylor_flops is the same per MAC saved (default {shown})")
-    p.add_argument("--normalization", default=None, metavar="{l2,none,flops}",
-                   help="how scores of different layers compare (not the input --normalize): l2 per layer, none "
-                        "(raw), flops (per MAC one channel costs); default: the criterion's own (taylor_global "
-                        "none, taylor_flops flops, others l2)")
-
-
 def _rank_model(spec: str | None, num_classes: int | None, trial: str, trust_code: tuple[str, ...] = ()):
     """--model: a saved model directory (its model.json through the trust gate), else an architecture
     built with the trial's class count."""
     if spec is None:
         return None
     if os.path.isdir(spec) or os.sep in spec:
-        from .model.store import load
+        from ..model.store import load
 
         if not has_model(spec):
             raise FileNotFoundError(f"--model {spec}: not a saved model directory (no {MODEL_SPEC} in it)")
         return load(spec, trust_code=trust_code)
-    from .model.zoo import build_model
+    from ..model.zoo import build_model
 
-    from .signals.capture import recorded_classes
+    from ..signals.capture import recorded_classes
 
     classes = num_classes if num_classes is not None else recorded_classes(trial)
     return build_model(spec, **({} if classes is None else {"num_classes": classes}))
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as the one line the CLI prints: an OSError with its file, a KeyError without quotes."""
-    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.strerror or ""):
-        return f"{exc.filename}: {exc.strerror or exc}"
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(text.split("\n")[:1]) if len(text) > 400 else text.replace("\n", " ")
-
-
-# --- run / history (jobs, tracking, loop) ------------------------------------------------------
-RUN_DESCRIPTION = """The headless loop: baseline, then rank -> prune -> fine-tune until a stop. On a workspace with a
-recorded recipe (iterations/*/recipe.json, an older loop_config.json) a setting not given is the recorded one of the
-lineage it continues (the defaults below are a new workspace's); another fine-tuning setting is refused unless
---new-recipe (a branch, marked in `history`); model, data, validation set and input never change. Exit codes: 0 a
-normal end (the iterations, the rule, the floor, a budget); 1 a job failed or was stopped by a fault; 2 refused."""
-
-
-def _add_run(sub) -> None:
-    from .loop import LoopConfig
-
-    d = LoopConfig()
-    p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop",
-                       description=RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workspace", default=d.workspace, help=f"jobs, iterations and MLflow runs live here (default ./{d.workspace})")
-    p.add_argument("--dataset", default=None, help=f"{d.dataset} (default; scikit-learn's), fashion-mnist, imagefolder, caltech101")
-    p.add_argument("--data-dir", default=None,
-                   help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 layout), checked "
-                        "before any work; an s3:// URI with --backend sagemaker (default: fashion-mnist's system copy)")
-    p.add_argument("--download", action="store_true", default=None,
-                   help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
-    p.add_argument("--model", default=None,
-                   help=f"torchvision architecture name, 'pkg.module:Class', or a saved model directory (default {d.model})")
-    p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
-                   help="constructor arguments of the baseline architecture, e.g. '{\"image_size\": 64}'")
-    p.add_argument("--weights", default=None,
-                   help="pretrained start of the baseline: a torchvision weights enum (IMAGENET1K_V1, downloaded) "
-                        "or a local state-dict file; the head is replaced for the data's classes (default: none)")
-    p.add_argument("--normalize", default=None,
-                   help="input normalisation: dataset | imagenet (default: imagenet with --weights, else the data's own)")
-    p.add_argument("--augment", default=None, action=argparse.BooleanOptionalAction,
-                   help="light training augmentation (default: on with --weights and for image folders)")
-    p.add_argument("--entry-point", default=None, metavar="SCRIPT",
-                   help="your own training script (honouring prune_explorer.jobs.contract) for every job, e.g. "
-                        "src/train.py (default: prune_explorer.jobs.train)")
-    p.add_argument("--source-dir", default=None, metavar="DIR",
-                   help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    _add_criterion_options(p, None, d.criterion)
-    p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration without a --target-*; "
-                   f"more than the model's groups can give is refused (default {d.per_iteration})")
-    budget = p.add_argument_group("budgets (instead of --per-iteration)")
-    budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
-                        help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
-                             "(of each parent's, or of the baseline's with --target-scope overall)")
-    budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
-                        help="the same for latency, predicted by a per-layer table measured once on the baseline on "
-                             "this machine (WORKSPACE/latency_table.json)")
-    budget.add_argument("--target-scope", default=None, choices=("iteration", "overall"),
-                        help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
-                             "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
-    p.add_argument("--iterations", type=int, default=d.iterations, help=f"at most this many new iterations (default {d.iterations})")
-    p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
-                   help="where to continue in an existing workspace: latest (default: the newest completed "
-                        "iteration), baseline, or an iteration name such as iter-003")
-    p.add_argument("--new-recipe", action="store_true", default=None, help="fine-tuning settings other than the "
-                   "recorded ones start a new branch (a new recipe id in history) instead of being refused")
-    p.add_argument("--min-params", type=int, default=None, help=f"stop before going below this many params (default {d.min_params})")
-    p.add_argument("--epochs", type=int, default=None, help=f"fine-tuning epochs per iteration (default {d.epochs})")
-    p.add_argument("--baseline-epochs", type=int, default=None, help=f"epochs of the baseline (default {d.baseline_epochs})")
-    p.add_argument("--subset", type=int, default=None, help="training examples, per class (default: the full training set)")
-    p.add_argument("--val-subset", type=int, default=None, help="validation examples (default: the full validation set)")
-    p.add_argument("--image-size", type=int, default=None, help="image side (default: the data's own; 224 for image folders)")
-    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: train.py's 1e-3)")
-    p.add_argument("--baseline-lr", type=float, default=None, help="learning rate of the baseline job (default: --lr)")
-    p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
-                   help="per job: constant (default) or cosine decay over the job's steps")
-    p.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default: train.py's 0)")
-    p.add_argument("--seed", type=int, default=None, help=f"seed of the subsets, split and training (default {d.seed})")
-    p.add_argument("--scheme", default=None, choices=("all", "internal"), help="'internal' (default): only "
-                   "block-internal channels (the AWS example); 'all': every prunable group")
-    p.add_argument("--threshold", type=float, default=None, help="stop when accuracy drops more than this (fraction) "
-                   f"below the previous iteration (default {d.threshold})")
-    from .jobs.backends import BACKENDS
-
-    p.add_argument("--backend", default=d.backend, choices=tuple(BACKENDS),
-                   help="where fine-tuning jobs run: " + "; ".join(f"{name}: {entry.description}"
-                                                                   for name, entry in BACKENDS.items()))
-    p.add_argument("--tracker", default=d.tracker, choices=("mlflow", "sagemaker-experiments"),
-                   help="where iterations are tracked: MLflow (default) or SageMaker Experiments")
-    _add_tracker_options(p)
-    _add_backend_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary table")
-    _add_outputs_option(p)
-    _add_trust_option(p)
-    p.set_defaults(func=_run)
-
-
-BACKEND_OPTION = "backend_option:"  # the dest prefix of a backend's option flags
-
-
-def _add_backend_options(p) -> None:
-    """Each backend's options (jobs.backends.BACKENDS) as flags in a group of their own; an option
-    several backends declare is one flag."""
-    from .jobs.backends import BACKENDS
-
-    seen = set()
-    for name, entry in BACKENDS.items():
-        fresh = [o for o in entry.options if o.name not in seen]
-        if not fresh:
-            continue
-        group = p.add_argument_group(f"{entry.description or name} (--backend {name})")
-        for option in fresh:
-            seen.add(option.name)
-            kind = dict(action=argparse.BooleanOptionalAction) if option.switch else \
-                dict(type=option.type, metavar=option.name.upper())
-            group.add_argument(option.cli_flag, dest=BACKEND_OPTION + option.name, default=None, help=option.help,
-                               **kind)
-
-
-def _backend_options(args: argparse.Namespace) -> dict:
-    """The backend options given on the command line; one the chosen backend does not take is refused."""
-    from .jobs.backends import BACKENDS
-
-    given = {k[len(BACKEND_OPTION):]: v for k, v in vars(args).items() if k.startswith(BACKEND_OPTION) and v is not None}
-    takes = {o.name: o for o in BACKENDS[args.backend].options}
-    for name in given:
-        if name not in takes:
-            owners = [b for b, e in BACKENDS.items() if any(o.name == name for o in e.options)]
-            flag = next(o.cli_flag for e in BACKENDS.values() for o in e.options if o.name == name)
-            raise ValueError(f"{flag} is an option of backend {', '.join(owners)}, not of {args.backend!r}")
-    return given
-
-
-def _add_tracker_options(p) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI: any MLflow server, SageMaker's managed MLflow (ARN, with the "
-                        "sagemaker-mlflow plugin) (default: sqlite in the workspace)")
-    p.add_argument("--experiment", default=None, help="experiment name (default prune-explorer)")
-    p.add_argument("--region", default=None, help="AWS region for SageMaker (default: the boto3 session's)")
-
-
-def _json_object(text: str) -> dict:
-    from .jobs.contract import json_object  # imported when used: building the parser stays torch-free
-
-    return json_object(text)
-
-
-def loop_config(args: argparse.Namespace):
-    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
-    from .loop import LoopConfig
-
-    fields = set(LoopConfig.__dataclass_fields__) - {"given", "backend_options"}
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return LoopConfig(**given, given=tuple(given), backend_options=_backend_options(args))
-
-
-def _run(args) -> int:
-    from .loop import format_history, run_loop, summary
-    from .loop.checks import Refused
-    from .workspace.run_lock import WorkspaceBusy
-
-    try:
-        rows = run_loop(loop_config(args), progress=not args.quiet)
-    except (Refused, WorkspaceBusy) as exc:
-        print(f"prune-explorer run: refused: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"prune-explorer run: {exc}", file=sys.stderr)
-        return 1
-    if args.quiet:  # run_loop prints the summary itself when it shows progress
-        print(format_history(rows))
-        print(summary(rows))
-    return 1 if rows.attrs.get("failed") else 0
-
-
-def _add_history(sub) -> None:
-    p = sub.add_parser("history", help="print the tracked iterations of a workspace")
-    p.add_argument("--workspace", default="workspace", help="the workspace to read (default ./workspace)")
-    p.add_argument("--tracker", default="mlflow", choices=("mlflow", "sagemaker-experiments"),
-                   help="where the iterations were tracked (default mlflow)")
-    _add_tracker_options(p)
-    p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV")
-    p.set_defaults(func=_history)
-
-
-def _history(args) -> int:
-    from .loop.history import format_history, read_history, write_csv
-
-    try:
-        history, legend = read_history(args.workspace, args.tracker, args.tracking_uri, args.experiment, args.region)
-    except FileNotFoundError as exc:
-        print(f"prune-explorer history: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 — a store that is not MLflow's, an unreachable server: one line
-        where = args.tracking_uri or Layout(args.workspace).mlflow_db
-        print(f"prune-explorer history: cannot read {where}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    print("\n".join([format_history(history), *legend]))
-    try:
-        if args.csv:
-            write_csv(history, args.csv)
-    except OSError as exc:
-        print(f"prune-explorer history: --csv {args.csv}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 # --- export (model/export) ---------------------------------------------------------------------
@@ -433,7 +188,7 @@ def _add_export(sub) -> None:
 
 
 def _export(args) -> int:
-    from .model.export import export_model
+    from ..model.export import export_model
 
     try:
         model_dir, workspace = _export_source(args.iteration, Path(args.workspace))
@@ -472,8 +227,8 @@ def _export_source(iteration: str, root: Path):
     given = Path(iteration)
     if given.is_dir():
         return given, None
-    from .workspace import Layout, Workspace
-    from .workspace.layout import MODEL_SPEC
+    from ..workspace import Layout, Workspace
+    from ..workspace.layout import MODEL_SPEC
 
     if not Layout(root).is_workspace():
         raise FileNotFoundError(f"no directory {iteration!r}, and {root} is not a workspace "
@@ -492,7 +247,7 @@ def _export_source(iteration: str, root: Path):
 
 
 # --- app (Voila) -------------------------------------------------------------------------------
-APP_NOTEBOOK = Path(__file__).resolve().parent / "widgets" / "app.ipynb"  # package data: ships in the wheel
+APP_NOTEBOOK = Path(__file__).resolve().parents[1] / "widgets" / "app.ipynb"  # package data: ships in the wheel
 
 
 def _add_app(sub) -> None:
@@ -578,10 +333,10 @@ def _loopback(ip: str) -> bool:
 
 
 def _app(args) -> int:
-    from .widgets.setup import confirm_baseline
-    from .widgets.supervise import supervise
+    from ..widgets.setup import confirm_baseline
+    from ..widgets.supervise import supervise
 
-    from .masking import unmasked
+    from ..masking import unmasked
 
     workspace = Path(args.workspace).resolve()
     if not has_model(Layout(workspace).iteration_dir(BASELINE)) and not args.demo:
@@ -602,7 +357,7 @@ def _app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="prune-explorer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"prune-explorer {__version__}")
@@ -613,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .masking import MaskedStream
+    from ..masking import MaskedStream
 
     args = build_parser().parse_args(argv)
     out, err = sys.stdout, sys.stderr
