@@ -56,7 +56,7 @@ def test_the_panel_starts_from_the_recipe(tmp_path):
     e = Explorer(model.eval(), trial=tmp_path / "trial", example_inputs=x[:1]).wait()
     try:
         assert e.criterion == DEFAULT_RECIPE["criterion"] == e.table_editor.criterion.value
-        assert e.distill == (DEFAULT_RECIPE["distill"] or "none") == e.teacher_choice.value
+        assert e.distill == (DEFAULT_RECIPE["distill"] or "none") == e.finetune.teacher.value
         if DEFAULT_RECIPE["target_macs"] is None:
             assert e.fill_mode == "filters"
         else:  # one of the recipe's equal steps to its MACs target

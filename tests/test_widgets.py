@@ -577,18 +577,19 @@ def test_the_teacher_control_distils_the_queued_fine_tune_from_the_baseline(capt
                  train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32),
                  hyperparameters=dict(epochs=1, batch_size=32)).wait()
     try:
-        assert e.distill == e.teacher_choice.value == (DEFAULT_RECIPE["distill"] or "none")
-        e.teacher_choice.value = "baseline"  # what a user picks
+        assert e.distill == e.finetune.teacher.value == (DEFAULT_RECIPE["distill"] or "none")
+        e.finetune.teacher.value = "baseline"  # what a user picks
         assert e.distill == "baseline" and e.hyperparameters()["distill"] == "baseline"
         e.fill_lowest(n=100, scheme="internal")
-        e.queue_button.click()
+        e.finetune.queue_button.click()
+        e.wait()  # Queue runs on the panel's "cut" worker
         assert e.error == "" and e.last_job
         job = e.queue.get(e.last_job)
         assert job.hyperparameters["distill"] == "baseline"
         assert job.hyperparameters["teacher"] == str(ws / "iterations" / "baseline")
         e.queue.cancel(job.id)
         e.distill = "none"  # the trait drives the control, and a plain fine-tune sends no teacher
-        assert e.teacher_choice.value == "none" and "distill" not in e.hyperparameters()
+        assert e.finetune.teacher.value == "none" and "distill" not in e.hyperparameters()
     finally:
         e.close()
 
@@ -893,7 +894,7 @@ def test_a_model_for_onnxruntime_keeps_orts_channel_block_in_every_plan(captured
         assert (e.latency_runtime, e.round_to) == ("pytorch", 0)  # PyTorch eager: any width
         e.set_counts({"layer3.0.conv1": 100})
         assert len(e.plan_channels["layer3.0.conv1"]) == 100
-        e.runtime_choice.value = "onnxruntime"  # what a user picks
+        e.finetune.runtime.value = "onnxruntime"  # what a user picks
         assert e.latency_runtime == "onnxruntime" and e.round_to == block
         kept = 256 - len(e.plan_channels["layer3.0.conv1"])  # the same count, rounded anew
         assert kept % block == 0 and abs(kept - 156) <= block // 2
@@ -901,7 +902,7 @@ def test_a_model_for_onnxruntime_keeps_orts_channel_block_in_every_plan(captured
         widths = {g.name: g.size for g in e.graph.prunable("internal")}
         assert e.plan_channels and all((widths[layer] - len(ix)) % block == 0 for layer, ix in e.plan_channels.items())
         e.latency_runtime = "pytorch"
-        assert e.runtime_choice.value == "pytorch" and e.round_to == 0
+        assert e.finetune.runtime.value == "pytorch" and e.round_to == 0
     finally:
         e.close()
 

@@ -44,7 +44,7 @@ def _add_run(sub) -> None:
                         "src/train.py (default: prune_explorer.jobs.train)")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    _add_criterion_options(p, None, f"the default recipe's, {recipe['criterion']}")
+    _add_criterion_options(p, None, f"{recipe['criterion']}, the default recipe's")
     p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration without a --target-*; "
                    f"more than the model's groups can give is refused (default {d.per_iteration} when the recipe has "
                    "no MACs target; giving it replaces the default recipe's --target-macs)")

@@ -157,16 +157,18 @@ class PyTorchEager:
 
     @contextlib.contextmanager
     def session(self, model: nn.Module, example_inputs: Any) -> Iterator[Callable[[], Any]]:
-        """Times a private copy (made before the clock starts), so the model is left as it was."""
+        """Times an eval-mode private copy (made before the clock starts): the model's forward never runs
+        (its hooks, caches), and its training flags, eval while timed, are given back as they came."""
         from .clone import private_copy
         from .inputs import call
         from .measure import _eval_no_grad
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"the pytorch runtime times modules, not {type(model).__name__}")
-        model = private_copy(model, share_tensors=False)
         with _eval_no_grad(model):
-            yield lambda: call(model, example_inputs)
+            copy = private_copy(model, share_tensors=False)
+            with _eval_no_grad(copy):
+                yield lambda: call(copy, example_inputs)
 
     def block_size(self) -> int:
         return 1  # eager convolutions have no channel-block layout to fall out of

@@ -63,11 +63,11 @@ class LayerTable(W.VBox):
                                                 layout=W.Layout(width="160px", display="none"))
         self.keep_fraction.add_class("pe-keep-fraction")
         self.fill_mode.observe(self._show_fill_mode, "value")
+        self.fill = W.Button(description="fill lowest N", button_style="info")
+        self.fill.add_class("pe-fill")
         if DEFAULT_RECIPE["target_macs"] is not None:  # the fill cuts one of the default recipe's equal MACs steps
             self.keep_fraction.value = round(DEFAULT_RECIPE["target_macs"] ** (1.0 / RECIPE_ITERATIONS), 3)
             self.fill_mode.value = "macs"
-        self.fill = W.Button(description="fill lowest N", button_style="info")
-        self.fill.add_class("pe-fill")
         self.clear = W.Button(description="clear")
         self.clear.add_class("pe-clear")
         self.sensitivity_all = W.Button(description="sensitivity (all)")
