@@ -15,7 +15,7 @@ import torch
 
 from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import JobQueue, LocalBackend
-from prune_explorer.loop import LoopConfig, demo_config, run_loop
+from prune_explorer.loop import LoopConfig, demo_config, recipe, run_loop
 from prune_explorer.model import store
 from prune_explorer.tracking import MlflowTracker
 from prune_explorer.workspace import Workspace
@@ -34,6 +34,8 @@ def workspace(tmp_path, digits_baseline):
     """This test's own workspace, holding a copy of the session's trained baseline (tracked on first use)."""
     root = tmp_path / "ws"
     assert Workspace(root).copy_baseline(digits_baseline)
+    # the recipe the loop records when it trains a baseline with `_config`'s settings (the shared one was)
+    recipe.record_baseline(Workspace(root), _config(root))
     return root
 
 
@@ -215,14 +217,15 @@ def test_run_distill_parent_teaches_each_fine_tune_with_its_parent_and_records_i
     iterations = workspace / "iterations"
     baseline_hash = hashlib.sha256((iterations / "baseline" / "model.safetensors").read_bytes()).hexdigest()
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
-                     "--per-iteration", "48", "--subset", "120", "--val-subset", "60", "--batch-size", "30",
-                     "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--distill", "parent",
-                     "--distill-temperature", "2", "--quiet"])
+                     "--per-iteration", "48", "--subset", "60", "--val-subset", "40", "--image-size", "8",
+                     "--batch-size", "30", "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--distill", "parent",
+                     "--distill-temperature", "2", "--quiet",
+                     "--new-recipe"])  # distillation is a fine-tuning setting: another than the recorded one branches
     assert code == 0, capsys.readouterr().err
     tracker = MlflowTracker(workspace)
     for name, parent in (("iter-001", "baseline"), ("iter-002", "iter-001")):
         teacher = json.loads((iterations / name / "metrics.json").read_text())["teacher"]
-        assert teacher["model"] == str(iterations / parent) and teacher["calls"] == 4  # 120 images, batch 30
+        assert teacher["model"] == str(iterations / parent) and teacher["calls"] == 60 // 30  # 60 images, batch 30
         assert teacher["weights_sha256_before"] == teacher["weights_sha256_after"]
         assert tracker.hyperparameters(name) == {"distill": "parent", "distill_alpha": 0.9, "distill_temperature": 2.0,
                                                  "teacher": str(iterations / parent)}
@@ -238,8 +241,8 @@ def test_a_run_for_onnxruntime_keeps_every_cut_width_a_multiple_of_its_channel_b
 
     block = onnxruntime_block_size()
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "1",
-                     "--per-iteration", "100", "--subset", "120", "--val-subset", "60", "--batch-size", "30",
-                     "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--latency-runtime",
+                     "--per-iteration", "100", "--subset", "60", "--val-subset", "40", "--image-size", "8",
+                     "--batch-size", "30", "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--latency-runtime",
                      "onnxruntime", "--quiet"])
     assert code == 0, capsys.readouterr().err
     space = Workspace(workspace)

@@ -113,7 +113,7 @@ class Planner:
             panel.preview = {"filters_removed": sum(int(v) for v in panel.counts.values())}
             return
         try:
-            plan = session.plan(panel.counts)
+            plan = session.plan(panel.counts, round_to=panel.round_to)
             numbers = session.preview(plan)
         except ValueError as exc:
             panel.error = f"plan refused: {exc}"
