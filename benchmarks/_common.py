@@ -36,6 +36,28 @@ GOAL_DROP = 0.005  # issue 13's goal: within 0.5 point of the baseline ...
 GOAL_SE = 2.0  # ... and ahead of per-layer Taylor and random by more than 2 standard errors
 
 
+# The recipes issue 21 compares, as the LoopConfig settings that make them: the package's default recipe
+# (`prune_explorer.default_recipe.DEFAULT_RECIPE`) must be one of these, and the report's last line is about it.
+RECIPES: dict[str, dict] = {
+    "taylor": dict(criterion="taylor", target_macs=None, target_scope="iteration", distill=None),
+    "taylor-distill": dict(criterion="taylor", target_macs=None, target_scope="iteration", distill="baseline"),
+    "taylor-global-macs": dict(criterion="taylor_global", target_macs=GOAL_MACS_FRACTION, target_scope="overall",
+                               distill=None),
+    "taylor-global-macs-distill": dict(criterion="taylor_global", target_macs=GOAL_MACS_FRACTION,
+                                       target_scope="overall", distill="baseline"),
+}
+
+
+def default_recipe() -> str:
+    """The benchmark method whose settings are the package's default recipe (`default_recipe.DEFAULT_RECIPE`)."""
+    from prune_explorer.default_recipe import DEFAULT_RECIPE
+
+    found = [name for name, settings in RECIPES.items() if settings == DEFAULT_RECIPE]
+    if not found:
+        raise SystemExit(f"the package's default recipe {DEFAULT_RECIPE} is none of the benchmark's {list(RECIPES)}")
+    return found[0]
+
+
 def method(name: str, default: bool = True, budget: bool = False) -> Callable[[Method], Method]:
     """Register `run(config)` as a benchmark method under `name` (in the default set unless `default=False`;
     `budget=True`: it cuts to a MACs target in `config.iterations` steps, see `run_curves`)."""
@@ -96,8 +118,19 @@ def _taylor_macs(config: LoopConfig) -> None:
 def _taylor_global_macs(config: LoopConfig) -> None:
     """taylor_global cutting to GOAL_MACS_FRACTION of the baseline's MACs in equal steps: budgets in compute,
     not filters."""
-    run_loop(dataclasses.replace(config, criterion="taylor_global", target_macs=GOAL_MACS_FRACTION,
-                                 target_scope="overall"))
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-global-macs"]))
+
+
+@method("taylor-distill", default=False)
+def _taylor_distill(config: LoopConfig) -> None:
+    """Per-layer Taylor, each fine-tune distilled from the baseline (alpha, T: the job contract's defaults)."""
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-distill"]))
+
+
+@method("taylor-global-macs-distill", default=False, budget=True)
+def _taylor_global_macs_distill(config: LoopConfig) -> None:
+    """taylor-global-macs, each fine-tune distilled from the baseline."""
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-global-macs-distill"]))
 
 
 @method("tp-magnitude")
@@ -294,6 +327,7 @@ class Summary:
     at_goal: list[Paired]
     at_smallest: list[Paired]
     at_macs_goal: list[Paired] = dataclasses.field(default_factory=list)
+    recipe: str = REFERENCE  # the method the goal's row belongs to (the last line names it)
 
     @property
     def ratio(self) -> float:
@@ -304,13 +338,74 @@ class Summary:
         return float(self.baseline["accuracy"]) - float(self.goal["accuracy"])
 
     def line(self, label: str) -> str:
-        return (f"{label}: baseline {100 * self.baseline['accuracy']:.2f}%, {REFERENCE} {100 * self.goal['accuracy']:.2f}% "
-                f"at {int(self.goal['params']):,} params (1/{self.ratio:.1f} of baseline), drop {100 * self.drop:.2f} points")
+        return (f"{label}: baseline {100 * self.baseline['accuracy']:.2f}%, {self.recipe} "
+                f"{100 * self.goal['accuracy']:.2f}% at {int(self.goal['params']):,} params "
+                f"(1/{self.ratio:.1f} of baseline), drop {100 * self.drop:.2f} points")
 
 
-def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = True) -> Summary:
+def both_goals_row(curve: pd.DataFrame, baseline: pd.Series) -> tuple[pd.Series, bool]:
+    """A curve's first model at or below GOAL_FRACTION of the baseline's params and GOAL_MACS_FRACTION of its
+    MACs (issue 21's point for the default recipe), and whether it got there (else its smallest model)."""
+    below = curve[(curve["params"].astype(float) <= GOAL_FRACTION * float(baseline["params"]))
+                  & (curve["macs"].astype(float) <= GOAL_MACS_FRACTION * float(baseline["macs"]))]
+    return (below.iloc[0], True) if len(below) else (curve.iloc[-1], False)
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """What one method's fine-tuning jobs cost: per-iteration means of the job's wall time, its process's
+    CPU time over its epochs, and of that the teacher's forwards (0 without a teacher)."""
+
+    jobs: int
+    wall_s: float
+    cpu_s: float
+    teacher_cpu_s: float
+
+    @property
+    def teacher_ratio(self) -> float:
+        """The job's CPU time over the same job without its teacher's forwards."""
+        return self.cpu_s / max(self.cpu_s - self.teacher_cpu_s, 1e-9)
+
+
+def job_costs(workspace: Path) -> JobCost | None:
+    """The completed fine-tuning jobs of a method's workspace (the copied baseline excluded)."""
+    from prune_explorer.jobs import COMPLETED
+
+    space = Workspace(workspace)
+    walls, cpus, teachers = [], [], []
+    for name in space.completed_iterations():
+        done = [j for j in space.jobs_of(name) if j.status == COMPLETED and j.started and j.ended]
+        if not done:
+            continue
+        job = done[-1]
+        result = job.result or {}
+        walls.append(job.ended - job.started)
+        cpus.append(sum(float(e.get("cpu_seconds") or 0.0) for e in result.get("epochs", [])))
+        teachers.append(float((result.get("teacher") or {}).get("cpu_seconds") or 0.0))
+    if not walls:
+        return None
+    return JobCost(len(walls), float(np.mean(walls)), float(np.mean(cpus)), float(np.mean(teachers)))
+
+
+def cost_line(root: Path, methods: list[str]) -> str:
+    """Wall and CPU time per iteration of each method, and the teacher's share where there is one."""
+    parts = []
+    for m in methods:
+        cost = job_costs(root / m)
+        if cost is None:
+            continue
+        teacher = (f"; teacher {cost.teacher_cpu_s:.1f} s CPU, {cost.teacher_ratio:.2f}x the job without it"
+                   if cost.teacher_cpu_s else "")
+        parts.append(f"{m} {cost.wall_s:.0f} s (CPU {cost.cpu_s:.0f} s over its epochs{teacher}; {cost.jobs} jobs)")
+    return "wall time per iteration (mean): " + ", ".join(parts)
+
+
+def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = True,
+           recipe: str | None = None) -> Summary:
     """Print the curves (params and MACs on each point), each plan's widths, the paired comparisons at
-    the smallest models and at each method's goal point; return the summary of the goal's line."""
+    the smallest models and at each method's goal point, and each method's time per iteration; return
+    the summary of the goal's line: the reference's first model at or below 1/3 of the params, or, with
+    `recipe`, that method's first model at or below both 1/3 of the params and 1/2 of the MACs."""
     curves = {m: tracked_curve(root / m) for m in [REFERENCE] + [m for m in methods if m != REFERENCE]}
     table = pd.concat([c.assign(method=m)[["method", "iteration", "filters_removed", "params", "macs", "accuracy"]]
                        for m, c in curves.items()], ignore_index=True)
@@ -345,7 +440,23 @@ def report(root: Path, config: LoopConfig, methods: list[str], widths: bool = Tr
     print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_macs_goal)))
     for line in macs_goal_lines(baseline, macs_goals, at_macs_goal):
         print(line)
-    return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest, at_macs_goal)
+    both = {m: both_goals_row(c, baseline) for m, c in curves.items()}
+    print(f"at each method's first model <= 1/{1 / GOAL_FRACTION:.0f} of the params and <= "
+          f"1/{1 / GOAL_MACS_FRACTION:.0f} of the MACs: " + ", ".join(
+              f"{m} {r['iteration']} {100 * r['accuracy']:.2f}% ({int(r['params']):,} params, {int(r['macs']):,} MACs"
+              f"{'' if reached else ', never both: its smallest'})" for m, (r, reached) in both.items()))
+    at_both = paired_differences({m: r for m, (r, _) in both.items()}, config)
+    print(f"paired on the same {images} images (± 1 SE): " + ", ".join(map(str, at_both)))
+    print(cost_line(root, list(curves)))
+    if recipe is None:
+        return Summary(baseline, goals[REFERENCE][0], at_goal, at_smallest, at_macs_goal)
+    if recipe not in curves:
+        raise SystemExit(f"the default recipe {recipe!r} has no curve here: add it to --methods")
+    row, reached = both_goals_row(curves[recipe], baseline)
+    print(f"default recipe {recipe}: {row['iteration']} {100 * row['accuracy']:.2f}% at {int(row['params']):,} params, "
+          f"{int(row['macs']):,} MACs (first model <= 1/{1 / GOAL_FRACTION:.0f} of the params and <= "
+          f"1/{1 / GOAL_MACS_FRACTION:.0f} of the MACs{'' if reached else ': never both, its smallest'})")
+    return Summary(baseline, row, at_goal, at_smallest, at_macs_goal, recipe=recipe)
 
 
 def macs_goal_lines(baseline: pd.Series, rows: dict[str, tuple[pd.Series, bool]], pairs: list[Paired]) -> list[str]:

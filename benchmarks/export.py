@@ -1,15 +1,16 @@
-"""Does a pruned model's MAC cut turn into ONNX Runtime CPU speed? (issue 14, goal: speed-up >= MAC ratio)
+"""Does a pruned model's MAC cut turn into ONNX Runtime CPU speed? (issues 14 and 21, goal: speed-up >= MAC ratio)
 
 resnet18(num_classes=101) at 3x224x224, 30% of every prunable group removed by L1 (as
-benchmarks/surgery.py cuts it), and the same cut with widths kept at multiples of 8 (fixed before
-measuring: vectorised conv kernels favour such widths). Each model is exported to ONNX in memory
-with the library's exporter and timed with `onnxruntime_latency_ms` (before and after interleaved in
-one run, medians) at batch 1 (one image on an edge device) and batch 32; PyTorch eager latency of
-the same pair in the same process for comparison; ONNX Runtime's profiler splits batch-1 time into
-conv kernels and the rest, and the optimized graph tells how many convs ORT runs in its blocked
-NCHWc layout (channel counts that are multiples of its block). Last line:
-`export: onnxruntime batch-1 speed-up S x, MAC ratio M x, speed-up / MAC ratio R (goal >= 1); widths
-multiples of 8: S8 x / M8 x = R8`.
+benchmarks/surgery.py cuts it) without rounding, and the same cut with the rounding a run targeting
+ORT uses by default (`LoopConfig(latency_runtime="onnxruntime").channel_multiple`: ORT's NCHWc
+channel block, probed from ORT — 16 with AVX-512, 8 with AVX2). Each model is exported to ONNX in
+memory with the library's exporter and timed in ORT (`model/runtimes.py`: before and after
+interleaved round by round, on the one-thread CPU clock; median and quartiles of the per-round
+ratio) at batch 1 (one image on an edge device) and batch 32; PyTorch eager of the same pair in the
+same process for comparison; ONNX Runtime's profiler splits batch-1 time into conv kernels and the
+rest, and the optimized graph tells how many convs ORT runs in its blocked NCHWc layout. Last line,
+about the default rounding:
+`export: onnxruntime batch-1 speed-up X x, MAC ratio Y x, speed-up / MAC ratio Z; batch 32: ...`.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from pathlib import Path
 import torch
 import torchvision
 
-from prune_explorer.model.export import export_model, onnxruntime_latency_ms
+from prune_explorer.loop import LoopConfig
+from prune_explorer.model.export import export_model
 from prune_explorer.model.graph import ChannelGraph
-from prune_explorer.model.measure import count, paired_latency_ms
+from prune_explorer.model.measure import count
+from prune_explorer.model.runtimes import OnnxRuntimeCPU, interleaved, ratio_timing
 from prune_explorer.model.plan import PrunePlan
 from prune_explorer.model.surgery import prune
-from surgery import l1_table
+from prune_explorer.signals.ranking import rank
 
 FRACTION = 0.3
 SHAPE = (3, 224, 224)
@@ -103,34 +106,37 @@ def main() -> None:
     base = torchvision.models.resnet18(weights=None, num_classes=101).eval()
     x = torch.zeros(1, *SHAPE)
     graph = ChannelGraph.trace(base, x)
-    table = l1_table(base, graph)
+    table = rank(base, x, criterion="l1", graph=graph)  # L1 per filter, normalised per layer
     counts = {g.name: int(round(FRACTION * g.size)) for g in graph.prunable()}
+    block = LoopConfig(latency_runtime="onnxruntime").channel_multiple  # what a run targeting ORT rounds to
+    default = f"30%, widths multiples of {block} (the default for onnxruntime)"
     cuts = {
-        "30% of every prunable group": prune(base, PrunePlan.from_counts(table, graph, counts), x, graph=graph),
-        "30%, widths multiples of 8": prune(base, PrunePlan.from_counts(table, graph, counts, round_to=8), x,
-                                            graph=graph),
+        "30% of every prunable group, no rounding": prune(base, PrunePlan.from_counts(table, graph, counts), x,
+                                                          graph=graph),
+        default: prune(base, PrunePlan.from_counts(table, graph, counts, round_to=block), x, graph=graph),
     }
     base_macs = count(base, x).macs
-    ratios: list[tuple[float, float]] = []  # batch-1 (speed-up, MAC ratio) per cut
+    ratios: dict[tuple[str, int], tuple[float, float]] = {}  # (cut, batch) -> (speed-up, MAC ratio)
+    ort = OnnxRuntimeCPU(threads=args.threads)
     for label, pruned in cuts.items():
         mac_ratio = base_macs / count(pruned, x).macs
         print(f"{label}: params {count(base, x).params / 1e6:.2f}M -> {count(pruned, x).params / 1e6:.2f}M, "
               f"MACs {mac_ratio:.2f}x fewer")
         for batch, repeats in ((1, args.repeats), (32, max(3, args.repeats // 4))):
             xb = torch.randn(batch, *SHAPE)
-            ort_before, ort_after = onnxruntime_latency_ms([base, pruned], xb, repeats=repeats, threads=args.threads)
-            pt_before, pt_after = paired_latency_ms([base, pruned], xb, repeats=repeats)
-            speedup = ort_before / ort_after
-            print(f"  batch {batch:2d}: onnxruntime {ort_before:.1f} -> {ort_after:.1f} ms ({speedup:.2f}x, "
-                  f"/ MAC ratio {speedup / mac_ratio:.2f}); pytorch {pt_before:.1f} -> {pt_after:.1f} ms "
-                  f"({pt_before / pt_after:.2f}x); onnxruntime / pytorch after {ort_after / pt_after:.2f}")
-            if batch == 1:
-                ratios.append((speedup, mac_ratio))
+            before, after = interleaved(ort, [base, pruned], xb, repeats=repeats)
+            pt_before, pt_after = interleaved("pytorch", [base, pruned], xb, repeats=repeats)
+            ratio = ratio_timing(before, after)  # before/after per round: the speed-up and its spread
+            speedup = ratio.median
+            print(f"  batch {batch:2d}: onnxruntime {before} -> {after} ({before.clock} clock), speed-up {speedup:.2f}x "
+                  f"[{ratio.q1:.2f}-{ratio.q3:.2f}], / MAC ratio {speedup / mac_ratio:.2f}; pytorch "
+                  f"{pt_before.median:.1f} -> {pt_after.median:.1f} ms ({pt_before.median / pt_after.median:.2f}x); "
+                  f"onnxruntime / pytorch after {after.median / pt_after.median:.2f}")
+            ratios[(label, batch)] = (speedup, mac_ratio)
         print("  batch  1 profile: " + where_time_goes(base, pruned, torch.randn(1, *SHAPE), args.threads, args.repeats))
-    (speedup, mac_ratio), (speedup8, mac_ratio8) = ratios
-    print(f"export: onnxruntime batch-1 speed-up {speedup:.2f} x, MAC ratio {mac_ratio:.2f} x, "
-          f"speed-up / MAC ratio {speedup / mac_ratio:.2f} (goal >= 1); widths multiples of 8: "
-          f"{speedup8:.2f} x / {mac_ratio8:.2f} x = {speedup8 / mac_ratio8:.2f}")
+    (s1, m1), (s32, m32) = ratios[(default, 1)], ratios[(default, 32)]
+    print(f"export: onnxruntime batch-1 speed-up {s1:.2f} x, MAC ratio {m1:.2f} x, speed-up / MAC ratio {s1 / m1:.2f}; "
+          f"batch 32: {s32:.2f} x / {m32:.2f} x = {s32 / m32:.2f} (default rounding: multiples of {block}; goal >= 1)")
 
 
 if __name__ == "__main__":

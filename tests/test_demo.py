@@ -61,3 +61,21 @@ def test_demo_pretrained_fast_fine_tunes_the_imagenet_model_and_prunes_it(tmp_pa
     assert child["params"] < baseline["params"] and child["config"]["weights"] is None  # a saved, pruned model
     assert main(["demo", "--pretrained", "--fast", "--workspace", str(workspace)]) == 0  # a rerun reprints
     assert "1 of them already in" in capsys.readouterr().out
+
+
+def test_the_surgery_tables_latency_is_a_range_and_a_noisy_machine_is_named_not_hidden():
+    """Build 4 of issue 21: medians with their quartiles and the per-round ratio's; when the rounds scatter,
+    the table says the machine is too noisy instead of printing a single misleading number."""
+    from prune_explorer.demo.surgery import _table
+    from prune_explorer.model.measure import ModelCost
+    from prune_explorer.model.runtimes import Timing
+
+    before, after = ModelCost(11_000_000, 1_800_000_000), ModelCost(9_000_000, 1_500_000_000)
+    steady = _table(before, after, Timing((100.0, 101.0, 99.0, 100.0), "cpu"), Timing((80.0, 81.0, 79.0, 80.0), "cpu"))
+    assert "100.0 [99.8-100.2]" in steady and "0.800 [0.799-0.800]" in steady and "cpu clock" in steady
+    assert steady.splitlines()[-1] == "latency: 1.25x faster (every quartile of the per-round ratio below 1)"
+    busy = _table(before, after, Timing((100.0, 390.0, 120.0, 410.0), "wall"), Timing((80.0, 95.0, 400.0, 85.0), "wall"))
+    assert busy.splitlines()[-1].startswith("latency: the machine is too noisy to tell (before, after, their ratio")
+    assert "faster" not in busy
+    same = _table(before, after, Timing((100.0, 102.0, 98.0, 100.0)), Timing((101.0, 99.0, 100.0, 103.0)))
+    assert same.splitlines()[-1] == "latency: no faster within this machine's noise (the ratio's quartiles reach 1)"

@@ -176,6 +176,45 @@ def test_a_local_weights_file_travels_as_the_weights_channel(aws, tmp_path, monk
         backend(aws, inputs={"weights": "s3://bucket/w/"})
 
 
+def test_a_distilled_job_carries_its_teacher_as_the_teacher_channel_and_learns_from_it(aws, saved_model, tmp_path,
+                                                                                     monkeypatch):
+    """Issue 21: the teacher's model files travel as the `teacher` channel (not a local path); the container
+    finds them as SM_CHANNEL_TEACHER, distils from them and leaves them as they were."""
+    from prune_explorer.jobs.distill import weights_digest
+    from prune_explorer.model.store import load, save
+    from prune_explorer.model.zoo import build_model
+    from sagemaker_fakes import play_container
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.manual_seed(1)
+    teacher_dir = save(build_model("mobilenet_v3_small", num_classes=10).eval(), tmp_path / "teacher")
+    student_dir = save(load(teacher_dir), tmp_path / "student")
+    sm = backend(aws, debugger=False)
+    job = make_job(tmp_path / "ws", str(student_dir), dataset="digits", epochs=1, subset=30, val_subset=20,
+                   batch_size=10, max_steps=2, device="cpu", measure_latency=False, teacher=str(teacher_dir),
+                   distill="baseline", distill_alpha=0.5)
+    sm.start(job)
+    described = aws["sagemaker"].describe_training_job(TrainingJobName=job.backend_id)
+    hyper = described["HyperParameters"]
+    assert "teacher" not in hyper and (hyper["distill"], hyper["distill_alpha"]) == ("baseline", "0.5")
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["InputDataConfig"]}
+    assert channels["teacher"] == sm.s3_uri(job.backend_id, "input", "teacher") + "/"
+    for name in ("model.json", "model.safetensors"):
+        assert s3_bytes(aws, channels["teacher"] + name) == (teacher_dir / name).read_bytes()
+
+    played = play_container(aws, job.backend_id, tmp_path / "opt-ml", monkeypatch)
+    assert played["exit_code"] == 0, played["metrics"]
+    record = played["metrics"]["teacher"]
+    assert record["model"] == str(tmp_path / "opt-ml" / "input" / "data" / "teacher")
+    assert (record["distill"], record["alpha"], record["calls"]) == ("baseline", 0.5, 2)  # two steps, two batches
+    assert record["weights_sha256_before"] == record["weights_sha256_after"] == weights_digest(load(teacher_dir))
+    with pytest.raises(ValueError, match="'teacher' is reserved"):
+        backend(aws, inputs={"teacher": "s3://bucket/t/"})
+    missing = make_job(tmp_path / "ws", str(student_dir), teacher=str(tmp_path / "nowhere"), epochs=1)
+    with pytest.raises(FileNotFoundError, match="nowhere: not a saved model directory"):
+        sm.start(missing)
+
+
 def test_source_is_uploaded_once_per_content(aws, tmp_path):
     sm = backend(aws, debugger=False)
     first = sm.upload_source()

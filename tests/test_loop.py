@@ -195,6 +195,52 @@ def test_an_overall_macs_target_is_reached_in_equal_ratios_by_the_global_criteri
     assert (config["target_macs"], config["target_scope"], config["criterion"]) == (0.5, "overall", "taylor_global")
 
 
+def test_run_distill_parent_teaches_each_fine_tune_with_its_parent_and_records_it(workspace, capsys):
+    """`run --distill parent`: iter-001 learns from the baseline, iter-002 from iter-001, each teacher's
+    files unchanged by the job, and both trackers' hyperparameters say so (MLflow here)."""
+    import hashlib
+
+    iterations = workspace / "iterations"
+    baseline_hash = hashlib.sha256((iterations / "baseline" / "model.safetensors").read_bytes()).hexdigest()
+    code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
+                     "--per-iteration", "48", "--subset", "120", "--val-subset", "60", "--batch-size", "30",
+                     "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--distill", "parent",
+                     "--distill-temperature", "2", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    tracker = MlflowTracker(workspace)
+    for name, parent in (("iter-001", "baseline"), ("iter-002", "iter-001")):
+        teacher = json.loads((iterations / name / "metrics.json").read_text())["teacher"]
+        assert teacher["model"] == str(iterations / parent) and teacher["calls"] == 4  # 120 images, batch 30
+        assert teacher["weights_sha256_before"] == teacher["weights_sha256_after"]
+        assert tracker.hyperparameters(name) == {"distill": "parent", "distill_alpha": 0.9, "distill_temperature": 2.0,
+                                                 "teacher": str(iterations / parent)}
+    assert hashlib.sha256((iterations / "baseline" / "model.safetensors").read_bytes()).hexdigest() == baseline_hash
+    assert json.loads((workspace / "loop_config.json").read_text())["distill"] == "parent"
+
+
+def test_a_run_for_onnxruntime_keeps_every_cut_width_a_multiple_of_its_channel_block(workspace, capsys):
+    """`run --latency-runtime onnxruntime`: rounding to ORT's block (probed: 16 with AVX-512, 8 with AVX2)
+    is on by default, so no convolution falls out of ORT's blocked layout; --round-to 0 turns it off."""
+    from prune_explorer.model.graph import ChannelGraph
+    from prune_explorer.model.runtimes import onnxruntime_block_size
+
+    block = onnxruntime_block_size()
+    code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "1",
+                     "--per-iteration", "100", "--subset", "120", "--val-subset", "60", "--batch-size", "30",
+                     "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--latency-runtime",
+                     "onnxruntime", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    space = Workspace(workspace)
+    widths = {}
+    for name in ("baseline", "iter-001"):
+        model = store.load(space.iteration_dir(name)).eval()
+        x = space.example_inputs(name, model)
+        widths[name] = {g.name: g.size for g in ChannelGraph.trace(model, x).prunable("internal")}
+    cut = {g: w for g, w in widths["iter-001"].items() if w != widths["baseline"][g]}
+    assert cut and all(w % block == 0 for w in cut.values()), (block, cut)
+    assert json.loads((workspace / "loop_config.json").read_text())["latency_runtime"] == "onnxruntime"
+
+
 def test_config_is_validated_and_demo_config_fits_the_machine(tmp_path):
     with pytest.raises(ValueError, match="target_macs is the fraction"):
         _config(tmp_path, target_macs=50.0).validate()

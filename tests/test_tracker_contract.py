@@ -89,6 +89,25 @@ def test_each_finished_job_is_one_row_oldest_first(behind_queue):
     assert history["job_id"].tolist() == [good.id, bad.id] and history["started"].is_monotonic_increasing
 
 
+def test_a_distilled_jobs_teacher_alpha_and_temperature_are_recorded_hyperparameters(new_tracker):
+    """Issue 21: the distillation a job used (from its metrics.json), recorded as the store's parameters."""
+    workspace, tracker = new_tracker()
+    with JobQueue(workspace, tracker=tracker, poll_interval=0.1) as queue:
+        base = queue.wait(queue.submit("resnet18", iteration="baseline", hyperparameters=QUICK).id, timeout=300)
+        assert base.status == "completed", base.message
+        child = queue.submit(base.out_dir, out_dir=workspace / "iter-001", iteration="iter-001", parent="baseline",
+                             plan={"layer1.0.conv1": 0}, criterion="taylor",
+                             hyperparameters=dict(QUICK, teacher=base.out_dir, distill="baseline",
+                                                  distill_temperature=2.0))
+        child = queue.wait(child.id, timeout=300)
+    assert child.status == "completed", child.message
+    assert tracker.hyperparameters("iter-001") == {"distill": "baseline", "distill_alpha": 0.9,
+                                                   "distill_temperature": 2.0, "teacher": base.out_dir}
+    assert tracker.hyperparameters("baseline") == {}
+    with pytest.raises(KeyError):
+        tracker.hyperparameters("iter-404")
+
+
 def test_update_status_changes_the_row_and_an_unknown_iteration_is_refused(new_tracker):
     _, tracker = new_tracker()
     tracker.record("iter-004", parent="iter-003", accuracies=[0.6, 0.7], status="completed", job_id="job-a",

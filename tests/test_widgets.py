@@ -46,7 +46,8 @@ def captured(tmp_path_factory):
 @pytest.fixture
 def explorer(captured):
     model, trial, x, y = captured
-    e = Explorer(model, trial=trial, example_inputs=x[:1], validation=(x, y), n_lowest=120)
+    e = Explorer(model, trial=trial, example_inputs=x[:1], validation=(x, y), n_lowest=120, criterion="taylor")
+    e.fill_mode = "filters"  # the mechanics below, whatever the default recipe (tests/test_recipe_defaults.py)
     yield e.wait()
     e.close()
 
@@ -558,6 +559,33 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
         e.close()
 
 
+def test_the_teacher_control_distils_the_queued_fine_tune_from_the_baseline(captured, tmp_path):
+    """Issue 21: the panel's teacher dropdown and its `distill` trait; the queued job gets the teacher's folder."""
+    from prune_explorer.default_recipe import DEFAULT_RECIPE
+
+    model, trial, x, _ = captured
+    ws = tmp_path / "ws"
+    store.save(model, ws / "iterations" / "baseline")
+    e = Explorer(model, trial=trial, example_inputs=x[:1], workspace=ws, base_iteration="baseline",
+                 train_args=dict(dataset="digits", image_size=SIZE, subset=64, val_subset=32),
+                 hyperparameters=dict(epochs=1, batch_size=32)).wait()
+    try:
+        assert e.distill == e.teacher_choice.value == (DEFAULT_RECIPE["distill"] or "none")
+        e.teacher_choice.value = "baseline"  # what a user picks
+        assert e.distill == "baseline" and e.hyperparameters()["distill"] == "baseline"
+        e.fill_lowest(n=100, scheme="internal")
+        e.queue_button.click()
+        assert e.error == "" and e.last_job
+        job = e.queue.get(e.last_job)
+        assert job.hyperparameters["distill"] == "baseline"
+        assert job.hyperparameters["teacher"] == str(ws / "iterations" / "baseline")
+        e.queue.cancel(job.id)
+        e.distill = "none"  # the trait drives the control, and a plain fine-tune sends no teacher
+        assert e.teacher_choice.value == "none" and "distill" not in e.hyperparameters()
+    finally:
+        e.close()
+
+
 # --- lineage tree and compare ------------------------------------------------------------------------------------
 def test_lineage_tree_shows_branches_marks_the_base_and_a_click_rebases(captured, tmp_path):
     from prune_explorer.widgets.lineage import tree
@@ -792,6 +820,32 @@ def test_preview_times_onnx_runtime_on_the_latency_worker_once_per_plan(captured
     finally:
         e.close()
     assert not exported[0].exists()  # the panel's temp folder goes with it
+
+
+def test_a_model_for_onnxruntime_keeps_orts_channel_block_in_every_plan(captured):
+    """Issue 21: "ships to onnxruntime" (the `latency_runtime` trait) rounds every cut to ORT's block; the
+    sliders and the fill keep each touched group at a multiple of it; back to pytorch, any width."""
+    from prune_explorer.model.runtimes import onnxruntime_block_size
+
+    model, trial, x, _ = captured
+    block = onnxruntime_block_size()
+    e = Explorer(model, trial=trial, example_inputs=x[:1], criterion="taylor")
+    try:
+        e.wait(120)
+        assert (e.latency_runtime, e.round_to) == ("pytorch", 0)  # PyTorch eager: any width
+        e.set_counts({"layer3.0.conv1": 100})
+        assert len(e.plan_channels["layer3.0.conv1"]) == 100
+        e.runtime_choice.value = "onnxruntime"  # what a user picks
+        assert e.latency_runtime == "onnxruntime" and e.round_to == block
+        kept = 256 - len(e.plan_channels["layer3.0.conv1"])  # the same count, rounded anew
+        assert kept % block == 0 and abs(kept - 156) <= block // 2
+        e.fill_lowest(n=300, scheme="internal")
+        widths = {g.name: g.size for g in e.graph.prunable("internal")}
+        assert e.plan_channels and all((widths[layer] - len(ix)) % block == 0 for layer, ix in e.plan_channels.items())
+        e.latency_runtime = "pytorch"
+        assert e.runtime_choice.value == "pytorch" and e.round_to == 0
+    finally:
+        e.close()
 
 
 def test_apply_reuses_the_previews_surgery_only_for_the_same_plan(captured, tmp_path):

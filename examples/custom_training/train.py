@@ -6,7 +6,9 @@ and contrast jitter), its loss (cross-entropy with label smoothing), optimiser (
 schedule) and mixed precision on a GPU. What makes it a job is the job contract (`from prune_explorer import job`): it gets the
 model to fine-tune (the baseline architecture, or the pruned model of an iteration), wraps the
 loop with the capture hook (the trial the next ranking reads), reports each epoch (the stop rule
-runs there) and, on leaving the `with` block, saves the best epoch's model and metrics.json.
+runs there) and, on leaving the `with` block, saves the best epoch's model and metrics.json. Given a
+teacher (`--teacher`, which `prune-explorer run --distill baseline|parent` sends), its loss becomes
+`run.distill_loss` against the frozen teacher's logits.
 
     python train.py --model resnet18 --data-dir digits/ --out-dir out/ --epochs 3 --label-smoothing 0.1
 """
@@ -120,7 +122,10 @@ def main() -> None:
                 hook.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(run.device.type, enabled=cuda):
-                    loss = loss_fn(net(x), y)
+                    logits = net(x)
+                    # with --teacher (`prune-explorer run --distill baseline`): Hinton's loss against the
+                    # frozen teacher's logits on this batch; otherwise the script's own loss
+                    loss = run.distill_loss(logits, x, y) if run.distilling else loss_fn(logits, y)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model.measure import ModelCost, count, paired_latency_ms
+from ..model.measure import ModelCost, count
+from ..model.runtimes import NOISY_SPREAD, Timing, interleaved, ratio_timing
 from ..model.zoo import build_model
 
 LATENCY_BATCH = 8
+LATENCY_ROUNDS = 7  # interleaved rounds: each model's median and quartiles, and the per-round ratio's
 LATENCY_THREADS = 1  # one thread: steady numbers on a shared machine, and the demo stays under 30 s
 PRETRAINED_ARCH = "efficientnet_lite_pytorch:EfficientNet.from_name"  # the class method builds by name
 PRETRAINED_NAME = "efficientnet-lite0"
@@ -100,9 +102,11 @@ def _run(setup: SurgeryDemo) -> int:
     removed = sum(plan.summary().values())
     with _step(f"prune {removed} filters from {len(plan.summary())} of {len(graph.prunable())} prunable groups"):
         pruned = prune(model, plan, one, graph=graph)
-    with _step(f"measure params, MACs (1x3x{size}x{size}) and median CPU latency (batch {LATENCY_BATCH})"):
-        before, after = _costs([model, pruned], one, batch)
-    print(_table(before, after))
+    with _step(f"measure params, MACs (1x3x{size}x{size}) and CPU latency (batch {LATENCY_BATCH}, "
+               f"{LATENCY_ROUNDS} interleaved rounds)"):
+        counts = [count(m, one) for m in (model, pruned)]
+        timings = interleaved("pytorch", [model, pruned], batch, warmup=2, repeats=LATENCY_ROUNDS)
+    print(_table(*counts, *timings))
 
     with tempfile.TemporaryDirectory(prefix="prune-explorer-demo-") as tmp:
         target = Path(tmp) / "pruned"
@@ -115,23 +119,32 @@ def _run(setup: SurgeryDemo) -> int:
     return 0 if same else 1
 
 
-def _costs(models: list[nn.Module], one: torch.Tensor, batch: torch.Tensor) -> list[ModelCost]:
-    """Counts per model; latencies timed in alternation so both sides see the same machine load."""
-    times = paired_latency_ms(models, batch, warmup=2, repeats=5)
-    return [ModelCost(c.params, c.macs, ms) for c, ms in zip((count(m, one) for m in models), times)]
-
-
-def _table(before: ModelCost, after: ModelCost) -> str:
+def _table(before: ModelCost, after: ModelCost, slow: Timing, fast: Timing) -> str:
+    """Params and MACs, then the latency as a range: each model's median [quartiles] over the interleaved
+    rounds and the per-round ratio's; when the rounds scatter too much to tell, it says so instead."""
+    ratio = ratio_timing(fast, slow)
     rows = [
-        ("params (M)", before.params / 1e6, after.params / 1e6),
-        ("MACs (G)", before.macs / 1e9, after.macs / 1e9),
-        (f"CPU ms (median, batch {LATENCY_BATCH}, {LATENCY_THREADS} thread)", before.latency_ms, after.latency_ms),
+        ("params (M)", f"{before.params / 1e6:.3f}", f"{after.params / 1e6:.3f}", f"{after.params / before.params:.3f}"),
+        ("MACs (G)", f"{before.macs / 1e9:.3f}", f"{after.macs / 1e9:.3f}", f"{after.macs / before.macs:.3f}"),
+        (f"CPU ms, batch {LATENCY_BATCH} ({slow.clock} clock, median [quartiles])", _range(slow), _range(fast),
+         f"{ratio.median:.3f} [{ratio.q1:.3f}-{ratio.q3:.3f}]"),
     ]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'':<{width}}  {'before':>9}  {'after':>9}  {'ratio':>6}"]
-    for label, b, a in rows:
-        lines.append(f"{label:<{width}}  {b:>9.3f}  {a:>9.3f}  {a / b:>6.3f}")
+    widths = [max(len(r[i]) for r in rows + [("", "before", "after", "ratio")]) for i in range(4)]
+    lines = [f"{'':<{widths[0]}}  {'before':>{widths[1]}}  {'after':>{widths[2]}}  {'ratio':>{widths[3]}}"]
+    lines += [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}  {d:>{widths[3]}}" for a, b, c, d in rows]
+    noisy = [name for name, t in (("before", slow), ("after", fast), ("their ratio", ratio)) if t.noisy]
+    if noisy:
+        lines.append(f"latency: the machine is too noisy to tell ({', '.join(noisy)} spread over "
+                     f"{100 * NOISY_SPREAD:.0f} % of the median across rounds); rerun on a quieter machine")
+    elif ratio.q3 < 1.0:
+        lines.append(f"latency: {1 / ratio.median:.2f}x faster (every quartile of the per-round ratio below 1)")
+    else:
+        lines.append("latency: no faster within this machine's noise (the ratio's quartiles reach 1)")
     return "\n".join(lines)
+
+
+def _range(t: Timing) -> str:
+    return f"{t.median:.1f} [{t.q1:.1f}-{t.q3:.1f}]"
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> bool:

@@ -14,6 +14,9 @@ A job RECEIVES (as `--key value` arguments; locations also from SageMaker's `SM_
   where to write           `--out-dir` (SM_MODEL_DIR), `--checkpoint-dir` (SM_CHECKPOINT_DIR, the
                            trial goes to DIR/trial), `--metrics-dir` (SM_OUTPUT_DATA_DIR)
   the stop rule            `--stop-rule-threshold`, `--baseline-accuracy`, `--stop-rule-mode`
+  a teacher (optional)     `--teacher` a saved model directory to distill from (SageMaker: the
+                           `teacher` channel, SM_CHANNEL_TEACHER), `--distill-alpha`,
+                           `--distill-temperature`; `--distill` names it (baseline | parent)
 
 A job LEAVES in its out dir: the best epoch's model (model.json + model.safetensors), metrics.json
 (per-epoch records, best/final accuracy, params, MACs, latency, status, input shape, the first
@@ -32,6 +35,7 @@ A script honours it in a few lines::
                 hook.step()
                 ...                                   # the script's own step
             run.report(val_accuracy=accuracy)         # the stop rule runs here
+    # with a teacher: loss = run.distill_loss(model(x), x, y)   (its logits, frozen, per batch)
     # leaving the block saves the best epoch's model and writes metrics.json
 """
 from __future__ import annotations
@@ -52,6 +56,8 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
+
+from .distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DISTILL_TEACHERS, Distilling, Teacher
 
 EXIT_COMPLETED, EXIT_STOPPED = 0, 3
 SAGEMAKER_CHECKPOINT_DIR = Path("/opt/ml/checkpoints")
@@ -89,6 +95,10 @@ class JobSpec:
     baseline_accuracy: float | None = None
     device: str | None = None
     measure_latency: bool = True
+    teacher: str | None = None  # a saved model directory to distill from (default: SM_CHANNEL_TEACHER)
+    distill: str | None = None  # which model the teacher is (baseline | parent), for the record
+    distill_alpha: float = DEFAULT_ALPHA
+    distill_temperature: float = DEFAULT_TEMPERATURE
     trust_model_code: tuple[str, ...] = ()  # modules a "pkg.mod:Class" model may come from (model/trust.py)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # the script's own (`--key value` beyond these)
 
@@ -115,6 +125,12 @@ class JobSpec:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.stop_rule_mode not in STOP_RULE_MODES:
             raise ValueError(f"stop_rule_mode must be 'best' or 'latest', got {self.stop_rule_mode!r}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha is the soft-target weight, in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
+        if self.distill is not None and self.distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill must be one of {DISTILL_TEACHERS}, got {self.distill!r}")
         if self.stop_rule_threshold is not None and self.baseline_accuracy is None:
             raise ValueError("--stop-rule-threshold needs --baseline-accuracy (the previous iteration's accuracy)")
         return self
@@ -149,6 +165,10 @@ CONTRACT_HELP = {
     "baseline_accuracy": "the previous iteration's accuracy, for the stop rule",
     "device": "cpu | cuda (default: cuda when available)",
     "measure_latency": "measure CPU latency of the final model (true/false)",
+    "teacher": "saved model directory to distill from (default: the SageMaker teacher channel)",
+    "distill": "which model the teacher is: baseline | parent (recorded; the teacher itself is --teacher)",
+    "distill_alpha": "weight of the teacher's soft targets: (1-a)*CE + a*T^2*KL",
+    "distill_temperature": "softmax temperature T of the distillation term",
     "trust_model_code": "comma-separated modules whose nn.Module classes --model (or its model.json) may name, e.g. "
                         "mypkg; without it only torchvision architectures and registered classes are built",
 }
@@ -207,6 +227,7 @@ CONTRACT_TYPES: dict[str, Callable[[str], Any]] = {
     "epochs": int, "batch_size": int, "lr": float, "seed": int, "image_size": optional(int), "workers": int,
     "max_steps": optional(int), "capture": str, "capture_every": int,
     "stop_rule_threshold": optional(float), "stop_rule_mode": str, "baseline_accuracy": optional(float),
+    "teacher": optional(str), "distill": optional(str), "distill_alpha": float, "distill_temperature": float,
     "device": optional(str), "measure_latency": flag, "trust_model_code": module_names,
 }
 
@@ -275,6 +296,10 @@ def resolve_locations(spec):
     if resolved.weights and weights_channel and not Path(resolved.weights).exists() \
             and (Path(weights_channel) / resolved.weights).is_file():
         resolved.weights = str(Path(weights_channel) / resolved.weights)  # a local file shipped as a channel
+    if resolved.teacher is None:
+        channel = env.get("SM_CHANNEL_TEACHER")
+        if channel and (Path(channel) / "model.json").is_file():
+            resolved.teacher = channel
     if resolved.data_dir is None:
         resolved.data_dir = env.get("SM_CHANNEL_TRAIN")
     if resolved.val_dir is None and resolved.data_dir == env.get("SM_CHANNEL_TRAIN"):
@@ -436,7 +461,7 @@ class _Capture:
         self.hook.close()
 
 
-class JobContext:
+class JobContext(Distilling):
     """One running job: its spec, process rank and device, and the record it leaves.
 
     Use it as a context manager (`with job.start() as run:`): leaving the block normally saves the
@@ -460,6 +485,8 @@ class JobContext:
         self._example: torch.Tensor | None = None
         self._first_batch: dict[str, Any] | None = None
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu = time.process_time()
+        self._teacher: Teacher | None = None
         self._samplers: list[Any] = []
         self._read: set[str] = set()
         self._rule = None
@@ -630,6 +657,7 @@ class JobContext:
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
             self._epoch_started = time.perf_counter()
+            self._epoch_cpu = time.process_time()
             yield epoch
 
     def evaluate(self, model: nn.Module, loader, loss: nn.Module | None = None) -> tuple[float, float]:
@@ -659,12 +687,13 @@ class JobContext:
         """
         model = self._register(model)
         record = {"epoch": epoch or len(self.records) + 1, **values, "val_accuracy": float(val_accuracy),
-                  "seconds": time.perf_counter() - self._epoch_started}
+                  "seconds": time.perf_counter() - self._epoch_started,
+                  "cpu_seconds": time.process_time() - self._epoch_cpu}
         self.records.append(record)
         for name, value in record.items():
-            if name not in ("epoch", "seconds") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name not in ("epoch", "seconds", "cpu_seconds") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._capture.scalar(name, value)
-        shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds")
+        shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "cpu_seconds")
                          and isinstance(v, float))
         self.log(f"epoch {record['epoch']}/{self.spec.epochs} {shown} ({record['seconds']:.1f}s)")
         if record["val_accuracy"] > self.best_accuracy:
@@ -771,6 +800,7 @@ class JobContext:
             "baseline_accuracy": self.spec.baseline_accuracy,
             "script": _program(),
             "unused_hyperparameters": unused,
+            **self.teacher_record(),
             **extra,
             "config": asdict(self.spec),
         }

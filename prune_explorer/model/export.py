@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .measure import _eval_no_grad, count, paired_latency_ms
+from .measure import _eval_no_grad, count
 
 TOLERANCE = 1e-4
 """Export check: max |file - PyTorch| <= TOLERANCE * max(1, max |PyTorch output|) (float32)."""
@@ -143,18 +143,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 # --- ONNX Runtime latency -------------------------------------------------------------------------
-class _OrtSession(nn.Module):
-    """An ONNX Runtime session behind nn.Module's call, so measure.paired_latency_ms times it like PyTorch."""
-
-    def __init__(self, session) -> None:
-        super().__init__()
-        self.session = session
-        self.input_names = [i.name for i in session.get_inputs()]
-
-    def forward(self, *arrays):
-        return self.session.run(None, dict(zip(self.input_names, arrays)))
-
-
 def onnxruntime_latency_ms(
     models: Sequence[nn.Module | str | os.PathLike],
     example_inputs: Any,
@@ -169,24 +157,30 @@ def onnxruntime_latency_ms(
     burst of load elsewhere slows both sides of a before/after pair. `threads` (intra-op) defaults to
     torch's thread count, so ORT and PyTorch numbers from one process are comparable.
     """
-    example = _as_tuple(example_inputs)
-    sessions = [_OrtSession(onnxruntime_session(m, example, threads=threads)) for m in models]
-    arrays = tuple(t.detach().cpu().numpy() for t in example)
-    return paired_latency_ms(sessions, arrays, warmup=warmup, repeats=repeats)
+    from .runtimes import OnnxRuntimeCPU, interleaved
+
+    timings = interleaved(OnnxRuntimeCPU(threads), models, example_inputs, warmup=warmup, repeats=repeats)
+    return [t.median for t in timings]
+
+
+def onnx_bytes(model: nn.Module, example_inputs: Any, *, exporter: str = "dynamo") -> bytes:
+    """A module as serialized ONNX at the example's shape (static batch), in memory: what ORT sessions load."""
+    source = _source_of(model)
+    with _eval_no_grad(model):
+        proto, _ = _onnx_proto(source, _as_tuple(example_inputs), dynamic_batch=False, exporter=exporter, opset=None)
+    return proto.SerializeToString()
 
 
 def onnxruntime_session(model: nn.Module | str | os.PathLike | bytes, example_inputs: Any = None, *,
-                        threads: int | None = None):
-    """A CPU InferenceSession for an .onnx file, serialized ONNX bytes, or a module (exported at the example's shape)."""
+                        threads: int | None = None, exporter: str = "dynamo"):
+    """A CPU InferenceSession for an .onnx file, serialized ONNX bytes, or a module (exported at the example's
+    shape with `exporter`; "torchscript" takes milliseconds where dynamo takes seconds, for single layers)."""
     import onnxruntime as ort
 
     if isinstance(model, nn.Module):
         if example_inputs is None:
             raise ValueError("example_inputs is required to export a module for ONNX Runtime")
-        source = _source_of(model)
-        with _eval_no_grad(model):
-            proto, _ = _onnx_proto(source, _as_tuple(example_inputs), dynamic_batch=False, exporter="dynamo", opset=None)
-        model = proto.SerializeToString()
+        model = onnx_bytes(model, example_inputs, exporter=exporter)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1

@@ -28,7 +28,6 @@ from torch import nn
 from .clone import private_copy
 from .costs import CostModel
 from .kinds import KINDS
-from .measure import median_latency_ms
 
 FORMAT = 1
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -71,6 +70,7 @@ class LatencyTable:
         from tqdm.auto import tqdm
 
         from .graph import ChannelGraph
+        from .runtimes import default_clock
 
         if graph is None:
             with torch.no_grad():
@@ -82,7 +82,7 @@ class LatencyTable:
         members = {name: m for name, m in costs.members().items()
                    if KINDS[m.slices.kind].timed and (m.slices.out_touches | m.slices.in_touches) & prunable}
         calls = _recorded_inputs(model, example_inputs, {m.slices.module for m in members.values()})
-        total = median_latency_ms(model, example_inputs, warmup=warmup, repeats=repeats)
+        total = _median_ms(model, example_inputs, warmup, max(repeats, 10))
         layers: dict[str, LayerGrid] = {}
         bar = tqdm(members.items(), desc="latency table", unit="layer", disable=not progress)
         for name, member in bar:
@@ -98,7 +98,8 @@ class LatencyTable:
         shape = list(example_inputs.shape) if isinstance(example_inputs, torch.Tensor) else []
         device = str(next((p.device for p in model.parameters()), torch.device("cpu")))
         return cls(total - full, layers, shape, torch.get_num_threads(), device,
-                   {"measured_total_ms": total, "fractions": list(fractions), "repeats": repeats})
+                   {"measured_total_ms": total, "fractions": list(fractions), "repeats": repeats,
+                    "clock": default_clock("pytorch", example_inputs)})
 
     # --- predicting -------------------------------------------------------------------------------
     def predict(self, costs: CostModel, removed: dict[int, int] | None = None) -> float:
@@ -202,6 +203,14 @@ def _recorded_inputs(model: nn.Module, example_inputs: Any, names: set[str]) -> 
     return seen
 
 
+def _median_ms(model: nn.Module, inputs: Any, warmup: int, repeats: int) -> float:
+    """Median milliseconds in PyTorch eager on its default clock: on one thread the CPU time, which
+    other processes on a busy machine do not inflate (model/runtimes.py)."""
+    from .runtimes import interleaved
+
+    return interleaved("pytorch", [model], inputs, warmup=warmup, repeats=repeats)[0].median
+
+
 def _time_at(module: nn.Module, member, out: int, inp: int, inputs: list[torch.Tensor], warmup: int,
              repeats: int) -> float:
     """Median ms of `module` narrowed to `out` x `inp` (the kind's own slicing), on its recorded inputs."""
@@ -228,7 +237,7 @@ def _time_at(module: nn.Module, member, out: int, inp: int, inputs: list[torch.T
         def forward(self, *args):
             return [narrowed(a) for a in args]
 
-    return median_latency_ms(Calls(), xs, warmup=warmup, repeats=repeats)
+    return _median_ms(Calls(), xs, warmup, repeats)
 
 
 def _narrow_input(x: torch.Tensor, axis: int, channels: int) -> torch.Tensor:

@@ -9,20 +9,17 @@ anchors, a counter, a buffer — lands on the copy, and the model's own hooks do
 """
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from .clone import private_copy
-from .inputs import call, split_inputs
+from .inputs import call
 
 
 @dataclass(frozen=True)
@@ -69,29 +66,12 @@ def paired_latency_ms(
 
     Interleaving makes a before/after comparison fair on a busy machine: a burst of load from
     elsewhere slows both sides of the same round instead of only one model. Each model is timed
-    as a private copy (made before the clock starts), so the models are left as they were.
+    as a private copy (made before the clock starts), so the models are left as they were. The
+    samples and their spread: `runtimes.interleaved` (any runtime; this is its "pytorch" one).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    sync = _synchronizer(example_inputs)
-    models = [private_copy(model, share_tensors=False) for model in models]
-    times: list[list[float]] = [[] for _ in models]
-    with ExitStack() as stack:
-        for model in models:
-            stack.enter_context(_eval_no_grad(model))
-        for _ in range(warmup):
-            for model in models:
-                call(model, example_inputs)
-        for _ in range(repeats):
-            for model, model_times in zip(models, times):
-                sync()
-                start = time.perf_counter()
-                call(model, example_inputs)
-                sync()
-                model_times.append((time.perf_counter() - start) * 1000.0)
-    return [float(statistics.median(t)) for t in times]
+    from .runtimes import interleaved
+
+    return [t.median for t in interleaved("pytorch", models, example_inputs, warmup=warmup, repeats=repeats)]
 
 
 latency = median_latency_ms
@@ -128,11 +108,3 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
-
-
-def _synchronizer(example_inputs: Any):
-    args, kwargs = split_inputs(example_inputs)
-    tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-    if any(t.is_cuda for t in tensors):
-        return torch.cuda.synchronize
-    return lambda: None

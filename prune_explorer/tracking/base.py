@@ -7,6 +7,7 @@ store. The contract test suite (tests/test_tracker_contract.py) runs against eve
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Iterable, Protocol, runtime_checkable
 
@@ -27,6 +28,16 @@ def history_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = frame[column].astype("float64")
     frame["started"] = pd.to_datetime(frame["started"])
     return frame.reset_index(drop=True)
+
+
+def decoded(text: Any) -> Any:
+    """A parameter read back from a store that keeps text: its JSON value when it parses, else the text."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def number(value: Any, field: str) -> float | None:
@@ -50,10 +61,15 @@ class Tracker(Protocol):
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
                job_id: str | None = None, backend: str | None = None, started: float | None = None,
-               script: str | None = None) -> str:
+               script: str | None = None, hyperparameters: dict[str, Any] | None = None) -> str:
         """Record one iteration (replacing what history shows for it); returns its run id.
         `started` (epoch seconds, e.g. its job's start) is the run's start; default now. `script` is
-        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train")."""
+        the training script that ran the job (a user's entry point, or "prune_explorer.jobs.train").
+        `hyperparameters`: the job's settings worth comparing across runs (the queue sends the
+        distillation's, `jobs.queue.TRACKED_HYPERPARAMETERS`), recorded as the store's parameters."""
+
+    def hyperparameters(self, iteration: str) -> dict[str, Any]:
+        """The hyperparameters recorded with the iteration (its latest record); KeyError when not recorded."""
 
     def update_status(self, iteration: str, status: str) -> None:
         """Change a recorded iteration's status (e.g. 'stopped' by the rule); KeyError when not recorded."""

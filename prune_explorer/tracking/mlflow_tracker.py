@@ -7,6 +7,7 @@ opening a sqlite store runs schema checks. Implements the `tracking.base.Tracker
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,12 +19,13 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ..masking import mask
-from .base import history_frame, number
+from .base import decoded, history_frame, number
 
 ITERATION_TAG = "prune_explorer.iteration"
 STATUS_TAG = "prune_explorer.status"
 PARENT_TAG = "prune_explorer.parent"
 
+_RECORD_PARAMS = ("parent", "criterion", "model_dir", "trial_dir", "job_id", "backend", "script", "iteration")
 _RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 def _quiet_mlflow() -> None:
     """No telemetry, no progress bars, no INFO lines about creating tables, no run links printed."""
@@ -127,7 +129,7 @@ class MlflowTracker:
                accuracies: Iterable[float] = (), best_accuracy: float | None = None,
                status: str = "completed", model_dir: str | None = None, trial_dir: str | None = None,
                job_id: str | None = None, backend: str | None = None, started: float | None = None,
-               script: str | None = None) -> str:
+               script: str | None = None, hyperparameters: dict[str, Any] | None = None) -> str:
         """Log one iteration as a run (replacing an earlier run of the same iteration); returns the run id.
 
         `started` (epoch seconds, e.g. when its job started) becomes the run's start time; default now.
@@ -145,12 +147,17 @@ class MlflowTracker:
                   "filters_removed": filters_removed}
         numbers = {key: number(value, key) for key, value in values.items()}
         strings = dict(parent=parent, criterion=criterion, model_dir=model_dir, trial_dir=trial_dir,
-                       job_id=job_id, backend=backend, script=script)
+                       job_id=job_id, backend=backend, script=script)  # _RECORD_PARAMS, with "iteration"
         now = get_current_time_millis()
         metrics = [Metric(key, value, now, 0) for key, value in numbers.items() if value is not None]
         metrics += [Metric("accuracy", a, now, step) for step, a in enumerate(accuracies, 1) if a is not None]
+        clash = sorted(set(hyperparameters or {}) & (set(strings) | {"iteration"}))
+        if clash:
+            raise ValueError(f"record: hyperparameter(s) {', '.join(clash)} would overwrite the record's own fields")
         run_params = [Param(k, mask(str(v))) for k, v in strings.items() if v is not None]  # no credential in a run
         run_params.append(Param("iteration", iteration))
+        run_params += [Param(k, mask(v if isinstance(v, str) else json.dumps(v)))
+                       for k, v in (hyperparameters or {}).items() if v is not None]
         tags = [RunTag(ITERATION_TAG, iteration), RunTag(STATUS_TAG, str(status)),
                 RunTag(PARENT_TAG, parent or "")]
         with self._lock:
@@ -219,6 +226,13 @@ class MlflowTracker:
                 "script": data.params.get("script"),
             }
         return history_frame(rows.values())
+
+    def hyperparameters(self, iteration: str) -> dict[str, Any]:
+        """The hyperparameters recorded with an iteration: its run's params beyond the record's own fields."""
+        runs = self._runs(str(iteration))
+        if not runs:
+            raise KeyError(f"no tracked iteration {iteration!r}")
+        return {k: decoded(v) for k, v in runs[-1].data.params.items() if k not in _RECORD_PARAMS}
 
     def accuracies(self, iteration: str) -> list[float]:
         """Accuracy per epoch of one iteration, in step order."""

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from ..masking import mask
-from .base import history_frame, number
+from .base import decoded, history_frame, number
 
 MAX_NAME = 120
 MAX_STRING_PARAMETER = 2500
@@ -30,6 +30,7 @@ _PRIMARY_STATUS = {"queued": "InProgress", "running": "InProgress", "completed":
 _NUMBER_FIELDS = ("filters_removed", "params", "macs", "latency_ms", "best_accuracy")
 _STRING_FIELDS = ("iteration", "parent", "criterion", "status", "job_id", "backend", "script")
 _ARTIFACT_FIELDS = ("model_dir", "trial_dir")
+_RECORD_PARAMETERS = _STRING_FIELDS + _NUMBER_FIELDS + ("plan_summary", "accuracies")  # the rest: hyperparameters
 
 
 def resource_name(*parts: str) -> str:
@@ -132,6 +133,7 @@ class SageMakerExperimentsTracker:
         backend: str | None = None,
         started: float | None = None,
         script: str | None = None,
+        hyperparameters: Mapping[str, Any] | None = None,
     ) -> str:
         """Create or update the trial component of this iteration's job; return its name (the run id).
 
@@ -151,7 +153,7 @@ class SageMakerExperimentsTracker:
                                                      latency_ms=latency_ms, best_accuracy=best_accuracy).items()}
         values = dict(iteration=iteration, parent=parent, criterion=criterion, status=status, job_id=job_id,
                       backend=backend, script=script, **numbers)
-        parameters = _parameters(values, plan_summary, accuracies, shapes)
+        parameters = _parameters(values, plan_summary, accuracies, shapes, hyperparameters)
         artifacts = {f: shapes.TrialComponentArtifact(value=mask(str(v)))
                      for f, v in (("model_dir", model_dir), ("trial_dir", trial_dir)) if v}
         optional = {"output_artifacts": artifacts} if artifacts else {}
@@ -234,6 +236,18 @@ class SageMakerExperimentsTracker:
         latest.update(parameters=parameters, status=shapes.TrialComponentStatus(
             primary_status=_PRIMARY_STATUS.get(status, "InProgress"), message=status))
 
+    def hyperparameters(self, iteration: str) -> dict[str, Any]:
+        """The hyperparameters recorded with the iteration's latest job (its parameters beyond the record's own)."""
+        components = self._components(iteration)
+        if not components:
+            raise KeyError(f"no tracked iteration {iteration!r} in experiment {self.experiment_name}")
+        out = {}
+        for field, parameter in (_given(components[-1].parameters) or {}).items():
+            if field not in _RECORD_PARAMETERS:
+                number = _given(parameter.number_value)
+                out[field] = number if number is not None else decoded(_given(parameter.string_value))
+        return out
+
     def accuracies(self, iteration: str) -> list[float]:
         """Accuracy per epoch of the iteration's latest job, in step order."""
         components = self._components(iteration)
@@ -252,8 +266,17 @@ def _started(component: Any) -> datetime.datetime:
 
 
 def _parameters(values: Mapping[str, Any], plan_summary: Mapping[str, Any] | None,
-                accuracies: list[float], shapes: Any) -> dict[str, Any]:
+                accuracies: list[float], shapes: Any, hyperparameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    clash = sorted(set(hyperparameters or {}) & set(_RECORD_PARAMETERS))
+    if clash:
+        raise ValueError(f"record: hyperparameter(s) {', '.join(clash)} would overwrite the record's own fields")
     out = {}
+    for field, value in (hyperparameters or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[field] = shapes.TrialComponentParameterValue(number_value=float(value))
+        elif value is not None:
+            text = mask(value if isinstance(value, str) else json.dumps(value))
+            out[field] = shapes.TrialComponentParameterValue(string_value=text[:MAX_STRING_PARAMETER])
     for field in _STRING_FIELDS:
         if values[field] is not None:
             out[field] = shapes.TrialComponentParameterValue(string_value=mask(str(values[field])))

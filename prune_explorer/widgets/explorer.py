@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from traitlets import Bool, Dict, Float, Int, Unicode, observe, validate
 
+from ..default_recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..model.costs import CostModel
 from ..model.export import export_model, onnxruntime_latency_ms
 from ..model.graph import ChannelGraph
@@ -43,7 +44,8 @@ from .sensitivity import sensitivity_curve
 
 WEIGHT_CRITERIA = ("l1", "l2")
 VALIDATION_EXAMPLES = 256
-TUNED = ("epochs", "lr", "batch_size")  # training arguments the panel has its own controls for
+TUNED = ("epochs", "lr", "batch_size", "distill")  # training arguments the panel has its own controls for
+TEACHERS = ("none", "baseline", "parent")  # the fine-tune's teacher: plain, or distilled (jobs/distill.py)
 EXPORT_FORMATS = ("onnx", "pt2")  # the Export button's choices (model.export.FORMATS)
 # The preview also times each plan in ONNX Runtime: two dynamo exports (seconds, ≈ +430 MiB peak on
 # resnet18), too much for a notebook on Binder's 2 GiB beside a training job; the app turns it on.
@@ -70,6 +72,10 @@ class Explorer(W.VBox):
     normalization = Unicode("auto", help="rank()'s normalize: l2, none, flops, or auto (the criterion's own)")
     fill_mode = Unicode("filters", help="what fill_lowest counts: 'filters' (n_lowest), 'macs' or 'latency' (keep_fraction)")
     keep_fraction = Float(0.5, help="fill_lowest in 'macs' / 'latency' mode: the fraction of the model's cost left")
+    latency_runtime = Unicode("pytorch", help="where the model ships: 'pytorch' or 'onnxruntime' (the latency fill "
+                                              "is measured there, and plans round to its channel block)")
+    round_to = Int(0, help="every cut group keeps a multiple of this many channels (0: any width); set from "
+                           "latency_runtime: ORT's channel block (16 with AVX-512, 8 with AVX2), none for PyTorch")
     preview = Dict(help="params/macs/latency_ms _before and _after, filters_removed")
     applied = Dict(help="what the last Apply changed")
     sensitivity = Dict(help="{layer: [(fraction cut, accuracy)]}")
@@ -82,9 +88,10 @@ class Explorer(W.VBox):
     error = Unicode("")
     status = Unicode("")
     busy = Bool(False)
+    distill = Unicode("none", help="the queued fine-tune's teacher: none (plain), baseline or parent (distilled)")
 
     def __init__(self, model: nn.Module, trial: Any = None, example_inputs: Any = None, *,
-                 workspace: str | Path | None = None, criterion: str = "taylor", scheme: str = "internal",
+                 workspace: str | Path | None = None, criterion: str | None = None, scheme: str = "internal",
                  n_lowest: int = 200, validation: Any = None, backend: Any = "local", tracker: Any = "mlflow",
                  base_iteration: str | None = None, train_args: dict[str, Any] | None = None,
                  hyperparameters: dict[str, Any] | None = None, poll_interval: float = 1.0,
@@ -93,6 +100,7 @@ class Explorer(W.VBox):
                  scripts: bool | str | Path = True):
         if example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
+        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (default_recipe.DEFAULT_RECIPE)
         self._bg = Background(self._background_failed)
         self._lock = threading.RLock()
         self.workspace = Workspace(workspace, trust_code=trust_code) if workspace is not None else None
@@ -133,6 +141,17 @@ class Explorer(W.VBox):
                                      layout=W.Layout(width="160px"))
         self.batch_size = W.BoundedIntText(value=int(hp["batch_size"]), min=1, max=65536, description="batch",
                                            layout=W.Layout(width="160px"))
+        self.distill = hp.get("distill") or DEFAULT_RECIPE["distill"] or "none"
+        self.teacher_choice = W.Dropdown(options=TEACHERS, value=self.distill, description="teacher",
+                                         tooltip="distil each fine-tune from the baseline or the parent (frozen)",
+                                         layout=W.Layout(width="200px"))
+        self.teacher_choice.add_class("pe-teacher")
+        W.link((self.teacher_choice, "value"), (self, "distill"))
+        self.runtime_choice = W.Dropdown(options=("pytorch", "onnxruntime"), value="pytorch", description="ships to",
+                                         tooltip="the runtime the model is for: latency fill measured there, widths "
+                                                 "rounded to its channel block", layout=W.Layout(width="220px"))
+        self.runtime_choice.add_class("pe-runtime")
+        W.link((self.runtime_choice, "value"), (self, "latency_runtime"))
         # the training script of each queued job: empty = prune_explorer.jobs.train, else the user's own
         self.entry_point = W.Text(value=str(entry_point or ""), placeholder="prune_explorer.jobs.train",
                                   description="script", layout=W.Layout(width="240px"))
@@ -159,6 +178,7 @@ class Explorer(W.VBox):
             W.HTML("<b>Preview</b>"), self.preview_box,
             W.HBox([self.apply_button, self.queue_button]),
             W.HBox([self.epochs, self.lr]), W.HBox([self.batch_size, self.backend_choice]),
+            W.HBox([self.teacher_choice, self.runtime_choice]),
             *([script_fields(self.entry_point, self.source_dir, self.scripts)] if self.scripts is not False else []),
             W.HBox([self.export_format, self.export_button]), self.export_line,
             W.HTML("<b>Coupled modules</b>"), self.coupling_view,
@@ -179,6 +199,9 @@ class Explorer(W.VBox):
         self.criterion, self.scheme, self.n_lowest = criterion, scheme, n_lowest
         self.base_iteration = base_iteration
         self._wire()
+        if DEFAULT_RECIPE["target_macs"] is not None:  # the fill cuts one of the recipe's equal steps to its MACs target
+            self.fill_mode = "macs"
+            self.keep_fraction = round(DEFAULT_RECIPE["target_macs"] ** (1.0 / RECIPE_ITERATIONS), 3)
         self._load(model, trial, example_inputs)
         if self.workspace is not None:  # MLflow & co. load off the main thread: the panel shows first
             self._bg.submit("refresh", self._open_workspace, backend, tracker, poll_interval)
@@ -309,24 +332,46 @@ class Explorer(W.VBox):
                 (t.n_lowest if mode == "filters" else t.keep_fraction).value = value
         if scheme is not None:
             t.scheme.value = scheme
+        if self.fill_mode == "latency" and self.latency_runtime != "pytorch":
+            self.status = f"measuring cuts in {self.latency_runtime} until the model keeps {self.keep_fraction:g} of its latency…"
+            self._bg.submit("budget", self._measured_fill, self.model, self.keep_fraction, latest_only=True)
+            return
         if self.fill_mode == "latency" and self._latency_table is None:
             self.status = "measuring a per-layer latency table of this model (once)…"
             self._bg.submit("budget", self._measure_latency_table_then_fill, self.model, latest_only=True)
             return
         try:
+            round_to = self.round_to if self.round_to > 1 else None
             if self.fill_mode == "filters":
-                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme)
+                plan = PrunePlan.lowest(self.table, self.graph, n=self.n_lowest, scheme=self.scheme, round_to=round_to)
             elif self.fill_mode == "macs":
-                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs,
+                plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, round_to=round_to,
                                         target_macs=self.keep_fraction * self.costs.before.macs)
             else:
                 latency = self._latency_table
                 plan = PrunePlan.lowest(self.table, self.graph, scheme=self.scheme, costs=self.costs, latency=latency,
+                                        round_to=round_to,
                                         target_latency_ms=self.keep_fraction * latency.predict(self.costs))
         except ValueError as exc:
             self.error = _message(exc)
             return
         t.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
+
+    def _measured_fill(self, model: nn.Module, fraction: float) -> None:
+        """The latency fill in a deployment runtime: cut models measured there (model/runtime_budget.py)."""
+        from ..model.runtime_budget import plan_to_latency
+
+        with MODEL_LOCK:
+            try:
+                plan = plan_to_latency(self.table, self.graph, model, self.x, fraction, runtime=self.latency_runtime,
+                                       scheme=self.scheme, round_to=self.round_to or None, costs=self.costs)
+            except ValueError as exc:
+                self.error = _message(exc)
+                return
+        if model is self.model:
+            self.status = (f"{self.latency_runtime}: {plan.budget['reached']:.3f} of the latency measured, "
+                           f"{len(plan.budget['measurements'])} cuts timed")
+            self.table_editor.set_counts({layer: len(ix) for layer, ix in plan.channels.items()})
 
     def _measure_latency_table_then_fill(self, model: nn.Module) -> None:
         from ..model.latency import LatencyTable
@@ -353,14 +398,28 @@ class Explorer(W.VBox):
         if self._cuts_of is not table:
             self._cuts_of, self._cuts = table, {}
             self._rows_of = {int(g): rows for g, rows in table.groupby("group", sort=False)}
-        key = (layer, k)
+        round_to = self.round_to if self.round_to > 1 else None
+        key = (layer, k, round_to)
         if key not in self._cuts:
             rows = self._rows_of.get(self.graph.group(layer).id, table.iloc[:0])
-            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}).channels.get(layer, [])
+            self._cuts[key] = PrunePlan.from_counts(rows, self.graph, {layer: k}, round_to=round_to).channels.get(layer, [])
         return self._cuts[key]
 
     def _counts_from_table(self, counts: dict[str, int]) -> None:
         self.counts = dict(counts)
+
+    @observe("latency_runtime")
+    def _runtime_changed(self, change) -> None:
+        """A model for ONNX Runtime keeps widths in multiples of ORT's block (model/runtimes.py); PyTorch any."""
+        from ..model.runtimes import get_runtime
+
+        block = get_runtime(change["new"]).block_size()
+        self.round_to = block if block > 1 else 0
+
+    @observe("round_to")
+    def _rounding_changed(self, _change=None) -> None:
+        if hasattr(self, "table") and self.counts:  # the same counts, rounded anew
+            self._plan_changed()
 
     @observe("counts")
     def _plan_changed(self, _change=None) -> None:
@@ -577,7 +636,13 @@ class Explorer(W.VBox):
         return pruned
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.train_args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
+        """The queued job's training arguments: the inherited recipe, the panel's controls, its teacher."""
+        args = {k: v for k, v in self.train_args.items() if k != "distill"}
+        if self.distill != "none":  # Workspace.submit turns it into the job's --teacher
+            args["distill"] = self.distill
+        else:
+            args = {k: v for k, v in args.items() if k not in ("distill_alpha", "distill_temperature")}
+        return {**args, "epochs": self.epochs.value, "lr": self.lr.value, "batch_size": self.batch_size.value}
 
     def training_script(self) -> dict[str, str | None]:
         """The script fields as `JobQueue.submit` takes them (empty fields: prune_explorer.jobs.train)."""

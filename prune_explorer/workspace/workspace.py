@@ -3,7 +3,7 @@
     WORKSPACE/
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
-      iterations/<name>/recipe.json   the run's recipe that made it (loop/recipe.py)
+      iterations/<name>/recipe.json   the run's recipe that made it (loop/recorded_recipe.py)
       jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks (workspace-run: the run's)
       exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
@@ -43,6 +43,7 @@ BASELINE_SETTINGS = ("model", "dataset", "subset", "val_subset", "image_size", "
 UNSET_SETTINGS = {"weights": None, "model_kwargs": {}, "entry_point": None}  # compared even when a run leaves them out
 PER_JOB_RULE = ("baseline_accuracy", "stop_rule_threshold")  # set for each job from its parent, never inherited
 BASELINE_SCHEDULE = ("epochs", "lr", "batch_size")  # a baseline's own schedule is not a fine-tune's
+PER_JOB_TEACHER = ("teacher",)  # the teacher's folder, resolved from `distill` for each job (`teacher_dir`)
 BASELINE_START = ("weights", "model_kwargs")  # how the baseline was built: a fine-tune loads a saved model
 DATA_RECIPE = ("normalize", "augment")  # train.py's metrics.json data_recipe, carried from parent to child
 DEFAULT_SCRIPT = "prune_explorer.jobs.train"  # metrics.json `script` of a job without an entry point
@@ -81,6 +82,7 @@ class StepTarget:
     fraction: float | None = None
     final: float | None = None
     steps: int = 1
+    runtime: str | None = None  # unit "latency_ratio": the runtime the cut is measured in (model/runtime_budget.py)
 
     def value(self, before: float) -> float:
         if self.final is None:
@@ -297,7 +299,7 @@ class Workspace:
         if job is None:
             return {}
         recipe = {k: v for k, v in job.hyperparameters.items()
-                  if k not in PER_JOB_RULE + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
+                  if k not in PER_JOB_RULE + PER_JOB_TEACHER + BASELINE_START + (TRUST_ARGUMENT,)}  # trust: the queue's to give
         if job.parent is None:
             recipe = {k: v for k, v in recipe.items() if k not in BASELINE_SCHEDULE}
         return {**self.data_recipe(name), **recipe}
@@ -376,16 +378,35 @@ class Workspace:
         pruned = self.iteration_dir(name) / PRUNED
         if not (pruned / "model.json").is_file():
             raise FileNotFoundError(f"{pruned}: no pruned model saved for {name} (apply a plan first)")
+        if hyperparameters.get("distill") is not None:  # the teacher's folder, for this job
+            hyperparameters = {**hyperparameters, "teacher": str(self.teacher_dir(hyperparameters["distill"], parent))}
         return queue.submit(pruned, out_dir=self.iteration_dir(name), parent=parent, plan=plan, criterion=criterion,
                             hyperparameters=hyperparameters, iteration=name, **submit_options)
+
+    def teacher_dir(self, distill: str, parent: str | None) -> Path:
+        """The saved model a fine-tune of `parent`'s child distills from: the workspace's baseline, or
+        the parent itself (`distill` "baseline" | "parent")."""
+        from ..jobs.distill import DISTILL_TEACHERS
+
+        if distill not in DISTILL_TEACHERS:
+            raise ValueError(f"distill: the teacher is one of {DISTILL_TEACHERS}, got {distill!r}")
+        name = BASELINE if distill == "baseline" else parent
+        if name is None:
+            raise ValueError("distill 'parent': this job has no parent iteration to learn from")
+        if not self.has_model(name):
+            raise FileNotFoundError(f"distill {distill!r}: {self.iteration_dir(name)} holds no saved model "
+                                    "(model.json) to teach from")
+        return self.iteration_dir(name)
 
     def prune_step(self, queue: JobQueue, parent: Iteration, *, criterion: str, per_iteration: int,
                    scheme: str, hyperparameters: dict[str, Any], min_params: int = 0,
                    criterion_fn: Callable | None = None, capture: str = "compact",
                    image_size: int | None = None, dataset: str | None = None, normalization: str | None = None,
-                   target: StepTarget | None = None, latency: Any = None, **submit_options: Any) -> Step:
+                   target: StepTarget | None = None, latency: Any = None, round_to: int | None = None,
+                   **submit_options: Any) -> Step:
         """Rank `parent`, plan its lowest `per_iteration` filters — or, with `target`, as many as bring it
-        to the target's MACs or latency (`latency`: a LatencyTable) — prune, and, unless nothing is left
+        to the target's MACs or latency (`latency`: a LatencyTable; unit "latency_ratio": measured in the
+        target's runtime), every touched group keeping a multiple of `round_to` — prune, and, unless nothing is left
         to cut, the target cannot be reached or the result falls below `min_params` (then nothing is
         written), save and submit."""
         from ..model.measure import count
@@ -393,7 +414,7 @@ class Workspace:
 
         ranked = self.rank_iteration(parent.name, criterion, criterion_fn, capture, image_size, dataset, normalization)
         try:
-            plan = _plan(ranked, per_iteration, scheme, target, latency)
+            plan = _plan(ranked, per_iteration, scheme, target, latency, round_to)
         except ValueError as exc:
             if target is None:
                 raise
@@ -478,23 +499,29 @@ class Workspace:
             yield
 
 
-def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any):
+def _plan(ranked: Ranked, per_iteration: int, scheme: str, target: StepTarget | None, latency: Any,
+          round_to: int | None = None):
     """The step's plan: the lowest `per_iteration` filters, or down to the target."""
     from ..model.plan import PrunePlan
 
     if target is None:
-        return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme)
+        return PrunePlan.lowest(ranked.table, ranked.graph, n=per_iteration, scheme=scheme, round_to=round_to)
     from ..model.costs import CostModel
 
     costs = CostModel(ranked.model, ranked.example_inputs, ranked.graph)
     if target.unit == "macs":
-        return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs,
+        return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, round_to=round_to,
                                 target_macs=target.value(costs.before.macs))
+    if target.unit == "latency_ratio":  # measured in the deployment runtime, relative to the parent
+        from ..model.runtime_budget import plan_to_latency
+
+        return plan_to_latency(ranked.table, ranked.graph, ranked.model, ranked.example_inputs, target.value(1.0),
+                               runtime=target.runtime or "onnxruntime", scheme=scheme, round_to=round_to, costs=costs)
     if target.unit != "latency_ms":
-        raise ValueError(f"target unit must be 'macs' or 'latency_ms', got {target.unit!r}")
+        raise ValueError(f"target unit must be 'macs', 'latency_ms' or 'latency_ratio', got {target.unit!r}")
     if latency is None:
         raise ValueError("a latency target needs a latency table (Workspace.latency_table())")
-    return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, latency=latency,
+    return PrunePlan.lowest(ranked.table, ranked.graph, scheme=scheme, costs=costs, latency=latency, round_to=round_to,
                             target_latency_ms=target.value(latency.predict(costs)))
 
 

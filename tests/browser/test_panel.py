@@ -74,6 +74,7 @@ def test_moving_a_layer_control_updates_the_preview(lab_page):
     count.fill("5")
     count.press("Enter")
     expect(removed).to_have_text("5")
+    page.locator(".pe-fill-mode button", has_text="N filters").click()  # the default fill is the recipe's MACs step
     page.locator(".pe-fill").click()
     expect(removed).to_have_text("200")
 
@@ -176,6 +177,7 @@ print(shape, out.shape, bool(np.isfinite(out).all()))
 
 def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_page, served, artifacts):
     page = lab_page
+    page.locator(".pe-fill-mode button", has_text="N filters").click()  # the default fill is the recipe's MACs step
     page.locator(".pe-fill").click()
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
     # the PyTorch latency after: the preview's surgery is done, so Apply reuses it and never waits
@@ -202,6 +204,7 @@ def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_pa
 
 def test_apply_then_queue_completes_a_job_and_the_scatter_gains_a_point(lab_page, artifacts):
     page = lab_page
+    page.locator(".pe-fill-mode button", has_text="N filters").click()  # the default fill is the recipe's MACs step
     page.locator(".pe-fill").click()
     expect(page.locator(".pe-preview .pe-removed")).to_have_text("200")
     page.locator(".pe-apply").click()
