@@ -205,7 +205,7 @@ def test_run_distill_parent_teaches_each_fine_tune_with_its_parent_and_records_i
     code = cli_main(["run", "--workspace", str(workspace), "--dataset", "digits", "--iterations", "2",
                      "--per-iteration", "48", "--subset", "120", "--val-subset", "60", "--batch-size", "30",
                      "--baseline-epochs", "1", "--epochs", "1", "--threshold", "1.0", "--distill", "parent",
-                     "--distill-temperature", "2", "--quiet"])
+                     "--distill-temperature", "2", "--new-recipe", "--quiet"])  # the baseline's record: plain
     assert code == 0, capsys.readouterr().err
     tracker = MlflowTracker(workspace)
     for name, parent in (("iter-001", "baseline"), ("iter-002", "iter-001")):
