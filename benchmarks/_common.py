@@ -123,14 +123,15 @@ def _taylor_global_macs(config: LoopConfig) -> None:
 
 @method("taylor-distill", default=False)
 def _taylor_distill(config: LoopConfig) -> None:
-    """Per-layer Taylor, each fine-tune distilled from the baseline (alpha, T: the job contract's defaults)."""
-    run_loop(dataclasses.replace(config, **RECIPES["taylor-distill"]))
+    """Per-layer Taylor, each fine-tune distilled from the baseline (alpha, T: the job contract's defaults).
+    The shared baseline recorded plain fine-tunes (loop/recorded_recipe.py): a teacher starts a marked branch."""
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-distill"], new_recipe=True))
 
 
 @method("taylor-global-macs-distill", default=False, budget=True)
 def _taylor_global_macs_distill(config: LoopConfig) -> None:
-    """taylor-global-macs, each fine-tune distilled from the baseline."""
-    run_loop(dataclasses.replace(config, **RECIPES["taylor-global-macs-distill"]))
+    """taylor-global-macs, each fine-tune distilled from the baseline (a marked branch, as taylor-distill)."""
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-global-macs-distill"], new_recipe=True))
 
 
 @method("tp-magnitude")

@@ -32,7 +32,9 @@ def _demo(args) -> int:
     import dataclasses
 
     from . import demo
-    from .loop import completed_iterations, demo_config, describe_recipe, pretrained_demo_config, run_loop
+    from .default_recipe import DEFAULT_RECIPE
+    from .loop import (completed_iterations, demo_config, describe_recipe, pretrained_demo_config, recorded_recipe,
+                       run_loop)
 
     try:
         status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
@@ -43,6 +45,8 @@ def _demo(args) -> int:
         return status
     workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
     config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
+    if args.pretrained:  # the default recipe fills what the demo's own workspace has not recorded
+        config = recorded_recipe.defaulted(config, DEFAULT_RECIPE)
     name = demo.PRETRAINED_NAME if args.pretrained else config.model
     print(f"\n- pruning loop: {name} on {config.dataset}, {describe_recipe(config)}, workspace {workspace}/")
     done = len(completed_iterations(workspace))
@@ -223,9 +227,10 @@ def _one_line(exc: BaseException) -> str:
 # --- run / history (jobs, tracking, loop) ------------------------------------------------------
 RUN_DESCRIPTION = """The headless loop: baseline, then rank -> prune -> fine-tune until a stop. On a workspace with a
 recorded recipe (iterations/*/recipe.json, an older loop_config.json) a setting not given is the recorded one of the
-lineage it continues (the defaults below are a new workspace's); another fine-tuning setting is refused unless
---new-recipe (a branch, marked in `history`); model, data, validation set and input never change. Exit codes: 0 a
-normal end (the iterations, the rule, the floor, a budget); 1 a job failed or was stopped by a fault; 2 refused."""
+lineage it continues (the defaults below, the default recipe's included, are a new workspace's); another fine-tuning
+setting (a --distill teacher too) is refused unless --new-recipe (a branch, marked in `history`); model, data,
+validation set and input never change. Exit codes: 0 a normal end (the iterations, the rule, the floor, a budget);
+1 a job failed or was stopped by a fault; 2 refused."""
 
 
 def _add_run(sub) -> None:

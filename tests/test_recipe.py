@@ -142,17 +142,22 @@ def test_a_record_from_before_distillation_is_a_plain_fine_tune(tmp_path):
 
 def test_the_pretrained_demo_continues_a_workspace_recorded_with_another_recipe(tmp_path):
     """`demo --pretrained` rerun on a workspace-pretrained made before the default recipe finishes it with
-    the recipe it recorded (per-layer Taylor, 1000 filters a step), not the new default."""
+    the recipe it recorded (per-layer Taylor, 1000 filters a step), not the new default (cli._demo counts
+    the recipe's settings as not given); a library caller's config stays as it asked."""
+    from prune_explorer.default_recipe import DEFAULT_RECIPE
     from prune_explorer.loop import pretrained_demo_config
 
     space = _lineage(tmp_path, "iter-001")
     old = dataclasses.replace(pretrained_demo_config(tmp_path), criterion="taylor", target_macs=None,
-                              target_scope="iteration", given=None)
+                              target_scope="iteration")
     _record(space, BASELINE, old)
-    resolved = recorded_recipe.resolve(pretrained_demo_config(tmp_path), space, "iter-001")
+    demo = recorded_recipe.defaulted(pretrained_demo_config(tmp_path), DEFAULT_RECIPE)
+    resolved = recorded_recipe.resolve(demo, space, "iter-001")
     assert (resolved.config.criterion, resolved.config.target_macs, resolved.config.per_iteration) == (
         "taylor", None, 1000)
     assert not resolved.branch
+    asked = recorded_recipe.resolve(pretrained_demo_config(tmp_path), space, "iter-001").config  # given=None
+    assert (asked.criterion, asked.target_macs) == (DEFAULT_RECIPE["criterion"], DEFAULT_RECIPE["target_macs"])
 
 
 @pytest.mark.slow

@@ -266,8 +266,9 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
     a new task, Fashion-MNIST upsampled to 3x64x64 (grey as RGB, ImageNet's normalisation, light
     augmentation), then pruned by the default recipe (`default_recipe.py`: RECIPE_ITERATIONS equal steps
     to 1/2 of its MACs) to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores (BENCHMARKS.md,
-    transfer: the cost measured and how the sizes follow from it). The recipe's settings count as not
-    given, so a demo workspace made with another recipe continues with its recorded one.
+    transfer: the cost measured and how the sizes follow from it). `prune-explorer demo --pretrained`
+    counts the recipe's settings as not given (`recorded_recipe.defaulted`), so a demo workspace made with
+    another recipe continues with its recorded one; here, as for any library caller, every field is given.
 
     `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
     scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
@@ -280,12 +281,11 @@ def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained"
         dict(subset=2500, val_subset=2000, iterations=RECIPE_ITERATIONS, baseline_epochs=4)
     if dataset == "digits":
         sizes.update(subset=None, val_subset=None)
-    config = LoopConfig(
+    return LoopConfig(
         workspace=str(workspace), dataset=dataset, data_dir=data_dir, model=PRETRAINED_ARCH,
         model_kwargs=pretrained_kwargs(size), weights=pretrained_weights(), image_size=size, **DEFAULT_RECIPE,
         per_iteration=1000, epochs=1, scheme="internal", threshold=0.10, batch_size=64,
         baseline_lr=0.01, lr=0.003, lr_schedule="cosine", weight_decay=5e-4, **sizes)
-    return recorded_recipe.defaulted(config, DEFAULT_RECIPE)
 
 
 def _demo_data(what: str) -> tuple[str, str | None]:
