@@ -6,7 +6,7 @@ on the same images): rank by taylor_global and cut to 1/2 of the baseline's MACs
 plain fine-tunes. It was ahead of per-layer Taylor at 1000 filters a step by 1.8 / 2.5 points at 1/2
 of the MACs, and of the same recipe distilled from the baseline (alpha 0.9, T 4) by 0.5 / 1.8.
 `benchmarks/_common.py` RECIPES holds every recipe compared; the default must be one of them
-(tests/test_recipe_defaults.py). A plain module (no imports), so the panel reads it without loading
+(tests/test_recipe_defaults.py). A plain module (stdlib imports only), so the panel reads it without loading
 the loop. The keys are LoopConfig fields; LoopConfig's own defaults stay the plain library ones.
 
 Not to be confused with the recipe a workspace records (`loop/recorded_recipe.py`): these values fill
