@@ -37,7 +37,7 @@ GOAL_SE = 2.0  # ... and ahead of per-layer Taylor and random by more than 2 sta
 
 
 # The recipes issue 21 compares, as the LoopConfig settings that make them: the package's default recipe
-# (`prune_explorer.recipe.DEFAULT_RECIPE`) must be one of these, and the report's last line is about it.
+# (`prune_explorer.default_recipe.DEFAULT_RECIPE`) must be one of these, and the report's last line is about it.
 RECIPES: dict[str, dict] = {
     "taylor": dict(criterion="taylor", target_macs=None, target_scope="iteration", distill=None),
     "taylor-distill": dict(criterion="taylor", target_macs=None, target_scope="iteration", distill="baseline"),
@@ -49,8 +49,8 @@ RECIPES: dict[str, dict] = {
 
 
 def default_recipe() -> str:
-    """The benchmark method whose settings are the package's default recipe (`recipe.DEFAULT_RECIPE`)."""
-    from prune_explorer.recipe import DEFAULT_RECIPE
+    """The benchmark method whose settings are the package's default recipe (`default_recipe.DEFAULT_RECIPE`)."""
+    from prune_explorer.default_recipe import DEFAULT_RECIPE
 
     found = [name for name, settings in RECIPES.items() if settings == DEFAULT_RECIPE]
     if not found:
@@ -123,14 +123,15 @@ def _taylor_global_macs(config: LoopConfig) -> None:
 
 @method("taylor-distill", default=False)
 def _taylor_distill(config: LoopConfig) -> None:
-    """Per-layer Taylor, each fine-tune distilled from the baseline (alpha, T: the job contract's defaults)."""
-    run_loop(dataclasses.replace(config, **RECIPES["taylor-distill"]))
+    """Per-layer Taylor, each fine-tune distilled from the baseline (alpha, T: the job contract's defaults).
+    The shared baseline recorded plain fine-tunes (loop/recorded_recipe.py): a teacher starts a marked branch."""
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-distill"], new_recipe=True))
 
 
 @method("taylor-global-macs-distill", default=False, budget=True)
 def _taylor_global_macs_distill(config: LoopConfig) -> None:
-    """taylor-global-macs, each fine-tune distilled from the baseline."""
-    run_loop(dataclasses.replace(config, **RECIPES["taylor-global-macs-distill"]))
+    """taylor-global-macs, each fine-tune distilled from the baseline (a marked branch, as taylor-distill)."""
+    run_loop(dataclasses.replace(config, **RECIPES["taylor-global-macs-distill"], new_recipe=True))
 
 
 @method("tp-magnitude")

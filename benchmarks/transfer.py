@@ -15,7 +15,7 @@ differences (same images, ± 1 SE) at the smallest models and at each method's f
 below 1/3 of the baseline's parameters (a point fixed before looking at accuracies), and the goal's
 verdict; each method's wall and CPU time per iteration (the teacher's share for the distilled ones,
 issue 21) and, for each `X-distill` beside `X`, the paired difference at both points. Last line (over
-the seeds run, their mean), about the package's default recipe (`recipe.DEFAULT_RECIPE`, one of
+the seeds run, their mean), about the package's default recipe (`default_recipe.DEFAULT_RECIPE`, one of
 `_common.RECIPES`) at its first model at or below 1/3 of the params and 1/2 of the MACs — when
 --methods runs it; otherwise per-layer Taylor's first model at or below 1/3 of the params:
 `transfer: baseline A%, <default recipe> B% at P params (1/K of baseline), drop D points`.

@@ -23,7 +23,7 @@ LAYOUT_FILE = PACKAGE / "workspace" / "layout.py"
 # masking of credentials import nothing of the package, and the stop rule (a self-contained file, uploaded alone as the Debugger rule) runs
 # inside every job.
 LAYERS = [
-    {"workspace.layout", "masking", "recipe"},
+    {"workspace.layout", "masking", "default_recipe"},
     {"model"},
     {"signals"},
     {"tracking", "loop.rules"},

@@ -15,7 +15,7 @@ import torch
 
 from prune_explorer.cli import main as cli_main
 from prune_explorer.jobs import JobQueue, LocalBackend
-from prune_explorer.loop import LoopConfig, demo_config, recipe, run_loop
+from prune_explorer.loop import LoopConfig, demo_config, recorded_recipe, run_loop
 from prune_explorer.model import store
 from prune_explorer.tracking import MlflowTracker
 from prune_explorer.workspace import Workspace
@@ -35,7 +35,7 @@ def workspace(tmp_path, digits_baseline):
     root = tmp_path / "ws"
     assert Workspace(root).copy_baseline(digits_baseline)
     # the recipe the loop records when it trains a baseline with `_config`'s settings (the shared one was)
-    recipe.record_baseline(Workspace(root), _config(root))
+    recorded_recipe.record_baseline(Workspace(root), _config(root))
     return root
 
 

@@ -96,7 +96,7 @@ def test_the_cli_loop_runs_the_users_own_script_for_every_job(tmp_path, capsys):
     assert history["params"].iloc[1] < history["params"].iloc[0]
 
     capsys.readouterr()
-    other = tmp_path / "other"  # another script on this lineage: refused by name (loop/recipe.py)
+    other = tmp_path / "other"  # another script on this lineage: refused by name (loop/recorded_recipe.py)
     shutil.copytree(EXAMPLE, other)
     assert cli_main(["run", "--workspace", str(workspace), "--entry-point", str(other / "train.py"),
                      "--source-dir", str(other), *QUICK]) == 2

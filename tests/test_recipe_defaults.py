@@ -1,5 +1,5 @@
 """Issue 21: `prune-explorer run`, `demo --pretrained`, the panel and the README start from one recipe,
-`recipe.DEFAULT_RECIPE`, and it is one of those benchmarks/transfer.py measured (its `RECIPES`)."""
+`default_recipe.DEFAULT_RECIPE`, and it is one of those benchmarks/transfer.py measured (its `RECIPES`)."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ import torch
 
 from prune_explorer.cli import build_parser, loop_config
 from prune_explorer.loop import pretrained_demo_config
-from prune_explorer.recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
+from prune_explorer.default_recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

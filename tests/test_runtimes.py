@@ -5,6 +5,7 @@ clock, what a runtime computes, which channel block ORT uses here, and what a bu
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import pytest
@@ -86,10 +87,14 @@ def test_onnxruntime_runs_what_pytorch_computes_and_the_model_keeps_its_training
     model = Net()
     model.train()
     x = torch.randn(2, 3, 8, 8)
+    stats = model.bn1.running_mean.clone()
     with PyTorchEager().session(model, x) as run:
         expected = run()
-        assert not model.training  # timed in eval mode ...
-    assert model.training and all(m.training for m in model.modules())  # ... and given back as it came
+        assert model.training  # timed on a private copy (model/measure.py): the model itself untouched ...
+    assert model.training and all(m.training for m in model.modules())  # ... and as it came
+    assert torch.equal(model.bn1.running_mean, stats)
+    with torch.no_grad():  # ... and the copy ran in eval mode (BatchNorm on its running statistics)
+        assert torch.allclose(expected, copy.deepcopy(model).eval()(x), atol=1e-6)
     with OnnxRuntimeCPU(threads=1).session(model, x) as run:
         got = run()[0]
     assert np.allclose(got, expected.numpy(), atol=1e-5)

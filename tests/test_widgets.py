@@ -568,7 +568,7 @@ def test_the_panel_queues_the_users_own_script_and_the_history_names_it(captured
 
 def test_the_teacher_control_distils_the_queued_fine_tune_from_the_baseline(captured, tmp_path):
     """Issue 21: the panel's teacher dropdown and its `distill` trait; the queued job gets the teacher's folder."""
-    from prune_explorer.recipe import DEFAULT_RECIPE
+    from prune_explorer.default_recipe import DEFAULT_RECIPE
 
     model, trial, x, _ = captured
     ws = tmp_path / "ws"

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from ..workspace.layout import BASELINE, MODEL_SPEC, Layout, has_model  # standard library only: the CLI starts without torch
+from ..widgets.serve import APP_NOTEBOOK, APP_TOKEN_ENV, app_command, app_url, loopback
+from ..widgets.serve import SCRIPTS_ENV, TRUST_ENV  # noqa: F401 — `prune-explorer app`'s names, as tests and users import them
 from .options import (_add_criterion_options, _add_outputs_option, _add_trust_option, _json_object,  # noqa: F401
                       _module_names, _one_line)
 from .run import _add_history, _add_run, loop_config  # noqa: F401  (loop_config: the tests' and notebooks')
@@ -35,7 +37,9 @@ def _demo(args) -> int:
     import dataclasses
 
     from .. import demo
-    from ..loop import completed_iterations, demo_config, describe_recipe, pretrained_demo_config, run_loop
+    from ..default_recipe import DEFAULT_RECIPE
+    from ..loop import (completed_iterations, demo_config, describe_recipe, pretrained_demo_config, recorded_recipe,
+                        run_loop)
 
     try:
         status = demo.main(demo.EFFICIENTNET_LITE0 if args.pretrained else demo.RESNET18)
@@ -46,6 +50,8 @@ def _demo(args) -> int:
         return status
     workspace = args.workspace or ("workspace-pretrained" if args.pretrained else "workspace")
     config = (pretrained_demo_config if args.pretrained else demo_config)(workspace, fast=args.fast)
+    if args.pretrained:  # the default recipe fills what the demo's own workspace has not recorded
+        config = recorded_recipe.defaulted(config, DEFAULT_RECIPE)
     name = demo.PRETRAINED_NAME if args.pretrained else config.model
     print(f"\n- pruning loop: {name} on {config.dataset}, {describe_recipe(config)}, workspace {workspace}/")
     done = len(completed_iterations(workspace))
@@ -246,8 +252,7 @@ def _export_source(iteration: str, root: Path):
     return directory, workspace
 
 
-# --- app (Voila) -------------------------------------------------------------------------------
-APP_NOTEBOOK = Path(__file__).resolve().parents[1] / "widgets" / "app.ipynb"  # package data: ships in the wheel
+# --- app (Voila: the command line, environment and URL are widgets/serve.py's) ------------------
 
 
 def _add_app(sub) -> None:
@@ -274,64 +279,6 @@ def _add_app(sub) -> None:
     p.set_defaults(func=_app)
 
 
-APP_TOKEN_ENV = "PRUNE_EXPLORER_APP_TOKEN"
-TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"   # read by widgets/setup.served_options in the app's kernel
-SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"
-
-
-def app_command(args) -> tuple[list[str], dict[str, str]]:
-    """The Voila command line and environment `prune-explorer app` runs: token authentication (the
-    token travels in JUPYTER_TOKEN, not on the command line) and the XSRF check on, as a Jupyter
-    server has them; `app_url(args, env)` is the URL to open."""
-    notebook = Path(args.notebook)
-    if not notebook.is_file():
-        raise SystemExit(f"prune-explorer app: no app notebook at {notebook} (pass --notebook PATH)")
-    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", TRUST_ENV, SCRIPTS_ENV)}
-    env["PRUNE_EXPLORER_WORKSPACE"] = str(Path(args.workspace).resolve())
-    env["PRUNE_EXPLORER_APP_TRAIN_BASELINE"] = "1" if getattr(args, "demo", False) else "0"  # widgets/setup.py
-    if args.fast:
-        env["PRUNE_EXPLORER_FAST"] = "1"
-    if args.trust_model_code:
-        env[TRUST_ENV] = ",".join(args.trust_model_code)
-    if args.allow_scripts is not None:
-        folder = Path(args.allow_scripts).resolve()
-        if not folder.is_dir():
-            raise SystemExit(f"prune-explorer app: --allow-scripts {args.allow_scripts}: no such folder")
-        env[SCRIPTS_ENV] = str(folder)
-    cmd = [sys.executable, "-m", "prune_explorer.widgets.serve", str(notebook), f"--port={args.port}",
-           f"--Voila.ip={args.ip}", "--no-browser"]  # Voila, its XSRF cookie set before the page streams
-    if args.no_token:
-        if args.token is not None:
-            raise SystemExit("prune-explorer app: --token and --no-token contradict each other")
-        if not _loopback(args.ip):
-            raise SystemExit(f"prune-explorer app: --no-token with --ip {args.ip} would let anyone who reaches "
-                             "the port run jobs on this machine; drop --no-token (the default token protects it)")
-        return cmd, env
-    import secrets
-
-    token = args.token or os.environ.get(APP_TOKEN_ENV) or secrets.token_hex(24)
-    env["JUPYTER_TOKEN"] = token
-    return [*cmd, "--Voila.auto_token=True"], env
-
-
-def app_url(args, env: dict[str, str]) -> str:
-    """Where the app answers, with its token when it has one."""
-    host = f"[{args.ip}]" if ":" in args.ip else args.ip
-    token = env.get("JUPYTER_TOKEN")
-    return f"http://{host}:{args.port}/" + (f"?token={token}" if token else "")
-
-
-def _loopback(ip: str) -> bool:
-    import ipaddress
-
-    if ip == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
-
-
 def _app(args) -> int:
     from ..widgets.setup import confirm_baseline
     from ..widgets.supervise import supervise
@@ -348,7 +295,7 @@ def _app(args) -> int:
           file=unmasked(sys.stdout), flush=True)  # the one secret shown: the app's own token, to its user
     if "JUPYTER_TOKEN" not in env:
         print("prune-explorer app: no token: anyone who can reach this port can use the panel", file=sys.stderr)
-    elif not _loopback(args.ip):
+    elif not loopback(args.ip):
         print(f"prune-explorer app: listening on {args.ip} over plain HTTP: the token is visible to the network; "
               "put a TLS proxy in front for anything but a trusted network", file=sys.stderr)
     return supervise(cmd, env, workspace)

@@ -16,7 +16,7 @@ normal end (the iterations, the rule, the floor, a budget); 1 a job failed or wa
 
 def _add_run(sub) -> None:
     from ..loop import LoopConfig
-    from ..recipe import DEFAULT_RECIPE
+    from ..default_recipe import DEFAULT_RECIPE
 
     d, recipe = LoopConfig(), DEFAULT_RECIPE
     p = sub.add_parser("run", help="the headless loop: baseline, then rank → prune → fine-tune until a stop",
@@ -159,16 +159,16 @@ def _add_tracker_options(p) -> None:
 
 def loop_config(args: argparse.Namespace):
     """The LoopConfig a parsed `prune-explorer run` command line stands for (flags map one to one), with the
-    default recipe's settings (`recipe.recipe_defaults`) for what is not given: a new workspace's, since
-    a continued run takes the recorded recipe for them (`loop.recipe.resolve`)."""
+    default recipe's settings (`default_recipe.unset_defaults`) for what is not given: a new workspace's, since
+    a continued run takes the recorded recipe for them (`loop.recorded_recipe.resolve`)."""
     from ..loop import LoopConfig
-    from ..recipe import recipe_defaults
+    from ..default_recipe import unset_defaults
 
     fields = set(LoopConfig.__dataclass_fields__) - {"given", "backend_options"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if given.get("distill") == "none":
         given["distill"] = None  # plain fine-tunes, as asked (given: it overrides a recorded teacher)
-    return LoopConfig(**{**recipe_defaults(given), **given}, given=tuple(given), backend_options=_backend_options(args))
+    return LoopConfig(**{**unset_defaults(given), **given}, given=tuple(given), backend_options=_backend_options(args))
 
 
 def _run(args) -> int:

@@ -1,7 +1,8 @@
 """The headless iterative pruning loop (`run`: LoopConfig, run_loop, the demo setups), one step of it
 (`step`: rank → plan → prune → save → submit, which the panel runs part by part), the checks before
-a run (`checks`), the recipe each iteration was made with (`recipe`), what a run shows (`history`)
-and its accuracy-drop stop rule (`rules`, also imported by every fine-tuning job and uploaded alone as the
+a run (`checks`), the recipe each workspace lineage records and a continued run takes
+(`recorded_recipe`; the defaults of a new run are `prune_explorer.default_recipe`), what a run shows
+(`history`) and its accuracy-drop stop rule (`rules`, also imported by every fine-tuning job and uploaded alone as the
 SageMaker Debugger rule). The names below load on first use: the panel asks for the step without
 the loop's pandas and the rule's smdebug."""
 from __future__ import annotations
@@ -20,4 +21,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {m: m for m in ("checks", "recorded_recipe", "history")})

@@ -16,7 +16,7 @@ def read_history(workspace: str | os.PathLike, tracker: str = "mlflow", tracking
                  experiment: str | None = None, region: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The tracked iterations of a workspace with their recipe ids, and the legend of those recipes.
     FileNotFoundError when the default MLflow store is not there; a tracker's own errors as they come."""
-    from . import recipe
+    from . import recorded_recipe
     from .run import LoopConfig, loop_tracker
 
     store = Layout(workspace).mlflow_db
@@ -25,7 +25,7 @@ def read_history(workspace: str | os.PathLike, tracker: str = "mlflow", tracking
     config = LoopConfig(workspace=str(workspace), tracker=tracker, tracking_uri=tracking_uri, experiment=experiment,
                         region=region)
     history = loop_tracker(config.validate()).history()
-    return history, recipe.annotate(history, workspace)
+    return history, recorded_recipe.annotate(history, workspace)
 
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:

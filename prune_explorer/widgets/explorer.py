@@ -19,7 +19,7 @@ from traitlets import Bool, Dict, Float, Int, Unicode, observe, validate
 
 from ..jobs.base import scripts_allowed
 from ..masking import mask
-from ..recipe import DEFAULT_RECIPE
+from ..default_recipe import DEFAULT_RECIPE
 from ..session.messages import message
 from . import layout
 from .actions import Actions

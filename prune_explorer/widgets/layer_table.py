@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import anywidget
 import ipywidgets as W
 
-from ..recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
+from ..default_recipe import DEFAULT_RECIPE, RECIPE_ITERATIONS
 from traitlets import Dict, List, Unicode
 
 HERE = Path(__file__).parent

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from ..recipe import DEFAULT_RECIPE
+from ..default_recipe import DEFAULT_RECIPE
 from ..session.messages import message
 
 SESSION_OPTIONS = ("criterion", "validation", "train_args")

@@ -12,14 +12,11 @@ from typing import Any
 
 from ..workspace import BASELINE, Workspace
 
-WORKSPACE_ENV = "PRUNE_EXPLORER_WORKSPACE"
-APP_TRAIN_ENV = "PRUNE_EXPLORER_APP_TRAIN_BASELINE"  # "0": the app was not asked to train a baseline
-TRUST_ENV = "PRUNE_EXPLORER_TRUST_MODEL_CODE"  # set by `prune-explorer app --trust-model-code`
-SCRIPTS_ENV = "PRUNE_EXPLORER_ALLOW_SCRIPTS"  # set by `prune-explorer app --allow-scripts DIR`
+from .serve import APP_TRAIN_ENV, FAST_ENV, SCRIPTS_ENV, TRUST_ENV, WORKSPACE_ENV  # what `prune-explorer app` sets
 
 
 def fast() -> bool:
-    return os.environ.get("PRUNE_EXPLORER_FAST", "").lower() in {"1", "true", "yes"}
+    return os.environ.get(FAST_ENV, "").lower() in {"1", "true", "yes"}
 
 
 def train_args(small: bool | None = None) -> dict[str, Any]:

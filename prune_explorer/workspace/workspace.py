@@ -5,8 +5,8 @@ Its layout — every folder and file name, metrics.json's keys, the atomic write
 mkdir, so a panel and `prune-explorer run` on one workspace never take the same one), lineage (each
 iteration's parent, from the job that made it), the baseline (trained once, and refused when it was
 trained with other settings), an iteration's example inputs and fine-tuning recipe, locks (the
-run lock: one headless run a workspace, `run_lock.py`) and writes. The step rank → plan → prune → save → submit that runs on it is `loop.step`'s. Jobs write
-only into the folder it gives them.
+run lock: one headless run a workspace, `run_lock.py`) and writes. The step rank → plan → prune → save → submit that runs on it is `loop.step`'s, the
+recipe each lineage records `loop.recorded_recipe`'s. Jobs write only into the folder it gives them.
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def _notebook(root, name: str, code: str) -> str:
 def test_the_first_view_is_drawn_before_torch_is_imported_then_apply_is_enabled(browser, lab, served, artifacts):
     """The workspace's view files (what the panel or the loop left at their last open) are drawn at once;
     the model loads only after the browser painted them (`load_after_s=None`: nothing else starts it)."""
-    from prune_explorer.recipe import DEFAULT_RECIPE
+    from prune_explorer.default_recipe import DEFAULT_RECIPE
     from prune_explorer.session import PruningSession
     from prune_explorer.tracking import MlflowTracker
     from prune_explorer.workspace import Workspace, view

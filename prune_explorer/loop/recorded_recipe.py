@@ -1,4 +1,6 @@
-"""A workspace keeps one recipe per lineage: what a continued run takes, refuses, or branches on.
+"""The recipe a workspace records, one per lineage: what a continued run takes, refuses, or branches on.
+(The defaults of a new run are another thing: `prune_explorer/default_recipe.py`; they fill only what
+a run does not give, so for a continued lineage the record below decides them.)
 
 The recipe is the LoopConfig settings that decide what an iteration's accuracy means. The loop
 writes it beside every iteration it makes (iterations/<name>/recipe.json, and the baseline's once);
@@ -12,6 +14,9 @@ with `new_recipe`, starts a new branch whose iterations carry a new recipe id (h
 - FINE_TUNE: a fine-tuning job's recipe; changed only with `new_recipe`.
 - STEERING: how the loop cuts and stops; taken from the record when none of a group is given, free
   to change (each group is taken whole: giving --target-macs drops a recorded --per-iteration).
+
+A FINE_TUNE setting a record lacks (written before the setting existed) reads as LoopConfig's library
+default, what such a run did: a record from before distillation is a plain fine-tune's.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ IDENTITY = ("model", "weights", "model_kwargs", "dataset", "data_dir", "val_subs
 FINE_TUNE = ("epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "subset", "seed", "augment", "capture",
              "entry_point", "source_dir", "train_args", "distill", "distill_alpha", "distill_temperature")
 STEERING = (("criterion", "normalization"), ("per_iteration", "target_macs", "target_latency", "target_scope"),
-            ("scheme",), ("threshold",), ("min_params",), ("outputs",), ("latency_runtime", "round_to"))
+            ("latency_runtime", "round_to"), ("scheme",), ("threshold",), ("min_params",), ("outputs",))
 FIELDS = IDENTITY + FINE_TUNE + tuple(f for group in STEERING for f in group)
 LEGACY_FILE = LOOP_CONFIG  # what runs before recipes recorded: the last run's whole LoopConfig
 _PATHS = ("data_dir", "weights", "source_dir")
@@ -62,8 +67,9 @@ def settings(config: Any) -> dict[str, Any]:
 
 
 def recipe_id(values: dict[str, Any]) -> str:
-    """A short id of the settings that decide accuracy (IDENTITY and FINE_TUNE): equal recipes, equal ids."""
-    core = {f: _comparable(f, values.get(f)) for f in IDENTITY + FINE_TUNE}
+    """A short id of the settings that decide accuracy (IDENTITY and FINE_TUNE): equal recipes, equal ids.
+    Unset settings are left out, so a setting added later (unset by default) keeps older records' ids."""
+    core = {f: v for f in IDENTITY + FINE_TUNE if (v := _comparable(f, values.get(f))) is not None}
     return hashlib.sha1(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
@@ -88,6 +94,7 @@ def resolve(config: Any, workspace: Any, start: str) -> Resolved:
     record, source = recorded(workspace, start)
     if record is None:
         return Resolved(config, recipe_id(settings(config)), None, None, {}, {})
+    record = {**_library_defaults(config, FINE_TUNE), **record}
     given = set(FIELDS if config.given is None else config.given)
     taken: dict[str, Any] = {}
     for group in STEERING:
@@ -115,6 +122,14 @@ def resolve(config: Any, workspace: Any, start: str) -> Resolved:
     resolved = dataclasses.replace(config, **taken)
     taken = {f: v for f, v in taken.items() if _comparable(f, v) != _comparable(f, getattr(config, f))}
     return Resolved(resolved, recipe_id(settings(resolved)), recipe_id(record), source, taken, changed)
+
+
+def defaulted(config: Any, names: Any) -> Any:
+    """`config` with `names` — and every STEERING setting grouped with one of them — counted as not given:
+    defaults (e.g. the default recipe's) that a continued lineage's record overrides."""
+    loose = set(names).union(*(group for group in STEERING if set(group) & set(names)))
+    given = FIELDS if config.given is None else config.given
+    return dataclasses.replace(config, given=tuple(f for f in given if f not in loose))
 
 
 def for_baseline(config: Any, workspace: Any) -> Any:
@@ -194,6 +209,17 @@ def describe(resolved: Resolved, start: str) -> list[str]:
         changes = ", ".join(f"{f} {old!r} -> {new!r}" for f, (old, new) in resolved.changed.items())
         lines.append(f"new recipe {resolved.id} branching from {start} (recipe {resolved.recorded}): {changes}")
     return lines
+
+
+def _library_defaults(config: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """LoopConfig's own defaults of `names` (what a run did before a setting existed)."""
+    found = {}
+    for f in dataclasses.fields(config):
+        if f.name in names and f.default is not dataclasses.MISSING:
+            found[f.name] = f.default
+        elif f.name in names and f.default_factory is not dataclasses.MISSING:
+            found[f.name] = f.default_factory()
+    return found
 
 
 def _differences(names: list[str], config: Any, record: dict[str, Any]) -> str:
