@@ -748,6 +748,40 @@ def test_open_panel_draws_the_first_view_before_torch_then_enables_apply(capture
                      "first_view": {"load_started_by": "wait", "imported": []}}
 
 
+RECORDED_VIEW = """
+import json, sys
+from prune_explorer.widgets import open_panel
+panel = open_panel(sys.argv[1], "latest", load_after_s=None)  # no criterion given: the lineage's recorded one
+drawn = {"torch": "torch" in sys.modules, "criterion": panel.criterion, "shown": panel.shown_view is not None,
+         "rows": len(panel.table_editor.rows)}
+panel.close()
+print(json.dumps(drawn))
+"""
+
+
+def test_open_panel_ranks_by_the_recorded_criterion_so_the_loops_first_view_is_drawn(captured, tmp_path):
+    """A workspace the loop made with another criterion than the default recipe's (the demo ranks by taylor)
+    has its first view ranked by that criterion: the panel opened with no criterion draws it before torch."""
+    import subprocess
+    import sys
+
+    from prune_explorer.loop.recorded_recipe import record_baseline
+    from prune_explorer.loop.run import LoopConfig
+    from prune_explorer.workspace import Workspace, view
+
+    model, _, x, _ = captured
+    ws, _ = _tracked_workspace(tmp_path, model, x[:1])
+    record_baseline(Workspace(ws), LoopConfig(workspace=str(ws), criterion="l1"))  # as a run ranking by l1 records
+    e = Explorer.from_iteration(ws, "baseline", criterion="l1").wait()  # the view the loop writes: ranked by l1
+    e.close()
+    written = view.read_view(Workspace(ws), "baseline", "l1", None)
+    assert written is not None
+    out = subprocess.run([sys.executable, "-c", RECORDED_VIEW, str(ws)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"torch": False, "criterion": "l1", "shown": True,
+                                                        "rows": len(written["groups"])}
+
+
 def test_a_stale_view_is_not_drawn_and_a_missing_iteration_is_an_error_in_the_panel(captured, tmp_path):
     from prune_explorer.widgets import open_panel
     from prune_explorer.workspace import Workspace, view

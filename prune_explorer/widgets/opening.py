@@ -33,6 +33,7 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
 
     space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
     name = space.start_point(iteration).name if iteration == "latest" else iteration
+    kwargs = {**kwargs, **recorded_ranking(space, name, kwargs)}
     norm = kwargs.get("normalization", "auto")
     criterion = kwargs.get("criterion") or DEFAULT_RECIPE["criterion"]  # the panel's default: the recipe's
     shown = view.read_view(space, name, criterion, None if norm == "auto" else norm)
@@ -41,6 +42,25 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
     explorer.loading = Loading(explorer, lambda: open_session(space.root, name, kwargs, torch_threads),
                                f"loading {name}", load_after_s)
     return explorer
+
+
+def recorded_ranking(space: Any, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The criterion (and normalisation) recorded for `name`'s lineage, for those `kwargs` leaves open: what a
+    run continuing it ranks by, and what the loop's first view of it was ranked by (a demo workspace ranks by
+    taylor, not the default recipe's criterion: without this its view would never be drawn)."""
+    from ..loop.checks import Refused
+    from ..loop.recorded_recipe import recorded
+
+    try:
+        record, _ = recorded(space, name)
+    except Refused:  # an unreadable record: the panel's defaults
+        return {}
+    found = {}
+    if record and not kwargs.get("criterion") and record.get("criterion"):
+        found["criterion"] = record["criterion"]
+        if kwargs.get("normalization", "auto") == "auto" and record.get("normalization"):
+            found["normalization"] = record["normalization"]
+    return found
 
 
 class Loading:
