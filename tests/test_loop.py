@@ -123,6 +123,13 @@ def test_a_second_run_continues_from_the_newest_iteration_and_the_rule_fires_in_
     (job,) = [j for j in JobQueue(workspace, tracker=False).jobs() if j.iteration == "iter-002"]
     assert job.status == "stopped" and "in job " + job.id in rows.attrs["stop_reason"]
     assert job.hyperparameters["baseline_accuracy"] == 1.0 and job.hyperparameters["stop_rule_threshold"] == 0.10
+    # the panel's first view is of the iteration it opens on "latest": iter-001 (its metrics changed, so the
+    # first run's view of it is stale), not the stopped iter-002
+    from prune_explorer.workspace import view
+
+    assert Workspace(workspace).start_point("latest").name == "iter-001"
+    drawn = view.read_view(Workspace(workspace), "iter-001", "taylor", None)
+    assert drawn is not None and drawn["iteration"] == "iter-001"
     assert job.result["status"] == "stopped" and "below" in job.result["reason"]
     assert Workspace(workspace).completed_iterations() == ["iter-001"]
 

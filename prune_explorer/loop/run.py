@@ -442,7 +442,7 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
     finally:
         queue.close()
     history = tracker.history()
-    _write_views(workspace, history, names[-1], config, criterion_fn)
+    _write_views(workspace, history, config, criterion_fn)
     recorded_recipe.annotate(history, workspace.root)
     rows = history[history["iteration"].isin(names)].reset_index(drop=True)
     rows.attrs.update(stop_reason=reason, failed=failed)
@@ -455,13 +455,15 @@ def _run_locked(config: LoopConfig, workspace: Workspace, progress: bool, criter
     return rows
 
 
-def _write_views(workspace: Workspace, history: pd.DataFrame, last: str, config: LoopConfig, criterion_fn) -> None:
-    """The panel's first view of this run: the history, and the last model ranked as the run ranks
-    (what `prune-explorer app` opens on "latest"). A failure costs only the fast first view."""
+def _write_views(workspace: Workspace, history: pd.DataFrame, config: LoopConfig, criterion_fn) -> None:
+    """The panel's first view of this run: the history, and the newest completed model ranked as the run
+    ranks (what `prune-explorer app` opens on "latest": not a last iteration the rule stopped or a failed
+    one). A failure costs only the fast first view."""
     from ..model.costs import CostModel
     from ..workspace import view
 
     view.write_history(workspace, history)
+    last = workspace.start_point("latest").name
     if criterion_fn is not None or not workspace.has_model(last):
         return
     try:
