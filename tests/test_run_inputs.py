@@ -66,6 +66,17 @@ def test_a_data_dir_that_does_not_hold_the_data_is_refused_never_replaced(tmp_pa
     assert not ws.exists()
 
 
+def test_per_iteration_beyond_the_model_is_refused_on_a_new_workspace_before_its_baseline_trains(tmp_path, capsys):
+    """The README's "every input is checked before any work": a new workspace's --per-iteration typo trained
+    the whole baseline first, then was refused, leaving the workspace behind."""
+    ws = tmp_path / "ws"
+    assert cli_main(["run", f"--workspace={ws}", *TINY, "--iterations=1", "--per-iteration=100000"]) == 2
+    err = capsys.readouterr().err
+    assert "--per-iteration 100,000: the internal channel groups of baseline can give at most 1,912 filters" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not ws.exists()  # no baseline trained, nothing written
+
+
 @pytest.fixture(scope="module")
 def baseline_workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs") / "ws"

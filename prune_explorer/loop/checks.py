@@ -134,8 +134,34 @@ def check_capacity(config: Any, workspace: Any, start: Any) -> None:
 
     model = store.load(workspace.iteration_dir(start.name), trust_code=workspace.trust_code).eval()
     x = workspace.example_inputs(start.name, model, image_size=config.image_size, dataset=config.dataset)
-    capacity = filter_capacity(workspace.trace(model, x), config.scheme)  # the workspace's outputs kept
+    _refuse_beyond(config, filter_capacity(workspace.trace(model, x), config.scheme), start.name)  # outputs kept
+
+
+def check_new_capacity(config: Any) -> None:
+    """`check_capacity` on a new workspace, before its baseline trains: on the untrained architecture the
+    baseline job will build (channel groups do not depend on weights or the head's classes). Where only the
+    job knows the model (a saved model directory, a user class, the user's own script) the check waits for
+    the trained baseline."""
+    if config.iterations == 0 or config.target_macs is not None or config.target_latency is not None:
+        return
+    if config.entry_point or ":" in config.model or Path(config.model).exists():
+        return
+    import torch
+
+    from ..model.graph import ChannelGraph
+    from ..model.zoo import build_model
+    from ..workspace.workspace import NATIVE_SIZE
+
+    model = build_model(config.model, **{"num_classes": 10, **config.model_kwargs}).eval()
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    size = config.image_size or NATIVE_SIZE.get(config.dataset, 224)
+    x = torch.zeros(1, first.in_channels if first is not None else 3, size, size)
+    graph = ChannelGraph.trace(model, x, outputs=tuple(config.outputs) or None)
+    _refuse_beyond(config, filter_capacity(graph, config.scheme), "baseline")
+
+
+def _refuse_beyond(config: Any, capacity: int, name: str) -> None:
     if config.per_iteration > capacity:
         raise RefusedValue(f"--per-iteration {config.per_iteration:,}: the {config.scheme} channel groups of "
-                           f"{start.name} can give at most {capacity:,} filters (each group keeps one channel); "
+                           f"{name} can give at most {capacity:,} filters (each group keeps one channel); "
                            "ask for fewer, or cut by compute with --target-macs")

@@ -350,6 +350,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
                 raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
         if not Layout(config.workspace).is_workspace():  # nothing recorded: refuse before making it
             checks.check_paths(config)
+            checks.check_new_capacity(config)  # before the baseline trains
     workspace = Workspace(config.workspace, trust_code=config.trusted)
     with workspace.run_lock():
         return _run_locked(config, workspace, progress, criterion_fn, backend, tracker)
