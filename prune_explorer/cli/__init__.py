@@ -303,10 +303,15 @@ def _app(args) -> int:
 
 
 
+DESCRIPTION = ("See and steer iterative structured pruning of CNNs: rank filters from a training job's trial, "
+               "cut them out of the model, fine-tune, track; `demo` for a first look, `run` for the loop, "
+               "`app` for the panel (`prune-explorer COMMAND --help` for each).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="prune-explorer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="prune-explorer", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"prune-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_rank, _add_run, _add_history, _add_app, _add_export):

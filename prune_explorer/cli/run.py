@@ -25,7 +25,7 @@ def _add_run(sub) -> None:
     p.add_argument("--dataset", default=None, help=f"{d.dataset} (default; scikit-learn's), fashion-mnist, imagefolder, caltech101")
     p.add_argument("--data-dir", default=None,
                    help="dataset directory (fashion-mnist idx files, an ImageFolder, torchvision's caltech101 layout), checked "
-                        "before any work; an s3:// URI with --backend sagemaker (default: fashion-mnist's system copy)")
+                        "before any work; an s3:// URI with --backend sagemaker (default for fashion-mnist: its system copy; digits reads none)")
     p.add_argument("--download", action="store_true", default=None,
                    help="let torchvision download Fashion-MNIST or Caltech101 when absent (needs internet)")
     p.add_argument("--model", default=None,
