@@ -274,7 +274,7 @@ def _add_app(sub) -> None:
                    help="no authentication at all: refused unless --ip is a loopback address")
     p.add_argument("--allow-scripts", default=None, metavar="DIR",
                    help="show the panel's training-script fields and run scripts from DIR (and only from DIR); "
-                        "without it the app runs prune_explorer.train only")
+                        "without it the app runs prune_explorer.jobs.train only")
     _add_trust_option(p)
     p.set_defaults(func=_app)
 

@@ -112,7 +112,7 @@ class JobQueue:
     the workspace can edit): `trust_code` (module names, `model/trust.py`) goes to every job it
     starts as the `trust_model_code` argument, replacing whatever a record says; `scripts` is where
     a job's own training script may come from — True: anywhere (the default: your code), False: no
-    user scripts (only prune_explorer.train), a folder: scripts under it only (the served app).
+    user scripts (only prune_explorer.jobs.train), a folder: scripts under it only (the served app).
     """
 
     def __init__(self, workspace: str | Path, backend: "str | Backend" = "local", max_parallel: int = 1,

@@ -58,7 +58,7 @@ def describe_baseline(model: str = "resnet18", small: bool | None = None) -> str
 def served_options() -> dict[str, Any]:
     """What the `prune-explorer app` launch allowed, for every panel and queue in the app: the modules
     model files may name (`trust_code`) and where training scripts may come from (`scripts`: a
-    folder, or False — no script fields, prune_explorer.train only)."""
+    folder, or False — no script fields, prune_explorer.jobs.train only)."""
     return {"trust_code": os.environ.get(TRUST_ENV) or None, "scripts": os.environ.get(SCRIPTS_ENV) or False}
 
 
