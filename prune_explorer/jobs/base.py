@@ -170,7 +170,8 @@ def check_script(entry_point: str | None, source_dir: str | None, allowed: bool 
     script = (root / entry_point).resolve()
     if allowed is False:
         raise ValueError(f"training script {str(script)!r}: user scripts are off here, so jobs run only "
-                         "prune_explorer.jobs.train (the app: launch it with --allow-scripts DIR to run scripts from DIR)")
+                         "prune_explorer.jobs.train (the app: launch it with --allow-scripts DIR to run scripts "
+                         "from DIR)")
     for path in (root, script):
         if not path.is_relative_to(allowed):
             raise ValueError(f"training script {str(script)!r} (source dir {str(root)!r}) is outside {str(allowed)!r}, "
