@@ -156,7 +156,10 @@ def check_new_capacity(config: Any) -> None:
     first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     size = config.image_size or NATIVE_SIZE.get(config.dataset, 224)
     x = torch.zeros(1, first.in_channels if first is not None else 3, size, size)
-    graph = ChannelGraph.trace(model, x, outputs=tuple(config.outputs) or None)
+    try:
+        graph = ChannelGraph.trace(model, x, outputs=tuple(config.outputs) or None)
+    except Exception:  # an input only the job knows (a detector's, a size the data sets): checked after the baseline
+        return
     _refuse_beyond(config, filter_capacity(graph, config.scheme), "baseline")
 
 
