@@ -105,3 +105,10 @@ def test_a_refused_run_is_a_refusal_in_python_too(baseline_workspace):
     with pytest.raises(ValueError, match="--per-iteration"):  # Refused is a ValueError too
         run_loop(LoopConfig(workspace=str(baseline_workspace), iterations=1, per_iteration=10**6, dataset="digits",
                             subset=120, val_subset=60, image_size=8, batch_size=30, baseline_epochs=1), progress=False)
+
+
+def test_an_unknown_start_is_refused_naming_the_flag(baseline_workspace, capsys):
+    """`run --from iter-009` said `start_from: ...`, a name the command line does not have."""
+    assert cli_main(["run", f"--workspace={baseline_workspace}", "--from=iter-009", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "start_from (--from): 'iter-009' is not a completed iteration" in err and err.count("\n") == 1

@@ -99,7 +99,7 @@ class Workspace(Layout):
             return self.iteration(done[-1] if done else BASELINE)
         if start_from in done:
             return self.iteration(start_from)
-        raise ValueError(f"start_from: {start_from!r} is not a completed iteration of {self.root} "
+        raise ValueError(f"start_from (--from): {start_from!r} is not a completed iteration of {self.root} "
                          f"(completed: {', '.join(done) or 'none'}; or 'latest', 'baseline')")
 
     def jobs_of(self, name: str) -> list[Job]:
