@@ -112,3 +112,14 @@ def test_an_unknown_start_is_refused_naming_the_flag(baseline_workspace, capsys)
     assert cli_main(["run", f"--workspace={baseline_workspace}", "--from=iter-009", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "start_from (--from): 'iter-009' is not a completed iteration" in err and err.count("\n") == 1
+
+
+def test_a_filter_count_and_a_cost_target_together_are_refused(tmp_path, capsys):
+    """`--per-iteration 50 --target-macs 0.5` ran the MACs target and dropped the 50 without a word."""
+    ws = tmp_path / "ws"
+    for target in ("--target-macs=0.5", "--target-latency=0.7"):
+        assert cli_main(["run", f"--workspace={ws}", *TINY, "--per-iteration=50", target]) == 2
+        err = capsys.readouterr().err
+        assert f"--per-iteration and {target.split('=')[0]} are two budgets: give one" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not ws.exists()

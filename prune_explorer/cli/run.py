@@ -45,7 +45,7 @@ def _add_run(sub) -> None:
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="the folder shipped with --entry-point (SageMaker: uploaded and run from /opt/ml/code)")
     _add_criterion_options(p, None, f"{recipe['criterion']}, the default recipe's")
-    p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration without a --target-*; "
+    p.add_argument("--per-iteration", type=int, default=None, help="filters removed per iteration (refused beside a --target-*); "
                    f"more than the model's groups can give is refused (default {d.per_iteration} when the recipe has "
                    "no MACs target; giving it replaces the default recipe's --target-macs)")
     budget = p.add_argument_group("budgets (instead of --per-iteration)")
@@ -166,6 +166,12 @@ def loop_config(args: argparse.Namespace):
 
     fields = set(LoopConfig.__dataclass_fields__) - {"given", "backend_options"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if "per_iteration" in given and set(given) & {"target_macs", "target_latency"}:  # a target would win, silently
+        from ..loop.checks import RefusedValue
+
+        target = "--target-macs" if "target_macs" in given else "--target-latency"
+        raise RefusedValue(f"--per-iteration and {target} are two budgets: give one (a filter count, or the "
+                           "fraction of the cost to keep)")
     if given.get("distill") == "none":
         given["distill"] = None  # plain fine-tunes, as asked (given: it overrides a recorded teacher)
     return LoopConfig(**{**unset_defaults(given), **given}, given=tuple(given), backend_options=_backend_options(args))
