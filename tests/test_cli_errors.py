@@ -91,6 +91,17 @@ def test_export_and_history_failures_are_one_line(trial_and_model, tmp_path, cap
     assert f"cannot read {ws / 'mlflow.db'}" in _one_line(capsys, "prune-explorer history: ")
 
 
+def test_history_on_experiments_without_aws_names_experiments_not_the_mlflow_store(tmp_path, capsys, monkeypatch):
+    """`history --tracker sagemaker-experiments` with no AWS region said `cannot read WS/mlflow.db`."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    assert cli_main(["history", f"--workspace={tmp_path}", "--tracker=sagemaker-experiments"]) == 1
+    line = _one_line(capsys, "prune-explorer history: ")
+    assert "cannot read SageMaker Experiments' experiment 'prune-explorer'" in line and "mlflow.db" not in line
+
+
 def test_history_names_the_training_script_when_a_job_ran_its_own():
     rows = pd.DataFrame({"iteration": ["baseline", "iter-001"], "parent": [None, "baseline"],
                          "status": ["completed"] * 2, "criterion": [None, "taylor"], "filters_removed": [None, 48],

@@ -215,7 +215,8 @@ def _history(args) -> int:
         print(f"prune-explorer history: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 — a store that is not MLflow's, an unreachable server: one line
-        where = args.tracking_uri or Layout(args.workspace).mlflow_db
+        where = (f"SageMaker Experiments' experiment {args.experiment or 'prune-explorer'!r}"
+                 if args.tracker == "sagemaker-experiments" else args.tracking_uri or Layout(args.workspace).mlflow_db)
         print(f"prune-explorer history: cannot read {where}: {_one_line(exc)}", file=sys.stderr)
         return 1
     print("\n".join([format_history(history), *legend]))
