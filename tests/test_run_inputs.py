@@ -123,3 +123,16 @@ def test_a_filter_count_and_a_cost_target_together_are_refused(tmp_path, capsys)
         assert f"--per-iteration and {target.split('=')[0]} are two budgets: give one" in err
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not ws.exists()
+
+
+def test_sagemaker_without_an_aws_region_is_refused_before_the_workspace_is_made(tmp_path, capsys, monkeypatch):
+    """`run --backend sagemaker` with no region: the SDK's error came after the workspace was made, exit 1."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    ws = tmp_path / "ws"
+    for flags in (["--backend=sagemaker"], ["--tracker=sagemaker-experiments"]):
+        assert cli_main(["run", f"--workspace={ws}", *TINY, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0].replace('=', ' ')}: no AWS region; give --region" in err and err.count("\n") == 1
+    assert not ws.exists()

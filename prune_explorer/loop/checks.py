@@ -168,3 +168,18 @@ def _refuse_beyond(config: Any, capacity: int, name: str) -> None:
         raise RefusedValue(f"--per-iteration {config.per_iteration:,}: the {config.scheme} channel groups of "
                            f"{name} can give at most {capacity:,} filters (each group keeps one channel); "
                            "ask for fewer, or cut by compute with --target-macs")
+
+
+def check_aws_region(config: Any, backend: bool = True, tracker: bool = True) -> None:
+    """A run on SageMaker (jobs or Experiments) needs an AWS region: without one the SDK failed after the
+    workspace was made, as a failed run (exit 1). `backend` / `tracker`: whether the config's make them."""
+    uses = [flag for flag, on in (("--backend sagemaker", backend and config.backend == "sagemaker"),
+                                  ("--tracker sagemaker-experiments",
+                                   tracker and config.tracker == "sagemaker-experiments")) if on]
+    if not uses or config.region:
+        return
+    import boto3
+
+    if boto3.Session().region_name is None:
+        raise RefusedValue(f"{' and '.join(uses)}: no AWS region; give --region, or set AWS_REGION / "
+                           "AWS_DEFAULT_REGION or a region in your AWS profile")

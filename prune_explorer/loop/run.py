@@ -348,6 +348,7 @@ def run_loop(config: LoopConfig, progress: bool = True, criterion_fn=None, backe
 
             if config.criterion not in CRITERIA:
                 raise ValueError(f"criterion: unknown {config.criterion!r}; choose from {sorted(CRITERIA)}")
+        checks.check_aws_region(config, backend=backend is None, tracker=tracker is None)
         if not Layout(config.workspace).is_workspace():  # nothing recorded: refuse before making it
             checks.check_paths(config)
             checks.check_new_capacity(config)  # before the baseline trains
