@@ -772,7 +772,8 @@ def test_open_panel_ranks_by_the_recorded_criterion_so_the_loops_first_view_is_d
     model, _, x, _ = captured
     ws, _ = _tracked_workspace(tmp_path, model, x[:1])
     record_baseline(Workspace(ws), LoopConfig(workspace=str(ws), criterion="l1"))  # as a run ranking by l1 records
-    e = Explorer.from_iteration(ws, "baseline", criterion="l1").wait()  # the view the loop writes: ranked by l1
+    e = Explorer.from_iteration(ws, "baseline").wait()  # no criterion either: the recorded l1, and its view
+    assert e.criterion == "l1" and set(e.table["criterion"]) == {"l1"}
     e.close()
     written = view.read_view(Workspace(ws), "baseline", "l1", None)
     assert written is not None

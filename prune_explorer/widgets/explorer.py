@@ -112,9 +112,12 @@ class Explorer(W.VBox):
     @classmethod
     def from_iteration(cls, workspace: str | Path, iteration: str, **kwargs: Any) -> "Explorer":
         """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe
-        and the training script of the job that made it (loaded before this returns)."""
-        from .opening import open_session
+        and the training script of the job that made it (loaded before this returns); ranked by the
+        criterion its lineage recorded unless `criterion=` is given, as `open_panel`."""
+        from ..workspace import Workspace
+        from .opening import open_session, recorded_ranking
 
+        kwargs = {**kwargs, **recorded_ranking(Workspace(workspace), iteration, kwargs)}
         session = open_session(workspace, iteration, kwargs)
         return cls(session=session, workspace=workspace, base_iteration=iteration, **kwargs)
 
