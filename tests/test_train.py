@@ -203,6 +203,9 @@ def test_channel_mismatch_names_the_model(trained, tmp_path):
 def test_missing_dataset_error_reaches_the_caller(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        train(dict(FAST, dataset="fashion-mnist", out_dir=str(tmp_path / "o")))
+    # a --data-dir without the files is named, never swapped for the system copy (issue 22)
+    with pytest.raises(FileNotFoundError, match=r"--data-dir \S*empty \(no such folder\)"):
         train(dict(FAST, dataset="fashion-mnist", data_dir=str(tmp_path / "empty"), out_dir=str(tmp_path / "o")))
 
 
