@@ -74,9 +74,10 @@ tracker = MlflowTracker(root)
 tracker.record("baseline", params=cost.params, macs=cost.macs, accuracies=[0.5], model_dir=directory,
                trial_dir=f"{directory}/trial", status="completed")
 # what an earlier panel (or the loop's end) leaves: the iteration's first view and the history view
+from prune_explorer.default_recipe import DEFAULT_RECIPE
 from prune_explorer.session import PruningSession
 from prune_explorer.workspace import Workspace, view
-PruningSession.open(root, "baseline").write_view()
+PruningSession.open(root, "baseline", criterion=DEFAULT_RECIPE["criterion"]).write_view()  # ranked as the panel ranks
 view.write_history(Workspace(root), tracker.history())
 """
 
@@ -271,6 +272,7 @@ def _measure(page, url: str, arch: str) -> dict[str, float]:
     heatmap = [page.evaluate(HEATMAP_JS, label) for label in ("natural", "sorted", "natural", "sorted", "natural")]
     cut_s = None
     if arch == "resnet18":
+        page.locator(".pe-fill-mode button", has_text="N filters").click()  # the default fill is the recipe's MACs step
         page.locator(".pe-fill").click()
         page.wait_for_function("() => document.querySelector('.pe-preview .pe-removed').textContent === '200'")
         cut_s = page.evaluate(CUT_JS) / 1000
