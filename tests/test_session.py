@@ -51,6 +51,15 @@ def session(space):
     opened.close()
 
 
+def test_latest_opens_the_newest_completed_iteration_as_the_panel_does(space):
+    workspace, _, _ = space
+    opened = PruningSession.open(workspace, "latest")
+    try:
+        assert opened.iteration == workspace.start_point("latest").name != "latest"
+    finally:
+        opened.close()
+
+
 def _loop_plan(workspace, **step):
     """The plan the loop's step cuts from the baseline (it stops at the floor: nothing saved, nothing queued)."""
     with workspace.queue(tracker=False) as queue:

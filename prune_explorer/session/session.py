@@ -107,10 +107,11 @@ class PruningSession:
         self._index(self.table)
 
     @classmethod
-    def open(cls, workspace: str | Path | Workspace, iteration: str, **kwargs: Any) -> "PruningSession":
-        """A session on an iteration of the workspace: its saved model, trial, fine-tuning recipe and
-        the training script of the job that made it."""
+    def open(cls, workspace: str | Path | Workspace, iteration: str = "latest", **kwargs: Any) -> "PruningSession":
+        """A session on an iteration of the workspace ("latest": the newest completed one, as the panel
+        opens): its saved model, trial, fine-tuning recipe and the training script of the job that made it."""
         space = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        iteration = space.start_point(iteration).name if iteration == "latest" else iteration
         model, x, trial, args = space.open_iteration(iteration)
         kwargs.setdefault("train_args", args)
         kwargs.setdefault("script", space.training_script(iteration))
