@@ -115,21 +115,29 @@ CUT_JS = """async () => {
   return (await done) - t0;
 }"""
 
-PREVIEW_JS = """async ([row, value]) => {
-  const input = document.querySelectorAll('.pe-layer-row')[row].querySelector('.pe-count input');
+def _change_and_wait_js(input_css: str, watched_css: str, shown_css: str) -> str:
+    """An input's change → `shown_css` inside `watched_css` shows the value, + one frame: the preview and the
+    widget round trip (its floor) are timed by this one page function, so they compare."""
+    return """async (value) => {
+  const input = INPUT;
   const done = new Promise((resolve, reject) => {
     const obs = new MutationObserver(() => {
-      const el = document.querySelector('.pe-preview .pe-removed');
+      const el = document.querySelector(SHOWN);
       if (el && el.textContent === String(value)) { obs.disconnect(); requestAnimationFrame(() => resolve(performance.now())); }
     });
-    obs.observe(document.querySelector('.pe-preview'), {subtree: true, childList: true, characterData: true});
-    setTimeout(() => reject(new Error('preview never showed ' + value)), 30000);
+    obs.observe(document.querySelector(WATCHED), {subtree: true, childList: true, characterData: true});
+    setTimeout(() => reject(new Error(SHOWN + ' never showed ' + value)), 30000);
   });
   const t0 = performance.now();
   input.value = String(value);
   input.dispatchEvent(new Event('change', {bubbles: true}));
   return (await done) - t0;
-}"""
+}""".replace("INPUT", input_css).replace("WATCHED", repr(watched_css)).replace("SHOWN", repr(shown_css))
+
+
+# the first layer row's count input (the preview's row 0, as measured before)
+PREVIEW_JS = _change_and_wait_js("document.querySelectorAll('.pe-layer-row')[0].querySelector('.pe-count input')",
+                                 ".pe-preview", ".pe-preview .pe-removed")
 
 ARM_HOVER_JS = """() => {
   const tip = document.querySelector('.pe-heatmap-tip');
@@ -168,21 +176,7 @@ out = W.HTML('0'); out.add_class('pe-echo-out')
 box.observe(lambda change: setattr(out, 'value', f"<b class='v'>{change['new']}</b>"), 'value')
 W.VBox([box, out])"""
 
-ECHO_JS = """async (value) => {
-  const input = document.querySelector('.pe-echo-in input');
-  const done = new Promise((resolve, reject) => {
-    const obs = new MutationObserver(() => {
-      const el = document.querySelector('.pe-echo-out .v');
-      if (el && el.textContent === String(value)) { obs.disconnect(); requestAnimationFrame(() => resolve(performance.now())); }
-    });
-    obs.observe(document.querySelector('.pe-echo-out'), {subtree: true, childList: true, characterData: true});
-    setTimeout(() => reject(new Error('no echo of ' + value)), 30000);
-  });
-  const t0 = performance.now();
-  input.value = String(value);
-  input.dispatchEvent(new Event('change', {bubbles: true}));
-  return (await done) - t0;
-}"""
+ECHO_JS = _change_and_wait_js("document.querySelector('.pe-echo-in input')", ".pe-echo-out", ".pe-echo-out .v")
 
 
 def _floor(page, url: str) -> float:
@@ -267,7 +261,7 @@ def _measure(page, url: str, arch: str) -> dict[str, float]:
     open_s, model_s = (seen["panel"] - seen["ready"]) / 1000, (seen["model"] - seen["ready"]) / 1000
     rows = page.locator(".pe-layer-row").count()
     page.wait_for_function("() => !document.querySelector('.pe-status').textContent.includes('…')", timeout=120_000)
-    preview = [page.evaluate(PREVIEW_JS, [0, value]) for value in (1, 7, 3, 9, 5, 2, 8, 4, 10, 6, 11)[:REPEATS]]
+    preview = [page.evaluate(PREVIEW_JS, value) for value in (1, 7, 3, 9, 5, 2, 8, 4, 10, 6, 11)[:REPEATS]]
     hover = [_hover(page, r % rows, c) for r, c in zip(range(REPEATS), (0, 40, 90, 7, 300, 11, 60, 2, 500, 30, 5))]
     heatmap = [page.evaluate(HEATMAP_JS, label) for label in ("natural", "sorted", "natural", "sorted", "natural")]
     cut_s = None
