@@ -77,6 +77,21 @@ def test_crashing_job_fails_with_its_log_tail_the_next_job_runs_and_all_survive_
     again.close()
 
 
+def test_a_hard_crash_leaves_the_python_stack_in_the_log(tmp_path):
+    """A job that aborts (a C++ terminate, a segfault) prints no traceback of its own: its log still
+    says where it was."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "crash.py").write_text("import os\n\n\ndef load_weights():\n    os.abort()\n\n\nload_weights()\n")
+    queue = JobQueue(tmp_path / "ws", tracker=False)
+    job = queue.wait(queue.submit("resnet18", hyperparameters=QUICK, entry_point="crash.py", source_dir=src).id,
+                     timeout=120)
+    assert job.status == FAILED and job.exit_code == -6
+    log = job.log_tail(20)
+    assert "Fatal Python error: Aborted" in log and "load_weights" in log and "crash.py" in log
+    queue.close()
+
+
 def test_cancel_a_queued_and_a_running_job(tmp_path):
     queue = JobQueue(tmp_path, tracker=False)
     running = queue.submit("resnet18", hyperparameters=LONG)

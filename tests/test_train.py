@@ -244,7 +244,7 @@ def test_grey_data_is_expanded_for_three_channel_models(tmp_path):
 def test_torchrun_two_processes_write_one_model_and_one_record(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")  # a rank's hard crash prints its Python stack
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "prune_explorer.jobs.train", "--dataset", "digits", "--model", SMALL_CNN,
            "--trust-model-code", "test_train", "--epochs", "2",

@@ -91,6 +91,7 @@ class LocalBackend:
         paths = (package_root, job.source_dir if job.entry_point else None, env.get("PYTHONPATH"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("PYTHONFAULTHANDLER", "1")  # a hard crash (abort, segfault) leaves its Python stack in the log
         return env
 
     def start(self, job: Job) -> None:
