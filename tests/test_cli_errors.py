@@ -85,7 +85,11 @@ def test_export_and_history_failures_are_one_line(trial_and_model, tmp_path, cap
     assert not (tmp_path / "m.onnx").exists()
 
     ws = tmp_path / "ws"
+    assert cli_main(["history", f"--workspace={ws}"]) == 1  # a typo'd path: named as no workspace
+    assert f"no workspace at {ws}" in _one_line(capsys, "prune-explorer history: ")
     ws.mkdir()
+    assert cli_main(["history", f"--workspace={ws}"]) == 1
+    assert "has no tracked iteration yet" in _one_line(capsys, "prune-explorer history: ")
     (ws / "mlflow.db").write_bytes(b"this is not a database" * 100)
     assert cli_main(["history", f"--workspace={ws}"]) == 1
     assert f"cannot read {ws / 'mlflow.db'}" in _one_line(capsys, "prune-explorer history: ")

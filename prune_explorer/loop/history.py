@@ -21,7 +21,10 @@ def read_history(workspace: str | os.PathLike, tracker: str = "mlflow", tracking
 
     store = Layout(workspace).mlflow_db
     if tracker == "mlflow" and tracking_uri is None and not store.exists():
-        raise FileNotFoundError(f"no MLflow store at {store}")
+        if not os.path.isdir(workspace):
+            raise FileNotFoundError(f"no workspace at {workspace}: `prune-explorer run --workspace {workspace}` "
+                                    "starts one")
+        raise FileNotFoundError(f"{workspace} has no tracked iteration yet (no MLflow store at {store})")
     config = LoopConfig(workspace=str(workspace), tracker=tracker, tracking_uri=tracking_uri, experiment=experiment,
                         region=region)
     history = loop_tracker(config.validate()).history()
