@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from prune_explorer.default_recipe import DEFAULT_RECIPE
+from prune_explorer.loop import LoopConfig, recorded_recipe
 from prune_explorer.model import store
 from prune_explorer.model.measure import count
 from prune_explorer.model.zoo import build_model
@@ -46,7 +48,7 @@ def space(tmp_path_factory):
 @pytest.fixture(scope="module")
 def session(space):
     workspace, x, y = space
-    opened = PruningSession.open(workspace, "baseline", validation=(x, y))
+    opened = PruningSession.open(workspace, "baseline", criterion="taylor", validation=(x, y))  # as _loop_plan
     yield opened
     opened.close()
 
@@ -56,8 +58,27 @@ def test_latest_opens_the_newest_completed_iteration_as_the_panel_does(space):
     opened = PruningSession.open(workspace, "latest")
     try:
         assert opened.iteration == workspace.start_point("latest").name != "latest"
+        assert opened.criterion == DEFAULT_RECIPE["criterion"]  # no recorded recipe: the default recipe's, as the panel
     finally:
         opened.close()
+
+
+def test_open_ranks_by_the_criterion_its_lineage_records(space):
+    """A session on a workspace the loop made ranks as the loop, the panel and a continued run do."""
+    workspace, _, _ = space
+    record = workspace.recipe_path("baseline")
+    config = LoopConfig(workspace=str(workspace.root), criterion="l1", normalization="none")
+    recorded_recipe.write(workspace, "baseline", recorded_recipe.Resolved(
+        config, recorded_recipe.recipe_id(recorded_recipe.settings(config)), None, None, {}, {}), None)
+    try:
+        opened = PruningSession.open(workspace, "baseline")
+        assert (opened.criterion, opened.normalization) == ("l1", "none")
+        opened.close()
+        asked = PruningSession.open(workspace, "baseline", criterion="taylor")
+        assert (asked.criterion, asked.normalization) == ("taylor", None)  # what is asked wins
+        asked.close()
+    finally:
+        record.unlink()
 
 
 def _loop_plan(workspace, **step):

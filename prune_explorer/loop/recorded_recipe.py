@@ -86,6 +86,24 @@ def recorded(workspace: Any, start: str) -> tuple[dict[str, Any] | None, Path | 
     return None, None
 
 
+def ranking(workspace: Any, start: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The criterion (and normalisation) recorded for `start`'s lineage, for those `given` leaves open
+    (a normalisation of "auto" or None is open): what a run continuing it ranks by, so a panel or a
+    session on it ranks the same. {} when nothing is recorded or the record cannot be read."""
+    from .checks import Refused
+
+    try:
+        record, _ = recorded(workspace, start)
+    except Refused:
+        return {}
+    found: dict[str, Any] = {}
+    if record and not given.get("criterion") and record.get("criterion"):
+        found["criterion"] = record["criterion"]
+        if given.get("normalization") in (None, "auto") and record.get("normalization"):
+            found["normalization"] = record["normalization"]
+    return found
+
+
 def resolve(config: Any, workspace: Any, start: str) -> Resolved:
     """`config` with the recorded recipe of `start`'s lineage in every setting it was not given.
 

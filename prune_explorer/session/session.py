@@ -109,9 +109,17 @@ class PruningSession:
     @classmethod
     def open(cls, workspace: str | Path | Workspace, iteration: str = "latest", **kwargs: Any) -> "PruningSession":
         """A session on an iteration of the workspace ("latest": the newest completed one, as the panel
-        opens): its saved model, trial, fine-tuning recipe and the training script of the job that made it."""
+        opens): its saved model, trial, fine-tuning recipe and the training script of the job that made it.
+        Ranked as the panel and a continued run rank it: by the criterion its lineage records, else the
+        default recipe's."""
+        from ..default_recipe import DEFAULT_RECIPE
+        from ..loop.recorded_recipe import ranking
+
         space = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         iteration = space.start_point(iteration).name if iteration == "latest" else iteration
+        kwargs.update(ranking(space, iteration, kwargs))
+        if not kwargs.get("criterion"):
+            kwargs["criterion"] = DEFAULT_RECIPE["criterion"]
         model, x, trial, args = space.open_iteration(iteration)
         kwargs.setdefault("train_args", args)
         kwargs.setdefault("script", space.training_script(iteration))

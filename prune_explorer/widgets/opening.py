@@ -45,22 +45,12 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
 
 
 def recorded_ranking(space: Any, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The criterion (and normalisation) recorded for `name`'s lineage, for those `kwargs` leaves open: what a
-    run continuing it ranks by, and what the loop's first view of it was ranked by (a demo workspace ranks by
-    taylor, not the default recipe's criterion: without this its view would never be drawn)."""
-    from ..loop.checks import Refused
-    from ..loop.recorded_recipe import recorded
+    """The ranking recorded for `name`'s lineage, for what `kwargs` leaves open (`recorded_recipe.ranking`):
+    a demo workspace ranks by taylor, not the default recipe's criterion; without this its view, ranked
+    by the loop, would never be drawn."""
+    from ..loop.recorded_recipe import ranking
 
-    try:
-        record, _ = recorded(space, name)
-    except Refused:  # an unreadable record: the panel's defaults
-        return {}
-    found = {}
-    if record and not kwargs.get("criterion") and record.get("criterion"):
-        found["criterion"] = record["criterion"]
-        if kwargs.get("normalization", "auto") == "auto" and record.get("normalization"):
-            found["normalization"] = record["normalization"]
-    return found
+    return ranking(space, name, kwargs)
 
 
 class Loading:
@@ -112,7 +102,6 @@ def open_session(workspace: str | os.PathLike, iteration: str, kwargs: dict[str,
     from ..workspace import Workspace
 
     options = {k: kwargs[k] for k in SESSION_OPTIONS if kwargs.get(k) is not None}
-    options.setdefault("criterion", DEFAULT_RECIPE["criterion"])  # the panel's default: the recipe's
     norm = kwargs.get("normalization", "auto")
     space = Workspace(workspace, trust_code=kwargs.get("trust_code"))  # the model classes its files may name
     return PruningSession.open(space, iteration, normalization=None if norm == "auto" else norm, **options)
