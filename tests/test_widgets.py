@@ -826,13 +826,15 @@ def test_export_button_writes_the_applied_model_into_the_workspace_and_it_runs_i
         e.apply()
         e.exporter.format.value = "onnx"
         e.exporter.button.click()
-        assert "exporting iter-001 as onnx" in e.exporter.line.value  # shown at once; the export runs in the background
+        # shown at once (the export runs in the background), named as not fine-tuned: never taken for the
+        # fine-tuned iter-001's exports/iter-001.onnx
+        assert "exporting iter-001-pruned as onnx" in e.exporter.line.value
         e.wait(600)
         assert e.error == ""
-        path = tmp_path / "ws" / "exports" / "iter-001.onnx"
+        path = tmp_path / "ws" / "exports" / "iter-001-pruned.onnx"
         assert path.is_file() and e.exported["path"] == str(path) and e.exported["iteration"] == "iter-001"
         assert f"data-path='{path}'" in e.exporter.line.value
-        assert sorted(p.name for p in path.parent.iterdir()) == ["iter-001.onnx"], "a temp file was left behind"
+        assert sorted(p.name for p in path.parent.iterdir()) == ["iter-001-pruned.onnx"], "a temp file was left behind"
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         batch = x[:3]
         (out,) = session.run(None, {session.get_inputs()[0].name: batch.numpy()})

@@ -28,6 +28,7 @@ from ..model.plan import PrunePlan
 from ..model.surgery import prune
 from ..signals.ranking import WEIGHT_CRITERIA, rank
 from ..workspace import BASELINE, Workspace, view
+from ..workspace.layout import export_name
 from .messages import message
 from .sensitivity import sensitivity_curve
 
@@ -430,19 +431,23 @@ class PruningSession:
 
     # --- export, sensitivity, compare ------------------------------------------------------------
     def export(self, fmt: str):
-        """Export the applied model (else the base) to WORKSPACE/exports/<iteration>.<fmt> → ExportResult."""
+        """Export the applied model to WORKSPACE/exports/<iteration>-pruned.<fmt> (else the base, to
+        <iteration>.<fmt>) → ExportResult."""
         from ..model.export import export_model
 
-        model, name = self.export_source()
+        model, _, name = self.export_source()
         path = self._require_workspace("export").export_path(name, fmt)
         with MODEL_LOCK:
             return export_model(model, path, format=fmt, example_inputs=self.x)
 
-    def export_source(self) -> tuple[nn.Module, str]:
-        """What Export ships: the applied model and its iteration, else the base model."""
+    def export_source(self) -> tuple[nn.Module, str, str]:
+        """What Export ships, its iteration and its file's name: the applied model (not fine-tuned: named
+        `<iteration>-pruned`), else the base model."""
         if self.last_applied is not None:
-            return self.last_applied.model, self.last_applied.iteration
-        return self.model, self.iteration or "base"
+            iteration = self.last_applied.iteration
+            return self.last_applied.model, iteration, export_name(iteration, pruned=True)
+        iteration = self.iteration or "base"
+        return self.model, iteration, export_name(iteration)
 
     def sensitivity(self, layer: str) -> list[tuple[float, float]]:
         """Accuracy vs fraction cut of `layer` alone (no fine-tuning) on the first validation images."""

@@ -90,23 +90,23 @@ class Actions:
         return job
 
     def export(self, fmt: str | None = None):
-        """Export the applied model (else the base) to WORKSPACE/exports/<iteration>.<fmt> on the
-        "export" worker (the dynamo exporter takes seconds); `exported` and the export line show the file."""
+        """Export the applied model (else the base) to WORKSPACE/exports/ on the "export" worker (the dynamo
+        exporter takes seconds; `PruningSession.export` names the file); `exported` and the export line show it."""
         panel, session = self.panel, self._session("export")
         fmt = fmt or panel.exporter.format.value
         if session.workspace is None:
             raise ValueError("export: no workspace (open the Explorer with workspace=...)")
-        _, name = session.export_source()
+        _, iteration, name = session.export_source()
         session.workspace.export_path(name, fmt)  # a bad format or name is refused here, at once
         panel.exported = {}
         panel.exporter.shows(f"⏳ exporting {name} as {fmt}…")
-        return panel.workers.submit("export", self._export, session, name, fmt)
+        return panel.workers.submit("export", self._export, session, iteration, name, fmt)
 
-    def _export(self, session, name: str, fmt: str) -> None:
+    def _export(self, session, iteration: str, name: str, fmt: str) -> None:
         try:
             result = session.export(fmt)
         except Exception as exc:
             self.panel.exporter.shows(f"export of {name} failed: {message(exc)}", failed=True)
             raise
-        self.panel.exported = {"iteration": name, **result.as_dict()}
+        self.panel.exported = {"iteration": iteration, **result.as_dict()}
         self.panel.exporter.exported(name, result)

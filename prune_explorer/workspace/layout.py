@@ -3,12 +3,13 @@
     WORKSPACE/
       iterations/<name>/           model.json, model.safetensors, metrics.json, trial/, train.log (a job's outputs)
       iterations/<name>/pruned/    the pruned model before fine-tuning (the job's input)
-      iterations/<name>/recipe.json   the recipe of the run that made it (loop/recipe.py)
+      iterations/<name>/recipe.json   the recipe of the run that made it (loop/recorded_recipe.py)
       iterations/<name>/cut.json   its accuracy right after the cut, before fine-tuning (the tracker's cut_accuracy)
       iterations/<name>/view.json  the panel's first view of it (workspace/view.py: ranks, widths, costs)
       jobs/<job_id>.json           job records (JobQueue), jobs/.locks/ their locks and the workspace's
                                    (workspace-run: held by the one headless run)
-      exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer
+      exports/<name>.onnx|.pt2     an iteration's model as a file that runs without prune_explorer;
+                                   <name>-pruned.onnx|.pt2 its model before fine-tuning (`export_name`)
       mlflow.db, mlartifacts/      the default MLflow store (tracking.MlflowTracker)
       results.csv, params_vs_accuracy.png, loop_config.json   what the headless loop writes
       latency_table.json           per-layer latencies measured once on the baseline (latency budgets)
@@ -62,6 +63,12 @@ _ITERATION = re.compile(r"iter-(\d+)")
 def iteration_name(number: int) -> str:
     """The name of the `number`-th pruned iteration: iter-001, iter-002, …"""
     return f"iter-{number:03d}"
+
+
+def export_name(iteration: str, pruned: bool = False) -> str:
+    """The file name (no suffix) an iteration's model is exported under; its model before fine-tuning
+    (the panel's applied cut) is `<iteration>-pruned`, never taken for the fine-tuned model's file."""
+    return f"{iteration}-{PRUNED}" if pruned else iteration
 
 
 def iteration_number(name: str) -> int | None:

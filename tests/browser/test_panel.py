@@ -191,11 +191,11 @@ def test_export_writes_the_applied_model_and_it_runs_in_onnxruntime_alone(lab_pa
     expect(page.locator(".pe-applied")).to_contain_text("filters removed", timeout=RENDER_S)  # on the panel's worker
     page.locator(".pe-export-format button", has_text="onnx").click()
     page.locator(".pe-export").click()
-    expect(page.locator(".pe-exported")).to_contain_text("exporting iter-001 as onnx")
+    expect(page.locator(".pe-exported")).to_contain_text("exporting iter-001-pruned as onnx")  # not fine-tuned
     shown = page.locator(".pe-exported .pe-export-path")
     expect(shown).to_have_count(1, timeout=RENDER_S)  # the dynamo exporter runs on the panel's export worker
     path = Path(shown.get_attribute("data-path"))
-    assert path == served["root"] / "workspace" / "exports" / "iter-001.onnx" and path.is_file()
+    assert path == served["root"] / "workspace" / "exports" / "iter-001-pruned.onnx" and path.is_file()
     expect(page.locator(".pe-error")).to_have_text("")
     ort = page.locator(".pe-preview tr[data-key='ort_latency_ms'] td")  # before, after: from the ort-latency worker
     expect(ort.nth(1)).to_contain_text(" ms", timeout=RENDER_S)
