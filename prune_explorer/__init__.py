@@ -25,6 +25,7 @@ _EXPORTS = {  # public name -> "module" (same attribute name) or ("module", "att
     "save": "model.store",
     "load": "model.store",
     "load_spec": "model.store",
+    "register_model": "model.trust",
     "build_model": "model.zoo",
     "ModelCost": "model.measure",
     "load_dataset": "jobs.data",

@@ -77,7 +77,7 @@ class Explorer(W.VBox):
                  history: list[dict[str, Any]] | None = None):
         if session is None and model is not None and example_inputs is None:
             raise ValueError("Explorer needs example_inputs (e.g. torch.zeros(1, 3, 32, 32)) to trace the model")
-        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (recipe.py)
+        criterion = criterion or DEFAULT_RECIPE["criterion"]  # the measured best recipe's (default_recipe.py)
         self.workers = Background(self._background_failed)  # one worker per kind; the controllers submit here
         self.lock, self.closed = threading.RLock(), threading.Event()
         self.session, self.history, self.pruned_model, self.shown_view, self.loading = None, None, None, None, None

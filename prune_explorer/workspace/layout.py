@@ -102,7 +102,7 @@ class Layout:
         return self.iteration_dir(name) / PRUNED
 
     def recipe_path(self, name: str) -> Path:
-        """The recipe of the run that made iteration `name` (`loop/recipe.py`)."""
+        """The recipe of the run that made iteration `name` (`loop/recorded_recipe.py`)."""
         return self.iteration_dir(name) / RECIPE
 
     def view_path(self, name: str) -> Path:
