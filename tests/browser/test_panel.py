@@ -80,15 +80,29 @@ def test_moving_a_layer_control_updates_the_preview(lab_page):
     expect(removed).to_have_text("200")
 
 
-def _hover(page, row: int, column: int = 0) -> str:
-    """Move the mouse over one heatmap cell; returns the hover text the page shows."""
-    canvas = page.locator(".pe-heatmap-canvas")
-    box = canvas.bounding_box()
-    page.mouse.move(box["x"] + 1 + column, box["y"] + 14 * row + 7)
-    tip = page.locator(".pe-heatmap-tip")
-    expect(tip).to_be_visible()
-    expect(tip).to_have_attribute("data-row", str(row))
-    return tip.inner_text()
+def _hover(page, row: int, column: int = 0, tries: int = 4) -> str:
+    """Move the mouse over one heatmap cell; returns the hover text the page shows.
+
+    Playwright's hover scrolls the canvas into view and waits until it is stable and not covered.
+    The notebook can still shift under a mouse that has stopped (an output or a toast above it
+    changes height while the kernel is busy), and a resting mouse sends no event. So the mouse
+    leaves and comes back, as a user's would, until the tip names the row."""
+    canvas, tip = page.locator(".pe-heatmap-canvas"), page.locator(".pe-heatmap-tip")
+    for _ in range(tries):
+        canvas.hover(position={"x": 1 + column, "y": 14 * row + 7})
+        if _shows(tip, row):
+            return tip.inner_text()
+        page.mouse.move(0, 0)
+    raise AssertionError(f"no hover tip on heatmap row {row} after {tries} tries: {tip.evaluate('e => e.outerHTML')}")
+
+
+def _shows(tip, row: int) -> bool:
+    try:
+        expect(tip).to_be_visible(timeout=5_000)
+        expect(tip).to_have_attribute("data-row", str(row), timeout=5_000)
+        return True
+    except AssertionError:
+        return False
 
 
 def test_hover_names_the_layer_filter_score_rank_and_whether_it_is_cut(lab_page, artifacts):
