@@ -92,12 +92,14 @@ def ranking(workspace: Any, start: str, given: dict[str, Any]) -> dict[str, Any]
     session on it ranks the same. {} when nothing is recorded or the record cannot be read."""
     from .checks import Refused
 
+    if given.get("criterion"):
+        return {}  # a criterion asked for decides, with its own normalisation
     try:
         record, _ = recorded(workspace, start)
     except Refused:
         return {}
     found: dict[str, Any] = {}
-    if record and not given.get("criterion") and record.get("criterion"):
+    if record and record.get("criterion"):
         found["criterion"] = record["criterion"]
         if given.get("normalization") in (None, "auto") and record.get("normalization"):
             found["normalization"] = record["normalization"]

@@ -114,10 +114,11 @@ class Explorer(W.VBox):
         """Open on an iteration of the workspace: its saved model, its trial, its fine-tuning recipe
         and the training script of the job that made it (loaded before this returns); ranked by the
         criterion its lineage recorded unless `criterion=` is given, as `open_panel`."""
+        from ..loop.recorded_recipe import ranking
         from ..workspace import Workspace
-        from .opening import open_session, recorded_ranking
+        from .opening import open_session
 
-        kwargs = {**kwargs, **recorded_ranking(Workspace(workspace), iteration, kwargs)}
+        kwargs = {**kwargs, **ranking(Workspace(workspace), iteration, kwargs)}
         session = open_session(workspace, iteration, kwargs)
         return cls(session=session, workspace=workspace, base_iteration=iteration, **kwargs)
 

@@ -28,12 +28,14 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
     """The panel on `iteration` ("latest": the newest completed one) of `workspace`, drawn at once; the
     model loads once a browser painted the first view, `load_after_s` later without one (None: never
     on its own), or at `wait()`."""
+    from ..loop.recorded_recipe import ranking
     from ..workspace import Workspace, view
     from .explorer import Explorer
 
     space = Workspace(workspace, trust_code=kwargs.get("trust_code"))
     name = space.start_point(iteration).name if iteration == "latest" else iteration
-    kwargs = {**kwargs, **recorded_ranking(space, name, kwargs)}
+    # ranked as its lineage records (a demo workspace by taylor): else the loop's view would never be drawn
+    kwargs = {**kwargs, **ranking(space, name, kwargs)}
     norm = kwargs.get("normalization", "auto")
     criterion = kwargs.get("criterion") or DEFAULT_RECIPE["criterion"]  # the panel's default: the recipe's
     shown = view.read_view(space, name, criterion, None if norm == "auto" else norm)
@@ -42,15 +44,6 @@ def open_panel(workspace: str | os.PathLike, iteration: str = "latest", *, torch
     explorer.loading = Loading(explorer, lambda: open_session(space.root, name, kwargs, torch_threads),
                                f"loading {name}", load_after_s)
     return explorer
-
-
-def recorded_ranking(space: Any, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The ranking recorded for `name`'s lineage, for what `kwargs` leaves open (`recorded_recipe.ranking`):
-    a demo workspace ranks by taylor, not the default recipe's criterion; without this its view, ranked
-    by the loop, would never be drawn."""
-    from ..loop.recorded_recipe import ranking
-
-    return ranking(space, name, kwargs)
 
 
 class Loading:
